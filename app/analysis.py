@@ -1,0 +1,142 @@
+"""Assemble one analysis (the JSON of DESIGN.md) from contexts and replay arrays.
+
+Decoding token strings and the summary live here; no tensors, no HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .contexts import Contexts
+from .engine import ReplayResult
+from .models import ModelPair
+from .trajectories import Trajectory
+
+LN2 = math.log(2.0)
+
+
+def token_strings(tokenizer: Any, ids: set[int]) -> dict[int, str]:
+    """Each distinct id decoded alone, once (special tokens kept visible)."""
+    order = sorted(ids)
+    texts = tokenizer.batch_decode([[i] for i in order], skip_special_tokens=False)
+    return dict(zip(order, texts, strict=True))
+
+
+def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Dataset-free numbers for one trajectory. Positions are 0-based indices into the response."""
+    n = len(steps)
+    rkl = [s["reverse_kl"] for s in steps]
+    total = sum(rkl)
+    divergent = [s["position"] for s in steps if not s["agree"]]
+    at_divergences = sum(s["reverse_kl"] for s in steps if not s["agree"])
+    return {
+        "tokens": n,
+        "agreement_rate": (n - len(divergent)) / n if n else None,
+        "divergences": len(divergent),
+        "first_divergence": divergent[0] if divergent else None,
+        "reverse_kl_total": total,
+        "reverse_kl_mean": total / n if n else None,
+        "reverse_kl_total_bits": total / LN2,
+        "reverse_kl_mean_bits": total / n / LN2 if n else None,
+        "reverse_kl_max": max(rkl) if rkl else None,
+        "reverse_kl_share_at_divergences": at_divergences / total if total > 0 else None,
+        "forward_kl_total": sum(s["forward_kl"] for s in steps),
+        "advantage_total": sum(s["advantage"] for s in steps),
+        "advantage_mean": sum(s["advantage"] for s in steps) / n if n else None,
+        "student_logprob_total": sum(s["student_logprob"] for s in steps),
+        "teacher_logprob_total": sum(s["teacher_logprob"] for s in steps),
+    }
+
+
+def build_analysis(
+    *,
+    analysis_id: str,
+    created_at: str,
+    pair: ModelPair,
+    traj: Trajectory,
+    ctx: Contexts,
+    response_ids: list[int],
+    result: ReplayResult,
+    top_k: int,
+    generation: dict[str, Any] | None,
+    continuations: list[list[int]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    tok = pair.student.tokenizer
+    wanted = set(response_ids) | set(result.teacher_top1_id)
+    for row in result.teacher_topk_ids + result.student_topk_ids:
+        wanted.update(row)
+    text_of = token_strings(tok, wanted)
+
+    def topk(ids: list[int], logprobs: list[float]) -> list[dict[str, Any]]:
+        return [
+            {"token_id": i, "token": text_of[i], "logprob": lp} for i, lp in zip(ids, logprobs, strict=True)
+        ]
+
+    steps = []
+    for t, token in enumerate(response_ids):
+        top1 = result.teacher_top1_id[t]
+        continuation = None
+        if continuations is not None:
+            ids = continuations[t]
+            continuation = {"token_ids": ids, "text": tok.decode(ids, skip_special_tokens=False)}
+        steps.append(
+            {
+                "position": t,
+                "token_id": token,
+                "token": text_of[token],
+                "student_logprob": result.student_logprob[t],
+                "teacher_logprob": result.teacher_logprob[t],
+                "advantage": result.teacher_logprob[t] - result.student_logprob[t],
+                "reverse_kl": result.reverse_kl[t],
+                "forward_kl": result.forward_kl[t],
+                "student_entropy": result.student_entropy[t],
+                "teacher_entropy": result.teacher_entropy[t],
+                "teacher_top1_id": top1,
+                "teacher_top1": text_of[top1],
+                "agree": top1 == token,
+                "teacher_rank": result.teacher_rank[t],
+                "teacher_topk": topk(result.teacher_topk_ids[t], result.teacher_topk_logprobs[t]),
+                "student_topk": topk(result.student_topk_ids[t], result.student_topk_logprobs[t]),
+                "teacher_continuation": continuation,
+            }
+        )
+    rollout = result.teacher_top1_id
+    return {
+        "id": analysis_id,
+        "created_at": created_at,
+        "student": {
+            "model": pair.student.name,
+            "context_ids": ctx.student_ids,
+            "context_text": ctx.student_text,
+        },
+        "teacher": {
+            "model": pair.teacher.name,
+            "context_ids": ctx.teacher_ids,
+            "context_text": ctx.teacher_text,
+            "privileged": ctx.privileged,
+            "shared_weights": pair.shared,
+        },
+        "response_ids": response_ids,
+        "response_text": tok.decode(response_ids, skip_special_tokens=False),
+        "retokenized": ctx.retokenized,
+        "steps": steps,
+        "virtual_rollout": {
+            "token_ids": rollout,
+            "text": tok.decode(rollout, skip_special_tokens=False),
+        },
+        "summary": summarize(steps),
+        "trajectory": {
+            "format": traj.format,
+            "id": traj.id,
+            "reference_answer": traj.reference_answer,
+            "meta": traj.meta,
+            "prompt": traj.messages,
+        },
+        "top_k": top_k,
+        "generation": generation,
+        "backend": "local",
+        "notes": ctx.notes,
+        **(extra or {}),
+    }

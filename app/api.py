@@ -1,0 +1,116 @@
+"""JSON API routes. Thin: validation and work live in `service.Analyzer`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from . import __version__
+from .errors import VRError
+from .schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody
+from .service import Analyzer, ModelWorker, new_id
+from .storage import Store
+from .tasks import Tasks
+
+log = logging.getLogger(__name__)
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 413, 422, 503)}
+
+
+def get_analyzer(request: Request) -> Analyzer:
+    return request.app.state.analyzer
+
+
+def get_worker(request: Request) -> ModelWorker:
+    return request.app.state.worker
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_tasks(request: Request) -> Tasks:
+    return request.app.state.tasks
+
+
+AnalyzerDep = Annotated[Analyzer, Depends(get_analyzer)]
+WorkerDep = Annotated[ModelWorker, Depends(get_worker)]
+StoreDep = Annotated[Store, Depends(get_store)]
+TasksDep = Annotated[Tasks, Depends(get_tasks)]
+
+router = APIRouter(prefix="/api", tags=["api"], responses=ERRORS)
+
+
+def request_dict(body: AnalyzeRequest) -> dict[str, Any]:
+    return body.model_dump(exclude_none=True)
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness: answers at once, even while the model works."""
+    return {
+        "ok": True,
+        "version": __version__,
+        "models_loaded": hasattr(request.app.state, "analyzer"),
+    }
+
+
+@router.get("/models")
+async def models(analyzer: AnalyzerDep) -> dict[str, Any]:
+    """Student and teacher: name, source, vocabulary, device, dtype, shared weights, template."""
+    return analyzer.pair.describe()
+
+
+@router.post("/analyze", response_model=Analysis)
+async def analyze(body: AnalyzeRequest, analyzer: AnalyzerDep, worker: WorkerDep) -> Any:
+    """Replay one trajectory through student and teacher; the analysis is stored and returned."""
+    prepared = await run_in_threadpool(analyzer.prepare, request_dict(body))
+    return await worker.run(analyzer.run, prepared)
+
+
+@router.post("/tasks", status_code=202)
+async def start_task(
+    body: AnalyzeRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
+) -> dict[str, Any]:
+    """Like /api/analyze, but returns at once; follow `GET /api/tasks/{id}` for progress."""
+    prepared = await run_in_threadpool(analyzer.prepare, request_dict(body))
+    task = tasks.create(new_id())
+
+    async def work() -> None:
+        try:
+            analysis = await worker.run(analyzer.run, prepared, task.progress)
+            task.analysis_id, task.state, task.stage = analysis["id"], "done", "done"
+        except VRError as exc:
+            task.state, task.error = "error", {"error": exc.message, "status": exc.status}
+        except Exception:  # a bug, not bad input: logged, and the task says so
+            log.exception("task %s failed", task.id)
+            task.state, task.error = "error", {"error": "internal error", "status": 500}
+
+    tasks.keep_running(asyncio.get_running_loop().create_task(work()))
+    return {"task_id": task.id, "url": f"/api/tasks/{task.id}"}
+
+
+@router.get("/tasks/{task_id}")
+async def task_state(task_id: str, tasks: TasksDep) -> dict[str, Any]:
+    """State of a task: stage (generate, replay, ...), done/total, and the analysis id when done."""
+    return tasks.get(task_id).as_dict()
+
+
+@router.get("/analyses", response_model=AnalysisList)
+async def list_analyses(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """Stored analyses, newest first, without their steps."""
+    items, total = await run_in_threadpool(store.list, limit, offset)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/analyses/{analysis_id}", response_model=Analysis)
+async def get_analysis(analysis_id: str, store: StoreDep) -> Any:
+    """One stored analysis, exactly as /api/analyze returned it."""
+    return await run_in_threadpool(store.get, analysis_id)

@@ -1,0 +1,114 @@
+"""`vrollout`: serve the app, or analyse a file of trajectories without a server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import VRError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment (VROLLOUT_*), overridden by the flags that were given."""
+    names = ("student", "teacher", "device", "dtype", "database", "cache_dir", "host", "port")
+    overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
+    if getattr(args, "trust_remote_code", False):
+        overrides["trust_remote_code"] = True
+    return Settings(**overrides)
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", help="HF id or local folder (default: embedded SmolLM2-135M)")
+    p.add_argument("--teacher", help="HF id or folder (default: the student's own weights)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--database", type=Path, help="SQLite file for stored analyses")
+    p.add_argument("--cache-dir", dest="cache_dir", type=Path, help="converted-model cache")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from repos")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .main import create_app
+
+    settings = _settings(args)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {settings.host}: anyone who can reach it can run models here",
+            file=sys.stderr,
+        )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def analyze(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .service import Analyzer
+    from .trajectories import parse_file
+
+    settings = _settings(args)
+    try:
+        lines, bad = parse_file(Path(args.file).read_bytes())
+    except (OSError, VRError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    analyzer = Analyzer.from_settings(settings, store=not args.no_store)
+    options = {"top_k": args.top_k, "continuation_tokens": args.continuation_tokens}
+    errors = [(e.line, e.error) for e in bad]
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = 0
+    with out_path.open("w") as out, tqdm(total=len(lines), unit="traj", file=sys.stderr) as bar:
+        for number, obj in lines:
+            try:
+                if isinstance(obj, dict):
+                    obj = {**options, **obj}
+                    if args.privileged and "privileged" not in obj and "prompt_ids" not in obj:
+                        obj["privileged"] = args.privileged
+                analysis = analyzer.analyze(obj)
+                analysis["line"] = number
+                out.write(json.dumps(analysis) + "\n")
+                done += 1
+            except VRError as exc:
+                errors.append((number, exc.message))
+            bar.update(1)
+    for number, message in sorted(errors):
+        print(f"{args.file}:{number}: {message}", file=sys.stderr)
+    print(f"{done} analysed, {len(errors)} failed -> {out_path}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="vrollout", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="start the web app and JSON API")
+    _model_flags(p)
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.set_defaults(fn=serve)
+
+    p = sub.add_parser("analyze", help="analyse a JSONL file of trajectories")
+    _model_flags(p)
+    p.add_argument("file", help="JSONL (one trajectory per line) or a JSON array")
+    p.add_argument("--out", required=True, help="output JSONL: one analysis per line")
+    p.add_argument("--privileged", help="privileged text for lines that carry none")
+    p.add_argument("--top-k", dest="top_k", type=int, default=5)
+    p.add_argument("--continuation-tokens", dest="continuation_tokens", type=int, default=0)
+    p.add_argument("--no-store", action="store_true", help="do not save to the database")
+    p.set_defaults(fn=analyze)
+
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

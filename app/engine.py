@@ -1,0 +1,169 @@
+"""The replay engine: one teacher-forced pass per model, then metrics chunk by chunk.
+
+Given token ids (contexts and response), computes every per-step field of DESIGN.md.
+Knows nothing about HTTP, storage or text formats; `reference.py` is its naive twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .metrics import ChunkStats, step_stats
+from .models import LoadedModel, ModelPair
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def final_hidden(model: LoadedModel, input_ids: list[int]) -> Tensor:
+    """Final hidden states (L, H) of one teacher-forced pass, without the (L, V) logits."""
+    ids = torch.tensor([input_ids], device=model.device)  # (1, L)
+    out = model.model.get_decoder()(input_ids=ids, use_cache=False)
+    return out.last_hidden_state[0]  # (L, H)
+
+
+def head_logits(model: LoadedModel, hidden: Tensor, vocab_size: int) -> Tensor:
+    """Logits (C, vocab_size) for a chunk of hidden states, as the model's own head makes them."""
+    logits = model.model.get_output_embeddings()(hidden)  # (C, V_model)
+    config = model.model.config
+    scale = getattr(config, "logit_scale", None)
+    if isinstance(scale, int | float):
+        logits = logits * scale
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits[:, :vocab_size]
+
+
+@torch.inference_mode()
+def check_head(model: LoadedModel, vocab_size: int) -> None:
+    """Refuse an architecture whose head `head_logits` does not reproduce (checked at start-up)."""
+    ids = [1, 2, 3, 4, 5]
+    full = model.model(input_ids=torch.tensor([ids], device=model.device)).logits[0, :, :vocab_size]
+    ours = head_logits(model, final_hidden(model, ids), vocab_size)
+    if not torch.allclose(full.float(), ours.float(), atol=1e-3, rtol=1e-3):
+        raise RuntimeError(
+            f"{model.name}: its output head is not a plain projection of the final hidden "
+            "state; the chunked engine does not support this architecture"
+        )
+
+
+@dataclass
+class ReplayResult:
+    """Per-step arrays for T response tokens (python lists, JSON-ready)."""
+
+    student_logprob: list[float] = field(default_factory=list)
+    teacher_logprob: list[float] = field(default_factory=list)
+    reverse_kl: list[float] = field(default_factory=list)
+    forward_kl: list[float] = field(default_factory=list)
+    student_entropy: list[float] = field(default_factory=list)
+    teacher_entropy: list[float] = field(default_factory=list)
+    teacher_top1_id: list[int] = field(default_factory=list)
+    teacher_rank: list[int] = field(default_factory=list)
+    teacher_topk_ids: list[list[int]] = field(default_factory=list)
+    teacher_topk_logprobs: list[list[float]] = field(default_factory=list)
+    student_topk_ids: list[list[int]] = field(default_factory=list)
+    student_topk_logprobs: list[list[float]] = field(default_factory=list)
+
+    def extend(self, chunk: ChunkStats) -> None:
+        for name in self.__dataclass_fields__:
+            getattr(self, name).extend(getattr(chunk, name).tolist())
+
+
+@torch.inference_mode()
+def replay(
+    pair: ModelPair,
+    student_context: list[int],
+    teacher_context: list[int],
+    response: list[int],
+    top_k: int = 5,
+    chunk_size: int = 128,
+    progress: Progress = _no_progress,
+) -> ReplayResult:
+    """Score `response` under both models: one forward pass each over context + response.
+
+    Naive equivalent (`reference.naive_replay`): for every t, run each model on
+    context + response[:t] and read the last position. Logits are made from the final hidden
+    states `chunk_size` positions at a time, so no float32 (T, V) tensor ever exists.
+    """
+    T = len(response)
+    total = 2 * T
+    progress("replay", 0, total)
+    # Position i predicts token i + 1: y_t is predicted at len(context) - 1 + t.
+    s_hidden = final_hidden(pair.student, student_context + response)[len(student_context) - 1 : -1]
+    progress("replay", T // 2, total)
+    if pair.shared and student_context == teacher_context:
+        t_hidden = s_hidden  # same weights, same input: the same pass
+    else:
+        t_hidden = final_hidden(pair.teacher, teacher_context + response)[
+            len(teacher_context) - 1 : -1
+        ]  # (T, H)
+    progress("replay", T, total)
+    targets = torch.tensor(response, device=s_hidden.device)  # (T,)
+    result = ReplayResult()
+    for start in range(0, T, chunk_size):
+        stop = min(start + chunk_size, T)
+        s_logits = head_logits(pair.student, s_hidden[start:stop], pair.vocab_size)  # (C, V)
+        t_logits = head_logits(pair.teacher, t_hidden[start:stop], pair.vocab_size)
+        result.extend(step_stats(s_logits, t_logits, targets[start:stop], top_k, overwrite=True))
+        del s_logits, t_logits
+        progress("replay", T + stop, total)
+    return result
+
+
+class _StepCounter:
+    """A stopping criterion that never stops: it reports generation progress."""
+
+    def __init__(self, prompt_len: int, total: int, progress: Progress) -> None:
+        self.prompt_len, self.total, self.progress = prompt_len, total, progress
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: object) -> Tensor:
+        self.progress("generate", input_ids.shape[1] - self.prompt_len, self.total)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+@torch.inference_mode()
+def generate(
+    model: LoadedModel,
+    context: list[int],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: Progress = _no_progress,
+) -> list[int]:
+    """The student's response to `context` (ids), seeded: same seed, same response.
+
+    The end-of-sequence token, when produced, stays in the response: stopping is an action
+    the teacher scores like any other.
+    """
+    from transformers import StoppingCriteriaList
+
+    ids = torch.tensor([context], device=model.device)
+    tok = model.tokenizer
+    eos = model.model.generation_config.eos_token_id or tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
+    sampling = temperature > 0
+    options: dict[str, object] = {"do_sample": sampling}
+    if sampling:
+        options.update(temperature=temperature, top_p=top_p, top_k=0)
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = model.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            stopping_criteria=StoppingCriteriaList([_StepCounter(len(context), max_new_tokens, progress)]),
+            **options,
+        )
+    return out[0, len(context) :].tolist()

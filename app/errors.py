@@ -1,0 +1,40 @@
+"""The core's exceptions. One handler at the edge maps them to the JSON error shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VRError(Exception):
+    """Base class: a problem the user can fix, with an HTTP status and optional details."""
+
+    status: int = 400
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadTrajectory(VRError):
+    status = 422
+
+
+class TooLong(VRError):
+    status = 413
+
+
+class ModelMismatch(VRError):
+    """Student and teacher cannot be compared (e.g. different vocabularies)."""
+
+    status = 409
+
+
+class NotFound(VRError):
+    status = 404
+
+
+class ModelBusy(VRError):
+    """The model failed for a reason that is not the input's fault (e.g. out of memory)."""
+
+    status = 503

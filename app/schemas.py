@@ -1,0 +1,149 @@
+"""Request and response bodies of the JSON API: `/docs` is generated from these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(BaseModel):
+    role: str = Field(examples=["user"])
+    content: str
+
+
+class GenerationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: int = Field(256, description="limit: VROLLOUT_MAX_NEW_TOKENS")
+    temperature: float = Field(0.0, description="0 = greedy")
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class AnalyzeRequest(BaseModel):
+    """A trajectory in any DESIGN.md format, plus options. Without a response the student
+    generates one first (seeded)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "What is 17*23?",
+                    "response": "17*23 = 381.",
+                    "privileged": "17*23 = 17*20 + 17*3 = 340 + 51 = 391.",
+                }
+            ]
+        },
+    )
+    prompt: str | list[Message] | None = Field(
+        None, description="text, or chat messages (TRL prompt-completion)"
+    )
+    response: str | None = None
+    messages: list[Message] | None = Field(None, description="the last assistant message is the response")
+    completion: list[Message] | None = None
+    prompt_ids: list[int] | None = Field(None, description="the student's whole context, as ids")
+    response_ids: list[int] | None = None
+    teacher_prompt_ids: list[int] | None = None
+    privileged: str | None = Field(None, description="shown to the teacher only")
+    id: str | None = None
+    reference_answer: str | float | None = None
+    meta: dict[str, Any] | None = None
+    top_k: int = Field(5, description="alternatives kept per step (limit: VROLLOUT_MAX_TOP_K)")
+    continuation_tokens: int = Field(0, description="teacher's greedy continuation length from every prefix")
+    generation: GenerationOptions | None = None
+
+
+class TopToken(BaseModel):
+    token_id: int
+    token: str
+    logprob: float
+
+
+class Continuation(BaseModel):
+    token_ids: list[int]
+    text: str
+
+
+class Step(BaseModel):
+    position: int
+    token_id: int
+    token: str
+    student_logprob: float
+    teacher_logprob: float
+    advantage: float
+    reverse_kl: float
+    forward_kl: float
+    student_entropy: float
+    teacher_entropy: float
+    teacher_top1_id: int
+    teacher_top1: str
+    agree: bool
+    teacher_rank: int
+    teacher_topk: list[TopToken]
+    student_topk: list[TopToken]
+    teacher_continuation: Continuation | None
+
+
+class Side(BaseModel):
+    model: str
+    context_ids: list[int]
+    context_text: str
+
+
+class TeacherSide(Side):
+    privileged: str | None
+    shared_weights: bool
+
+
+class Rollout(BaseModel):
+    token_ids: list[int]
+    text: str
+
+
+class Summary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tokens: int
+    agreement_rate: float | None
+    divergences: int
+    first_divergence: int | None = Field(description="0-based position in the response")
+    reverse_kl_total: float
+    reverse_kl_mean: float | None
+    advantage_total: float
+
+
+class Analysis(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    created_at: str
+    student: Side
+    teacher: TeacherSide
+    response_ids: list[int]
+    response_text: str
+    retokenized: bool
+    steps: list[Step]
+    virtual_rollout: Rollout
+    summary: Summary
+
+
+class AnalysisListItem(BaseModel):
+    id: str
+    created_at: str
+    student: str
+    teacher: str
+    tokens: int
+    summary: dict[str, Any]
+    preview: str
+
+
+class AnalysisList(BaseModel):
+    items: list[AnalysisListItem]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorBody(BaseModel):
+    ok: bool = False
+    error: str
+    status: int

@@ -1,0 +1,208 @@
+"""The analysis pipeline: validate, build contexts, generate if needed, replay, store.
+
+`Analyzer` is what the API, the CLI and notebooks call. It is synchronous; the web app runs it
+on `ModelWorker`, one job at a time, off the event loop. No HTTP here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from .analysis import build_analysis
+from .config import Settings
+from .contexts import Contexts, build_contexts, check_ids
+from .engine import Progress, _no_progress, check_head, generate, replay
+from .errors import BadTrajectory, ModelBusy, TooLong
+from .models import ModelPair, load_pair
+from .storage import Store
+from .trajectories import Trajectory, parse_trajectory
+
+T = TypeVar("T")
+
+
+@dataclass
+class Options:
+    top_k: int = 5
+    continuation_tokens: int = 0
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def _number(obj: dict[str, Any], key: str, default: Any, kind: type, lo: float, hi: float) -> Any:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadTrajectory(f"{key} must be a number", field=key)
+    if kind is int and value != int(value):
+        raise BadTrajectory(f"{key} must be an integer", field=key)
+    if not lo <= value <= hi:
+        raise BadTrajectory(f"{key} must be between {lo} and {hi}, got {value}", field=key)
+    return kind(value)
+
+
+def parse_options(obj: dict[str, Any], settings: Settings) -> Options:
+    """The analysis options of a request or a file line, checked against the settings' limits."""
+    gen = obj.get("generation") or {}
+    if not isinstance(gen, dict):
+        raise BadTrajectory("generation must be an object")
+    return Options(
+        top_k=_number(obj, "top_k", 5, int, 0, settings.max_top_k),
+        continuation_tokens=_number(obj, "continuation_tokens", 0, int, 0, settings.max_continuation_tokens),
+        max_new_tokens=_number(gen, "max_new_tokens", 256, int, 1, settings.max_new_tokens),
+        temperature=_number(gen, "temperature", 0.0, float, 0.0, 10.0),
+        top_p=_number(gen, "top_p", 1.0, float, 1e-6, 1.0),
+        seed=_number(gen, "seed", 0, int, 0, 2**63 - 1),
+    )
+
+
+@dataclass
+class Prepared:
+    """A request that passed every check that needs no forward pass."""
+
+    traj: Trajectory
+    ctx: Contexts
+    options: Options
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+class Analyzer:
+    """Loaded models + settings + (optionally) a store: turns trajectories into analyses."""
+
+    def __init__(self, pair: ModelPair, settings: Settings, store: Store | None = None) -> None:
+        self.pair, self.settings, self.store = pair, settings, store
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, store: bool = True) -> Analyzer:
+        """Load the configured models (once) and open the database; for notebooks and the CLI."""
+        settings = settings or Settings()
+        pair = load_pair(settings)
+        for model in {id(pair.student): pair.student, id(pair.teacher): pair.teacher}.values():
+            check_head(model, pair.vocab_size)
+        return cls(pair, settings, Store(settings.database) if store else None)
+
+    def prepare(self, obj: Any) -> Prepared:
+        """Parse, render contexts and enforce every limit, before any model work."""
+        traj = parse_trajectory(obj)
+        options = parse_options(obj, self.settings)
+        limits = self.settings
+        for name, ids in (
+            ("prompt_ids", traj.prompt_ids),
+            ("teacher_prompt_ids", traj.teacher_prompt_ids),
+        ):
+            if ids is not None:
+                check_ids(name, ids, self.pair.vocab_size)
+        if traj.response_ids is not None:
+            check_ids("response_ids", traj.response_ids, self.pair.vocab_size)
+        ctx = build_contexts(traj, self.pair)
+        for name, ids in (
+            ("student context", ctx.student_ids),
+            ("teacher context", ctx.teacher_ids),
+        ):
+            if len(ids) > limits.max_context_tokens:
+                raise TooLong(
+                    f"the {name} has {len(ids)} tokens, over the limit of "
+                    f"{limits.max_context_tokens} (VROLLOUT_MAX_CONTEXT_TOKENS)"
+                )
+        if ctx.response_ids is not None and len(ctx.response_ids) > limits.max_response_tokens:
+            raise TooLong(
+                f"the response has {len(ctx.response_ids)} tokens, over the limit of "
+                f"{limits.max_response_tokens} (VROLLOUT_MAX_RESPONSE_TOKENS)"
+            )
+        return Prepared(traj, ctx, options)
+
+    def run(self, prep: Prepared, progress: Progress = _no_progress) -> dict[str, Any]:
+        """Generate (if no response was given), replay, assemble and store one analysis."""
+        try:
+            return self._run(prep, progress)
+        except torch.OutOfMemoryError:
+            raise ModelBusy("the model ran out of memory on this request; try a shorter one") from None
+
+    def _run(self, prep: Prepared, progress: Progress) -> dict[str, Any]:
+        ctx, opts = prep.ctx, prep.options
+        generation = None
+        response = ctx.response_ids
+        if response is None:
+            generation = {k: v for k, v in asdict(opts).items() if k not in ("top_k", "continuation_tokens")}
+            response = generate(
+                self.pair.student,
+                ctx.student_ids,
+                max_new_tokens=opts.max_new_tokens,
+                temperature=opts.temperature,
+                top_p=opts.top_p,
+                seed=opts.seed,
+                progress=progress,
+            )
+            if not response:
+                raise BadTrajectory("the student generated an empty response")
+        result = replay(
+            self.pair,
+            ctx.student_ids,
+            ctx.teacher_ids,
+            response,
+            top_k=opts.top_k,
+            chunk_size=self.settings.chunk_size,
+            progress=progress,
+        )
+        continuations = None
+        if opts.continuation_tokens:
+            from .continuations import continuations_from_every_prefix
+
+            continuations = continuations_from_every_prefix(
+                self.pair.teacher,
+                ctx.teacher_ids,
+                response,
+                opts.continuation_tokens,
+                progress,
+                vocab_size=self.pair.vocab_size,
+            )
+        analysis = build_analysis(
+            analysis_id=new_id(),
+            created_at=now(),
+            pair=self.pair,
+            traj=prep.traj,
+            ctx=ctx,
+            response_ids=response,
+            result=result,
+            top_k=opts.top_k,
+            generation=generation,
+            continuations=continuations,
+        )
+        if self.store is not None:
+            self.store.save(analysis)
+        progress("done", 1, 1)
+        return analysis
+
+    def analyze(self, obj: Any, progress: Progress = _no_progress) -> dict[str, Any]:
+        """One trajectory (any DESIGN.md format, plus options) to one stored analysis."""
+        return self.run(self.prepare(obj), progress)
+
+
+class ModelWorker:
+    """One thread for all model work: jobs run one at a time, the event loop stays free."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrollout-model")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,61 @@
+"""In-memory progress of single analyses started from the browser (one task per Analyze click)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import NotFound
+
+
+@dataclass
+class Task:
+    id: str
+    state: str = "queued"  # queued | running | done | error
+    stage: str = "queued"  # generate | replay | continuations | done
+    done: int = 0
+    total: int = 0
+    analysis_id: str | None = None
+    error: dict[str, Any] | None = None
+    created: float = field(default_factory=time.time)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """Called from the model thread; plain attribute writes are atomic enough to read."""
+        self.state, self.stage, self.done, self.total = "running", stage, done, total
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Tasks:
+    """The newest `keep` tasks; older ones are forgotten (their analyses stay in the store)."""
+
+    def __init__(self, keep: int = 500) -> None:
+        self._tasks: OrderedDict[str, Task] = OrderedDict()
+        self._lock = threading.Lock()
+        self._running: set[asyncio.Task[None]] = set()
+        self.keep = keep
+
+    def keep_running(self, job: asyncio.Task[None]) -> None:
+        """Hold a reference to a background job until it ends (the loop keeps only weak ones)."""
+        self._running.add(job)
+        job.add_done_callback(self._running.discard)
+
+    def create(self, task_id: str) -> Task:
+        task = Task(task_id)
+        with self._lock:
+            self._tasks[task_id] = task
+            while len(self._tasks) > self.keep:
+                self._tasks.popitem(last=False)
+        return task
+
+    def get(self, task_id: str) -> Task:
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is None:
+            raise NotFound(f"no task with id {task_id!r}")
+        return task

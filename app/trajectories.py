@@ -1,0 +1,187 @@
+"""Trajectory parsing: the four formats of DESIGN.md into one `Trajectory`.
+
+Knows nothing about models, tokenizers or HTTP. Every problem is a `BadTrajectory` whose
+message names the field (and, for files, the line).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BadTrajectory, TooLong
+
+OPTIONAL_STR_FIELDS = ("privileged", "id", "reference_answer")
+
+
+@dataclass
+class Trajectory:
+    """One trajectory, normalised. Either text (`messages`) or token ids (`prompt_ids`)."""
+
+    format: str  # prompt_response | messages | prompt_completion | token_ids
+    messages: list[dict[str, str]] | None = None  # the prompt as chat messages
+    response_text: str | None = None
+    prompt_ids: list[int] | None = None
+    teacher_prompt_ids: list[int] | None = None
+    response_ids: list[int] | None = None
+    privileged: str | None = None
+    id: str | None = None
+    reference_answer: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_response(self) -> bool:
+        return self.response_text is not None or self.response_ids is not None
+
+
+def _messages(value: Any, name: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise BadTrajectory(f"{name} must be a non-empty list of messages")
+    out = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict):
+            raise BadTrajectory(f"{name}[{i}] must be an object with 'role' and 'content'")
+        role, content = msg.get("role"), msg.get("content")
+        if not isinstance(role, str) or not role:
+            raise BadTrajectory(f"{name}[{i}].role must be a non-empty string")
+        if not isinstance(content, str):
+            raise BadTrajectory(f"{name}[{i}].content must be a string")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def _ids(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise BadTrajectory(f"{name} must be a list of integer token ids")
+    return list(value)
+
+
+def parse_trajectory(obj: Any) -> Trajectory:
+    """Normalise one trajectory object (already decoded from JSON)."""
+    if not isinstance(obj, dict):
+        raise BadTrajectory(f"a trajectory must be a JSON object, got {type(obj).__name__}")
+    extras: dict[str, Any] = {}
+    for key in OPTIONAL_STR_FIELDS:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str):
+            if key == "reference_answer" and isinstance(value, int | float):
+                value = str(value)  # a numeric answer is compared numerically later
+            else:
+                raise BadTrajectory(f"{key} must be a string")
+        extras[key] = value
+    meta = obj.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise BadTrajectory("meta must be an object")
+    extras["meta"] = meta or {}
+
+    if "response_ids" in obj or "prompt_ids" in obj:
+        return _token_level(obj, extras)
+    if "messages" in obj:
+        msgs = _messages(obj["messages"], "messages")
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last is None:  # no answer yet: the student will generate one
+            return Trajectory("messages", messages=msgs, **extras)
+        if last != len(msgs) - 1:
+            raise BadTrajectory("messages: the last assistant message must be the last message")
+        if last == 0:
+            raise BadTrajectory("messages: no prompt before the assistant's response")
+        return Trajectory("messages", messages=msgs[:last], response_text=msgs[last]["content"], **extras)
+    if "prompt" not in obj:
+        raise BadTrajectory(
+            "no trajectory found: give 'prompt' (+ 'response'), 'messages', "
+            "'prompt' + 'completion', or 'prompt_ids' + 'response_ids'"
+        )
+    prompt = obj["prompt"]
+    if isinstance(prompt, list):
+        msgs = _messages(prompt, "prompt")
+        if "completion" not in obj:
+            return Trajectory("prompt_completion", messages=msgs, **extras)
+        completion = _messages(obj["completion"], "completion")
+        if len(completion) != 1 or completion[0]["role"] != "assistant":
+            raise BadTrajectory("completion must hold exactly one assistant message")
+        return Trajectory(
+            "prompt_completion",
+            messages=msgs,
+            response_text=completion[0]["content"],
+            **extras,
+        )
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadTrajectory("prompt must be a non-empty string or a list of messages")
+    if "completion" in obj:
+        raise BadTrajectory("completion needs prompt as a list of messages (TRL format)")
+    response = obj.get("response")
+    if response is not None and not isinstance(response, str):
+        raise BadTrajectory("response must be a string")
+    return Trajectory(
+        "prompt_response",
+        messages=[{"role": "user", "content": prompt}],
+        response_text=response,
+        **extras,
+    )
+
+
+def _token_level(obj: dict[str, Any], extras: dict[str, Any]) -> Trajectory:
+    if "prompt_ids" not in obj:
+        raise BadTrajectory("response_ids needs prompt_ids (the student's whole context)")
+    prompt_ids = _ids(obj["prompt_ids"], "prompt_ids")
+    if not prompt_ids:
+        raise BadTrajectory("prompt_ids is empty")
+    response_ids = _ids(obj["response_ids"], "response_ids") if "response_ids" in obj else None
+    teacher_ids = obj.get("teacher_prompt_ids")
+    teacher_ids = _ids(teacher_ids, "teacher_prompt_ids") if teacher_ids is not None else None
+    if teacher_ids is not None and not teacher_ids:
+        raise BadTrajectory("teacher_prompt_ids is empty")
+    if extras["privileged"] and teacher_ids is None:
+        raise BadTrajectory(
+            "privileged text cannot be spliced into token ids: give teacher_prompt_ids "
+            "(the teacher's context with the privileged info already in it)"
+        )
+    return Trajectory(
+        "token_ids",
+        prompt_ids=prompt_ids,
+        response_ids=response_ids,
+        teacher_prompt_ids=teacher_ids,
+        **extras,
+    )
+
+
+@dataclass
+class LineError:
+    line: int
+    error: str
+
+
+def parse_file(data: bytes, max_lines: int = 100_000) -> tuple[list[tuple[int, Any]], list[LineError]]:
+    """Split an upload (JSONL, or one JSON array) into (line number, object) pairs and errors.
+
+    Only decoding happens here; each object is validated with `parse_trajectory` by the caller
+    so that a bad line never drops a good neighbour.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadTrajectory(f"the file is not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise BadTrajectory("the file is empty")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            items = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise BadTrajectory(f"invalid JSON array: {exc.msg} (line {exc.lineno})") from None
+        if len(items) > max_lines:
+            raise TooLong(f"{len(items)} trajectories, more than the limit of {max_lines}")
+        return [(i + 1, item) for i, item in enumerate(items)], []
+    good: list[tuple[int, Any]] = []
+    bad: list[LineError] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(good) + len(bad) >= max_lines:
+            raise TooLong(f"more than the limit of {max_lines} lines")
+        try:
+            good.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            bad.append(LineError(number, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+    return good, bad

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny random model pair (fast) and the real default model (honest)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import tiny_pair  # noqa: E402
+
+from app.config import Settings  # noqa: E402
+from app.main import create_app  # noqa: E402
+from app.models import ModelPair  # noqa: E402
+from app.service import Analyzer  # noqa: E402
+
+REAL_CACHE = Path.home() / ".cache" / "vrollout"  # shared with `make run`: converted once
+
+
+@pytest.fixture(scope="session")
+def tiny() -> ModelPair:
+    return tiny_pair()
+
+
+@pytest.fixture(scope="session")
+def real_analyzer(tmp_path_factory: pytest.TempPathFactory) -> Analyzer:
+    settings = Settings(database=tmp_path_factory.mktemp("real") / "db.sqlite3", cache_dir=REAL_CACHE)
+    return Analyzer.from_settings(settings)
+
+
+def tiny_settings(tmp_path: Path, **overrides: object) -> Settings:
+    overrides = {"max_response_tokens": 1000, **overrides}
+    return Settings(database=tmp_path / "db.sqlite3", chunk_size=8, **overrides)
+
+
+@pytest.fixture
+def tiny_client(tiny: ModelPair, tmp_path: Path):
+    settings = tiny_settings(tmp_path)
+    app = create_app(settings, analyzer=Analyzer(tiny, settings))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def real_client(real_analyzer: Analyzer, tmp_path_factory: pytest.TempPathFactory):
+    settings = real_analyzer.settings
+    app = create_app(settings, analyzer=real_analyzer)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client

@@ -1,0 +1,30 @@
+"""Continuations from every prefix against the naive per-prefix greedy loop."""
+
+from __future__ import annotations
+
+import pytest
+from test_engine import contexts, response
+
+from app.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
+from app.reference import naive_continuation
+
+
+@pytest.mark.parametrize("k,chunk", [(1, 64), (4, 5), (8, 64)])
+def test_continuations_equal_naive_greedy(tiny, k, chunk):
+    teacher = tiny.teacher
+    _, t_ctx = contexts(tiny)
+    resp = response(tiny, 23)
+    got = continuations_from_every_prefix(
+        teacher, t_ctx, resp, k, vocab_size=tiny.vocab_size, branch_chunk=chunk
+    )
+    eos = eos_ids(teacher)
+    want = [
+        cut_at_eos(naive_continuation(teacher, t_ctx + resp[:t], k, tiny.vocab_size), eos)
+        for t in range(len(resp))
+    ]
+    assert got == want
+
+
+def test_cut_at_eos():
+    assert cut_at_eos([5, 2, 7], {2}) == [5, 2]
+    assert cut_at_eos([5, 7], {2}) == [5, 7]
