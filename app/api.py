@@ -8,9 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from . import __version__
 from .errors import VRError
+from .figures import analysis_figure
 from .schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody
 from .service import Analyzer, ModelWorker, new_id
 from .storage import Store
@@ -108,6 +110,14 @@ async def list_analyses(
     """Stored analyses, newest first, without their steps."""
     items, total = await run_in_threadpool(store.list, limit, offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/analyses/{analysis_id}/figure")
+async def get_figure(analysis_id: str, store: StoreDep) -> Response:
+    """The Plotly figure the analysis page shows; open it with `plotly.io.from_json`."""
+    analysis = await run_in_threadpool(store.get, analysis_id)
+    figure = await run_in_threadpool(lambda: analysis_figure(analysis).to_json())
+    return Response(figure, media_type="application/json")
 
 
 @router.get("/analyses/{analysis_id}", response_model=Analysis)

@@ -18,6 +18,8 @@ from . import __version__
 from .api import router as api_router
 from .config import Settings
 from .errors import TooLong, VRError
+from .pages import make_templates
+from .pages import router as pages_router
 from .service import Analyzer, ModelWorker
 from .storage import Store
 from .tasks import Tasks
@@ -74,9 +76,15 @@ def _describe_validation(exc: RequestValidationError) -> tuple[int, str, list[di
 def install_error_handlers(app: FastAPI) -> None:
     """One place that maps every failure to the JSON error shape (pages get an HTML page)."""
 
+    def respond(request: Request, status: int, message: str, **details: Any) -> Any:
+        if request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", ""):
+            return JSONResponse(error_body(status, message, **details), status)
+        page = {"status": status, "message": message}
+        return request.app.state.templates.TemplateResponse(request, "error.html", page, status_code=status)
+
     @app.exception_handler(VRError)
     async def on_vr_error(request: Request, exc: VRError) -> Any:
-        return JSONResponse(error_body(exc.status, exc.message, **exc.details), exc.status)
+        return respond(request, exc.status, exc.message, **exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Any:
@@ -85,12 +93,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Any:
-        return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code)
+        return respond(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> Any:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(error_body(500, "internal error (see the server log)"), 500)
+        return respond(request, 500, "internal error (see the server log)")
 
 
 def create_app(settings: Settings | None = None, analyzer: Analyzer | None = None) -> FastAPI:
@@ -124,5 +132,7 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(pages_router)
+    app.state.templates = make_templates(settings.templates_dir)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app

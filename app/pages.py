@@ -1,0 +1,108 @@
+"""HTML pages: renderings of the same data the JSON API returns (datasette style)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import plotly
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+from plotly.offline import get_plotlyjs_version
+
+from .api import AnalyzerDep, StoreDep
+from .figures import analysis_figure
+
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+PLOTLY_URL = f"/vendor/plotly-{get_plotlyjs_version()}.min.js"
+
+router = APIRouter(include_in_schema=False)
+
+
+def show_token(token: str) -> str:
+    """Whitespace made visible for the token strip (the template escapes the result)."""
+    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍") or "∅"
+
+
+def make_templates(folder: Path) -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(folder))  # autoescape on for .html
+    env = templates.env
+    env.filters["show_token"] = show_token
+    env.filters["bits"] = lambda nats: None if nats is None else nats / math.log(2)
+    env.globals["plotly_url"] = PLOTLY_URL
+    return templates
+
+
+def templates_of(request: Request) -> Jinja2Templates:
+    return request.app.state.templates
+
+
+def script_json(text: str) -> str:
+    """JSON made safe to sit inside a <script> element (no `</script>`, no HTML specials)."""
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def figure_json(analysis: dict[str, Any]) -> str:
+    return script_json(analysis_figure(analysis).to_json())
+
+
+@router.get(PLOTLY_URL)
+async def plotly_js() -> FileResponse:
+    """plotly.js from the installed plotly package: served locally, works offline."""
+    return FileResponse(
+        PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=31536000"}
+    )
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index(request: Request, analyzer: AnalyzerDep) -> Response:
+    return templates_of(request).TemplateResponse(
+        request, "index.html", {"models": analyzer.pair.describe(), "settings": analyzer.settings}
+    )
+
+
+@router.get("/analyses", response_class=HTMLResponse)
+async def analyses_page(
+    request: Request,
+    store: StoreDep,
+    page: Annotated[int, Query(ge=1)] = 1,
+) -> Response:
+    per_page = 50
+    items, total = await run_in_threadpool(store.list, per_page, (page - 1) * per_page)
+    return templates_of(request).TemplateResponse(
+        request,
+        "analyses.html",
+        {"items": items, "total": total, "page": page, "pages": max(1, math.ceil(total / per_page))},
+    )
+
+
+async def _analysis_context(store: Any, analysis_id: str) -> dict[str, Any]:
+    analysis = await run_in_threadpool(store.get, analysis_id)
+    figure = await run_in_threadpool(figure_json, analysis)
+    return {"a": analysis, "s": analysis["summary"], "figure_json": figure}
+
+
+@router.get("/analyses/{analysis_id}", response_class=HTMLResponse)
+async def analysis_page(request: Request, analysis_id: str, store: StoreDep) -> Response:
+    context = await _analysis_context(store, analysis_id)
+    return templates_of(request).TemplateResponse(request, "analysis.html", {**context, "standalone": False})
+
+
+@router.get("/analyses/{analysis_id}/download", response_class=HTMLResponse)
+async def analysis_download(request: Request, analysis_id: str, store: StoreDep) -> Response:
+    """One self-contained HTML file (plotly.js, CSS and script inlined) that opens offline."""
+    context = await _analysis_context(store, analysis_id)
+    static = request.app.state.settings.static_dir
+    inline = {
+        "inline_css": (static / "app.css").read_text(),
+        "inline_js": (static / "analysis.js").read_text(),
+        "inline_plotly": PLOTLY_JS.read_text(),
+    }
+    response = templates_of(request).TemplateResponse(
+        request, "analysis.html", {**context, **inline, "standalone": True}
+    )
+    response.headers["Content-Disposition"] = f'attachment; filename="analysis-{analysis_id}.html"'
+    return response

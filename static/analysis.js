@@ -1,0 +1,181 @@
+// The analysis page: colour the token strip, tooltips, the Plotly chart, and the link between
+// the two (click a token to mark it in the chart, click a point to select its token).
+// Model text is untrusted: it only ever reaches the DOM through textContent.
+(function () {
+  "use strict";
+  const analysis = JSON.parse(document.getElementById("analysis-data").textContent);
+  const figure = JSON.parse(document.getElementById("figure-data").textContent);
+  const steps = analysis.steps;
+  const strip = document.getElementById("strip");
+  const cols = strip.querySelectorAll(".col");
+  const tooltip = document.getElementById("tooltip");
+  const selected = document.getElementById("selected");
+  const chart = document.getElementById("chart");
+
+  const visible = (t) => (t === "" ? "∅" : t.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
+  const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+
+  const RANKS = [
+    { max: 1, color: "#b7e4b0", label: "top-1" },
+    { max: 10, color: "#fff0a0", label: "2–10" },
+    { max: 100, color: "#ffc49b", label: "11–100" },
+    { max: Infinity, color: "#e9a8e0", label: "> 100" },
+  ];
+  const maxKl = Math.max(1e-9, ...steps.map((s) => s.reverse_kl));
+  const METRICS = {
+    reverse_kl: {
+      color: (s) => `rgba(192, 57, 43, ${(0.85 * Math.sqrt(s.reverse_kl / maxKl)).toFixed(3)})`,
+      legend: [["0", "rgba(192,57,43,0)"], [`${fmt(maxKl)} nats`, "rgba(192,57,43,0.85)"]],
+    },
+    teacher_logprob: {
+      color: (s) => `rgba(44, 111, 187, ${(0.85 * Math.min(1, -s.teacher_logprob / 10)).toFixed(3)})`,
+      legend: [["log p = 0", "rgba(44,111,187,0)"], ["log p ≤ −10", "rgba(44,111,187,0.85)"]],
+    },
+    rank: {
+      color: (s) => RANKS.find((r) => s.teacher_rank <= r.max).color,
+      legend: RANKS.map((r) => [`rank ${r.label}`, r.color]),
+    },
+  };
+
+  function paint(name) {
+    const metric = METRICS[name];
+    cols.forEach((col, i) => {
+      col.firstChild.style.backgroundColor = metric.color(steps[i]);
+    });
+    const legend = document.getElementById("legend");
+    legend.replaceChildren(
+      ...metric.legend.map(([label, color]) => {
+        const item = document.createElement("span");
+        const swatch = document.createElement("i");
+        swatch.style.backgroundColor = color;
+        item.append(swatch, label);
+        return item;
+      })
+    );
+  }
+
+  function el(tag, text, cls) {
+    const node = document.createElement(tag);
+    if (text !== undefined) node.textContent = text;
+    if (cls) node.className = cls;
+    return node;
+  }
+
+  function topTable(title, rows, actual) {
+    const table = el("table", undefined, "topk");
+    const head = table.createTHead().insertRow();
+    head.append(el("th", title), el("th", "p"));
+    const body = table.createTBody();
+    for (const r of rows) {
+      const row = body.insertRow();
+      if (r.token_id === actual) row.className = "actual";
+      row.append(el("td", visible(r.token)), el("td", fmt(Math.exp(r.logprob))));
+    }
+    return table;
+  }
+
+  function details(i, full) {
+    const s = steps[i];
+    const box = document.createDocumentFragment();
+    const head = el("div", undefined, "tt-head");
+    head.append(
+      el("b", `#${s.position} `),
+      el("code", visible(s.token)),
+      el("span", s.agree ? " = teacher " : " ≠ teacher "),
+      el("code", visible(s.teacher_top1))
+    );
+    box.append(head);
+    box.append(
+      el(
+        "div",
+        `reverse KL ${fmt(s.reverse_kl)} · forward KL ${fmt(s.forward_kl)} nats · teacher rank ${s.teacher_rank}`
+      ),
+      el(
+        "div",
+        `log p_S(y) ${fmt(s.student_logprob)} · log p_T(y) ${fmt(s.teacher_logprob)} · advantage ${fmt(s.advantage)}`
+      )
+    );
+    const tables = el("div", undefined, "tt-tables");
+    tables.append(topTable("teacher top-k", s.teacher_topk, s.token_id));
+    tables.append(topTable("student top-k", s.student_topk, s.token_id));
+    box.append(tables);
+    if (s.teacher_continuation) {
+      const k = s.teacher_continuation.token_ids.length;
+      const did = steps.slice(i, i + k).map((x) => x.token).join("");
+      const wheel = el("div", undefined, "wheel");
+      wheel.append(el("div", "If the teacher took the wheel here:", "k"));
+      wheel.append(el("pre", visible(s.teacher_continuation.text), "teacher-cont"));
+      if (full) {
+        wheel.append(el("div", "What the student did:", "k"));
+        wheel.append(el("pre", visible(did), "student-cont"));
+      }
+      box.append(wheel);
+    }
+    return box;
+  }
+
+  function showTooltip(col) {
+    const i = Number(col.dataset.i);
+    tooltip.replaceChildren(details(i, false));
+    tooltip.hidden = false;
+    const rect = col.getBoundingClientRect();
+    const width = tooltip.offsetWidth;
+    const left = Math.min(window.scrollX + rect.left, window.scrollX + document.documentElement.clientWidth - width - 8);
+    tooltip.style.left = `${Math.max(8, left)}px`;
+    tooltip.style.top = `${window.scrollY + rect.bottom + 6}px`;
+  }
+
+  let current = null;
+  function select(i, fromChart) {
+    if (current !== null) cols[current].classList.remove("sel");
+    current = i;
+    const col = cols[i];
+    col.classList.add("sel");
+    selected.replaceChildren(details(i, true));
+    selected.hidden = false;
+    if (fromChart) col.scrollIntoView({ block: "nearest", inline: "nearest" });
+    if (window.Plotly && chart.data) {
+      Plotly.relayout(chart, {
+        shapes: [
+          {
+            type: "line", xref: "x", yref: "paper", x0: i, x1: i, y0: 0, y1: 1,
+            line: { color: "#34495e", width: 1.5, dash: "dash" },
+          },
+        ],
+      });
+    }
+    document.body.dataset.selected = String(i);
+  }
+
+  strip.addEventListener("mouseover", (e) => {
+    const col = e.target.closest(".col");
+    if (col) showTooltip(col);
+  });
+  strip.addEventListener("mouseleave", () => {
+    tooltip.hidden = true;
+  });
+  strip.addEventListener("click", (e) => {
+    const col = e.target.closest(".col");
+    if (col) select(Number(col.dataset.i), false);
+  });
+  strip.addEventListener("keydown", (e) => {
+    const col = e.target.closest(".col");
+    if (col && (e.key === "Enter" || e.key === " ")) {
+      e.preventDefault();
+      select(Number(col.dataset.i), false);
+    }
+  });
+
+  for (const radio of document.querySelectorAll('input[name="metric"]')) {
+    radio.addEventListener("change", () => paint(radio.value));
+  }
+  paint("reverse_kl");
+
+  Plotly.newPlot(chart, figure.data, figure.layout, { responsive: true, displaylogo: false }).then(() => {
+    chart.on("plotly_click", (event) => {
+      const point = event.points && event.points[0];
+      if (point && Number.isInteger(point.x) && point.x < steps.length) select(point.x, true);
+    });
+    document.body.dataset.ready = "1";
+  });
+})();

@@ -1,0 +1,207 @@
+"""Browser tests: headless Chromium (Debian's) against a real uvicorn on the real default model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REAL_CACHE
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+XSS_TOKENS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`vrollout serve` in a subprocess, as a user would run it."""
+
+    def __init__(self, database: Path) -> None:
+        self.database, self.port, self.proc = database, free_port(), None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        env = {**os.environ, "VROLLOUT_DATABASE": str(self.database), "VROLLOUT_CACHE_DIR": str(REAL_CACHE)}
+        cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert self.proc.poll() is None, "the server exited during start-up"
+            try:
+                with urllib.request.urlopen(self.url + "/api/health", timeout=2) as r:
+                    if json.load(r)["ok"]:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError("the server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+    def post(self, path: str, body: dict) -> dict:
+        req = urllib.request.Request(
+            self.url + path, json.dumps(body).encode(), {"content-type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.load(r)
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=60) as r:
+            return json.load(r)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("VROLLOUT_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("browser") / "db.sqlite3").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    yield pg
+    context.close()
+
+
+def visible(token: str) -> str:
+    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍") or "∅"
+
+
+def test_analyze_from_the_browser(server, page, tmp_path):
+    page.goto(server.url + "/")
+    page.fill("#prompt", "What is 17*23?")
+    page.fill("#privileged", "17*23 = 391")
+    page.fill("#reference_answer", "391")
+    page.fill("#max_new_tokens", "24")
+    page.screenshot(path=tmp_path / "index.png", full_page=True)
+    page.click("#analyze")
+    page.wait_for_url("**/analyses/*", timeout=120_000)
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    analysis_id = page.url.rsplit("/", 1)[1]
+    a = server.get(f"/api/analyses/{analysis_id}")
+    assert a["response_text"].startswith("17*23 = 381")
+    assert a["trajectory"]["reference_answer"] == "391"
+
+    # The token strip and the aligned virtual rollout agree with the JSON API.
+    students = page.locator("#strip .col .stu").all_text_contents()
+    teachers = page.locator("#strip .col .tea").all_text_contents()
+    assert students == [visible(s["token"]) for s in a["steps"]]
+    assert teachers == [visible(s["teacher_top1"]) for s in a["steps"]]
+    assert page.locator("#strip .col.div").count() == a["summary"]["divergences"] > 0
+    assert page.text_content("#rollout-text") == a["virtual_rollout"]["text"]
+    assert page.text_content("#response-text") == a["response_text"]
+    assert page.text_content("[data-key=tokens]") == str(a["summary"]["tokens"])
+    assert page.text_content("[data-key=divergences]") == str(a["summary"]["divergences"])
+    # The chart: four WebGL traces with one point per token.
+    lengths = page.evaluate("document.getElementById('chart').data.map(t => t.x.length)")
+    assert lengths[0] == len(a["steps"]) and lengths[1] == a["summary"]["divergences"]
+
+    # Hover a divergent token: the tooltip names it, the teacher's choice and the alternatives.
+    first = a["summary"]["first_divergence"]
+    page.hover(f"#strip .col[data-i='{first}']")
+    tip = page.locator("#tooltip")
+    assert tip.is_visible()
+    text = tip.text_content()
+    step = a["steps"][first]
+    assert f"#{first}" in text and "≠ teacher" in text and f"rank {step['teacher_rank']}" in text
+    assert visible(step["teacher_topk"][0]["token"]) in text and "If the teacher took the wheel" in text
+    page.screenshot(path=tmp_path / "analysis-hover.png", full_page=True)
+
+    # Click selects the token and marks it in the chart; the colour switch repaints the strip.
+    page.click(f"#strip .col[data-i='{first}']")
+    assert page.get_attribute("body", "data-selected") == str(first)
+    shape_x = page.evaluate("document.getElementById('chart').layout.shapes[0].x0")
+    assert shape_x == first
+    before = page.eval_on_selector("#strip .col .stu", "e => e.style.backgroundColor")
+    page.check("input[value=rank]")
+    after = page.eval_on_selector("#strip .col .stu", "e => e.style.backgroundColor")
+    assert before != after
+    assert page.errors == []
+
+
+def test_xss_trajectory_runs_nothing(server, page, tmp_path):
+    body = {
+        "prompt": XSS_TOKENS[0] + " " + XSS_TOKENS[1],
+        "response": "Sure: " + XSS_TOKENS[0] + " and " + XSS_TOKENS[1],
+        "privileged": XSS_TOKENS[1],
+    }
+    a = server.post("/api/analyze", body)
+    dialogs, requests = [], []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(server.url + f"/analyses/{a['id']}")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    for col in range(0, len(a["steps"]), 3):
+        page.hover(f"#strip .col[data-i='{col}']")
+    page.click("#student-context summary")
+    page.click("#teacher-context summary")
+    page.goto(server.url + "/analyses")
+    page.screenshot(path=tmp_path / "xss.png", full_page=True)
+    assert dialogs == []
+    assert not [u for u in requests if u.rstrip("/").endswith("/x")]
+    page.goto(server.url + f"/analyses/{a['id']}")
+    assert "<script>alert(1)</script>" in page.text_content("#response-text")
+    assert page.errors == []
+
+
+def test_bad_input_shows_a_clear_error(server, page):
+    page.goto(server.url + "/")
+    page.fill("#prompt", "hi")
+    page.check("input[value=paste]")  # and leave the response empty
+    page.click("#analyze")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "the response is empty" in page.text_content("#error")
+    assert page.is_enabled("#analyze")
+
+
+def test_analysis_page_after_a_restart(server, page):
+    a = server.post("/api/analyze", {"prompt": "Say hi.", "response": "Hi there!"})
+    server.stop()
+    server.start()
+    page.goto(server.url + f"/analyses/{a['id']}")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.text_content("#response-text") == a["response_text"]
+    assert page.locator("#strip .col").count() == len(a["steps"])
