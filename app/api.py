@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ from fastapi.responses import Response
 
 from . import __version__
 from .errors import VRError
-from .figures import analysis_figure
+from .figures import figure_dict
 from .schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody
 from .service import Analyzer, ModelWorker, new_id
 from .storage import Store
@@ -116,7 +117,7 @@ async def list_analyses(
 async def get_figure(analysis_id: str, store: StoreDep) -> Response:
     """The Plotly figure the analysis page shows; open it with `plotly.io.from_json`."""
     analysis = await run_in_threadpool(store.get, analysis_id)
-    figure = await run_in_threadpool(lambda: analysis_figure(analysis).to_json())
+    figure = await run_in_threadpool(lambda: json.dumps(figure_dict(analysis)))
     return Response(figure, media_type="application/json")
 
 

@@ -1,6 +1,11 @@
-"""Plotly figures: pure functions from an analysis (dict) to a `go.Figure`. No I/O, no HTTP.
+"""Plotly figures: pure functions from an analysis (dict) to a figure. No I/O, no HTTP.
 
-Many points are drawn with WebGL traces (`Scattergl`), so a 2,000-token analysis stays fast.
+`figure_dict` builds the figure as plain JSON-ready data (the page and `/api/.../figure` send it
+as is; building `go.Figure` objects would validate every array, ~0.2 s for 2,000 tokens);
+`analysis_figure` wraps it in a `go.Figure` for notebooks. Only trace types in plotly.js's
+"basic" bundle (scatter) are used: the page loads that 1.2 MB bundle instead of the 4.8 MB full
+one, which is most of what makes a 2,000-token analysis interactive in under 2 s
+(benchmarks/ui.py).
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ from itertools import accumulate
 from typing import Any
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 KL_COLOR = "#c0392b"
 LOGPROB_COLOR = "#2c6fbb"
 SHARE_COLOR = "#7f8c8d"
 DIVERGENCE_COLOR = "#e67e22"
+MARKERS_UP_TO = 400  # beyond this many tokens, lines only: thousands of SVG markers are slow
 
 
 def _visible(token: str) -> str:
@@ -48,90 +53,102 @@ def cumulative_share(values: list[float]) -> list[float]:
     return [c / total for c in accumulate(values)]
 
 
-def analysis_figure(analysis: dict[str, Any]) -> go.Figure:
+def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
     """The signal over token position: reverse KL (with divergences and the cumulative share of
     the total on a second axis) above, the teacher's log-prob of the student's token below."""
     steps = analysis["steps"]
     x = [s["position"] for s in steps]
     kl = [s["reverse_kl"] for s in steps]
-    hover = [hover_text(s) for s in steps]
-    fig = make_subplots(
-        rows=2,
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.06,
-        row_heights=[0.6, 0.4],
-        specs=[[{"secondary_y": True}], [{}]],
-    )
-    fig.add_trace(
-        go.Scattergl(
-            x=x,
-            y=kl,
-            name="reverse KL (nats)",
-            mode="lines+markers",
-            line={"color": KL_COLOR, "width": 1},
-            marker={"size": 4, "color": KL_COLOR},
-            hovertext=hover,
-            hoverinfo="text",
-        ),
-        row=1,
-        col=1,
-    )
     divergent = [s for s in steps if not s["agree"]]
-    fig.add_trace(
-        go.Scattergl(
-            x=[s["position"] for s in divergent],
-            y=[s["reverse_kl"] for s in divergent],
-            name="divergence (teacher top-1 ≠ token)",
-            mode="markers",
-            marker={"symbol": "x", "size": 9, "color": DIVERGENCE_COLOR},
-            hovertext=[hover_text(s) for s in divergent],
-            hoverinfo="text",
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scattergl(
-            x=x,
-            y=cumulative_share(kl),
-            name="cumulative share of total KL",
-            mode="lines",
-            line={"color": SHARE_COLOR, "dash": "dot", "width": 1.5},
-            hovertemplate="%{y:.0%} of the total by #%{x}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-        secondary_y=True,
-    )
-    fig.add_trace(
-        go.Scattergl(
-            x=x,
-            y=[s["teacher_logprob"] for s in steps],
-            name="teacher log-prob of the token",
-            mode="lines+markers",
-            line={"color": LOGPROB_COLOR, "width": 1},
-            marker={"size": 4, "color": LOGPROB_COLOR},
-            hovertext=hover,
-            hoverinfo="text",
-        ),
-        row=2,
-        col=1,
-    )
-    fig.update_yaxes(title_text="reverse KL (nats)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(
-        title_text="cumulative share", range=[0, 1.02], tickformat=".0%", showgrid=False,
-        row=1, col=1, secondary_y=True,
-    )  # fmt: skip
-    fig.update_yaxes(title_text="teacher log p(y)", row=2, col=1)
-    fig.update_xaxes(title_text="token position in the response", row=2, col=1)
-    fig.update_layout(
-        height=520,
-        margin={"l": 60, "r": 60, "t": 30, "b": 50},
-        hovermode="closest",
-        legend={"orientation": "h", "y": 1.08, "x": 0},
-        template="plotly_white",
-        clickmode="event",
-        uirevision="keep",
-    )
-    return fig
+    mode = "lines+markers" if len(steps) <= MARKERS_UP_TO else "lines"
+    data = [
+        {
+            "type": "scatter",
+            "x": x,
+            "y": kl,
+            "name": "reverse KL (nats)",
+            "mode": mode,
+            "line": {"color": KL_COLOR, "width": 1},
+            "marker": {"size": 4, "color": KL_COLOR},
+            "hovertext": [hover_text(s) for s in steps],
+            "hoverinfo": "text",
+            "xaxis": "x",
+            "yaxis": "y",
+        },
+        {
+            "type": "scatter",
+            "x": [s["position"] for s in divergent],
+            "y": [s["reverse_kl"] for s in divergent],
+            "name": "divergence (teacher top-1 ≠ token)",
+            "mode": "markers",
+            "marker": {"symbol": "x", "size": 9, "color": DIVERGENCE_COLOR},
+            "hovertext": [hover_text(s) for s in divergent],
+            "hoverinfo": "text",
+            "xaxis": "x",
+            "yaxis": "y",
+        },
+        {
+            "type": "scatter",
+            "x": x,
+            "y": cumulative_share(kl),
+            "name": "cumulative share of total KL",
+            "mode": "lines",
+            "line": {"color": SHARE_COLOR, "dash": "dot", "width": 1.5},
+            "hovertemplate": "%{y:.0%} of the total by #%{x}<extra></extra>",
+            "xaxis": "x",
+            "yaxis": "y2",
+        },
+        {
+            "type": "scatter",
+            "x": x,
+            "y": [s["teacher_logprob"] for s in steps],
+            "name": "teacher log-prob of the token",
+            "mode": mode,
+            "line": {"color": LOGPROB_COLOR, "width": 1},
+            "marker": {"size": 4, "color": LOGPROB_COLOR},
+            # The full hover text lives on the KL trace; one copy keeps the page light.
+            "hovertemplate": "#%{x}: teacher log p(y) = %{y:.3f}<extra></extra>",
+            "xaxis": "x",
+            "yaxis": "y3",
+        },
+    ]
+    layout = {
+        "height": 520,
+        "margin": {"l": 60, "r": 60, "t": 30, "b": 50},
+        "hovermode": "closest",
+        "legend": {"orientation": "h", "y": 1.1, "x": 0},
+        "template": {"layout": {"plot_bgcolor": "white", "paper_bgcolor": "white"}},
+        "clickmode": "event",
+        "xaxis": {
+            "anchor": "y3",
+            "title": {"text": "token position in the response"},
+            "gridcolor": "#eef0f3",
+            "zeroline": False,
+        },
+        "yaxis": {
+            "domain": [0.44, 1.0],
+            "title": {"text": "reverse KL (nats)"},
+            "rangemode": "tozero",
+            "gridcolor": "#eef0f3",
+        },
+        "yaxis2": {
+            "overlaying": "y",
+            "side": "right",
+            "range": [0, 1.02],
+            "tickformat": ".0%",
+            "dtick": 0.25,
+            "showgrid": False,
+            "title": {"text": "cumulative share"},
+        },
+        "yaxis3": {
+            "domain": [0.0, 0.38],
+            "title": {"text": "teacher log p(y)"},
+            "gridcolor": "#eef0f3",
+        },
+    }
+    return {"data": data, "layout": layout}
+
+
+def analysis_figure(analysis: dict[str, Any]) -> go.Figure:
+    """The same figure as a `go.Figure`, for notebooks."""
+    return go.Figure(figure_dict(analysis))

@@ -39,9 +39,33 @@ class ChunkStats:
     student_topk_logprobs: Tensor
 
 
-def _row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_v a[c, v] · b[c, v] without materialising a (C, V) product."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)  # (C,)
+BLOCK_ROWS = 8  # CPU: positions per block, so a block's (rows, V) float32 buffers stay in cache
+GROUP = 64  # vocabulary entries per group in the two-stage top-k
+
+
+def _top1_topk(logprobs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """argmax (first occurrence, as `torch.argmax`) and `torch.topk(logprobs, k)` of each row.
+
+    Two stages: the maximum of every group of GROUP entries, then an exact top-k among the k
+    best groups only. Exact: each of the row's k largest values lies in a group whose maximum
+    is at least that value, so the k best groups hold them all (only the order of tied indices
+    may differ from `torch.topk`'s). One cheap pass over the row instead of a full selection.
+    """
+    R, V = logprobs.shape
+    groups, rest = divmod(V, GROUP)
+    if rest or groups < 4 * k:  # too few groups to pay off
+        values, ids = torch.topk(logprobs, k, dim=-1)
+        return logprobs.argmax(dim=-1), values, ids
+    grouped = logprobs.view(R, groups, GROUP)
+    group_max = grouped.amax(dim=-1)  # (R, G)
+    rows = torch.arange(R, device=logprobs.device)
+    first = group_max.argmax(dim=-1)  # (R,) the first group holding the row's maximum
+    top1 = first * GROUP + grouped[rows, first].argmax(dim=-1)
+    offsets = torch.arange(GROUP, device=logprobs.device)
+    best_groups = torch.topk(group_max, k, dim=-1).indices  # (R, k)
+    columns = (best_groups[:, :, None] * GROUP + offsets).view(R, k * GROUP)  # (R, k*GROUP)
+    values, picked = torch.topk(logprobs.gather(1, columns), k, dim=-1)
+    return top1, values, columns.gather(1, picked)
 
 
 def step_stats(
@@ -53,49 +77,66 @@ def step_stats(
 ) -> ChunkStats:
     """Every per-step metric of DESIGN.md for one chunk of positions.
 
-    student_logits, teacher_logits: (C, V), any float dtype (upcast here, one chunk at a time);
+    student_logits, teacher_logits: (C, V), any float dtype (upcast here, a block at a time);
     token_ids: (C,) the student's actual tokens y_t.
 
     Naive equivalent (`reference.naive_step`): log_softmax both rows, then
     KL(p‖q) = Σ p (log p − log q), KL(q‖p), H = −Σ p log p, rank = 1 + #{v: q(v) > q(y)},
-    each its own pass over the vocabulary. Here the four sums share the probabilities and
-    the log-ratio, and the dot products go through bmm, so the chunk is read a few times.
-    overwrite: the logits are scratch and may be turned into log-probs in place (saves a copy).
+    argmax and top-k, each its own pass over the vocabulary. Here, on a CPU, the chunk goes
+    BLOCK_ROWS positions at a time through a few float32 buffers allocated once, small enough
+    to stay in the cache, so the logits are read from memory once; on a GPU the whole chunk
+    is one block. The logits are never written to; `overwrite` (they are scratch) is accepted
+    for callers that know it, and then lets their memory serve as two of the buffers.
     """
-    logp = student_logits.float()  # (C, V); a copy unless the input is already fp32
-    logq = teacher_logits.float()
-    if not overwrite and logp.data_ptr() == student_logits.data_ptr():
-        logp = logp.clone()
-    if not overwrite and logq.data_ptr() == teacher_logits.data_ptr():
-        logq = logq.clone()
-    logp -= torch.logsumexp(logp, dim=-1, keepdim=True)  # log p_t, in place
-    logq -= torch.logsumexp(logq, dim=-1, keepdim=True)  # log q_t
-    p = logp.exp()  # (C, V)
-    q = logq.exp()
-    log_ratio = logp - logq  # (C, V): log p − log q
-    reverse_kl = _row_dot(p, log_ratio).clamp_(min=0.0) + 0.0  # + 0.0: no -0.0
-    forward_kl = (-_row_dot(q, log_ratio)).clamp_(min=0.0) + 0.0
-    student_entropy = -_row_dot(p, logp)
-    teacher_entropy = -_row_dot(q, logq)
-    del p, q, log_ratio
-
-    index = token_ids.view(-1, 1)  # (C, 1)
-    student_logprob = logp.gather(1, index).view(-1)
-    teacher_logprob = logq.gather(1, index).view(-1)
-    teacher_rank = 1 + (logq > teacher_logprob.unsqueeze(1)).sum(dim=-1)
-    teacher_top1_id = logq.argmax(dim=-1)
+    C, V = student_logits.shape
+    device, f32 = student_logits.device, torch.float32
+    rows = C if device.type != "cpu" else max(1, min(BLOCK_ROWS, C))
     k = max(top_k, 1)
-    t_vals, t_ids = torch.topk(logq, k, dim=-1)
-    s_vals, s_ids = torch.topk(logp, k, dim=-1)
+    floats = torch.empty(len(STEP_FIELDS), C, dtype=f32, device=device)  # rows in STEP_FIELDS order
+    (student_logprob, teacher_logprob, reverse_kl, forward_kl, student_entropy, teacher_entropy) = floats
+    teacher_rank = torch.empty(C, dtype=torch.int64, device=device)
+    teacher_top1_id = torch.empty(C, dtype=torch.int64, device=device)
+    t_vals, s_vals = torch.empty(2, C, k, dtype=f32, device=device)
+    t_ids, s_ids = torch.empty(2, C, k, dtype=torch.int64, device=device)
+    in_place = (
+        overwrite
+        and student_logits.dtype == teacher_logits.dtype == f32
+        and student_logits.data_ptr() != teacher_logits.data_ptr()
+    )
+    buffers = torch.empty(4 if in_place else 6, rows, V, dtype=f32, device=device)
+    for r0 in range(0, C, rows):
+        r1 = min(r0 + rows, C)
+        logp, logq, p, q, *scratch = buffers[:, : r1 - r0]  # each (n, V)
+        s_block, t_block = student_logits[r0:r1], teacher_logits[r0:r1]
+        torch.log_softmax(s_block, -1, dtype=f32, out=logp)
+        torch.log_softmax(t_block, -1, dtype=f32, out=logq)
+        torch.softmax(s_block, -1, dtype=f32, out=p)
+        torch.softmax(t_block, -1, dtype=f32, out=q)
+        log_ratio, product = (s_block, t_block) if in_place else scratch  # the logits are read
+        torch.sub(logp, logq, out=log_ratio)  # log p − log q
+        torch.sum(torch.mul(p, log_ratio, out=product), -1, out=reverse_kl[r0:r1])
+        torch.sum(torch.mul(q, log_ratio, out=product), -1, out=forward_kl[r0:r1])  # negated below
+        torch.sum(torch.mul(p, logp, out=product), -1, out=student_entropy[r0:r1])  # negated below
+        torch.sum(torch.mul(q, logq, out=product), -1, out=teacher_entropy[r0:r1])
+        index = token_ids[r0:r1].view(-1, 1)  # (n, 1)
+        torch.gather(logp, 1, index, out=student_logprob[r0:r1].view(-1, 1))
+        torch.gather(logq, 1, index, out=teacher_logprob[r0:r1].view(-1, 1))
+        torch.sum(logq > teacher_logprob[r0:r1].view(-1, 1), -1, out=teacher_rank[r0:r1])
+        teacher_top1_id[r0:r1], t_vals[r0:r1], t_ids[r0:r1] = _top1_topk(logq, k)
+        _, s_vals[r0:r1], s_ids[r0:r1] = _top1_topk(logp, k)
+    forward_kl.neg_()
+    floats[4:].neg_()  # entropies
+    floats[2:].clamp_(min=0.0)
+    floats[2:4] += 0.0  # no -0.0 KL
     return ChunkStats(
         student_logprob=student_logprob,
         teacher_logprob=teacher_logprob,
         reverse_kl=reverse_kl,
         forward_kl=forward_kl,
-        student_entropy=student_entropy.clamp_(min=0.0),
-        teacher_entropy=teacher_entropy.clamp_(min=0.0),
+        student_entropy=student_entropy,
+        teacher_entropy=teacher_entropy,
         teacher_top1_id=teacher_top1_id,
-        teacher_rank=teacher_rank,
+        teacher_rank=teacher_rank + 1,
         teacher_topk_ids=t_ids[:, :top_k],
         teacher_topk_logprobs=t_vals[:, :top_k],
         student_topk_ids=s_ids[:, :top_k],

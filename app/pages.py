@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
 
-import plotly
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from plotly.offline import get_plotlyjs_version
 
 from .api import AnalyzerDep, StoreDep
-from .figures import analysis_figure
+from .figures import figure_dict
 
-PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-PLOTLY_URL = f"/vendor/plotly-{get_plotlyjs_version()}.min.js"
+# plotly.js "basic" (scatter, bar, pie), vendored: it must match the plotly.js major version
+# that the Python plotly package writes figures for (tests/test_pages.py checks).
+PLOTLY_BUNDLE = "vendor/plotly-basic-4.1.1.min.js"
+PLOTLY_URL = f"/static/{PLOTLY_BUNDLE}"
 
 router = APIRouter(include_in_schema=False)
 
@@ -46,15 +47,7 @@ def script_json(text: str) -> str:
 
 
 def figure_json(analysis: dict[str, Any]) -> str:
-    return script_json(analysis_figure(analysis).to_json())
-
-
-@router.get(PLOTLY_URL)
-async def plotly_js() -> FileResponse:
-    """plotly.js from the installed plotly package: served locally, works offline."""
-    return FileResponse(
-        PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=31536000"}
-    )
+    return script_json(json.dumps(figure_dict(analysis)))
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -99,7 +92,7 @@ async def analysis_download(request: Request, analysis_id: str, store: StoreDep)
     inline = {
         "inline_css": (static / "app.css").read_text(),
         "inline_js": (static / "analysis.js").read_text(),
-        "inline_plotly": PLOTLY_JS.read_text(),
+        "inline_plotly": (static / PLOTLY_BUNDLE).read_text(),
     }
     response = templates_of(request).TemplateResponse(
         request, "analysis.html", {**context, **inline, "standalone": True}

@@ -3,6 +3,7 @@
 // Model text is untrusted: it only ever reaches the DOM through textContent.
 (function () {
   "use strict";
+  performance.mark("vr-start");
   const analysis = JSON.parse(document.getElementById("analysis-data").textContent);
   const figure = JSON.parse(document.getElementById("figure-data").textContent);
   const steps = analysis.steps;
@@ -170,12 +171,14 @@
     radio.addEventListener("change", () => paint(radio.value));
   }
   paint("reverse_kl");
+  performance.mark("vr-painted");
 
   Plotly.newPlot(chart, figure.data, figure.layout, { responsive: true, displaylogo: false }).then(() => {
     chart.on("plotly_click", (event) => {
       const point = event.points && event.points[0];
       if (point && Number.isInteger(point.x) && point.x < steps.length) select(point.x, true);
     });
+    document.body.dataset.readyMs = String(Math.round(performance.now()));
     document.body.dataset.ready = "1";
   });
 })();

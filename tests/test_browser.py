@@ -135,7 +135,7 @@ def test_analyze_from_the_browser(server, page, tmp_path):
     assert page.text_content("#response-text") == a["response_text"]
     assert page.text_content("[data-key=tokens]") == str(a["summary"]["tokens"])
     assert page.text_content("[data-key=divergences]") == str(a["summary"]["divergences"])
-    # The chart: four WebGL traces with one point per token.
+    # The chart: four traces, one point per token on the KL trace.
     lengths = page.evaluate("document.getElementById('chart').data.map(t => t.x.length)")
     assert lengths[0] == len(a["steps"]) and lengths[1] == a["summary"]["divergences"]
 

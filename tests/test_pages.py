@@ -8,7 +8,7 @@ import re
 import plotly.io as pio
 import pytest
 
-from app.figures import analysis_figure, cumulative_share
+from app.figures import analysis_figure, cumulative_share, figure_dict
 
 XSS = '<script>alert(1)</script> "><img src=x onerror=alert(1)>'
 
@@ -29,13 +29,22 @@ def test_figure_data(analysis):
         "cumulative share of total KL",
         "teacher log-prob of the token",
     ]
-    assert all(t.type == "scattergl" for t in fig.data)  # WebGL: fast with thousands of points
+    assert all(t.type == "scatter" for t in fig.data)  # in the basic plotly.js bundle the page loads
     kl, div, share, logprob = fig.data
     assert list(kl.x) == list(range(len(steps))) and list(kl.y) == [s["reverse_kl"] for s in steps]
     assert list(div.x) == [s["position"] for s in steps if not s["agree"]]
     assert list(logprob.y) == [s["teacher_logprob"] for s in steps]
     assert share.y[-1] == pytest.approx(1.0) and list(share.y) == sorted(share.y)
-    assert share.yaxis == "y2"
+    assert (kl.yaxis, share.yaxis, logprob.yaxis) == ("y", "y2", "y3")
+    assert kl.mode == "lines+markers"  # few tokens: markers too
+
+
+def test_long_analyses_draw_lines_only(analysis):
+    analysis["steps"] = analysis["steps"] * 100
+    for i, step in enumerate(analysis["steps"]):
+        step["position"] = i
+    data = figure_dict(analysis)["data"]
+    assert data[0]["mode"] == "lines" and len(data[0]["x"]) == len(analysis["steps"])
 
 
 def test_figure_hover_text_is_escaped(analysis):
@@ -66,10 +75,19 @@ def test_analysis_page_renders_the_analysis(tiny_client, analysis):
     assert f'<link rel="alternate" type="application/json" href="/api/analyses/{analysis["id"]}">' in page
     assert page.count('class="col') == len(analysis["steps"])
     assert f'data-key="tokens">{analysis["summary"]["tokens"]}<' in page
-    assert re.search(r'<script src="/vendor/plotly-[\d.]+\.min\.js">', page)
+    assert '<script src="/static/vendor/plotly-basic-4.1.1.min.js">' in page
     embedded = re.search(r'<script type="application/json" id="analysis-data">(.*?)</script>', page, re.S)
     assert json.loads(embedded.group(1)) == analysis
-    assert tiny_client.get(re.search(r'src="(/vendor/plotly[^"]+)"', page).group(1)).status_code == 200
+    assert tiny_client.get("/static/vendor/plotly-basic-4.1.1.min.js").status_code == 200
+
+
+def test_vendored_plotly_matches_the_python_package():
+    from plotly.offline import get_plotlyjs_version
+
+    from app.pages import PLOTLY_BUNDLE
+
+    vendored = re.search(r"plotly-basic-(\d+)\.", PLOTLY_BUNDLE).group(1)
+    assert vendored == get_plotlyjs_version().split(".")[0], "re-vendor plotly.js basic (npm)"
 
 
 def test_untrusted_text_is_escaped_everywhere(tiny_client):
@@ -86,7 +104,7 @@ def test_download_is_self_contained(tiny_client, analysis):
     assert r.headers["content-disposition"].startswith("attachment;")
     page = r.text
     assert "<script src=" not in page and 'rel="stylesheet"' not in page
-    assert "Plotly" in page and len(page) > 1_000_000  # plotly.js inlined
+    assert "Plotly" in page and len(page) > 1_000_000  # plotly.js basic (1.2 MB) inlined
 
 
 def test_analyses_page_and_html_errors(tiny_client, analysis):

@@ -1,0 +1,49 @@
+"""`vrollout analyze` on the real default model: good lines analysed, bad lines named by number."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REAL_CACHE
+
+from app.cli import main
+
+pytestmark = pytest.mark.real_model
+
+
+def test_cli_analyze_file(tmp_path, capsys):
+    lines = [
+        json.dumps({"prompt": "What is 17*23?", "response": "17*23 = 381.", "id": "a"}),
+        "{not json",
+        json.dumps({"prompt_ids": [1, 2, 3], "response_ids": [5, 10**7]}),
+        "",
+        json.dumps(
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+        ),
+    ]
+    src = tmp_path / "runs.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out" / "results.jsonl"
+    argv = ["analyze", str(src), "--out", str(out), "--privileged", "17*23 = 391"]
+    argv += ["--database", str(tmp_path / "db.sqlite3"), "--cache-dir", str(REAL_CACHE)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1  # some lines failed
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in results] == [1, 5]
+    assert results[0]["trajectory"]["id"] == "a" and results[0]["teacher"]["privileged"] == "17*23 = 391"
+    assert f"{src}:2: invalid JSON" in err
+    assert f"{src}:3: response_ids[1] = 10000000 is outside the vocabulary" in err
+    assert "2 analysed, 2 failed" in err
+
+
+def test_cli_example_file(tmp_path, capsys):
+    out = tmp_path / "results.jsonl"
+    argv = ["analyze", "examples/trajectories.jsonl", "--out", str(out), "--no-store"]
+    assert main(argv + ["--cache-dir", str(REAL_CACHE), "--continuation-tokens", "4"]) == 0
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["trajectory"]["id"] for r in results] == ["mult-wrong", "capital", "trl", "generate"]
+    assert results[3]["generation"]["max_new_tokens"] == 16
+    assert all(s["teacher_continuation"] for r in results for s in r["steps"])
+    assert "4 analysed, 0 failed" in capsys.readouterr().err
