@@ -60,7 +60,12 @@ def analyze(args: argparse.Namespace) -> int:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
     analyzer = Analyzer.from_settings(settings, store=not args.no_store)
-    options = {"top_k": args.top_k, "continuation_tokens": args.continuation_tokens}
+    options = {
+        "top_k": args.top_k,
+        "continuation_tokens": args.continuation_tokens,
+        "recovery": args.recovery,
+        "recovery_max_new_tokens": args.recovery_max_new_tokens,
+    }
     errors = [(e.line, e.error) for e in bad]
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +75,8 @@ def analyze(args: argparse.Namespace) -> int:
             try:
                 if isinstance(obj, dict):
                     obj = {**options, **obj}
+                    if obj["recovery"] and not obj.get("reference_answer"):
+                        obj["recovery"] = False  # only lines that carry an answer get a curve
                     if args.privileged and "privileged" not in obj and "prompt_ids" not in obj:
                         obj["privileged"] = args.privileged
                 analysis = analyzer.analyze(obj)
@@ -103,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--privileged", help="privileged text for lines that carry none")
     p.add_argument("--top-k", dest="top_k", type=int, default=5)
     p.add_argument("--continuation-tokens", dest="continuation_tokens", type=int, default=0)
+    p.add_argument("--recovery", action="store_true", help="recovery curve (lines need reference_answer)")
+    p.add_argument("--recovery-max-new-tokens", dest="recovery_max_new_tokens", type=int, default=64)
     p.add_argument("--no-store", action="store_true", help="do not save to the database")
     p.set_defaults(fn=analyze)
 

@@ -58,10 +58,15 @@ def continuations_from_every_prefix(
     progress: Progress = _no_progress,
     vocab_size: int | None = None,
     branch_chunk: int = 128,
+    positions: list[int] | None = None,
+    stage: str = "continuations",
 ) -> list[list[int]]:
-    """For t = 0..T-1: the greedy k-token continuation of context + response[:t]."""
+    """For each t in `positions` (default: 0..T-1): the greedy k-token continuation of
+    context + response[:t], cut after the first end-of-sequence token. Decoding of a chunk
+    stops early once every branch in it has ended."""
     n, T = len(context), len(response)
     L = n + T
+    positions = list(range(T)) if positions is None else positions
     vocab = vocab_size or model.model.get_output_embeddings().out_features
     decoder = model.model.get_decoder()
     ids = torch.tensor([context + response], device=model.device)  # (1, L)
@@ -69,28 +74,33 @@ def continuations_from_every_prefix(
     cache = out.cache
     hidden = out.last_hidden_state[0, n - 1 : L - 1]  # (T, H): state before each response token
     eos = eos_ids(model)
+    eos_tensor = torch.tensor(sorted(eos), device=model.device, dtype=torch.long)
     results: list[list[int]] = []
-    progress("continuations", 0, T)
-    for b0 in range(0, T, branch_chunk):
-        b1 = min(b0 + branch_chunk, T)
-        B = b1 - b0
-        current = head_logits(model, hidden[b0:b1], vocab).argmax(-1)  # (B,) first tokens
+    progress(stage, 0, len(positions))
+    for b0 in range(0, len(positions), branch_chunk):
+        chunk = torch.tensor(positions[b0 : b0 + branch_chunk], device=model.device)  # (B,)
+        B = len(chunk)
+        current = head_logits(model, hidden[chunk], vocab).argmax(-1)  # (B,) first tokens
         tokens = [current]
-        starts = n + torch.arange(b0, b1, device=model.device)  # (B,) first position per branch
-        for step in range(1, k):
-            mask = _branch_mask(starts, L, B, step, model.dtype)
+        ended = torch.isin(current, eos_tensor)  # (B,)
+        starts = n + chunk  # (B,) position of each branch's first token
+        steps = 1
+        while steps < k and not bool(ended.all()):
+            mask = _branch_mask(starts, L, B, steps, model.dtype)
             step_out = decoder(
                 input_ids=current[None, :],
-                position_ids=(starts + step - 1)[None, :],
+                position_ids=(starts + steps - 1)[None, :],
                 attention_mask=mask,
                 cache=cache,
                 use_cache=True,
             )
             current = head_logits(model, step_out.last_hidden_state[0], vocab).argmax(-1)  # (B,)
             tokens.append(current)
-        if k > 1:
-            cache.crop(-B * (k - 1))  # back to the original L positions for the next chunk
-        block = torch.stack(tokens, dim=1).tolist()  # (B, k)
+            ended |= torch.isin(current, eos_tensor)
+            steps += 1
+        if steps > 1:
+            cache.crop(-B * (steps - 1))  # back to the original L positions for the next chunk
+        block = torch.stack(tokens, dim=1).tolist()  # (B, steps)
         results.extend(cut_at_eos(row, eos) for row in block)
-        progress("continuations", b1, T)
+        progress(stage, min(b0 + branch_chunk, len(positions)), len(positions))
     return results

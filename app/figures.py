@@ -146,7 +146,60 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
             "gridcolor": "#eef0f3",
         },
     }
+    if analysis.get("recovery"):
+        add_recovery(data, layout, analysis["recovery"])
     return {"data": data, "layout": layout}
+
+
+def add_recovery(data: list[dict[str, Any]], layout: dict[str, Any], rec: dict[str, Any]) -> None:
+    """A third row: from which prefixes the teacher, taking over, reaches the reference answer."""
+    layout["height"] = 640
+    layout["yaxis"]["domain"] = [0.52, 1.0]
+    layout["yaxis3"]["domain"] = [0.25, 0.46]
+    layout["yaxis4"] = {
+        "domain": [0.0, 0.17],
+        "range": [-0.5, 1.5],
+        "tickvals": [0, 1],
+        "ticktext": ["fails", "succeeds"],
+        "title": {"text": "teacher from here"},
+        "gridcolor": "#eef0f3",
+    }
+    for success, name, color, symbol in (
+        (True, "teacher reaches the answer from this prefix", "#27ae60", "circle"),
+        (False, "teacher cannot reach it from here", "#8e44ad", "x"),
+    ):
+        points = [p for p in rec["points"] if p["success"] is success]
+        data.append(
+            {
+                "type": "scatter",
+                "x": [p["position"] for p in points],
+                "y": [1 if success else 0] * len(points),
+                "name": name,
+                "mode": "markers",
+                "marker": {"size": 7, "color": color, "symbol": symbol},
+                "hovertext": [
+                    f"from #{p['position']}: teacher continues {_visible(p['continuation'])}" for p in points
+                ],
+                "hoverinfo": "text",
+                "xaxis": "x",
+                "yaxis": "y4",
+            }
+        )
+    last = rec["last_recoverable"]
+    if last is not None:
+        layout["shapes"] = [
+            {
+                "type": "line", "xref": "x", "yref": "paper", "x0": last + 0.5, "x1": last + 0.5,
+                "y0": 0, "y1": 1, "line": {"color": "#27ae60", "width": 1.5},
+            }
+        ]  # fmt: skip
+        layout["annotations"] = [
+            {
+                "x": last + 0.5, "xref": "x", "y": 1.0, "yref": "paper", "xanchor": "left",
+                "text": " last recoverable", "showarrow": False, "font": {"color": "#27ae60", "size": 11},
+            }
+        ]  # fmt: skip
+    layout["xaxis"]["anchor"] = "y4"
 
 
 def analysis_figure(analysis: dict[str, Any]) -> go.Figure:

@@ -51,6 +51,12 @@ class AnalyzeRequest(BaseModel):
     meta: dict[str, Any] | None = None
     top_k: int = Field(5, description="alternatives kept per step (limit: VROLLOUT_MAX_TOP_K)")
     continuation_tokens: int = Field(0, description="teacher's greedy continuation length from every prefix")
+    recovery: bool = Field(
+        False,
+        description="run the teacher to the end from a set of prefixes and check each against "
+        "reference_answer (required then)",
+    )
+    recovery_max_new_tokens: int = Field(64, description="length bound of each recovery run")
     generation: GenerationOptions | None = None
 
 

@@ -22,6 +22,7 @@ from .contexts import Contexts, build_contexts, check_ids
 from .engine import Progress, _no_progress, check_head, generate, replay
 from .errors import BadTrajectory, ModelBusy, TooLong
 from .models import ModelPair, load_pair
+from .recovery import recovery
 from .storage import Store
 from .trajectories import Trajectory, parse_trajectory
 
@@ -36,6 +37,8 @@ class Options:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    recovery: bool = False
+    recovery_max_new_tokens: int = 64
 
 
 def _number(obj: dict[str, Any], key: str, default: Any, kind: type, lo: float, hi: float) -> Any:
@@ -56,6 +59,14 @@ def parse_options(obj: dict[str, Any], settings: Settings) -> Options:
     gen = obj.get("generation") or {}
     if not isinstance(gen, dict):
         raise BadTrajectory("generation must be an object")
+    want_recovery = obj.get("recovery", False)
+    if not isinstance(want_recovery, bool):
+        raise BadTrajectory("recovery must be true or false", field="recovery")
+    if want_recovery and obj.get("reference_answer") in (None, ""):
+        raise BadTrajectory(
+            "recovery needs a reference_answer to check the teacher's continuations against",
+            field="reference_answer",
+        )
     return Options(
         top_k=_number(obj, "top_k", 5, int, 0, settings.max_top_k),
         continuation_tokens=_number(obj, "continuation_tokens", 0, int, 0, settings.max_continuation_tokens),
@@ -63,6 +74,8 @@ def parse_options(obj: dict[str, Any], settings: Settings) -> Options:
         temperature=_number(gen, "temperature", 0.0, float, 0.0, 10.0),
         top_p=_number(gen, "top_p", 1.0, float, 1e-6, 1.0),
         seed=_number(gen, "seed", 0, int, 0, 2**63 - 1),
+        recovery=want_recovery,
+        recovery_max_new_tokens=_number(obj, "recovery_max_new_tokens", 64, int, 1, settings.max_new_tokens),
     )
 
 
@@ -173,6 +186,24 @@ class Analyzer:
                 progress,
                 vocab_size=self.pair.vocab_size,
             )
+        extra = {}
+        if opts.recovery:
+            assert prep.traj.reference_answer is not None
+            divergences = [
+                t
+                for t, (top1, y) in enumerate(zip(result.teacher_top1_id, response, strict=True))
+                if top1 != y
+            ]
+            extra["recovery"] = recovery(
+                self.pair,
+                ctx.teacher_ids,
+                response,
+                result.reverse_kl,
+                divergences,
+                prep.traj.reference_answer,
+                opts.recovery_max_new_tokens,
+                progress,
+            )
         analysis = build_analysis(
             analysis_id=new_id(),
             created_at=now(),
@@ -184,7 +215,14 @@ class Analyzer:
             top_k=opts.top_k,
             generation=generation,
             continuations=continuations,
+            extra=extra,
         )
+        if "recovery" in extra:
+            rec = extra["recovery"]
+            analysis["summary"]["last_recoverable"] = rec["last_recoverable"]
+            analysis["summary"]["reverse_kl_share_after_last_recoverable"] = rec[
+                "reverse_kl_share_after_last_recoverable"
+            ]
         if self.store is not None:
             self.store.save(analysis)
         progress("done", 1, 1)

@@ -138,6 +138,7 @@
     if (window.Plotly && chart.data) {
       Plotly.relayout(chart, {
         shapes: [
+          ...(figure.layout.shapes || []),
           {
             type: "line", xref: "x", yref: "paper", x0: i, x1: i, y0: 0, y1: 1,
             line: { color: "#34495e", width: 1.5, dash: "dash" },

@@ -9,6 +9,7 @@
     generate: "the student is generating",
     replay: "the teacher replays the trajectory",
     continuations: "the teacher continues from every prefix",
+    recovery: "the teacher tries to finish from each prefix",
     done: "done",
   };
 
@@ -49,6 +50,7 @@
     };
     if ($("privileged").value.trim()) out.privileged = $("privileged").value;
     if ($("reference_answer").value.trim()) out.reference_answer = $("reference_answer").value.trim();
+    if ($("recovery").checked) out.recovery = true;
     const paste = form.querySelector('input[name="mode"]:checked').value === "paste";
     if (paste) {
       out.response = $("response").value;

@@ -115,6 +115,7 @@ def test_analyze_from_the_browser(server, page, tmp_path):
     page.fill("#prompt", "What is 17*23?")
     page.fill("#privileged", "17*23 = 391")
     page.fill("#reference_answer", "391")
+    page.check("#recovery")
     page.fill("#max_new_tokens", "24")
     page.screenshot(path=tmp_path / "index.png", full_page=True)
     page.click("#analyze")
@@ -138,6 +139,10 @@ def test_analyze_from_the_browser(server, page, tmp_path):
     # The chart: four traces, one point per token on the KL trace.
     lengths = page.evaluate("document.getElementById('chart').data.map(t => t.x.length)")
     assert lengths[0] == len(a["steps"]) and lengths[1] == a["summary"]["divergences"]
+    # The recovery curve: one point per prefix tried, split into succeeds / fails.
+    assert len(lengths) == 6 and lengths[4] + lengths[5] == len(a["recovery"]["points"])
+    last = a["recovery"]["last_recoverable"]
+    assert page.text_content("[data-key=last_recoverable]") == f"#{last}"
 
     # Hover a divergent token: the tooltip names it, the teacher's choice and the alternatives.
     first = a["summary"]["first_divergence"]
@@ -153,7 +158,7 @@ def test_analyze_from_the_browser(server, page, tmp_path):
     # Click selects the token and marks it in the chart; the colour switch repaints the strip.
     page.click(f"#strip .col[data-i='{first}']")
     assert page.get_attribute("body", "data-selected") == str(first)
-    shape_x = page.evaluate("document.getElementById('chart').layout.shapes[0].x0")
+    shape_x = page.evaluate("document.getElementById('chart').layout.shapes.at(-1).x0")
     assert shape_x == first
     before = page.eval_on_selector("#strip .col .stu", "e => e.style.backgroundColor")
     page.check("input[value=rank]")

@@ -76,3 +76,25 @@ def test_real_api_generates_and_describes_models(real_client):
     assert a["response_text"].startswith("17*23 = 381")  # the handy wrong student, greedy
     assert a["generation"]["max_new_tokens"] == 24 and a["retokenized"] is False
     assert real_client.get(f"/api/analyses/{a['id']}").json()["steps"] == a["steps"]
+
+
+def test_real_model_recovery_curve(real_analyzer: Analyzer):
+    """From "17*23 = 3" the teacher still finishes 391; from "17*23 = 38" it cannot."""
+    a = real_analyzer.analyze(
+        {
+            "prompt": "What is 17*23?",
+            "response": "17*23 = 381.",
+            "privileged": "17*23 = 391",
+            "reference_answer": 391,
+            "recovery": True,
+        }
+    )
+    rec = a["recovery"]
+    tokens = [s["token"] for s in a["steps"]]
+    assert rec["stride"] == 1 and not rec["student_success"]
+    assert "".join(tokens[: rec["last_recoverable"]]) == "17*23 = 3"
+    assert all(p["success"] for p in rec["points"][: rec["last_recoverable"] + 1])
+    assert not any(p["success"] for p in rec["points"][rec["last_recoverable"] + 1 :])
+    kl = [s["reverse_kl"] for s in a["steps"]]
+    share = sum(kl[rec["last_recoverable"] + 1 :]) / sum(kl)
+    assert a["summary"]["reverse_kl_share_after_last_recoverable"] == pytest.approx(share)

@@ -1,0 +1,96 @@
+"""Recovery: from which prefixes of the student's trajectory can the teacher still succeed?
+
+The teacher continues greedily from a set of prefixes to the end (at most `max_new_tokens`) and
+each finished text is checked against the reference answer. No HTTP, no storage.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from .continuations import continuations_from_every_prefix
+from .engine import Progress, _no_progress
+from .models import ModelPair
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
+ALL_PREFIXES_UP_TO = 64  # responses up to this many tokens: every prefix is tried
+TARGET_POINTS = 64  # longer ones: a stride giving about this many, plus every divergence
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def answer_matches(text: str, reference: str) -> bool:
+    """Does `text` reach `reference`? A numeric reference is compared numerically with the
+    last number in the text (391 == 391.0 == 391.00); any other reference must appear in the
+    text, case and whitespace aside."""
+    want = _number(reference.strip())
+    if want is not None:
+        found = NUMBER.findall(text)
+        got = _number(found[-1]) if found else None
+        return got is not None and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
+    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
+    return norm(reference) in norm(text)
+
+
+def recovery_positions(T: int, divergences: list[int]) -> tuple[list[int], int]:
+    """Prefix lengths to try and the stride used (1 = every prefix)."""
+    if T <= ALL_PREFIXES_UP_TO:
+        return list(range(T)), 1
+    stride = math.ceil(T / TARGET_POINTS)
+    return sorted(set(range(0, T, stride)) | set(divergences)), stride
+
+
+def recovery(
+    pair: ModelPair,
+    teacher_context: list[int],
+    response: list[int],
+    reverse_kl: list[float],
+    divergences: list[int],
+    reference: str,
+    max_new_tokens: int,
+    progress: Progress = _no_progress,
+) -> dict[str, Any]:
+    """Run the teacher to the end from each chosen prefix and mark which reach the answer."""
+    tok = pair.teacher.tokenizer
+    positions, stride = recovery_positions(len(response), divergences)
+    continuations = continuations_from_every_prefix(
+        pair.teacher,
+        teacher_context,
+        response,
+        max_new_tokens,
+        progress,
+        vocab_size=pair.vocab_size,
+        positions=positions,
+        stage="recovery",
+    )
+    points = []
+    for t, cont in zip(positions, continuations, strict=True):
+        text = tok.decode(response[:t] + cont, skip_special_tokens=True)
+        points.append(
+            {
+                "position": t,
+                "success": answer_matches(text, reference),
+                "continuation": tok.decode(cont, skip_special_tokens=False),
+            }
+        )
+    student_success = answer_matches(tok.decode(response, skip_special_tokens=True), reference)
+    recoverable = [p["position"] for p in points if p["success"]]
+    last = len(response) - 1 if student_success else (max(recoverable) if recoverable else None)
+    total = sum(reverse_kl)
+    after = sum(reverse_kl[(last + 1 if last is not None else 0) :])
+    return {
+        "reference_answer": reference,
+        "max_new_tokens": max_new_tokens,
+        "stride": stride,
+        "points": points,
+        "student_success": student_success,
+        "last_recoverable": last,
+        "reverse_kl_share_after_last_recoverable": after / total if total > 0 else None,
+    }
