@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from . import __version__
 from .errors import VRError
 from .figures import figure_dict
-from .schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody
+from .schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody, PedagogicalRequest
 from .service import Analyzer, ModelWorker, new_id
 from .storage import Store
 from .tasks import Tasks
@@ -74,18 +74,15 @@ async def analyze(body: AnalyzeRequest, analyzer: AnalyzerDep, worker: WorkerDep
     return await worker.run(analyzer.run, prepared)
 
 
-@router.post("/tasks", status_code=202)
-async def start_task(
-    body: AnalyzeRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
-) -> dict[str, Any]:
-    """Like /api/analyze, but returns at once; follow `GET /api/tasks/{id}` for progress."""
-    prepared = await run_in_threadpool(analyzer.prepare, request_dict(body))
+def start_task(tasks: Tasks, worker: ModelWorker, fn: Any, prepared: Any, stored: bool) -> dict[str, Any]:
+    """Run `fn(prepared, progress)` on the model worker in the background. `stored`: the result
+    is a stored analysis (the task then carries its id, not the result)."""
     task = tasks.create(new_id())
 
     async def work() -> None:
         try:
-            analysis = await worker.run(analyzer.run, prepared, task.progress)
-            task.analysis_id, task.state, task.stage = analysis["id"], "done", "done"
+            result = await worker.run(fn, prepared, task.progress)
+            task.finish(result, stored)
         except VRError as exc:
             task.state, task.error = "error", {"error": exc.message, "status": exc.status}
         except Exception:  # a bug, not bad input: logged, and the task says so
@@ -94,6 +91,33 @@ async def start_task(
 
     tasks.keep_running(asyncio.get_running_loop().create_task(work()))
     return {"task_id": task.id, "url": f"/api/tasks/{task.id}"}
+
+
+@router.post("/tasks", status_code=202)
+async def start_analysis_task(
+    body: AnalyzeRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
+) -> dict[str, Any]:
+    """Like /api/analyze, but returns at once; follow `GET /api/tasks/{id}` for progress."""
+    prepared = await run_in_threadpool(analyzer.prepare, request_dict(body))
+    return start_task(tasks, worker, analyzer.run, prepared, stored=True)
+
+
+@router.post("/pedagogical")
+async def pedagogical(body: PedagogicalRequest, analyzer: AnalyzerDep, worker: WorkerDep) -> Any:
+    """The pedagogical rollout: the student proposes each token; the teacher substitutes its
+    top-1 only where the proposal is unacceptable (probability below `threshold`, or rank above
+    `max_rank`). With `sweep`, also the interventions-vs-success curve over thresholds."""
+    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, body.model_dump(exclude_none=True))
+    return await worker.run(analyzer.pedagogical, prepared)
+
+
+@router.post("/pedagogical/tasks", status_code=202)
+async def start_pedagogical_task(
+    body: PedagogicalRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
+) -> dict[str, Any]:
+    """Like /api/pedagogical, in the background; the result arrives in the task's `result`."""
+    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, body.model_dump(exclude_none=True))
+    return start_task(tasks, worker, analyzer.pedagogical, prepared, stored=False)
 
 
 @router.get("/tasks/{task_id}")

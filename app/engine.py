@@ -111,7 +111,10 @@ def replay(
     for start in range(0, T, chunk_size):
         stop = min(start + chunk_size, T)
         s_logits = head_logits(pair.student, s_hidden[start:stop], pair.vocab_size)  # (C, V)
-        t_logits = head_logits(pair.teacher, t_hidden[start:stop], pair.vocab_size)
+        if t_hidden is s_hidden:
+            t_logits = s_logits  # the same pass: the same logits (step_stats allows the alias)
+        else:
+            t_logits = head_logits(pair.teacher, t_hidden[start:stop], pair.vocab_size)
         result.extend(step_stats(s_logits, t_logits, targets[start:stop], top_k, overwrite=True))
         del s_logits, t_logits
         progress("replay", T + stop, total)

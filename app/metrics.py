@@ -85,8 +85,9 @@ def step_stats(
     argmax and top-k, each its own pass over the vocabulary. Here, on a CPU, the chunk goes
     BLOCK_ROWS positions at a time through a few float32 buffers allocated once, small enough
     to stay in the cache, so the logits are read from memory once; on a GPU the whole chunk
-    is one block. The logits are never written to; `overwrite` (they are scratch) is accepted
-    for callers that know it, and then lets their memory serve as two of the buffers.
+    is one block. The logits are only read, unless `overwrite` says they are scratch: then,
+    once read, a block of float32 logits serves as two of the buffers. Both arguments may be
+    the same tensor.
     """
     C, V = student_logits.shape
     device, f32 = student_logits.device, torch.float32

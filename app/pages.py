@@ -81,7 +81,10 @@ async def _analysis_context(store: Any, analysis_id: str) -> dict[str, Any]:
 @router.get("/analyses/{analysis_id}", response_class=HTMLResponse)
 async def analysis_page(request: Request, analysis_id: str, store: StoreDep) -> Response:
     context = await _analysis_context(store, analysis_id)
-    return templates_of(request).TemplateResponse(request, "analysis.html", {**context, "standalone": False})
+    limit = request.app.state.settings.max_new_tokens
+    return templates_of(request).TemplateResponse(
+        request, "analysis.html", {**context, "standalone": False, "max_new_tokens": limit}
+    )
 
 
 @router.get("/analyses/{analysis_id}/download", response_class=HTMLResponse)

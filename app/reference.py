@@ -68,3 +68,25 @@ def naive_continuation(model: LoadedModel, prefix: list[int], k: int, vocab_size
         logits = model.model(input_ids=torch.tensor([ids], device=model.device)).logits
         ids.append(int(logits[0, -1, :vocab_size].argmax()))
     return ids[len(prefix) :]
+
+
+def naive_pedagogical(
+    pair: ModelPair, student_context: list[int], teacher_context: list[int], policy: Any
+) -> list[dict[str, Any]]:
+    """The pedagogical loop with a full forward pass of each model over each prefix."""
+    from .continuations import eos_ids
+    from .pedagogical import decide
+
+    generator = torch.Generator().manual_seed(policy.seed)
+    eos = eos_ids(pair.student)
+    tokens: list[int] = []
+    steps = []
+    for _ in range(policy.max_new_tokens):
+        logp = last_logprobs(pair.student, student_context + tokens, pair.vocab_size)
+        logq = last_logprobs(pair.teacher, teacher_context + tokens, pair.vocab_size)
+        step = decide(logp, logq, policy, generator)
+        steps.append(step)
+        tokens.append(step["token"])
+        if step["token"] in eos:
+            break
+    return steps

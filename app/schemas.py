@@ -60,6 +60,40 @@ class AnalyzeRequest(BaseModel):
     generation: GenerationOptions | None = None
 
 
+class PedagogicalRequest(BaseModel):
+    """A prompt (any text format, or ids) or the id of a stored analysis whose contexts to reuse."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "What is 17*23?",
+                    "privileged": "17*23 = 391",
+                    "reference_answer": "391",
+                    "threshold": 0.05,
+                    "sweep": [0.01, 0.05, 0.2, 0.5],
+                }
+            ]
+        },
+    )
+    analysis_id: str | None = None
+    prompt: str | list[Message] | None = None
+    messages: list[Message] | None = None
+    prompt_ids: list[int] | None = None
+    teacher_prompt_ids: list[int] | None = None
+    privileged: str | None = None
+    reference_answer: str | float | None = None
+    id: str | None = None
+    meta: dict[str, Any] | None = None
+    threshold: float = Field(
+        0.05, description="the teacher steps in where its probability of the student's token is below this"
+    )
+    max_rank: int | None = Field(None, description="... or where the token's teacher rank is above this")
+    sweep: list[float] | None = Field(None, description="thresholds for the interventions-vs-success curve")
+    generation: GenerationOptions | None = None
+
+
 class TopToken(BaseModel):
     token_id: int
     token: str

@@ -22,6 +22,7 @@ from .contexts import Contexts, build_contexts, check_ids
 from .engine import Progress, _no_progress, check_head, generate, replay
 from .errors import BadTrajectory, ModelBusy, TooLong
 from .models import ModelPair, load_pair
+from .pedagogical import Policy, pedagogical_rollout, threshold_sweep
 from .recovery import recovery
 from .storage import Store
 from .trajectories import Trajectory, parse_trajectory
@@ -77,6 +78,19 @@ def parse_options(obj: dict[str, Any], settings: Settings) -> Options:
         recovery=want_recovery,
         recovery_max_new_tokens=_number(obj, "recovery_max_new_tokens", 64, int, 1, settings.max_new_tokens),
     )
+
+
+MAX_SWEEP = 12
+
+
+@dataclass
+class PreparedRollout:
+    student_ids: list[int]
+    teacher_ids: list[int]
+    policy: Policy
+    reference: str | None
+    sweep: list[float] | None
+    analysis_id: str | None
 
 
 @dataclass
@@ -227,6 +241,78 @@ class Analyzer:
             self.store.save(analysis)
         progress("done", 1, 1)
         return analysis
+
+    def prepare_pedagogical(self, obj: dict[str, Any]) -> PreparedRollout:
+        """Validate a pedagogical request: a prompt (any text format, or ids) or an analysis id."""
+        analysis_id = obj.get("analysis_id")
+        if analysis_id is not None:
+            if self.store is None:
+                raise BadTrajectory("analysis_id needs the database")
+            stored = self.store.get(str(analysis_id))
+            s_ids, t_ids = stored["student"]["context_ids"], stored["teacher"]["context_ids"]
+            reference = obj.get("reference_answer") or stored["trajectory"].get("reference_answer")
+        else:
+            traj = parse_trajectory({k: v for k, v in obj.items() if k not in ("response", "response_ids")})
+            ctx = build_contexts(traj, self.pair)
+            s_ids, t_ids, reference = ctx.student_ids, ctx.teacher_ids, traj.reference_answer
+            for name, ids in (("prompt_ids", s_ids), ("teacher_prompt_ids", t_ids)):
+                check_ids(name, ids, self.pair.vocab_size)
+        if reference is not None:
+            reference = str(reference)
+        gen = obj.get("generation") or {}
+        if not isinstance(gen, dict):
+            raise BadTrajectory("generation must be an object")
+        threshold = _number(obj, "threshold", 0.05, float, 0.0, 1.0)
+        if not 0.0 < threshold < 1.0:
+            raise BadTrajectory("threshold must be strictly between 0 and 1", field="threshold")
+        max_rank = obj.get("max_rank")
+        if max_rank is not None:
+            max_rank = _number(obj, "max_rank", None, int, 1, self.pair.vocab_size)
+        policy = Policy(
+            threshold=threshold,
+            max_rank=max_rank,
+            temperature=_number(gen, "temperature", 0.0, float, 0.0, 10.0),
+            top_p=_number(gen, "top_p", 1.0, float, 1e-6, 1.0),
+            max_new_tokens=_number(gen, "max_new_tokens", 128, int, 1, self.settings.max_new_tokens),
+            seed=_number(gen, "seed", 0, int, 0, 2**63 - 1),
+        )
+        sweep = obj.get("sweep")
+        if sweep is not None:
+            if not isinstance(sweep, list) or not 1 <= len(sweep) <= MAX_SWEEP:
+                raise BadTrajectory(f"sweep must be a list of 1 to {MAX_SWEEP} thresholds", field="sweep")
+            for i, value in enumerate(sweep):
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+                    raise BadTrajectory(f"sweep[{i}] must be a number strictly between 0 and 1")
+            sweep = sorted(float(v) for v in sweep)
+        return PreparedRollout(s_ids, t_ids, policy, reference, sweep, analysis_id)
+
+    def pedagogical(self, prep: PreparedRollout, progress: Progress = _no_progress) -> dict[str, Any]:
+        """One pedagogical rollout (and the threshold sweep, if asked for)."""
+        try:
+            result = pedagogical_rollout(
+                self.pair, prep.student_ids, prep.teacher_ids, prep.policy, prep.reference, progress
+            )
+            sweep = None
+            if prep.sweep:
+                sweep = threshold_sweep(
+                    self.pair, prep.student_ids, prep.teacher_ids, prep.policy, prep.sweep,
+                    prep.reference, progress,
+                )  # fmt: skip
+        except torch.OutOfMemoryError:
+            raise ModelBusy("the model ran out of memory on this request") from None
+        tok = self.pair.student.tokenizer
+        progress("done", 1, 1)
+        return {
+            "id": new_id(),
+            "created_at": now(),
+            "analysis_id": prep.analysis_id,
+            "student": {"model": self.pair.student.name, "context_ids": prep.student_ids,
+                        "context_text": tok.decode(prep.student_ids)},
+            "teacher": {"model": self.pair.teacher.name, "context_ids": prep.teacher_ids,
+                        "context_text": tok.decode(prep.teacher_ids)},
+            **result,
+            "sweep": sweep,
+        }  # fmt: skip
 
     def analyze(self, obj: Any, progress: Progress = _no_progress) -> dict[str, Any]:
         """One trajectory (any DESIGN.md format, plus options) to one stored analysis."""

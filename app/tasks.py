@@ -19,13 +19,21 @@ class Task:
     stage: str = "queued"  # generate | replay | continuations | done
     done: int = 0
     total: int = 0
-    analysis_id: str | None = None
+    analysis_id: str | None = None  # analyses are stored: the task points at them
+    result: dict[str, Any] | None = None  # other results (pedagogical rollouts) travel inline
     error: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
 
     def progress(self, stage: str, done: int, total: int) -> None:
         """Called from the model thread; plain attribute writes are atomic enough to read."""
         self.state, self.stage, self.done, self.total = "running", stage, done, total
+
+    def finish(self, result: dict[str, Any], stored: bool) -> None:
+        if stored:  # an analysis: stored, so only its id travels
+            self.analysis_id = result["id"]
+        else:
+            self.result = result
+        self.state, self.stage = "done", "done"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

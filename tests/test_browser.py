@@ -210,3 +210,31 @@ def test_analysis_page_after_a_restart(server, page):
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
     assert page.text_content("#response-text") == a["response_text"]
     assert page.locator("#strip .col").count() == len(a["steps"])
+
+
+def test_pedagogical_rollout_on_the_analysis_page(server, page, tmp_path):
+    a = server.post(
+        "/api/analyze",
+        {
+            "prompt": "What is 17*23?",
+            "response": "17*23 = 381.",
+            "privileged": "17*23 = 391",
+            "reference_answer": "391",
+        },
+    )
+    page.goto(server.url + f"/analyses/{a['id']}")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.input_value("#ped-reference") == "391"
+    page.click("#ped-run")
+    page.wait_for_selector("body[data-pedagogical='1']", timeout=120_000)
+    summary = page.text_content("#ped-summary")
+    assert summary.startswith("1 teacher intervention in") and "reaches the reference answer" in summary
+    chosen = page.locator("#ped-strip .col.div")
+    assert chosen.count() == 1
+    assert chosen.locator(".stu").text_content() == "9" and chosen.locator(".tea").text_content() == "8"
+    page.hover("#ped-strip .col.div")
+    assert "the student proposed 8" in page.text_content("#tooltip")
+    sweep = page.evaluate("document.getElementById('ped-chart').data[0].y")
+    assert sweep[0] == 0 and max(sweep) >= 1  # threshold 0.001: no intervention, the student stays wrong
+    page.screenshot(path=tmp_path / "pedagogical.png", full_page=True)
+    assert page.errors == []

@@ -98,3 +98,25 @@ def test_real_model_recovery_curve(real_analyzer: Analyzer):
     kl = [s["reverse_kl"] for s in a["steps"]]
     share = sum(kl[rec["last_recoverable"] + 1 :]) / sum(kl)
     assert a["summary"]["reverse_kl_share_after_last_recoverable"] == pytest.approx(share)
+
+
+def test_real_model_pedagogical_rollout_one_decisive_intervention(real_analyzer: Analyzer):
+    """Greedy SmolLM2 says 381; the teacher steps in once ("8" -> "9") and the student finishes
+    the right answer, where OPD's virtual rollout of its own trajectory reads 399."""
+    prep = real_analyzer.prepare_pedagogical(
+        {
+            "prompt": "What is 17*23?",
+            "privileged": "17*23 = 391",
+            "reference_answer": "391",
+            "sweep": [0.001, 0.05],
+        }
+    )
+    r = real_analyzer.pedagogical(prep)
+    assert r["response_text"] == "17*23 = 391.<|im_end|>" and r["reached_reference"] is True
+    [i] = r["interventions"]
+    assert (i["proposal"], i["substitute"], i["position"]) == ("8", "9", 8)
+    assert i["proposal_teacher_prob"] < 0.05
+    assert [(row["num_interventions"], row["reached_reference"]) for row in r["sweep"]] == [
+        (0, False),
+        (1, True),
+    ]
