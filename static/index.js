@@ -64,31 +64,6 @@
     return out;
   }
 
-  function describe(error) {
-    const details = (error.details || []).map((d) => `${d.field}: ${d.error}`).join("; ");
-    return error.error + (details && !error.error.includes(details) ? ` (${details})` : "");
-  }
-
-  async function follow(taskId) {
-    for (;;) {
-      const response = await fetch(`/api/tasks/${encodeURIComponent(taskId)}`);
-      const task = await response.json();
-      if (!response.ok) return showError(describe(task));
-      if (task.state === "done") {
-        $("progress-label").textContent = "done: opening the analysis…";
-        $("progress-fill").style.width = "100%";
-        window.location.href = `/analyses/${encodeURIComponent(task.analysis_id)}`;
-        return;
-      }
-      if (task.state === "error") return showError(task.error.error);
-      const fraction = task.total ? task.done / task.total : 0;
-      $("progress-fill").style.width = `${Math.round(100 * fraction)}%`;
-      const count = task.total ? ` (${task.done}/${task.total})` : "";
-      $("progress-label").textContent = (STAGES[task.stage] || task.stage) + count;
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-  }
-
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     errorBox.hidden = true;
@@ -97,16 +72,17 @@
     $("progress-fill").style.width = "0%";
     $("progress-label").textContent = STAGES.queued;
     try {
-      const response = await fetch("/api/tasks", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(body()),
+      const task = await window.runTask("/api/tasks", body(), (t) => {
+        const fraction = t.total ? t.done / t.total : 0;
+        $("progress-fill").style.width = `${Math.round(100 * fraction)}%`;
+        const count = t.total ? ` (${t.done}/${t.total})` : "";
+        $("progress-label").textContent = (STAGES[t.stage] || t.stage) + count;
       });
-      const data = await response.json();
-      if (!response.ok) return showError(describe(data));
-      await follow(data.task_id);
+      $("progress-label").textContent = "done: opening the analysis…";
+      $("progress-fill").style.width = "100%";
+      window.location.href = `/analyses/${encodeURIComponent(task.analysis_id)}`;
     } catch (e) {
-      showError(`the server could not be reached: ${e}`);
+      showError(e.message);
     }
   });
 })();

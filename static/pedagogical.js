@@ -116,23 +116,6 @@
     document.body.dataset.pedagogical = "1";
   }
 
-  async function follow(taskId) {
-    for (;;) {
-      const response = await fetch(`/api/tasks/${encodeURIComponent(taskId)}`);
-      const task = await response.json();
-      if (!response.ok) return fail(task.error);
-      if (task.state === "done") {
-        $("ped-progress").hidden = true;
-        $("ped-run").disabled = false;
-        return render(task.result);
-      }
-      if (task.state === "error") return fail(task.error.error);
-      $("ped-fill").style.width = `${task.total ? Math.round((100 * task.done) / task.total) : 0}%`;
-      $("ped-label").textContent = `${task.stage === "sweep" ? "threshold sweep" : "rollout"} (${task.done}/${task.total})`;
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-  }
-
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     $("ped-error").hidden = true;
@@ -140,16 +123,16 @@
     $("ped-progress").hidden = false;
     $("ped-label").textContent = "waiting for the model…";
     try {
-      const response = await fetch("/api/pedagogical/tasks", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify(body()),
+      const task = await window.runTask("/api/pedagogical/tasks", body(), (t) => {
+        $("ped-fill").style.width = `${t.total ? Math.round((100 * t.done) / t.total) : 0}%`;
+        const what = t.stage === "sweep" ? "threshold sweep" : "rollout";
+        $("ped-label").textContent = `${what} (${t.done}/${t.total})`;
       });
-      const data = await response.json();
-      if (!response.ok) return fail(data.error);
-      await follow(data.task_id);
+      $("ped-progress").hidden = true;
+      $("ped-run").disabled = false;
+      render(task.result);
     } catch (e) {
-      fail(`the server could not be reached: ${e}`);
+      fail(e.message);
     }
   });
 })();

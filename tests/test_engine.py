@@ -8,17 +8,10 @@ from tiny import tiny_pair
 
 from app.analysis import summarize
 from app.engine import generate, replay
+from app.metrics import STEP_FIELDS as FLOAT_FIELDS
 from app.metrics import step_stats
 from app.reference import naive_replay, naive_step
 
-FLOAT_FIELDS = (
-    "student_logprob",
-    "teacher_logprob",
-    "reverse_kl",
-    "forward_kl",
-    "student_entropy",
-    "teacher_entropy",
-)
 TOL = {torch.float32: dict(atol=2e-4, rtol=1e-4), torch.bfloat16: dict(atol=0.15, rtol=0.05)}
 
 

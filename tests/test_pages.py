@@ -67,7 +67,7 @@ def test_figure_endpoint_opens_with_plotly(tiny_client, analysis):
 def test_index_page(tiny_client):
     page = tiny_client.get("/").text
     assert 'id="analyze-form"' in page and "tiny-student" in page
-    assert '<script src="/static/index.js">' in page
+    assert '<script src="/static/index.js">' in page and '<script src="/static/tasks.js">' in page
 
 
 def test_analysis_page_renders_the_analysis(tiny_client, analysis):
