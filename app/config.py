@@ -40,6 +40,8 @@ class Settings(BaseSettings):
 
     # Limits, enforced before any model work.
     max_request_bytes: int = 8 * 1024 * 1024
+    max_upload_bytes: int = 64 * 1024 * 1024
+    max_lines_per_job: int = 20_000
     max_context_tokens: int = 4096
     max_response_tokens: int = 4096
     max_new_tokens: int = 1024

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,8 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .api import router as api_router
+from .api_jobs import router as jobs_router
 from .config import Settings
 from .errors import TooLong, VRError
+from .jobs import JobRunner, Jobs
 from .pages import make_templates
 from .pages import router as pages_router
 from .service import Analyzer, ModelWorker
@@ -31,33 +34,38 @@ def error_body(status: int, message: str, **details: Any) -> dict[str, Any]:
     return {"ok": False, "error": message, "status": status, **details}
 
 
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes before they are read into memory."""
+UPLOAD_PATHS = ("/api/jobs",)
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class BodyLimit:
+    """Refuse request bodies over the limit before they are read into memory (uploads of
+    trajectory files have their own, larger limit)."""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        upload = scope["path"] in UPLOAD_PATHS
+        limit = self.upload_limit if upload else self.limit
+        setting = "VROLLOUT_MAX_UPLOAD_BYTES" if upload else "VROLLOUT_MAX_REQUEST_BYTES"
+        message = f"the request body is over the limit of {limit} bytes ({setting})"
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.limit:
-            response = JSONResponse(error_body(413, self._message()), status_code=413)
+        if declared and declared.isdigit() and int(declared) > limit:
+            response = JSONResponse(error_body(413, message), status_code=413)
             return await response(scope, receive, send)
         seen = 0
 
         async def limited() -> Message:
             nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise TooLong(self._message())
-            return message
+            received = await receive()
+            seen += len(received.get("body", b""))
+            if seen > limit:
+                raise TooLong(message)
+            return received
 
         await self.app(scope, limited, send)
-
-    def _message(self) -> str:
-        return f"the request body is over the limit of {self.limit} bytes (VROLLOUT_MAX_REQUEST_BYTES)"
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[int, str, list[dict[str, Any]]]:
@@ -113,9 +121,13 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         app.state.analyzer.store = app.state.store
         app.state.worker = ModelWorker()
         app.state.tasks = Tasks()
+        app.state.jobs = Jobs(app.state.store)
+        app.state.runner = JobRunner(app.state.jobs, app.state.analyzer, app.state.worker)
+        runner = asyncio.get_running_loop().create_task(app.state.runner.run_forever())
         try:
             yield
         finally:
+            runner.cancel()
             app.state.worker.close()
 
     app = FastAPI(
@@ -129,9 +141,10 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         ),
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes)
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(jobs_router)
     app.include_router(pages_router)
     app.state.templates = make_templates(settings.templates_dir)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")

@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from .api import AnalyzerDep, StoreDep
+from .api_jobs import JobsDep, RunnerDep
 from .figures import figure_dict
 
 # plotly.js "basic" (scatter, bar, pie), vendored: it must match the plotly.js major version
@@ -55,6 +56,23 @@ async def index(request: Request, analyzer: AnalyzerDep) -> Response:
     return templates_of(request).TemplateResponse(
         request, "index.html", {"models": analyzer.pair.describe(), "settings": analyzer.settings}
     )
+
+
+@router.get("/upload", response_class=HTMLResponse)
+async def upload_page(request: Request, analyzer: AnalyzerDep) -> Response:
+    return templates_of(request).TemplateResponse(request, "upload.html", {"settings": analyzer.settings})
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request, jobs: JobsDep) -> Response:
+    items = await run_in_threadpool(jobs.list)
+    return templates_of(request).TemplateResponse(request, "jobs.html", {"jobs": items})
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+async def job_page(request: Request, job_id: str, runner: RunnerDep) -> Response:
+    job = await run_in_threadpool(runner.state, job_id)
+    return templates_of(request).TemplateResponse(request, "job.html", {"job": job})
 
 
 @router.get("/analyses", response_class=HTMLResponse)

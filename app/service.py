@@ -155,14 +155,21 @@ class Analyzer:
             )
         return Prepared(traj, ctx, options)
 
-    def run(self, prep: Prepared, progress: Progress = _no_progress) -> dict[str, Any]:
-        """Generate (if no response was given), replay, assemble and store one analysis."""
+    def run(
+        self,
+        prep: Prepared,
+        progress: Progress = _no_progress,
+        store: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Generate (if no response was given), replay, assemble and (by default) store one
+        analysis. `extra`: fields added to the analysis (e.g. the job and line it came from)."""
         try:
-            return self._run(prep, progress)
+            return self._run(prep, progress, store, extra or {})
         except torch.OutOfMemoryError:
             raise ModelBusy("the model ran out of memory on this request; try a shorter one") from None
 
-    def _run(self, prep: Prepared, progress: Progress) -> dict[str, Any]:
+    def _run(self, prep: Prepared, progress: Progress, store: bool, extra: dict[str, Any]) -> dict[str, Any]:
         ctx, opts = prep.ctx, prep.options
         generation = None
         response = ctx.response_ids
@@ -200,7 +207,7 @@ class Analyzer:
                 progress,
                 vocab_size=self.pair.vocab_size,
             )
-        extra = {}
+        extra = dict(extra)
         if opts.recovery:
             assert prep.traj.reference_answer is not None
             divergences = [
@@ -237,7 +244,7 @@ class Analyzer:
             analysis["summary"]["reverse_kl_share_after_last_recoverable"] = rec[
                 "reverse_kl_share_after_last_recoverable"
             ]
-        if self.store is not None:
+        if store and self.store is not None:
             self.store.save(analysis)
         progress("done", 1, 1)
         return analysis

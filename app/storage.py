@@ -45,7 +45,7 @@ class Store:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
+            with self.connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
@@ -53,10 +53,20 @@ class Store:
         except OSError as exc:
             raise StorageError(f"cannot create the database folder for {self.path}: {exc}") from None
 
-    def _connect(self) -> sqlite3.Connection:
+    def connect(self) -> sqlite3.Connection:
+        """A new connection; `with store.connect() as db:` is one transaction."""
         return sqlite3.connect(self.path, timeout=30)
 
     def save(self, analysis: dict[str, Any]) -> None:
+        try:
+            with self.connect() as db:
+                self.insert(db, analysis)
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not store the analysis: {exc}") from None
+
+    @staticmethod
+    def insert(db: sqlite3.Connection, analysis: dict[str, Any]) -> None:
+        """Insert inside the caller's transaction (a job marks its line done in the same one)."""
         blob = zlib.compress(json.dumps(analysis, separators=(",", ":")).encode(), 6)
         row = (
             analysis["id"],
@@ -68,22 +78,29 @@ class Store:
             preview_of(analysis),
             blob,
         )
-        try:
-            with self._connect() as db:
-                db.execute("INSERT INTO analyses VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not store the analysis: {exc}") from None
+        db.execute("INSERT INTO analyses VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def get(self, analysis_id: str) -> dict[str, Any]:
-        with self._connect() as db:
+        with self.connect() as db:
             row = db.execute("SELECT data FROM analyses WHERE id = ?", (analysis_id,)).fetchone()
         if row is None:
             raise NotFound(f"no stored analysis with id {analysis_id!r}")
         return json.loads(zlib.decompress(row[0]))
 
+    def get_many(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Analyses in the order of `ids` (missing ones are skipped)."""
+        found: dict[str, dict[str, Any]] = {}
+        with self.connect() as db:
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for aid, data in db.execute(f"SELECT id, data FROM analyses WHERE id IN ({marks})", part):
+                    found[aid] = json.loads(zlib.decompress(data))
+        return [found[i] for i in ids if i in found]
+
     def list(self, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Newest first: (items without steps, total count)."""
-        with self._connect() as db:
+        with self.connect() as db:
             total = db.execute("SELECT COUNT(*) FROM analyses").fetchone()[0]
             rows = db.execute(
                 "SELECT id, created_at, student, teacher, tokens, summary, preview FROM analyses "

@@ -6,10 +6,12 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,11 @@ class Server:
 
     def stop(self) -> None:
         self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        """As a crash would: no shutdown, no cleanup."""
+        self.proc.kill()
         self.proc.wait(timeout=30)
 
     def post(self, path: str, body: dict) -> dict:
@@ -237,4 +244,74 @@ def test_pedagogical_rollout_on_the_analysis_page(server, page, tmp_path):
     sweep = page.evaluate("document.getElementById('ped-chart').data[0].y")
     assert sweep[0] == 0 and max(sweep) >= 1  # threshold 0.001: no intervention, the student stays wrong
     page.screenshot(path=tmp_path / "pedagogical.png", full_page=True)
+    assert page.errors == []
+
+
+def upload(server: Server, lines: list[dict]) -> dict:
+    boundary = "vrolloutboundary"
+    content = "\n".join(json.dumps(x) for x in lines)
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="runs.jsonl"\r\n'
+        f"Content-Type: application/json\r\n\r\n{content}\r\n--{boundary}--\r\n"
+    ).encode()
+    req = urllib.request.Request(
+        server.url + "/api/jobs", body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.load(r)
+
+
+def test_killed_mid_job_resumes_every_line_exactly_once(server):
+    lines = [
+        {"id": f"q{i}", "prompt": f"What is {i}+{i}?", "response": f"{i}+{i} = {2 * i}."} for i in range(40)
+    ]
+    job_id = upload(server, lines)["job"]["id"]
+    deadline = time.time() + 120
+    while server.get(f"/api/jobs/{job_id}")["done"] < 3:
+        assert time.time() < deadline
+        time.sleep(0.1)
+    server.kill()
+    server.start()
+    deadline = time.time() + 300
+    while (job := server.get(f"/api/jobs/{job_id}"))["state"] != "done":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert (job["done"], job["failed"]) == (40, 0)
+    with sqlite3.connect(server.database) as db:
+        stored = [json.loads(zlib.decompress(blob)) for (blob,) in db.execute("SELECT data FROM analyses")]
+    lines_stored = sorted(a["job"]["line"] for a in stored if a.get("job", {}).get("id") == job_id)
+    assert lines_stored == list(range(1, 41))  # nothing lost, nothing done twice
+
+
+def test_upload_and_dataset_page(server, page, tmp_path):
+    src = tmp_path / "runs.jsonl"
+    good = [
+        {"id": "right", "prompt": "What is 2+2?", "response": "2+2 = 4.", "reference_answer": "4"},
+        {"id": "wrong", "prompt": "What is 17*23?", "response": "17*23 = 381.", "reference_answer": "391"},
+    ]
+    src.write_text("\n".join([json.dumps(good[0]), "{oops", json.dumps(good[1])]) + "\n")
+    page.goto(server.url + "/upload")
+    page.set_input_files("#file", str(src))
+    page.fill("#privileged", "Check the arithmetic.")
+    page.click("#upload")
+    page.wait_for_selector("#rejected:not([hidden])")
+    assert page.text_content("#rejected-rows").startswith("2invalid JSON")
+    page.click("#job-link")
+    page.wait_for_selector("body[data-job-state='done']", timeout=120_000)
+    page.wait_for_selector("body[data-loaded='2']", timeout=30_000)
+    rows = page.locator("#trajectories tbody tr")
+    assert rows.count() == 2
+    assert page.locator("#trajectories tbody tr td:nth-child(9)").all_text_contents() == ["correct", "wrong"]
+    page.click("#trajectories th[data-key=reverse_kl_total]")
+    page.click("#trajectories th[data-key=reverse_kl_total]")  # descending
+    kls = [float(x) for x in page.locator("#trajectories tbody tr td:nth-child(7)").all_text_contents()]
+    assert kls == sorted(kls, reverse=True)
+    page.fill("#filter", "381")
+    assert rows.count() == 1
+    for name in ("signal", "position", "agreement", "first_divergence"):
+        assert page.evaluate(f"document.getElementById('fig-{name}').data.length") == 2  # correct, incorrect
+    page.screenshot(path=tmp_path / "dataset.png", full_page=True)
+    page.click("#trajectories tbody tr a")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.text_content("#response-text") == "17*23 = 381."
     assert page.errors == []

@@ -1,0 +1,180 @@
+"""Batch jobs over HTTP: upload a file of trajectories, follow the job, read and export results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+
+from .api import ERRORS, AnalyzerDep
+from .dataset import dataset_figures, jsonl, step_rows, steps_parquet, summaries_csv, summary_row
+from .errors import BadTrajectory, TooLong, VRError
+from .jobs import FINAL, JobRunner, Jobs
+from .service import Analyzer
+from .trajectories import parse_file
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
+
+
+def get_jobs(request: Request) -> Jobs:
+    return request.app.state.jobs
+
+
+def get_runner(request: Request) -> JobRunner:
+    return request.app.state.runner
+
+
+JobsDep = Annotated[Jobs, Depends(get_jobs)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+
+
+def display_name(filename: str | None) -> str:
+    """The upload's name for display only: never a path, never markup-significant characters."""
+    name = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    return re.sub(r"[^\w.\- ]", "_", name)[:100] or "upload"
+
+
+def validate_lines(
+    analyzer: Analyzer, data: bytes, options: dict[str, Any], privileged: str | None
+) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
+    """Each line checked on its own (nothing valid is dropped because a neighbour was bad)."""
+    lines, bad = parse_file(data, analyzer.settings.max_lines_per_job)
+    good: list[tuple[int, dict[str, Any]]] = []
+    rejected = [{"line": e.line, "error": e.error} for e in bad]
+    for number, obj in lines:
+        try:
+            if not isinstance(obj, dict):
+                raise BadTrajectory(f"a trajectory must be a JSON object, got {type(obj).__name__}")
+            obj = {**options, **obj}
+            if privileged and "privileged" not in obj and "prompt_ids" not in obj:
+                obj["privileged"] = privileged
+            analyzer.prepare(obj)
+            good.append((number, obj))
+        except VRError as exc:
+            rejected.append({"line": number, "error": exc.message})
+    rejected.sort(key=lambda r: r["line"])
+    return good, rejected
+
+
+@router.post("", status_code=201)
+async def create_job(
+    analyzer: AnalyzerDep,
+    jobs: JobsDep,
+    runner: RunnerDep,
+    file: Annotated[UploadFile, File(description="JSONL (one trajectory per line) or a JSON array")],
+    privileged: Annotated[str | None, Form(description="for every line that has none")] = None,
+    top_k: Annotated[int, Form()] = 5,
+    continuation_tokens: Annotated[int, Form()] = 0,
+) -> dict[str, Any]:
+    """Validate the file line by line; the valid lines become a job that runs in the background.
+    The invalid ones come back with their line numbers and reasons."""
+    limit = analyzer.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise TooLong(f"the file is over the limit of {limit} bytes (VROLLOUT_MAX_UPLOAD_BYTES)")
+    options = {"top_k": top_k, "continuation_tokens": continuation_tokens}
+    good, rejected = await run_in_threadpool(validate_lines, analyzer, data, options, privileged)
+    if not good:
+        shown = "; ".join(f"line {r['line']}: {r['error']}" for r in rejected[:5])
+        raise BadTrajectory(f"no valid trajectory in the file ({shown})", rejected=rejected)
+    job_id = await run_in_threadpool(jobs.create, display_name(file.filename), options, good, rejected)
+    runner.wake.set()
+    return {"job": runner.state(job_id), "accepted": len(good), "rejected": rejected}
+
+
+@router.get("")
+async def list_jobs(jobs: JobsDep) -> list[dict[str, Any]]:
+    """Jobs, newest first."""
+    return await run_in_threadpool(jobs.list)
+
+
+@router.get("/{job_id}")
+async def job_state(job_id: str, runner: RunnerDep) -> dict[str, Any]:
+    """State, counts, tokens per second and time left."""
+    return await run_in_threadpool(runner.state, job_id)
+
+
+@router.get("/{job_id}/events")
+async def job_events(job_id: str, request: Request, runner: RunnerDep) -> StreamingResponse:
+    """Server-Sent Events: a `progress` event whenever the job's state changes, then `end`."""
+    await run_in_threadpool(runner.state, job_id)  # 404 before the stream starts
+
+    async def events() -> AsyncIterator[str]:
+        last = None
+        while not await request.is_disconnected():
+            state = await run_in_threadpool(runner.state, job_id)
+            key = (state["state"], state["done"], state["failed"])
+            if key != last:
+                last = key
+                yield f"event: progress\ndata: {json.dumps(state)}\n\n"
+            if state["state"] in FINAL:
+                yield f"event: end\ndata: {json.dumps(state)}\n\n"
+                return
+            await asyncio.sleep(0.25)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/{job_id}/cancel")
+async def cancel_job(job_id: str, runner: RunnerDep) -> dict[str, Any]:
+    """Stop after the line in progress; finished lines are kept. `resume` continues it."""
+    return await run_in_threadpool(runner.cancel, job_id)
+
+
+@router.post("/{job_id}/resume")
+async def resume_job(job_id: str, runner: RunnerDep) -> dict[str, Any]:
+    return await run_in_threadpool(runner.resume, job_id)
+
+
+@router.get("/{job_id}/items")
+async def job_items(job_id: str, jobs: JobsDep) -> list[dict[str, Any]]:
+    """Every line of the job: state, analysis id or error."""
+    return await run_in_threadpool(jobs.items, job_id)
+
+
+async def _analyses(jobs: Jobs, job_id: str) -> list[dict[str, Any]]:
+    return await run_in_threadpool(jobs.analyses, job_id)
+
+
+@router.get("/{job_id}/summaries")
+async def job_summaries(job_id: str, jobs: JobsDep, format: str = "json") -> Response:
+    """One row per analysed trajectory: `format=json` (default), `csv` or `jsonl`."""
+    rows = [summary_row(a) for a in await _analyses(jobs, job_id)]
+    if format == "csv":
+        return _download(summaries_csv(rows), "text/csv", f"{job_id}-summaries.csv")
+    if format == "jsonl":
+        return _download(jsonl(rows), "application/x-ndjson", f"{job_id}-summaries.jsonl")
+    if format != "json":
+        raise BadTrajectory("format must be json, csv or jsonl", field="format")
+    return Response(json.dumps(rows), media_type="application/json")
+
+
+@router.get("/{job_id}/steps")
+async def job_steps(job_id: str, jobs: JobsDep, format: str = "parquet") -> Response:
+    """Every step of every trajectory, one row each: `format=parquet` (default) or `jsonl`.
+    `pd.read_parquet(url)` gives the table."""
+    rows = step_rows(await _analyses(jobs, job_id))
+    if format == "jsonl":
+        return _download(jsonl(rows), "application/x-ndjson", f"{job_id}-steps.jsonl")
+    if format != "parquet":
+        raise BadTrajectory("format must be parquet or jsonl", field="format")
+    data = await run_in_threadpool(steps_parquet, rows)
+    return _download(data, "application/vnd.apache.parquet", f"{job_id}-steps.parquet")
+
+
+@router.get("/{job_id}/figures")
+async def job_figures(job_id: str, jobs: JobsDep) -> dict[str, Any]:
+    """The dataset page's Plotly figures (each opens with `plotly.io.from_json`)."""
+    return dataset_figures(await _analyses(jobs, job_id))
+
+
+def _download(content: str | bytes, media_type: str, filename: str) -> Response:
+    return Response(
+        content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )

@@ -1,0 +1,253 @@
+"""Batch jobs: many trajectories from one upload, analysed in the background, resumable.
+
+Jobs and their lines live in the same SQLite file as the analyses. A line's analysis is
+inserted and the line marked done in one transaction, so a server that stops mid-job loses
+nothing and, on restart, resumes with exactly the lines not yet done. No HTTP here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import NotFound, VRError
+from .service import Analyzer, ModelWorker, new_id, now
+from .storage import Store
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,          -- queued | running | done | cancelled
+    options TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    rejected TEXT NOT NULL,       -- [{"line", "error"}] found at upload
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,          -- pending | done | error
+    analysis_id TEXT,
+    tokens INTEGER,
+    error TEXT,
+    PRIMARY KEY (job_id, line)
+);
+"""
+FINAL = ("done", "cancelled")
+
+
+class Jobs:
+    """Persistence of jobs and their lines."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        with store.connect() as db:
+            db.executescript(SCHEMA)
+            # A job that was running when the server stopped resumes with its pending lines.
+            db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
+
+    def create(
+        self,
+        name: str,
+        options: dict[str, Any],
+        items: list[tuple[int, dict[str, Any]]],
+        rejected: list[dict[str, Any]],
+    ) -> str:
+        job_id = new_id()
+        with self.store.connect() as db:
+            db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, 'queued', ?, ?, ?, NULL, NULL)",
+                (job_id, now(), name, json.dumps(options), len(items), json.dumps(rejected)),
+            )
+            db.executemany(
+                "INSERT INTO job_items VALUES (?, ?, ?, 'pending', NULL, NULL, NULL)",
+                [(job_id, line, json.dumps(obj)) for line, obj in items],
+            )
+        return job_id
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        with self.store.connect() as db:
+            row = db.execute(
+                "SELECT id, created_at, name, state, options, total, rejected, started_at, finished_at "
+                "FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            counts = dict(
+                db.execute(
+                    "SELECT state, COUNT(*) FROM job_items WHERE job_id = ? GROUP BY state", (job_id,)
+                ).fetchall()
+            )
+            tokens = db.execute(
+                "SELECT COALESCE(SUM(tokens), 0) FROM job_items WHERE job_id = ?", (job_id,)
+            ).fetchone()[0]
+        keys = (
+            "id",
+            "created_at",
+            "name",
+            "state",
+            "options",
+            "total",
+            "rejected",
+            "started_at",
+            "finished_at",
+        )
+        job = dict(zip(keys, row, strict=True))
+        job["options"], job["rejected"] = json.loads(job["options"]), json.loads(job["rejected"])
+        job.update(
+            done=counts.get("done", 0),
+            failed=counts.get("error", 0),
+            pending=counts.get("pending", 0),
+            tokens_done=tokens,
+        )
+        return job
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.store.connect() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,))]
+        return [self.get(i) for i in ids]
+
+    def next_queued(self) -> str | None:
+        with self.store.connect() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at LIMIT 1"
+            ).fetchone()
+        return row[0] if row else None
+
+    def set_state(self, job_id: str, state: str) -> None:
+        column = {"running": "started_at", "done": "finished_at", "cancelled": "finished_at"}.get(state)
+        with self.store.connect() as db:
+            if column:
+                db.execute(f"UPDATE jobs SET state = ?, {column} = ? WHERE id = ?", (state, now(), job_id))
+            else:
+                db.execute("UPDATE jobs SET state = ? WHERE id = ?", (state, job_id))
+
+    def pending(self, job_id: str) -> list[tuple[int, dict[str, Any]]]:
+        with self.store.connect() as db:
+            rows = db.execute(
+                "SELECT line, payload FROM job_items WHERE job_id = ? AND state = 'pending' ORDER BY line",
+                (job_id,),
+            ).fetchall()
+        return [(line, json.loads(payload)) for line, payload in rows]
+
+    def complete(self, job_id: str, line: int, analysis: dict[str, Any]) -> None:
+        """Store the analysis and mark its line done: one transaction, so never half of it."""
+        with self.store.connect() as db:
+            self.store.insert(db, analysis)
+            db.execute(
+                "UPDATE job_items SET state = 'done', analysis_id = ?, tokens = ? "
+                "WHERE job_id = ? AND line = ?",
+                (analysis["id"], analysis["summary"]["tokens"], job_id, line),
+            )
+
+    def fail(self, job_id: str, line: int, error: str) -> None:
+        with self.store.connect() as db:
+            db.execute(
+                "UPDATE job_items SET state = 'error', error = ? WHERE job_id = ? AND line = ?",
+                (error, job_id, line),
+            )
+
+    def items(self, job_id: str) -> list[dict[str, Any]]:
+        """Every line: state, analysis id or error."""
+        self.get(job_id)  # 404 for an unknown job
+        with self.store.connect() as db:
+            rows = db.execute(
+                "SELECT line, state, analysis_id, error FROM job_items WHERE job_id = ? ORDER BY line",
+                (job_id,),
+            ).fetchall()
+        return [{"line": r[0], "state": r[1], "analysis_id": r[2], "error": r[3]} for r in rows]
+
+    def analyses(self, job_id: str) -> list[dict[str, Any]]:
+        ids = [i["analysis_id"] for i in self.items(job_id) if i["analysis_id"]]
+        return self.store.get_many(ids)
+
+
+@dataclass
+class Live:
+    """Throughput of the current run of a job (not persisted: it restarts with the server)."""
+
+    started: float = field(default_factory=time.monotonic)
+    tokens: int = 0
+    lines: int = 0
+
+
+class JobRunner:
+    """Works through queued jobs, one line at a time on the shared model worker."""
+
+    def __init__(self, jobs: Jobs, analyzer: Analyzer, worker: ModelWorker) -> None:
+        self.jobs, self.analyzer, self.worker = jobs, analyzer, worker
+        self.wake = asyncio.Event()
+        self.cancel_requested: set[str] = set()
+        self.live: dict[str, Live] = {}
+
+    def state(self, job_id: str) -> dict[str, Any]:
+        """The job as stored, plus tokens per second and time left for a running job."""
+        job = self.jobs.get(job_id)
+        live = self.live.get(job_id)
+        rate = eta = None
+        if live and live.lines:
+            elapsed = max(time.monotonic() - live.started, 1e-6)
+            rate = live.tokens / elapsed
+            eta = elapsed / live.lines * job["pending"] if job["state"] == "running" else None
+        job.update(tokens_per_second=rate, eta_seconds=eta)
+        return job
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.jobs.get(job_id)
+        if job["state"] == "queued":
+            self.jobs.set_state(job_id, "cancelled")
+        elif job["state"] == "running":
+            self.cancel_requested.add(job_id)
+        return self.state(job_id)
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        job = self.jobs.get(job_id)
+        if job["state"] == "cancelled" and job["pending"]:
+            self.jobs.set_state(job_id, "queued")
+            self.wake.set()
+        return self.state(job_id)
+
+    async def run_forever(self) -> None:
+        while True:
+            job_id = await asyncio.to_thread(self.jobs.next_queued)
+            if job_id is None:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            await self.run_job(job_id)
+
+    async def run_job(self, job_id: str) -> None:
+        self.jobs.set_state(job_id, "running")
+        live = self.live[job_id] = Live()
+        for line, payload in await asyncio.to_thread(self.jobs.pending, job_id):
+            if job_id in self.cancel_requested:
+                self.cancel_requested.discard(job_id)
+                self.jobs.set_state(job_id, "cancelled")
+                return
+            try:
+                analysis = await self.worker.run(self._analyze, payload, job_id, line)
+                await asyncio.to_thread(self.jobs.complete, job_id, line, analysis)
+                live.tokens += analysis["summary"]["tokens"]
+            except VRError as exc:
+                await asyncio.to_thread(self.jobs.fail, job_id, line, exc.message)
+            except Exception:  # a bug: logged; the line says so and the job goes on
+                log.exception("job %s line %d failed", job_id, line)
+                await asyncio.to_thread(self.jobs.fail, job_id, line, "internal error")
+            live.lines += 1
+        self.cancel_requested.discard(job_id)
+        self.jobs.set_state(job_id, "done")
+
+    def _analyze(self, payload: dict[str, Any], job_id: str, line: int) -> dict[str, Any]:
+        prep = self.analyzer.prepare(payload)
+        return self.analyzer.run(prep, store=False, extra={"job": {"id": job_id, "line": line}})

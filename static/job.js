@@ -1,0 +1,132 @@
+// The dataset page: live progress (Server-Sent Events), cancel/resume, the sortable and
+// filterable table of trajectories, and the aggregate figures. Text goes in via textContent.
+(function () {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  const job = JSON.parse($("job-data").textContent);
+  const base = `/api/jobs/${encodeURIComponent(job.id)}`;
+  let rows = [];
+  let sortKey = "line";
+  let sortDir = 1;
+
+  function seconds(s) {
+    if (s === null || s === undefined) return "";
+    return s < 90 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`;
+  }
+
+  function showState(state) {
+    const fraction = state.total ? (state.done + state.failed) / state.total : 0;
+    $("job-fill").style.width = `${Math.round(100 * fraction)}%`;
+    const parts = [`${state.state}: ${state.done + state.failed} of ${state.total} lines`];
+    if (state.failed) parts.push(`${state.failed} failed`);
+    if (state.tokens_per_second) parts.push(`${state.tokens_per_second.toFixed(0)} tokens/s`);
+    if (state.eta_seconds) parts.push(`about ${seconds(state.eta_seconds)} left`);
+    $("job-label").textContent = parts.join(" · ");
+    $("cancel").hidden = !(state.state === "running" || state.state === "queued");
+    $("resume").hidden = !(state.state === "cancelled" && state.pending > 0);
+    document.body.dataset.jobState = state.state;
+  }
+
+  const fmt = (v, d) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
+  const CELLS = [
+    (r) => [String(r.line ?? ""), "num"],
+    (r) => [r.trajectory_id ?? "", ""],
+    (r) => [r.preview, "preview"],
+    (r) => [String(r.tokens), "num"],
+    (r) => [r.agreement_rate === null ? "–" : `${(100 * r.agreement_rate).toFixed(1)}%`, "num"],
+    (r) => [r.first_divergence === null ? "none" : String(r.first_divergence), "num"],
+    (r) => [fmt(r.reverse_kl_total, 3), "num"],
+    (r) => [fmt(r.advantage_total, 3), "num"],
+    (r) => [r.correct === null ? "" : r.correct ? "correct" : "wrong", ""],
+  ];
+
+  function renderTable() {
+    const needle = $("filter").value.trim().toLowerCase();
+    const shown = rows
+      .filter((r) => !needle || `${r.preview} ${r.trajectory_id ?? ""}`.toLowerCase().includes(needle))
+      .sort((a, b) => {
+        const x = a[sortKey], y = b[sortKey];
+        if (x === y) return 0;
+        if (x === null || x === undefined) return 1;
+        if (y === null || y === undefined) return -1;
+        return (x < y ? -1 : 1) * sortDir;
+      });
+    $("trajectories").tBodies[0].replaceChildren(
+      ...shown.map((r) => {
+        const tr = document.createElement("tr");
+        tr.dataset.analysis = r.analysis_id;
+        CELLS.forEach((cell, i) => {
+          const [text, cls] = cell(r);
+          const td = document.createElement("td");
+          if (cls) td.className = cls;
+          if (i === 2) {
+            const a = document.createElement("a");
+            a.href = `/analyses/${encodeURIComponent(r.analysis_id)}`;
+            a.textContent = text || "(empty)";
+            td.append(a);
+          } else {
+            td.textContent = text;
+          }
+          tr.append(td);
+        });
+        return tr;
+      })
+    );
+    $("row-count").textContent = `${shown.length} of ${rows.length}`;
+  }
+
+  for (const th of document.querySelectorAll("#trajectories th[data-key]")) {
+    th.addEventListener("click", () => {
+      const key = th.dataset.key;
+      sortDir = key === sortKey ? -sortDir : 1;
+      sortKey = key;
+      document.querySelectorAll("#trajectories th").forEach((h) => h.removeAttribute("aria-sort"));
+      th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+      renderTable();
+    });
+  }
+  $("filter").addEventListener("input", renderTable);
+
+  async function refresh() {
+    const [summaries, figures] = await Promise.all([
+      fetch(`${base}/summaries`).then((r) => r.json()),
+      fetch(`${base}/figures`).then((r) => r.json()),
+    ]);
+    rows = summaries;
+    renderTable();
+    for (const [name, fig] of Object.entries(figures)) {
+      Plotly.react($(`fig-${name}`), fig.data, fig.layout, { displaylogo: false, responsive: true });
+    }
+    document.body.dataset.loaded = String(rows.length);
+  }
+
+  $("cancel").addEventListener("click", async () => {
+    showState(await (await fetch(`${base}/cancel`, { method: "POST" })).json());
+  });
+  $("resume").addEventListener("click", async () => {
+    showState(await (await fetch(`${base}/resume`, { method: "POST" })).json());
+    follow();
+  });
+
+  let lastDone = -1;
+  function follow() {
+    const source = new EventSource(`${base}/events`);
+    source.addEventListener("progress", (e) => {
+      const state = JSON.parse(e.data);
+      showState(state);
+      // Refresh the table and figures every 10 finished lines while running.
+      if (state.done - lastDone >= 10) {
+        lastDone = state.done;
+        refresh();
+      }
+    });
+    source.addEventListener("end", (e) => {
+      source.close();
+      showState(JSON.parse(e.data));
+      refresh();
+    });
+  }
+  showState(job);
+  if (job.state === "running" || job.state === "queued") follow();
+  else refresh();
+})();
