@@ -68,8 +68,12 @@ def analyze(args: argparse.Namespace) -> int:
     }
     errors = [(e.line, e.error) for e in bad]
     out_path = Path(args.out)
+    folder = None if out_path.suffix == ".jsonl" else out_path
+    if folder is not None:
+        out_path = folder / "analyses.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = 0
+    analyses = []
     with out_path.open("w") as out, tqdm(total=len(lines), unit="traj", file=sys.stderr) as bar:
         for number, obj in lines:
             try:
@@ -80,16 +84,52 @@ def analyze(args: argparse.Namespace) -> int:
                     if args.privileged and "privileged" not in obj and "prompt_ids" not in obj:
                         obj["privileged"] = args.privileged
                 analysis = analyzer.analyze(obj)
-                analysis["line"] = number
+                analysis["job"] = {"id": None, "line": number}
                 out.write(json.dumps(analysis) + "\n")
+                if folder is not None:
+                    analyses.append(analysis)
                 done += 1
             except VRError as exc:
                 errors.append((number, exc.message))
             bar.update(1)
     for number, message in sorted(errors):
         print(f"{args.file}:{number}: {message}", file=sys.stderr)
-    print(f"{done} analysed, {len(errors)} failed -> {out_path}", file=sys.stderr)
+    if folder is not None:
+        write_dataset(folder, Path(args.file).name, analyses, sorted(errors), analyzer, settings)
+    print(f"{done} analysed, {len(errors)} failed -> {folder or out_path}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def write_dataset(
+    folder: Path, name: str, analyses: list[dict[str, Any]], errors: list[tuple[int, str]], analyzer: Any,
+    settings: Settings,
+) -> None:  # fmt: skip
+    """The exports of the dataset page, and a self-contained HTML report that opens offline."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    from .dataset import dataset_figures, jsonl, step_rows, steps_parquet, summaries_csv, summary_row
+    from .pages import PLOTLY_BUNDLE, show_token
+
+    rows = [summary_row(a) for a in analyses]
+    (folder / "summaries.csv").write_text(summaries_csv(rows))
+    (folder / "summaries.jsonl").write_text(jsonl(rows))
+    (folder / "steps.parquet").write_bytes(steps_parquet(step_rows(analyses)))
+    figures = dataset_figures(analyses)
+    (folder / "figures.json").write_text(json.dumps(figures))
+    env = Environment(loader=FileSystemLoader(settings.templates_dir), autoescape=select_autoescape())
+    env.filters["show_token"] = show_token
+    html = env.get_template("report.html").render(
+        name=name,
+        rows=rows,
+        errors=errors,
+        figures=figures,
+        student=analyzer.pair.student.name,
+        teacher=analyzer.pair.teacher.name,
+        standalone=True,
+        inline_css=(settings.static_dir / "app.css").read_text(),
+        inline_plotly=(settings.static_dir / PLOTLY_BUNDLE).read_text(),
+    )
+    (folder / "report.html").write_text(html)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("analyze", help="analyse a JSONL file of trajectories")
     _model_flags(p)
     p.add_argument("file", help="JSONL (one trajectory per line) or a JSON array")
-    p.add_argument("--out", required=True, help="output JSONL: one analysis per line")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="FILE.jsonl: one analysis per line; or a folder: analyses.jsonl, summaries.csv/.jsonl, "
+        "steps.parquet, figures.json and report.html (opens offline)",
+    )
     p.add_argument("--privileged", help="privileged text for lines that carry none")
     p.add_argument("--top-k", dest="top_k", type=int, default=5)
     p.add_argument("--continuation-tokens", dest="continuation_tokens", type=int, default=0)

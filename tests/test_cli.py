@@ -31,7 +31,7 @@ def test_cli_analyze_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1  # some lines failed
     results = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["line"] for r in results] == [1, 5]
+    assert [r["job"]["line"] for r in results] == [1, 5]
     assert results[0]["trajectory"]["id"] == "a" and results[0]["teacher"]["privileged"] == "17*23 = 391"
     assert f"{src}:2: invalid JSON" in err
     assert f"{src}:3: response_ids[1] = 10000000 is outside the vocabulary" in err
@@ -47,3 +47,26 @@ def test_cli_example_file(tmp_path, capsys):
     assert results[3]["generation"]["max_new_tokens"] == 16
     assert all(s["teacher_continuation"] for r in results for s in r["steps"])
     assert "4 analysed, 0 failed" in capsys.readouterr().err
+
+
+def test_cli_analyze_into_a_folder(tmp_path, capsys):
+    import pandas as pd
+
+    src = tmp_path / "runs.jsonl"
+    lines = [
+        {"id": "wrong", "prompt": "What is 17*23?", "response": "17*23 = 381.", "reference_answer": "391"},
+        {"id": "xss", "prompt": "Say <b>hi</b>", "response": "<script>alert(1)</script>"},
+    ]
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\n{bad\n")
+    out = tmp_path / "report"
+    assert main(["analyze", str(src), "--out", str(out), "--no-store", "--cache-dir", str(REAL_CACHE)]) == 1
+    assert {p.name for p in out.iterdir()} == {
+        "analyses.jsonl", "summaries.csv", "summaries.jsonl", "steps.parquet", "figures.json", "report.html",
+    }  # fmt: skip
+    steps = pd.read_parquet(out / "steps.parquet")
+    summaries = pd.read_csv(out / "summaries.csv")
+    assert len(steps) == summaries["tokens"].sum() and list(summaries["trajectory_id"]) == ["wrong", "xss"]
+    html = (out / "report.html").read_text()
+    assert "<script src=" not in html and "Plotly.newPlot" in html and "line 3: invalid JSON" in html
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+    assert "2 analysed, 1 failed" in capsys.readouterr().err
