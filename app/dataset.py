@@ -166,12 +166,8 @@ def dataset_figures(analyses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
                 "marker": {"color": color, "size": 7},
             }
         )
-        firsts = [
-            a["summary"]["first_divergence"] for a in members if a["summary"]["first_divergence"] is not None
-        ]
-        first.append({"type": "histogram", "name": label, "x": firsts, "marker": {"color": color}})
-    # Histograms are pre-binned into bars: the page's plotly.js bundle has no histogram trace.
-    first = [_as_bars(trace) for trace in first]
+        firsts = [a["summary"]["first_divergence"] for a in members]
+        first.append(histogram_bars([f for f in firsts if f is not None], label, color))
     base = {
         "height": 320,
         "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
@@ -217,8 +213,9 @@ def dataset_figures(analyses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
     }
 
 
-def _as_bars(trace: dict[str, Any], bins: int = 20) -> dict[str, Any]:
-    values = trace["x"]
+def histogram_bars(values: list[int], name: str, color: str, bins: int = 20) -> dict[str, Any]:
+    """A histogram of non-negative integers as a bar trace (the page's plotly.js bundle has no
+    histogram trace): at most `bins` bins of equal integer width."""
     top = max(values, default=0) + 1
     width = max(1, math.ceil(top / bins))
     counts = [0] * math.ceil(top / width)
@@ -226,10 +223,10 @@ def _as_bars(trace: dict[str, Any], bins: int = 20) -> dict[str, Any]:
         counts[v // width] += 1
     return {
         "type": "bar",
-        "name": trace["name"],
+        "name": name,
         "x": [i * width for i in range(len(counts))],
         "y": counts,
         "width": [width * 0.9] * len(counts),
         "offset": 0,
-        "marker": trace["marker"],
+        "marker": {"color": color},
     }
