@@ -19,7 +19,7 @@ import torch
 from .analysis import build_analysis
 from .config import Settings
 from .contexts import Contexts, build_contexts, check_ids
-from .engine import Progress, _no_progress, check_head, generate, replay
+from .engine import Progress, ReplayResult, _no_progress, check_head, generate, replay
 from .errors import BadTrajectory, ModelBusy, TooLong
 from .models import ModelPair, load_pair
 from .pedagogical import Policy, pedagogical_rollout, threshold_sweep
@@ -174,7 +174,7 @@ class Analyzer:
         generation = None
         response = ctx.response_ids
         if response is None:
-            generation = {k: v for k, v in asdict(opts).items() if k not in ("top_k", "continuation_tokens")}
+            generation = {k: asdict(opts)[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")}
             response = generate(
                 self.pair.student,
                 ctx.student_ids,
@@ -195,6 +195,20 @@ class Analyzer:
             chunk_size=self.settings.chunk_size,
             progress=progress,
         )
+        return self._assemble(prep, response, result, generation, progress, store, extra)
+
+    def _assemble(
+        self,
+        prep: Prepared,
+        response: list[int],
+        result: ReplayResult,
+        generation: dict[str, Any] | None,
+        progress: Progress,
+        store: bool,
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Continuations and recovery (if asked for), then the analysis JSON; stored if `store`."""
+        ctx, opts = prep.ctx, prep.options
         continuations = None
         if opts.continuation_tokens:
             from .continuations import continuations_from_every_prefix

@@ -89,7 +89,8 @@ def test_prompt_only_generation_is_seeded(tiny_client):
     c = tiny_client.post("/api/analyze", json={**body, "generation": {**body["generation"], "seed": 6}})
     assert a["response_ids"] == b["response_ids"] and a["id"] != b["id"]
     assert c.json()["response_ids"] != a["response_ids"]
-    assert a["generation"]["seed"] == 5 and 1 <= len(a["response_ids"]) <= 12
+    assert a["generation"] == {"max_new_tokens": 12, "temperature": 1.0, "top_p": 1.0, "seed": 5}
+    assert 1 <= len(a["response_ids"]) <= 12
 
 
 def test_continuations_in_analysis(tiny_client):
