@@ -37,6 +37,9 @@ class Settings(BaseSettings):
 
     # Engine.
     chunk_size: int = Field(default=256, ge=1, description="positions per metrics chunk")
+    batch_tokens: int = Field(
+        default=4096, ge=1, description="jobs: padded tokens per batch of short trajectories"
+    )
 
     # Limits, enforced before any model work.
     max_request_bytes: int = 8 * 1024 * 1024

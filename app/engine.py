@@ -76,6 +76,43 @@ class ReplayResult:
         for name in self.__dataclass_fields__:
             getattr(self, name).extend(getattr(chunk, name).tolist())
 
+    def split(self, lengths: list[int]) -> list[ReplayResult]:
+        """Consecutive pieces of `lengths` steps each (the inverse of concatenating replays)."""
+        pieces, start = [], 0
+        for n in lengths:
+            piece = ReplayResult()
+            for name in self.__dataclass_fields__:
+                getattr(piece, name).extend(getattr(self, name)[start : start + n])
+            pieces.append(piece)
+            start += n
+        return pieces
+
+
+def score_hidden(
+    pair: ModelPair,
+    s_hidden: Tensor,
+    t_hidden: Tensor,
+    targets: Tensor,
+    top_k: int,
+    chunk_size: int,
+    progress: Progress = _no_progress,
+) -> ReplayResult:
+    """Every metric from the final hidden states (T, H) that predict `targets` (T,), making the
+    logits `chunk_size` positions at a time, so no float32 (T, V) tensor ever exists."""
+    T = len(targets)
+    result = ReplayResult()
+    for start in range(0, T, chunk_size):
+        stop = min(start + chunk_size, T)
+        s_logits = head_logits(pair.student, s_hidden[start:stop], pair.vocab_size)  # (C, V)
+        if t_hidden is s_hidden:
+            t_logits = s_logits  # the same pass: the same logits (step_stats allows the alias)
+        else:
+            t_logits = head_logits(pair.teacher, t_hidden[start:stop], pair.vocab_size)
+        result.extend(step_stats(s_logits, t_logits, targets[start:stop], top_k, overwrite=True))
+        del s_logits, t_logits
+        progress("replay", T + stop, 2 * T)
+    return result
+
 
 @torch.inference_mode()
 def replay(
@@ -94,31 +131,62 @@ def replay(
     states `chunk_size` positions at a time, so no float32 (T, V) tensor ever exists.
     """
     T = len(response)
-    total = 2 * T
-    progress("replay", 0, total)
+    progress("replay", 0, 2 * T)
     # Position i predicts token i + 1: y_t is predicted at len(context) - 1 + t.
     s_hidden = final_hidden(pair.student, student_context + response)[len(student_context) - 1 : -1]
-    progress("replay", T // 2, total)
+    progress("replay", T // 2, 2 * T)
     if pair.shared and student_context == teacher_context:
         t_hidden = s_hidden  # same weights, same input: the same pass
     else:
         t_hidden = final_hidden(pair.teacher, teacher_context + response)[
             len(teacher_context) - 1 : -1
         ]  # (T, H)
-    progress("replay", T, total)
+    progress("replay", T, 2 * T)
     targets = torch.tensor(response, device=s_hidden.device)  # (T,)
-    result = ReplayResult()
-    for start in range(0, T, chunk_size):
-        stop = min(start + chunk_size, T)
-        s_logits = head_logits(pair.student, s_hidden[start:stop], pair.vocab_size)  # (C, V)
-        if t_hidden is s_hidden:
-            t_logits = s_logits  # the same pass: the same logits (step_stats allows the alias)
-        else:
-            t_logits = head_logits(pair.teacher, t_hidden[start:stop], pair.vocab_size)
-        result.extend(step_stats(s_logits, t_logits, targets[start:stop], top_k, overwrite=True))
-        del s_logits, t_logits
-        progress("replay", T + stop, total)
-    return result
+    return score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size, progress)
+
+
+@torch.inference_mode()
+def padded_hidden(model: LoadedModel, contexts: list[list[int]], responses: list[list[int]]) -> list[Tensor]:
+    """One forward pass over a right-padded batch of context + response sequences; for each,
+    the final hidden states (T_b, H) that predict its response. Right padding keeps every real
+    token's position and causal view unchanged, so each row equals its own unpadded pass."""
+    sequences = [c + r for c, r in zip(contexts, responses, strict=True)]
+    L = max(len(s) for s in sequences)
+    ids = torch.zeros((len(sequences), L), dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(sequences), L), dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+    decoder = model.model.get_decoder()
+    hidden = decoder(
+        input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False
+    ).last_hidden_state  # (B, L, H)
+    return [
+        hidden[b, len(c) - 1 : len(c) - 1 + len(r)]
+        for b, (c, r) in enumerate(zip(contexts, responses, strict=True))
+    ]
+
+
+@torch.inference_mode()
+def replay_batch(
+    pair: ModelPair,
+    items: list[tuple[list[int], list[int], list[int]]],
+    top_k: int = 5,
+    chunk_size: int = 128,
+) -> list[ReplayResult]:
+    """`replay` for several (student context, teacher context, response) at once: one padded
+    pass per model, metrics over all their positions together. Short sequences gain most."""
+    s_ctx, t_ctx, responses = (list(x) for x in zip(*items, strict=True))
+    s_rows = padded_hidden(pair.student, s_ctx, responses)
+    s_hidden = torch.cat(s_rows)  # (ΣT, H)
+    if pair.shared and s_ctx == t_ctx:
+        t_hidden = s_hidden
+    else:
+        t_hidden = torch.cat(padded_hidden(pair.teacher, t_ctx, responses))
+    targets = torch.tensor([t for r in responses for t in r], device=s_hidden.device)
+    result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size)
+    return result.split([len(r) for r in responses])
 
 
 class _StepCounter:

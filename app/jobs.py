@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NotFound, VRError
-from .service import Analyzer, ModelWorker, new_id, now
+from .service import Analyzer, ModelWorker, Prepared, new_id, now
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS job_items (
 );
 """
 FINAL = ("done", "cancelled")
+WINDOW = 64  # lines prepared (and sorted into batches) at a time
 
 
 class Jobs:
@@ -141,15 +142,16 @@ class Jobs:
             ).fetchall()
         return [(line, json.loads(payload)) for line, payload in rows]
 
-    def complete(self, job_id: str, line: int, analysis: dict[str, Any]) -> None:
-        """Store the analysis and mark its line done: one transaction, so never half of it."""
+    def complete(self, job_id: str, done: list[tuple[int, dict[str, Any]]]) -> None:
+        """Store the analyses and mark their lines done: one transaction, so never half of it."""
         with self.store.connect() as db:
-            self.store.insert(db, analysis)
-            db.execute(
-                "UPDATE job_items SET state = 'done', analysis_id = ?, tokens = ? "
-                "WHERE job_id = ? AND line = ?",
-                (analysis["id"], analysis["summary"]["tokens"], job_id, line),
-            )
+            for line, analysis in done:
+                self.store.insert(db, analysis)
+                db.execute(
+                    "UPDATE job_items SET state = 'done', analysis_id = ?, tokens = ? "
+                    "WHERE job_id = ? AND line = ?",
+                    (analysis["id"], analysis["summary"]["tokens"], job_id, line),
+                )
 
     def fail(self, job_id: str, line: int, error: str) -> None:
         with self.store.connect() as db:
@@ -228,26 +230,68 @@ class JobRunner:
             await self.run_job(job_id)
 
     async def run_job(self, job_id: str) -> None:
+        """Lines in windows: each window is prepared, its batchable lines go through padded
+        batches of similar lengths, the others one by one. Cancel takes effect between batches."""
         self.jobs.set_state(job_id, "running")
         live = self.live[job_id] = Live()
-        for line, payload in await asyncio.to_thread(self.jobs.pending, job_id):
-            if job_id in self.cancel_requested:
-                self.cancel_requested.discard(job_id)
-                self.jobs.set_state(job_id, "cancelled")
-                return
-            try:
-                analysis = await self.worker.run(self._analyze, payload, job_id, line)
-                await asyncio.to_thread(self.jobs.complete, job_id, line, analysis)
-                live.tokens += analysis["summary"]["tokens"]
-            except VRError as exc:
-                await asyncio.to_thread(self.jobs.fail, job_id, line, exc.message)
-            except Exception:  # a bug: logged; the line says so and the job goes on
-                log.exception("job %s line %d failed", job_id, line)
-                await asyncio.to_thread(self.jobs.fail, job_id, line, "internal error")
-            live.lines += 1
+        pending = await asyncio.to_thread(self.jobs.pending, job_id)
+        for w in range(0, len(pending), WINDOW):
+            prepared = await self.worker.run(self._prepare, job_id, pending[w : w + WINDOW])
+            for group in self._groups(prepared):
+                if job_id in self.cancel_requested:
+                    self.cancel_requested.discard(job_id)
+                    self.jobs.set_state(job_id, "cancelled")
+                    return
+                await self._run_group(job_id, group, live)
         self.cancel_requested.discard(job_id)
         self.jobs.set_state(job_id, "done")
 
-    def _analyze(self, payload: dict[str, Any], job_id: str, line: int) -> dict[str, Any]:
-        prep = self.analyzer.prepare(payload)
-        return self.analyzer.run(prep, store=False, extra={"job": {"id": job_id, "line": line}})
+    def _prepare(self, job_id: str, lines: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, Prepared]]:
+        """Validate each line again (settings may have changed since the upload)."""
+        out = []
+        for line, payload in lines:
+            try:
+                out.append((line, self.analyzer.prepare(payload)))
+            except VRError as exc:
+                self.jobs.fail(job_id, line, exc.message)
+        return out
+
+    def _groups(self, prepared: list[tuple[int, Prepared]]) -> list[list[tuple[int, Prepared]]]:
+        """Batchable lines sorted by length and packed under the padded-token budget; the rest
+        alone."""
+        budget = self.analyzer.settings.batch_tokens
+        length = lambda item: len(item[1].ctx.teacher_ids) + len(item[1].ctx.response_ids or [])  # noqa: E731
+        batchable = sorted((x for x in prepared if self.analyzer.batchable(x[1])), key=length)
+        groups: list[list[tuple[int, Prepared]]] = []
+        for item in batchable:
+            if groups and (len(groups[-1]) + 1) * length(item) <= budget:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        return groups + [[x] for x in prepared if not self.analyzer.batchable(x[1])]
+
+    async def _run_group(self, job_id: str, group: list[tuple[int, Prepared]], live: Live) -> None:
+        extras = [{"job": {"id": job_id, "line": line}} for line, _ in group]
+        preps = [prep for _, prep in group]
+        try:
+            if len(group) == 1:
+                analyses = [await self.worker.run(self._run_one, preps[0], extras[0])]
+            else:
+                analyses = await self.worker.run(self.analyzer.run_batch, preps, extras)
+            done = [(line, a) for (line, _), a in zip(group, analyses, strict=True)]
+            await asyncio.to_thread(self.jobs.complete, job_id, done)
+            live.tokens += sum(a["summary"]["tokens"] for a in analyses)
+        except VRError as exc:
+            if len(group) > 1:  # a batch failed (e.g. out of memory): try its lines one by one
+                for item in group:
+                    await self._run_group(job_id, [item], live)
+                return
+            await asyncio.to_thread(self.jobs.fail, job_id, group[0][0], exc.message)
+        except Exception:  # a bug: logged; the line says so and the job goes on
+            log.exception("job %s lines %s failed", job_id, [line for line, _ in group])
+            for line, _ in group:
+                await asyncio.to_thread(self.jobs.fail, job_id, line, "internal error")
+        live.lines += len(group)
+
+    def _run_one(self, prep: Prepared, extra: dict[str, Any]) -> dict[str, Any]:
+        return self.analyzer.run(prep, store=False, extra=extra)

@@ -19,7 +19,7 @@ import torch
 from .analysis import build_analysis
 from .config import Settings
 from .contexts import Contexts, build_contexts, check_ids
-from .engine import Progress, ReplayResult, _no_progress, check_head, generate, replay
+from .engine import Progress, ReplayResult, _no_progress, check_head, generate, replay, replay_batch
 from .errors import BadTrajectory, ModelBusy, TooLong
 from .models import ModelPair, load_pair
 from .pedagogical import Policy, pedagogical_rollout, threshold_sweep
@@ -262,6 +262,37 @@ class Analyzer:
             self.store.save(analysis)
         progress("done", 1, 1)
         return analysis
+
+    @staticmethod
+    def batchable(prep: Prepared) -> bool:
+        """Given a response and no per-prefix extras, an analysis can share a padded batch."""
+        opts = prep.options
+        return prep.ctx.response_ids is not None and not opts.continuation_tokens and not opts.recovery
+
+    def run_batch(self, preps: list[Prepared], extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several batchable analyses in one padded pass per model (not stored: the job runner
+        stores them with their lines). Each equals its own `run` within float tolerance."""
+        items = [(p.ctx.student_ids, p.ctx.teacher_ids, p.ctx.response_ids) for p in preps]
+        top_k = max(p.options.top_k for p in preps)
+        try:
+            results = replay_batch(self.pair, items, top_k=top_k, chunk_size=self.settings.chunk_size)
+        except torch.OutOfMemoryError:
+            raise ModelBusy("the model ran out of memory on a batch") from None
+        analyses = []
+        for prep, result, extra in zip(preps, results, extras, strict=True):
+            k = prep.options.top_k
+            for name in (
+                "teacher_topk_ids",
+                "teacher_topk_logprobs",
+                "student_topk_ids",
+                "student_topk_logprobs",
+            ):
+                setattr(result, name, [row[:k] for row in getattr(result, name)])
+            assert prep.ctx.response_ids is not None
+            analyses.append(
+                self._assemble(prep, prep.ctx.response_ids, result, None, _no_progress, False, extra)
+            )
+        return analyses
 
     def prepare_pedagogical(self, obj: dict[str, Any]) -> PreparedRollout:
         """Validate a pedagogical request: a prompt (any text format, or ids) or an analysis id."""

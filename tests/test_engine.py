@@ -7,7 +7,7 @@ import torch
 from tiny import tiny_pair
 
 from app.analysis import summarize
-from app.engine import generate, replay
+from app.engine import generate, replay, replay_batch
 from app.metrics import STEP_FIELDS as FLOAT_FIELDS
 from app.metrics import step_stats
 from app.reference import naive_replay, naive_step
@@ -128,3 +128,20 @@ def test_summary_counts():
     assert s["agreement_rate"] == 0.5
     assert s["reverse_kl_total"] == pytest.approx(1.0)
     assert s["reverse_kl_share_at_divergences"] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("separate_teacher", [False, True], ids=["self-teacher", "separate-teacher"])
+def test_batch_equals_one_by_one(separate_teacher):
+    pair = tiny_pair(teacher_seed=7 if separate_teacher else None)
+    s_ctx, t_ctx = contexts(pair)
+    items = [(s_ctx, t_ctx, response(pair, n)) for n in (3, 40, 17, 1)]
+    items.append((s_ctx, list(s_ctx), response(pair, 9)))  # a line without privileged info
+    batched = replay_batch(pair, items, top_k=4, chunk_size=16)
+    for (s, t, r), got in zip(items, batched, strict=True):
+        want = replay(pair, s, t, r, top_k=4, chunk_size=16)
+        for name in FLOAT_FIELDS:
+            torch.testing.assert_close(
+                torch.tensor(getattr(got, name)), torch.tensor(getattr(want, name)), atol=1e-5, rtol=1e-5
+            )
+        assert got.teacher_top1_id == want.teacher_top1_id and got.teacher_rank == want.teacher_rank
+        assert got.teacher_topk_ids == want.teacher_topk_ids

@@ -143,3 +143,27 @@ def test_exports_read_back_with_pandas(tiny_client):
     assert figures["agreement"]["data"][0]["name"].startswith("correct (3)")
     assert tiny_client.get(f"/api/jobs/{job_id}/steps?format=xml").status_code == 422
     assert tiny_client.get("/api/jobs/nope").status_code == 404
+
+
+def test_batched_job_equals_single_analyses(tiny_client, monkeypatch):
+    """Short lines share padded batches in a job; each result equals its own /api/analyze."""
+    analyzer, batches = tiny_client.app.state.analyzer, []
+    run_batch = analyzer.run_batch
+    monkeypatch.setattr(
+        analyzer, "run_batch", lambda preps, extras: batches.append(len(preps)) or run_batch(preps, extras)
+    )
+    texts = ["hello", "hello the world " * 5, "the", "world hello " * 12, "hel"]
+    lines = [{"prompt": f"q{i}", "response": t, "privileged": "hint"} for i, t in enumerate(texts)]
+    lines.append({**lines[0], "top_k": 2})
+    job_id = upload(tiny_client, "\n".join(json.dumps(x) for x in lines)).json()["job"]["id"]
+    wait_done(tiny_client, job_id)
+    assert batches == [6]  # all six lines in one padded batch
+    items = tiny_client.get(f"/api/jobs/{job_id}/items").json()
+    for line, item in zip(lines, items, strict=True):
+        got = tiny_client.get(f"/api/analyses/{item['analysis_id']}").json()
+        want = tiny_client.post("/api/analyze", json=line).json()
+        for a, b in zip(got["steps"], want["steps"], strict=True):
+            assert a["reverse_kl"] == pytest.approx(b["reverse_kl"], abs=1e-5)
+            assert a["teacher_logprob"] == pytest.approx(b["teacher_logprob"], abs=1e-5)
+            assert (a["teacher_top1_id"], a["teacher_rank"]) == (b["teacher_top1_id"], b["teacher_rank"])
+            assert [t["token_id"] for t in a["teacher_topk"]] == [t["token_id"] for t in b["teacher_topk"]]
