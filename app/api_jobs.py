@@ -16,7 +16,7 @@ from .api import ERRORS, AnalyzerDep
 from .dataset import dataset_figures, jsonl, step_rows, steps_parquet, summaries_csv, summary_row
 from .errors import BadTrajectory, TooLong, VRError
 from .jobs import FINAL, JobRunner, Jobs
-from .service import Analyzer
+from .service import Analyzer, with_defaults
 from .trajectories import parse_file
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
@@ -49,11 +49,7 @@ def validate_lines(
     rejected = [{"line": e.line, "error": e.error} for e in bad]
     for number, obj in lines:
         try:
-            if not isinstance(obj, dict):
-                raise BadTrajectory(f"a trajectory must be a JSON object, got {type(obj).__name__}")
-            obj = {**options, **obj}
-            if privileged and "privileged" not in obj and "prompt_ids" not in obj:
-                obj["privileged"] = privileged
+            obj = with_defaults(obj, options, privileged)
             analyzer.prepare(obj)
             good.append((number, obj))
         except VRError as exc:

@@ -50,7 +50,8 @@ def serve(args: argparse.Namespace) -> int:
 def analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .service import Analyzer
+    from .jobs import WINDOW
+    from .service import Analyzer, with_defaults
     from .trajectories import parse_file
 
     settings = _settings(args)
@@ -75,23 +76,28 @@ def analyze(args: argparse.Namespace) -> int:
     done = 0
     analyses = []
     with out_path.open("w") as out, tqdm(total=len(lines), unit="traj", file=sys.stderr) as bar:
-        for number, obj in lines:
-            try:
-                if isinstance(obj, dict):
-                    obj = {**options, **obj}
-                    if obj["recovery"] and not obj.get("reference_answer"):
-                        obj["recovery"] = False  # only lines that carry an answer get a curve
-                    if args.privileged and "privileged" not in obj and "prompt_ids" not in obj:
-                        obj["privileged"] = args.privileged
-                analysis = analyzer.analyze(obj)
-                analysis["job"] = {"id": None, "line": number}
+        for w in range(0, len(lines), WINDOW):  # bounded memory; output in line order
+            prepared, finished = [], []
+            for number, obj in lines[w : w + WINDOW]:
+                try:
+                    prepared.append((number, analyzer.prepare(with_defaults(obj, options, args.privileged))))
+                except VRError as exc:
+                    errors.append((number, exc.message))
+                    bar.update(1)
+            for group in analyzer.plan_batches(prepared):
+                extras = [{"job": {"id": None, "line": number}} for number, _ in group]
+                try:
+                    finished += zip((n for n, _ in group), analyzer.run_group(group, extras), strict=True)
+                except VRError as exc:
+                    errors += [(number, exc.message) for number, _ in group]
+                bar.update(len(group))
+            for _, analysis in sorted(finished, key=lambda x: x[0]):
+                if analyzer.store is not None:
+                    analyzer.store.save(analysis)
                 out.write(json.dumps(analysis) + "\n")
                 if folder is not None:
                     analyses.append(analysis)
                 done += 1
-            except VRError as exc:
-                errors.append((number, exc.message))
-            bar.update(1)
     for number, message in sorted(errors):
         print(f"{args.file}:{number}: {message}", file=sys.stderr)
     if folder is not None:

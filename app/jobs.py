@@ -237,7 +237,7 @@ class JobRunner:
         pending = await asyncio.to_thread(self.jobs.pending, job_id)
         for w in range(0, len(pending), WINDOW):
             prepared = await self.worker.run(self._prepare, job_id, pending[w : w + WINDOW])
-            for group in self._groups(prepared):
+            for group in self.analyzer.plan_batches(prepared):
                 if job_id in self.cancel_requested:
                     self.cancel_requested.discard(job_id)
                     self.jobs.set_state(job_id, "cancelled")
@@ -256,28 +256,10 @@ class JobRunner:
                 self.jobs.fail(job_id, line, exc.message)
         return out
 
-    def _groups(self, prepared: list[tuple[int, Prepared]]) -> list[list[tuple[int, Prepared]]]:
-        """Batchable lines sorted by length and packed under the padded-token budget; the rest
-        alone."""
-        budget = self.analyzer.settings.batch_tokens
-        length = lambda item: len(item[1].ctx.teacher_ids) + len(item[1].ctx.response_ids or [])  # noqa: E731
-        batchable = sorted((x for x in prepared if self.analyzer.batchable(x[1])), key=length)
-        groups: list[list[tuple[int, Prepared]]] = []
-        for item in batchable:
-            if groups and (len(groups[-1]) + 1) * length(item) <= budget:
-                groups[-1].append(item)
-            else:
-                groups.append([item])
-        return groups + [[x] for x in prepared if not self.analyzer.batchable(x[1])]
-
     async def _run_group(self, job_id: str, group: list[tuple[int, Prepared]], live: Live) -> None:
         extras = [{"job": {"id": job_id, "line": line}} for line, _ in group]
-        preps = [prep for _, prep in group]
         try:
-            if len(group) == 1:
-                analyses = [await self.worker.run(self._run_one, preps[0], extras[0])]
-            else:
-                analyses = await self.worker.run(self.analyzer.run_batch, preps, extras)
+            analyses = await self.worker.run(self.analyzer.run_group, group, extras)
             done = [(line, a) for (line, _), a in zip(group, analyses, strict=True)]
             await asyncio.to_thread(self.jobs.complete, job_id, done)
             live.tokens += sum(a["summary"]["tokens"] for a in analyses)
@@ -292,6 +274,3 @@ class JobRunner:
             for line, _ in group:
                 await asyncio.to_thread(self.jobs.fail, job_id, line, "internal error")
         live.lines += len(group)
-
-    def _run_one(self, prep: Prepared, extra: dict[str, Any]) -> dict[str, Any]:
-        return self.analyzer.run(prep, store=False, extra=extra)

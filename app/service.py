@@ -102,6 +102,20 @@ class Prepared:
     options: Options
 
 
+def with_defaults(obj: Any, options: dict[str, Any], privileged: str | None) -> Any:
+    """A file line with the upload's options filled in where the line has none of its own;
+    privileged text only for text formats (it cannot be spliced into token ids), recovery only
+    for lines that carry a reference answer."""
+    if not isinstance(obj, dict):
+        return obj
+    obj = {**options, **obj}
+    if privileged and "privileged" not in obj and "prompt_ids" not in obj:
+        obj["privileged"] = privileged
+    if obj.get("recovery") and not obj.get("reference_answer"):
+        obj["recovery"] = False
+    return obj
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -262,6 +276,31 @@ class Analyzer:
             self.store.save(analysis)
         progress("done", 1, 1)
         return analysis
+
+    def plan_batches(self, prepared: list[tuple[int, Prepared]]) -> list[list[tuple[int, Prepared]]]:
+        """Batchable lines sorted by length and packed so that lines x longest stays under
+        VROLLOUT_BATCH_TOKENS padded tokens; every other line alone."""
+
+        def length(item: tuple[int, Prepared]) -> int:
+            ctx = item[1].ctx
+            return max(len(ctx.student_ids), len(ctx.teacher_ids)) + len(ctx.response_ids or [])
+
+        batchable = sorted((x for x in prepared if self.batchable(x[1])), key=length)
+        groups: list[list[tuple[int, Prepared]]] = []
+        for item in batchable:
+            if groups and (len(groups[-1]) + 1) * length(item) <= self.settings.batch_tokens:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+        return groups + [[x] for x in prepared if not self.batchable(x[1])]
+
+    def run_group(
+        self, group: list[tuple[int, Prepared]], extras: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """A planned group: one padded batch, or a single line run the ordinary way."""
+        if len(group) == 1:
+            return [self.run(group[0][1], store=False, extra=extras[0])]
+        return self.run_batch([prep for _, prep in group], extras)
 
     @staticmethod
     def batchable(prep: Prepared) -> bool:
