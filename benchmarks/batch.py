@@ -1,0 +1,92 @@
+"""Batch jobs: throughput of the job runner (padded batches) against one-by-one analysis.
+
+The same trajectories (mixed lengths, 20 to 600 response tokens, seeded) go through
+`JobRunner.run_job` on a temporary database, and through `Analyzer.run` one at a time stored
+the same way, in one run, on the default model. Prints tokens per second for both, the
+speed-up, and the largest difference between the two sets of numbers. Target: >= 1.5x with
+identical numbers (float tolerance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.config import Settings  # noqa: E402
+from app.jobs import JobRunner, Jobs  # noqa: E402
+from app.service import Analyzer, ModelWorker  # noqa: E402
+from app.storage import Store  # noqa: E402
+
+WORDS = ["the", "student", "multiplies", "seventeen", "by", "twenty", "three", "and", "carries", "one"]
+
+
+def trajectories(n: int, seed: int, tokenizer) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        target = rng.randint(20, 600)
+        text = " ".join(rng.choice(WORDS) for _ in range(target))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:target]
+        prompt = f"Question {i}: what is 17*23?"
+        out.append(
+            {"id": f"t{i}", "prompt": prompt, "response": tokenizer.decode(ids), "privileged": "17*23 = 391"}
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp())
+    settings = Settings(database=folder / "batch.sqlite3")
+    analyzer = Analyzer.from_settings(settings, store=False)
+    lines = trajectories(args.n, args.seed, analyzer.pair.student.tokenizer)
+    preps = [analyzer.prepare(x) for x in lines]
+    tokens = sum(len(p.ctx.response_ids) for p in preps)
+
+    store = Store(folder / "single.sqlite3")
+    started = time.perf_counter()
+    single = []
+    for prep in preps:
+        analysis = analyzer.run(prep, store=False)
+        store.save(analysis)
+        single.append(analysis)
+    single_s = time.perf_counter() - started
+
+    jobs = Jobs(Store(settings.database))
+    job_id = jobs.create("bench", {}, list(enumerate(lines, start=1)), [])
+    runner = JobRunner(jobs, analyzer, ModelWorker())
+    started = time.perf_counter()
+    asyncio.run(runner.run_job(job_id))
+    batch_s = time.perf_counter() - started
+    batched = {a["job"]["line"]: a for a in jobs.analyses(job_id)}
+
+    diff = max(
+        abs(x["reverse_kl"] - y["reverse_kl"]) + abs(x["teacher_logprob"] - y["teacher_logprob"])
+        for i, a in enumerate(single, start=1)
+        for x, y in zip(a["steps"], batched[i]["steps"], strict=True)
+    )
+    same_top1 = all(
+        [s["teacher_top1_id"] for s in a["steps"]] == [s["teacher_top1_id"] for s in batched[i]["steps"]]
+        for i, a in enumerate(single, start=1)
+    )
+    print(f"{args.n} trajectories, {tokens} response tokens (20-600 each), {os.cpu_count()} CPUs")
+    print(f"one by one : {single_s:7.1f} s  {tokens / single_s:7.1f} tokens/s")
+    rate = tokens / batch_s
+    print(f"job runner : {batch_s:7.1f} s  {rate:7.1f} tokens/s  (batch_tokens={settings.batch_tokens})")
+    print(f"speed-up   : {single_s / batch_s:.2f}x (target >= 1.5x)")
+    print(f"numbers    : max |difference| {diff:.2e} nats; teacher top-1 identical: {same_top1}")
+
+
+if __name__ == "__main__":
+    main()
