@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     batch_tokens: int = Field(
         default=4096, ge=1, description="jobs: padded tokens per batch of short trajectories"
     )
+    # Measured on a 2-core CPU (benchmarks/batch.py): a padded batch beats one-by-one only for
+    # sequences up to ~100-150 tokens (1.3-1.7x), and loses at ~250. On a GPU, raise it.
+    batch_max_sequence: int = Field(
+        default=160, ge=1, description="jobs: longer context + response sequences run alone"
+    )
 
     # Limits, enforced before any model work.
     max_request_bytes: int = 8 * 1024 * 1024

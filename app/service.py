@@ -278,21 +278,24 @@ class Analyzer:
         return analysis
 
     def plan_batches(self, prepared: list[tuple[int, Prepared]]) -> list[list[tuple[int, Prepared]]]:
-        """Batchable lines sorted by length and packed so that lines x longest stays under
-        VROLLOUT_BATCH_TOKENS padded tokens; every other line alone."""
+        """Short batchable lines (up to VROLLOUT_BATCH_MAX_SEQUENCE tokens) sorted by length and
+        packed so that lines x longest stays under VROLLOUT_BATCH_TOKENS; every other line alone."""
 
         def length(item: tuple[int, Prepared]) -> int:
             ctx = item[1].ctx
             return max(len(ctx.student_ids), len(ctx.teacher_ids)) + len(ctx.response_ids or [])
 
-        batchable = sorted((x for x in prepared if self.batchable(x[1])), key=length)
+        def short(item: tuple[int, Prepared]) -> bool:
+            return self.batchable(item[1]) and length(item) <= self.settings.batch_max_sequence
+
+        batchable = sorted(filter(short, prepared), key=length)
         groups: list[list[tuple[int, Prepared]]] = []
         for item in batchable:
             if groups and (len(groups[-1]) + 1) * length(item) <= self.settings.batch_tokens:
                 groups[-1].append(item)
             else:
                 groups.append([item])
-        return groups + [[x] for x in prepared if not self.batchable(x[1])]
+        return groups + [[x] for x in prepared if not short(x)]
 
     def run_group(
         self, group: list[tuple[int, Prepared]], extras: list[dict[str, Any]]

@@ -51,14 +51,13 @@ def main() -> None:
     settings = Settings(database=folder / "batch.sqlite3")
     analyzer = Analyzer.from_settings(settings, store=False)
     lines = trajectories(args.n, args.seed, analyzer.pair.student.tokenizer)
-    preps = [analyzer.prepare(x) for x in lines]
-    tokens = sum(len(p.ctx.response_ids) for p in preps)
+    tokens = sum(len(analyzer.prepare(x).ctx.response_ids) for x in lines)
 
     store = Store(folder / "single.sqlite3")
     started = time.perf_counter()
     single = []
-    for prep in preps:
-        analysis = analyzer.run(prep, store=False)
+    for line in lines:  # validation included, as in the job runner
+        analysis = analyzer.run(analyzer.prepare(line), store=False)
         store.save(analysis)
         single.append(analysis)
     single_s = time.perf_counter() - started
@@ -83,7 +82,8 @@ def main() -> None:
     print(f"{args.n} trajectories, {tokens} response tokens (20-600 each), {os.cpu_count()} CPUs")
     print(f"one by one : {single_s:7.1f} s  {tokens / single_s:7.1f} tokens/s")
     rate = tokens / batch_s
-    print(f"job runner : {batch_s:7.1f} s  {rate:7.1f} tokens/s  (batch_tokens={settings.batch_tokens})")
+    limits = f"batch_tokens={settings.batch_tokens}, batch_max_sequence={settings.batch_max_sequence}"
+    print(f"job runner : {batch_s:7.1f} s  {rate:7.1f} tokens/s  ({limits})")
     print(f"speed-up   : {single_s / batch_s:.2f}x (target >= 1.5x)")
     print(f"numbers    : max |difference| {diff:.2e} nats; teacher top-1 identical: {same_top1}")
 

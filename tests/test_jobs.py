@@ -152,7 +152,7 @@ def test_batched_job_equals_single_analyses(tiny_client, monkeypatch):
     monkeypatch.setattr(
         analyzer, "run_batch", lambda preps, extras: batches.append(len(preps)) or run_batch(preps, extras)
     )
-    texts = ["hello", "hello the world " * 5, "the", "world hello " * 12, "hel"]
+    texts = ["hello", "hello the world " * 5, "the", "world hello " * 7, "hel"]
     lines = [{"prompt": f"q{i}", "response": t, "privileged": "hint"} for i, t in enumerate(texts)]
     lines.append({**lines[0], "top_k": 2})
     job_id = upload(tiny_client, "\n".join(json.dumps(x) for x in lines)).json()["job"]["id"]
@@ -167,3 +167,18 @@ def test_batched_job_equals_single_analyses(tiny_client, monkeypatch):
             assert a["teacher_logprob"] == pytest.approx(b["teacher_logprob"], abs=1e-5)
             assert (a["teacher_top1_id"], a["teacher_rank"]) == (b["teacher_top1_id"], b["teacher_rank"])
             assert [t["token_id"] for t in a["teacher_topk"]] == [t["token_id"] for t in b["teacher_topk"]]
+
+
+def test_batch_plan_packs_short_lines_only(tiny, tmp_path):
+    settings = tiny_settings(tmp_path, batch_tokens=200, batch_max_sequence=60)
+    analyzer = Analyzer(tiny, settings)
+    texts = {1: "hello", 2: "hello the world " * 10, 3: "the", 4: "hel", 5: "world " * 5}
+    prepared = [(n, analyzer.prepare({"prompt": "q", "response": t})) for n, t in texts.items()]
+    prepared.append((6, analyzer.prepare({"prompt": "q", "response": "hi", "continuation_tokens": 2})))
+    plan = [[n for n, _ in group] for group in analyzer.plan_batches(prepared)]
+    assert sorted(n for group in plan for n in group) == [1, 2, 3, 4, 5, 6]  # every line once
+    assert [2] in plan and [6] in plan  # too long; continuations: alone
+    for group in plan:
+        longest = max(len(p.ctx.student_ids) + len(p.ctx.response_ids) for n, p in prepared if n in group)
+        assert len(group) == 1 or (longest <= 60 and len(group) * longest <= 200)
+    assert any(len(group) > 1 for group in plan)
