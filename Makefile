@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/continuations.py
 	$(BIN)/python benchmarks/ui.py
+	$(BIN)/python benchmarks/batch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -81,7 +81,8 @@ async def create_job(
         raise BadTrajectory(f"no valid trajectory in the file ({shown})", rejected=rejected)
     job_id = await run_in_threadpool(jobs.create, display_name(file.filename), options, good, rejected)
     runner.wake.set()
-    return {"job": runner.state(job_id), "accepted": len(good), "rejected": rejected}
+    job = await run_in_threadpool(runner.state, job_id)
+    return {"job": job, "accepted": len(good), "rejected": rejected}
 
 
 @router.get("")
