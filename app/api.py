@@ -23,26 +23,19 @@ log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 413, 422, 503)}
 
 
-def get_analyzer(request: Request) -> Analyzer:
-    return request.app.state.analyzer
+def from_state(name: str) -> Any:
+    """A dependency that hands a route one of the things the lifespan put on `app.state`."""
+
+    def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return dependency
 
 
-def get_worker(request: Request) -> ModelWorker:
-    return request.app.state.worker
-
-
-def get_store(request: Request) -> Store:
-    return request.app.state.store
-
-
-def get_tasks(request: Request) -> Tasks:
-    return request.app.state.tasks
-
-
-AnalyzerDep = Annotated[Analyzer, Depends(get_analyzer)]
-WorkerDep = Annotated[ModelWorker, Depends(get_worker)]
-StoreDep = Annotated[Store, Depends(get_store)]
-TasksDep = Annotated[Tasks, Depends(get_tasks)]
+AnalyzerDep = Annotated[Analyzer, Depends(from_state("analyzer"))]
+WorkerDep = Annotated[ModelWorker, Depends(from_state("worker"))]
+StoreDep = Annotated[Store, Depends(from_state("store"))]
+TasksDep = Annotated[Tasks, Depends(from_state("tasks"))]
 
 router = APIRouter(prefix="/api", tags=["api"], responses=ERRORS)
 

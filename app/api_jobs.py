@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
-from .api import ERRORS, AnalyzerDep
+from .api import ERRORS, AnalyzerDep, from_state
 from .dataset import dataset_figures, jsonl, step_rows, steps_parquet, summaries_csv, summary_row
 from .errors import BadTrajectory, TooLong, VRError
 from .jobs import FINAL, JobRunner, Jobs
@@ -22,16 +22,8 @@ from .trajectories import parse_file
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
 
 
-def get_jobs(request: Request) -> Jobs:
-    return request.app.state.jobs
-
-
-def get_runner(request: Request) -> JobRunner:
-    return request.app.state.runner
-
-
-JobsDep = Annotated[Jobs, Depends(get_jobs)]
-RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+JobsDep = Annotated[Jobs, Depends(from_state("jobs"))]
+RunnerDep = Annotated[JobRunner, Depends(from_state("runner"))]
 
 
 def display_name(filename: str | None) -> str:
