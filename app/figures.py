@@ -153,7 +153,9 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
 
 def add_recovery(data: list[dict[str, Any]], layout: dict[str, Any], rec: dict[str, Any]) -> None:
     """A third row: from which prefixes the teacher, taking over, reaches the reference answer."""
-    layout["height"] = 640
+    layout["height"] = 660
+    layout["margin"] = {**layout["margin"], "t": 60}  # room for a legend of two rows
+    layout["legend"] = {**layout["legend"], "y": 1.12}
     layout["yaxis"]["domain"] = [0.52, 1.0]
     layout["yaxis3"]["domain"] = [0.25, 0.46]
     layout["yaxis4"] = {
