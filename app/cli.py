@@ -86,10 +86,11 @@ def analyze(args: argparse.Namespace) -> int:
                     bar.update(1)
             for group in analyzer.plan_batches(prepared):
                 extras = [{"job": {"id": None, "line": number}} for number, _ in group]
-                try:
-                    finished += zip((n for n, _ in group), analyzer.run_group(group, extras), strict=True)
-                except VRError as exc:
-                    errors += [(number, exc.message) for number, _ in group]
+                for (number, _), result in zip(group, analyzer.run_group(group, extras), strict=True):
+                    if isinstance(result, VRError):
+                        errors.append((number, result.message))
+                    else:
+                        finished.append((number, result))
                 bar.update(len(group))
             for _, analysis in sorted(finished, key=lambda x: x[0]):
                 if analyzer.store is not None:

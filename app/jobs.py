@@ -259,16 +259,14 @@ class JobRunner:
     async def _run_group(self, job_id: str, group: list[tuple[int, Prepared]], live: Live) -> None:
         extras = [{"job": {"id": job_id, "line": line}} for line, _ in group]
         try:
-            analyses = await self.worker.run(self.analyzer.run_group, group, extras)
-            done = [(line, a) for (line, _), a in zip(group, analyses, strict=True)]
+            results = await self.worker.run(self.analyzer.run_group, group, extras)
+            lines = [line for line, _ in group]
+            done = [(n, r) for n, r in zip(lines, results, strict=True) if not isinstance(r, VRError)]
             await asyncio.to_thread(self.jobs.complete, job_id, done)
-            live.tokens += sum(a["summary"]["tokens"] for a in analyses)
-        except VRError as exc:
-            if len(group) > 1:  # a batch failed (e.g. out of memory): try its lines one by one
-                for item in group:
-                    await self._run_group(job_id, [item], live)
-                return
-            await asyncio.to_thread(self.jobs.fail, job_id, group[0][0], exc.message)
+            live.tokens += sum(a["summary"]["tokens"] for _, a in done)
+            for n, r in zip(lines, results, strict=True):
+                if isinstance(r, VRError):
+                    await asyncio.to_thread(self.jobs.fail, job_id, n, r.message)
         except Exception:  # a bug: logged; the line says so and the job goes on
             log.exception("job %s lines %s failed", job_id, [line for line, _ in group])
             for line, _ in group:

@@ -20,7 +20,7 @@ from .analysis import build_analysis
 from .config import Settings
 from .contexts import Contexts, build_contexts, check_ids
 from .engine import Progress, ReplayResult, _no_progress, check_head, generate, replay, replay_batch
-from .errors import BadTrajectory, ModelBusy, TooLong
+from .errors import BadTrajectory, ModelBusy, TooLong, VRError
 from .models import ModelPair, load_pair
 from .pedagogical import Policy, pedagogical_rollout, threshold_sweep
 from .recovery import recovery
@@ -299,11 +299,22 @@ class Analyzer:
 
     def run_group(
         self, group: list[tuple[int, Prepared]], extras: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """A planned group: one padded batch, or a single line run the ordinary way."""
-        if len(group) == 1:
-            return [self.run(group[0][1], store=False, extra=extras[0])]
-        return self.run_batch([prep for _, prep in group], extras)
+    ) -> list[dict[str, Any] | VRError]:
+        """A planned group: one padded batch, or lines run the ordinary way. Each line gets its
+        analysis or its error; a batch that fails (e.g. out of memory) is retried line by line,
+        so one line's problem never costs its neighbours."""
+        if len(group) > 1:
+            try:
+                return list(self.run_batch([prep for _, prep in group], extras))
+            except VRError:
+                pass
+        results: list[dict[str, Any] | VRError] = []
+        for (_, prep), extra in zip(group, extras, strict=True):
+            try:
+                results.append(self.run(prep, store=False, extra=extra))
+            except VRError as exc:
+                results.append(exc)
+        return results
 
     @staticmethod
     def batchable(prep: Prepared) -> bool:

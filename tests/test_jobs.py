@@ -182,3 +182,16 @@ def test_batch_plan_packs_short_lines_only(tiny, tmp_path):
         longest = max(len(p.ctx.student_ids) + len(p.ctx.response_ids) for n, p in prepared if n in group)
         assert len(group) == 1 or (longest <= 60 and len(group) * longest <= 200)
     assert any(len(group) > 1 for group in plan)
+
+
+def test_a_failed_batch_is_retried_line_by_line(tiny_client, monkeypatch):
+    from app.errors import ModelBusy
+
+    def out_of_memory(preps, extras):
+        raise ModelBusy("the model ran out of memory on a batch")
+
+    monkeypatch.setattr(tiny_client.app.state.analyzer, "run_batch", out_of_memory)
+    lines = [json.dumps({"prompt": f"q{i}", "response": "hello the"}) for i in range(4)]
+    job_id = upload(tiny_client, "\n".join(lines)).json()["job"]["id"]
+    job = wait_done(tiny_client, job_id)
+    assert (job["done"], job["failed"]) == (4, 0)
