@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from . import __version__
 from .errors import VRError
@@ -40,7 +41,8 @@ TasksDep = Annotated[Tasks, Depends(from_state("tasks"))]
 router = APIRouter(prefix="/api", tags=["api"], responses=ERRORS)
 
 
-def request_dict(body: AnalyzeRequest) -> dict[str, Any]:
+def request_dict(body: BaseModel) -> dict[str, Any]:
+    """A request body as the core takes it: only the fields that were given."""
     return body.model_dump(exclude_none=True)
 
 
@@ -100,7 +102,7 @@ async def pedagogical(body: PedagogicalRequest, analyzer: AnalyzerDep, worker: W
     """The pedagogical rollout: the student proposes each token; the teacher substitutes its
     top-1 only where the proposal is unacceptable (probability below `threshold`, or rank above
     `max_rank`). With `sweep`, also the interventions-vs-success curve over thresholds."""
-    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, body.model_dump(exclude_none=True))
+    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, request_dict(body))
     return await worker.run(analyzer.pedagogical, prepared)
 
 
@@ -109,7 +111,7 @@ async def start_pedagogical_task(
     body: PedagogicalRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
 ) -> dict[str, Any]:
     """Like /api/pedagogical, in the background; the result arrives in the task's `result`."""
-    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, body.model_dump(exclude_none=True))
+    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, request_dict(body))
     return start_task(tasks, worker, analyzer.pedagogical, prepared, stored=False)
 
 
