@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids  # noqa: E402
-from app.engine import final_hidden  # noqa: E402
+from app.engine import final_hidden, generate  # noqa: E402
 from app.models import LoadedModel  # noqa: E402
 from app.service import Analyzer  # noqa: E402
 
@@ -51,20 +51,10 @@ def seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-@torch.inference_mode()
 def naive_generate(model: LoadedModel, prefix: list[int]) -> list[int]:
-    """Hugging Face greedy generation of K tokens after `prefix` (stops at EOS)."""
-    ids = torch.tensor([prefix], device=model.device)
-    eos = model.model.generation_config.eos_token_id
-    out = model.model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=K,
-        do_sample=False,
-        eos_token_id=eos,
-        pad_token_id=eos if isinstance(eos, int) else model.tokenizer.pad_token_id,
-    )
-    return out[0, len(prefix) :].tolist()
+    """Hugging Face greedy generation of K tokens after `prefix` (stops at EOS), as the app's
+    student generation does it."""
+    return generate(model, prefix, max_new_tokens=K, temperature=0.0)
 
 
 def main() -> None:
