@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import sys
@@ -15,7 +16,7 @@ from .errors import VRError
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment (VROLLOUT_*), overridden by the flags that were given."""
-    names = ("student", "teacher", "device", "dtype", "database", "cache_dir", "host", "port")
+    names = ("student", "teacher", "device", "dtype", "database", "cache_dir", "host", "port", "api_token")
     overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
     if getattr(args, "trust_remote_code", False):
         overrides["trust_remote_code"] = True
@@ -32,17 +33,29 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from repos")
 
 
+def exposure_warning(settings: Settings) -> str | None:
+    """What `serve` warns about before it starts: reachable from elsewhere, with no token."""
+    try:
+        loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if loopback or settings.api_token:
+        return None
+    return (
+        f"warning: serving on {settings.host} without an API token: anyone who can reach it can run "
+        "the models and read every stored analysis. Set one, e.g. "
+        "VROLLOUT_API_TOKEN=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .main import create_app
 
     settings = _settings(args)
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        print(
-            f"warning: serving on {settings.host}: anyone who can reach it can run models here",
-            file=sys.stderr,
-        )
+    if warning := exposure_warning(settings):
+        print(warning, file=sys.stderr)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 
@@ -116,6 +129,7 @@ def write_dataset(
 
     from .dataset import dataset_figures, jsonl, step_rows, steps_parquet, summaries_csv, summary_row
     from .pages import PLOTLY_BUNDLE, show_token
+    from .security import standalone_csp
 
     rows = [summary_row(a) for a in analyses]
     (folder / "summaries.csv").write_text(summaries_csv(rows))
@@ -125,6 +139,8 @@ def write_dataset(
     (folder / "figures.json").write_text(json.dumps(figures))
     env = Environment(loader=FileSystemLoader(settings.templates_dir), autoescape=select_autoescape())
     env.filters["show_token"] = show_token
+    inline_js = (settings.static_dir / "report.js").read_text()
+    inline_plotly = (settings.static_dir / PLOTLY_BUNDLE).read_text()
     html = env.get_template("report.html").render(
         name=name,
         rows=rows,
@@ -134,7 +150,9 @@ def write_dataset(
         teacher=analyzer.pair.teacher.name,
         standalone=True,
         inline_css=(settings.static_dir / "app.css").read_text(),
-        inline_plotly=(settings.static_dir / PLOTLY_BUNDLE).read_text(),
+        inline_plotly=inline_plotly,
+        inline_js=inline_js,
+        csp=standalone_csp(inline_plotly, inline_js),
     )
     (folder / "report.html").write_text(html)
 
@@ -148,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     _model_flags(p)
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument(
+        "--api-token",
+        dest="api_token",
+        help="ask every request for this token (prefer VROLLOUT_API_TOKEN: flags show in `ps`)",
+    )
     p.set_defaults(fn=serve)
 
     p = sub.add_parser("analyze", help="analyse a JSONL file of trajectories")

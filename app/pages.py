@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from .api import AnalyzerDep, StoreDep
 from .api_jobs import JobsDep, RunnerDep
 from .figures import figure_dict
+from .security import standalone_csp
 
 # plotly.js "basic" (scatter, bar, pie), vendored: it must match the plotly.js major version
 # that the Python plotly package writes figures for (tests/test_pages.py checks).
@@ -115,8 +116,11 @@ async def analysis_download(request: Request, analysis_id: str, store: StoreDep)
         "inline_js": (static / "analysis.js").read_text(),
         "inline_plotly": (static / PLOTLY_BUNDLE).read_text(),
     }
+    # The file carries its policy in a <meta> element (the header is gone once it is saved).
+    csp = standalone_csp(inline["inline_plotly"], inline["inline_js"])
     response = templates_of(request).TemplateResponse(
-        request, "analysis.html", {**context, **inline, "standalone": True}
+        request, "analysis.html", {**context, **inline, "csp": csp, "standalone": True}
     )
     response.headers["Content-Disposition"] = f'attachment; filename="analysis-{analysis_id}.html"'
+    response.headers["Content-Security-Policy"] = f"{csp}; frame-ancestors 'none'"
     return response

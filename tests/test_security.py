@@ -1,0 +1,360 @@
+"""Access and untrusted input, in process on the tiny model: the API token (header or login
+cookie) on every route, the security headers and policies, a client that tries to reach the
+models, settings or the file system, and model or user text in every page and export."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import tiny_settings
+from fastapi.testclient import TestClient
+
+from app import cli
+from app.config import Settings
+from app.main import create_app
+from app.security import APP_CSP, SESSION_COOKIE, local_path, session_value
+from app.service import Analyzer
+
+TOKEN = "correct-horse-battery-staple"
+XSS = '<img src=x onerror=alert(1)> "><script>alert(1)</script> </script><script>alert(2)</script> {{7*7}}'
+GOOD = {"prompt": "hello", "response": "the hello world", "privileged": "hint"}
+PROMPT = {"prompt": "hello", "privileged": "hint"}  # the pedagogical rollout takes no response
+DATABASE_FILES = {"db.sqlite3", "db.sqlite3-wal", "db.sqlite3-shm"}  # all a tiny app writes
+ENDPOINTS = [
+    ("/api/analyze", GOOD),
+    ("/api/tasks", GOOD),
+    ("/api/pedagogical", PROMPT),
+    ("/api/pedagogical/tasks", PROMPT),
+]
+
+
+@pytest.fixture
+def guarded(tiny, tmp_path):
+    """An app that asks for TOKEN, with one stored analysis, one job and one task to address."""
+    settings = tiny_settings(tmp_path, api_token=TOKEN)
+    app = create_app(settings, analyzer=Analyzer(tiny, settings))
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        analysis = client.post("/api/analyze", json=GOOD, headers=auth).json()
+        files = {"file": ("runs.jsonl", json.dumps(GOOD).encode())}
+        job = client.post("/api/jobs", files=files, headers=auth).json()["job"]
+        task = client.post("/api/tasks", json=GOOD, headers=auth).json()
+        client.ids = {"analysis_id": analysis["id"], "job_id": job["id"], "task_id": task["task_id"]}
+        wait(lambda: client.get(f"/api/jobs/{job['id']}", headers=auth).json()["state"] == "done")
+        wait(lambda: client.get(f"/api/tasks/{task['task_id']}", headers=auth).json()["state"] == "done")
+        yield client
+
+
+def wait(done, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not done():
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def every_route(app) -> list[tuple[str, str]]:
+    """(method, path template) of every route, the static files as one of their files."""
+    found = []
+    for route in app.routes:
+        # FastAPI keeps included routers as one entry each: look inside.
+        inner = route.effective_route_contexts() if hasattr(route, "effective_route_contexts") else [route]
+        for r in inner:
+            if r.path == "/static":
+                found.append(("GET", "/static/analysis.js"))
+            for method in sorted(getattr(r, "methods", None) or ()):
+                if method != "HEAD":
+                    found.append((method, r.path))
+    return found
+
+
+def test_every_route_asks_for_the_token(guarded):
+    routes = every_route(guarded.app)
+    assert len(routes) > 25 and ("GET", "/api/jobs/{job_id}/events") in routes and ("GET", "/docs") in routes
+    cookie = {SESSION_COOKIE: session_value(TOKEN)}
+    for method, template in routes:
+        path = template.format(**guarded.ids)
+        if path == "/login":
+            continue
+        refused = guarded.request(method, path, follow_redirects=False)
+        assert refused.status_code == 401, (method, path, refused.status_code)
+        assert refused.json() == {"ok": False, "error": refused.json()["error"], "status": 401}
+        assert "Bearer" in refused.json()["error"] and refused.headers["www-authenticate"] == "Bearer"
+        page = guarded.request(method, path, headers={"accept": "text/html"}, follow_redirects=False)
+        if method == "GET" and not path.startswith("/api/"):
+            assert (page.status_code, page.headers["location"]) == (
+                303,
+                f"/login?next={path.replace('/', '%2F')}",
+            )
+        else:
+            assert page.status_code == 401, (method, path)
+        wrong = guarded.request(method, path, headers={"authorization": "Bearer nope", "x-api-token": "no"})
+        assert wrong.status_code == 401, (method, path)
+        for credentials in ({"authorization": f"Bearer {TOKEN}"}, {"x-api-token": TOKEN}, {"cookie": ""}):
+            guarded.cookies = cookie if "cookie" in credentials else {}
+            given = {k: v for k, v in credentials.items() if k != "cookie"}
+            r = guarded.request(method, path, headers=given, follow_redirects=False)
+            guarded.cookies = {}
+            # A GET answers; a POST without its body is refused for the body, not for access.
+            assert (r.status_code == 200) if method == "GET" else (r.status_code not in (401, 303)), (
+                method, path, r.status_code, credentials.keys(),
+            )  # fmt: skip
+
+
+def test_event_stream_with_the_cookie(guarded):
+    guarded.cookies = {SESSION_COOKIE: session_value(TOKEN)}
+    with guarded.stream("GET", f"/api/jobs/{guarded.ids['job_id']}/events") as r:
+        text = "".join(r.iter_text())
+    assert r.status_code == 200 and "event: end" in text
+
+
+def test_login_flow(guarded):
+    form = guarded.get("/login?next=/analyses")
+    assert form.status_code == 200 and 'name="token"' in form.text and 'value="/analyses"' in form.text
+    wrong = guarded.post("/login", data={"token": "guess", "next": "/analyses"})
+    assert wrong.status_code == 401 and "That is not this server&#39;s API token." in wrong.text
+    assert SESSION_COOKIE not in wrong.cookies
+    right = guarded.post("/login", data={"token": TOKEN, "next": "/analyses"}, follow_redirects=False)
+    assert (right.status_code, right.headers["location"]) == (303, "/analyses")
+    cookie = right.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+    page = guarded.get("/analyses", headers={"accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 200 and guarded.ids["analysis_id"] in page.text
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "https://evil.invalid/",
+        "//evil.invalid/",
+        "/\\evil.invalid",
+        "/\t/evil.invalid",
+        "\\\\evil.invalid",
+        "javascript:alert(1)",
+        "http:evil.invalid",
+        "",
+    ],
+)
+def test_login_never_redirects_elsewhere(guarded, target):
+    assert local_path(target) == "/"
+    r = guarded.post("/login", data={"token": TOKEN, "next": target}, follow_redirects=False)
+    assert r.headers["location"] == "/"
+    page = guarded.get("/login", params={"next": target})
+    assert 'name="next" value="/"' in page.text
+
+
+def test_login_keeps_a_local_target():
+    assert local_path("/jobs/abc?x=1&y=2") == "/jobs/abc?x=1&y=2"
+
+
+def test_without_a_token_everything_is_open(tiny_client):
+    assert tiny_client.get("/api/health").status_code == 200
+    assert (
+        tiny_client.get("/jobs", headers={"accept": "text/html"}, follow_redirects=False).status_code == 200
+    )
+    login = tiny_client.post("/login", data={"token": "anything", "next": "/jobs"}, follow_redirects=False)
+    assert login.status_code == 303 and SESSION_COOKIE not in login.cookies
+
+
+def test_empty_token_means_none(monkeypatch):
+    monkeypatch.setenv("VROLLOUT_API_TOKEN", "")
+    assert Settings().api_token is None
+    monkeypatch.setenv("VROLLOUT_API_TOKEN", TOKEN)
+    assert Settings().api_token == TOKEN and TOKEN not in repr(Settings())
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [
+        ("127.0.0.1", None, False),
+        ("localhost", None, False),
+        ("::1", None, False),
+        ("127.0.0.2", None, False),
+        ("0.0.0.0", None, True),
+        ("::", None, True),
+        ("my-box.example", None, True),
+        ("0.0.0.0", TOKEN, False),
+    ],
+)
+def test_exposure_warning(host, token, warned):
+    warning = cli.exposure_warning(Settings(host=host, api_token=token))
+    assert (warning is not None) == warned
+    if warned:
+        assert host in warning and "VROLLOUT_API_TOKEN" in warning
+
+
+def test_serve_flags_reach_the_app(monkeypatch, capsys, tmp_path):
+    import uvicorn
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    db = str(tmp_path / "db.sqlite3")
+    assert cli.main(["serve", "--host", "0.0.0.0", "--api-token", TOKEN, "--database", db]) == 0
+    assert started["host"] == "0.0.0.0" and "warning" not in capsys.readouterr().err
+    with TestClient(started["app"]) as client:  # no lifespan needed to be refused
+        assert client.get("/api/models").status_code == 401
+    cli.main(["serve", "--host", "0.0.0.0", "--database", db])
+    assert "without an API token" in capsys.readouterr().err
+
+
+def sha256_source(text: str) -> str:
+    return f"'sha256-{base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()}'"
+
+
+def test_security_headers_on_every_page(tiny_client):
+    a = tiny_client.post("/api/analyze", json=GOOD).json()
+    html = {"accept": "text/html"}
+    for path in ("/", "/upload", "/jobs", "/analyses", f"/analyses/{a['id']}", "/analyses/nope", "/login"):
+        r = tiny_client.get(path, headers=html)
+        assert r.headers["content-type"].startswith("text/html"), path
+        assert r.headers["content-security-policy"] == APP_CSP, path
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+        assert r.headers["referrer-policy"] == "no-referrer"
+        inline = re.findall(r"<script(?![^>]*(?:src=|application/json))[^>]*>", r.text)
+        assert inline == [], path  # the app's pages run only files from /static
+    for path in ("/api/health", "/static/analysis.js"):
+        assert tiny_client.get(path).headers["x-content-type-options"] == "nosniff"
+
+
+def test_docs_policy_allows_its_own_inline_script(tiny_client):
+    r = tiny_client.get("/docs")
+    csp = r.headers["content-security-policy"]
+    scripts = re.findall(r"<script>(.*?)</script>", r.text, re.S)
+    assert len(scripts) == 1 and sha256_source(scripts[0]) in csp
+    assert (
+        "script-src https://cdn.jsdelivr.net 'sha256-" in csp
+        and "'unsafe-inline'" not in csp.split("style")[0]
+    )
+    assert "frame-ancestors 'none'" in csp and '"validatorUrl": null' in r.text
+    assert tiny_client.get("/redoc").status_code == 404  # one manual
+
+
+def test_download_policy_hashes_exactly_its_scripts(tiny_client):
+    a = tiny_client.post("/api/analyze", json=GOOD).json()
+    r = tiny_client.get(f"/analyses/{a['id']}/download")
+    header = r.headers["content-security-policy"]
+    meta = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', r.text).group(1)
+    meta = meta.replace("&#39;", "'")
+    assert header == f"{meta}; frame-ancestors 'none'" and "connect-src" not in meta
+    scripts = re.findall(r"<script>(.*?)</script>", r.text, re.S)
+    assert len(scripts) == 2
+    allowed = re.search(r"script-src ([^;]*)", meta).group(1).split()
+    assert sorted(allowed) == sorted(sha256_source(s) for s in scripts)
+
+
+def test_requests_cannot_reach_models_settings_or_files(tiny_client, tmp_path):
+    app = tiny_client.app
+    analyzer, pair = app.state.analyzer, app.state.analyzer.pair
+    student, teacher = pair.student, pair.teacher
+    before = app.state.settings.model_dump()
+    hostile = {
+        "student": "gpt2",
+        "teacher": "/etc",
+        "model": "evil/model",
+        "model_path": "/etc/passwd",
+        "trust_remote_code": True,
+        "cache_dir": str(tmp_path / "cache"),
+        "database": str(tmp_path / "other.sqlite3"),
+        "settings": {"api_token": None},
+    }
+    for key, value in hostile.items():
+        for url, body in ENDPOINTS:
+            r = tiny_client.post(url, json={**body, key: value})
+            assert r.status_code == 422 and key in r.json()["error"], (url, key, r.text)
+    # Upload: extra form fields are not parameters of the route; extra keys of a line are ignored.
+    form = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in hostile.items()}
+    line = json.dumps({**GOOD, **hostile})
+    r = tiny_client.post("/api/jobs", files={"file": ("runs.jsonl", line.encode())}, data=form)
+    assert r.status_code == 201, r.text
+    wait(lambda: tiny_client.get(f"/api/jobs/{r.json()['job']['id']}").json()["state"] == "done")
+    assert app.state.analyzer is analyzer and analyzer.pair is pair
+    assert (pair.student, pair.teacher) == (student, teacher)
+    assert app.state.settings.model_dump() == before
+    assert {p.name for p in tmp_path.rglob("*")} <= DATABASE_FILES
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "../../../tmp/pwned.jsonl",
+        "..\\..\\..\\tmp\\pwned.jsonl",
+        "/tmp/pwned.jsonl",
+        "pwned\x00.jsonl/../../x",
+        '<img src=x onerror=alert(1)>"pwned.jsonl',
+    ],
+)
+def test_upload_names_never_become_paths(tiny_client, tmp_path, filename):
+    pwned = Path("/tmp/pwned.jsonl")
+    pwned.unlink(missing_ok=True)
+    r = tiny_client.post("/api/jobs", files={"file": (filename, json.dumps(GOOD).encode())})
+    assert r.status_code == 201, r.text
+    job = r.json()["job"]
+    assert "/" not in job["name"] and "\\" not in job["name"] and "\x00" not in job["name"]
+    assert "<" not in job["name"] and '"' not in job["name"]
+    wait(lambda: tiny_client.get(f"/api/jobs/{job['id']}").json()["state"] == "done")
+    assert not pwned.exists() and not Path("pwned.jsonl").exists()
+    assert {p.name for p in tmp_path.rglob("*")} <= DATABASE_FILES
+    for page in (f"/jobs/{job['id']}", "/jobs"):
+        text = tiny_client.get(page).text
+        assert "<img src=x" not in text and job["name"] in text
+
+
+def assert_escaped(text: str, where: str) -> None:
+    for raw in ("<img src=x", "<script>alert"):
+        assert raw not in text, where
+
+
+def test_user_text_is_escaped_in_job_pages_and_errors(tiny_client):
+    lines = [
+        json.dumps({**GOOD, "id": XSS, "response": XSS, "meta": {"note": XSS}}),
+        '{"prompt": "' + XSS.replace('"', "'") + '"',  # bad JSON: the reason may echo the input
+        json.dumps({"prompt": XSS, "response": XSS, "reference_answer": XSS, "privileged": 1}),
+    ]
+    r = tiny_client.post("/api/jobs", files={"file": (f"{XSS}.jsonl", "\n".join(lines).encode())})
+    job = r.json()["job"]
+    assert [x["line"] for x in r.json()["rejected"]] == [2, 3]
+    wait(lambda: tiny_client.get(f"/api/jobs/{job['id']}").json()["state"] == "done")
+    page = tiny_client.get(f"/jobs/{job['id']}").text
+    assert_escaped(page, "job page")
+    data = re.search(r'<script type="application/json" id="job-data">(.*?)</script>', page, re.S).group(1)
+    assert "</script" not in data and json.loads(data)["id"] == job["id"]
+    assert_escaped(tiny_client.get("/jobs").text, "jobs page")
+    in_path = '<img src=x onerror=alert(1)>"{{7*7}}'  # no slash: the route must match
+    missing = tiny_client.get(f"/analyses/{in_path}", headers={"accept": "text/html"})
+    assert missing.status_code == 404 and "{{7*7}}" in missing.text
+    assert_escaped(missing.text, "error page")
+    unknown = tiny_client.get(f"/no/{XSS}", headers={"accept": "text/html"})
+    assert unknown.status_code == 404
+    assert_escaped(unknown.text, "unknown path")
+
+
+def test_user_text_is_escaped_in_analysis_pages(tiny_client):
+    body = {**GOOD, "prompt": XSS, "response": XSS, "privileged": XSS, "reference_answer": XSS, "id": XSS}
+    a = tiny_client.post("/api/analyze", json={**body, "meta": {"x": XSS}}).json()
+    for url in (f"/analyses/{a['id']}", f"/analyses/{a['id']}/download", "/analyses"):
+        page = tiny_client.get(url).text
+        assert_escaped(page, url)
+        assert "{{7*7}}" in page, url  # shown as written, never evaluated
+        for block in re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', page, re.S):
+            assert "</" not in block and json.loads(block)
+
+
+def test_cli_report_escapes_user_text(tiny_client, tmp_path):
+    body = {**GOOD, "prompt": XSS, "response": XSS, "id": XSS}
+    analysis = tiny_client.post("/api/analyze", json=body).json()
+    analysis["job"] = {"id": None, "line": 1}
+    pair = SimpleNamespace(student=SimpleNamespace(name=XSS), teacher=SimpleNamespace(name=XSS))
+    settings = tiny_client.app.state.settings
+    cli.write_dataset(tmp_path, XSS, [analysis], [(2, XSS)], SimpleNamespace(pair=pair), settings)
+    report = (tmp_path / "report.html").read_text()
+    assert_escaped(report, "report.html")
+    assert report.count("{{7*7}}") >= 3
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', report).group(1)
+    scripts = re.findall(r"<script>(.*?)</script>", report, re.S)
+    assert len(scripts) == 2 and all(sha256_source(s) in csp.replace("&#39;", "'") for s in scripts)
