@@ -20,6 +20,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
     if getattr(args, "trust_remote_code", False):
         overrides["trust_remote_code"] = True
+    for name in ("backend", "teacher_urls", "student_urls", "tokenizer", "vllm_logprobs", "vllm_concurrency"):
+        if getattr(args, name, None):  # the vllm backend (README "Running on vLLM")
+            overrides[name] = getattr(args, name)
+    if overrides.get("teacher_urls"):
+        overrides.setdefault("backend", "vllm")
     return Settings(**overrides)
 
 
@@ -31,6 +36,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database", type=Path, help="SQLite file for stored analyses")
     p.add_argument("--cache-dir", dest="cache_dir", type=Path, help="converted-model cache")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from repos")
+    p.add_argument("--backend", choices=("local", "vllm"), help="run the models here or on vLLM servers")
+    p.add_argument("--teacher-url", dest="teacher_urls", action="append", help="a vLLM teacher (repeatable)")
+    p.add_argument("--student-url", dest="student_urls", action="append", help="a vLLM student (repeatable)")
+    p.add_argument("--tokenizer", help="vllm: the served model's tokenizer folder (default: --student's)")
+    p.add_argument("--vllm-logprobs", dest="vllm_logprobs", type=int, help="vllm: top-K log-probs (K)")
+    p.add_argument("--vllm-concurrency", dest="vllm_concurrency", type=int, help="vllm: requests per replica")
 
 
 def exposure_warning(settings: Settings) -> str | None:
@@ -97,9 +108,10 @@ def analyze(args: argparse.Namespace) -> int:
                 except VRError as exc:
                     errors.append((number, exc.message))
                     bar.update(1)
-            for group in analyzer.plan_batches(prepared):
-                extras = [{"job": {"id": None, "line": number}} for number, _ in group]
-                for (number, _), result in zip(group, analyzer.run_group(group, extras), strict=True):
+            groups = analyzer.plan_batches(prepared)
+            extras = [[{"job": {"id": None, "line": number}} for number, _ in group] for group in groups]
+            for group, results in analyzer.run_groups(groups, extras):
+                for (number, _), result in zip(group, results, strict=True):
                     if isinstance(result, VRError):
                         errors.append((number, result.message))
                     else:

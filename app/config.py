@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,20 @@ class Settings(BaseSettings):
     max_new_tokens: int = 1024
     max_top_k: int = 20
     max_continuation_tokens: int = 32
+
+    # Backend: "local" runs the models here; "vllm" scores and generates on vLLM servers
+    # (README "Running on vLLM"). URL lists in the environment are JSON: '["http://h:8000"]'.
+    backend: Literal["local", "vllm"] = "local"
+    teacher_urls: list[str] = Field(default_factory=list, description="vLLM replicas of the teacher")
+    student_urls: list[str] = Field(
+        default_factory=list, description="vLLM replicas of the student; none: the teacher's (self-teacher)"
+    )
+    tokenizer: str | None = Field(default=None, description="the served model's tokenizer (folder or id)")
+    vllm_logprobs: int = Field(default=20, ge=1, description="K: top-K log-probs per position")
+    vllm_concurrency: int = Field(default=8, ge=1, description="requests in flight per replica")
+    vllm_retries: int = Field(default=6, ge=0, description="further attempts of a failed request")
+    vllm_backoff_s: float = Field(default=0.5, ge=0, description="first wait between attempts")
+    vllm_timeout_s: float = Field(default=300.0, gt=0, description="one request")
 
     templates_dir: Path = ROOT / "templates"
     static_dir: Path = ROOT / "static"

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,7 @@ class Live:
     """Throughput of the current run of a job (not persisted: it restarts with the server)."""
 
     started: float = field(default_factory=time.monotonic)
+    since: float = field(default_factory=time.time)  # wall clock, for the replica errors of this run
     tokens: int = 0
     lines: int = 0
 
@@ -192,6 +194,11 @@ class JobRunner:
         self.wake = asyncio.Event()
         self.cancel_requested: set[str] = set()
         self.live: dict[str, Live] = {}
+        # On vLLM, lines run concurrently on their own threads (the servers do the model work).
+        self.lines_pool: ThreadPoolExecutor | None = None
+        if analyzer.backend is not None:
+            workers = analyzer.lines_in_flight()
+            self.lines_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vrollout-line")
 
     def state(self, job_id: str) -> dict[str, Any]:
         """The job as stored, plus tokens per second and time left for a running job."""
@@ -203,6 +210,10 @@ class JobRunner:
             rate = live.tokens / elapsed
             eta = elapsed / live.lines * job["pending"] if job["state"] == "running" else None
         job.update(tokens_per_second=rate, eta_seconds=eta)
+        if self.analyzer.backend is not None:  # the replicas, and their failures during this run
+            job["replicas"] = self.analyzer.backend.describe()["replicas"]
+            since = live.since if live else time.time()
+            job["replica_errors"] = self.analyzer.backend.events_since(since)
         return job
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -237,6 +248,10 @@ class JobRunner:
         pending = await asyncio.to_thread(self.jobs.pending, job_id)
         for w in range(0, len(pending), WINDOW):
             prepared = await self.worker.run(self._prepare, job_id, pending[w : w + WINDOW])
+            if self.lines_pool is not None:
+                if not await self._run_concurrently(job_id, prepared, live):
+                    return
+                continue
             for group in self.analyzer.plan_batches(prepared):
                 if job_id in self.cancel_requested:
                     self.cancel_requested.discard(job_id)
@@ -256,10 +271,32 @@ class JobRunner:
                 self.jobs.fail(job_id, line, exc.message)
         return out
 
+    async def _run_concurrently(self, job_id: str, prepared: list[tuple[int, Prepared]], live: Live) -> bool:
+        """vLLM: the window's lines at once, each stored as it finishes. A request that fails
+        moves to another replica (`ReplicaPool.post`), so every line is done once. False if
+        the job was cancelled (lines already in flight finish and are kept)."""
+        gate = asyncio.Semaphore(self.analyzer.lines_in_flight())
+
+        async def one(item: tuple[int, Prepared]) -> None:
+            async with gate:
+                if job_id not in self.cancel_requested:
+                    await self._run_group(job_id, [item], live)
+
+        await asyncio.gather(*(one(item) for item in prepared))
+        if job_id in self.cancel_requested:
+            self.cancel_requested.discard(job_id)
+            self.jobs.set_state(job_id, "cancelled")
+            return False
+        return True
+
     async def _run_group(self, job_id: str, group: list[tuple[int, Prepared]], live: Live) -> None:
         extras = [{"job": {"id": job_id, "line": line}} for line, _ in group]
         try:
-            results = await self.worker.run(self.analyzer.run_group, group, extras)
+            if self.lines_pool is not None:
+                run = asyncio.get_running_loop().run_in_executor
+                results = await run(self.lines_pool, self.analyzer.run_group, group, extras)
+            else:
+                results = await self.worker.run(self.analyzer.run_group, group, extras)
             lines = [line for line, _ in group]
             done = [(n, r) for n, r in zip(lines, results, strict=True) if not isinstance(r, VRError)]
             await asyncio.to_thread(self.jobs.complete, job_id, done)

@@ -10,6 +10,7 @@ same loop with a full forward pass per step. No HTTP, no storage.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,11 +166,12 @@ def threshold_sweep(
     thresholds: list[float],
     reference: str | None,
     progress: Progress = _no_progress,
+    rollout: Callable[..., dict[str, Any]] = pedagogical_rollout,
 ) -> list[dict[str, Any]]:
     """Interventions needed vs success, one rollout per threshold (same seed)."""
     rows = []
     for i, threshold in enumerate(thresholds):
-        run = pedagogical_rollout(
+        run = rollout(
             pair, student_context, teacher_context, Policy(**{**vars(policy), "threshold": threshold}),
             reference,
         )  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from .continuations import continuations_from_every_prefix
@@ -56,11 +57,13 @@ def recovery(
     reference: str,
     max_new_tokens: int,
     progress: Progress = _no_progress,
+    continue_from: Callable[..., list[list[int]]] = continuations_from_every_prefix,
 ) -> dict[str, Any]:
-    """Run the teacher to the end from each chosen prefix and mark which reach the answer."""
+    """Run the teacher to the end from each chosen prefix and mark which reach the answer.
+    `continue_from`: where the continuations are decoded (here, or on a vLLM server)."""
     tok = pair.teacher.tokenizer
     positions, stride = recovery_positions(len(response), divergences)
-    continuations = continuations_from_every_prefix(
+    continuations = continue_from(
         pair.teacher,
         teacher_context,
         response,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -26,6 +27,9 @@ from .pedagogical import Policy, pedagogical_rollout, threshold_sweep
 from .recovery import recovery
 from .storage import Store
 from .trajectories import Trajectory, parse_trajectory
+
+if TYPE_CHECKING:
+    from .vllm_backend import VLLMBackend
 
 T = TypeVar("T")
 
@@ -127,13 +131,25 @@ def now() -> str:
 class Analyzer:
     """Loaded models + settings + (optionally) a store: turns trajectories into analyses."""
 
-    def __init__(self, pair: ModelPair, settings: Settings, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        pair: ModelPair,
+        settings: Settings,
+        store: Store | None = None,
+        backend: VLLMBackend | None = None,
+    ) -> None:
         self.pair, self.settings, self.store = pair, settings, store
+        self.backend = backend  # None: the models run here; else they are served by vLLM
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, store: bool = True) -> Analyzer:
         """Load the configured models (once) and open the database; for notebooks and the CLI."""
         settings = settings or Settings()
+        if settings.backend == "vllm":
+            from .vllm_backend import load_remote_pair
+
+            pair, backend = load_remote_pair(settings)
+            return cls(pair, settings, Store(settings.database) if store else None, backend)
         pair = load_pair(settings)
         for model in {id(pair.student): pair.student, id(pair.teacher): pair.teacher}.values():
             check_head(model, pair.vocab_size)
@@ -143,6 +159,9 @@ class Analyzer:
         """Parse, render contexts and enforce every limit, before any model work."""
         traj = parse_trajectory(obj)
         options = parse_options(obj, self.settings)
+        if self.backend is not None and options.top_k > self.backend.k:
+            message = f"top_k must be at most {self.backend.k} here (VROLLOUT_VLLM_LOGPROBS)"
+            raise BadTrajectory(message, field="top_k")
         limits = self.settings
         for name, ids in (
             ("prompt_ids", traj.prompt_ids),
@@ -189,7 +208,7 @@ class Analyzer:
         response = ctx.response_ids
         if response is None:
             generation = {k: asdict(opts)[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")}
-            response = generate(
+            response = (self.backend.generate if self.backend else generate)(
                 self.pair.student,
                 ctx.student_ids,
                 max_new_tokens=opts.max_new_tokens,
@@ -200,6 +219,11 @@ class Analyzer:
             )
             if not response:
                 raise BadTrajectory("the student generated an empty response")
+        if self.backend is not None:
+            result, record = self.backend.replay(
+                ctx.student_ids, ctx.teacher_ids, response, opts.top_k, progress
+            )
+            return self._assemble(prep, response, result, generation, progress, store, {**record, **extra})
         result = replay(
             self.pair,
             ctx.student_ids,
@@ -227,7 +251,8 @@ class Analyzer:
         if opts.continuation_tokens:
             from .continuations import continuations_from_every_prefix
 
-            continuations = continuations_from_every_prefix(
+            continue_from = self.backend.continuations if self.backend else continuations_from_every_prefix
+            continuations = continue_from(
                 self.pair.teacher,
                 ctx.teacher_ids,
                 response,
@@ -252,6 +277,7 @@ class Analyzer:
                 prep.traj.reference_answer,
                 opts.recovery_max_new_tokens,
                 progress,
+                **({"continue_from": self.backend.continuations} if self.backend else {}),
             )
         analysis = build_analysis(
             analysis_id=new_id(),
@@ -285,8 +311,12 @@ class Analyzer:
             ctx = item[1].ctx
             return max(len(ctx.student_ids), len(ctx.teacher_ids)) + len(ctx.response_ids or [])
 
-        def short(item: tuple[int, Prepared]) -> bool:
-            return self.batchable(item[1]) and length(item) <= self.settings.batch_max_sequence
+        def short(item: tuple[int, Prepared]) -> bool:  # a server batches by itself
+            return (
+                self.backend is None
+                and self.batchable(item[1])
+                and length(item) <= self.settings.batch_max_sequence
+            )
 
         batchable = sorted(filter(short, prepared), key=length)
         groups: list[list[tuple[int, Prepared]]] = []
@@ -315,6 +345,23 @@ class Analyzer:
             except VRError as exc:
                 results.append(exc)
         return results
+
+    def run_groups(
+        self, groups: list[list[tuple[int, Prepared]]], extras: list[list[dict[str, Any]]]
+    ) -> Iterator[tuple[list[tuple[int, Prepared]], list[dict[str, Any] | VRError]]]:
+        """`run_group` over planned groups, results in order; on vLLM several groups at once."""
+        if self.backend is None:
+            for group, extra in zip(groups, extras, strict=True):
+                yield group, self.run_group(group, extra)
+            return
+        with ThreadPoolExecutor(self.lines_in_flight(), thread_name_prefix="vrollout-line") as pool:
+            yield from zip(groups, pool.map(self.run_group, groups, extras), strict=True)
+
+    def lines_in_flight(self) -> int:
+        """Lines a job or the CLI runs at once: one here; on vLLM, enough to fill every replica."""
+        if self.backend is None:
+            return 1
+        return self.settings.vllm_concurrency * max(len(p.replicas) for p in self.backend.pools)
 
     @staticmethod
     def batchable(prep: Prepared) -> bool:
@@ -393,15 +440,20 @@ class Analyzer:
 
     def pedagogical(self, prep: PreparedRollout, progress: Progress = _no_progress) -> dict[str, Any]:
         """One pedagogical rollout (and the threshold sweep, if asked for)."""
+        rollout = pedagogical_rollout
+        if self.backend is not None:
+            from .vllm_backend import pedagogical_rollout_remote
+
+            rollout = partial(pedagogical_rollout_remote, self.backend)
         try:
-            result = pedagogical_rollout(
+            result = rollout(
                 self.pair, prep.student_ids, prep.teacher_ids, prep.policy, prep.reference, progress
             )
             sweep = None
             if prep.sweep:
                 sweep = threshold_sweep(
                     self.pair, prep.student_ids, prep.teacher_ids, prep.policy, prep.sweep,
-                    prep.reference, progress,
+                    prep.reference, progress, rollout=rollout,
                 )  # fmt: skip
         except torch.OutOfMemoryError:
             raise ModelBusy("the model ran out of memory on this request") from None

@@ -15,6 +15,7 @@
 
   const visible = (t) => (t === "" ? "∅" : t.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
   const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
+  const approx = analysis.estimated && analysis.estimated.includes("reverse_kl") ? "≈ " : ""; // vLLM top-K
 
   const RANKS = [
     { max: 1, color: "#b7e4b0", label: "top-1" },
@@ -89,7 +90,7 @@
     box.append(
       el(
         "div",
-        `reverse KL ${fmt(s.reverse_kl)} · forward KL ${fmt(s.forward_kl)} nats · teacher rank ${s.teacher_rank}`
+        `reverse KL ${approx}${fmt(s.reverse_kl)} · forward KL ${approx}${fmt(s.forward_kl)} nats · teacher rank ${s.teacher_rank}`
       ),
       el(
         "div",

@@ -25,6 +25,38 @@
     $("cancel").hidden = !(state.state === "running" || state.state === "queued");
     $("resume").hidden = !(state.state === "cancelled" && state.pending > 0);
     document.body.dataset.jobState = state.state;
+    showReplicas(state);
+  }
+
+  // vLLM backend: each replica's health and the failures seen during this run.
+  function showReplicas(state) {
+    if (!state.replicas) return;
+    $("replicas").hidden = false;
+    $("replica-rows").replaceChildren(
+      ...state.replicas.map((r) => {
+        const tr = document.createElement("tr");
+        const cells = [r.role, r.url, r.healthy ? "up" : "down", String(r.requests), String(r.errors), r.last_error || ""];
+        cells.forEach((text, i) => {
+          const td = document.createElement("td");
+          td.textContent = text;
+          if (i === 3 || i === 4) td.className = "num";
+          tr.append(td);
+        });
+        return tr;
+      })
+    );
+    const errors = state.replica_errors || [];
+    $("replica-errors").hidden = errors.length === 0;
+    $("replica-errors").querySelector("summary").textContent =
+      `${errors.length} replica error${errors.length === 1 ? "" : "s"} during this run`;
+    $("replica-error-list").replaceChildren(
+      ...errors.slice(-50).map((e) => {
+        const li = document.createElement("li");
+        const when = new Date(e.at * 1000).toISOString().slice(11, 19);
+        li.textContent = `${when} ${e.role} ${e.url}: ${e.error}${e.retried ? " (retried)" : " (gave up)"}`;
+        return li;
+      })
+    );
   }
 
   const fmt = (v, d) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));

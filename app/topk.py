@@ -1,0 +1,136 @@
+"""Per-step metrics from top-K log-probs (a vLLM server's `prompt_logprobs`), with the
+probability mass outside the known tokens kept as one explicit "rest" bucket.
+
+Exact from the server: each model's log-prob of the actual token, the teacher's rank of it and
+its top-1, and both top-K lists. Estimated (lower bounds, see below): both KLs and both
+entropies. Pure Python: knows nothing about HTTP, tensors or storage.
+
+The estimator. At one step let S be the tokens whose log-probs are known under *both* models
+(the actual token y_t, plus every token in both top-K lists), and R = V \\ S the rest, with
+masses P_R = 1 − Σ_S p and Q_R = 1 − Σ_S q. Merging R into one outcome is a deterministic map
+of the vocabulary, so by the data-processing (log-sum) inequality
+
+    KL_S(p‖q) = Σ_{v∈S} p(v) log(p(v)/q(v)) + P_R log(P_R/Q_R)  ≤  KL(p‖q),
+
+and the gap is exactly P_R · KL(p(·|R) ‖ q(·|R)) (chain rule): zero when either rest mass is
+zero, small when the rest is light or alike under both models, and not bounded above in
+general (q may put arbitrarily little mass where p puts some). The same holds for KL(q‖p).
+Q_R is taken with a margin of 1e-6 (float32 rounding of the server's log-probs), which keeps
+the estimate below the exact value. For each entropy the known set is that model's own top-K
+(plus y_t); every unknown token has p(v) ≤ min(p_(K), P_R), where p_(K) is the K-th largest, so
+
+    −Σ_K p log p + P_R · (−log min(p_(K), P_R))  ≤  H(p)  ≤  −Σ_K p log p + P_R log((V − |K|)/P_R),
+
+and the lower bound is the estimate (`entropy_bounds` gives both).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .engine import ReplayResult
+
+ESTIMATED_FIELDS = ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy")
+REST_MARGIN = 1e-6  # float32 rounding of the server's log-probs, added to the divisor's rest mass
+
+
+@dataclass
+class Position:
+    """What a server told about one prompt position: the top-K tokens and the actual token."""
+
+    logprobs: dict[int, float]  # token id -> log-prob (top-K ∪ {actual})
+    ranks: dict[int, int]  # token id -> rank (1 = most likely)
+    k: int  # K asked for
+
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The k most likely tokens (id, log-prob), most likely first."""
+        ranked = sorted(((r, i) for i, r in self.ranks.items() if r <= self.k))
+        return [(i, self.logprobs[i]) for _, i in ranked[:k]]
+
+
+class BadServerAnswer(ValueError):
+    """A server's answer is not what the vLLM completions API promises."""
+
+
+def parse_positions(prompt_logprobs: list[Any], tokens: list[int], start: int, k: int) -> list[Position]:
+    """Positions start .. len(tokens)-1 of a `/v1/completions` answer's `prompt_logprobs` for the
+    prompt `tokens`: entry i is a dict {"<token id>": {"logprob", "rank", "decoded_token"}}
+    holding the top-K tokens at position i and the actual token tokens[i]."""
+    if not isinstance(prompt_logprobs, list) or len(prompt_logprobs) != len(tokens):
+        got = len(prompt_logprobs) if isinstance(prompt_logprobs, list) else type(prompt_logprobs).__name__
+        raise BadServerAnswer(f"prompt_logprobs has {got} entries for a prompt of {len(tokens)} tokens")
+    positions = []
+    for i in range(start, len(tokens)):
+        entry = prompt_logprobs[i]
+        if not isinstance(entry, dict):
+            raise BadServerAnswer(f"prompt_logprobs[{i}] is {entry!r}")
+        logprobs = {int(t): float(v["logprob"]) for t, v in entry.items()}
+        ranks = {int(t): int(v["rank"]) for t, v in entry.items()}
+        if tokens[i] not in logprobs:
+            raise BadServerAnswer(f"prompt_logprobs[{i}] lacks the prompt's own token {tokens[i]}")
+        if sum(1 for r in ranks.values() if r <= k) < min(k, 1):
+            raise BadServerAnswer(f"prompt_logprobs[{i}] has no top-1 token")
+        positions.append(Position(logprobs, ranks, k))
+    return positions
+
+
+def _xlogy_ratio(a: float, b: float) -> float:
+    """a log(a/b), with 0 log(0/b) = 0."""
+    return 0.0 if a <= 0.0 else a * math.log(a / b)
+
+
+def rest_mass(logprobs: dict[int, float], ids: set[int] | list[int]) -> float:
+    """1 − Σ_{v∈ids} p(v), never below 0."""
+    return max(0.0, 1.0 - math.fsum(math.exp(logprobs[i]) for i in ids))
+
+
+def kl_lower_bound(p: dict[int, float], q: dict[int, float]) -> float:
+    """KL_S(p‖q) of the module docstring: tokens known under both, plus one rest bucket."""
+    shared = p.keys() & q.keys()
+    known = math.fsum(math.exp(p[i]) * (p[i] - q[i]) for i in shared)
+    p_rest, q_rest = rest_mass(p, shared), rest_mass(q, shared)
+    return max(0.0, known + _xlogy_ratio(p_rest, q_rest + REST_MARGIN)) + 0.0
+
+
+def entropy_bounds(position: Position, vocab_size: int) -> tuple[float, float]:
+    """(lower, upper) bounds of the entropy from one model's top-K and actual token."""
+    lp = position.logprobs
+    known = -math.fsum(math.exp(v) * v for v in lp.values())
+    rest = rest_mass(lp, lp.keys())
+    if rest <= 0.0:
+        return known, known
+    smallest_top = math.exp(min(v for i, v in lp.items() if position.ranks[i] <= position.k))
+    lower = known - rest * math.log(min(smallest_top, rest))
+    upper = known + rest * math.log(max(vocab_size - len(lp), 1) / rest)
+    return lower, max(lower, upper)
+
+
+def replay_from_positions(
+    student: list[Position], teacher: list[Position], response: list[int], top_k: int, vocab_size: int
+) -> tuple[ReplayResult, dict[str, list[float]]]:
+    """The engine's per-step arrays from two servers' positions over the same response, and
+    each step's rest masses (P_R, Q_R of the module docstring, over the shared known set)."""
+    result = ReplayResult()
+    rest: dict[str, list[float]] = {"student": [], "teacher": []}
+    for s, t, y in zip(student, teacher, response, strict=True):
+        p, q = s.logprobs, t.logprobs
+        t_top = t.top(max(top_k, 1))
+        s_top = s.top(top_k)
+        result.student_logprob.append(p[y])
+        result.teacher_logprob.append(q[y])
+        result.reverse_kl.append(kl_lower_bound(p, q))
+        result.forward_kl.append(kl_lower_bound(q, p))
+        result.student_entropy.append(entropy_bounds(s, vocab_size)[0])
+        result.teacher_entropy.append(entropy_bounds(t, vocab_size)[0])
+        result.teacher_top1_id.append(t_top[0][0])
+        result.teacher_rank.append(t.ranks[y])
+        result.teacher_topk_ids.append([i for i, _ in t_top[:top_k]])
+        result.teacher_topk_logprobs.append([v for _, v in t_top[:top_k]])
+        result.student_topk_ids.append([i for i, _ in s_top])
+        result.student_topk_logprobs.append([v for _, v in s_top])
+        shared = p.keys() & q.keys()
+        rest["student"].append(rest_mass(p, shared))
+        rest["teacher"].append(rest_mass(q, shared))
+    return result, rest
