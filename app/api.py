@@ -21,7 +21,9 @@ from .storage import Store
 from .tasks import Tasks
 
 log = logging.getLogger(__name__)
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 413, 422, 503, 507)
+}
 
 
 def from_state(name: str) -> Any:

@@ -14,7 +14,9 @@ class Message(BaseModel):
 
 class GenerationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(256, description="limit: VROLLOUT_MAX_NEW_TOKENS")
+    max_new_tokens: int | None = Field(
+        None, description="default 256 (128 for pedagogical rollouts); limit: VROLLOUT_MAX_NEW_TOKENS"
+    )
     temperature: float = Field(0.0, description="0 = greedy")
     top_p: float = 1.0
     seed: int = 0
@@ -56,7 +58,9 @@ class AnalyzeRequest(BaseModel):
         description="run the teacher to the end from a set of prefixes and check each against "
         "reference_answer (required then)",
     )
-    recovery_max_new_tokens: int = Field(64, description="length bound of each recovery run")
+    recovery_max_new_tokens: int | None = Field(
+        None, description="length bound of each recovery run (default 64; limit: VROLLOUT_MAX_NEW_TOKENS)"
+    )
     generation: GenerationOptions | None = None
 
 

@@ -75,12 +75,16 @@ def parse_options(obj: dict[str, Any], settings: Settings) -> Options:
     return Options(
         top_k=_number(obj, "top_k", 5, int, 0, settings.max_top_k),
         continuation_tokens=_number(obj, "continuation_tokens", 0, int, 0, settings.max_continuation_tokens),
-        max_new_tokens=_number(gen, "max_new_tokens", 256, int, 1, settings.max_new_tokens),
+        max_new_tokens=_number(
+            gen, "max_new_tokens", min(256, settings.max_new_tokens), int, 1, settings.max_new_tokens
+        ),
         temperature=_number(gen, "temperature", 0.0, float, 0.0, 10.0),
         top_p=_number(gen, "top_p", 1.0, float, 1e-6, 1.0),
         seed=_number(gen, "seed", 0, int, 0, 2**63 - 1),
         recovery=want_recovery,
-        recovery_max_new_tokens=_number(obj, "recovery_max_new_tokens", 64, int, 1, settings.max_new_tokens),
+        recovery_max_new_tokens=_number(
+            obj, "recovery_max_new_tokens", min(64, settings.max_new_tokens), int, 1, settings.max_new_tokens
+        ),
     )
 
 
@@ -162,31 +166,33 @@ class Analyzer:
         if self.backend is not None and options.top_k > self.backend.k:
             message = f"top_k must be at most {self.backend.k} here (VROLLOUT_VLLM_LOGPROBS)"
             raise BadTrajectory(message, field="top_k")
-        limits = self.settings
+        ctx = self.contexts(traj)
+        limit = self.settings.max_response_tokens
+        if ctx.response_ids is not None and len(ctx.response_ids) > limit:
+            raise TooLong(
+                f"the response has {len(ctx.response_ids)} tokens, over the limit of "
+                f"{limit} (VROLLOUT_MAX_RESPONSE_TOKENS)"
+            )
+        return Prepared(traj, ctx, options)
+
+    def contexts(self, traj: Trajectory) -> Contexts:
+        """Both contexts, with every token id checked and the context limit enforced."""
         for name, ids in (
             ("prompt_ids", traj.prompt_ids),
             ("teacher_prompt_ids", traj.teacher_prompt_ids),
+            ("response_ids", traj.response_ids),
         ):
             if ids is not None:
                 check_ids(name, ids, self.pair.vocab_size)
-        if traj.response_ids is not None:
-            check_ids("response_ids", traj.response_ids, self.pair.vocab_size)
         ctx = build_contexts(traj, self.pair)
-        for name, ids in (
-            ("student context", ctx.student_ids),
-            ("teacher context", ctx.teacher_ids),
-        ):
-            if len(ids) > limits.max_context_tokens:
+        limit = self.settings.max_context_tokens
+        for name, ids in (("student context", ctx.student_ids), ("teacher context", ctx.teacher_ids)):
+            if len(ids) > limit:
                 raise TooLong(
-                    f"the {name} has {len(ids)} tokens, over the limit of "
-                    f"{limits.max_context_tokens} (VROLLOUT_MAX_CONTEXT_TOKENS)"
+                    f"the {name} has {len(ids)} tokens, over the limit of {limit} "
+                    "(VROLLOUT_MAX_CONTEXT_TOKENS)"
                 )
-        if ctx.response_ids is not None and len(ctx.response_ids) > limits.max_response_tokens:
-            raise TooLong(
-                f"the response has {len(ctx.response_ids)} tokens, over the limit of "
-                f"{limits.max_response_tokens} (VROLLOUT_MAX_RESPONSE_TOKENS)"
-            )
-        return Prepared(traj, ctx, options)
+        return ctx
 
     def run(
         self,
@@ -405,10 +411,8 @@ class Analyzer:
             reference = obj.get("reference_answer") or stored["trajectory"].get("reference_answer")
         else:
             traj = parse_trajectory({k: v for k, v in obj.items() if k not in ("response", "response_ids")})
-            ctx = build_contexts(traj, self.pair)
+            ctx = self.contexts(traj)
             s_ids, t_ids, reference = ctx.student_ids, ctx.teacher_ids, traj.reference_answer
-            for name, ids in (("prompt_ids", s_ids), ("teacher_prompt_ids", t_ids)):
-                check_ids(name, ids, self.pair.vocab_size)
         if reference is not None:
             reference = str(reference)
         gen = obj.get("generation") or {}
@@ -425,7 +429,14 @@ class Analyzer:
             max_rank=max_rank,
             temperature=_number(gen, "temperature", 0.0, float, 0.0, 10.0),
             top_p=_number(gen, "top_p", 1.0, float, 1e-6, 1.0),
-            max_new_tokens=_number(gen, "max_new_tokens", 128, int, 1, self.settings.max_new_tokens),
+            max_new_tokens=_number(
+                gen,
+                "max_new_tokens",
+                min(128, self.settings.max_new_tokens),
+                int,
+                1,
+                self.settings.max_new_tokens,
+            ),
             seed=_number(gen, "seed", 0, int, 0, 2**63 - 1),
         )
         sweep = obj.get("sweep")
