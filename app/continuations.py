@@ -4,14 +4,22 @@
 teacher-forced pass over context + response; each decoding step feeds one token per branch
 with a custom 4-D attention mask (a branch sees the original tokens before its position and
 its own earlier tokens), so k tokens for all T branches cost about k forward passes over the
-sequence instead of T `generate` calls. Branches go in chunks so memory stays bounded.
+sequence instead of T `generate` calls. Branches go in chunks of consecutive positions so
+memory stays bounded, and each chunk attends only to the prefix its branches can see (a view
+of the shared cache cut at its last branch's position), not to the whole sequence.
 Naive equivalent: `reference.naive_continuation` once per prefix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import torch
 from torch import Tensor
+from transformers import AttentionInterface, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .engine import Progress, _no_progress, head_logits
 from .models import LoadedModel
@@ -49,6 +57,72 @@ def _branch_mask(starts: Tensor, original: int, branches: int, step: int, dtype:
     return mask[None, None]
 
 
+def _prefix_view(cache: DynamicCache, end: int) -> DynamicCache | None:
+    """A new cache holding views of the first `end` positions of `cache` (no copy; decoding
+    appends to the new cache only). None for caches other than plain full-attention layers
+    (sliding windows): those decode on the shared cache, cropped back after each chunk."""
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
+    return DynamicCache([(layer.keys[:, :, :end], layer.values[:, :, :end]) for layer in cache.layers])
+
+
+BRANCH_ATTENTION = "vrollout_branches"
+
+
+@contextmanager
+def _attention(config: Any, implementation: str | None) -> Iterator[None]:
+    """Use another registered attention implementation for the duration (None: no change).
+    Model work runs one job at a time, so the shared config is safe to switch."""
+    if implementation is None:
+        yield
+        return
+    before = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def branch_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    branch_starts: Tensor | None = None,
+    branch_prefix: int = 0,
+    **kwargs: object,
+) -> tuple[Tensor, None]:
+    """Attention for one decoding step of B branches (B queries), with the same result as the
+    4-D mask of `_branch_mask` but without scoring the B*steps cache entries a branch cannot see.
+
+    query (1, H, B, d); key/value (1, Hkv, P + steps*B, d): the prefix view P, then one entry
+    per branch per step (entry e belongs to branch e % B). Branch b sees prefix positions
+    < branch_starts[b] and its own entries. Returns (1, B, H, d) like the library's kernels.
+    """
+    assert branch_starts is not None, "branch_attention is only for branch decoding steps"
+    _, H, B, d = query.shape
+    Hkv, P = key.shape[1], branch_prefix
+    g, steps = H // Hkv, (key.shape[2] - P) // B
+    q = query[0].reshape(Hkv, g * B, d)  # query head h uses key head h // g
+    prefix = torch.matmul(q * scaling, key[0, :, :P].transpose(1, 2)).view(Hkv, g, B, P)
+    hidden = torch.arange(P, device=query.device)[None, :] >= branch_starts[:, None]  # (B, P)
+    prefix.masked_fill_(hidden, torch.finfo(prefix.dtype).min)
+    own_k = key[0, :, P:].view(Hkv, steps, B, d)
+    own_v = value[0, :, P:].view(Hkv, steps, B, d)
+    own = torch.einsum("hgbd,hsbd->hgbs", (q * scaling).view(Hkv, g, B, d), own_k)  # (Hkv, g, B, steps)
+    probs = torch.softmax(torch.cat([prefix, own], dim=-1), dim=-1)
+    out = torch.matmul(probs[..., :P].reshape(Hkv, g * B, P), value[0, :, :P]).view(Hkv, g, B, d)
+    out = out + torch.einsum("hgbs,hsbd->hgbd", probs[..., P:], own_v)
+    return out.reshape(H, B, d).transpose(0, 1)[None], None
+
+
+AttentionInterface.register(BRANCH_ATTENTION, branch_attention)
+
+
 @torch.inference_mode()
 def continuations_from_every_prefix(
     model: LoadedModel,
@@ -71,7 +145,7 @@ def continuations_from_every_prefix(
     decoder = model.model.get_decoder()
     ids = torch.tensor([context + response], device=model.device)  # (1, L)
     out = decoder(input_ids=ids, use_cache=True)
-    cache = out.cache
+    shared = out.cache
     hidden = out.last_hidden_state[0, n - 1 : L - 1]  # (T, H): state before each response token
     eos = eos_ids(model)
     eos_tensor = torch.tensor(sorted(eos), device=model.device, dtype=torch.long)
@@ -84,22 +158,32 @@ def continuations_from_every_prefix(
         tokens = [current]
         ended = torch.isin(current, eos_tensor)  # (B,)
         starts = n + chunk  # (B,) position of each branch's first token
+        seen = int(starts.max())  # original positions any branch of the chunk can see
+        cache = _prefix_view(shared, seen)
+        if cache is None:
+            cache, seen = shared, L
         steps = 1
         while steps < k and not bool(ended.all()):
-            mask = _branch_mask(starts, L, B, steps, model.dtype)
-            step_out = decoder(
-                input_ids=current[None, :],
-                position_ids=(starts + steps - 1)[None, :],
-                attention_mask=mask,
-                cache=cache,
-                use_cache=True,
-            )
+            if cache is shared:  # sliding-window caches: the library's attention with a 4-D mask
+                mask = _branch_mask(starts, L, B, steps, model.dtype)
+                step_kwargs: dict[str, object] = {"attention_mask": mask}
+            else:
+                step_kwargs = {"branch_starts": starts, "branch_prefix": seen}
+            with _attention(decoder.config, None if cache is shared else BRANCH_ATTENTION):
+                step_out = decoder(
+                    input_ids=current[None, :],
+                    position_ids=(starts + steps - 1)[None, :],
+                    cache=cache,
+                    use_cache=True,
+                    **step_kwargs,
+                )
             current = head_logits(model, step_out.last_hidden_state[0], vocab).argmax(-1)  # (B,)
             tokens.append(current)
             ended |= torch.isin(current, eos_tensor)
             steps += 1
-        if steps > 1:
+        if cache is shared and steps > 1:
             cache.crop(-B * (steps - 1))  # back to the original L positions for the next chunk
+        del cache
         block = torch.stack(tokens, dim=1).tolist()  # (B, steps)
         results.extend(cut_at_eos(row, eos) for row in block)
         progress(stage, min(b0 + branch_chunk, len(positions)), len(positions))
