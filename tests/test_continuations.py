@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 from test_engine import contexts, response
 
+from app import continuations
 from app.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
 from app.reference import naive_continuation
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["branch-attention", "4d-mask"])
 @pytest.mark.parametrize("k,chunk", [(1, 64), (4, 5), (8, 64)])
-def test_continuations_equal_naive_greedy(tiny, k, chunk):
+def test_continuations_equal_naive_greedy(tiny, k, chunk, masked, monkeypatch):
+    """Both decoding paths: the branch attention (full-attention caches) and the shared cache
+    with a 4-D mask (the path for sliding-window caches, forced here)."""
+    if masked:
+        monkeypatch.setattr(continuations, "_prefix_view", lambda cache, end: None)
     teacher = tiny.teacher
     _, t_ctx = contexts(tiny)
     resp = response(tiny, 23)
