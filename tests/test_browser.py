@@ -13,9 +13,13 @@ import time
 import urllib.request
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import REAL_CACHE
+
+from app.cli import write_dataset
+from app.config import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -39,8 +43,9 @@ def free_port() -> int:
 class Server:
     """`vrollout serve` in a subprocess, as a user would run it."""
 
-    def __init__(self, database: Path) -> None:
-        self.database, self.port, self.proc = database, free_port(), None
+    def __init__(self, database: Path, token: str | None = None) -> None:
+        self.database, self.token, self.port, self.proc = database, token, free_port(), None
+        self.auth = {"authorization": f"Bearer {token}"} if token else {}
 
     @property
     def url(self) -> str:
@@ -48,13 +53,15 @@ class Server:
 
     def start(self) -> Server:
         env = {**os.environ, "VROLLOUT_DATABASE": str(self.database), "VROLLOUT_CACHE_DIR": str(REAL_CACHE)}
+        env["VROLLOUT_API_TOKEN"] = self.token or ""  # empty: no token
         cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 180
         while time.time() < deadline:
             assert self.proc.poll() is None, "the server exited during start-up"
             try:
-                with urllib.request.urlopen(self.url + "/api/health", timeout=2) as r:
+                req = urllib.request.Request(self.url + "/api/health", headers=self.auth)
+                with urllib.request.urlopen(req, timeout=2) as r:
                     if json.load(r)["ok"]:
                         return self
             except OSError:
@@ -72,14 +79,18 @@ class Server:
 
     def post(self, path: str, body: dict) -> dict:
         req = urllib.request.Request(
-            self.url + path, json.dumps(body).encode(), {"content-type": "application/json"}
+            self.url + path, json.dumps(body).encode(), {"content-type": "application/json", **self.auth}
         )
         with urllib.request.urlopen(req, timeout=300) as r:
             return json.load(r)
 
     def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=60) as r:
-            return json.load(r)
+        return json.loads(self.get_bytes(path))
+
+    def get_bytes(self, path: str) -> bytes:
+        req = urllib.request.Request(self.url + path, headers=self.auth)
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.read()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +266,9 @@ def upload(server: Server, lines: list[dict]) -> dict:
         f"Content-Type: application/json\r\n\r\n{content}\r\n--{boundary}--\r\n"
     ).encode()
     req = urllib.request.Request(
-        server.url + "/api/jobs", body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+        server.url + "/api/jobs",
+        body,
+        {"content-type": f"multipart/form-data; boundary={boundary}", **server.auth},
     )
     with urllib.request.urlopen(req, timeout=300) as r:
         return json.load(r)
@@ -315,3 +328,160 @@ def test_upload_and_dataset_page(server, page, tmp_path):
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
     assert page.text_content("#response-text") == "17*23 = 381."
     assert page.errors == []
+
+
+# Access and untrusted text: a server that asks for a token, and payloads in every view.
+TOKEN = "browser-test-token"
+PAYLOADS = [
+    "<img src=x onerror=alert(1)>",
+    '"><script>alert(2)</script>',
+    "</script><script>alert(3)</script>",
+    "javascript:alert(4)",
+    "{{7*7}}",
+    '<img src="http://evil.invalid/pixel.png">',
+    "<link rel=stylesheet href=//evil.invalid/x.css>",
+    '<svg onload=fetch("http://evil.invalid/")>',
+    "<a href='javascript:alert(5)'>click</a>",
+]
+PAYLOAD = " ".join(PAYLOADS)
+SHORT = "<img src=x onerror=alert(1)>{{7*7}}"  # for columns that shorten text
+REPORT_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) =>
+  console.error(`Content Security Policy violation: ${e.violatedDirective} ${e.blockedURI}`));"""
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("guarded") / "db.sqlite3", token=TOKEN).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def watched(page, guarded):
+    """A page that records CSP violations, dialogs and requests that leave the app's origin."""
+    page.violations, page.dialogs, page.foreign = [], [], []
+    page.add_init_script(REPORT_VIOLATIONS)
+    page.on("console", lambda m: "Content Security Policy" in m.text and page.violations.append(m.text))
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+
+    def on_request(r) -> None:
+        local = r.url.startswith((guarded.url + "/", "data:", "blob:", "file://"))
+        if not local or r.url.startswith(guarded.url + "/x"):  # /x: an injected <img src=x>
+            page.foreign.append(r.url)
+
+    page.on("request", on_request)
+    yield page
+    assert (page.violations, page.dialogs, page.foreign, page.errors) == ([], [], [], [])
+
+
+def log_in(page, server: Server, next_path: str = "/") -> None:
+    page.goto(server.url + next_path)
+    page.wait_for_url("**/login?next=*")
+    page.fill("#token", TOKEN)
+    page.click("#login")
+    page.wait_for_load_state()
+
+
+def test_login_through_the_form(guarded, watched):
+    page = watched
+    page.goto(guarded.url + "/analyses")
+    assert page.url == guarded.url + "/login?next=%2Fanalyses"
+    page.fill("#token", "a wrong guess")
+    page.click("#login")
+    assert page.text_content("#login-error") == "That is not this server's API token."
+    page.fill("#token", TOKEN)
+    page.click("#login")
+    page.wait_for_url(guarded.url + "/analyses")
+    assert page.text_content("h1").startswith("Stored analyses")
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+    # The cookie carries fetches and EventSource (which cannot send headers) alike.
+    job_id = upload(guarded, [{"prompt": "Say hi.", "response": "Hi!"}])["job"]["id"]
+    assert page.evaluate("fetch('/api/health').then(r => r.status)") == 200
+    end = page.evaluate(
+        """(url) => new Promise((resolve) => {
+             const source = new EventSource(url);
+             source.addEventListener("end", (e) => { source.close(); resolve(JSON.parse(e.data).state); });
+             source.onerror = () => { source.close(); resolve("error"); };
+           })""",
+        f"/api/jobs/{job_id}/events",
+    )
+    assert end == "done"
+    # A login link that points elsewhere lands on the app's own front page.
+    page.goto(guarded.url + "/login?next=https://evil.invalid/")
+    page.fill("#token", TOKEN)
+    page.click("#login")
+    page.wait_for_url(guarded.url + "/")
+    page.context.clear_cookies()
+    page.goto(guarded.url + "/jobs")
+    assert page.url.startswith(guarded.url + "/login")
+
+
+def test_every_view_shows_payloads_as_text(guarded, watched, tmp_path):
+    page = watched
+    fields = {"prompt": PAYLOAD, "response": PAYLOAD, "privileged": PAYLOAD, "reference_answer": SHORT}
+    a = guarded.post(
+        "/api/analyze", {**fields, "id": PAYLOAD, "meta": {"x": PAYLOAD}, "continuation_tokens": 2}
+    )
+    log_in(page, guarded)
+    assert page.url == guarded.url + "/"
+
+    # Upload: the rejected lines and their reasons; the job page lists ids and filters by text.
+    src = tmp_path / '"><img src=x onerror=alert(1)>.jsonl'
+    lines = [
+        json.dumps({"id": SHORT, "prompt": PAYLOAD, "response": PAYLOAD, "meta": {"x": PAYLOAD}}),
+        '{"prompt": "' + PAYLOAD.replace('"', "'"),
+        json.dumps({"id": PAYLOAD, "prompt": PAYLOAD, "response": ""}),
+    ]
+    src.write_text("\n".join(lines) + "\n")
+    page.goto(guarded.url + "/upload")
+    page.set_input_files("#file", str(src))
+    with page.expect_response("**/api/jobs") as response:
+        page.click("#upload")
+    page.wait_for_selector("#rejected:not([hidden])")
+    rejected = response.value.json()["rejected"]
+    assert page.text_content("#rejected-rows") == "".join(f"{r['line']}{r['error']}" for r in rejected)
+    assert [r["line"] for r in rejected] == [2, 3]
+    page.click("#job-link")
+    page.wait_for_selector("body[data-loaded='1']", timeout=120_000)
+    assert page.text_content("#trajectories tbody td:nth-child(2)") == SHORT
+    page.fill("#filter", SHORT)
+    assert page.locator("#trajectories tbody tr").count() == 1
+    assert "onerror" in page.text_content("h1")  # the file's name, for display only
+    page.goto(guarded.url + "/jobs")
+    assert "onerror" in page.text_content("#jobs")
+
+    # The analysis: strip, tooltips, texts, contexts, chart.
+    page.goto(guarded.url + f"/analyses/{a['id']}")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    for col in range(0, len(a["steps"]), 4):
+        page.hover(f"#strip .col[data-i='{col}']")
+    page.click("#strip .col[data-i='1']")
+    page.click("#student-context summary")
+    page.click("#teacher-context summary")
+    assert page.text_content("#response-text") == a["response_text"] and PAYLOAD in a["response_text"]
+    assert PAYLOAD in page.text_content("#student-context pre")
+    assert PAYLOAD in page.text_content("#teacher-context pre")
+    assert page.text_content("#reference-answer") == SHORT
+    assert page.evaluate("document.getElementById('chart').data.length") == 4
+    assert page.eval_on_selector("#strip .col .stu", "e => e.style.backgroundColor") != ""
+    page.goto(guarded.url + "/analyses")
+    assert "<img src=x onerror=alert(1)>" in page.text_content("#analyses")
+    page.goto(guarded.url + "/analyses/" + SHORT)
+    assert SHORT in page.text_content(".error")
+
+    # The one-file download and the CLI's report, opened from disk as a user would.
+    download = tmp_path / "analysis.html"
+    download.write_bytes(guarded.get_bytes(f"/analyses/{a['id']}/download"))
+    page.goto(download.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.text_content("#response-text") == a["response_text"]
+    assert page.evaluate("document.getElementById('chart').data.length") == 4
+    job_id = guarded.get("/api/jobs")[0]["id"]
+    items = guarded.get(f"/api/jobs/{job_id}/items")
+    analyses = [guarded.get(f"/api/analyses/{i['analysis_id']}") for i in items if i["analysis_id"]]
+    pair = SimpleNamespace(student=SimpleNamespace(name=SHORT), teacher=SimpleNamespace(name=SHORT))
+    write_dataset(tmp_path, src.name, analyses, [(3, PAYLOAD)], SimpleNamespace(pair=pair), Settings())
+    page.goto((tmp_path / "report.html").as_uri())
+    page.wait_for_function("document.getElementById('fig-signal').data !== undefined")
+    assert PAYLOAD in page.text_content("body") and SHORT in page.text_content("#trajectories")
+    page.screenshot(path=tmp_path / "report.png", full_page=True)
