@@ -97,7 +97,8 @@ class TokenGate:
     """With an API token set, nothing but the login page answers without it: API clients send
     `Authorization: Bearer TOKEN` (or `X-API-Token`), browsers hold the login cookie (which
     EventSource sends too). Pages redirect to /login; everything else gets a 401 in the API's
-    error shape."""
+    error shape. Token or not, a browser's cross-site request may change nothing (CSRF: a form
+    on another site posting a file to /api/jobs needs no cookie when there is no token)."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app, self.token = app, token
@@ -112,14 +113,17 @@ class TokenGate:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is None or scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         conn = HTTPConnection(scope)
-        if scope["path"] in PUBLIC_PATHS or self.authorised(conn):
+        if scope["type"] == "http" and cross_site_write(conn):
+            message = "a request from another site may not change anything here"
+            response: Response = JSONResponse({"ok": False, "error": message, "status": 403}, 403)
+            return await response(scope, receive, send)
+        if self.token is None or scope["path"] in PUBLIC_PATHS or self.authorised(conn):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
-        response: Response
         if wants_page(conn):
             target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
             response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
@@ -128,6 +132,12 @@ class TokenGate:
             body = {"ok": False, "error": message, "status": 401}  # the API's error shape
             response = JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+
+def cross_site_write(conn: HTTPConnection) -> bool:
+    """A browser's request, from a page of another site (browsers say so), that is not a read."""
+    site = conn.headers.get("sec-fetch-site")
+    return conn.scope["method"] not in ("GET", "HEAD", "OPTIONS") and site in ("cross-site", "same-site")
 
 
 def wants_page(conn: HTTPConnection) -> bool:

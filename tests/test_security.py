@@ -162,6 +162,18 @@ def test_without_a_token_everything_is_open(tiny_client):
     assert login.status_code == 303 and SESSION_COOKIE not in login.cookies
 
 
+def test_no_cross_site_writes(tiny_client):
+    """A page on another site cannot post here, with or without a token (browsers name the site)."""
+    files = {"file": ("runs.jsonl", json.dumps(GOOD).encode())}
+    for site in ("cross-site", "same-site"):
+        r = tiny_client.post("/api/jobs", files=files, headers={"sec-fetch-site": site})
+        assert r.status_code == 403 and r.json()["status"] == 403
+    assert tiny_client.get("/api/jobs", headers={"sec-fetch-site": "cross-site"}).status_code == 200
+    for site in ("same-origin", "none"):
+        assert tiny_client.post("/api/jobs", files=files, headers={"sec-fetch-site": site}).status_code == 201
+    assert tiny_client.post("/api/jobs", files=files).status_code == 201  # not a browser
+
+
 def test_empty_token_means_none(monkeypatch):
     monkeypatch.setenv("VROLLOUT_API_TOKEN", "")
     assert Settings().api_token is None
