@@ -20,5 +20,6 @@ RUN .venv/bin/python -c "from app.models import default_model_folder; from app.c
 ENV VROLLOUT_HOST=0.0.0.0 VROLLOUT_DATABASE=/data/vrollout.sqlite3
 VOLUME /data
 EXPOSE 8000
-# Keep the port private: anyone who reaches it can run the model (there is no login yet).
+# Give it a token (docker run -e VROLLOUT_API_TOKEN=...): else anyone who reaches the port can
+# run the model and read every stored analysis.
 CMD [".venv/bin/vrollout", "serve", "--host", "0.0.0.0", "--port", "8000"]
