@@ -57,7 +57,7 @@ async def create_job(
     runner: RunnerDep,
     file: Annotated[UploadFile, File(description="JSONL (one trajectory per line) or a JSON array")],
     privileged: Annotated[str | None, Form(description="for every line that has none")] = None,
-    top_k: Annotated[int, Form()] = 5,
+    top_k: Annotated[int | None, Form(description="default 5 (limit: VROLLOUT_MAX_TOP_K)")] = None,
     continuation_tokens: Annotated[int, Form()] = 0,
 ) -> dict[str, Any]:
     """Validate the file line by line; the valid lines become a job that runs in the background.

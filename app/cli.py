@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .errors import VRError
+from .errors import TooLong, VRError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -63,10 +63,12 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .main import create_app
+    from .storage import Store
 
     settings = _settings(args)
     if warning := exposure_warning(settings):
         print(warning, file=sys.stderr)
+    Store(settings.database)  # a damaged database: a clear message now, not a traceback at start-up
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0
 
@@ -79,8 +81,13 @@ def analyze(args: argparse.Namespace) -> int:
     from .trajectories import parse_file
 
     settings = _settings(args)
+    limit = settings.max_upload_bytes
     try:
-        lines, bad = parse_file(Path(args.file).read_bytes())
+        with Path(args.file).open("rb") as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise TooLong(f"the file is over the limit of {limit} bytes (VROLLOUT_MAX_UPLOAD_BYTES)")
+        lines, bad = parse_file(data, settings.max_lines_per_job)
     except (OSError, VRError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
@@ -195,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps.parquet, figures.json and report.html (opens offline)",
     )
     p.add_argument("--privileged", help="privileged text for lines that carry none")
-    p.add_argument("--top-k", dest="top_k", type=int, default=5)
+    p.add_argument("--top-k", dest="top_k", type=int, help="default 5")
     p.add_argument("--continuation-tokens", dest="continuation_tokens", type=int, default=0)
     p.add_argument("--recovery", action="store_true", help="recovery curve (lines need reference_answer)")
     p.add_argument("--recovery-max-new-tokens", dest="recovery_max_new_tokens", type=int, default=64)
@@ -203,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=analyze)
 
     args = parser.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except VRError as exc:  # e.g. a damaged database: the message says which file and what to do
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -38,3 +38,19 @@ class ModelBusy(VRError):
     """The model failed for a reason that is not the input's fault (e.g. out of memory)."""
 
     status = 503
+
+
+class ModelOutOfMemory(ModelBusy):
+    """Out of memory in the middle of model work: the request is dropped, the server goes on."""
+
+
+class StorageError(VRError):
+    """The database cannot be read or written (read-only, locked, damaged)."""
+
+    status = 503
+
+
+class StorageFull(StorageError):
+    """The disk (or the database's size limit) is full: nothing more can be written."""
+
+    status = 507

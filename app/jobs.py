@@ -8,16 +8,18 @@ nothing and, on restart, resumes with exactly the lines not yet done. No HTTP he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import NotFound, VRError
+from .errors import NotFound, StorageError, VRError
 from .service import Analyzer, ModelWorker, Prepared, new_id, now
-from .storage import Store
+from .storage import Store, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,7 @@ class JobRunner:
         self.wake = asyncio.Event()
         self.cancel_requested: set[str] = set()
         self.live: dict[str, Live] = {}
+        self.stopped: dict[str, str] = {}  # job id -> why it stopped by itself (e.g. the disk is full)
         # On vLLM, lines run concurrently on their own threads (the servers do the model work).
         self.lines_pool: ThreadPoolExecutor | None = None
         if analyzer.backend is not None:
@@ -209,7 +212,7 @@ class JobRunner:
             elapsed = max(time.monotonic() - live.started, 1e-6)
             rate = live.tokens / elapsed
             eta = elapsed / live.lines * job["pending"] if job["state"] == "running" else None
-        job.update(tokens_per_second=rate, eta_seconds=eta)
+        job.update(tokens_per_second=rate, eta_seconds=eta, error=self.stopped.get(job_id))
         if self.analyzer.backend is not None:  # the replicas, and their failures during this run
             job["replicas"] = self.analyzer.backend.describe()["replicas"]
             since = live.since if live else time.time()
@@ -227,18 +230,36 @@ class JobRunner:
     def resume(self, job_id: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)
         if job["state"] == "cancelled" and job["pending"]:
+            self.stopped.pop(job_id, None)
             self.jobs.set_state(job_id, "queued")
             self.wake.set()
         return self.state(job_id)
 
     async def run_forever(self) -> None:
+        """Never ends by itself: a job that cannot go on (its results cannot be stored) stops,
+        with its reason and its pending lines kept, and the runner waits for the next one."""
         while True:
-            job_id = await asyncio.to_thread(self.jobs.next_queued)
+            try:
+                job_id = await asyncio.to_thread(self.jobs.next_queued)
+            except sqlite3.Error:
+                log.exception("cannot read the job queue; trying again in 5 s")
+                await asyncio.sleep(5)
+                continue
             if job_id is None:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            await self.run_job(job_id)
+            try:
+                await self.run_job(job_id)
+            except (StorageError, sqlite3.Error) as exc:
+                error = (
+                    exc if isinstance(exc, StorageError) else storage_error(exc, "could not store results")
+                )
+                log.error("job %s stopped: %s", job_id, error.message)
+                self.stopped[job_id] = f"stopped: {error.message}; resume the job once it is fixed"
+                self.cancel_requested.discard(job_id)
+                with contextlib.suppress(sqlite3.Error):  # else still "running": resumed on restart
+                    await asyncio.to_thread(self.jobs.set_state, job_id, "cancelled")
 
     async def run_job(self, job_id: str) -> None:
         """Lines in windows: each window is prepared, its batchable lines go through padded
@@ -304,6 +325,8 @@ class JobRunner:
             for n, r in zip(lines, results, strict=True):
                 if isinstance(r, VRError):
                     await asyncio.to_thread(self.jobs.fail, job_id, n, r.message)
+        except (StorageError, sqlite3.Error):
+            raise  # nothing of the group was stored: the job stops (see run_forever)
         except Exception:  # a bug: logged; the line says so and the job goes on
             log.exception("job %s lines %s failed", job_id, [line for line, _ in group])
             for line, _ in group:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,7 +27,7 @@ from .pages import router as pages_router
 from .security import SecurityHeaders, TokenGate, install_docs
 from .security import router as login_router
 from .service import Analyzer, ModelWorker
-from .storage import Store
+from .storage import Store, storage_error
 from .tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Any:
         return respond(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(sqlite3.Error)
+    async def on_database(request: Request, exc: sqlite3.Error) -> Any:
+        error = storage_error(exc, "the database failed")
+        log.error("%s on %s", error.message, request.url.path)
+        return respond(request, error.status, error.message)
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, exc: Exception) -> Any:

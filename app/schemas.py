@@ -51,7 +51,9 @@ class AnalyzeRequest(BaseModel):
     id: str | None = None
     reference_answer: str | float | None = None
     meta: dict[str, Any] | None = None
-    top_k: int = Field(5, description="alternatives kept per step (limit: VROLLOUT_MAX_TOP_K)")
+    top_k: int | None = Field(
+        None, description="alternatives kept per step: default 5 (limit: VROLLOUT_MAX_TOP_K)"
+    )
     continuation_tokens: int = Field(0, description="teacher's greedy continuation length from every prefix")
     recovery: bool = Field(
         False,

@@ -11,6 +11,7 @@ import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +22,7 @@ from .analysis import build_analysis
 from .config import Settings
 from .contexts import Contexts, build_contexts, check_ids
 from .engine import Progress, ReplayResult, _no_progress, check_head, generate, replay, replay_batch
-from .errors import BadTrajectory, ModelBusy, TooLong, VRError
+from .errors import BadTrajectory, ModelOutOfMemory, TooLong, VRError
 from .models import ModelPair, load_pair
 from .pedagogical import Policy, pedagogical_rollout, threshold_sweep
 from .recovery import recovery
@@ -73,7 +74,7 @@ def parse_options(obj: dict[str, Any], settings: Settings) -> Options:
             field="reference_answer",
         )
     return Options(
-        top_k=_number(obj, "top_k", 5, int, 0, settings.max_top_k),
+        top_k=_number(obj, "top_k", min(5, settings.max_top_k), int, 0, settings.max_top_k),
         continuation_tokens=_number(obj, "continuation_tokens", 0, int, 0, settings.max_continuation_tokens),
         max_new_tokens=_number(
             gen, "max_new_tokens", min(256, settings.max_new_tokens), int, 1, settings.max_new_tokens
@@ -124,6 +125,23 @@ def with_defaults(obj: Any, options: dict[str, Any], privileged: str | None) -> 
     return obj
 
 
+@contextmanager
+def out_of_memory(what: str) -> Iterator[None]:
+    """Out of memory (the accelerator's or the host's) in the middle of model work: the request
+    fails with a clear 503, its memory is released, and the server goes on."""
+    try:
+        yield
+        return
+    except (torch.OutOfMemoryError, MemoryError):
+        pass  # leave the except block first: its traceback holds the request's tensors
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    raise ModelOutOfMemory(
+        f"the model ran out of memory on {what}; retry with a shorter input "
+        "(fewer tokens, a smaller top_k, fewer continuation tokens)"
+    )
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -149,15 +167,16 @@ class Analyzer:
     def from_settings(cls, settings: Settings | None = None, store: bool = True) -> Analyzer:
         """Load the configured models (once) and open the database; for notebooks and the CLI."""
         settings = settings or Settings()
+        database = Store(settings.database) if store else None  # a damaged one fails before any loading
         if settings.backend == "vllm":
             from .vllm_backend import load_remote_pair
 
             pair, backend = load_remote_pair(settings)
-            return cls(pair, settings, Store(settings.database) if store else None, backend)
+            return cls(pair, settings, database, backend)
         pair = load_pair(settings)
         for model in {id(pair.student): pair.student, id(pair.teacher): pair.teacher}.values():
             check_head(model, pair.vocab_size)
-        return cls(pair, settings, Store(settings.database) if store else None)
+        return cls(pair, settings, database)
 
     def prepare(self, obj: Any) -> Prepared:
         """Parse, render contexts and enforce every limit, before any model work."""
@@ -203,10 +222,8 @@ class Analyzer:
     ) -> dict[str, Any]:
         """Generate (if no response was given), replay, assemble and (by default) store one
         analysis. `extra`: fields added to the analysis (e.g. the job and line it came from)."""
-        try:
+        with out_of_memory("this request"):
             return self._run(prep, progress, store, extra or {})
-        except torch.OutOfMemoryError:
-            raise ModelBusy("the model ran out of memory on this request; try a shorter one") from None
 
     def _run(self, prep: Prepared, progress: Progress, store: bool, extra: dict[str, Any]) -> dict[str, Any]:
         ctx, opts = prep.ctx, prep.options
@@ -380,10 +397,8 @@ class Analyzer:
         stores them with their lines). Each equals its own `run` within float tolerance."""
         items = [(p.ctx.student_ids, p.ctx.teacher_ids, p.ctx.response_ids) for p in preps]
         top_k = max(p.options.top_k for p in preps)
-        try:
+        with out_of_memory("a batch"):
             results = replay_batch(self.pair, items, top_k=top_k, chunk_size=self.settings.chunk_size)
-        except torch.OutOfMemoryError:
-            raise ModelBusy("the model ran out of memory on a batch") from None
         analyses = []
         for prep, result, extra in zip(preps, results, extras, strict=True):
             k = prep.options.top_k
@@ -456,7 +471,7 @@ class Analyzer:
             from .vllm_backend import pedagogical_rollout_remote
 
             rollout = partial(pedagogical_rollout_remote, self.backend)
-        try:
+        with out_of_memory("this request"):
             result = rollout(
                 self.pair, prep.student_ids, prep.teacher_ids, prep.policy, prep.reference, progress
             )
@@ -466,8 +481,6 @@ class Analyzer:
                     self.pair, prep.student_ids, prep.teacher_ids, prep.policy, prep.sweep,
                     prep.reference, progress, rollout=rollout,
                 )  # fmt: skip
-        except torch.OutOfMemoryError:
-            raise ModelBusy("the model ran out of memory on this request") from None
         tok = self.pair.student.tokenizer
         progress("done", 1, 1)
         return {

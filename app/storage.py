@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .errors import NotFound, VRError
+from .errors import NotFound, StorageError, StorageFull
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS analyses (
@@ -29,8 +29,20 @@ CREATE INDEX IF NOT EXISTS analyses_created ON analyses (created_at DESC);
 """
 
 
-class StorageError(VRError):
-    status = 507
+def storage_error(exc: sqlite3.Error, doing: str) -> StorageError:
+    """A SQLite failure as the error a user can act on (the transaction was rolled back, so
+    everything stored before is still there)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    text = str(exc)
+    if name == "SQLITE_FULL" or "is full" in text:
+        return StorageFull(
+            f"{doing}: the disk holding the database is full ({text}); free some space and retry"
+        )
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return StorageError(f"{doing}: the database is read-only ({text}); make its file and folder writable")
+    if name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in text:
+        return StorageError(f"{doing}: the database is busy ({text}); retry")
+    return StorageError(f"{doing}: {text}")
 
 
 def preview_of(analysis: dict[str, Any], limit: int = 120) -> str:
@@ -49,7 +61,12 @@ class Store:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StorageError(f"cannot open the database {self.path}: {exc}") from None
+            if "malformed" not in str(exc) and "not a database" not in str(exc):
+                raise storage_error(exc, f"cannot open the database {self.path}") from None
+            raise StorageError(
+                f"cannot open the database {self.path}: {exc}. It is damaged: move it aside (or restore "
+                "a backup) and start again; a new database is created where none exists."
+            ) from None
         except OSError as exc:
             raise StorageError(f"cannot create the database folder for {self.path}: {exc}") from None
 
@@ -62,7 +79,7 @@ class Store:
             with self.connect() as db:
                 self.insert(db, analysis)
         except sqlite3.Error as exc:
-            raise StorageError(f"could not store the analysis: {exc}") from None
+            raise storage_error(exc, "could not store the analysis") from None
 
     @staticmethod
     def insert(db: sqlite3.Connection, analysis: dict[str, Any]) -> None:

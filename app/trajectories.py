@@ -6,7 +6,9 @@ message names the field (and, for files, the line).
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,36 +154,90 @@ class LineError:
     error: str
 
 
-def parse_file(data: bytes, max_lines: int = 100_000) -> tuple[list[tuple[int, Any]], list[LineError]]:
+def parse_file(data: bytes, max_lines: int) -> tuple[list[tuple[int, Any]], list[LineError]]:
     """Split an upload (JSONL, or one JSON array) into (line number, object) pairs and errors.
 
     Only decoding happens here; each object is validated with `parse_trajectory` by the caller
-    so that a bad line never drops a good neighbour.
+    so that a bad line never drops a good neighbour. A JSONL line that is not UTF-8 or not JSON
+    (or nested too deeply to parse) is an error of that line. Lines are read one at a time, so
+    a file with more than `max_lines` is refused as soon as the limit is passed.
     """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadTrajectory(f"the file is not UTF-8 text (byte {exc.start})") from None
-    if not text.strip():
+    encoding = next((name for bom, name in BOMS if data.startswith(bom)), None)
+    if encoding:
+        raise BadTrajectory(f"the file is {encoding} text: save it as UTF-8")
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    if not data.strip():
         raise BadTrajectory("the file is empty")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            items = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise BadTrajectory(f"invalid JSON array: {exc.msg} (line {exc.lineno})") from None
-        if len(items) > max_lines:
-            raise TooLong(f"{len(items)} trajectories, more than the limit of {max_lines}")
-        return [(i + 1, item) for i, item in enumerate(items)], []
+    if data.lstrip().startswith(b"["):
+        return _json_array(data, max_lines), []
     good: list[tuple[int, Any]] = []
     bad: list[LineError] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(io.BytesIO(data), start=1):
+        if not raw.strip():
             continue
         if len(good) + len(bad) >= max_lines:
-            raise TooLong(f"more than the limit of {max_lines} lines")
+            raise TooLong(f"more than the limit of {max_lines} lines (VROLLOUT_MAX_LINES_PER_JOB)")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad.append(
+                LineError(number, f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+            )
+            continue
         try:
             good.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             bad.append(LineError(number, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+        except (ValueError, RecursionError) as exc:  # e.g. too many digits, or nested too deeply
+            bad.append(LineError(number, f"invalid JSON: {_json_problem(exc)}"))
     return good, bad
+
+
+BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_problem(exc: Exception) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
+def _json_array(data: bytes, max_lines: int) -> list[tuple[int, Any]]:
+    """A JSON array's items one by one (numbered from 1), refused once past `max_lines`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BadTrajectory(f"the file is not UTF-8 text (byte {exc.start}, line {line})") from None
+    decoder = json.JSONDecoder()
+    items: list[tuple[int, Any]] = []
+    pos = _SPACE.match(text, text.index("[") + 1).end()
+    try:
+        if text.startswith("]", pos):
+            pos += 1
+        else:
+            while True:
+                item, pos = decoder.raw_decode(text, pos)
+                items.append((len(items) + 1, item))
+                if len(items) > max_lines:
+                    raise TooLong(
+                        f"more than the limit of {max_lines} trajectories (VROLLOUT_MAX_LINES_PER_JOB)"
+                    )
+                pos = _SPACE.match(text, pos).end()
+                if text.startswith("]", pos):
+                    pos += 1
+                    break
+                if not text.startswith(",", pos):
+                    raise json.JSONDecodeError("expected ',' or ']'", text, pos)
+                pos = _SPACE.match(text, pos + 1).end()
+    except json.JSONDecodeError as exc:
+        raise BadTrajectory(f"invalid JSON array: {exc.msg} (line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadTrajectory(f"invalid JSON array: {_json_problem(exc)}") from None
+    if text[pos:].strip():
+        raise BadTrajectory("invalid JSON array: extra data after the closing ']'")
+    return items

@@ -65,7 +65,7 @@ def test_mixed_good_and_bad_lines(tiny_client):
 @pytest.mark.parametrize(
     "content,status,words",
     [
-        (b"\xff\xfe\x00garbage", 422, "not UTF-8"),
+        (b"\xff\xfe\x00garbage", 422, "UTF-16"),
         (b"", 422, "empty"),
         (b"not json at all\nneither this", 422, "no valid trajectory"),
         (b'[{"prompt": "x", "response": "y"', 422, "invalid JSON array"),
