@@ -382,13 +382,14 @@ def log_in(page, server: Server, next_path: str = "/") -> None:
     page.wait_for_load_state()
 
 
-def test_login_through_the_form(guarded, watched):
+def test_login_through_the_form(guarded, watched, tmp_path):
     page = watched
     page.goto(guarded.url + "/analyses")
     assert page.url == guarded.url + "/login?next=%2Fanalyses"
     page.fill("#token", "a wrong guess")
     page.click("#login")
     assert page.text_content("#login-error") == "That is not this server's API token."
+    page.screenshot(path=tmp_path / "login.png")
     page.fill("#token", TOKEN)
     page.click("#login")
     page.wait_for_url(guarded.url + "/analyses")
