@@ -63,6 +63,7 @@ bench: install
 	$(BIN)/python benchmarks/continuations.py
 	$(BIN)/python benchmarks/ui.py
 	$(BIN)/python benchmarks/batch.py
+	$(BIN)/python benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

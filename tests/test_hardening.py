@@ -4,9 +4,13 @@ the model out of memory, the disk full or read-only, a damaged database. Tiny mo
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 import torch
@@ -338,3 +342,44 @@ def test_a_damaged_database_at_start_up_is_a_clear_error(tiny, tmp_path, capsys)
             TestClient(create_app(settings, analyzer=Analyzer(tiny, settings))),
         ):
             pass
+
+
+WRITER = """
+import sys
+import uuid
+sys.path.insert(0, "tests")
+from tiny import tiny_pair
+from app.config import Settings
+from app.service import Analyzer
+from app.storage import Store
+settings = Settings(database=sys.argv[1], chunk_size=8)
+analyzer = Analyzer(tiny_pair(), settings, Store(settings.database))
+analysis = analyzer.analyze({"prompt": "x", "response": "hello the world " * 20, "continuation_tokens": 2})
+while True:
+    print(analysis["id"], flush=True)  # committed: save() returned
+    analysis["id"] = uuid.uuid4().hex[:16]
+    analyzer.store.save(analysis)
+"""
+
+
+def test_killed_while_writing_keeps_every_committed_analysis(tmp_path):
+    database = tmp_path / "db.sqlite3"
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-c", WRITER, str(database)]
+    writer = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    committed = []
+    try:
+        while len(committed) < 300:
+            line = writer.stdout.readline()
+            assert line, "the writer exited"
+            committed.append(line.strip())
+    finally:
+        writer.send_signal(signal.SIGKILL)  # mid-write, most likely: it does nothing else
+        writer.wait(timeout=30)
+    committed += writer.stdout.read().split()
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = {row[0] for row in db.execute("SELECT id FROM analyses")}
+    assert set(committed) <= stored and len(stored) - len(committed) <= 1
+    store = Store(database)
+    assert store.get(committed[-1])["id"] == committed[-1]
