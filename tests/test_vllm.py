@@ -1,0 +1,279 @@
+"""The vLLM backend against real vLLM servers on loopback ports (no mocks), compared with the
+local engine on the same trajectories and the same model (fp32 here, bf16 on the server).
+
+Needs `make vllm`. Without `.venv-vllm` these tests are skipped, unless VROLLOUT_REQUIRE_VLLM=1
+(CI), where that is a failure. VROLLOUT_TEST_VLLM_URLS="http://h:p,http://h:p" reuses servers
+that are already up (the test that kills a replica then skips: it needs servers it owns).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REAL_CACHE
+from fastapi.testclient import TestClient
+
+from app import vllm_server
+from app.cli import main as cli_main
+from app.config import Settings
+from app.errors import ModelMismatch
+from app.main import create_app
+from app.service import Analyzer
+from app.topk import Position, entropy_bounds, kl_lower_bound
+from app.vllm_backend import load_remote_pair
+
+pytestmark = [pytest.mark.vllm, pytest.mark.real_model]
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "trajectories.jsonl"
+# bf16 on the server against fp32 here: log-probs agree to about 4% of (1 + |log-prob|) (measured
+# up to 3.9% on these prompts), KL to a few hundredths of a nat.
+LOGPROB_TOL = 0.06
+KL_TOL = 0.05
+NEAR_TIE = 0.1  # nats between the local top-2: within bf16 noise, either may come first
+
+TRAJECTORIES = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()] + [
+    {
+        "prompt": "Explain in two sentences why the sky is blue.",
+        "generation": {"max_new_tokens": 80},
+        "privileged": "Rayleigh scattering: shorter wavelengths scatter more.",
+    },
+    {"prompt": "Write a haiku about rain.", "generation": {"max_new_tokens": 60}},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(tmp_path_factory: pytest.TempPathFactory):
+    """Two replicas of the default model, started together (about 2-3 minutes on a CPU)."""
+    given = os.environ.get("VROLLOUT_TEST_VLLM_URLS")
+    if given:
+        yield [url.strip() for url in given.split(",")], None
+        return
+    if not vllm_server.VLLM_PYTHON.exists():
+        reason = f"{vllm_server.VLLM_PYTHON} is missing: run `make vllm`"
+        if os.environ.get("VROLLOUT_REQUIRE_VLLM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    logs = tmp_path_factory.mktemp("vllm")
+    servers = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            servers.append(vllm_server.start(port, log=logs / f"vllm-{port}.log"))
+        for server in servers:
+            vllm_server.wait_ready(server, timeout_s=900)
+        yield [s.url for s in servers], servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def remote_settings(tmp_path: Path, urls: list[str], **overrides: object) -> Settings:
+    return Settings(
+        backend="vllm", teacher_urls=urls, database=tmp_path / "db.sqlite3", cache_dir=REAL_CACHE, **overrides
+    )
+
+
+@pytest.fixture(scope="session")
+def remote(vllm_servers, tmp_path_factory: pytest.TempPathFactory) -> Analyzer:
+    urls, _ = vllm_servers
+    return Analyzer.from_settings(remote_settings(tmp_path_factory.mktemp("remote"), urls[:1]))
+
+
+def same_ids(analysis: dict) -> dict:
+    """A token-level trajectory that replays exactly what `analysis` scored."""
+    return {
+        "prompt_ids": analysis["student"]["context_ids"],
+        "teacher_prompt_ids": analysis["teacher"]["context_ids"],
+        "response_ids": analysis["response_ids"],
+        "top_k": 20,
+    }
+
+
+def local_position(step: dict, who: str) -> Position:
+    """A local step's top-20 and actual token, as a server would have told them (fp32)."""
+    logprobs = {t["token_id"]: t["logprob"] for t in step[f"{who}_topk"]}
+    ranks = {t["token_id"]: r for r, t in enumerate(step[f"{who}_topk"], start=1)}
+    y = step["token_id"]
+    logprobs.setdefault(y, step[f"{who}_logprob"])
+    ranks.setdefault(y, step["teacher_rank"] if who == "teacher" else len(ranks) + 1)
+    return Position(logprobs, ranks, 20)
+
+
+def test_scoring_matches_the_local_engine(remote: Analyzer, real_analyzer: Analyzer):
+    steps = 0
+    for traj in TRAJECTORIES:
+        a = remote.analyze({**traj, "top_k": 20})
+        assert a["backend"] == "vllm" and a["top_k_logprobs"] == 20
+        assert a["estimated"] == ["reverse_kl", "forward_kl", "student_entropy", "teacher_entropy"]
+        b = real_analyzer.analyze(same_ids(a))
+        assert a["student"]["context_ids"] == b["student"]["context_ids"]
+        ranks_equal = 0
+        for s, r in zip(a["steps"], b["steps"], strict=True):
+            steps += 1
+            for name in ("student_logprob", "teacher_logprob"):
+                assert abs(s[name] - r[name]) <= LOGPROB_TOL * (1 + abs(r[name])), (name, s, r)
+            top = r["teacher_topk"]
+            if top[0]["logprob"] - top[1]["logprob"] > NEAR_TIE:
+                assert s["teacher_top1_id"] == r["teacher_top1_id"], (s, r)
+            ranks_equal += s["teacher_rank"] == r["teacher_rank"]
+            assert 0.5 * r["teacher_rank"] - 2 <= s["teacher_rank"] <= 2 * r["teacher_rank"] + 2
+            # The estimator is a lower bound: exactly so on the local fp32 top-20 ...
+            sp, tq = local_position(r, "student"), local_position(r, "teacher")
+            assert kl_lower_bound(sp.logprobs, tq.logprobs) <= r["reverse_kl"] + 1e-5
+            assert kl_lower_bound(tq.logprobs, sp.logprobs) <= r["forward_kl"] + 1e-5
+            lower, upper = entropy_bounds(sp, 49152)
+            assert lower - 1e-5 <= r["student_entropy"] <= upper + 1e-5
+            # ... and within bf16 noise of it on the server's.
+            for name in ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy"):
+                assert s[name] <= r[name] + KL_TOL * (1 + r[name]), (name, s, r)
+        assert ranks_equal >= 0.9 * len(a["steps"])
+    assert steps > 150
+
+
+def first_difference(x: list[int], y: list[int]) -> int | None:
+    for i, (a, b) in enumerate(zip(x, y, strict=False)):
+        if a != b:
+            return i
+    return None if len(x) == len(y) else min(len(x), len(y))
+
+
+def test_generation_is_greedy_like_the_local_engine(remote: Analyzer, real_analyzer: Analyzer):
+    """Greedy ids equal the local engine's up to a near-tie of the local top-2 (bf16 noise may
+    pick the other one; from there the two texts may go their own ways)."""
+    for traj in TRAJECTORIES[3:]:
+        a = remote.analyze({**traj, "top_k": 2})
+        b = real_analyzer.analyze({**traj, "top_k": 2})
+        assert a["generation"] == b["generation"]
+        d = first_difference(a["response_ids"], b["response_ids"])
+        if d is not None:
+            top = b["steps"][d]["student_topk"]
+            assert top[0]["logprob"] - top[1]["logprob"] < NEAR_TIE, (d, top)
+
+
+def test_continuations_and_recovery_match(remote: Analyzer, real_analyzer: Analyzer):
+    traj = {**TRAJECTORIES[0], "continuation_tokens": 4, "recovery": True, "recovery_max_new_tokens": 16}
+    a, b = remote.analyze(traj), real_analyzer.analyze(traj)
+    same = sum(
+        s["teacher_continuation"]["token_ids"] == r["teacher_continuation"]["token_ids"]
+        for s, r in zip(a["steps"], b["steps"], strict=True)
+    )
+    assert same >= 0.8 * len(a["steps"]), (same, len(a["steps"]))
+    assert a["recovery"]["last_recoverable"] == b["recovery"]["last_recoverable"]
+    assert [p["position"] for p in a["recovery"]["points"]] == [
+        p["position"] for p in b["recovery"]["points"]
+    ]
+
+
+def test_pedagogical_rollout_matches(remote: Analyzer, real_analyzer: Analyzer):
+    body = {
+        "prompt": "What is 17*23?",
+        "privileged": "17*23 = 17*20 + 17*3 = 340 + 51 = 391.",
+        "reference_answer": "391",
+        "generation": {"max_new_tokens": 24},
+    }
+    a = remote.pedagogical(remote.prepare_pedagogical(body))
+    b = real_analyzer.pedagogical(real_analyzer.prepare_pedagogical(body))
+    d = first_difference(a["response_ids"], b["response_ids"])
+    assert d is None or d >= 8, (a["response_text"], b["response_text"])
+    for s, r in zip(a["tokens"][: d or None], b["tokens"][: d or None], strict=False):
+        assert abs(s["teacher_logprob"] - r["teacher_logprob"]) <= LOGPROB_TOL * (
+            1 + abs(r["teacher_logprob"])
+        )
+
+    def where(rollout: dict) -> list[tuple[int, int, int]]:
+        return [(i["position"], i["proposal_id"], i["substitute_id"]) for i in rollout["interventions"]]
+
+    assert where(a) == where(b) or d is not None, (where(a), where(b))
+
+
+def test_the_page_marks_estimates(vllm_servers, remote: Analyzer, tmp_path: Path):
+    app = create_app(remote.settings, analyzer=remote)
+    with TestClient(app) as client:
+        r = client.post("/api/analyze", json=TRAJECTORIES[0])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["backend"] == "vllm" and "reverse_kl" in body["estimated"]
+        assert client.get("/api/models").json()["student"]["device"].startswith("vllm ")
+        page = client.get(f"/analyses/{body['id']}").text
+        assert 'id="estimated"' in page and "≈ " in page
+        r = client.post("/api/analyze", json={**TRAJECTORIES[0], "top_k": 20})
+        assert r.status_code == 200
+
+
+def test_a_vocabulary_mismatch_is_refused(vllm_servers, tmp_path: Path):
+    from tiny import tiny_tokenizer
+
+    urls, _ = vllm_servers
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    with pytest.raises(ModelMismatch, match="does not share the local tokenizer's vocabulary"):
+        load_remote_pair(remote_settings(tmp_path, urls[:1], tokenizer=str(tmp_path / "tok")))
+
+
+def test_cli_analyze_on_vllm(vllm_servers, tmp_path: Path):
+    urls, _ = vllm_servers
+    out = tmp_path / "out.jsonl"
+    args = ["analyze", str(EXAMPLES), "--out", str(out), "--no-store", "--cache-dir", str(REAL_CACHE)]
+    assert cli_main([*args, "--backend", "vllm", *sum((["--teacher-url", u] for u in urls), [])]) == 0
+    analyses = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["trajectory"]["id"] for a in analyses] == ["mult-wrong", "capital", "trl", "generate"]
+    assert all(a["backend"] == "vllm" for a in analyses)
+
+
+def test_a_job_survives_a_replica_killed_mid_job(vllm_servers, tmp_path: Path):
+    """Runs last: it kills the second replica. Every line completes exactly once, on the other."""
+    urls, servers = vllm_servers
+    if servers is None:
+        pytest.skip("needs replicas this test started (VROLLOUT_TEST_VLLM_URLS is set)")
+    settings = remote_settings(tmp_path, urls, vllm_concurrency=4, vllm_backoff_s=0.2)
+    analyzer = Analyzer.from_settings(settings, store=False)
+    words = ["apples", "rivers", "stars", "trains", "clouds", "maps", "bees", "stones"]
+    lines = [
+        {
+            "id": f"line-{i}",
+            "prompt": f"Write one sentence about {words[i % len(words)]} number {i}.",
+            "response": f"Here is a sentence about {words[i % len(words)]}: they matter, number {i}, "
+            + "and this is why. " * (1 + i % 5),
+        }
+        for i in range(120)
+    ]
+    app = create_app(settings, analyzer=analyzer)
+    with TestClient(app) as client:
+        body = "\n".join(json.dumps(line) for line in lines)
+        r = client.post("/api/jobs", files={"file": ("runs.jsonl", body.encode())})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["job"]["id"]
+        deadline = time.time() + 600
+        while (job := client.get(f"/api/jobs/{job_id}").json())["done"] < 10:
+            assert time.time() < deadline and job["state"] != "done", job
+            time.sleep(0.1)
+        assert job["pending"] > 0, "the job finished before the replica could be killed"
+        servers[1].kill()
+        while (job := client.get(f"/api/jobs/{job_id}").json())["state"] != "done":
+            assert time.time() < deadline, job
+            time.sleep(0.2)
+        assert (job["done"], job["failed"], job["pending"]) == (120, 0, 0), job
+        items = client.get(f"/api/jobs/{job_id}/items").json()
+        assert sorted(i["line"] for i in items) == list(range(1, 121))
+        stored = client.get(f"/api/jobs/{job_id}/summaries?format=json").json()
+        assert len(stored) == 120 and len({row["line"] for row in stored}) == 120
+        assert {row["trajectory_id"] for row in stored} == {f"line-{i}" for i in range(120)}
+        with sqlite3.connect(settings.database) as db:  # nothing stored twice
+            assert db.execute("SELECT COUNT(*) FROM analyses").fetchone()[0] == 120
+        errors = job["replica_errors"]
+        assert errors and all(e["url"] == urls[1] for e in errors), errors
+        assert any(r["url"] == urls[1] and r["errors"] > 0 for r in job["replicas"])
+        page = client.get(f"/jobs/{job_id}").text
+        assert 'id="replicas"' in page
+    analyzer.backend.close()
