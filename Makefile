@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install browser run test lint format bench clean vllm
+.PHONY: install browser run test lint format bench bench-vllm clean vllm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,9 @@ bench: install
 	$(BIN)/python benchmarks/ui.py
 	$(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/load.py
+
+bench-vllm: install vllm
+	$(BIN)/python benchmarks/vllm_backend.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache
