@@ -43,6 +43,12 @@ def templates_of(request: Request) -> Jinja2Templates:
     return request.app.state.templates
 
 
+async def render(request: Request, name: str, context: dict[str, Any]) -> Response:
+    """A page, rendered on a thread: a long analysis is megabytes of HTML, and the event loop
+    must keep answering (health checks, progress streams) meanwhile."""
+    return await run_in_threadpool(templates_of(request).TemplateResponse, request, name, context)
+
+
 def script_json(text: str) -> str:
     """JSON made safe to sit inside a <script> element (no `</script>`, no HTML specials)."""
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -54,26 +60,26 @@ def figure_json(analysis: dict[str, Any]) -> str:
 
 @router.get("/", response_class=HTMLResponse)
 async def index(request: Request, analyzer: AnalyzerDep) -> Response:
-    return templates_of(request).TemplateResponse(
+    return await render(
         request, "index.html", {"models": analyzer.pair.describe(), "settings": analyzer.settings}
     )
 
 
 @router.get("/upload", response_class=HTMLResponse)
 async def upload_page(request: Request, analyzer: AnalyzerDep) -> Response:
-    return templates_of(request).TemplateResponse(request, "upload.html", {"settings": analyzer.settings})
+    return await render(request, "upload.html", {"settings": analyzer.settings})
 
 
 @router.get("/jobs", response_class=HTMLResponse)
 async def jobs_page(request: Request, jobs: JobsDep) -> Response:
     items = await run_in_threadpool(jobs.list)
-    return templates_of(request).TemplateResponse(request, "jobs.html", {"jobs": items})
+    return await render(request, "jobs.html", {"jobs": items})
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 async def job_page(request: Request, job_id: str, runner: RunnerDep) -> Response:
     job = await run_in_threadpool(runner.state, job_id)
-    return templates_of(request).TemplateResponse(request, "job.html", {"job": job})
+    return await render(request, "job.html", {"job": job})
 
 
 @router.get("/analyses", response_class=HTMLResponse)
@@ -84,7 +90,7 @@ async def analyses_page(
 ) -> Response:
     per_page = 50
     items, total = await run_in_threadpool(store.list, per_page, (page - 1) * per_page)
-    return templates_of(request).TemplateResponse(
+    return await render(
         request,
         "analyses.html",
         {"items": items, "total": total, "page": page, "pages": max(1, math.ceil(total / per_page))},
@@ -101,26 +107,26 @@ async def _analysis_context(store: Any, analysis_id: str) -> dict[str, Any]:
 async def analysis_page(request: Request, analysis_id: str, store: StoreDep) -> Response:
     context = await _analysis_context(store, analysis_id)
     limit = request.app.state.settings.max_new_tokens
-    return templates_of(request).TemplateResponse(
-        request, "analysis.html", {**context, "standalone": False, "max_new_tokens": limit}
-    )
+    return await render(request, "analysis.html", {**context, "standalone": False, "max_new_tokens": limit})
+
+
+def standalone_assets(static: Path) -> tuple[dict[str, str], str]:
+    """CSS, script and plotly.js to inline, and the policy that allows exactly those scripts
+    (the file carries it in a <meta> element: the header is gone once it is saved)."""
+    inline = {
+        "inline_css": (static / "app.css").read_text(),
+        "inline_js": (static / "analysis.js").read_text(),
+        "inline_plotly": (static / PLOTLY_BUNDLE).read_text(),
+    }
+    return inline, standalone_csp(inline["inline_plotly"], inline["inline_js"])
 
 
 @router.get("/analyses/{analysis_id}/download", response_class=HTMLResponse)
 async def analysis_download(request: Request, analysis_id: str, store: StoreDep) -> Response:
     """One self-contained HTML file (plotly.js, CSS and script inlined) that opens offline."""
     context = await _analysis_context(store, analysis_id)
-    static = request.app.state.settings.static_dir
-    inline = {
-        "inline_css": (static / "app.css").read_text(),
-        "inline_js": (static / "analysis.js").read_text(),
-        "inline_plotly": (static / PLOTLY_BUNDLE).read_text(),
-    }
-    # The file carries its policy in a <meta> element (the header is gone once it is saved).
-    csp = standalone_csp(inline["inline_plotly"], inline["inline_js"])
-    response = templates_of(request).TemplateResponse(
-        request, "analysis.html", {**context, **inline, "csp": csp, "standalone": True}
-    )
+    inline, csp = await run_in_threadpool(standalone_assets, request.app.state.settings.static_dir)
+    response = await render(request, "analysis.html", {**context, **inline, "csp": csp, "standalone": True})
     response.headers["Content-Disposition"] = f'attachment; filename="analysis-{analysis_id}.html"'
     response.headers["Content-Security-Policy"] = f"{csp}; frame-ancestors 'none'"
     return response

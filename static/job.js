@@ -25,6 +25,8 @@
     $("cancel").hidden = !(state.state === "running" || state.state === "queued");
     $("resume").hidden = !(state.state === "cancelled" && state.pending > 0);
     document.body.dataset.jobState = state.state;
+    $("job-error").hidden = !state.error;  // why the job stopped by itself (e.g. the disk is full)
+    $("job-error").textContent = state.error || "";
     showReplicas(state);
   }
 

@@ -306,10 +306,14 @@ def test_a_full_disk_stops_the_job_and_resume_finishes_it(tiny_client, monkeypat
         job = wait_done(tiny_client, job_id)
         assert job["state"] == "cancelled" and job["pending"] > 0 and job["failed"] == 0
         assert "disk holding the database is full" in job["error"] and "resume" in job["error"]
+        page = tiny_client.get(f"/jobs/{job_id}", headers={"accept": "text/html"}).text
+        assert 'id="job-error" role="alert">' in page and "disk holding the database is full" in page
     tiny_client.post(f"/api/jobs/{job_id}/resume")
     time.sleep(0.2)
     job = wait_done(tiny_client, job_id)
     assert (job["state"], job["done"], job["error"]) == ("done", 4, None)
+    page = tiny_client.get(f"/jobs/{job_id}", headers={"accept": "text/html"}).text
+    assert 'id="job-error" role="alert" hidden>' in page
 
 
 def damaged_databases(tmp_path):
