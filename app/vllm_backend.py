@@ -11,6 +11,7 @@ Knows nothing about HTTP routes or storage; `vllm_client.py` does the transport.
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from .config import DEFAULT_MODEL, Settings
 from .engine import Progress, ReplayResult, _no_progress
-from .errors import ModelMismatch
+from .errors import BadTrajectory, ModelMismatch
 from .models import LoadedModel, ModelPair, default_model_folder
 from .topk import BadServerAnswer, Position, parse_positions, replay_from_positions
 from .vllm_client import ReplicaPool, ReplicasUnavailable
@@ -95,6 +96,8 @@ def check_server(pool: ReplicaPool, tokenizer: Any) -> str:
                 ).json()["prompt"]
             except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
                 replica.last_error = f"start-up check failed: {exc}"
+                replica.failures_in_a_row, replica.errors = 1, 1
+                replica.down_until = time.monotonic() + 1.0  # tried again by a later request
                 continue
             answered += 1
             names.add(name)
@@ -122,8 +125,9 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
             role, urls, settings.vllm_concurrency, settings.vllm_retries, settings.vllm_backoff_s,
             settings.vllm_timeout_s,
         )  # fmt: skip
-        name = check_server(pool, tokenizer)
-        return RemoteModel(name, " ".join(urls), None, tokenizer, pool, name, eos)
+        served = check_server(pool, tokenizer)
+        name = Path(served).name if served.startswith("/") else served  # a folder: its name
+        return RemoteModel(name, " ".join(urls), None, tokenizer, pool, served, eos)
 
     teacher = remote("teacher", settings.teacher_urls)
     shared = not settings.student_urls or settings.student_urls == settings.teacher_urls
@@ -131,7 +135,17 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
     pair = ModelPair(student, teacher, shared, len(tokenizer), settings.teacher_template)
     if "{prompt}" not in pair.teacher_template or "{privileged}" not in pair.teacher_template:
         raise ValueError("the teacher template must contain {prompt} and {privileged}")
-    return pair, VLLMBackend(pair, settings.vllm_logprobs, settings.vllm_concurrency)
+    backend = VLLMBackend(pair, settings.vllm_logprobs, settings.vllm_concurrency)
+    for model in {id(student): student, id(teacher): teacher}.values():
+        try:  # K log-probs must be allowed by the server's --max-logprobs
+            backend.score(model, [tokenizer.eos_token_id or 0], [tokenizer.eos_token_id or 0], backend.k)
+        except BadTrajectory as exc:
+            backend.close()
+            raise ValueError(
+                f"{exc.message}: start the server with --max-logprobs {backend.k} or more, or lower "
+                "VROLLOUT_VLLM_LOGPROBS"
+            ) from None
+    return pair, backend
 
 
 class VLLMBackend:

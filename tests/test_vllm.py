@@ -221,6 +221,12 @@ def test_a_vocabulary_mismatch_is_refused(vllm_servers, tmp_path: Path):
         load_remote_pair(remote_settings(tmp_path, urls[:1], tokenizer=str(tmp_path / "tok")))
 
 
+def test_more_logprobs_than_the_server_allows_is_refused(vllm_servers, tmp_path: Path):
+    urls, _ = vllm_servers
+    with pytest.raises(ValueError, match="start the server with --max-logprobs 21"):
+        load_remote_pair(remote_settings(tmp_path, urls[:1], vllm_logprobs=21))
+
+
 def test_cli_analyze_on_vllm(vllm_servers, tmp_path: Path):
     urls, _ = vllm_servers
     out = tmp_path / "out.jsonl"
