@@ -103,6 +103,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="a model folder (default: the embedded SmolLM2)")
     parser.add_argument("--max-logprobs", type=int, default=20)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the server too
     server = start(args.port, args.model, max_logprobs=args.max_logprobs)
     print(f"starting vLLM on {server.url} (log: {server.log})", file=sys.stderr)
     try:
