@@ -61,8 +61,10 @@ async def health(request: Request) -> dict[str, Any]:
 
 @router.get("/models")
 async def models(analyzer: AnalyzerDep) -> dict[str, Any]:
-    """Student and teacher: name, source, vocabulary, device, dtype, shared weights, template."""
-    return analyzer.pair.describe()
+    """Student and teacher: name, source, vocabulary, device, dtype, shared weights, template;
+    the backend (on vLLM: K and each replica's state)."""
+    backend = analyzer.backend.describe() if analyzer.backend else {"backend": "local"}
+    return {**analyzer.pair.describe(), **backend}
 
 
 @router.post("/analyze", response_model=Analysis)

@@ -26,7 +26,7 @@ def test_health_and_models(tiny_client):
     assert tiny_client.get("/api/health").json()["ok"] is True
     models = tiny_client.get("/api/models").json()
     assert models["student"]["name"] == "tiny-student"
-    assert models["shared_weights"] is True
+    assert models["shared_weights"] is True and models["backend"] == "local"
     assert models["student"]["vocab_size"] == 263
     assert "{privileged}" in models["teacher_template"]
     assert tiny_client.get("/openapi.json").json()["paths"]["/api/analyze"]

@@ -205,7 +205,9 @@ def test_the_page_marks_estimates(vllm_servers, remote: Analyzer, tmp_path: Path
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["backend"] == "vllm" and "reverse_kl" in body["estimated"]
-        assert client.get("/api/models").json()["student"]["device"].startswith("vllm ")
+        models = client.get("/api/models").json()
+        assert models["student"]["device"].startswith("vllm ") and models["backend"] == "vllm"
+        assert models["top_k_logprobs"] == 20 and models["replicas"][0]["healthy"]
         page = client.get(f"/analyses/{body['id']}").text
         assert 'id="estimated"' in page and "≈ " in page
         r = client.post("/api/analyze", json={**TRAJECTORIES[0], "top_k": 20})
