@@ -69,7 +69,9 @@ class Settings(BaseSettings):
     student_urls: list[str] = Field(
         default_factory=list, description="vLLM replicas of the student; none: the teacher's (self-teacher)"
     )
-    tokenizer: str | None = Field(default=None, description="the served model's tokenizer (folder or id)")
+    tokenizer: str | None = Field(
+        default=None, description='the served model\'s tokenizer: a folder, a hub id, or "server"'
+    )
     vllm_logprobs: int = Field(default=20, ge=1, description="K: top-K log-probs per position")
     vllm_concurrency: int = Field(default=8, ge=1, description="requests in flight per replica")
     vllm_retries: int = Field(default=6, ge=0, description="further attempts of a failed request")

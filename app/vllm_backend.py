@@ -117,14 +117,24 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
     """The student and teacher as served by vLLM, checked to share the local vocabulary."""
     if not settings.teacher_urls:
         raise ValueError("the vllm backend needs at least one teacher URL (--teacher-url)")
-    tokenizer, path = load_tokenizer(settings)
-    eos = _eos_ids(tokenizer, path)
-
-    def remote(role: str, urls: list[str]) -> RemoteModel:
-        pool = ReplicaPool(
+    def pool_of(role: str, urls: list[str]) -> ReplicaPool:
+        return ReplicaPool(
             role, urls, settings.vllm_concurrency, settings.vllm_retries, settings.vllm_backoff_s,
             settings.vllm_timeout_s,
         )  # fmt: skip
+
+    teacher_pool = pool_of("teacher", settings.teacher_urls)
+    if settings.tokenizer == "server":  # the teacher server's /tokenize and /detokenize
+        from .server_tokenizer import ServerTokenizer
+
+        tokenizer: Any = ServerTokenizer(teacher_pool, teacher_pool.get("/v1/models")["data"][0]["id"])
+        eos = tokenizer.eos_ids  # learned from completions that stop
+    else:
+        tokenizer, path = load_tokenizer(settings)
+        eos = _eos_ids(tokenizer, path)
+
+    def remote(role: str, urls: list[str]) -> RemoteModel:
+        pool = teacher_pool if role == "teacher" else pool_of(role, urls)
         served = check_server(pool, tokenizer)
         name = Path(served).name if served.startswith("/") else served  # a folder: its name
         return RemoteModel(name, " ".join(urls), None, tokenizer, pool, served, eos)
@@ -184,9 +194,14 @@ class VLLMBackend:
         body = {"model": model.served_name, "prompt": prompt, "return_token_ids": True, **params}
         answer = model.pool.post("/v1/completions", body)
         try:
-            return answer["choices"][0]
+            choice = answer["choices"][0]
         except (KeyError, IndexError, TypeError):
             raise BadServerAnswer(f"the {model.pool.role} server answered without choices") from None
+        ids = choice.get("token_ids")
+        stopped = choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None
+        if stopped and ids and hasattr(model.tokenizer, "learn_eos"):
+            model.tokenizer.learn_eos(ids[-1])  # stopped on an end-of-sequence token
+        return choice
 
     def score(self, model: RemoteModel, context: list[int], response: list[int], k: int) -> list[Position]:
         """The server's top-k and actual-token log-probs at every response position."""

@@ -223,6 +223,27 @@ def test_a_vocabulary_mismatch_is_refused(vllm_servers, tmp_path: Path):
         load_remote_pair(remote_settings(tmp_path, urls[:1], tokenizer=str(tmp_path / "tok")))
 
 
+def test_the_servers_tokenizer_gives_the_same_analyses(vllm_servers, remote: Analyzer, tmp_path: Path):
+    """VROLLOUT_TOKENIZER=server: /tokenize and /detokenize instead of a local folder."""
+    urls, _ = vllm_servers
+    served = Analyzer.from_settings(remote_settings(tmp_path, urls[:1], tokenizer="server"), store=False)
+    assert len(served.pair.student.tokenizer) == remote.pair.vocab_size == 49152
+    for traj in TRAJECTORIES[:4]:
+        a = served.run(served.prepare({**traj, "continuation_tokens": 2}), store=False)
+        b = remote.run(remote.prepare({**traj, "continuation_tokens": 2}), store=False)
+        for key in ("student", "response_ids", "response_text", "virtual_rollout"):
+            assert a[key] == b[key], key
+        assert a["teacher"]["context_text"] == b["teacher"]["context_text"]
+        for x, y in zip(a["steps"], b["steps"], strict=True):
+            assert (x["token"], x["teacher_topk"], x["teacher_continuation"]) == (
+                y["token"], y["teacher_topk"], y["teacher_continuation"]
+            )  # fmt: skip
+    body = {"prompt": "What is 17*23?", "privileged": "391", "generation": {"max_new_tokens": 40}}
+    rollout = served.pedagogical(served.prepare_pedagogical(body))
+    assert rollout["response_ids"][-1] == 2  # <|im_end|>, learned from a completion that stopped
+    served.backend.close()
+
+
 def test_more_logprobs_than_the_server_allows_is_refused(vllm_servers, tmp_path: Path):
     urls, _ = vllm_servers
     with pytest.raises(ValueError, match="start the server with --max-logprobs 21"):
