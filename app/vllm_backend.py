@@ -117,6 +117,7 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
     """The student and teacher as served by vLLM, checked to share the local vocabulary."""
     if not settings.teacher_urls:
         raise ValueError("the vllm backend needs at least one teacher URL (--teacher-url)")
+
     def pool_of(role: str, urls: list[str]) -> ReplicaPool:
         return ReplicaPool(
             role, urls, settings.vllm_concurrency, settings.vllm_retries, settings.vllm_backoff_s,
