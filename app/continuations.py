@@ -92,32 +92,42 @@ def branch_attention(
     attention_mask: Tensor | None,
     scaling: float,
     dropout: float = 0.0,
-    branch_starts: Tensor | None = None,
-    branch_prefix: int = 0,
+    branch_bias: Tensor | None = None,
     **kwargs: object,
 ) -> tuple[Tensor, None]:
     """Attention for one decoding step of B branches (B queries), with the same result as the
     4-D mask of `_branch_mask` but without scoring the B*steps cache entries a branch cannot see.
 
     query (1, H, B, d); key/value (1, Hkv, P + steps*B, d): the prefix view P, then one entry
-    per branch per step (entry e belongs to branch e % B). Branch b sees prefix positions
-    < branch_starts[b] and its own entries. Returns (1, B, H, d) like the library's kernels.
+    per branch per step (entry e belongs to branch e % B). `branch_bias` (g*B, P), g = H/Hkv,
+    is 0 where a branch may see a prefix position and very negative elsewhere (`_prefix_bias`).
+    Returns (1, B, H, d) like the library's kernels.
     """
-    assert branch_starts is not None, "branch_attention is only for branch decoding steps"
+    assert branch_bias is not None, "branch_attention is only for branch decoding steps"
     _, H, B, d = query.shape
-    Hkv, P = key.shape[1], branch_prefix
+    Hkv, P = key.shape[1], branch_bias.shape[1]
     g, steps = H // Hkv, (key.shape[2] - P) // B
     q = query[0].reshape(Hkv, g * B, d)  # query head h uses key head h // g
-    prefix = torch.matmul(q * scaling, key[0, :, :P].transpose(1, 2)).view(Hkv, g, B, P)
-    hidden = torch.arange(P, device=query.device)[None, :] >= branch_starts[:, None]  # (B, P)
-    prefix.masked_fill_(hidden, torch.finfo(prefix.dtype).min)
+    # Scores: the prefix (mask and scale fused into one batched GEMM), then the branch's own.
+    prefix = torch.baddbmm(branch_bias, q, key[0, :, :P].transpose(1, 2), alpha=scaling)  # (Hkv, gB, P)
     own_k = key[0, :, P:].view(Hkv, steps, B, d)
     own_v = value[0, :, P:].view(Hkv, steps, B, d)
-    own = torch.einsum("hgbd,hsbd->hgbs", (q * scaling).view(Hkv, g, B, d), own_k)  # (Hkv, g, B, steps)
-    probs = torch.softmax(torch.cat([prefix, own], dim=-1), dim=-1)
-    out = torch.matmul(probs[..., :P].reshape(Hkv, g * B, P), value[0, :, :P]).view(Hkv, g, B, d)
-    out = out + torch.einsum("hgbs,hsbd->hgbd", probs[..., P:], own_v)
-    return out.reshape(H, B, d).transpose(0, 1)[None], None
+    own = torch.einsum("hgbd,hsbd->hgbs", q.view(Hkv, g, B, d), own_k).reshape(Hkv, g * B, steps)
+    own.mul_(scaling)
+    probs = torch.softmax(torch.cat([prefix, own], dim=-1), dim=-1)  # (Hkv, gB, P + steps)
+    out = torch.bmm(probs[..., :P], value[0, :, :P])  # (Hkv, gB, d)
+    own_p = probs[..., P:].reshape(Hkv, g, B, steps)
+    out += torch.einsum("hgbs,hsbd->hgbd", own_p, own_v).reshape(Hkv, g * B, d)
+    return out.view(H, B, d).transpose(0, 1)[None], None
+
+
+def _prefix_bias(starts: Tensor, prefix: int, groups: int, dtype: torch.dtype) -> Tensor:
+    """(groups*B, prefix): 0 where branch b may see prefix position j (j < starts[b]), else the
+    dtype's lowest value; repeated for the `groups` query heads that share a key head."""
+    hidden = torch.arange(prefix, device=starts.device)[None, :] >= starts[:, None]  # (B, P)
+    bias = torch.zeros(hidden.shape, dtype=dtype, device=starts.device)
+    bias.masked_fill_(hidden, torch.finfo(dtype).min)
+    return bias.repeat(groups, 1)
 
 
 AttentionInterface.register(BRANCH_ATTENTION, branch_attention)
@@ -131,22 +141,35 @@ def continuations_from_every_prefix(
     k: int,
     progress: Progress = _no_progress,
     vocab_size: int | None = None,
-    branch_chunk: int = 128,
+    branch_chunk: int = 512,
     positions: list[int] | None = None,
     stage: str = "continuations",
+    forced: tuple[Any, list[int]] | None = None,
 ) -> list[list[int]]:
     """For each t in `positions` (default: 0..T-1): the greedy k-token continuation of
     context + response[:t], cut after the first end-of-sequence token. Decoding of a chunk
-    stops early once every branch in it has ended."""
+    stops early once every branch in it has ended.
+
+    `forced`: what the replay already has, the key/value cache of the teacher's pass over
+    context + response and the teacher's top-1 id at every step (each branch's first token),
+    so that no teacher-forced pass is run again here."""
     n, T = len(context), len(response)
     L = n + T
     positions = list(range(T)) if positions is None else positions
     vocab = vocab_size or model.model.get_output_embeddings().out_features
     decoder = model.model.get_decoder()
-    ids = torch.tensor([context + response], device=model.device)  # (1, L)
-    out = decoder(input_ids=ids, use_cache=True)
-    shared = out.cache
-    hidden = out.last_hidden_state[0, n - 1 : L - 1]  # (T, H): state before each response token
+    if forced is None:
+        ids = torch.tensor([context + response], device=model.device)  # (1, L)
+        out = decoder(input_ids=ids, use_cache=True)
+        shared = out.cache
+        hidden = out.last_hidden_state[0, n - 1 : L - 1]  # (T, H): state before each response token
+        firsts = None
+    else:
+        shared, top1 = forced
+        assert shared.get_seq_length() == L and len(top1) == T, "the replay's cache is for another input"
+        firsts = torch.tensor(top1, device=model.device)  # (T,)
+    config = decoder.config
+    groups = config.num_attention_heads // getattr(config, "num_key_value_heads", config.num_attention_heads)
     eos = eos_ids(model)
     eos_tensor = torch.tensor(sorted(eos), device=model.device, dtype=torch.long)
     results: list[list[int]] = []
@@ -154,7 +177,8 @@ def continuations_from_every_prefix(
     for b0 in range(0, len(positions), branch_chunk):
         chunk = torch.tensor(positions[b0 : b0 + branch_chunk], device=model.device)  # (B,)
         B = len(chunk)
-        current = head_logits(model, hidden[chunk], vocab).argmax(-1)  # (B,) first tokens
+        # (B,) first tokens: the teacher's top-1 at each branch's position
+        current = firsts[chunk] if firsts is not None else head_logits(model, hidden[chunk], vocab).argmax(-1)
         tokens = [current]
         ended = torch.isin(current, eos_tensor)  # (B,)
         starts = n + chunk  # (B,) position of each branch's first token
@@ -162,13 +186,15 @@ def continuations_from_every_prefix(
         cache = _prefix_view(shared, seen)
         if cache is None:
             cache, seen = shared, L
+        else:
+            bias = _prefix_bias(starts, seen, groups, model.dtype)
         steps = 1
         while steps < k and not bool(ended.all()):
             if cache is shared:  # sliding-window caches: the library's attention with a 4-D mask
                 mask = _branch_mask(starts, L, B, steps, model.dtype)
                 step_kwargs: dict[str, object] = {"attention_mask": mask}
             else:
-                step_kwargs = {"branch_starts": starts, "branch_prefix": seen}
+                step_kwargs = {"branch_bias": bias}
             with _attention(decoder.config, None if cache is shared else BRANCH_ATTENTION):
                 step_out = decoder(
                     input_ids=current[None, :],
@@ -181,6 +207,7 @@ def continuations_from_every_prefix(
             tokens.append(current)
             ended |= torch.isin(current, eos_tensor)
             steps += 1
+            progress(stage, b0 + B * steps // k, len(positions))
         if cache is shared and steps > 1:
             cache.crop(-B * (steps - 1))  # back to the original L positions for the next chunk
         del cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,9 +25,15 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 
 def final_hidden(model: LoadedModel, input_ids: list[int]) -> Tensor:
     """Final hidden states (L, H) of one teacher-forced pass, without the (L, V) logits."""
+    return forced_pass(model, input_ids, keep_cache=False)[0]
+
+
+def forced_pass(model: LoadedModel, input_ids: list[int], keep_cache: bool) -> tuple[Tensor, Any]:
+    """Final hidden states (L, H) of one teacher-forced pass, and its key/value cache if
+    `keep_cache` (continuations decode from it instead of running the pass again)."""
     ids = torch.tensor([input_ids], device=model.device)  # (1, L)
-    out = model.model.get_decoder()(input_ids=ids, use_cache=False)
-    return out.last_hidden_state[0]  # (L, H)
+    out = model.model.get_decoder()(input_ids=ids, use_cache=keep_cache)
+    return out.last_hidden_state[0], (out.cache if keep_cache else None)
 
 
 def head_logits(model: LoadedModel, hidden: Tensor, vocab_size: int) -> Tensor:
@@ -71,9 +78,16 @@ class ReplayResult:
     teacher_topk_logprobs: list[list[float]] = field(default_factory=list)
     student_topk_ids: list[list[int]] = field(default_factory=list)
     student_topk_logprobs: list[list[float]] = field(default_factory=list)
+    # Not a per-step field: the teacher's key/value cache over context + response, kept when
+    # continuations follow (`replay(keep_teacher_cache=True)`), so they need no pass of their own.
+    teacher_cache: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def step_fields(cls) -> list[str]:
+        return [name for name in cls.__dataclass_fields__ if name != "teacher_cache"]
 
     def extend(self, chunk: ChunkStats) -> None:
-        for name in self.__dataclass_fields__:
+        for name in self.step_fields():
             getattr(self, name).extend(getattr(chunk, name).tolist())
 
     def split(self, lengths: list[int]) -> list[ReplayResult]:
@@ -81,7 +95,7 @@ class ReplayResult:
         pieces, start = [], 0
         for n in lengths:
             piece = ReplayResult()
-            for name in self.__dataclass_fields__:
+            for name in self.step_fields():
                 getattr(piece, name).extend(getattr(self, name)[start : start + n])
             pieces.append(piece)
             start += n
@@ -123,6 +137,7 @@ def replay(
     top_k: int = 5,
     chunk_size: int = 128,
     progress: Progress = _no_progress,
+    keep_teacher_cache: bool = False,
 ) -> ReplayResult:
     """Score `response` under both models: one forward pass each over context + response.
 
@@ -132,18 +147,21 @@ def replay(
     """
     T = len(response)
     progress("replay", 0, 2 * T)
+    same_pass = pair.shared and student_context == teacher_context  # same weights, same input
     # Position i predicts token i + 1: y_t is predicted at len(context) - 1 + t.
-    s_hidden = final_hidden(pair.student, student_context + response)[len(student_context) - 1 : -1]
+    s_hidden, cache = forced_pass(pair.student, student_context + response, keep_teacher_cache and same_pass)
+    s_hidden = s_hidden[len(student_context) - 1 : -1]
     progress("replay", T // 2, 2 * T)
-    if pair.shared and student_context == teacher_context:
-        t_hidden = s_hidden  # same weights, same input: the same pass
+    if same_pass:
+        t_hidden = s_hidden
     else:
-        t_hidden = final_hidden(pair.teacher, teacher_context + response)[
-            len(teacher_context) - 1 : -1
-        ]  # (T, H)
+        t_hidden, cache = forced_pass(pair.teacher, teacher_context + response, keep_teacher_cache)
+        t_hidden = t_hidden[len(teacher_context) - 1 : -1]  # (T, H)
     progress("replay", T, 2 * T)
     targets = torch.tensor(response, device=s_hidden.device)  # (T,)
-    return score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size, progress)
+    result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size, progress)
+    result.teacher_cache = cache
+    return result
 
 
 @torch.inference_mode()

@@ -255,6 +255,7 @@ class Analyzer:
             top_k=opts.top_k,
             chunk_size=self.settings.chunk_size,
             progress=progress,
+            keep_teacher_cache=bool(opts.continuation_tokens),
         )
         return self._assemble(prep, response, result, generation, progress, store, extra)
 
@@ -274,7 +275,13 @@ class Analyzer:
         if opts.continuation_tokens:
             from .continuations import continuations_from_every_prefix
 
-            continue_from = self.backend.continuations if self.backend else continuations_from_every_prefix
+            if self.backend is not None:
+                continue_from: Callable[..., list[list[int]]] = self.backend.continuations
+            elif result.teacher_cache is not None:  # decode from the replay's teacher pass
+                forced = (result.teacher_cache, result.teacher_top1_id)
+                continue_from = partial(continuations_from_every_prefix, forced=forced)
+            else:
+                continue_from = continuations_from_every_prefix
             continuations = continue_from(
                 self.pair.teacher,
                 ctx.teacher_ids,
@@ -283,6 +290,7 @@ class Analyzer:
                 progress,
                 vocab_size=self.pair.vocab_size,
             )
+        result.teacher_cache = None  # not needed any more: free it before the rest
         extra = dict(extra)
         if opts.recovery:
             assert prep.traj.reference_answer is not None

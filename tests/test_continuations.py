@@ -7,6 +7,7 @@ from test_engine import contexts, response
 
 from app import continuations
 from app.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
+from app.engine import replay
 from app.reference import naive_continuation
 
 
@@ -34,3 +35,26 @@ def test_continuations_equal_naive_greedy(tiny, k, chunk, masked, monkeypatch):
 def test_cut_at_eos():
     assert cut_at_eos([5, 2, 7], {2}) == [5, 2]
     assert cut_at_eos([5, 7], {2}) == [5, 7]
+
+
+@pytest.mark.parametrize("same_context", [False, True], ids=["privileged", "same-context"])
+def test_continuations_from_the_replays_pass_equal_naive(tiny, same_context):
+    """The analysis path: the replay keeps the teacher's cache and top-1 ids, and the
+    continuations decode from them without a teacher-forced pass of their own."""
+    s_ctx, t_ctx = contexts(tiny)
+    if same_context:
+        t_ctx = s_ctx  # self-teacher on the same input: the student's pass is the teacher's
+    resp = response(tiny, 19)
+    result = replay(tiny, s_ctx, t_ctx, resp, keep_teacher_cache=True)
+    assert result.teacher_cache is not None
+    forced = (result.teacher_cache, result.teacher_top1_id)
+    got = continuations_from_every_prefix(
+        tiny.teacher, t_ctx, resp, 5, vocab_size=tiny.vocab_size, branch_chunk=7, forced=forced
+    )
+    eos = eos_ids(tiny.teacher)
+    want = [
+        cut_at_eos(naive_continuation(tiny.teacher, t_ctx + resp[:t], 5, tiny.vocab_size), eos)
+        for t in range(len(resp))
+    ]
+    assert got == want
+    assert replay(tiny, s_ctx, t_ctx, resp).teacher_cache is None  # kept only when asked for
