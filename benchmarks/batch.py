@@ -55,11 +55,13 @@ def main() -> None:
 
     store = Store(folder / "single.sqlite3")
     started = time.perf_counter()
-    single = []
+    single, line_s = [], []
     for line in lines:  # validation included, as in the job runner
+        began = time.perf_counter()
         analysis = analyzer.run(analyzer.prepare(line), store=False)
         store.save(analysis)
         single.append(analysis)
+        line_s.append(time.perf_counter() - began)
     single_s = time.perf_counter() - started
 
     jobs = Jobs(Store(settings.database))
@@ -86,6 +88,28 @@ def main() -> None:
     print(f"job runner : {batch_s:7.1f} s  {rate:7.1f} tokens/s  ({limits})")
     print(f"speed-up   : {single_s / batch_s:.2f}x (target >= 1.5x)")
     print(f"numbers    : max |difference| {diff:.2e} nats; teacher top-1 identical: {same_top1}")
+    ceiling(single, line_s, single_s, tokens)
+
+
+def ceiling(single: list[dict], line_s: list[float], single_s: float, tokens: int) -> None:
+    """The most any scheduling could gain: one-by-one throughput by response length, and the
+    speed-up if every token ran at the best of those rates."""
+    buckets: dict[int, list[tuple[int, float]]] = {}
+    for analysis, s in zip(single, line_s, strict=True):
+        n = analysis["summary"]["tokens"]
+        buckets.setdefault(min(n // 100, 5), []).append((n, s))
+    print("one by one, by response length:")
+    rates = []
+    for b in sorted(buckets):
+        n = sum(x for x, _ in buckets[b])
+        s = sum(y for _, y in buckets[b])
+        rates.append(n / s)
+        print(f"  {b * 100:>3}-{b * 100 + 99:<3} tokens: {len(buckets[b]):3} lines  {n / s:7.1f} tokens/s")
+    best = max(rates)
+    print(
+        f"ceiling    : {single_s / (tokens / best):.2f}x if every token ran at the best one-by-one rate "
+        f"({best:.1f} tokens/s)"
+    )
 
 
 if __name__ == "__main__":
