@@ -133,6 +133,15 @@ def _prefix_bias(starts: Tensor, prefix: int, groups: int, dtype: torch.dtype) -
 AttentionInterface.register(BRANCH_ATTENTION, branch_attention)
 
 
+SCORES_BYTES = 512 * 2**20  # attention scores of one chunk of branches, at most (about)
+
+
+def chunk_for(requested: int, heads: int, length: int, element_bytes: int) -> int:
+    """Branches per chunk: `requested`, fewer where a chunk's attention scores (three tensors of
+    heads x branches x length: scores, their softmax input and output) would pass SCORES_BYTES."""
+    return min(requested, max(16, SCORES_BYTES // (3 * heads * length * element_bytes)))
+
+
 @torch.inference_mode()
 def continuations_from_every_prefix(
     model: LoadedModel,
@@ -174,6 +183,7 @@ def continuations_from_every_prefix(
     eos_tensor = torch.tensor(sorted(eos), device=model.device, dtype=torch.long)
     results: list[list[int]] = []
     progress(stage, 0, len(positions))
+    branch_chunk = chunk_for(branch_chunk, config.num_attention_heads, L, model.dtype.itemsize)
     for b0 in range(0, len(positions), branch_chunk):
         chunk = torch.tensor(positions[b0 : b0 + branch_chunk], device=model.device)  # (B,)
         B = len(chunk)

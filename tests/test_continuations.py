@@ -58,3 +58,11 @@ def test_continuations_from_the_replays_pass_equal_naive(tiny, same_context):
     ]
     assert got == want
     assert replay(tiny, s_ctx, t_ctx, resp).teacher_cache is None  # kept only when asked for
+
+
+def test_chunks_shrink_to_keep_attention_scores_bounded():
+    assert continuations.chunk_for(512, heads=9, length=600, element_bytes=4) == 512  # the default model
+    big = continuations.chunk_for(512, heads=32, length=8192, element_bytes=4)
+    assert 16 <= big < 512 and 3 * 32 * 8192 * 4 * big <= continuations.SCORES_BYTES
+    assert continuations.chunk_for(512, heads=64, length=10**6, element_bytes=4) == 16  # a floor
+    assert continuations.chunk_for(5, heads=64, length=10**6, element_bytes=4) == 5  # asked for fewer
