@@ -198,14 +198,15 @@ def continuations_from_every_prefix(
             cache, seen = shared, L
         else:
             bias = _prefix_bias(starts, seen, groups, model.dtype)
+        masked = cache is shared  # sliding-window caches: the library's attention with a 4-D mask
         steps = 1
-        while steps < k and not bool(ended.all()):
-            if cache is shared:  # sliding-window caches: the library's attention with a 4-D mask
-                mask = _branch_mask(starts, L, B, steps, model.dtype)
-                step_kwargs: dict[str, object] = {"attention_mask": mask}
-            else:
-                step_kwargs = {"branch_bias": bias}
-            with _attention(decoder.config, None if cache is shared else BRANCH_ATTENTION):
+        with _attention(config, None if masked else BRANCH_ATTENTION):
+            while steps < k and not bool(ended.all()):
+                step_kwargs: dict[str, object] = (
+                    {"attention_mask": _branch_mask(starts, L, B, steps, model.dtype)}
+                    if masked
+                    else {"branch_bias": bias}
+                )
                 step_out = decoder(
                     input_ids=current[None, :],
                     position_ids=(starts + steps - 1)[None, :],
@@ -213,12 +214,12 @@ def continuations_from_every_prefix(
                     use_cache=True,
                     **step_kwargs,
                 )
-            current = head_logits(model, step_out.last_hidden_state[0], vocab).argmax(-1)  # (B,)
-            tokens.append(current)
-            ended |= torch.isin(current, eos_tensor)
-            steps += 1
-            progress(stage, b0 + B * steps // k, len(positions))
-        if cache is shared and steps > 1:
+                current = head_logits(model, step_out.last_hidden_state[0], vocab).argmax(-1)  # (B,)
+                tokens.append(current)
+                ended |= torch.isin(current, eos_tensor)
+                steps += 1
+                progress(stage, b0 + B * steps // k, len(positions))
+        if masked and steps > 1:
             cache.crop(-B * (steps - 1))  # back to the original L positions for the next chunk
         del cache
         block = torch.stack(tokens, dim=1).tolist()  # (B, steps)
