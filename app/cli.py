@@ -144,10 +144,8 @@ def write_dataset(
     settings: Settings,
 ) -> None:  # fmt: skip
     """The exports of the dataset page, and a self-contained HTML report that opens offline."""
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
     from .dataset import dataset_figures, jsonl, step_rows, steps_parquet, summaries_csv, summary_row
-    from .pages import PLOTLY_BUNDLE, show_token
+    from .pages import PLOTLY_BUNDLE, make_templates
     from .security import standalone_csp
 
     rows = [summary_row(a) for a in analyses]
@@ -156,8 +154,7 @@ def write_dataset(
     (folder / "steps.parquet").write_bytes(steps_parquet(step_rows(analyses)))
     figures = dataset_figures(analyses)
     (folder / "figures.json").write_text(json.dumps(figures))
-    env = Environment(loader=FileSystemLoader(settings.templates_dir), autoescape=select_autoescape())
-    env.filters["show_token"] = show_token
+    env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
     inline_js = (settings.static_dir / "report.js").read_text()
     inline_plotly = (settings.static_dir / PLOTLY_BUNDLE).read_text()
     html = env.get_template("report.html").render(
