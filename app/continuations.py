@@ -1,12 +1,16 @@
 """Teacher continuations: the teacher's greedy k-token continuation from every prefix.
 
-"If the teacher took the wheel here." All T branches share the key/value cache of one
-teacher-forced pass over context + response; each decoding step feeds one token per branch
-with a custom 4-D attention mask (a branch sees the original tokens before its position and
-its own earlier tokens), so k tokens for all T branches cost about k forward passes over the
-sequence instead of T `generate` calls. Branches go in chunks of consecutive positions so
-memory stays bounded, and each chunk attends only to the prefix its branches can see (a view
-of the shared cache cut at its last branch's position), not to the whole sequence.
+"If the teacher took the wheel here." Greedy decoding is a function of the prefix, so where the
+response takes the teacher's top-1 the continuation from t is that token followed by the
+continuation from t+1 (`shared_roots`): only the positions where the response leaves the
+teacher are decoded. Those branches all share the key/value cache of one teacher-forced pass
+over context + response (the replay's, in an analysis); each decoding step feeds one token per
+branch, and each branch attends to the original tokens before its position and to its own
+earlier tokens (`branch_attention`), so k tokens for all T branches cost about k forward passes
+over the sequence instead of T `generate` calls, and much less where the teacher agrees with
+the response. Branches go in chunks of consecutive positions so memory stays bounded, and each
+chunk attends only to the prefix its branches can see (a view of the shared cache cut at its
+last branch's position), not to the whole sequence.
 Naive equivalent: `reference.naive_continuation` once per prefix.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -84,6 +89,32 @@ def _attention(config: Any, implementation: str | None) -> Iterator[None]:
         config._attn_implementation = before
 
 
+BLOCK = 64  # branches whose prefix attention is computed together
+
+
+@dataclass(frozen=True)
+class BranchBlocks:
+    """Branches of one chunk in blocks of consecutive positions: block j holds branches
+    [lo, hi) of the chunk, and `bias[j]` (g*(hi-lo), seen_j) is 0 where a branch may see a
+    prefix position and very negative elsewhere, seen_j being the prefix its last branch sees.
+    Scoring each block only against its own prefix skips the triangle of positions that no
+    branch of the block can see (about a third of the attention of a chunk)."""
+
+    prefix: int  # the positions of the prefix view: what the chunk's last branch sees
+    bounds: list[tuple[int, int]]
+    bias: list[Tensor]
+
+    @classmethod
+    def build(cls, starts: Tensor, groups: int, dtype: torch.dtype, block: int | None = None) -> BranchBlocks:
+        """`starts` (B,): each branch's first position, ascending; `block` branches per block
+        (default `BLOCK`)."""
+        block = block or BLOCK
+        assert bool((starts[1:] >= starts[:-1]).all()), "branches go in order of position"
+        bounds = [(lo, min(lo + block, len(starts))) for lo in range(0, len(starts), block)]
+        bias = [_prefix_bias(starts[lo:hi], int(starts[hi - 1]), groups, dtype) for lo, hi in bounds]
+        return cls(int(starts[-1]), bounds, bias)
+
+
 def branch_attention(
     module: torch.nn.Module,
     query: Tensor,
@@ -92,33 +123,45 @@ def branch_attention(
     attention_mask: Tensor | None,
     scaling: float,
     dropout: float = 0.0,
-    branch_bias: Tensor | None = None,
+    branch_blocks: BranchBlocks | None = None,
     **kwargs: object,
 ) -> tuple[Tensor, None]:
     """Attention for one decoding step of B branches (B queries), with the same result as the
-    4-D mask of `_branch_mask` but without scoring the B*steps cache entries a branch cannot see.
+    4-D mask of `_branch_mask` but without scoring the cache entries a branch cannot see.
 
     query (1, H, B, d); key/value (1, Hkv, P + steps*B, d): the prefix view P, then one entry
-    per branch per step (entry e belongs to branch e % B). `branch_bias` (g*B, P), g = H/Hkv,
-    is 0 where a branch may see a prefix position and very negative elsewhere (`_prefix_bias`).
+    per branch per step (entry e belongs to branch e % B). Query head h uses key head h // g,
+    g = H/Hkv. Each block of branches (`BranchBlocks`) is scored against the prefix it can see
+    (mask and scale fused into one batched GEMM) and against its branches' own entries; the
+    softmax runs over both parts in place, without concatenating them.
     Returns (1, B, H, d) like the library's kernels.
     """
-    assert branch_bias is not None, "branch_attention is only for branch decoding steps"
+    assert branch_blocks is not None, "branch_attention is only for branch decoding steps"
     _, H, B, d = query.shape
-    Hkv, P = key.shape[1], branch_bias.shape[1]
-    g, steps = H // Hkv, (key.shape[2] - P) // B
-    q = query[0].reshape(Hkv, g * B, d)  # query head h uses key head h // g
-    # Scores: the prefix (mask and scale fused into one batched GEMM), then the branch's own.
-    prefix = torch.baddbmm(branch_bias, q, key[0, :, :P].transpose(1, 2), alpha=scaling)  # (Hkv, gB, P)
+    Hkv = key.shape[1]
+    g = H // Hkv
+    P = branch_blocks.prefix
+    steps = (key.shape[2] - P) // B
     own_k = key[0, :, P:].view(Hkv, steps, B, d)
     own_v = value[0, :, P:].view(Hkv, steps, B, d)
-    own = torch.einsum("hgbd,hsbd->hgbs", q.view(Hkv, g, B, d), own_k).reshape(Hkv, g * B, steps)
-    own.mul_(scaling)
-    probs = torch.softmax(torch.cat([prefix, own], dim=-1), dim=-1)  # (Hkv, gB, P + steps)
-    out = torch.bmm(probs[..., :P], value[0, :, :P])  # (Hkv, gB, d)
-    own_p = probs[..., P:].reshape(Hkv, g, B, steps)
-    out += torch.einsum("hgbs,hsbd->hgbd", own_p, own_v).reshape(Hkv, g * B, d)
-    return out.view(H, B, d).transpose(0, 1)[None], None
+    out = query.new_empty(B, Hkv, g, d)
+    for (lo, hi), bias in zip(branch_blocks.bounds, branch_blocks.bias, strict=True):
+        S, seen = hi - lo, bias.shape[1]
+        q = query[0, :, lo:hi].reshape(Hkv, g, S, d).contiguous()
+        scores = torch.baddbmm(bias, q.view(Hkv, g * S, d), key[0, :, :seen].transpose(1, 2), alpha=scaling)
+        own = torch.einsum("hgbd,hsbd->hgbs", q, own_k[:, :, lo:hi]).reshape(Hkv, g * S, steps)
+        own.mul_(scaling)
+        top = torch.maximum(scores.amax(-1, keepdim=True), own.amax(-1, keepdim=True))
+        scores.sub_(top).exp_()
+        own.sub_(top).exp_()
+        total = scores.sum(-1, keepdim=True).add_(own.sum(-1, keepdim=True))
+        block = torch.bmm(scores, value[0, :, :seen])  # (Hkv, gS, d)
+        block += torch.einsum("hgbs,hsbd->hgbd", own.view(Hkv, g, S, steps), own_v[:, :, lo:hi]).reshape(
+            Hkv, g * S, d
+        )
+        block /= total
+        out[lo:hi] = block.view(Hkv, g, S, d).permute(2, 0, 1, 3)
+    return out.view(1, B, H, d), None
 
 
 def _prefix_bias(starts: Tensor, prefix: int, groups: int, dtype: torch.dtype) -> Tensor:
@@ -142,6 +185,41 @@ def chunk_for(requested: int, heads: int, length: int, element_bytes: int) -> in
     return min(requested, max(16, SCORES_BYTES // (3 * heads * length * element_bytes)))
 
 
+def next_divergence(response: list[int], top1: list[int]) -> list[int]:
+    """For each t: the first position d >= t where the response leaves the teacher's top-1
+    (response[d] != top1[d]), or T-1 where it never does."""
+    T = len(response)
+    nxt = [T - 1] * T
+    for t in range(T - 2, -1, -1):
+        nxt[t] = t if response[t] != top1[t] else nxt[t + 1]
+    return nxt
+
+
+def shared_roots(response: list[int], top1: list[int], positions: list[int], k: int) -> list[int]:
+    """The positions whose continuations must be decoded so that those at `positions` follow.
+
+    Greedy decoding is a function of the prefix. Where the student took the teacher's top-1
+    (response[t] == top1[t]), the teacher's continuation from t starts with response[t] and then
+    continues exactly as its continuation from t+1 does: same prefix, same greedy choice. So the
+    continuation from t is response[t:d] + the continuation from d, d the next divergence
+    (`next_divergence`), and only the divergences (and the last position) within k tokens of a
+    wanted position are decoded. A trajectory the teacher agrees with costs almost nothing; one
+    that leaves the teacher at every token decodes every branch."""
+    nxt = next_divergence(response, top1)
+    return sorted({nxt[t] for t in positions if nxt[t] - t < k})
+
+
+def assemble(
+    response: list[int], nxt: list[int], t: int, k: int, decoded: dict[int, list[int]], eos: set[int]
+) -> list[int]:
+    """The continuation from t: the agreed response tokens up to the next divergence d, then the
+    continuation decoded at d, k tokens in all, cut after the first end-of-sequence token."""
+    d = nxt[t]
+    if d - t >= k:
+        return cut_at_eos(response[t : t + k], eos)
+    return cut_at_eos(response[t:d] + decoded[d][: k - (d - t)], eos)
+
+
 @torch.inference_mode()
 def continuations_from_every_prefix(
     model: LoadedModel,
@@ -154,32 +232,61 @@ def continuations_from_every_prefix(
     positions: list[int] | None = None,
     stage: str = "continuations",
     forced: tuple[Any, list[int]] | None = None,
+    share: bool = True,
 ) -> list[list[int]]:
     """For each t in `positions` (default: 0..T-1): the greedy k-token continuation of
-    context + response[:t], cut after the first end-of-sequence token. Decoding of a chunk
-    stops early once every branch in it has ended.
+    context + response[:t], cut after the first end-of-sequence token.
 
     `forced`: what the replay already has, the key/value cache of the teacher's pass over
     context + response and the teacher's top-1 id at every step (each branch's first token),
-    so that no teacher-forced pass is run again here."""
+    so that no teacher-forced pass is run again here.
+    `share`: decode only where the response leaves the teacher's top-1 (`shared_roots`); False
+    decodes every wanted position (the worst case, for benchmarks and tests)."""
     n, T = len(context), len(response)
     L = n + T
     positions = list(range(T)) if positions is None else positions
     vocab = vocab_size or model.model.get_output_embeddings().out_features
-    decoder = model.model.get_decoder()
     if forced is None:
-        ids = torch.tensor([context + response], device=model.device)  # (1, L)
-        out = decoder(input_ids=ids, use_cache=True)
+        decoder = model.model.get_decoder()
+        out = decoder(input_ids=torch.tensor([context + response], device=model.device), use_cache=True)
         shared = out.cache
         hidden = out.last_hidden_state[0, n - 1 : L - 1]  # (T, H): state before each response token
-        firsts = None
+        top1 = torch.cat([head_logits(model, h, vocab).argmax(-1) for h in hidden.split(512)]).tolist()
     else:
         shared, top1 = forced
         assert shared.get_seq_length() == L and len(top1) == T, "the replay's cache is for another input"
-        firsts = torch.tensor(top1, device=model.device)  # (T,)
+    eos = eos_ids(model)
+    if not share:
+        rows = _decode(model, shared, n, top1, positions, k, eos, progress, branch_chunk, stage, vocab)
+        return [cut_at_eos(row, eos) for row in rows]
+    roots = shared_roots(response, top1, positions, k)
+    rows = _decode(model, shared, n, top1, roots, k, eos, progress, branch_chunk, stage, vocab)
+    decoded = dict(zip(roots, rows, strict=True))
+    nxt = next_divergence(response, top1)
+    return [assemble(response, nxt, t, k, decoded, eos) for t in positions]
+
+
+def _decode(
+    model: LoadedModel,
+    shared: Any,
+    n: int,
+    top1: list[int],
+    positions: list[int],
+    k: int,
+    eos: set[int],
+    progress: Progress,
+    branch_chunk: int,
+    stage: str,
+    vocab: int,
+) -> list[list[int]]:
+    """Decode the branches at `positions` together (k tokens each, the first being the teacher's
+    top-1 there) from the shared cache of context + response, in chunks of `branch_chunk`.
+    Decoding of a chunk stops early once every branch in it has ended."""
+    L = shared.get_seq_length()
+    decoder = model.model.get_decoder()
+    firsts = torch.tensor(top1, device=model.device, dtype=torch.long)  # (T,)
     config = decoder.config
     groups = config.num_attention_heads // getattr(config, "num_key_value_heads", config.num_attention_heads)
-    eos = eos_ids(model)
     eos_tensor = torch.tensor(sorted(eos), device=model.device, dtype=torch.long)
     results: list[list[int]] = []
     progress(stage, 0, len(positions))
@@ -188,7 +295,7 @@ def continuations_from_every_prefix(
         chunk = torch.tensor(positions[b0 : b0 + branch_chunk], device=model.device)  # (B,)
         B = len(chunk)
         # (B,) first tokens: the teacher's top-1 at each branch's position
-        current = firsts[chunk] if firsts is not None else head_logits(model, hidden[chunk], vocab).argmax(-1)
+        current = firsts[chunk]
         tokens = [current]
         ended = torch.isin(current, eos_tensor)  # (B,)
         starts = n + chunk  # (B,) position of each branch's first token
@@ -197,7 +304,7 @@ def continuations_from_every_prefix(
         if cache is None:
             cache, seen = shared, L
         else:
-            bias = _prefix_bias(starts, seen, groups, model.dtype)
+            blocks = BranchBlocks.build(starts, groups, model.dtype)
         masked = cache is shared  # sliding-window caches: the library's attention with a 4-D mask
         steps = 1
         with _attention(config, None if masked else BRANCH_ATTENTION):
@@ -205,7 +312,7 @@ def continuations_from_every_prefix(
                 step_kwargs: dict[str, object] = (
                     {"attention_mask": _branch_mask(starts, L, B, steps, model.dtype)}
                     if masked
-                    else {"branch_bias": bias}
+                    else {"branch_blocks": blocks}
                 )
                 step_out = decoder(
                     input_ids=current[None, :],

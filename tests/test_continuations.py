@@ -11,25 +11,80 @@ from app.engine import replay
 from app.reference import naive_continuation
 
 
+def naive_all(teacher, context, resp, k, vocab_size, positions=None):
+    eos = eos_ids(teacher)
+    positions = range(len(resp)) if positions is None else positions
+    return [
+        cut_at_eos(naive_continuation(teacher, context + resp[:t], k, vocab_size), eos) for t in positions
+    ]
+
+
+def teacher_like_response(tiny, context, n, swaps):
+    """A response that follows the teacher's greedy choice except at `swaps`, where it takes
+    another token (so agreements and divergences are both there, in known places)."""
+    resp: list[int] = []
+    while len(resp) < n:
+        (token,) = naive_continuation(tiny.teacher, context + resp, 1, tiny.vocab_size)
+        resp.append((token + 1) % tiny.vocab_size if len(resp) in swaps else token)
+    return resp
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "every-branch"])
 @pytest.mark.parametrize("masked", [False, True], ids=["branch-attention", "4d-mask"])
 @pytest.mark.parametrize("k,chunk", [(1, 64), (4, 5), (8, 64)])
-def test_continuations_equal_naive_greedy(tiny, k, chunk, masked, monkeypatch):
+def test_continuations_equal_naive_greedy(tiny, k, chunk, masked, share, monkeypatch):
     """Both decoding paths: the branch attention (full-attention caches) and the shared cache
-    with a 4-D mask (the path for sliding-window caches, forced here)."""
+    with a 4-D mask (the path for sliding-window caches, forced here); with and without
+    sharing the agreed stretches; blocks of 4 branches in the branch attention."""
+    monkeypatch.setattr(continuations, "BLOCK", 4)
     if masked:
         monkeypatch.setattr(continuations, "_prefix_view", lambda cache, end: None)
     teacher = tiny.teacher
     _, t_ctx = contexts(tiny)
     resp = response(tiny, 23)
     got = continuations_from_every_prefix(
-        teacher, t_ctx, resp, k, vocab_size=tiny.vocab_size, branch_chunk=chunk
+        teacher, t_ctx, resp, k, vocab_size=tiny.vocab_size, branch_chunk=chunk, share=share
     )
-    eos = eos_ids(teacher)
-    want = [
-        cut_at_eos(naive_continuation(teacher, t_ctx + resp[:t], k, tiny.vocab_size), eos)
-        for t in range(len(resp))
-    ]
-    assert got == want
+    assert got == naive_all(teacher, t_ctx, resp, k, tiny.vocab_size)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_agreed_stretches_are_shared_not_decoded(tiny, k):
+    """Where the response takes the teacher's top-1, the continuation from t is response[t] and
+    then the continuation from t+1: only the divergences (and the last position) are decoded,
+    and every prefix still equals the naive greedy loop, subsets of positions included."""
+    teacher = tiny.teacher
+    _, t_ctx = contexts(tiny)
+    swaps = {3, 4, 11, 19}
+    resp = teacher_like_response(tiny, t_ctx, 24, swaps)
+    decoded: list[int] = []
+    real = continuations._decode
+
+    def counting(model, shared, n, top1, positions, *args):
+        decoded.extend(positions)
+        return real(model, shared, n, top1, positions, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(continuations, "_decode", counting)
+        got = continuations_from_every_prefix(teacher, t_ctx, resp, k, vocab_size=tiny.vocab_size)
+    assert got == naive_all(teacher, t_ctx, resp, k, tiny.vocab_size)
+    top1 = [naive_continuation(teacher, t_ctx + resp[:t], 1, tiny.vocab_size)[0] for t in range(len(resp))]
+    divergences = {t for t in range(len(resp)) if resp[t] != top1[t]}
+    assert divergences == swaps  # the construction holds on this model
+    assert set(decoded) <= divergences | {len(resp) - 1}
+    assert swaps <= set(decoded) and len(decoded) <= 5  # 24 branches without sharing
+    # a subset of positions, as recovery asks for: each still equals naive
+    some = [0, 5, 6, 12, 23]
+    got = continuations_from_every_prefix(teacher, t_ctx, resp, k, vocab_size=tiny.vocab_size, positions=some)
+    assert got == naive_all(teacher, t_ctx, resp, k, tiny.vocab_size, some)
+
+
+def test_shared_roots():
+    resp, top1 = [1, 2, 3, 4, 5, 6], [1, 9, 3, 4, 5, 6]  # leaves the teacher at 1 only
+    assert continuations.next_divergence(resp, top1) == [1, 1, 5, 5, 5, 5]
+    assert continuations.shared_roots(resp, top1, list(range(6)), k=2) == [1, 5]
+    assert continuations.shared_roots(resp, top1, [2], k=2) == []  # 3, 4 are all it needs
+    assert continuations.shared_roots(resp, top1, [2], k=4) == [5]
 
 
 def test_cut_at_eos():

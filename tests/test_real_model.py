@@ -49,13 +49,14 @@ def test_wrong_student_diverges_where_the_answer_goes_wrong(real_analyzer: Analy
     assert a["steps"][first]["reverse_kl"] == a["summary"]["reverse_kl_max"]
 
 
-def test_real_model_continuations_equal_naive(real_analyzer: Analyzer):
+@pytest.mark.parametrize("share", [True, False], ids=["shared", "every-branch"])
+def test_real_model_continuations_equal_naive(real_analyzer: Analyzer, share: bool):
     prep = real_analyzer.prepare(
         {"prompt": "What is 17*23?", "response": "17*23 = 381.", "privileged": "17*23 = 391"}
     )
     teacher, ctx, vocab = real_analyzer.pair.teacher, prep.ctx, real_analyzer.pair.vocab_size
     got = continuations_from_every_prefix(
-        teacher, ctx.teacher_ids, ctx.response_ids, 6, vocab_size=vocab, branch_chunk=5
+        teacher, ctx.teacher_ids, ctx.response_ids, 6, vocab_size=vocab, branch_chunk=5, share=share
     )
     eos = eos_ids(teacher)
     want = [
