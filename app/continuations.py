@@ -16,7 +16,7 @@ Naive equivalent: `reference.naive_continuation` once per prefix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -209,15 +209,27 @@ def shared_roots(response: list[int], top1: list[int], positions: list[int], k: 
     return sorted({nxt[t] for t in positions if nxt[t] - t < k})
 
 
-def assemble(
-    response: list[int], nxt: list[int], t: int, k: int, decoded: dict[int, list[int]], eos: set[int]
-) -> list[int]:
-    """The continuation from t: the agreed response tokens up to the next divergence d, then the
-    continuation decoded at d, k tokens in all, cut after the first end-of-sequence token."""
-    d = nxt[t]
-    if d - t >= k:
-        return cut_at_eos(response[t : t + k], eos)
-    return cut_at_eos(response[t:d] + decoded[d][: k - (d - t)], eos)
+def from_divergences(
+    decode: Callable[[list[int]], list[list[int]]],
+    response: list[int],
+    top1: list[int],
+    positions: list[int],
+    k: int,
+    eos: set[int],
+) -> list[list[int]]:
+    """The continuations from `positions`, decoding (`decode(roots)`, k tokens from each root,
+    in order) only the roots `shared_roots` names. The continuation from t is the agreed response
+    tokens up to the next divergence d, then the continuation decoded at d: k tokens in all, cut
+    after the first end-of-sequence token."""
+    roots = shared_roots(response, top1, positions, k)
+    decoded = dict(zip(roots, decode(roots), strict=True))
+    nxt = next_divergence(response, top1)
+    results = []
+    for t in positions:
+        d = nxt[t]
+        row = response[t : t + k] if d - t >= k else response[t:d] + decoded[d][: k - (d - t)]
+        results.append(cut_at_eos(row, eos))
+    return results
 
 
 @torch.inference_mode()
@@ -256,14 +268,13 @@ def continuations_from_every_prefix(
         shared, top1 = forced
         assert shared.get_seq_length() == L and len(top1) == T, "the replay's cache is for another input"
     eos = eos_ids(model)
+
+    def decode(wanted: list[int]) -> list[list[int]]:
+        return _decode(model, shared, n, top1, wanted, k, eos, progress, branch_chunk, stage, vocab)
+
     if not share:
-        rows = _decode(model, shared, n, top1, positions, k, eos, progress, branch_chunk, stage, vocab)
-        return [cut_at_eos(row, eos) for row in rows]
-    roots = shared_roots(response, top1, positions, k)
-    rows = _decode(model, shared, n, top1, roots, k, eos, progress, branch_chunk, stage, vocab)
-    decoded = dict(zip(roots, rows, strict=True))
-    nxt = next_divergence(response, top1)
-    return [assemble(response, nxt, t, k, decoded, eos) for t in positions]
+        return decode(positions)
+    return from_divergences(decode, response, top1, positions, k, eos)
 
 
 def _decode(

@@ -275,8 +275,10 @@ class Analyzer:
         if opts.continuation_tokens:
             from .continuations import continuations_from_every_prefix
 
-            if self.backend is not None:
-                continue_from: Callable[..., list[list[int]]] = self.backend.continuations
+            if self.backend is not None:  # the server's top-1 at every step: decode only divergences
+                continue_from: Callable[..., list[list[int]]] = partial(
+                    self.backend.continuations, top1=result.teacher_top1_id
+                )
             elif result.teacher_cache is not None:  # decode from the replay's teacher pass
                 forced = (result.teacher_cache, result.teacher_top1_id)
                 continue_from = partial(continuations_from_every_prefix, forced=forced)
@@ -308,7 +310,11 @@ class Analyzer:
                 prep.traj.reference_answer,
                 opts.recovery_max_new_tokens,
                 progress,
-                **({"continue_from": self.backend.continuations} if self.backend else {}),
+                **(
+                    {"continue_from": partial(self.backend.continuations, top1=result.teacher_top1_id)}
+                    if self.backend
+                    else {}
+                ),
             )
         analysis = build_analysis(
             analysis_id=new_id(),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_MODEL, Settings
+from .continuations import cut_at_eos, from_divergences
 from .engine import Progress, ReplayResult, _no_progress
 from .errors import BadTrajectory, ModelMismatch
 from .models import LoadedModel, ModelPair, default_model_folder
@@ -273,27 +274,36 @@ class VLLMBackend:
         vocab_size: int | None = None,
         positions: list[int] | None = None,
         stage: str = "continuations",
+        top1: list[int] | None = None,
     ) -> list[list[int]]:
         """`continuations.continuations_from_every_prefix` on the server: one greedy request
-        per prefix, all sent at once (the server's prefix cache shares the context)."""
+        per prefix, all sent at once (the server's prefix cache shares the context). With the
+        teacher's `top1` at every step (the replay's), only the prefixes where the response
+        leaves it are requested; the others follow from them (`continuations.from_divergences`)."""
         positions = list(range(len(response))) if positions is None else positions
-        progress(stage, 0, len(positions))
-        futures = [
-            self._fan_out.submit(
-                self.complete,
-                model,
-                context + response[:t],
-                max_tokens=k,
-                temperature=0.0,
-                skip_special_tokens=False,
-            )  # fmt: skip
-            for t in positions
-        ]
-        results = []
-        for i, future in enumerate(futures):
-            results.append(_with_eos(future.result(), model.eos)[:k])
-            progress(stage, i + 1, len(positions))
-        return results
+
+        def decode(wanted: list[int]) -> list[list[int]]:
+            progress(stage, 0, len(wanted))
+            futures = [
+                self._fan_out.submit(
+                    self.complete,
+                    model,
+                    context + response[:t],
+                    max_tokens=k,
+                    temperature=0.0,
+                    skip_special_tokens=False,
+                )  # fmt: skip
+                for t in wanted
+            ]
+            results = []
+            for i, future in enumerate(futures):
+                results.append(cut_at_eos(_with_eos(future.result(), model.eos)[:k], model.eos))
+                progress(stage, i + 1, len(wanted))
+            return results
+
+        if top1 is None:
+            return decode(positions)
+        return from_divergences(decode, response, top1, positions, k, model.eos)
 
     def next_token(self, model: RemoteModel, prompt: list[int], temperature: float, top_p: float, seed: int):
         """One token from the server's sampler and its (raw) log-prob."""
