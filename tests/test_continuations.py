@@ -77,6 +77,14 @@ def test_agreed_stretches_are_shared_not_decoded(tiny, k):
     some = [0, 5, 6, 12, 23]
     got = continuations_from_every_prefix(teacher, t_ctx, resp, k, vocab_size=tiny.vocab_size, positions=some)
     assert got == naive_all(teacher, t_ctx, resp, k, tiny.vocab_size, some)
+    # nothing to decode: positions 0-2 agree with the teacher for k tokens or more (swaps at 3, 4)
+    decoded.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(continuations, "_decode", counting)
+        got = continuations_from_every_prefix(
+            teacher, t_ctx, resp, 1, vocab_size=tiny.vocab_size, positions=[0, 1, 2]
+        )
+    assert decoded == [] and got == naive_all(teacher, t_ctx, resp, 1, tiny.vocab_size, [0, 1, 2])
 
 
 def test_shared_roots():
