@@ -195,17 +195,17 @@ def next_divergence(response: list[int], top1: list[int]) -> list[int]:
     return nxt
 
 
-def shared_roots(response: list[int], top1: list[int], positions: list[int], k: int) -> list[int]:
-    """The positions whose continuations must be decoded so that those at `positions` follow.
+def shared_roots(nxt: list[int], positions: list[int], k: int) -> list[int]:
+    """The positions whose continuations must be decoded so that those at `positions` follow,
+    given `nxt = next_divergence(response, top1)`.
 
     Greedy decoding is a function of the prefix. Where the student took the teacher's top-1
     (response[t] == top1[t]), the teacher's continuation from t starts with response[t] and then
     continues exactly as its continuation from t+1 does: same prefix, same greedy choice. So the
-    continuation from t is response[t:d] + the continuation from d, d the next divergence
-    (`next_divergence`), and only the divergences (and the last position) within k tokens of a
-    wanted position are decoded. A trajectory the teacher agrees with costs almost nothing; one
-    that leaves the teacher at every token decodes every branch."""
-    nxt = next_divergence(response, top1)
+    continuation from t is response[t:d] + the continuation from d, d = nxt[t] the next
+    divergence, and only the divergences (and the last position) within k tokens of a wanted
+    position are decoded. A trajectory the teacher agrees with costs almost nothing; one that
+    leaves the teacher at every token decodes every branch."""
     return sorted({nxt[t] for t in positions if nxt[t] - t < k})
 
 
@@ -221,9 +221,9 @@ def from_divergences(
     in order) only the roots `shared_roots` names. The continuation from t is the agreed response
     tokens up to the next divergence d, then the continuation decoded at d: k tokens in all, cut
     after the first end-of-sequence token."""
-    roots = shared_roots(response, top1, positions, k)
-    decoded = dict(zip(roots, decode(roots), strict=True))
     nxt = next_divergence(response, top1)
+    roots = shared_roots(nxt, positions, k)
+    decoded = dict(zip(roots, decode(roots), strict=True))
     results = []
     for t in positions:
         d = nxt[t]
