@@ -15,7 +15,7 @@ COPY templates ./templates
 COPY static ./static
 RUN make install TORCH="$TORCH"
 # Convert the embedded GGUF model once at build time, so the container starts in seconds.
-RUN .venv/bin/python -c "from app.models import default_model_folder; from app.config import Settings; default_model_folder(Settings().cache_dir)"
+RUN .venv/bin/python -c "from vrollout.local.models import default_model_folder; from vrollout.config import Settings; default_model_folder(Settings().cache_dir)"
 
 ENV VROLLOUT_HOST=0.0.0.0 VROLLOUT_DATABASE=/data/vrollout.sqlite3
 VOLUME /data

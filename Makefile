@@ -25,7 +25,7 @@ install: $(STAMP)
 
 # vLLM for the vllm backend's tests and benchmarks, in its own environment: it pins its own torch,
 # transformers and FastAPI. Its torchvision, torchaudio and torchcodec do not import beside that
-# torch (and are not needed), so they go. Start a server with `.venv/bin/python -m app.vllm_server`.
+# torch (and are not needed), so they go. Start a server with `.venv/bin/python -m vrollout.vllm.server`.
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 $(VLLM_STAMP):

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Settings
-from .errors import TooLong, VRError
+from vrollout.config import Settings
+from vrollout.core.errors import TooLong, VRError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -61,9 +61,8 @@ def exposure_warning(settings: Settings) -> str | None:
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from .main import create_app
-    from .storage import Store
+    from vrollout.storage.store import Store
+    from vrollout.web.app import create_app
 
     settings = _settings(args)
     if warning := exposure_warning(settings):
@@ -75,10 +74,9 @@ def serve(args: argparse.Namespace) -> int:
 
 def analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
-
-    from .jobs import WINDOW
-    from .service import Analyzer, with_defaults
-    from .trajectories import parse_file
+    from vrollout.core.trajectories import parse_file
+    from vrollout.service import Analyzer, with_defaults
+    from vrollout.storage.jobs import WINDOW
 
     settings = _settings(args)
     limit = settings.max_upload_bytes
@@ -144,9 +142,16 @@ def write_dataset(
     settings: Settings,
 ) -> None:  # fmt: skip
     """The exports of the dataset page, and a self-contained HTML report that opens offline."""
-    from .dataset import dataset_figures, jsonl, step_rows, steps_parquet, summaries_csv, summary_row
-    from .pages import PLOTLY_BUNDLE, make_templates
-    from .security import standalone_csp
+    from vrollout.report.dataset import (
+        dataset_figures,
+        jsonl,
+        step_rows,
+        steps_parquet,
+        summaries_csv,
+        summary_row,
+    )
+    from vrollout.web.pages import PLOTLY_BUNDLE, make_templates
+    from vrollout.web.security import standalone_csp
 
     rows = [summary_row(a) for a in analyses]
     (folder / "summaries.csv").write_text(summaries_csv(rows))

@@ -12,7 +12,14 @@ DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the ll
 DEFAULT_TEACHER_TEMPLATE = (
     "{prompt}\n\nReference solution (privileged; the student does not see this):\n{privileged}"
 )
-ROOT = Path(__file__).resolve().parent.parent
+
+
+def package_folder(name: str) -> Path:
+    """A data folder shipped inside the package (`templates`, `static`). In a wheel it sits
+    beside this file; in an editable install of the source tree, at the top of the repository."""
+    here = Path(__file__).resolve().parent
+    inside = here / name
+    return inside if inside.is_dir() else here.parent / name
 
 
 class Settings(BaseSettings):
@@ -78,8 +85,8 @@ class Settings(BaseSettings):
     vllm_backoff_s: float = Field(default=0.5, ge=0, description="first wait between attempts")
     vllm_timeout_s: float = Field(default=300.0, gt=0, description="one request")
 
-    templates_dir: Path = ROOT / "templates"
-    static_dir: Path = ROOT / "static"
+    templates_dir: Path = Field(default_factory=lambda: package_folder("templates"))
+    static_dir: Path = Field(default_factory=lambda: package_folder("static"))
 
     @field_validator("api_token")
     @classmethod

@@ -7,8 +7,6 @@ on `ModelWorker`, one job at a time, off the event loop. No HTTP here.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,20 +15,21 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
-
-from .analysis import build_analysis
-from .config import Settings
-from .contexts import Contexts, build_contexts, check_ids
-from .engine import Progress, ReplayResult, _no_progress, check_head, generate, replay, replay_batch
-from .errors import BadTrajectory, ModelOutOfMemory, TooLong, VRError
-from .models import ModelPair, load_pair
-from .pedagogical import Policy, pedagogical_rollout, threshold_sweep
-from .recovery import recovery
-from .storage import Store
-from .trajectories import Trajectory, parse_trajectory
+from vrollout.config import Settings
+from vrollout.core.analysis import build_analysis
+from vrollout.core.contexts import Contexts, build_contexts, check_ids
+from vrollout.core.errors import BadTrajectory, ModelOutOfMemory, TooLong, VRError
+from vrollout.core.ids import new_id, now
+from vrollout.core.replay import Progress, ReplayResult, _no_progress
+from vrollout.core.trajectories import Trajectory, parse_trajectory
+from vrollout.local.engine import check_head, generate, replay, replay_batch
+from vrollout.local.models import ModelPair, load_pair
+from vrollout.local.pedagogical import Policy, pedagogical_rollout, threshold_sweep
+from vrollout.local.recovery import recovery
+from vrollout.storage.store import Store
 
 if TYPE_CHECKING:
-    from .vllm_backend import VLLMBackend
+    from vrollout.vllm.backend import VLLMBackend
 
 T = TypeVar("T")
 
@@ -142,14 +141,6 @@ def out_of_memory(what: str) -> Iterator[None]:
     )
 
 
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
-
-
 class Analyzer:
     """Loaded models + settings + (optionally) a store: turns trajectories into analyses."""
 
@@ -169,7 +160,7 @@ class Analyzer:
         settings = settings or Settings()
         database = Store(settings.database) if store else None  # a damaged one fails before any loading
         if settings.backend == "vllm":
-            from .vllm_backend import load_remote_pair
+            from vrollout.vllm.backend import load_remote_pair
 
             pair, backend = load_remote_pair(settings)
             return cls(pair, settings, database, backend)
@@ -273,7 +264,7 @@ class Analyzer:
         ctx, opts = prep.ctx, prep.options
         continuations = None
         if opts.continuation_tokens:
-            from .continuations import continuations_from_every_prefix
+            from vrollout.local.continuations import continuations_from_every_prefix
 
             if self.backend is not None:  # the server's top-1 at every step: decode only divergences
                 continue_from: Callable[..., list[list[int]]] = partial(
@@ -482,7 +473,7 @@ class Analyzer:
         """One pedagogical rollout (and the threshold sweep, if asked for)."""
         rollout = pedagogical_rollout
         if self.backend is not None:
-            from .vllm_backend import pedagogical_rollout_remote
+            from vrollout.vllm.backend import pedagogical_rollout_remote
 
             rollout = partial(pedagogical_rollout_remote, self.backend)
         with out_of_memory("this request"):

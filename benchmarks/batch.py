@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.config import Settings  # noqa: E402
-from app.jobs import JobRunner, Jobs  # noqa: E402
-from app.service import Analyzer, ModelWorker  # noqa: E402
-from app.storage import Store  # noqa: E402
+from vrollout.config import Settings  # noqa: E402
+from vrollout.service import Analyzer, ModelWorker  # noqa: E402
+from vrollout.storage.jobs import JobRunner, Jobs  # noqa: E402
+from vrollout.storage.store import Store  # noqa: E402
 
 WORDS = ["the", "student", "multiplies", "seventeen", "by", "twenty", "three", "and", "carries", "one"]
 

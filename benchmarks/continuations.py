@@ -39,12 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
-from app.config import Settings  # noqa: E402
-from app.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids  # noqa: E402
-from app.engine import final_hidden, forced_pass, generate, head_logits  # noqa: E402
-from app.models import LoadedModel  # noqa: E402
-from app.service import Analyzer  # noqa: E402
+from vrollout.config import Settings  # noqa: E402
+from vrollout.local.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids  # noqa: E402
+from vrollout.local.engine import final_hidden, forced_pass, generate, head_logits  # noqa: E402
+from vrollout.local.models import LoadedModel  # noqa: E402
+from vrollout.service import Analyzer  # noqa: E402
 
 K = 8
 RESPONSE_TOKENS = 512

@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     database = Path(tempfile.mkdtemp()) / "load.sqlite3"
-    server = Server([sys.executable, "-m", "app.cli", "serve", "--database", str(database), "--port"])
+    server = Server([sys.executable, "-m", "vrollout.cli", "serve", "--database", str(database), "--port"])
     try:
         idle = server.rss_mib()
         report = asyncio.run(run_load(server.url, args.clients, args.rounds))

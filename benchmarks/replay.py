@@ -33,12 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
-from app.config import Settings  # noqa: E402
-from app.engine import final_hidden, replay  # noqa: E402
-from app.metrics import BLOCK_ROWS  # noqa: E402
-from app.reference import naive_replay  # noqa: E402
-from app.service import Analyzer  # noqa: E402
+from vrollout.config import Settings  # noqa: E402
+from vrollout.local.engine import final_hidden, replay  # noqa: E402
+from vrollout.local.metrics import BLOCK_ROWS  # noqa: E402
+from vrollout.local.reference import naive_replay  # noqa: E402
+from vrollout.service import Analyzer  # noqa: E402
 
 FLOOR_TOKENS = 1024
 NAIVE_TOKENS = 64
@@ -56,7 +55,7 @@ def load() -> tuple[Analyzer, list[int], list[int], list[int]]:
     """The analyzer, both contexts (teacher with privileged info) and a long response's ids."""
     analyzer = Analyzer.from_settings(Settings(database="/tmp/bench.sqlite3"), store=False)
     ctx = analyzer.prepare({"prompt": PROMPT, "response": "-", "privileged": PRIVILEGED}).ctx
-    text = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "app").glob("*.py"))])
+    text = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "app").rglob("*.py"))])
     response = analyzer.pair.student.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(response) >= MEMORY_TOKENS, len(response)
     return analyzer, ctx.student_ids, ctx.teacher_ids, response

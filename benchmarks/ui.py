@@ -47,7 +47,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     db = os.path.join(tempfile.mkdtemp(), "bench.sqlite3")
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "vrollout.cli", "serve", "--port", str(port)],
         env={**os.environ, "VROLLOUT_DATABASE": db},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

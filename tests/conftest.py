@@ -11,11 +11,10 @@ from fastapi.testclient import TestClient
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import tiny_pair  # noqa: E402
-
-from app.config import Settings  # noqa: E402
-from app.main import create_app  # noqa: E402
-from app.models import ModelPair  # noqa: E402
-from app.service import Analyzer  # noqa: E402
+from vrollout.config import Settings  # noqa: E402
+from vrollout.local.models import ModelPair  # noqa: E402
+from vrollout.service import Analyzer  # noqa: E402
+from vrollout.web.app import create_app  # noqa: E402
 
 REAL_CACHE = Path.home() / ".cache" / "vrollout"  # shared with `make run`: converted once
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_settings
 from fastapi.testclient import TestClient
-
-from app.main import create_app
-from app.service import Analyzer
+from vrollout.service import Analyzer
+from vrollout.web.app import create_app
 
 
 def ids_of(client, text):

@@ -17,9 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import REAL_CACHE
-
-from app.cli import write_dataset
-from app.config import Settings
+from vrollout.cli import write_dataset
+from vrollout.config import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
@@ -54,7 +53,7 @@ class Server:
     def start(self) -> Server:
         env = {**os.environ, "VROLLOUT_DATABASE": str(self.database), "VROLLOUT_CACHE_DIR": str(REAL_CACHE)}
         env["VROLLOUT_API_TOKEN"] = self.token or ""  # empty: no token
-        cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "vrollout.cli", "serve", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 180
         while time.time() < deadline:

@@ -6,8 +6,7 @@ import json
 
 import pytest
 from conftest import REAL_CACHE
-
-from app.cli import main
+from vrollout.cli import main
 
 pytestmark = pytest.mark.real_model
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 from test_engine import contexts, response
-
-from app import continuations
-from app.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
-from app.engine import replay
-from app.reference import naive_continuation
+from vrollout.local import continuations
+from vrollout.local.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
+from vrollout.local.engine import replay
+from vrollout.local.reference import naive_continuation
 
 
 def naive_all(teacher, context, resp, k, vocab_size, positions=None):

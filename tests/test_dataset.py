@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from app.dataset import decile_shares, histogram_bars
+from vrollout.report.dataset import decile_shares, histogram_bars
 
 
 def test_decile_shares_sum_to_one_and_place_the_signal():

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny import tiny_pair
-
-from app.analysis import summarize
-from app.engine import generate, replay, replay_batch
-from app.metrics import STEP_FIELDS as FLOAT_FIELDS
-from app.metrics import step_stats
-from app.reference import naive_replay, naive_step
+from vrollout.core.analysis import summarize
+from vrollout.local.engine import generate, replay, replay_batch
+from vrollout.local.metrics import STEP_FIELDS as FLOAT_FIELDS
+from vrollout.local.metrics import step_stats
+from vrollout.local.reference import naive_replay, naive_step
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=1e-4), torch.bfloat16: dict(atol=0.15, rtol=0.05)}
 

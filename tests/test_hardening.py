@@ -18,14 +18,13 @@ from conftest import tiny_settings
 from fastapi.testclient import TestClient
 from test_api import assert_error
 from test_jobs import GOOD, upload, wait_done
-
-from app import cli
-from app.config import Settings
-from app.errors import StorageError, TooLong
-from app.main import create_app
-from app.service import Analyzer
-from app.storage import Store
-from app.trajectories import parse_file
+from vrollout import cli
+from vrollout.config import Settings
+from vrollout.core.errors import StorageError, TooLong
+from vrollout.core.trajectories import parse_file
+from vrollout.service import Analyzer
+from vrollout.storage.store import Store
+from vrollout.web.app import create_app
 
 LONG = {"prompt": "x", "response": "hello the world", "continuation_tokens": 1}  # never batched
 BIG = {**GOOD, "response": "the world " * 20}
@@ -209,9 +208,9 @@ def test_upload_limits_are_enforced_before_the_model_runs(
 @pytest.fixture(params=[torch.OutOfMemoryError, MemoryError], ids=["torch-oom", "MemoryError"])
 def out_of_memory(request, monkeypatch):
     """The engine's replay runs out of memory on calls whose number is in `fail_on` (from 1)."""
-    import app.service
+    import vrollout.service as service_module
 
-    replay, calls, fail_on = app.service.replay, [], {1}
+    replay, calls, fail_on = service_module.replay, [], {1}
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -219,7 +218,7 @@ def out_of_memory(request, monkeypatch):
             raise request.param("CUDA out of memory. Tried to allocate 20.00 GiB")
         return replay(*args, **kwargs)
 
-    monkeypatch.setattr(app.service, "replay", failing)
+    monkeypatch.setattr(service_module, "replay", failing)
     return fail_on
 
 
@@ -353,9 +352,9 @@ import sys
 import uuid
 sys.path.insert(0, "tests")
 from tiny import tiny_pair
-from app.config import Settings
-from app.service import Analyzer
-from app.storage import Store
+from vrollout.config import Settings
+from vrollout.service import Analyzer
+from vrollout.storage.store import Store
 settings = Settings(database=sys.argv[1], chunk_size=8)
 analyzer = Analyzer(tiny_pair(), settings, Store(settings.database))
 analysis = analyzer.analyze({"prompt": "x", "response": "hello the world " * 20, "continuation_tokens": 2})

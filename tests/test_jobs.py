@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from conftest import tiny_settings
 from fastapi.testclient import TestClient
-
-from app.main import create_app
-from app.service import Analyzer
+from vrollout.service import Analyzer
+from vrollout.web.app import create_app
 
 GOOD = {"prompt": "hi", "response": "hello the world"}
 
@@ -185,7 +184,7 @@ def test_batch_plan_packs_short_lines_only(tiny, tmp_path):
 
 
 def test_a_failed_batch_is_retried_line_by_line(tiny_client, monkeypatch):
-    from app.errors import ModelBusy
+    from vrollout.core.errors import ModelBusy
 
     def out_of_memory(preps, extras):
         raise ModelBusy("the model ran out of memory on a batch")

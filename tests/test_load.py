@@ -17,9 +17,9 @@ import torch
 import uvicorn
 sys.path.insert(0, "tests")
 from tiny import tiny_pair
-from app.config import Settings
-from app.main import create_app
-from app.service import Analyzer
+from vrollout.config import Settings
+from vrollout.web.app import create_app
+from vrollout.service import Analyzer
 torch.set_num_threads(1)  # leave a core to the clients on a small machine
 settings = Settings(database=sys.argv[1], chunk_size=8)
 app = create_app(settings, analyzer=Analyzer(tiny_pair(), settings))

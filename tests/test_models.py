@@ -8,10 +8,9 @@ import pytest
 import torch
 from conftest import REAL_CACHE
 from tiny import tiny_model, tiny_tokenizer
-
-from app.config import DEFAULT_TEACHER_TEMPLATE
-from app.errors import ModelMismatch
-from app.models import LoadedModel, default_model_folder, pair_from_models, pick_device_dtype
+from vrollout.config import DEFAULT_TEACHER_TEMPLATE
+from vrollout.core.errors import ModelMismatch
+from vrollout.local.models import LoadedModel, default_model_folder, pair_from_models, pick_device_dtype
 
 
 def test_device_and_dtype():

@@ -7,8 +7,7 @@ import re
 
 import plotly.io as pio
 import pytest
-
-from app.figures import analysis_figure, cumulative_share, figure_dict
+from vrollout.report.figures import analysis_figure, cumulative_share, figure_dict
 
 XSS = '<script>alert(1)</script> "><img src=x onerror=alert(1)>'
 
@@ -83,8 +82,7 @@ def test_analysis_page_renders_the_analysis(tiny_client, analysis):
 
 def test_vendored_plotly_matches_the_python_package():
     from plotly.offline import get_plotlyjs_version
-
-    from app.pages import PLOTLY_BUNDLE
+    from vrollout.web.pages import PLOTLY_BUNDLE
 
     vendored = re.search(r"plotly-basic-(\d+)\.", PLOTLY_BUNDLE).group(1)
     assert vendored == get_plotlyjs_version().split(".")[0], "re-vendor plotly.js basic (npm)"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from test_engine import contexts
 from tiny import tiny_pair
-
-from app.pedagogical import Policy, pedagogical_rollout
-from app.reference import naive_pedagogical
+from vrollout.local.pedagogical import Policy, pedagogical_rollout
+from vrollout.local.reference import naive_pedagogical
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 from test_engine import FLOAT_FIELDS
-
-from app.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
-from app.engine import replay
-from app.reference import naive_continuation, naive_replay
-from app.service import Analyzer
+from vrollout.local.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
+from vrollout.local.engine import replay
+from vrollout.local.reference import naive_continuation, naive_replay
+from vrollout.service import Analyzer
 
 pytestmark = pytest.mark.real_model
 

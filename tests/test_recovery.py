@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from app.recovery import ALL_PREFIXES_UP_TO, answer_matches, recovery_positions
+from vrollout.core.answers import answer_matches
+from vrollout.local.recovery import ALL_PREFIXES_UP_TO, recovery_positions
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
-from app.main import create_app
-from app.service import Analyzer
+from vrollout.service import Analyzer
+from vrollout.web.app import create_app
 
 CHECKS = [
     not_a_server_error,

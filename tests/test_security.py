@@ -15,12 +15,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import tiny_settings
 from fastapi.testclient import TestClient
-
-from app import cli
-from app.config import Settings
-from app.main import create_app
-from app.security import APP_CSP, SESSION_COOKIE, local_path, session_value
-from app.service import Analyzer
+from vrollout import cli
+from vrollout.config import Settings
+from vrollout.service import Analyzer
+from vrollout.web.app import create_app
+from vrollout.web.security import APP_CSP, SESSION_COOKIE, local_path, session_value
 
 TOKEN = "correct-horse-battery-staple"
 XSS = '<img src=x onerror=alert(1)> "><script>alert(1)</script> </script><script>alert(2)</script> {{7*7}}'

@@ -6,8 +6,7 @@ import math
 import random
 
 import pytest
-
-from app.topk import (
+from vrollout.vllm.topk import (
     REST_MARGIN,
     BadServerAnswer,
     Position,

@@ -18,15 +18,14 @@ from pathlib import Path
 import pytest
 from conftest import REAL_CACHE
 from fastapi.testclient import TestClient
-
-from app import vllm_server
-from app.cli import main as cli_main
-from app.config import Settings
-from app.errors import ModelMismatch
-from app.main import create_app
-from app.service import Analyzer
-from app.topk import Position, entropy_bounds, kl_lower_bound
-from app.vllm_backend import load_remote_pair
+from vrollout.cli import main as cli_main
+from vrollout.config import Settings
+from vrollout.core.errors import ModelMismatch
+from vrollout.service import Analyzer
+from vrollout.vllm import server as vllm_server
+from vrollout.vllm.backend import load_remote_pair
+from vrollout.vllm.topk import Position, entropy_bounds, kl_lower_bound
+from vrollout.web.app import create_app
 
 pytestmark = [pytest.mark.vllm, pytest.mark.real_model]
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-from app.config import DEFAULT_TEACHER_TEMPLATE
-from app.models import LoadedModel, ModelPair, pair_from_models
+from vrollout.config import DEFAULT_TEACHER_TEMPLATE
+from vrollout.local.models import LoadedModel, ModelPair, pair_from_models
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

@@ -8,10 +8,13 @@ boundary.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .errors import BadTrajectory
-from .models import LoadedModel, ModelPair
-from .trajectories import Trajectory
+from vrollout.core.errors import BadTrajectory
+from vrollout.core.trajectories import Trajectory
+
+if TYPE_CHECKING:  # the core never imports torch
+    from vrollout.local.models import LoadedModel, ModelPair
 
 
 @dataclass

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from .config import DEFAULT_MODEL, Settings
-from .errors import ModelMismatch
+from vrollout.config import DEFAULT_MODEL, Settings
+from vrollout.core.errors import ModelMismatch
 
 log = logging.getLogger(__name__)
 

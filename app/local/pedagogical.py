@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-
-from .continuations import eos_ids
-from .engine import Progress, _no_progress, head_logits
-from .models import LoadedModel, ModelPair
-from .recovery import answer_matches
+from vrollout.core.answers import answer_matches
+from vrollout.core.replay import Progress, _no_progress
+from vrollout.local.continuations import eos_ids
+from vrollout.local.engine import head_logits
+from vrollout.local.models import LoadedModel, ModelPair
 
 
 @dataclass

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
-from .models import LoadedModel, ModelPair
+from vrollout.local.models import LoadedModel, ModelPair
 
 
 @torch.inference_mode()
@@ -74,8 +73,8 @@ def naive_pedagogical(
     pair: ModelPair, student_context: list[int], teacher_context: list[int], policy: Any
 ) -> list[dict[str, Any]]:
     """The pedagogical loop with a full forward pass of each model over each prefix."""
-    from .continuations import eos_ids
-    from .pedagogical import decide
+    from vrollout.local.continuations import eos_ids
+    from vrollout.local.pedagogical import decide
 
     generator = torch.Generator().manual_seed(policy.seed)
     eos = eos_ids(pair.student)

@@ -15,20 +15,19 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from . import __version__
-from .api import router as api_router
-from .api_jobs import router as jobs_router
-from .config import Settings
-from .errors import TooLong, VRError
-from .jobs import JobRunner, Jobs
-from .pages import make_templates
-from .pages import router as pages_router
-from .security import SecurityHeaders, TokenGate, install_docs
-from .security import router as login_router
-from .service import Analyzer, ModelWorker
-from .storage import Store, storage_error
-from .tasks import Tasks
+from vrollout import __version__
+from vrollout.config import Settings
+from vrollout.core.errors import TooLong, VRError
+from vrollout.service import Analyzer, ModelWorker
+from vrollout.storage.jobs import JobRunner, Jobs
+from vrollout.storage.store import Store, storage_error
+from vrollout.storage.tasks import Tasks
+from vrollout.web.pages import make_templates
+from vrollout.web.pages import router as pages_router
+from vrollout.web.routes.analyses import router as api_router
+from vrollout.web.routes.jobs import router as jobs_router
+from vrollout.web.security import SecurityHeaders, TokenGate, install_docs
+from vrollout.web.security import router as login_router
 
 log = logging.getLogger(__name__)
 

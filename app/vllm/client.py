@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-
-from .errors import BadTrajectory, ModelBusy
+from vrollout.core.errors import BadTrajectory, ModelBusy
 
 log = logging.getLogger(__name__)
 

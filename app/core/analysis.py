@@ -6,12 +6,14 @@ Decoding token strings and the summary live here; no tensors, no HTTP.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .contexts import Contexts
-from .engine import ReplayResult
-from .models import ModelPair
-from .trajectories import Trajectory
+from vrollout.core.contexts import Contexts
+from vrollout.core.replay import ReplayResult
+from vrollout.core.trajectories import Trajectory
+
+if TYPE_CHECKING:  # the core never imports torch
+    from vrollout.local.models import ModelPair
 
 LN2 = math.log(2.0)
 

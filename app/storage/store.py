@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .errors import NotFound, StorageError, StorageFull
+from vrollout.core.errors import NotFound, StorageError, StorageFull
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS analyses (

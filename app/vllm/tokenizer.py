@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .vllm_client import ReplicaPool
+from vrollout.vllm.client import ReplicaPool
 
 MAX_VOCAB = 1 << 22  # upper end of the search for the vocabulary size
 
@@ -33,7 +33,7 @@ class ServerTokenizer:
 
     def _vocabulary_size(self) -> int:
         """The smallest id the server refuses as out of vocabulary (binary search, ~20 requests)."""
-        from .errors import BadTrajectory
+        from vrollout.core.errors import BadTrajectory
 
         def known(token: int) -> bool:
             try:

@@ -7,37 +7,16 @@ each finished text is checked against the reference answer. No HTTP, no storage.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
-from .continuations import continuations_from_every_prefix
-from .engine import Progress, _no_progress
-from .models import ModelPair
+from vrollout.core.answers import answer_matches
+from vrollout.core.replay import Progress, _no_progress
+from vrollout.local.continuations import continuations_from_every_prefix
+from vrollout.local.models import ModelPair
 
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 ALL_PREFIXES_UP_TO = 64  # responses up to this many tokens: every prefix is tried
 TARGET_POINTS = 64  # longer ones: a stride giving about this many, plus every divergence
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text.replace(",", ""))
-    except ValueError:
-        return None
-
-
-def answer_matches(text: str, reference: str) -> bool:
-    """Does `text` reach `reference`? A numeric reference is compared numerically with the
-    last number in the text (391 == 391.0 == 391.00); any other reference must appear in the
-    text, case and whitespace aside."""
-    want = _number(reference.strip())
-    if want is not None:
-        found = NUMBER.findall(text)
-        got = _number(found[-1]) if found else None
-        return got is not None and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
-    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
-    return norm(reference) in norm(text)
 
 
 def recovery_positions(T: int, divergences: list[int]) -> tuple[list[int], int]:

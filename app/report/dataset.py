@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from .recovery import answer_matches
+from vrollout.core.answers import answer_matches
 
 SUMMARY_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "tokens", "agreement_rate", "divergences",

@@ -1,7 +1,7 @@
 """Start a local vLLM server for a model folder (tests, benchmarks, trying the backend out).
 
 `make vllm` builds its environment, `.venv-vllm` (vLLM pins its own torch, transformers and
-FastAPI, so it stays out of the app's). `python -m app.vllm_server --port 8101` serves the
+FastAPI, so it stays out of the app's). `python -m vrollout.vllm.server --port 8101` serves the
 embedded default model on the CPU until interrupted. No part of the app imports this.
 """
 
@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from vrollout.config import Settings
+from vrollout.local.models import default_model_folder
 
-from .config import ROOT, Settings
-from .models import default_model_folder
-
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+# `make vllm` builds .venv-vllm at the top of the source tree; elsewhere name its Python.
+VLLM_PYTHON = Path(
+    os.environ.get(
+        "VROLLOUT_VLLM_PYTHON", Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
+    )
+)
 
 
 @dataclass
@@ -98,7 +102,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.vllm_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vrollout.vllm.server", description=__doc__)
     parser.add_argument("--port", type=int, default=8101)
     parser.add_argument("--model", type=Path, help="a model folder (default: the embedded SmolLM2)")
     parser.add_argument("--max-logprobs", type=int, default=20)

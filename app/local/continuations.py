@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
-
-from .engine import Progress, _no_progress, head_logits
-from .models import LoadedModel
+from vrollout.core.replay import Progress, _no_progress
+from vrollout.local.engine import head_logits
+from vrollout.local.models import LoadedModel
 
 
 def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_MODEL, Settings
-from .continuations import cut_at_eos, from_divergences
-from .engine import Progress, ReplayResult, _no_progress
-from .errors import BadTrajectory, ModelMismatch
-from .models import LoadedModel, ModelPair, default_model_folder
-from .topk import BadServerAnswer, Position, parse_positions, replay_from_positions
-from .vllm_client import ReplicaPool, ReplicasUnavailable
+from vrollout.config import DEFAULT_MODEL, Settings
+from vrollout.core.errors import BadTrajectory, ModelMismatch
+from vrollout.core.replay import Progress, ReplayResult, _no_progress
+from vrollout.local.continuations import cut_at_eos, from_divergences
+from vrollout.local.models import LoadedModel, ModelPair, default_model_folder
+from vrollout.vllm.client import ReplicaPool, ReplicasUnavailable
+from vrollout.vllm.topk import BadServerAnswer, Position, parse_positions, replay_from_positions
 
 # Text whose tokenization every server must reproduce: words, digits, code, whitespace runs,
 # accents and CJK, emoji (byte fallback), and the chat template's special tokens.
@@ -127,7 +127,7 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
 
     teacher_pool = pool_of("teacher", settings.teacher_urls)
     if settings.tokenizer == "server":  # the teacher server's /tokenize and /detokenize
-        from .server_tokenizer import ServerTokenizer
+        from vrollout.vllm.tokenizer import ServerTokenizer
 
         tokenizer: Any = ServerTokenizer(teacher_pool, teacher_pool.get("/v1/models")["data"][0]["id"])
         eos = tokenizer.eos_ids  # learned from completions that stop
@@ -348,7 +348,7 @@ def pedagogical_rollout_remote(
     top-1 (prompt log-probs of the prefix + proposal); one more student request where the
     teacher substitutes, for the student's log-prob of the substitute. Greedy rollouts equal
     the local engine's (within the server's float noise); sampled ones use the server's RNG."""
-    from .pedagogical import summarize_rollout
+    from vrollout.local.pedagogical import summarize_rollout
 
     student, teacher = pair.student, pair.teacher
     taken: list[int] = []

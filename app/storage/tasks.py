@@ -9,7 +9,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import NotFound
+from vrollout.core.errors import NotFound
 
 
 @dataclass

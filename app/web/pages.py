@@ -11,11 +11,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-
-from .api import AnalyzerDep, StoreDep
-from .api_jobs import JobsDep, RunnerDep
-from .figures import figure_dict
-from .security import standalone_csp
+from vrollout.report.figures import figure_dict
+from vrollout.web.routes.analyses import AnalyzerDep, StoreDep
+from vrollout.web.routes.jobs import JobsDep, RunnerDep
+from vrollout.web.security import standalone_csp
 
 # plotly.js "basic" (scatter, bar, pie), vendored: it must match the plotly.js major version
 # that the Python plotly package writes figures for (tests/test_pages.py checks).

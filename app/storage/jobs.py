@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import NotFound, StorageError, VRError
-from .service import Analyzer, ModelWorker, Prepared, new_id, now
-from .storage import Store, storage_error
+from vrollout.core.errors import NotFound, StorageError, VRError
+from vrollout.core.ids import new_id, now
+from vrollout.service import Analyzer, ModelWorker, Prepared
+from vrollout.storage.store import Store, storage_error
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-
-from .api import ERRORS, AnalyzerDep, from_state
-from .dataset import dataset_figures, jsonl, step_rows, steps_parquet, summaries_csv, summary_row
-from .errors import BadTrajectory, TooLong, VRError
-from .jobs import FINAL, JobRunner, Jobs
-from .service import Analyzer, with_defaults
-from .trajectories import parse_file
+from vrollout.core.errors import BadTrajectory, TooLong, VRError
+from vrollout.core.trajectories import parse_file
+from vrollout.report.dataset import (
+    dataset_figures,
+    jsonl,
+    step_rows,
+    steps_parquet,
+    summaries_csv,
+    summary_row,
+)
+from vrollout.service import Analyzer, with_defaults
+from vrollout.storage.jobs import FINAL, JobRunner, Jobs
+from vrollout.web.routes.analyses import ERRORS, AnalyzerDep, from_state
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
 

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import ReplayResult
+from vrollout.core.replay import ReplayResult
 
 ESTIMATED_FIELDS = ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy")
 REST_MARGIN = 1e-6  # float32 rounding of the server's log-probs, added to the divisor's rest mass

@@ -12,14 +12,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic_core import to_json
-
-from . import __version__
-from .errors import VRError
-from .figures import figure_dict
-from .schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody, PedagogicalRequest
-from .service import Analyzer, ModelWorker, new_id
-from .storage import Store
-from .tasks import Tasks
+from vrollout import __version__
+from vrollout.core.errors import VRError
+from vrollout.core.ids import new_id
+from vrollout.core.schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody, PedagogicalRequest
+from vrollout.report.figures import figure_dict
+from vrollout.service import Analyzer, ModelWorker
+from vrollout.storage.store import Store
+from vrollout.storage.tasks import Tasks
 
 log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {

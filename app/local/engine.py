@@ -6,21 +6,13 @@ Knows nothing about HTTP, storage or text formats; `reference.py` is its naive t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
-
-from .metrics import ChunkStats, step_stats
-from .models import LoadedModel, ModelPair
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def _no_progress(stage: str, done: int, total: int) -> None:
-    pass
+from vrollout.core.replay import Progress, ReplayResult, _no_progress
+from vrollout.local.metrics import step_stats
+from vrollout.local.models import LoadedModel, ModelPair
 
 
 def final_hidden(model: LoadedModel, input_ids: list[int]) -> Tensor:
@@ -60,46 +52,6 @@ def check_head(model: LoadedModel, vocab_size: int) -> None:
             f"{model.name}: its output head is not a plain projection of the final hidden "
             "state; the chunked engine does not support this architecture"
         )
-
-
-@dataclass
-class ReplayResult:
-    """Per-step arrays for T response tokens (python lists, JSON-ready)."""
-
-    student_logprob: list[float] = field(default_factory=list)
-    teacher_logprob: list[float] = field(default_factory=list)
-    reverse_kl: list[float] = field(default_factory=list)
-    forward_kl: list[float] = field(default_factory=list)
-    student_entropy: list[float] = field(default_factory=list)
-    teacher_entropy: list[float] = field(default_factory=list)
-    teacher_top1_id: list[int] = field(default_factory=list)
-    teacher_rank: list[int] = field(default_factory=list)
-    teacher_topk_ids: list[list[int]] = field(default_factory=list)
-    teacher_topk_logprobs: list[list[float]] = field(default_factory=list)
-    student_topk_ids: list[list[int]] = field(default_factory=list)
-    student_topk_logprobs: list[list[float]] = field(default_factory=list)
-    # Not a per-step field: the teacher's key/value cache over context + response, kept when
-    # continuations follow (`replay(keep_teacher_cache=True)`), so they need no pass of their own.
-    teacher_cache: Any = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def step_fields(cls) -> list[str]:
-        return [name for name in cls.__dataclass_fields__ if name != "teacher_cache"]
-
-    def extend(self, chunk: ChunkStats) -> None:
-        for name in self.step_fields():
-            getattr(self, name).extend(getattr(chunk, name).tolist())
-
-    def split(self, lengths: list[int]) -> list[ReplayResult]:
-        """Consecutive pieces of `lengths` steps each (the inverse of concatenating replays)."""
-        pieces, start = [], 0
-        for n in lengths:
-            piece = ReplayResult()
-            for name in self.step_fields():
-                getattr(piece, name).extend(getattr(self, name)[start : start + n])
-            pieces.append(piece)
-            start += n
-        return pieces
 
 
 def score_hidden(

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BadTrajectory, TooLong
+from vrollout.core.errors import BadTrajectory, TooLong
 
 OPTIONAL_STR_FIELDS = ("privileged", "id", "reference_answer")
 

@@ -1,0 +1,57 @@
+"""The result of replaying one response through both models: per-step arrays, JSON-ready.
+
+Shared by both backends and by analysis assembly; no tensors are needed to read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class ReplayResult:
+    """Per-step arrays for T response tokens (python lists, JSON-ready)."""
+
+    student_logprob: list[float] = field(default_factory=list)
+    teacher_logprob: list[float] = field(default_factory=list)
+    reverse_kl: list[float] = field(default_factory=list)
+    forward_kl: list[float] = field(default_factory=list)
+    student_entropy: list[float] = field(default_factory=list)
+    teacher_entropy: list[float] = field(default_factory=list)
+    teacher_top1_id: list[int] = field(default_factory=list)
+    teacher_rank: list[int] = field(default_factory=list)
+    teacher_topk_ids: list[list[int]] = field(default_factory=list)
+    teacher_topk_logprobs: list[list[float]] = field(default_factory=list)
+    student_topk_ids: list[list[int]] = field(default_factory=list)
+    student_topk_logprobs: list[list[float]] = field(default_factory=list)
+    # Not a per-step field: the teacher's key/value cache over context + response, kept when
+    # continuations follow (`replay(keep_teacher_cache=True)`), so they need no pass of their own.
+    teacher_cache: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def step_fields(cls) -> list[str]:
+        return [name for name in cls.__dataclass_fields__ if name != "teacher_cache"]
+
+    def extend(self, chunk: Any) -> None:
+        """Append a chunk of per-step tensors (anything whose fields have `.tolist()`)."""
+        for name in self.step_fields():
+            getattr(self, name).extend(getattr(chunk, name).tolist())
+
+    def split(self, lengths: list[int]) -> list[ReplayResult]:
+        """Consecutive pieces of `lengths` steps each (the inverse of concatenating replays)."""
+        pieces, start = [], 0
+        for n in lengths:
+            piece = ReplayResult()
+            for name in self.step_fields():
+                getattr(piece, name).extend(getattr(self, name)[start : start + n])
+            pieces.append(piece)
+            start += n
+        return pieces
