@@ -10,13 +10,12 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import tiny_pair  # noqa: E402
+from support import REAL_CACHE, tiny_settings  # noqa: E402
+from support.tiny import tiny_pair  # noqa: E402
 from vrollout.config import Settings  # noqa: E402
 from vrollout.local.models import ModelPair  # noqa: E402
 from vrollout.service import Analyzer  # noqa: E402
 from vrollout.web.app import create_app  # noqa: E402
-
-REAL_CACHE = Path.home() / ".cache" / "vrollout"  # shared with `make run`: converted once
 
 
 @pytest.fixture(scope="session")
@@ -28,11 +27,6 @@ def tiny() -> ModelPair:
 def real_analyzer(tmp_path_factory: pytest.TempPathFactory) -> Analyzer:
     settings = Settings(database=tmp_path_factory.mktemp("real") / "db.sqlite3", cache_dir=REAL_CACHE)
     return Analyzer.from_settings(settings)
-
-
-def tiny_settings(tmp_path: Path, **overrides: object) -> Settings:
-    overrides = {"max_response_tokens": 1000, **overrides}
-    return Settings(database=tmp_path / "db.sqlite3", chunk_size=8, **overrides)
 
 
 @pytest.fixture

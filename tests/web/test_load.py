@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from support import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from load import Server, percentile, run_load  # noqa: E402
 
@@ -16,7 +17,7 @@ import sys
 import torch
 import uvicorn
 sys.path.insert(0, "tests")
-from tiny import tiny_pair
+from support.tiny import tiny_pair
 from vrollout.config import Settings
 from vrollout.web.app import create_app
 from vrollout.service import Analyzer

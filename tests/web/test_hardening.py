@@ -10,14 +10,11 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_settings
 from fastapi.testclient import TestClient
-from test_api import assert_error
-from test_jobs import GOOD, upload, wait_done
+from support import GOOD, REPO, assert_error, tiny_settings, upload, wait_done
 from vrollout import cli
 from vrollout.config import Settings
 from vrollout.core.errors import StorageError, TooLong
@@ -351,7 +348,7 @@ WRITER = """
 import sys
 import uuid
 sys.path.insert(0, "tests")
-from tiny import tiny_pair
+from support.tiny import tiny_pair
 from vrollout.config import Settings
 from vrollout.service import Analyzer
 from vrollout.storage.store import Store
@@ -367,7 +364,7 @@ while True:
 
 def test_killed_while_writing_keeps_every_committed_analysis(tmp_path):
     database = tmp_path / "db.sqlite3"
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     cmd = [sys.executable, "-c", WRITER, str(database)]
     writer = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     committed = []

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from test_engine import contexts
-from tiny import tiny_pair
+from support import contexts
+from support.tiny import tiny_pair
 from vrollout.local.pedagogical import Policy, pedagogical_rollout
 from vrollout.local.reference import naive_pedagogical
 

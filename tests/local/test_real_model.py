@@ -4,9 +4,9 @@ per-prefix reference, with privileged info, on two prompts (the student is wrong
 from __future__ import annotations
 
 import pytest
-from test_engine import FLOAT_FIELDS
 from vrollout.local.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
 from vrollout.local.engine import replay
+from vrollout.local.metrics import STEP_FIELDS as FLOAT_FIELDS
 from vrollout.local.reference import naive_continuation, naive_replay
 from vrollout.service import Analyzer
 

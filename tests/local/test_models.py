@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from conftest import REAL_CACHE
-from tiny import tiny_model, tiny_tokenizer
+from support import REAL_CACHE
+from support.tiny import tiny_model, tiny_tokenizer
 from vrollout.config import DEFAULT_TEACHER_TEMPLATE
 from vrollout.core.errors import ModelMismatch
 from vrollout.local.models import LoadedModel, default_model_folder, pair_from_models, pick_device_dtype

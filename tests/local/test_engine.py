@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_pair
+from support import contexts, response
+from support.tiny import tiny_pair
 from vrollout.core.analysis import summarize
 from vrollout.local.engine import generate, replay, replay_batch
 from vrollout.local.metrics import STEP_FIELDS as FLOAT_FIELDS
@@ -12,26 +13,6 @@ from vrollout.local.metrics import step_stats
 from vrollout.local.reference import naive_replay, naive_step
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=1e-4), torch.bfloat16: dict(atol=0.15, rtol=0.05)}
-
-
-def contexts(pair):
-    tok = pair.student.tokenizer
-    s = tok.apply_chat_template(
-        [{"role": "user", "content": "What is 17*23?"}], tokenize=False, add_generation_prompt=True
-    )
-    t = tok.apply_chat_template(
-        [{"role": "user", "content": "What is 17*23?\n\nReference: 391"}],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    return tok(s, add_special_tokens=False)["input_ids"], tok(t, add_special_tokens=False)["input_ids"]
-
-
-def response(pair, n):
-    text = "17*23 = 381. Let me check: 17*20 = 340 and 17*3 = 51, so the total is 391. " * 4
-    ids = pair.student.tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert len(ids) >= n
-    return ids[:n]
 
 
 def assert_matches_reference(result, ref, dtype):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REAL_CACHE
+from support import REAL_CACHE
 from vrollout.cli import main
 
 pytestmark = pytest.mark.real_model

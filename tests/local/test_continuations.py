@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_engine import contexts, response
+from support import contexts, response
 from vrollout.local import continuations
 from vrollout.local.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids
 from vrollout.local.engine import replay

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_settings
 from fastapi.testclient import TestClient
+from support import assert_error, tiny_settings
 from vrollout.service import Analyzer
 from vrollout.web.app import create_app
 
 
 def ids_of(client, text):
     return client.app.state.analyzer.pair.student.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def assert_error(resp, status, *words):
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["ok"] is False and body["status"] == status
-    for word in words:
-        assert word in body["error"], body["error"]
 
 
 def test_health_and_models(tiny_client):

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REAL_CACHE
 from fastapi.testclient import TestClient
+from support import REAL_CACHE, REPO
 from vrollout.cli import main as cli_main
 from vrollout.config import Settings
 from vrollout.core.errors import ModelMismatch
@@ -29,7 +29,7 @@ from vrollout.web.app import create_app
 
 pytestmark = [pytest.mark.vllm, pytest.mark.real_model]
 
-EXAMPLES = Path(__file__).parent.parent / "examples" / "trajectories.jsonl"
+EXAMPLES = REPO / "examples" / "trajectories.jsonl"
 # bf16 on the server against fp32 here: log-probs agree to about 4% of (1 + |log-prob|) (measured
 # up to 3.9% on these prompts), KL to a few hundredths of a nat.
 LOGPROB_TOL = 0.06

@@ -8,27 +8,10 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import tiny_settings
 from fastapi.testclient import TestClient
+from support import GOOD, tiny_settings, upload, wait_done
 from vrollout.service import Analyzer
 from vrollout.web.app import create_app
-
-GOOD = {"prompt": "hi", "response": "hello the world"}
-
-
-def upload(client, text: str | bytes, name: str = "runs.jsonl", **form):
-    data = text.encode() if isinstance(text, str) else text
-    return client.post("/api/jobs", files={"file": (name, data)}, data={k: str(v) for k, v in form.items()})
-
-
-def wait_done(client, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in ("done", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(job)
 
 
 def test_mixed_good_and_bad_lines(tiny_client):

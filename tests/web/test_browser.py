@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import REAL_CACHE
+from support import REAL_CACHE
 from vrollout.cli import write_dataset
 from vrollout.config import Settings
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import tiny_settings
 from fastapi.testclient import TestClient
+from support import tiny_settings
 from vrollout import cli
 from vrollout.config import Settings
 from vrollout.service import Analyzer

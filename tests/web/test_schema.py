@@ -4,7 +4,6 @@ generates, valid or not, gets no 500 and a response that the schema describes.""
 from __future__ import annotations
 
 import schemathesis
-from conftest import tiny_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -16,6 +15,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from support import tiny_settings
 from vrollout.service import Analyzer
 from vrollout.web.app import create_app
 
