@@ -501,7 +501,7 @@ class Analyzer:
         }  # fmt: skip
 
     def analyze(self, obj: Any, progress: Progress = _no_progress) -> dict[str, Any]:
-        """One trajectory (any DESIGN.md format, plus options) to one stored analysis."""
+        """One trajectory (any format of docs/formats.md, plus options) to one stored analysis."""
         return self.run(self.prepare(obj), progress)
 
 

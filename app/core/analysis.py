@@ -1,4 +1,4 @@
-"""Assemble one analysis (the JSON of DESIGN.md) from contexts and replay arrays.
+"""Assemble one analysis (the JSON of `POST /api/analyze`, docs/metrics.md) from contexts and replay arrays.
 
 Decoding token strings and the summary live here; no tensors, no HTTP.
 """

@@ -23,8 +23,8 @@ class GenerationOptions(BaseModel):
 
 
 class AnalyzeRequest(BaseModel):
-    """A trajectory in any DESIGN.md format, plus options. Without a response the student
-    generates one first (seeded)."""
+    """A trajectory (text, chat messages, TRL prompt-completion or token ids: docs/formats.md),
+    plus options. Without a response the student generates one first (seeded)."""
 
     model_config = ConfigDict(
         extra="forbid",

@@ -1,4 +1,4 @@
-"""Trajectory parsing: the four formats of DESIGN.md into one `Trajectory`.
+"""Trajectory parsing: the four formats of docs/formats.md into one `Trajectory`.
 
 Knows nothing about models, tokenizers or HTTP. Every problem is a `BadTrajectory` whose
 message names the field (and, for files, the line).

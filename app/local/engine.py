@@ -1,6 +1,6 @@
 """The replay engine: one teacher-forced pass per model, then metrics chunk by chunk.
 
-Given token ids (contexts and response), computes every per-step field of DESIGN.md.
+Given token ids (contexts and response), computes every per-step field of docs/metrics.md.
 Knows nothing about HTTP, storage or text formats; `reference.py` is its naive twin.
 """
 

@@ -75,7 +75,7 @@ def step_stats(
     top_k: int,
     overwrite: bool = False,
 ) -> ChunkStats:
-    """Every per-step metric of DESIGN.md for one chunk of positions.
+    """Every per-step metric of docs/metrics.md for one chunk of positions.
 
     student_logits, teacher_logits: (C, V), any float dtype (upcast here, a block at a time);
     token_ids: (C,) the student's actual tokens y_t.

@@ -1,4 +1,4 @@
-"""The naive reference of DESIGN.md, for tests and benchmarks only.
+"""The naive reference (docs/metrics.md), for tests and benchmarks only.
 
 For every step t it runs each model on the prefix alone and reads the last position's
 distribution, then computes each metric straight from its definition. Slow on purpose.

@@ -1,4 +1,4 @@
-"""The engine against the naive per-prefix reference of DESIGN.md, on a tiny random Llama."""
+"""The engine against the naive per-prefix reference (local/reference.py), on a tiny random Llama."""
 
 from __future__ import annotations
 
