@@ -1,0 +1,121 @@
+"""docs/ stays true as the code grows: every route the app registers is in docs/api.md, and every
+field an analysis (or a pedagogical rollout) emits is in docs/metrics.md."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from support import REPO
+
+DOCS = REPO / "docs"
+
+
+def registered_routes(app: Any) -> Iterator[tuple[str, str]]:
+    """(method, path) of every route, and ("MOUNT", path) of mounted apps such as /static.
+    Newer FastAPI keeps included routers whole in `app.routes`; `iter_route_contexts` opens them."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: the routes are flat already
+        routes = list(app.routes)
+    else:
+        routes = list(iter_route_contexts(app.routes))
+    for route in routes:
+        methods = getattr(route, "methods", None)
+        if methods is None:
+            yield "MOUNT", route.path
+            continue
+        for method in sorted(methods - {"HEAD"}):
+            yield method, route.path
+
+
+def mentions_route(text: str, method: str, path: str) -> bool:
+    if method == "MOUNT":
+        return f"{path}/" in text
+    # "GET /api/jobs" must not count as documented because "GET /api/jobs/{job_id}" is.
+    return re.search(re.escape(f"{method} {path}") + r"(?![\w/{])", text) is not None
+
+
+def documented(text: str, name: str) -> bool:
+    """A field counts as documented where the text names it as code or as a JSON key."""
+    return re.search(rf"[`\"]{re.escape(name)}[`\"]", text) is not None
+
+
+def undocumented(text: str, names: Any) -> list[str]:
+    return sorted(n for n in names if not documented(text, n))
+
+
+def test_every_route_is_in_api_docs(tiny_client):
+    text = (DOCS / "api.md").read_text()
+    routes = set(registered_routes(tiny_client.app))
+    assert ("POST", "/api/analyze") in routes and ("GET", "/analyses/{analysis_id}") in routes
+    assert ("MOUNT", "/static") in routes
+    missing = sorted(f"{m} {p}" for m, p in routes if not mentions_route(text, m, p))
+    assert not missing, f"routes missing from docs/api.md: {missing}"
+
+
+def test_route_matching_is_exact():
+    text = "### GET /api/jobs/{job_id}\n`POST /api/jobs/{job_id}/cancel`"
+    assert mentions_route(text, "GET", "/api/jobs/{job_id}")
+    assert not mentions_route(text, "GET", "/api/jobs")
+    assert not mentions_route(text, "POST", "/api/jobs")
+    assert documented("| `agree` |", "agree") and not documented("agreement", "agree")
+
+
+def test_every_analysis_field_is_in_metrics_docs(tiny_client):
+    body = {
+        "prompt": "What is 2+2?",
+        "response": "2+2 = 5.",
+        "privileged": "2+2 = 4",
+        "reference_answer": "4",
+        "recovery": True,
+        "continuation_tokens": 2,
+        "top_k": 2,
+    }
+    resp = tiny_client.post("/api/analyze", json=body)
+    assert resp.status_code == 200, resp.text
+    a = resp.json()
+    text = (DOCS / "metrics.md").read_text()
+    step = a["steps"][0]
+    assert "last_recoverable" in a["summary"]  # recovery's summary fields are emitted, so checked
+    fields = {
+        "analysis": a,
+        "summary": a["summary"],
+        "step": step,
+        "top-k entry": step["teacher_topk"][0],
+        "continuation": step["teacher_continuation"],
+        "student": a["student"],
+        "teacher": a["teacher"],
+        "trajectory": a["trajectory"],
+        "virtual_rollout": a["virtual_rollout"],
+        "recovery": a["recovery"],
+        "recovery point": a["recovery"]["points"][0],
+    }
+    missing = {where: names for where, obj in fields.items() if (names := undocumented(text, obj))}
+    assert not missing, f"fields missing from docs/metrics.md: {missing}"
+
+
+def test_every_pedagogical_field_is_in_metrics_docs(tiny_client):
+    body = {
+        "prompt": "What is 2+2?",
+        "privileged": "2+2 = 4",
+        "reference_answer": "4",
+        "threshold": 0.99,  # the tiny random teacher is never that sure: it steps in
+        "sweep": [0.5],
+        "generation": {"max_new_tokens": 4},
+    }
+    resp = tiny_client.post("/api/pedagogical", json=body)
+    assert resp.status_code == 200, resp.text
+    r = resp.json()
+    assert r["interventions"], "the test needs an intervention to check its fields"
+    text = (DOCS / "metrics.md").read_text()
+    fields = {
+        "rollout": r,
+        "policy": r["policy"],
+        "token": r["tokens"][0],
+        "intervention": r["interventions"][0],
+        "sweep row": r["sweep"][0],
+    }
+    missing = {where: names for where, obj in fields.items() if (names := undocumented(text, obj))}
+    assert not missing, f"fields missing from docs/metrics.md: {missing}"
