@@ -1,4 +1,5 @@
-# Virtual Rollout: installs exactly as the README does (`make install`), then serves on 0.0.0.0.
+# Virtual Rollout: installs exactly as `make run` does (`make install`: the package and what running
+# needs, none of the test extra), then serves on 0.0.0.0.
 # GPU:  docker build -t vrollout . && docker run --gpus all -p 8000:8000 vrollout
 # The default TORCH pin pulls the CUDA build on linux/x86_64; for a CPU-only image build with
 #   --build-arg TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"

