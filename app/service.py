@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from vrollout.config import Settings
 from vrollout.core.analysis import build_analysis
+from vrollout.core.backend import Backend, load_backend
 from vrollout.core.contexts import Contexts, build_contexts, check_ids
 from vrollout.core.errors import BadTrajectory, ModelOutOfMemory, TooLong, VRError
 from vrollout.core.ids import new_id, now
+from vrollout.core.pedagogical import threshold_sweep
+from vrollout.core.recovery import recovery
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
+from vrollout.core.rules import Policy
 from vrollout.core.trajectories import Trajectory, parse_trajectory
-from vrollout.local.engine import check_head, generate, replay, replay_batch
-from vrollout.local.models import ModelPair, load_pair
-from vrollout.local.pedagogical import Policy, pedagogical_rollout, threshold_sweep
-from vrollout.local.recovery import recovery
 from vrollout.storage.store import Store
 
 if TYPE_CHECKING:
-    from vrollout.vllm.backend import VLLMBackend
+    from vrollout.local.models import ModelPair
 
 T = TypeVar("T")
 
@@ -141,41 +141,42 @@ def out_of_memory(what: str) -> Iterator[None]:
     )
 
 
+def local_backend(pair: ModelPair, settings: Settings) -> Backend:
+    """`pair` run here, with the settings' chunk size (imported late: it needs torch)."""
+    from vrollout.local.backend import LocalBackend
+
+    return LocalBackend(pair, settings.chunk_size)
+
+
 class Analyzer:
-    """Loaded models + settings + (optionally) a store: turns trajectories into analyses."""
+    """A backend (its models) + settings + (optionally) a store: turns trajectories into
+    analyses. Which backend runs the models is `backend`'s business alone (`core.backend`)."""
 
     def __init__(
         self,
         pair: ModelPair,
         settings: Settings,
         store: Store | None = None,
-        backend: VLLMBackend | None = None,
+        backend: Backend | None = None,
     ) -> None:
+        """`backend`: where `pair` runs; by default here (`LocalBackend`)."""
         self.pair, self.settings, self.store = pair, settings, store
-        self.backend = backend  # None: the models run here; else they are served by vLLM
+        self.backend: Backend = backend or local_backend(pair, settings)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, store: bool = True) -> Analyzer:
-        """Load the configured models (once) and open the database; for notebooks and the CLI."""
+        """Load the configured models (once, on the backend `settings.backend` names) and open
+        the database; for notebooks and the CLI."""
         settings = settings or Settings()
         database = Store(settings.database) if store else None  # a damaged one fails before any loading
-        if settings.backend == "vllm":
-            from vrollout.vllm.backend import load_remote_pair
-
-            pair, backend = load_remote_pair(settings)
-            return cls(pair, settings, database, backend)
-        pair = load_pair(settings)
-        for model in {id(pair.student): pair.student, id(pair.teacher): pair.teacher}.values():
-            check_head(model, pair.vocab_size)
-        return cls(pair, settings, database)
+        backend = load_backend(settings)
+        return cls(backend.pair, settings, database, backend)
 
     def prepare(self, obj: Any) -> Prepared:
         """Parse, render contexts and enforce every limit, before any model work."""
         traj = parse_trajectory(obj)
         options = parse_options(obj, self.settings)
-        if self.backend is not None and options.top_k > self.backend.k:
-            message = f"top_k must be at most {self.backend.k} here (VROLLOUT_VLLM_LOGPROBS)"
-            raise BadTrajectory(message, field="top_k")
+        self.backend.check_top_k(options.top_k)
         ctx = self.contexts(traj)
         limit = self.settings.max_response_tokens
         if ctx.response_ids is not None and len(ctx.response_ids) > limit:
@@ -222,8 +223,7 @@ class Analyzer:
         response = ctx.response_ids
         if response is None:
             generation = {k: asdict(opts)[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")}
-            response = (self.backend.generate if self.backend else generate)(
-                self.pair.student,
+            response = self.backend.generate(
                 ctx.student_ids,
                 max_new_tokens=opts.max_new_tokens,
                 temperature=opts.temperature,
@@ -233,22 +233,15 @@ class Analyzer:
             )
             if not response:
                 raise BadTrajectory("the student generated an empty response")
-        if self.backend is not None:
-            result, record = self.backend.replay(
-                ctx.student_ids, ctx.teacher_ids, response, opts.top_k, progress
-            )
-            return self._assemble(prep, response, result, generation, progress, store, {**record, **extra})
-        result = replay(
-            self.pair,
+        result, record = self.backend.replay(
             ctx.student_ids,
             ctx.teacher_ids,
             response,
-            top_k=opts.top_k,
-            chunk_size=self.settings.chunk_size,
-            progress=progress,
-            keep_teacher_cache=bool(opts.continuation_tokens),
+            opts.top_k,
+            progress,
+            keep_for_continuations=bool(opts.continuation_tokens),
         )
-        return self._assemble(prep, response, result, generation, progress, store, extra)
+        return self._assemble(prep, response, result, generation, progress, store, {**record, **extra})
 
     def _assemble(
         self,
@@ -264,24 +257,8 @@ class Analyzer:
         ctx, opts = prep.ctx, prep.options
         continuations = None
         if opts.continuation_tokens:
-            from vrollout.local.continuations import continuations_from_every_prefix
-
-            if self.backend is not None:  # the server's top-1 at every step: decode only divergences
-                continue_from: Callable[..., list[list[int]]] = partial(
-                    self.backend.continuations, top1=result.teacher_top1_id
-                )
-            elif result.teacher_cache is not None:  # decode from the replay's teacher pass
-                forced = (result.teacher_cache, result.teacher_top1_id)
-                continue_from = partial(continuations_from_every_prefix, forced=forced)
-            else:
-                continue_from = continuations_from_every_prefix
-            continuations = continue_from(
-                self.pair.teacher,
-                ctx.teacher_ids,
-                response,
-                opts.continuation_tokens,
-                progress,
-                vocab_size=self.pair.vocab_size,
+            continuations = self.backend.continuations(
+                ctx.teacher_ids, response, opts.continuation_tokens, progress, replayed=result
             )
         result.teacher_cache = None  # not needed any more: free it before the rest
         extra = dict(extra)
@@ -300,12 +277,8 @@ class Analyzer:
                 divergences,
                 prep.traj.reference_answer,
                 opts.recovery_max_new_tokens,
+                partial(self.backend.continuations, replayed=result),
                 progress,
-                **(
-                    {"continue_from": partial(self.backend.continuations, top1=result.teacher_top1_id)}
-                    if self.backend
-                    else {}
-                ),
             )
         analysis = build_analysis(
             analysis_id=new_id(),
@@ -339,9 +312,9 @@ class Analyzer:
             ctx = item[1].ctx
             return max(len(ctx.student_ids), len(ctx.teacher_ids)) + len(ctx.response_ids or [])
 
-        def short(item: tuple[int, Prepared]) -> bool:  # a server batches by itself
+        def short(item: tuple[int, Prepared]) -> bool:
             return (
-                self.backend is None
+                self.backend.padded_batches
                 and self.batchable(item[1])
                 and length(item) <= self.settings.batch_max_sequence
             )
@@ -377,8 +350,8 @@ class Analyzer:
     def run_groups(
         self, groups: list[list[tuple[int, Prepared]]], extras: list[list[dict[str, Any]]]
     ) -> Iterator[tuple[list[tuple[int, Prepared]], list[dict[str, Any] | VRError]]]:
-        """`run_group` over planned groups, results in order; on vLLM several groups at once."""
-        if self.backend is None:
+        """`run_group` over planned groups, results in order; `lines_in_flight` groups at once."""
+        if self.lines_in_flight() == 1:  # on this thread, one after the other
             for group, extra in zip(groups, extras, strict=True):
                 yield group, self.run_group(group, extra)
             return
@@ -386,10 +359,9 @@ class Analyzer:
             yield from zip(groups, pool.map(self.run_group, groups, extras), strict=True)
 
     def lines_in_flight(self) -> int:
-        """Lines a job or the CLI runs at once: one here; on vLLM, enough to fill every replica."""
-        if self.backend is None:
-            return 1
-        return self.settings.vllm_concurrency * max(len(p.replicas) for p in self.backend.pools)
+        """Lines a job or the CLI runs at once (the backend's: one here; on vLLM, enough to fill
+        every replica)."""
+        return self.backend.lines_in_flight
 
     @staticmethod
     def batchable(prep: Prepared) -> bool:
@@ -403,9 +375,9 @@ class Analyzer:
         items = [(p.ctx.student_ids, p.ctx.teacher_ids, p.ctx.response_ids) for p in preps]
         top_k = max(p.options.top_k for p in preps)
         with out_of_memory("a batch"):
-            results = replay_batch(self.pair, items, top_k=top_k, chunk_size=self.settings.chunk_size)
+            results = self.backend.replay_batch(items, top_k)
         analyses = []
-        for prep, result, extra in zip(preps, results, extras, strict=True):
+        for prep, (result, record), extra in zip(preps, results, extras, strict=True):
             k = prep.options.top_k
             for name in (
                 "teacher_topk_ids",
@@ -416,7 +388,9 @@ class Analyzer:
                 setattr(result, name, [row[:k] for row in getattr(result, name)])
             assert prep.ctx.response_ids is not None
             analyses.append(
-                self._assemble(prep, prep.ctx.response_ids, result, None, _no_progress, False, extra)
+                self._assemble(
+                    prep, prep.ctx.response_ids, result, None, _no_progress, False, {**record, **extra}
+                )
             )
         return analyses
 
@@ -471,21 +445,14 @@ class Analyzer:
 
     def pedagogical(self, prep: PreparedRollout, progress: Progress = _no_progress) -> dict[str, Any]:
         """One pedagogical rollout (and the threshold sweep, if asked for)."""
-        rollout = pedagogical_rollout
-        if self.backend is not None:
-            from vrollout.vllm.backend import pedagogical_rollout_remote
-
-            rollout = partial(pedagogical_rollout_remote, self.backend)
+        rollout = partial(self.backend.pedagogical_rollout, prep.student_ids, prep.teacher_ids)
         with out_of_memory("this request"):
-            result = rollout(
-                self.pair, prep.student_ids, prep.teacher_ids, prep.policy, prep.reference, progress
-            )
+            result = rollout(prep.policy, prep.reference, progress)
             sweep = None
             if prep.sweep:
                 sweep = threshold_sweep(
-                    self.pair, prep.student_ids, prep.teacher_ids, prep.policy, prep.sweep,
-                    prep.reference, progress, rollout=rollout,
-                )  # fmt: skip
+                    lambda policy: rollout(policy, prep.reference), prep.policy, prep.sweep, progress
+                )
         tok = self.pair.student.tokenizer
         progress("done", 1, 1)
         return {

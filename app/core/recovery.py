@@ -1,19 +1,22 @@
 """Recovery: from which prefixes of the student's trajectory can the teacher still succeed?
 
 The teacher continues greedily from a set of prefixes to the end (at most `max_new_tokens`) and
-each finished text is checked against the reference answer. No HTTP, no storage.
+each finished text is checked against the reference answer. Where the continuations are decoded
+is the backend's business (`Backend.continuations`); this module only chooses the prefixes and
+judges the texts. No torch, no HTTP, no storage.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vrollout.core.answers import answer_matches
 from vrollout.core.replay import Progress, _no_progress
-from vrollout.local.continuations import continuations_from_every_prefix
-from vrollout.local.models import ModelPair
+
+if TYPE_CHECKING:
+    from vrollout.core.backend import ContinueFrom
+    from vrollout.local.models import ModelPair
 
 ALL_PREFIXES_UP_TO = 64  # responses up to this many tokens: every prefix is tried
 TARGET_POINTS = 64  # longer ones: a stride giving about this many, plus every divergence
@@ -35,22 +38,15 @@ def recovery(
     divergences: list[int],
     reference: str,
     max_new_tokens: int,
+    continue_from: ContinueFrom,
     progress: Progress = _no_progress,
-    continue_from: Callable[..., list[list[int]]] = continuations_from_every_prefix,
 ) -> dict[str, Any]:
     """Run the teacher to the end from each chosen prefix and mark which reach the answer.
-    `continue_from`: where the continuations are decoded (here, or on a vLLM server)."""
+    `continue_from`: the teacher's greedy continuations (a backend's `continuations`)."""
     tok = pair.teacher.tokenizer
     positions, stride = recovery_positions(len(response), divergences)
     continuations = continue_from(
-        pair.teacher,
-        teacher_context,
-        response,
-        max_new_tokens,
-        progress,
-        vocab_size=pair.vocab_size,
-        positions=positions,
-        stage="recovery",
+        teacher_context, response, max_new_tokens, progress, positions=positions, stage="recovery"
     )
     points = []
     for t, cont in zip(positions, continuations, strict=True):

@@ -26,25 +26,14 @@ from torch import Tensor
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from vrollout.core.replay import Progress, _no_progress
+from vrollout.core.rules import cut_at_eos, eos_set
 from vrollout.local.engine import head_logits
 from vrollout.local.models import LoadedModel
 
 
-def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
-    """A continuation ends with the first end-of-sequence token (kept)."""
-    for i, token in enumerate(ids):
-        if token in eos:
-            return ids[: i + 1]
-    return ids
-
-
 def eos_ids(model: LoadedModel) -> set[int]:
-    eos = model.model.generation_config.eos_token_id
-    if eos is None:
-        eos = model.tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, list) else {eos}
+    """The model's end-of-sequence ids (`rules.eos_set` of its generation config)."""
+    return eos_set(model.model.generation_config.eos_token_id, model.tokenizer.eos_token_id)
 
 
 def _branch_mask(starts: Tensor, original: int, branches: int, step: int, dtype: torch.dtype) -> Tensor:

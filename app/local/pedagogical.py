@@ -1,36 +1,26 @@
-"""The pedagogical rollout: the student drives, the teacher steps in only where it must.
+"""The pedagogical rollout on local models: the student drives, the teacher steps in only where
+it must.
 
 The student proposes each token (greedy or sampled, seeded). Where the teacher finds the
-proposal unacceptable (its probability below `threshold`, or its rank above `max_rank`), the
-teacher substitutes its own top-1 token and the student continues from there. Both models
-decode incrementally with their own key/value caches. `reference.naive_pedagogical` is the
+proposal unacceptable (`rules.unacceptable`), the teacher substitutes its own top-1 token and
+the student continues from there. Both models decode incrementally with their own key/value
+caches; the loop and the summary are `core.pedagogical`'s. `reference.naive_pedagogical` is the
 same loop with a full forward pass per step. No HTTP, no storage.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from vrollout.core.answers import answer_matches
+from vrollout.core.pedagogical import rollout_steps, summarize_rollout
 from vrollout.core.replay import Progress, _no_progress
+from vrollout.core.rules import Policy, pedagogical_step
 from vrollout.local.continuations import eos_ids
 from vrollout.local.engine import head_logits
 from vrollout.local.models import LoadedModel, ModelPair
-
-
-@dataclass
-class Policy:
-    threshold: float = 0.05  # teacher probability below which a proposal is unacceptable
-    max_rank: int | None = None  # teacher rank above which a proposal is unacceptable
-    temperature: float = 0.0  # the student's sampling temperature (0 = greedy)
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    seed: int = 0
 
 
 def propose(logp: Tensor, policy: Policy, generator: torch.Generator) -> int:
@@ -46,21 +36,17 @@ def propose(logp: Tensor, policy: Policy, generator: torch.Generator) -> int:
 
 
 def decide(logp: Tensor, logq: Tensor, policy: Policy, generator: torch.Generator) -> dict[str, Any]:
-    """One step: the student's proposal, the teacher's verdict, and the token taken."""
+    """One step from the student's and the teacher's log-probs (V,): the student's proposal,
+    the teacher's verdict (`rules.pedagogical_step`), and the token taken."""
     proposal = propose(logp, policy, generator)
-    teacher_prob = math.exp(float(logq[proposal]))
-    rank = 1 + int((logq > logq[proposal]).sum())
-    unacceptable = teacher_prob < policy.threshold or (policy.max_rank is not None and rank > policy.max_rank)
-    token = int(logq.argmax()) if unacceptable else proposal
-    return {
-        "proposal": proposal,
-        "token": token,
-        "intervened": unacceptable,
-        "proposal_teacher_prob": teacher_prob,
-        "proposal_teacher_rank": rank,
-        "student_logprob": float(logp[token]),
-        "teacher_logprob": float(logq[token]),
-    }
+    return pedagogical_step(
+        policy,
+        proposal,
+        teacher_prob=math.exp(float(logq[proposal])),
+        rank=1 + int((logq > logq[proposal]).sum()),
+        teacher_top1=int(logq.argmax()),
+        logprobs=lambda token: (float(logp[token]), float(logq[token])),
+    )
 
 
 class Decoder:
@@ -88,48 +74,23 @@ class Decoder:
         self.hidden = out.last_hidden_state[0, -1:]
 
 
-def summarize_rollout(
-    pair: ModelPair, steps: list[dict[str, Any]], policy: Policy, reference: str | None
-) -> dict[str, Any]:
-    tok = pair.student.tokenizer
-    ids = [s["token"] for s in steps]
-    text = tok.decode(ids, skip_special_tokens=False)
-    interventions = [
-        {
-            "position": i,
-            "proposal_id": s["proposal"],
-            "proposal": tok.decode([s["proposal"]]),
-            "proposal_teacher_prob": s["proposal_teacher_prob"],
-            "proposal_teacher_rank": s["proposal_teacher_rank"],
-            "substitute_id": s["token"],
-            "substitute": tok.decode([s["token"]]),
-            "student_surprisal": -s["student_logprob"],
-        }
-        for i, s in enumerate(steps)
-        if s["intervened"]
-    ]
-    return {
-        "policy": vars(policy).copy(),
-        "response_ids": ids,
-        "response_text": text,
-        "tokens": [
-            {
-                "position": i,
-                "token_id": s["token"],
-                "token": tok.decode([s["token"]]),
-                "source": "teacher" if s["intervened"] else "student",
-                "student_logprob": s["student_logprob"],
-                "teacher_logprob": s["teacher_logprob"],
-            }
-            for i, s in enumerate(steps)
-        ],
-        "interventions": interventions,
-        "num_interventions": len(interventions),
-        "reference_answer": reference,
-        "reached_reference": (
-            answer_matches(tok.decode(ids, skip_special_tokens=True), reference) if reference else None
-        ),
-    }
+class _Stepper:
+    """`core.pedagogical.Stepper` on two incremental decoders."""
+
+    def __init__(
+        self, pair: ModelPair, student_context: list[int], teacher_context: list[int], policy: Policy
+    ):
+        self.policy = policy
+        self.generator = torch.Generator().manual_seed(policy.seed)
+        self.student = Decoder(pair.student, student_context, pair.vocab_size)
+        self.teacher = Decoder(pair.teacher, teacher_context, pair.vocab_size)
+
+    def step(self, i: int) -> dict[str, Any]:
+        return decide(self.student.logprobs(), self.teacher.logprobs(), self.policy, self.generator)
+
+    def take(self, token: int) -> None:
+        self.student.push(token)
+        self.teacher.push(token)
 
 
 @torch.inference_mode()
@@ -142,47 +103,6 @@ def pedagogical_rollout(
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
     """Generate one trajectory under `policy`; see the module docstring."""
-    generator = torch.Generator().manual_seed(policy.seed)
-    student = Decoder(pair.student, student_context, pair.vocab_size)
-    teacher = Decoder(pair.teacher, teacher_context, pair.vocab_size)
-    eos = eos_ids(pair.student)
-    steps: list[dict[str, Any]] = []
-    for i in range(policy.max_new_tokens):
-        step = decide(student.logprobs(), teacher.logprobs(), policy, generator)
-        steps.append(step)
-        progress("pedagogical", i + 1, policy.max_new_tokens)
-        if step["token"] in eos:
-            break
-        student.push(step["token"])
-        teacher.push(step["token"])
+    stepper = _Stepper(pair, student_context, teacher_context, policy)
+    steps = rollout_steps(stepper, policy, eos_ids(pair.student), progress)
     return summarize_rollout(pair, steps, policy, reference)
-
-
-def threshold_sweep(
-    pair: ModelPair,
-    student_context: list[int],
-    teacher_context: list[int],
-    policy: Policy,
-    thresholds: list[float],
-    reference: str | None,
-    progress: Progress = _no_progress,
-    rollout: Callable[..., dict[str, Any]] = pedagogical_rollout,
-) -> list[dict[str, Any]]:
-    """Interventions needed vs success, one rollout per threshold (same seed)."""
-    rows = []
-    for i, threshold in enumerate(thresholds):
-        run = rollout(
-            pair, student_context, teacher_context, Policy(**{**vars(policy), "threshold": threshold}),
-            reference,
-        )  # fmt: skip
-        rows.append(
-            {
-                "threshold": threshold,
-                "num_interventions": run["num_interventions"],
-                "tokens": len(run["response_ids"]),
-                "reached_reference": run["reached_reference"],
-                "response_text": run["response_text"],
-            }
-        )
-        progress("sweep", i + 1, len(thresholds))
-    return rows

@@ -200,7 +200,7 @@ class JobRunner:
         self.stopped: dict[str, str] = {}  # job id -> why it stopped by itself (e.g. the disk is full)
         # On vLLM, lines run concurrently on their own threads (the servers do the model work).
         self.lines_pool: ThreadPoolExecutor | None = None
-        if analyzer.backend is not None:
+        if analyzer.backend.remote:
             workers = analyzer.lines_in_flight()
             self.lines_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vrollout-line")
 
@@ -214,10 +214,7 @@ class JobRunner:
             rate = live.tokens / elapsed
             eta = elapsed / live.lines * job["pending"] if job["state"] == "running" else None
         job.update(tokens_per_second=rate, eta_seconds=eta, error=self.stopped.get(job_id))
-        if self.analyzer.backend is not None:  # the replicas, and their failures during this run
-            job["replicas"] = self.analyzer.backend.describe()["replicas"]
-            since = live.since if live else time.time()
-            job["replica_errors"] = self.analyzer.backend.events_since(since)
+        job.update(self.analyzer.backend.status(live.since if live else time.time()))  # vLLM: replicas
         return job
 
     def cancel(self, job_id: str) -> dict[str, Any]:

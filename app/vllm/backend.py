@@ -4,120 +4,37 @@ Scoring sends `context + response` ids as the prompt of `/v1/completions` with `
 and `prompt_logprobs: K`; `topk.py` turns the answer into the engine's per-step arrays.
 Generation (the student's response, teacher continuations, recovery, the pedagogical rollout)
 goes to the same servers, greedy where the local engine is greedy. Tokenization stays local
-(the model's own tokenizer, from a folder), checked against every server at start-up.
-Knows nothing about HTTP routes or storage; `vllm_client.py` does the transport.
+(the model's own tokenizer, from a folder), checked against every server at start-up
+(`remote.py`).
+`VLLMBackend` is a `core.backend.Backend`; the rules it shares with the local engine are
+`core.rules`'. Knows nothing about HTTP routes or storage; `client.py` does the transport.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vrollout.config import DEFAULT_MODEL, Settings
-from vrollout.core.errors import BadTrajectory, ModelMismatch
+from vrollout.config import Settings
+from vrollout.core.backend import BatchItem
+from vrollout.core.errors import BadTrajectory
+from vrollout.core.pedagogical import rollout_steps, summarize_rollout
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
-from vrollout.local.continuations import cut_at_eos, from_divergences
-from vrollout.local.models import LoadedModel, ModelPair, default_model_folder
-from vrollout.vllm.client import ReplicaPool, ReplicasUnavailable
+from vrollout.core.rules import Policy, check_teacher_template, cut_at_eos, pedagogical_step
+from vrollout.local.continuations import from_divergences
+from vrollout.local.models import ModelPair
+from vrollout.vllm.client import ReplicaPool
+from vrollout.vllm.remote import RemoteModel, check_server, eos_ids, load_tokenizer
 from vrollout.vllm.topk import BadServerAnswer, Position, parse_positions, replay_from_positions
-
-# Text whose tokenization every server must reproduce: words, digits, code, whitespace runs,
-# accents and CJK, emoji (byte fallback), and the chat template's special tokens.
-PROBE = (
-    "The quick brown fox, 17*23 = 391.\n\tdef f(x):\n        return x ** 2  # ok\n"
-    "naïve café Ωμέγα 東京 🙂 <|im_start|>user\nhi<|im_end|>"
-)
-
-
-@dataclass
-class RemoteModel(LoadedModel):
-    """A model served by vLLM replicas: the tokenizer is local, the weights are not."""
-
-    pool: ReplicaPool | None = None
-    served_name: str = ""  # the server's model id (its `/v1/models`)
-    eos: set[int] = field(default_factory=set)
-
-    @property
-    def device(self) -> str:  # type: ignore[override]
-        return "vllm " + " ".join(r.url for r in self.pool.replicas) if self.pool else "vllm"
-
-    @property
-    def dtype(self) -> str:  # type: ignore[override]
-        return "as served"
-
-
-def load_tokenizer(settings: Settings) -> tuple[Any, Path | str]:
-    """The tokenizer named by VROLLOUT_TOKENIZER, else the student setting's (the embedded
-    default's converted folder, a folder, or a Hugging Face id)."""
-    from transformers import AutoTokenizer
-
-    spec = settings.tokenizer or settings.student
-    path: Path | str = default_model_folder(settings.cache_dir) if spec == DEFAULT_MODEL else spec
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=settings.trust_remote_code), path
-
-
-def _eos_ids(tokenizer: Any, path: Path | str) -> set[int]:
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(path).eos_token_id
-    except (OSError, ValueError):
-        eos = None
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, list) else {eos}
-
-
-def check_server(pool: ReplicaPool, tokenizer: Any) -> str:
-    """The served model id, after checking that every replica that answers tokenizes the probe
-    and decodes a spread of ids exactly as the local tokenizer does."""
-    import httpx
-
-    local_ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-    V = len(tokenizer)
-    sample = sorted({0, 1, 2, V - 1, V - 2, *range(3, V, max(1, V // 61))})
-    local_text = tokenizer.decode(sample, skip_special_tokens=False)
-    names, answered = set(), 0
-    with httpx.Client(timeout=30) as client:
-        for replica in pool.replicas:
-            try:
-                name = client.get(replica.url + "/v1/models").json()["data"][0]["id"]
-                ids = client.post(
-                    replica.url + "/tokenize",
-                    json={"model": name, "prompt": PROBE, "add_special_tokens": False},
-                ).json()["tokens"]
-                text = client.post(
-                    replica.url + "/detokenize", json={"model": name, "tokens": sample}
-                ).json()["prompt"]
-            except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-                replica.last_error = f"start-up check failed: {exc}"
-                replica.failures_in_a_row, replica.errors = 1, 1
-                replica.down_until = time.monotonic() + 1.0  # tried again by a later request
-                continue
-            answered += 1
-            names.add(name)
-            if ids != local_ids or text != local_text:
-                raise ModelMismatch(
-                    f"the {pool.role} server {replica.url} ({name}) does not share the local "
-                    "tokenizer's vocabulary: token ids would mean different tokens"
-                )
-    if not answered:
-        raise ReplicasUnavailable(f"no {pool.role} server answered: {[r.url for r in pool.replicas]}")
-    if len(names) > 1:
-        raise ModelMismatch(f"the {pool.role} replicas serve different models: {sorted(names)}")
-    return names.pop()
 
 
 def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
     """The student and teacher as served by vLLM, checked to share the local vocabulary."""
     if not settings.teacher_urls:
         raise ValueError("the vllm backend needs at least one teacher URL (--teacher-url)")
+    check_teacher_template(settings.teacher_template)
 
     def pool_of(role: str, urls: list[str]) -> ReplicaPool:
         return ReplicaPool(
@@ -133,7 +50,7 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
         eos = tokenizer.eos_ids  # learned from completions that stop
     else:
         tokenizer, path = load_tokenizer(settings)
-        eos = _eos_ids(tokenizer, path)
+        eos = eos_ids(tokenizer, path)
 
     def remote(role: str, urls: list[str]) -> RemoteModel:
         pool = teacher_pool if role == "teacher" else pool_of(role, urls)
@@ -145,8 +62,6 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
     shared = not settings.student_urls or settings.student_urls == settings.teacher_urls
     student = teacher if shared else remote("student", settings.student_urls)
     pair = ModelPair(student, teacher, shared, len(tokenizer), settings.teacher_template)
-    if "{prompt}" not in pair.teacher_template or "{privileged}" not in pair.teacher_template:
-        raise ValueError("the teacher template must contain {prompt} and {privileged}")
     backend = VLLMBackend(pair, settings.vllm_logprobs, settings.vllm_concurrency)
     for model in {id(student): student, id(teacher): teacher}.values():
         try:  # K log-probs must be allowed by the server's --max-logprobs
@@ -161,16 +76,35 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
 
 
 class VLLMBackend:
-    """Scoring and generation for a remote `ModelPair`. Thread-safe; requests that do not
+    """`core.backend.Backend` for a remote `ModelPair`. Thread-safe; requests that do not
     depend on each other (student and teacher scoring, one continuation per prefix) are sent
     concurrently, bounded by each pool's per-replica limit."""
 
+    name = "vllm"
+    padded_batches = False  # a server batches concurrent requests by itself
+    remote = True
+
     def __init__(self, pair: ModelPair, k: int, concurrency: int) -> None:
-        self.pair, self.k = pair, k
+        self.pair, self.k, self.concurrency = pair, k, concurrency
         pools = {id(m.pool): m.pool for m in (pair.student, pair.teacher)}  # type: ignore[attr-defined]
         self.pools: list[ReplicaPool] = list(pools.values())
         fan_out = concurrency * sum(len(p.replicas) for p in self.pools) + 2
         self._fan_out = ThreadPoolExecutor(max_workers=fan_out, thread_name_prefix="vrollout-vllm")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VLLMBackend:
+        """The configured servers, checked (`load_remote_pair`)."""
+        return load_remote_pair(settings)[1]
+
+    @property
+    def lines_in_flight(self) -> int:
+        """Enough lines to fill every replica of the largest pool."""
+        return self.concurrency * max(len(p.replicas) for p in self.pools)
+
+    def check_top_k(self, top_k: int) -> None:
+        if top_k > self.k:
+            message = f"top_k must be at most {self.k} here (VROLLOUT_VLLM_LOGPROBS)"
+            raise BadTrajectory(message, field="top_k")
 
     def close(self) -> None:
         self._fan_out.shutdown(wait=False, cancel_futures=True)
@@ -179,15 +113,19 @@ class VLLMBackend:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "backend": "vllm",
+            "backend": self.name,
             "top_k_logprobs": self.k,
             "replicas": [r for pool in self.pools for r in pool.describe()],
         }
 
-    def events_since(self, since: float) -> list[dict[str, Any]]:
-        """Replica failures (each retried elsewhere unless it was the last attempt) since `since`."""
+    def status(self, since: float) -> dict[str, Any]:
+        """The replicas, and their failures (each retried elsewhere unless it was the last
+        attempt) since `since`."""
         events = [e for pool in self.pools for e in list(pool.events) if e.at >= since]
-        return [e.as_dict() for e in sorted(events, key=lambda e: e.at)]
+        return {
+            "replicas": self.describe()["replicas"],
+            "replica_errors": [e.as_dict() for e in sorted(events, key=lambda e: e.at)],
+        }
 
     # Requests.
     def complete(self, model: RemoteModel, prompt: list[int], **params: Any) -> dict[str, Any]:
@@ -211,7 +149,27 @@ class VLLMBackend:
         choice = self.complete(model, prompt, max_tokens=1, temperature=0.0, prompt_logprobs=k)
         return parse_positions(choice.get("prompt_logprobs"), prompt, len(context), k)
 
-    # The engine's operations.
+    def next_token(
+        self, model: RemoteModel, prompt: list[int], temperature: float, top_p: float, seed: int
+    ) -> tuple[int, float]:
+        """One token from the server's sampler and its (raw) log-prob."""
+        params: dict[str, Any] = {"max_tokens": 1, "temperature": temperature, "logprobs": 1}
+        if temperature > 0:
+            params.update(top_p=top_p, seed=seed)
+        choice = self.complete(model, prompt, **params)
+        ids = choice.get("token_ids") or []
+        logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
+        if len(ids) != 1 or len(logprobs) != 1:
+            raise BadServerAnswer("a one-token completion did not come back with one token")
+        return ids[0], float(logprobs[0])
+
+    def last_position(self, model: RemoteModel, prompt: list[int]) -> Position:
+        """What the server knows about the last token of `prompt`: its log-prob and rank,
+        and the top-1 at that position."""
+        choice = self.complete(model, prompt, max_tokens=1, temperature=0.0, prompt_logprobs=1)
+        return parse_positions(choice.get("prompt_logprobs"), prompt, len(prompt) - 1, 1)[0]
+
+    # The Backend protocol.
     def replay(
         self,
         student_context: list[int],
@@ -219,6 +177,7 @@ class VLLMBackend:
         response: list[int],
         top_k: int,
         progress: Progress = _no_progress,
+        keep_for_continuations: bool = False,  # nothing to keep: the servers cache prefixes
     ) -> tuple[ReplayResult, dict[str, Any]]:
         """`engine.replay` on the servers, and the estimator's record for the analysis."""
         pair, k = self.pair, max(self.k, top_k)
@@ -235,7 +194,7 @@ class VLLMBackend:
             student_positions, teacher_positions, response, top_k, pair.vocab_size
         )
         record = {
-            "backend": "vllm",
+            "backend": self.name,
             "top_k_logprobs": k,
             "estimated": ["reverse_kl", "forward_kl", "student_entropy", "teacher_entropy"],
             "estimator": {
@@ -245,9 +204,15 @@ class VLLMBackend:
         }
         return result, record
 
+    def replay_batch(self, items: list[BatchItem], top_k: int) -> list[tuple[ReplayResult, dict[str, Any]]]:
+        """Each line's `replay`, `lines_in_flight` at a time (the servers batch them)."""
+        with ThreadPoolExecutor(
+            min(len(items), self.lines_in_flight), thread_name_prefix="vrollout-line"
+        ) as pool:
+            return list(pool.map(lambda item: self.replay(*item, top_k), items))
+
     def generate(
         self,
-        model: RemoteModel,
         context: list[int],
         max_new_tokens: int = 256,
         temperature: float = 0.0,
@@ -255,7 +220,8 @@ class VLLMBackend:
         seed: int = 0,
         progress: Progress = _no_progress,
     ) -> list[int]:
-        """`engine.generate` on the server (the end-of-sequence token, if produced, kept)."""
+        """`engine.generate` on the student's server (the end-of-sequence token, if produced, kept)."""
+        model: RemoteModel = self.pair.student  # type: ignore[assignment]
         progress("generate", 0, max_new_tokens)
         params: dict[str, Any] = {"max_tokens": max_new_tokens, "temperature": temperature}
         if temperature > 0:
@@ -266,20 +232,20 @@ class VLLMBackend:
 
     def continuations(
         self,
-        model: RemoteModel,
         context: list[int],
         response: list[int],
         k: int,
         progress: Progress = _no_progress,
-        vocab_size: int | None = None,
+        *,
         positions: list[int] | None = None,
         stage: str = "continuations",
-        top1: list[int] | None = None,
+        replayed: ReplayResult | None = None,
     ) -> list[list[int]]:
-        """`continuations.continuations_from_every_prefix` on the server: one greedy request
-        per prefix, all sent at once (the server's prefix cache shares the context). With the
-        teacher's `top1` at every step (the replay's), only the prefixes where the response
+        """`continuations.continuations_from_every_prefix` on the teacher's server: one greedy
+        request per prefix, all sent at once (the server's prefix cache shares the context).
+        With the replay (the server's top-1 at every step), only the prefixes where the response
         leaves it are requested; the others follow from them (`continuations.from_divergences`)."""
+        model: RemoteModel = self.pair.teacher  # type: ignore[assignment]
         positions = list(range(len(response))) if positions is None else positions
 
         def decode(wanted: list[int]) -> list[list[int]]:
@@ -301,27 +267,59 @@ class VLLMBackend:
                 progress(stage, i + 1, len(wanted))
             return results
 
-        if top1 is None:
+        if replayed is None:
             return decode(positions)
-        return from_divergences(decode, response, top1, positions, k, model.eos)
+        return from_divergences(decode, response, replayed.teacher_top1_id, positions, k, model.eos)
 
-    def next_token(self, model: RemoteModel, prompt: list[int], temperature: float, top_p: float, seed: int):
-        """One token from the server's sampler and its (raw) log-prob."""
-        params: dict[str, Any] = {"max_tokens": 1, "temperature": temperature, "logprobs": 1}
-        if temperature > 0:
-            params.update(top_p=top_p, seed=seed)
-        choice = self.complete(model, prompt, **params)
-        ids = choice.get("token_ids") or []
-        logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
-        if len(ids) != 1 or len(logprobs) != 1:
-            raise BadServerAnswer("a one-token completion did not come back with one token")
-        return ids[0], float(logprobs[0])
+    def pedagogical_rollout(
+        self,
+        student_context: list[int],
+        teacher_context: list[int],
+        policy: Policy,
+        reference: str | None = None,
+        progress: Progress = _no_progress,
+    ) -> dict[str, Any]:
+        """`pedagogical.pedagogical_rollout` on the servers (`_Stepper`). Greedy rollouts equal
+        the local engine's (within the server's float noise); sampled ones use the server's RNG."""
+        stepper = _Stepper(self, student_context, teacher_context, policy)
+        steps = rollout_steps(stepper, policy, self.pair.student.eos, progress)  # type: ignore[attr-defined]
+        return summarize_rollout(self.pair, steps, policy, reference)
 
-    def last_position(self, model: RemoteModel, prompt: list[int]) -> Position:
-        """What the server knows about the last token of `prompt`: its log-prob and rank,
-        and the top-1 at that position."""
-        choice = self.complete(model, prompt, max_tokens=1, temperature=0.0, prompt_logprobs=1)
-        return parse_positions(choice.get("prompt_logprobs"), prompt, len(prompt) - 1, 1)[0]
+
+class _Stepper:
+    """`core.pedagogical.Stepper` on the servers. Per step: the student's proposal (its sampler,
+    greedy or seeded), then the teacher's log-prob and rank of the proposal and its top-1 (prompt
+    log-probs of the prefix + proposal); one more student request where the teacher substitutes,
+    for the student's log-prob of the substitute."""
+
+    def __init__(
+        self, backend: VLLMBackend, student_context: list[int], teacher_context: list[int], policy: Policy
+    ) -> None:
+        self.backend, self.policy = backend, policy
+        self.student_context, self.teacher_context = student_context, teacher_context
+        self.taken: list[int] = []
+
+    def step(self, i: int) -> dict[str, Any]:
+        backend, policy, taken = self.backend, self.policy, self.taken
+        student, teacher = backend.pair.student, backend.pair.teacher
+        proposal, proposal_logprob = backend.next_token(
+            student, self.student_context + taken, policy.temperature, policy.top_p, policy.seed + i
+        )
+        verdict = backend.last_position(teacher, self.teacher_context + taken + [proposal])
+        top1, top1_logprob = verdict.top(1)[0]
+
+        def logprobs(token: int) -> tuple[float, float]:
+            if token == proposal:
+                return proposal_logprob, verdict.logprobs[proposal]
+            substitute = backend.last_position(student, self.student_context + taken + [token])
+            return substitute.logprobs[token], top1_logprob
+
+        return pedagogical_step(
+            policy, proposal, math.exp(verdict.logprobs[proposal]), verdict.ranks[proposal], top1, logprobs
+        )
+
+    def take(self, token: int) -> None:
+        self.taken.append(token)
 
 
 def _with_eos(choice: dict[str, Any], eos: set[int]) -> list[int]:
@@ -332,59 +330,3 @@ def _with_eos(choice: dict[str, Any], eos: set[int]) -> list[int]:
         reason = choice.get("stop_reason")
         ids.append(reason if isinstance(reason, int) else min(eos))
     return ids
-
-
-def pedagogical_rollout_remote(
-    backend: VLLMBackend,
-    pair: ModelPair,
-    student_context: list[int],
-    teacher_context: list[int],
-    policy: Any,
-    reference: str | None = None,
-    progress: Progress = _no_progress,
-) -> dict[str, Any]:
-    """`pedagogical.pedagogical_rollout` on the servers. Per step: the student's proposal (its
-    sampler, greedy or seeded), then the teacher's log-prob and rank of the proposal and its
-    top-1 (prompt log-probs of the prefix + proposal); one more student request where the
-    teacher substitutes, for the student's log-prob of the substitute. Greedy rollouts equal
-    the local engine's (within the server's float noise); sampled ones use the server's RNG."""
-    from vrollout.local.pedagogical import summarize_rollout
-
-    student, teacher = pair.student, pair.teacher
-    taken: list[int] = []
-    steps: list[dict[str, Any]] = []
-    for i in range(policy.max_new_tokens):
-        proposal, proposal_logprob = backend.next_token(
-            student, student_context + taken, policy.temperature, policy.top_p, policy.seed + i
-        )
-        verdict = backend.last_position(teacher, teacher_context + taken + [proposal])
-        top1, top1_logprob = verdict.top(1)[0]
-        teacher_prob = math.exp(verdict.logprobs[proposal])
-        rank = verdict.ranks[proposal]
-        unacceptable = teacher_prob < policy.threshold or (
-            policy.max_rank is not None and rank > policy.max_rank
-        )
-        token = top1 if unacceptable else proposal
-        if token == proposal:
-            student_logprob, teacher_logprob = proposal_logprob, verdict.logprobs[proposal]
-        else:
-            student_logprob = backend.last_position(student, student_context + taken + [token]).logprobs[
-                token
-            ]
-            teacher_logprob = top1_logprob
-        steps.append(
-            {
-                "proposal": proposal,
-                "token": token,
-                "intervened": unacceptable,
-                "proposal_teacher_prob": teacher_prob,
-                "proposal_teacher_rank": rank,
-                "student_logprob": student_logprob,
-                "teacher_logprob": teacher_logprob,
-            }
-        )
-        progress("pedagogical", i + 1, policy.max_new_tokens)
-        if token in student.eos:  # type: ignore[attr-defined]
-            break
-        taken.append(token)
-    return summarize_rollout(pair, steps, policy, reference)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from vrollout.core.answers import answer_matches
-from vrollout.local.recovery import ALL_PREFIXES_UP_TO, recovery_positions
+from vrollout.core.recovery import ALL_PREFIXES_UP_TO, recovery_positions
 
 
 @pytest.mark.parametrize(

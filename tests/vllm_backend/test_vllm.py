@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from support import REAL_CACHE, REPO
 from vrollout.cli import main as cli_main
 from vrollout.config import Settings
+from vrollout.core.backend import Backend
 from vrollout.core.errors import ModelMismatch
 from vrollout.service import Analyzer
 from vrollout.vllm import server as vllm_server
@@ -141,6 +142,20 @@ def test_scoring_matches_the_local_engine(remote: Analyzer, real_analyzer: Analy
     assert steps > 150
 
 
+def test_the_backend_protocol_on_the_servers(remote: Analyzer):
+    """`VLLMBackend` is a `Backend`; its `replay_batch` gives each line's own `replay`."""
+    backend = remote.backend
+    assert isinstance(backend, Backend) and backend.remote and not backend.padded_batches
+    lines = [remote.prepare(same_ids(remote.analyze({**traj, "top_k": 20}))) for traj in TRAJECTORIES[:3]]
+    items = [(p.ctx.student_ids, p.ctx.teacher_ids, p.ctx.response_ids) for p in lines]
+    batch = backend.replay_batch(items, 5)
+    for item, (result, record) in zip(items, batch, strict=True):
+        alone, alone_record = backend.replay(*item, 5)
+        assert record["backend"] == "vllm" and record["top_k_logprobs"] == alone_record["top_k_logprobs"]
+        for name in ("student_logprob", "teacher_logprob"):  # within the server's batching noise
+            assert getattr(result, name) == pytest.approx(getattr(alone, name), rel=0.02, abs=0.02), name
+
+
 def first_difference(x: list[int], y: list[int]) -> int | None:
     for i, (a, b) in enumerate(zip(x, y, strict=False)):
         if a != b:
@@ -214,7 +229,7 @@ def test_the_page_marks_estimates(vllm_servers, remote: Analyzer, tmp_path: Path
 
 
 def test_a_vocabulary_mismatch_is_refused(vllm_servers, tmp_path: Path):
-    from tiny import tiny_tokenizer
+    from support.tiny import tiny_tokenizer
 
     urls, _ = vllm_servers
     tiny_tokenizer().save_pretrained(tmp_path / "tok")

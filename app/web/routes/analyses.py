@@ -63,8 +63,7 @@ async def health(request: Request) -> dict[str, Any]:
 async def models(analyzer: AnalyzerDep) -> dict[str, Any]:
     """Student and teacher: name, source, vocabulary, device, dtype, shared weights, template;
     the backend (on vLLM: K and each replica's state)."""
-    backend = analyzer.backend.describe() if analyzer.backend else {"backend": "local"}
-    return {**analyzer.pair.describe(), **backend}
+    return {**analyzer.pair.describe(), **analyzer.backend.describe()}
 
 
 @router.post("/analyze", response_model=Analysis)

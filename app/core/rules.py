@@ -1,0 +1,78 @@
+"""Rules that every backend follows, stated once: where a sequence ends, when the teacher steps
+in during a pedagogical rollout, and what a teacher template must hold.
+
+The local engine and the vLLM backend both call these; neither restates them. No torch, no
+HTTP: the backends hand over plain numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+def eos_set(generation_eos: int | list[int] | None, tokenizer_eos: int | None) -> set[int]:
+    """The end-of-sequence ids of a model: its generation config's (one id or a list), else its
+    tokenizer's, else none."""
+    eos = generation_eos if generation_eos is not None else tokenizer_eos
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, list) else {eos}
+
+
+def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
+    """A continuation ends with the first end-of-sequence token (kept)."""
+    for i, token in enumerate(ids):
+        if token in eos:
+            return ids[: i + 1]
+    return ids
+
+
+def check_teacher_template(template: str) -> None:
+    """The teacher template must place both the prompt and the privileged info."""
+    if "{prompt}" not in template or "{privileged}" not in template:
+        raise ValueError("the teacher template must contain {prompt} and {privileged}")
+
+
+@dataclass
+class Policy:
+    """When the teacher steps in during a pedagogical rollout, and how the student samples."""
+
+    threshold: float = 0.05  # teacher probability below which a proposal is unacceptable
+    max_rank: int | None = None  # teacher rank above which a proposal is unacceptable
+    temperature: float = 0.0  # the student's sampling temperature (0 = greedy)
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+def unacceptable(policy: Policy, teacher_prob: float, rank: int) -> bool:
+    """The intervention rule: the teacher rejects a proposal it finds too unlikely, or ranks
+    below `max_rank` (rank 1 = the teacher's top-1)."""
+    return teacher_prob < policy.threshold or (policy.max_rank is not None and rank > policy.max_rank)
+
+
+def pedagogical_step(
+    policy: Policy,
+    proposal: int,
+    teacher_prob: float,
+    rank: int,
+    teacher_top1: int,
+    logprobs: Callable[[int], tuple[float, float]],
+) -> dict[str, Any]:
+    """One step of a pedagogical rollout: the student's `proposal`, the teacher's verdict on it
+    (its probability and rank there, and its own top-1), and the token taken. `logprobs(token)`:
+    the (student, teacher) log-probs of the token taken, asked only once it is known."""
+    intervened = unacceptable(policy, teacher_prob, rank)
+    token = teacher_top1 if intervened else proposal
+    student_logprob, teacher_logprob = logprobs(token)
+    return {
+        "proposal": proposal,
+        "token": token,
+        "intervened": intervened,
+        "proposal_teacher_prob": teacher_prob,
+        "proposal_teacher_rank": rank,
+        "student_logprob": student_logprob,
+        "teacher_logprob": teacher_logprob,
+    }

@@ -1,0 +1,126 @@
+"""The local backend: the models run here, with torch, on the configured device.
+
+`core.backend.Backend` over the engine (`engine.py`), the continuations (`continuations.py`)
+and the pedagogical rollout (`pedagogical.py`). It owns the `ModelPair` and the engine's
+settings (the metrics chunk size); the functions it wraps stay callable on their own (tests,
+benchmarks, the naive reference). Knows nothing about HTTP or storage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vrollout.config import Settings
+from vrollout.core.backend import BatchItem
+from vrollout.core.replay import Progress, ReplayResult, _no_progress
+from vrollout.core.rules import Policy
+from vrollout.local import engine
+from vrollout.local.continuations import continuations_from_every_prefix
+from vrollout.local.models import ModelPair, load_pair
+from vrollout.local.pedagogical import pedagogical_rollout
+
+
+class LocalBackend:
+    """Student and teacher in this process. Model work is not thread-safe: one job at a time."""
+
+    name = "local"
+    padded_batches = True  # one padded pass per model beats one pass per short line
+    remote = False
+    lines_in_flight = 1
+
+    def __init__(self, pair: ModelPair, chunk_size: int) -> None:
+        self.pair, self.chunk_size = pair, chunk_size
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalBackend:
+        """Load the configured models and refuse an output head the engine cannot reproduce."""
+        pair = load_pair(settings)
+        for model in {id(pair.student): pair.student, id(pair.teacher): pair.teacher}.values():
+            engine.check_head(model, pair.vocab_size)
+        return cls(pair, settings.chunk_size)
+
+    def check_top_k(self, top_k: int) -> None:
+        pass  # every log-prob is at hand: the settings' VROLLOUT_MAX_TOP_K is the only limit
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    def status(self, since: float) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass  # the models are freed with the object
+
+    def generate(
+        self,
+        context: list[int],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        progress: Progress = _no_progress,
+    ) -> list[int]:
+        return engine.generate(self.pair.student, context, max_new_tokens, temperature, top_p, seed, progress)
+
+    def replay(
+        self,
+        student_context: list[int],
+        teacher_context: list[int],
+        response: list[int],
+        top_k: int,
+        progress: Progress = _no_progress,
+        keep_for_continuations: bool = False,
+    ) -> tuple[ReplayResult, dict[str, Any]]:
+        result = engine.replay(
+            self.pair,
+            student_context,
+            teacher_context,
+            response,
+            top_k=top_k,
+            chunk_size=self.chunk_size,
+            progress=progress,
+            keep_teacher_cache=keep_for_continuations,
+        )
+        return result, {}  # the analysis says "backend": "local" by default
+
+    def replay_batch(self, items: list[BatchItem], top_k: int) -> list[tuple[ReplayResult, dict[str, Any]]]:
+        results = engine.replay_batch(self.pair, items, top_k=top_k, chunk_size=self.chunk_size)
+        return [(result, {}) for result in results]
+
+    def continuations(
+        self,
+        context: list[int],
+        response: list[int],
+        k: int,
+        progress: Progress = _no_progress,
+        *,
+        positions: list[int] | None = None,
+        stage: str = "continuations",
+        replayed: ReplayResult | None = None,
+    ) -> list[list[int]]:
+        """Decoded from the replay's teacher pass where it was kept (`keep_for_continuations`),
+        else from a teacher pass of their own (recovery runs after that cache is freed)."""
+        forced = None
+        if replayed is not None and replayed.teacher_cache is not None:
+            forced = (replayed.teacher_cache, replayed.teacher_top1_id)
+        return continuations_from_every_prefix(
+            self.pair.teacher,
+            context,
+            response,
+            k,
+            progress,
+            vocab_size=self.pair.vocab_size,
+            positions=positions,
+            stage=stage,
+            forced=forced,
+        )
+
+    def pedagogical_rollout(
+        self,
+        student_context: list[int],
+        teacher_context: list[int],
+        policy: Policy,
+        reference: str | None = None,
+        progress: Progress = _no_progress,
+    ) -> dict[str, Any]:
+        return pedagogical_rollout(self.pair, student_context, teacher_context, policy, reference, progress)
