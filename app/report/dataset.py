@@ -1,6 +1,9 @@
 """Dataset views of many analyses: one row per trajectory, one row per step, aggregate figures.
 
-Pure functions from analyses (dicts) to tables and Plotly figure dicts; no I/O, no HTTP.
+Pure functions, no database and no HTTP. Large jobs never need every analysis in memory at once:
+each analysis is reduced to a `digest` (its summary row, the histogram of its per-step reverse
+KL, its KL by tenth of the response) when it is stored, the summaries and figures are built from
+digests, and the step tables are written one analysis at a time (`steps_parquet_chunks`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vrollout.core.answers import answer_matches
@@ -23,7 +27,18 @@ STEP_COLUMNS = (
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
     "teacher_entropy", "teacher_top1_id", "teacher_top1", "agree", "teacher_rank",
 )  # fmt: skip
+# The Parquet type of each step column, fixed so that row groups written one by one agree.
+STEP_TYPES = {
+    "analysis_id": "string", "line": "int64", "trajectory_id": "string", "position": "int64",
+    "token_id": "int64", "token": "string", "student_logprob": "float64",
+    "teacher_logprob": "float64", "advantage": "float64", "reverse_kl": "float64",
+    "forward_kl": "float64", "student_entropy": "float64", "teacher_entropy": "float64",
+    "teacher_top1_id": "int64", "teacher_top1": "string", "agree": "bool", "teacher_rank": "int64",
+}  # fmt: skip
+ROW_GROUP_ROWS = 32_768  # steps per Parquet row group: what an export holds in memory at once
 GROUP_COLORS = {"all": "#2c6fbb", "correct": "#27ae60", "incorrect": "#c0392b"}
+# Spreadsheet tools run a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def correct(analysis: dict[str, Any]) -> bool | None:
@@ -54,51 +69,157 @@ def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def step_rows(analyses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def digest(analysis: dict[str, Any]) -> dict[str, Any]:
+    """All that the summaries and the figures need of one analysis (a few hundred bytes, stored
+    beside it): its summary row, the counts of its per-step reverse KL in the figure's bins, and
+    the share of its KL in each tenth of the response."""
+    kl = [s["reverse_kl"] for s in analysis["steps"]]
+    return {**summary_row(analysis), "kl_bins": kl_bin_counts(kl), "deciles": decile_shares(analysis)}
+
+
+def summary_of(digest: dict[str, Any]) -> dict[str, Any]:
+    """The summary row held in a digest, in the export's columns."""
+    return {k: digest[k] for k in SUMMARY_COLUMNS}
+
+
+def step_rows(analyses: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per step of every analysis (pandas-friendly: `pd.DataFrame(rows)`)."""
-    rows = []
-    for a in analyses:
-        head = {
-            "analysis_id": a["id"],
-            "line": a.get("job", {}).get("line"),
-            "trajectory_id": a.get("trajectory", {}).get("id"),
-        }
-        for s in a["steps"]:
-            rows.append({**head, **{k: s[k] for k in STEP_COLUMNS if k in s}})
-    return rows
+    return [row for a in analyses for row in steps_of(a)]
 
 
-def summaries_csv(rows: list[dict[str, Any]]) -> str:
+def steps_of(analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """The step rows of one analysis."""
+    head = {
+        "analysis_id": analysis["id"],
+        "line": analysis.get("job", {}).get("line"),
+        "trajectory_id": analysis.get("trajectory", {}).get("id"),
+    }
+    return [{**head, **{k: s[k] for k in STEP_COLUMNS if k in s}} for s in analysis["steps"]]
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula gets a leading quote, as those
+    tools expect; numbers (-0.5) stay numbers."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def summaries_csv_chunks(rows: Iterable[dict[str, Any]], chunk_rows: int = 500) -> Iterator[str]:
+    """The summaries as CSV, a few hundred rows per piece."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    # RFC 4180 line ends: with them the writer also quotes a cell that holds a lone CR.
+    writer = csv.DictWriter(out, fieldnames=SUMMARY_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+    for n, row in enumerate(rows, 1):
+        writer.writerow({k: csv_cell(row[k]) for k in SUMMARY_COLUMNS})
+        if n % chunk_rows == 0:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
 
 
-def jsonl(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+def summaries_csv(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(summaries_csv_chunks(rows))
 
 
-def steps_parquet(rows: list[dict[str, Any]]) -> bytes:
+def jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(jsonl_chunks(rows))
+
+
+def jsonl_chunks(rows: Iterable[dict[str, Any]], chunk_rows: int = 500) -> Iterator[str]:
+    """One JSON object per line, a few hundred lines per piece."""
+    lines: list[str] = []
+    for row in rows:
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+        if len(lines) == chunk_rows:
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)
+
+
+def json_array_chunks(rows: Iterable[dict[str, Any]], chunk_rows: int = 500) -> Iterator[str]:
+    """A JSON array, a few hundred items per piece."""
+    yield "["
+    first = True
+    for piece in jsonl_chunks(rows, chunk_rows):
+        items = ",".join(piece.splitlines())
+        yield items if first else "," + items
+        first = False
+    yield "]"
+
+
+def step_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.type_for_alias(kind)) for name, kind in STEP_TYPES.items()])
+
+
+class _Pieces(io.RawIOBase):
+    """A write-only file that keeps what is written until it is taken: Parquet pieces to send."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        piece = bytes(data)
+        self.pieces.append(piece)
+        self.position += len(piece)
+        return len(piece)
+
+    def tell(self) -> int:
+        return self.position
+
+    def take(self) -> bytes:
+        data, self.pieces = b"".join(self.pieces), []
+        return data
+
+
+def steps_parquet_chunks(
+    analyses: Iterable[dict[str, Any]], group_rows: int = ROW_GROUP_ROWS
+) -> Iterator[bytes]:
+    """The step table as a Parquet file, written a row group at a time: memory holds one row
+    group (and one analysis), whatever the number of analyses."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows) if rows else pa.table({c: [] for c in STEP_COLUMNS})
+    schema = step_schema()
+    sink = _Pieces()
+    writer = pq.ParquetWriter(sink, schema)
+    columns: dict[str, list[Any]] = {name: [] for name in STEP_COLUMNS}
+
+    def flush() -> None:
+        writer.write_table(pa.table(columns, schema=schema))
+        for values in columns.values():
+            values.clear()
+
+    try:
+        for analysis in analyses:
+            for row in steps_of(analysis):
+                for name, values in columns.items():
+                    values.append(row.get(name))
+            if len(columns["position"]) >= group_rows:
+                flush()
+                yield sink.take()
+        if columns["position"] or sink.position == 0:
+            flush()  # the last rows; an empty job still gets a valid file with its columns
+    finally:
+        writer.close()
+    yield sink.take()
+
+
+def steps_parquet(rows: list[dict[str, Any]]) -> bytes:
+    """Step rows (as `step_rows` makes them) as one Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     out = io.BytesIO()
-    pq.write_table(table, out)
+    pq.write_table(pa.Table.from_pylist(rows, schema=step_schema()), out)
     return out.getvalue()
-
-
-def _groups(analyses: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """All analyses, or split by the correctness of the final answer when lines carry one."""
-    verdicts = [correct(a) for a in analyses]
-    if all(v is None for v in verdicts):
-        return {"all": analyses}
-    return {
-        "correct": [a for a, v in zip(analyses, verdicts, strict=True) if v],
-        "incorrect": [a for a, v in zip(analyses, verdicts, strict=True) if v is False],
-    }
 
 
 def decile_shares(analysis: dict[str, Any]) -> list[float] | None:
@@ -113,39 +234,82 @@ def decile_shares(analysis: dict[str, Any]) -> list[float] | None:
     return shares
 
 
-def _log_bins(values: list[float], lo: float = -6.0, hi: float = 2.0, per_decade: int = 4):
-    edges = [lo + i / per_decade for i in range(int((hi - lo) * per_decade) + 1)]
-    counts = [0] * (len(edges) - 1)
+KL_BINS = (-6.0, 2.0, 4)  # log10 of the lowest and highest edges, bins per decade
+
+
+def kl_bin_counts(values: list[float]) -> list[int]:
+    """How many of `values` fall in each bin of the signal figure (log-spaced)."""
+    lo, hi, per_decade = KL_BINS
+    counts = [0] * int((hi - lo) * per_decade)
     for v in values:
         x = math.log10(max(v, 10**lo))
-        i = min(len(counts) - 1, max(0, int((x - lo) * per_decade)))
-        counts[i] += 1
-    centers = [10 ** ((a + b) / 2) for a, b in zip(edges, edges[1:], strict=False)]
-    return centers, counts
+        counts[min(len(counts) - 1, max(0, int((x - lo) * per_decade)))] += 1
+    return counts
 
 
-def dataset_figures(analyses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Four views across the dataset, each split by correctness when references exist."""
-    groups = _groups(analyses)
+def kl_bin_centers() -> list[float]:
+    lo, hi, per_decade = KL_BINS
+    edges = [lo + i / per_decade for i in range(int((hi - lo) * per_decade) + 1)]
+    return [10 ** ((a + b) / 2) for a, b in zip(edges, edges[1:], strict=False)]
+
+
+class _Group:
+    """What the figures show of one group of analyses, added up one digest at a time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.kl_counts = kl_bin_counts([])
+        self.decile_sums, self.with_deciles = [0.0] * 10, 0
+        self.tokens: list[int] = []
+        self.agreement: list[float | None] = []
+        self.ids: list[str] = []
+        self.firsts: list[int] = []
+
+    def add(self, d: dict[str, Any]) -> None:
+        self.count += 1
+        self.kl_counts = [a + b for a, b in zip(self.kl_counts, d["kl_bins"], strict=True)]
+        if d["deciles"] is not None:
+            self.decile_sums = [a + b for a, b in zip(self.decile_sums, d["deciles"], strict=True)]
+            self.with_deciles += 1
+        self.tokens.append(d["tokens"])
+        self.agreement.append(d["agreement_rate"])
+        self.ids.append(d["analysis_id"])
+        if d["first_divergence"] is not None:
+            self.firsts.append(d["first_divergence"])
+
+
+def dataset_figures(analyses: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The figures of full analyses (the CLI holds them already)."""
+    return figures_of(digest(a) for a in analyses)
+
+
+def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Four views across the dataset, each split by correctness when references exist. One
+    pass over the digests: every group is added up as they come, then the split is chosen."""
+    everything, right, wrong = _Group(), _Group(), _Group()
+    for d in digests:
+        everything.add(d)
+        if d["correct"] is not None:
+            (right if d["correct"] else wrong).add(d)
+    verdicts = right.count + wrong.count
+    groups = {"correct": right, "incorrect": wrong} if verdicts else {"all": everything}
     signal, position, agreement, first = [], [], [], []
-    for name, members in groups.items():
+    for name, group in groups.items():
         color = GROUP_COLORS[name]
-        label = f"{name} ({len(members)})"
-        values = [s["reverse_kl"] for a in members for s in a["steps"]]
-        centers, counts = _log_bins(values)
-        total = max(1, len(values))
+        label = f"{name} ({group.count})"
+        total = max(1, sum(group.kl_counts))
         signal.append(
             {
                 "type": "scatter",
                 "mode": "lines+markers",
                 "name": label,
-                "x": centers,
-                "y": [c / total for c in counts],
+                "x": kl_bin_centers(),
+                "y": [c / total for c in group.kl_counts],
                 "line": {"color": color},
             }
         )
-        shares = [d for d in (decile_shares(a) for a in members) if d is not None]
-        mean = [sum(d[i] for d in shares) / len(shares) for i in range(10)] if shares else [0] * 10
+        n = group.with_deciles
+        mean = [value / n for value in group.decile_sums] if n else [0] * 10
         position.append(
             {
                 "type": "bar",
@@ -160,14 +324,13 @@ def dataset_figures(analyses: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
                 "type": "scatter",
                 "mode": "markers",
                 "name": label,
-                "x": [a["summary"]["tokens"] for a in members],
-                "y": [a["summary"]["agreement_rate"] for a in members],
-                "text": [a["id"] for a in members],
+                "x": group.tokens,
+                "y": group.agreement,
+                "text": group.ids,
                 "marker": {"color": color, "size": 7},
             }
         )
-        firsts = [a["summary"]["first_divergence"] for a in members]
-        first.append(histogram_bars([f for f in firsts if f is not None], label, color))
+        first.append(histogram_bars(group.firsts, label, color))
     base = {
         "height": 320,
         "margin": {"l": 60, "r": 20, "t": 40, "b": 50},

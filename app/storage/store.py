@@ -1,7 +1,10 @@
 """Stored analyses in one SQLite file (WAL mode): written once, read by id or newest first.
 
 Knows nothing about models or HTTP. Each call opens its own short-lived connection, so the
-store is safe to use from the model worker thread and the event loop alike.
+store is safe to use from the model worker thread and the event loop alike; `with
+store.connect() as db:` is one transaction and closes the connection at its end. Beside each
+analysis sits its digest (`report.dataset.digest`): what dataset views need, so that they never
+parse the analyses themselves.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vrollout.core.errors import NotFound, StorageError, StorageFull
+from vrollout.report.dataset import digest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS analyses (
@@ -23,10 +28,13 @@ CREATE TABLE IF NOT EXISTS analyses (
     tokens INTEGER NOT NULL,
     summary TEXT NOT NULL,
     preview TEXT NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    digest TEXT                   -- JSON, report.dataset.digest; NULL in databases made before it
 );
 CREATE INDEX IF NOT EXISTS analyses_created ON analyses (created_at DESC);
 """
+# SQLite's integer range: an OFFSET beyond it is an overflow, not an empty page.
+SQLITE_MAX_INT = 2**63 - 1
 
 
 def storage_error(exc: sqlite3.Error, doing: str) -> StorageError:
@@ -52,6 +60,32 @@ def preview_of(analysis: dict[str, Any], limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class ClosingConnection(sqlite3.Connection):
+    """`with store.connect() as db:` commits (or rolls back on an error) and then closes.
+
+    sqlite3's own connection only ends the transaction there; the connection, with its file
+    descriptors for the database and its WAL, lived on until the cyclic garbage collector
+    found it, so a flood of requests ran the process out of descriptors."""
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self.close()
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a database made by an older version up to this schema (digests: added empty, and
+    filled in when a dataset view first needs them, `Store.digest_of`)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(analyses)")}
+    if "digest" not in columns:
+        try:
+            db.execute("ALTER TABLE analyses ADD COLUMN digest TEXT")
+        except sqlite3.OperationalError as exc:  # another process migrated it meanwhile
+            if "duplicate column" not in str(exc):
+                raise
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -60,6 +94,7 @@ class Store:
             with self.connect() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
+                migrate(db)
         except sqlite3.DatabaseError as exc:
             if "malformed" not in str(exc) and "not a database" not in str(exc):
                 raise storage_error(exc, f"cannot open the database {self.path}") from None
@@ -71,8 +106,9 @@ class Store:
             raise StorageError(f"cannot create the database folder for {self.path}: {exc}") from None
 
     def connect(self) -> sqlite3.Connection:
-        """A new connection; `with store.connect() as db:` is one transaction."""
-        return sqlite3.connect(self.path, timeout=30)
+        """A new connection; `with store.connect() as db:` is one transaction, then it closes.
+        Never hold one across a `yield` or an `await`: open, read a chunk, close."""
+        return sqlite3.connect(self.path, timeout=30, factory=ClosingConnection)
 
     def save(self, analysis: dict[str, Any]) -> None:
         try:
@@ -94,8 +130,13 @@ class Store:
             json.dumps(analysis["summary"]),
             preview_of(analysis),
             blob,
+            json.dumps(digest(analysis)),
         )
-        db.execute("INSERT INTO analyses VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        db.execute(
+            "INSERT INTO analyses (id, created_at, student, teacher, tokens, summary, preview, data, digest) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
 
     def get(self, analysis_id: str) -> dict[str, Any]:
         with self.connect() as db:
@@ -105,15 +146,35 @@ class Store:
         return json.loads(zlib.decompress(row[0]))
 
     def get_many(self, ids: list[str]) -> list[dict[str, Any]]:
-        """Analyses in the order of `ids` (missing ones are skipped)."""
-        found: dict[str, dict[str, Any]] = {}
+        """Analyses in the order of `ids` (missing ones are skipped). All in memory at once:
+        for many long analyses, iterate `each(ids)` instead."""
+        return list(self.each(ids))
+
+    def each(self, ids: list[str], per_query: int = 8) -> Iterator[dict[str, Any]]:
+        """Analyses in the order of `ids`, one parsed at a time (missing ones are skipped). No
+        connection stays open between them, so a consumer that stops early leaks nothing."""
+        for start in range(0, len(ids), per_query):
+            part = ids[start : start + per_query]
+            marks = ",".join("?" * len(part))
+            with self.connect() as db:
+                blobs = dict(db.execute(f"SELECT id, data FROM analyses WHERE id IN ({marks})", part))
+            for aid in part:
+                if aid in blobs:
+                    yield json.loads(zlib.decompress(blobs.pop(aid)))
+
+    def digest_of(self, analysis_id: str) -> dict[str, Any] | None:
+        """The stored digest of an analysis, computed and stored first if it has none (an
+        analysis saved before digests existed). None: no such analysis (any more)."""
         with self.connect() as db:
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                marks = ",".join("?" * len(part))
-                for aid, data in db.execute(f"SELECT id, data FROM analyses WHERE id IN ({marks})", part):
-                    found[aid] = json.loads(zlib.decompress(data))
-        return [found[i] for i in ids if i in found]
+            row = db.execute("SELECT digest, data FROM analyses WHERE id = ?", (analysis_id,)).fetchone()
+        if row is None:
+            return None
+        if row[0] is not None:
+            return json.loads(row[0])
+        made = digest(json.loads(zlib.decompress(row[1])))
+        with self.connect() as db:
+            db.execute("UPDATE analyses SET digest = ? WHERE id = ?", (json.dumps(made), analysis_id))
+        return made
 
     def list(self, limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Newest first: (items without steps, total count)."""
