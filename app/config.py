@@ -38,6 +38,27 @@ class Settings(BaseSettings):
 
     # Storage.
     database: Path = Field(default_factory=lambda: Path("data") / "vrollout.sqlite3")
+    retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="analyses and finished jobs older than this are deleted (at start-up, then "
+        "hourly); None: kept forever",
+    )
+
+    # Job progress streams (Server-Sent Events).
+    max_streams: int = Field(default=256, ge=1, description="progress streams open at once; past it 503")
+    max_streams_per_job: int = Field(default=32, ge=1, description="progress streams of one job; past it 429")
+    stream_idle_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a stream with no new progress for this long ends (clients reconnect)",
+    )
+    stream_keepalive_s: float = Field(
+        default=15.0, gt=0, description="a comment line this often keeps proxies open"
+    )
+    stream_send_timeout_s: float = Field(
+        default=30.0, gt=0, description="a client that does not read for this long is dropped"
+    )
 
     # Serving.
     host: str = "127.0.0.1"

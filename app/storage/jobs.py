@@ -2,7 +2,9 @@
 
 Jobs and their lines live in the same SQLite file as the analyses. A line's analysis is
 inserted and the line marked done in one transaction, so a server that stops mid-job loses
-nothing and, on restart, resumes with exactly the lines not yet done. No HTTP here.
+nothing and, on restart, resumes with exactly the lines not yet done. Exports read the
+stored digests (and full analyses one at a time), a chunk per connection, never all at once.
+No HTTP here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 from vrollout.core.errors import NotFound, StorageError, VRError
 from vrollout.core.ids import new_id, now
 from vrollout.service import Analyzer, ModelWorker, Prepared
+from vrollout.storage.progress import JobFeed
 from vrollout.storage.store import Store, storage_error
 
 log = logging.getLogger(__name__)
@@ -46,9 +50,12 @@ CREATE TABLE IF NOT EXISTS job_items (
     error TEXT,
     PRIMARY KEY (job_id, line)
 );
+CREATE INDEX IF NOT EXISTS job_items_analysis ON job_items (analysis_id);
 """
 FINAL = ("done", "cancelled")
 WINDOW = 64  # lines prepared (and sorted into batches) at a time
+CHUNK = 500  # lines read per connection by exports
+ANALYSIS_DELETED = "its analysis was deleted"
 
 
 class Jobs:
@@ -56,6 +63,7 @@ class Jobs:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.listeners: list[Callable[[str], None]] = []  # told the id of each job that changes
         with store.connect() as db:
             db.executescript(SCHEMA)
             # A job that was running when the server stopped resumes with its pending lines.
@@ -130,6 +138,10 @@ class Jobs:
             ).fetchone()
         return row[0] if row else None
 
+    def changed(self, job_id: str) -> None:
+        for listener in self.listeners:
+            listener(job_id)
+
     def set_state(self, job_id: str, state: str) -> None:
         column = {"running": "started_at", "done": "finished_at", "cancelled": "finished_at"}.get(state)
         with self.store.connect() as db:
@@ -137,6 +149,7 @@ class Jobs:
                 db.execute(f"UPDATE jobs SET state = ?, {column} = ? WHERE id = ?", (state, now(), job_id))
             else:
                 db.execute("UPDATE jobs SET state = ? WHERE id = ?", (state, job_id))
+        self.changed(job_id)
 
     def pending(self, job_id: str) -> list[tuple[int, dict[str, Any]]]:
         with self.store.connect() as db:
@@ -147,8 +160,13 @@ class Jobs:
         return [(line, json.loads(payload)) for line, payload in rows]
 
     def complete(self, job_id: str, done: list[tuple[int, dict[str, Any]]]) -> None:
-        """Store the analyses and mark their lines done: one transaction, so never half of it."""
+        """Store the analyses and mark their lines done: one transaction, so never half of it.
+        Nothing is stored for a job deleted meanwhile (the check and the writes are one
+        transaction too: `BEGIN IMMEDIATE` takes the write lock before the check)."""
         with self.store.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                return
             for line, analysis in done:
                 self.store.insert(db, analysis)
                 db.execute(
@@ -156,6 +174,7 @@ class Jobs:
                     "WHERE job_id = ? AND line = ?",
                     (analysis["id"], analysis["summary"]["tokens"], job_id, line),
                 )
+        self.changed(job_id)
 
     def fail(self, job_id: str, line: int, error: str) -> None:
         with self.store.connect() as db:
@@ -163,6 +182,7 @@ class Jobs:
                 "UPDATE job_items SET state = 'error', error = ? WHERE job_id = ? AND line = ?",
                 (error, job_id, line),
             )
+        self.changed(job_id)
 
     def items(self, job_id: str) -> list[dict[str, Any]]:
         """Every line: state, analysis id or error."""
@@ -175,8 +195,99 @@ class Jobs:
         return [{"line": r[0], "state": r[1], "analysis_id": r[2], "error": r[3]} for r in rows]
 
     def analyses(self, job_id: str) -> list[dict[str, Any]]:
-        ids = [i["analysis_id"] for i in self.items(job_id) if i["analysis_id"]]
-        return self.store.get_many(ids)
+        """Every analysis of the job, all in memory: for small jobs (tests, benchmarks)."""
+        return list(self.each_analysis(job_id))
+
+    def _analysis_ids(self, job_id: str) -> Iterator[list[tuple[int, str, str | None]]]:
+        """(line, analysis id, stored digest) of the job's analyses in line order, a chunk per
+        connection (none stays open while the caller works on a chunk)."""
+        self.get(job_id)  # 404 for an unknown job
+        last = -1
+        while True:
+            with self.store.connect() as db:
+                rows = db.execute(
+                    "SELECT i.line, a.id, a.digest FROM job_items i JOIN analyses a ON a.id = i.analysis_id "
+                    "WHERE i.job_id = ? AND i.line > ? ORDER BY i.line LIMIT ?",
+                    (job_id, last, CHUNK),
+                ).fetchall()
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
+
+    def digests(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """The digest (`report.dataset.digest`) of each analysis of the job, in line order."""
+        for rows in self._analysis_ids(job_id):
+            for _, analysis_id, stored in rows:
+                found = json.loads(stored) if stored else self.store.digest_of(analysis_id)
+                if found is not None:
+                    yield found
+
+    def each_analysis(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Every analysis of the job in line order, one parsed at a time."""
+        for rows in self._analysis_ids(job_id):
+            yield from self.store.each([analysis_id for _, analysis_id, _ in rows])
+
+    def delete(self, job_id: str) -> int:
+        """The job, its lines and their analyses, in one transaction. Returns the number of
+        analyses deleted. (A running job must be stopped first: `JobRunner.delete`.)"""
+        with self.store.connect() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise NotFound(f"no job with id {job_id!r}")
+            deleted = self._delete_jobs(db, [job_id])
+        self.changed(job_id)
+        return deleted
+
+    @staticmethod
+    def _delete_jobs(db: Any, job_ids: list[str]) -> int:
+        deleted = 0
+        for job_id in job_ids:
+            deleted += db.execute(
+                "DELETE FROM analyses WHERE id IN (SELECT analysis_id FROM job_items WHERE job_id = ?)",
+                (job_id,),
+            ).rowcount
+            db.execute("DELETE FROM job_items WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return deleted
+
+    def delete_analysis(self, analysis_id: str) -> None:
+        """One analysis; a job's line that held it stays done and says its analysis was deleted
+        (the job's exports no longer list it)."""
+        with self.store.connect() as db:
+            if db.execute("DELETE FROM analyses WHERE id = ?", (analysis_id,)).rowcount == 0:
+                raise NotFound(f"no stored analysis with id {analysis_id!r}")
+            jobs = [
+                r[0] for r in db.execute("SELECT job_id FROM job_items WHERE analysis_id = ?", (analysis_id,))
+            ]
+            db.execute(
+                "UPDATE job_items SET analysis_id = NULL, error = ? WHERE analysis_id = ?",
+                (ANALYSIS_DELETED, analysis_id),
+            )
+        for job_id in jobs:
+            self.changed(job_id)
+
+    def purge(self, before: str) -> tuple[int, int]:
+        """Retention: finished jobs (done or cancelled) that finished before `before` (an ISO
+        time, as `now()` writes them), with their analyses, and the analyses of no job created
+        before it. Jobs still queued or running keep everything. Returns (analyses, jobs)."""
+        with self.store.connect() as db:
+            old_jobs = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE state IN ('done', 'cancelled') "
+                    "AND COALESCE(finished_at, created_at) < ?",
+                    (before,),
+                )
+            ]
+            deleted = self._delete_jobs(db, old_jobs)
+            deleted += db.execute(
+                "DELETE FROM analyses WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM job_items WHERE job_items.analysis_id = analyses.id)",
+                (before,),
+            ).rowcount
+        for job_id in old_jobs:
+            self.changed(job_id)
+        return deleted, len(old_jobs)
 
 
 @dataclass
@@ -198,6 +309,10 @@ class JobRunner:
         self.cancel_requested: set[str] = set()
         self.live: dict[str, Live] = {}
         self.stopped: dict[str, str] = {}  # job id -> why it stopped by itself (e.g. the disk is full)
+        # Progress streams share one state per job, recomputed when the job changes.
+        settings = analyzer.settings
+        self.feed = JobFeed(self.state, settings.max_streams_per_job, settings.max_streams)
+        jobs.listeners.append(self.feed.changed)
         # On vLLM, lines run concurrently on their own threads (the servers do the model work).
         self.lines_pool: ThreadPoolExecutor | None = None
         if analyzer.backend.remote:
@@ -224,6 +339,16 @@ class JobRunner:
         elif job["state"] == "running":
             self.cancel_requested.add(job_id)
         return self.state(job_id)
+
+    def delete(self, job_id: str) -> int:
+        """Delete a job with its analyses; a running one is cancelled first (what its current
+        batch finishes is not stored: `Jobs.complete` finds the job gone)."""
+        if self.jobs.get(job_id)["state"] == "running":
+            self.cancel_requested.add(job_id)
+        deleted = self.jobs.delete(job_id)
+        self.live.pop(job_id, None)
+        self.stopped.pop(job_id, None)
+        return deleted
 
     def resume(self, job_id: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)
@@ -330,3 +455,4 @@ class JobRunner:
             for line, _ in group:
                 await asyncio.to_thread(self.jobs.fail, job_id, line, "internal error")
         live.lines += len(group)
+        self.feed.changed(job_id)  # the rate and time left moved too

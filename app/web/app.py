@@ -20,6 +20,7 @@ from vrollout.config import Settings
 from vrollout.core.errors import TooLong, VRError
 from vrollout.service import Analyzer, ModelWorker
 from vrollout.storage.jobs import JobRunner, Jobs
+from vrollout.storage.retention import keep_retention
 from vrollout.storage.store import Store, storage_error
 from vrollout.storage.tasks import Tasks
 from vrollout.web.pages import make_templates
@@ -132,10 +133,15 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         app.state.jobs = Jobs(app.state.store)
         app.state.runner = JobRunner(app.state.jobs, app.state.analyzer, app.state.worker)
         runner = asyncio.get_running_loop().create_task(app.state.runner.run_forever())
+        background = [runner]
+        if settings.retention_days is not None:
+            sweep = keep_retention(app.state.jobs, settings.retention_days)
+            background.append(asyncio.get_running_loop().create_task(sweep))
         try:
             yield
         finally:
-            runner.cancel()
+            for task in background:
+                task.cancel()
             app.state.worker.close()
 
     app = FastAPI(

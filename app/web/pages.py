@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from vrollout.report.figures import figure_dict
+from vrollout.storage.store import SQLITE_MAX_INT
 from vrollout.web.routes.analyses import AnalyzerDep, StoreDep
 from vrollout.web.routes.jobs import JobsDep, RunnerDep
 from vrollout.web.security import standalone_csp
@@ -22,6 +23,7 @@ PLOTLY_BUNDLE = "vendor/plotly-basic-4.1.1.min.js"
 PLOTLY_URL = f"/static/{PLOTLY_BUNDLE}"
 
 router = APIRouter(include_in_schema=False)
+PER_PAGE = 50  # stored analyses per page of /analyses
 
 
 def show_token(token: str) -> str:
@@ -85,9 +87,9 @@ async def job_page(request: Request, job_id: str, runner: RunnerDep) -> Response
 async def analyses_page(
     request: Request,
     store: StoreDep,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=SQLITE_MAX_INT // PER_PAGE)] = 1,
 ) -> Response:
-    per_page = 50
+    per_page = PER_PAGE
     items, total = await run_in_threadpool(store.list, per_page, (page - 1) * per_page)
     return await render(
         request,

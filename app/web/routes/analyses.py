@@ -18,7 +18,8 @@ from vrollout.core.ids import new_id
 from vrollout.core.schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody, PedagogicalRequest
 from vrollout.report.figures import figure_dict
 from vrollout.service import Analyzer, ModelWorker
-from vrollout.storage.store import Store
+from vrollout.storage.jobs import Jobs
+from vrollout.storage.store import SQLITE_MAX_INT, Store
 from vrollout.storage.tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ async def task_state(task_id: str, tasks: TasksDep) -> dict[str, Any]:
 async def list_analyses(
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
 ) -> Any:
     """Stored analyses, newest first, without their steps."""
     items, total = await run_in_threadpool(store.list, limit, offset)
@@ -150,6 +151,15 @@ async def get_figure(analysis_id: str, store: StoreDep) -> Response:
     analysis = await run_in_threadpool(store.get, analysis_id)
     figure = await run_in_threadpool(lambda: json.dumps(figure_dict(analysis)))
     return Response(figure, media_type="application/json")
+
+
+@router.delete("/analyses/{analysis_id}")
+async def delete_analysis(
+    analysis_id: str, jobs: Annotated[Jobs, Depends(from_state("jobs"))]
+) -> dict[str, Any]:
+    """Delete a stored analysis. A job's line that held it stays done and says it was deleted."""
+    await run_in_threadpool(jobs.delete_analysis, analysis_id)
+    return {"ok": True, "id": analysis_id}
 
 
 @router.get("/analyses/{analysis_id}", response_model=Analysis)

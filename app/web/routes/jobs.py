@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
+from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 from vrollout.core.errors import BadTrajectory, TooLong, VRError
 from vrollout.core.trajectories import parse_file
 from vrollout.report.dataset import (
-    dataset_figures,
-    jsonl,
-    step_rows,
-    steps_parquet,
-    summaries_csv,
-    summary_row,
+    figures_of,
+    json_array_chunks,
+    jsonl_chunks,
+    steps_of,
+    steps_parquet_chunks,
+    summaries_csv_chunks,
+    summary_of,
 )
 from vrollout.service import Analyzer, with_defaults
 from vrollout.storage.jobs import FINAL, JobRunner, Jobs
+from vrollout.storage.progress import Follower
 from vrollout.web.routes.analyses import ERRORS, AnalyzerDep, from_state
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
@@ -95,25 +98,52 @@ async def job_state(job_id: str, runner: RunnerDep) -> dict[str, Any]:
     return await run_in_threadpool(runner.state, job_id)
 
 
+class ProgressStream(EventSourceResponse):
+    """An event stream that gives its place among the job's followers back however it ends
+    (finished, idle, client gone, send timed out, server stopping)."""
+
+    def __init__(self, follower: Follower, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.follower = follower
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.follower.close()
+
+
 @router.get("/{job_id}/events")
-async def job_events(job_id: str, request: Request, runner: RunnerDep) -> StreamingResponse:
-    """Server-Sent Events: a `progress` event whenever the job's state changes, then `end`."""
-    await run_in_threadpool(runner.state, job_id)  # 404 before the stream starts
+async def job_events(job_id: str, request: Request, runner: RunnerDep) -> EventSourceResponse:
+    """Server-Sent Events: a `progress` event whenever the job's state changes, then `end`.
+    Every stream of a job shares one state, computed once per change; a comment line every
+    VROLLOUT_STREAM_KEEPALIVE_S keeps proxies from cutting a quiet stream. At most
+    VROLLOUT_MAX_STREAMS_PER_JOB streams per job (429) and VROLLOUT_MAX_STREAMS in all (503); a
+    stream with no new progress for VROLLOUT_STREAM_IDLE_TIMEOUT_S ends (EventSource reconnects)."""
+    settings = request.app.state.settings
+    follower = await runner.feed.follow(job_id)  # 404 (or 429/503) before the stream starts
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[dict[str, str]]:
         last = None
-        while not await request.is_disconnected():
-            state = await run_in_threadpool(runner.state, job_id)
-            key = (state["state"], state["done"], state["failed"])
-            if key != last:
-                last = key
-                yield f"event: progress\ndata: {json.dumps(state)}\n\n"
-            if state["state"] in FINAL:
-                yield f"event: end\ndata: {json.dumps(state)}\n\n"
-                return
-            await asyncio.sleep(0.25)
+        try:
+            async for state in follower.states(settings.stream_idle_timeout_s):
+                key = (state["state"], state["done"], state["failed"], state["error"])
+                if key != last:
+                    last = key
+                    yield {"event": "progress", "data": json.dumps(state)}
+                if state["state"] in FINAL:
+                    yield {"event": "end", "data": json.dumps(state)}
+                    return
+        finally:
+            follower.close()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return ProgressStream(
+        follower,
+        events(),
+        ping=settings.stream_keepalive_s,
+        send_timeout=settings.stream_send_timeout_s,
+        sep="\n",
+    )
 
 
 @router.post("/{job_id}/cancel")
@@ -133,43 +163,60 @@ async def job_items(job_id: str, jobs: JobsDep) -> list[dict[str, Any]]:
     return await run_in_threadpool(jobs.items, job_id)
 
 
-async def _analyses(jobs: Jobs, job_id: str) -> list[dict[str, Any]]:
-    return await run_in_threadpool(jobs.analyses, job_id)
+@router.delete("/{job_id}")
+async def delete_job(job_id: str, runner: RunnerDep) -> dict[str, Any]:
+    """Delete the job with its lines and their analyses; a running job is cancelled first."""
+    deleted = await run_in_threadpool(runner.delete, job_id)
+    return {"ok": True, "id": job_id, "analyses_deleted": deleted}
+
+
+async def _check(jobs: Jobs, job_id: str) -> None:
+    await run_in_threadpool(jobs.get, job_id)  # 404 before a download starts
+
+
+def _summaries(jobs: Jobs, job_id: str) -> Iterator[dict[str, Any]]:
+    return (summary_of(d) for d in jobs.digests(job_id))
 
 
 @router.get("/{job_id}/summaries")
 async def job_summaries(job_id: str, jobs: JobsDep, format: str = "json") -> Response:
-    """One row per analysed trajectory: `format=json` (default), `csv` or `jsonl`."""
-    rows = [summary_row(a) for a in await _analyses(jobs, job_id)]
-    if format == "csv":
-        return _download(summaries_csv(rows), "text/csv", f"{job_id}-summaries.csv")
-    if format == "jsonl":
-        return _download(jsonl(rows), "application/x-ndjson", f"{job_id}-summaries.jsonl")
-    if format != "json":
+    """One row per analysed trajectory: `format=json` (default), `csv` or `jsonl`. Built from the
+    summary rows stored with each analysis and streamed, so any size of job is cheap."""
+    if format not in ("json", "csv", "jsonl"):
         raise BadTrajectory("format must be json, csv or jsonl", field="format")
-    return Response(json.dumps(rows), media_type="application/json")
+    await _check(jobs, job_id)
+    rows = _summaries(jobs, job_id)
+    if format == "csv":
+        return _download(summaries_csv_chunks(rows), "text/csv", f"{job_id}-summaries.csv")
+    if format == "jsonl":
+        return _download(jsonl_chunks(rows), "application/x-ndjson", f"{job_id}-summaries.jsonl")
+    return StreamingResponse(json_array_chunks(rows), media_type="application/json")
 
 
 @router.get("/{job_id}/steps")
 async def job_steps(job_id: str, jobs: JobsDep, format: str = "parquet") -> Response:
     """Every step of every trajectory, one row each: `format=parquet` (default) or `jsonl`.
-    `pd.read_parquet(url)` gives the table."""
-    rows = step_rows(await _analyses(jobs, job_id))
-    if format == "jsonl":
-        return _download(jsonl(rows), "application/x-ndjson", f"{job_id}-steps.jsonl")
-    if format != "parquet":
+    `pd.read_parquet(url)` gives the table. Streamed one analysis (and one Parquet row group)
+    at a time."""
+    if format not in ("parquet", "jsonl"):
         raise BadTrajectory("format must be parquet or jsonl", field="format")
-    data = await run_in_threadpool(steps_parquet, rows)
-    return _download(data, "application/vnd.apache.parquet", f"{job_id}-steps.parquet")
+    await _check(jobs, job_id)
+    analyses = jobs.each_analysis(job_id)
+    if format == "jsonl":
+        pieces = (piece for a in analyses for piece in jsonl_chunks(steps_of(a)))
+        return _download(pieces, "application/x-ndjson", f"{job_id}-steps.jsonl")
+    return _download(
+        steps_parquet_chunks(analyses), "application/vnd.apache.parquet", f"{job_id}-steps.parquet"
+    )
 
 
 @router.get("/{job_id}/figures")
 async def job_figures(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """The dataset page's Plotly figures (each opens with `plotly.io.from_json`)."""
-    return dataset_figures(await _analyses(jobs, job_id))
+    return await run_in_threadpool(lambda: figures_of(jobs.digests(job_id)))
 
 
-def _download(content: str | bytes, media_type: str, filename: str) -> Response:
-    return Response(
-        content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'}
-    )
+def _download(pieces: Iterator[str] | Iterator[bytes], media_type: str, filename: str) -> StreamingResponse:
+    """A download, sent as it is made (the pieces are made on a thread)."""
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(pieces, media_type=media_type, headers=headers)
