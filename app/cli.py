@@ -63,12 +63,13 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
     from vrollout.storage.store import Store
     from vrollout.web.app import create_app
+    from vrollout.web.server import uvicorn_options
 
     settings = _settings(args)
     if warning := exposure_warning(settings):
         print(warning, file=sys.stderr)
     Store(settings.database)  # a damaged database: a clear message now, not a traceback at start-up
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings), **uvicorn_options(settings))  # timeouts and caps: web/server.py
     return 0
 
 

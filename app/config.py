@@ -89,6 +89,35 @@ class Settings(BaseSettings):
     max_new_tokens: int = 1024
     max_top_k: int = 20
     max_continuation_tokens: int = 32
+    # Cost budgets, in tokens a request may decode (upper bounds, known before any model work).
+    max_analysis_cost: int = Field(
+        default=65_536,
+        ge=1,
+        description="an analysis: generated tokens + (continuation_tokens + recovery_max_new_tokens, "
+        "with recovery) x response tokens",
+    )
+    max_pedagogical_cost: int = Field(
+        default=4_096, ge=1, description="a pedagogical request: max_new_tokens x (1 + sweep points)"
+    )
+
+    # Model work: one worker thread; interactive requests wait in a bounded queue.
+    max_queued_requests: int = Field(
+        default=64, ge=1, description="interactive requests waiting for the model; past it 429"
+    )
+
+    # Connections (`vrollout serve`).
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request line and headers must arrive within it, else closed"
+    )
+    body_timeout_s: float = Field(
+        default=120.0, gt=0, description="a request body must arrive within it, else 408"
+    )
+    keep_alive_s: int = Field(default=5, ge=1, description="an idle keep-alive connection is closed after it")
+    max_connections: int = Field(
+        default=512, ge=1, description="open connections (and requests in flight) before 503"
+    )
+    max_header_bytes: int = Field(default=16_384, ge=1024, description="request line and headers")
+    backlog: int = Field(default=256, ge=1, description="connections the kernel queues before accept()")
 
     # Backend: "local" runs the models here; "vllm" scores and generates on vLLM servers
     # (README "Running on vLLM"). URL lists in the environment are JSON: '["http://h:8000"]'.

@@ -1,18 +1,17 @@
 """The analysis pipeline: validate, build contexts, generate if needed, replay, store.
 
 `Analyzer` is what the API, the CLI and notebooks call. It is synchronous; the web app runs it
-on `ModelWorker`, one job at a time, off the event loop. No HTTP here.
+on `worker.ModelWorker`, one job at a time, off the event loop. No HTTP here.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from vrollout.config import Settings
@@ -27,11 +26,10 @@ from vrollout.core.replay import Progress, ReplayResult, _no_progress
 from vrollout.core.rules import Policy
 from vrollout.core.trajectories import Trajectory, parse_trajectory
 from vrollout.storage.store import Store
+from vrollout.worker import check_budget
 
 if TYPE_CHECKING:
     from vrollout.local.models import ModelPair
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -86,6 +84,16 @@ def parse_options(obj: dict[str, Any], settings: Settings) -> Options:
             obj, "recovery_max_new_tokens", min(64, settings.max_new_tokens), int, 1, settings.max_new_tokens
         ),
     )
+
+
+def analysis_cost(options: Options, response_tokens: int | None) -> int:
+    """Tokens an analysis could decode, known before any model work: the generated response
+    (`response_tokens` None) and, as if every response token branched, its continuations and
+    recovery continuations (an upper bound: only divergences are decoded)."""
+    length = options.max_new_tokens if response_tokens is None else response_tokens
+    generated = options.max_new_tokens if response_tokens is None else 0
+    per_token = options.continuation_tokens + (options.recovery_max_new_tokens if options.recovery else 0)
+    return generated + per_token * length
 
 
 MAX_SWEEP = 12
@@ -184,6 +192,13 @@ class Analyzer:
                 f"the response has {len(ctx.response_ids)} tokens, over the limit of "
                 f"{limit} (VROLLOUT_MAX_RESPONSE_TOKENS)"
             )
+        response_tokens = None if ctx.response_ids is None else len(ctx.response_ids)
+        check_budget(
+            analysis_cost(options, response_tokens),
+            self.settings.max_analysis_cost,
+            "VROLLOUT_MAX_ANALYSIS_COST",
+            "generated tokens + (continuation_tokens + recovery_max_new_tokens) x response tokens",
+        )
         return Prepared(traj, ctx, options)
 
     def contexts(self, traj: Trajectory) -> Contexts:
@@ -441,6 +456,13 @@ class Analyzer:
                 if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
                     raise BadTrajectory(f"sweep[{i}] must be a number strictly between 0 and 1")
             sweep = sorted(float(v) for v in sweep)
+        rollouts = 1 + len(sweep or [])
+        check_budget(
+            policy.max_new_tokens * rollouts,
+            self.settings.max_pedagogical_cost,
+            "VROLLOUT_MAX_PEDAGOGICAL_COST",
+            f"max_new_tokens {policy.max_new_tokens} x {rollouts} rollouts",
+        )
         return PreparedRollout(s_ids, t_ids, policy, reference, sweep, analysis_id)
 
     def pedagogical(self, prep: PreparedRollout, progress: Progress = _no_progress) -> dict[str, Any]:
@@ -470,16 +492,3 @@ class Analyzer:
     def analyze(self, obj: Any, progress: Progress = _no_progress) -> dict[str, Any]:
         """One trajectory (any format of docs/formats.md, plus options) to one stored analysis."""
         return self.run(self.prepare(obj), progress)
-
-
-class ModelWorker:
-    """One thread for all model work: jobs run one at a time, the event loop stays free."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrollout-model")
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.wrap_future(self._pool.submit(fn, *args))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -54,3 +54,17 @@ class StorageFull(StorageError):
     """The disk (or the database's size limit) is full: nothing more can be written."""
 
     status = 507
+
+class QueueFull(VRError):
+    """Too many requests already wait for the model: retry after `retry_after` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class Cancelled(Exception):
+    """Model work stopped because its request was cancelled (the client went away, or a task
+    was cancelled). Not a VRError: nothing may mistake it for a problem with the input."""

@@ -22,9 +22,10 @@ from typing import Any
 
 from vrollout.core.errors import NotFound, StorageError, VRError
 from vrollout.core.ids import new_id, now
-from vrollout.service import Analyzer, ModelWorker, Prepared
+from vrollout.service import Analyzer, Prepared
 from vrollout.storage.progress import JobFeed
 from vrollout.storage.store import Store, storage_error
+from vrollout.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,8 @@ class Live:
 
 
 class JobRunner:
-    """Works through queued jobs, one line at a time on the shared model worker."""
+    """Works through queued jobs, one line (or padded group) at a time on the shared model
+    worker, in its jobs lane: interactive requests take turns with the job's groups."""
 
     def __init__(self, jobs: Jobs, analyzer: Analyzer, worker: ModelWorker) -> None:
         self.jobs, self.analyzer, self.worker = jobs, analyzer, worker
@@ -391,7 +393,7 @@ class JobRunner:
         live = self.live[job_id] = Live()
         pending = await asyncio.to_thread(self.jobs.pending, job_id)
         for w in range(0, len(pending), WINDOW):
-            prepared = await self.worker.run(self._prepare, job_id, pending[w : w + WINDOW])
+            prepared = await self.worker.run(self._prepare, job_id, pending[w : w + WINDOW], lane="jobs")
             if self.lines_pool is not None:
                 if not await self._run_concurrently(job_id, prepared, live):
                     return
@@ -440,7 +442,7 @@ class JobRunner:
                 run = asyncio.get_running_loop().run_in_executor
                 results = await run(self.lines_pool, self.analyzer.run_group, group, extras)
             else:
-                results = await self.worker.run(self.analyzer.run_group, group, extras)
+                results = await self.worker.run(self.analyzer.run_group, group, extras, lane="jobs")
             lines = [line for line, _ in group]
             done = [(n, r) for n, r in zip(lines, results, strict=True) if not isinstance(r, VRError)]
             await asyncio.to_thread(self.jobs.complete, job_id, done)

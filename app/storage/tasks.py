@@ -1,4 +1,7 @@
-"""In-memory progress of single analyses started from the browser (one task per Analyze click)."""
+"""In-memory progress of single analyses started from the browser (one task per Analyze click).
+
+A task can be cancelled: its work on the model worker then never starts, or stops at its next
+step boundary, and nothing of it is stored."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from vrollout.core.errors import NotFound
@@ -15,7 +19,7 @@ from vrollout.core.errors import NotFound
 @dataclass
 class Task:
     id: str
-    state: str = "queued"  # queued | running | done | error
+    state: str = "queued"  # queued | running | done | error | cancelled
     stage: str = "queued"  # generate | replay | continuations | done
     done: int = 0
     total: int = 0
@@ -23,10 +27,20 @@ class Task:
     result: dict[str, Any] | None = None  # other results (pedagogical rollouts) travel inline
     error: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
+    cancel_requested: bool = False
+    on_cancel: Callable[[], None] | None = field(default=None, repr=False)  # stops the model work
 
     def progress(self, stage: str, done: int, total: int) -> None:
         """Called from the model thread; plain attribute writes are atomic enough to read."""
         self.state, self.stage, self.done, self.total = "running", stage, done, total
+
+    def cancel(self) -> None:
+        """Ask the work to stop; `state` says `cancelled` once it has (a finished task stays)."""
+        if self.state in ("done", "error", "cancelled"):
+            return
+        self.cancel_requested = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     def finish(self, result: dict[str, Any], stored: bool) -> None:
         if stored:  # an analysis: stored, so only its id travels
@@ -36,7 +50,7 @@ class Task:
         self.state, self.stage = "done", "done"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "on_cancel"}
 
 
 class Tasks:
@@ -54,9 +68,11 @@ class Tasks:
         job.add_done_callback(self._running.discard)
 
     def create(self, task_id: str) -> Task:
-        task = Task(task_id)
+        return self.add(Task(task_id))
+
+    def add(self, task: Task) -> Task:
         with self._lock:
-            self._tasks[task_id] = task
+            self._tasks[task.id] = task
             while len(self._tasks) > self.keep:
                 self._tasks.popitem(last=False)
         return task
@@ -66,4 +82,9 @@ class Tasks:
             task = self._tasks.get(task_id)
         if task is None:
             raise NotFound(f"no task with id {task_id!r}")
+        return task
+
+    def cancel(self, task_id: str) -> Task:
+        task = self.get(task_id)
+        task.cancel()
         return task

@@ -17,8 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vrollout import __version__
 from vrollout.config import Settings
-from vrollout.core.errors import TooLong, VRError
-from vrollout.service import Analyzer, ModelWorker
+from vrollout.core.errors import Cancelled, VRError
+from vrollout.service import Analyzer
 from vrollout.storage.jobs import JobRunner, Jobs
 from vrollout.storage.retention import keep_retention
 from vrollout.storage.store import Store, storage_error
@@ -29,6 +29,8 @@ from vrollout.web.routes.analyses import router as api_router
 from vrollout.web.routes.jobs import router as jobs_router
 from vrollout.web.security import SecurityHeaders, TokenGate, install_docs
 from vrollout.web.security import router as login_router
+from vrollout.web.server import quiet_accept_errors
+from vrollout.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -38,37 +40,70 @@ def error_body(status: int, message: str, **details: Any) -> dict[str, Any]:
 
 
 UPLOAD_PATHS = ("/api/jobs",)
+# An upload's limit is on the file's bytes (the route checks them); its body also carries the
+# multipart framing and the form's text fields (each at most 1 MiB, Starlette's part limit).
+UPLOAD_FRAMING = 4 * 1024 * 1024
 
 
 class BodyLimit:
-    """Refuse request bodies over the limit before they are read into memory (uploads of
-    trajectory files have their own, larger limit)."""
+    """Request bodies: refused with 413 once over the limit, before they are read into memory
+    (chunked ones too, which declare no length), and given `timeout` seconds to arrive, else 408
+    and the connection is closed. Past either, this middleware answers and the app is told that
+    the client went away (its own answer is dropped). Uploads of trajectory files have their own,
+    larger limit, on the file's bytes."""
 
-    def __init__(self, app: ASGIApp, limit: int, upload_limit: int) -> None:
-        self.app, self.limit, self.upload_limit = app, limit, upload_limit
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int, timeout: float = 120.0) -> None:
+        self.app, self.limit, self.upload_limit, self.timeout = app, limit, upload_limit, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         upload = scope["path"] in UPLOAD_PATHS
-        limit = self.upload_limit if upload else self.limit
+        limit = self.upload_limit + UPLOAD_FRAMING if upload else self.limit
         setting = "VROLLOUT_MAX_UPLOAD_BYTES" if upload else "VROLLOUT_MAX_REQUEST_BYTES"
-        message = f"the request body is over the limit of {limit} bytes ({setting})"
+        shown = self.upload_limit if upload else self.limit
+        too_long = f"the request body is over the limit of {shown} bytes ({setting})"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            response = JSONResponse(error_body(413, message), status_code=413)
+            response = JSONResponse(error_body(413, too_long), status_code=413)
             return await response(scope, receive, send)
-        seen = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        seen, body_done, started, answered = 0, False, False, False
+
+        async def answer(status: int, message: str, **headers: str) -> Message:
+            nonlocal answered
+            if not started:
+                response = JSONResponse(error_body(status, message), status, headers=headers)
+                await response(scope, receive, send)
+            answered = True
+            return {"type": "http.disconnect"}
 
         async def limited() -> Message:
-            nonlocal seen
-            received = await receive()
+            nonlocal seen, body_done
+            if answered:
+                return {"type": "http.disconnect"}
+            if body_done:  # e.g. a route waiting for the disconnect: no deadline
+                return await receive()
+            try:
+                received = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                late = f"the request body did not arrive within {self.timeout:g} s (VROLLOUT_BODY_TIMEOUT_S)"
+                return await answer(408, late, connection="close")
             seen += len(received.get("body", b""))
             if seen > limit:
-                raise TooLong(message)
+                return await answer(413, too_long)
+            body_done = received["type"] != "http.request" or not received.get("more_body", False)
             return received
 
-        await self.app(scope, limited, send)
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return
+            started = True
+            await send(message)
+
+        await self.app(scope, limited, guarded)
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[int, str, list[dict[str, Any]]]:
@@ -95,7 +130,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(VRError)
     async def on_vr_error(request: Request, exc: VRError) -> Any:
-        return respond(request, exc.status, exc.message, **exc.details)
+        response = respond(request, exc.status, exc.message, **exc.details)
+        response.headers.update(getattr(exc, "headers", {}))  # e.g. Retry-After with a 429
+        return response
+
+    @app.exception_handler(Cancelled)
+    async def on_cancelled(request: Request, exc: Cancelled) -> Any:
+        return JSONResponse(error_body(499, str(exc)), 499)  # the client went away: for the log
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Any:
@@ -128,7 +169,8 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         app.state.store = Store(settings.database)
         app.state.analyzer = analyzer or Analyzer.from_settings(settings, store=False)
         app.state.analyzer.store = app.state.store
-        app.state.worker = ModelWorker()
+        app.state.worker = ModelWorker(settings.max_queued_requests)
+        loud_accept_errors = quiet_accept_errors(asyncio.get_running_loop())
         app.state.tasks = Tasks()
         app.state.jobs = Jobs(app.state.store)
         app.state.runner = JobRunner(app.state.jobs, app.state.analyzer, app.state.worker)
@@ -143,6 +185,7 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
             for task in background:
                 task.cancel()
             app.state.worker.close()
+            loud_accept_errors()
 
     app = FastAPI(
         title="Virtual Rollout",
@@ -158,7 +201,12 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         redoc_url=None,
     )
     # The last added runs first: headers on every response, then the token, then the body limit.
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_request_bytes,
+        upload_limit=settings.max_upload_bytes,
+        timeout=settings.body_timeout_s,
+    )
     app.add_middleware(TokenGate, token=settings.api_token)
     app.add_middleware(SecurityHeaders)
     install_docs(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,18 +14,19 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic_core import to_json
 from vrollout import __version__
-from vrollout.core.errors import VRError
+from vrollout.core.errors import Cancelled, VRError
 from vrollout.core.ids import new_id
 from vrollout.core.schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody, PedagogicalRequest
 from vrollout.report.figures import figure_dict
-from vrollout.service import Analyzer, ModelWorker
+from vrollout.service import Analyzer
 from vrollout.storage.jobs import Jobs
 from vrollout.storage.store import SQLITE_MAX_INT, Store
-from vrollout.storage.tasks import Tasks
+from vrollout.storage.tasks import Task, Tasks
+from vrollout.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 422, 503, 507)
+    code: {"model": ErrorBody} for code in (400, 404, 413, 422, 429, 503, 507)
 }
 
 
@@ -67,11 +69,25 @@ async def models(analyzer: AnalyzerDep) -> dict[str, Any]:
     return {**analyzer.pair.describe(), **analyzer.backend.describe()}
 
 
+async def client_gone(request: Request) -> None:
+    """Returns when the client disconnects. Called once the body has been read, so the next
+    ASGI message can only be the disconnect (or the end of the response)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 @router.post("/analyze", response_model=Analysis)
-async def analyze(body: AnalyzeRequest, analyzer: AnalyzerDep, worker: WorkerDep) -> Any:
-    """Replay one trajectory through student and teacher; the analysis is stored and returned."""
+async def analyze(
+    body: AnalyzeRequest, request: Request, analyzer: AnalyzerDep, worker: WorkerDep, store: StoreDep
+) -> Any:
+    """Replay one trajectory through student and teacher; the analysis is stored and returned.
+    A client that goes away cancels its request: nothing runs (or it stops at the next step)
+    and nothing is stored."""
     prepared = await run_in_threadpool(analyzer.prepare, request_dict(body))
-    return await analysis_response(await worker.run(analyzer.run, prepared))
+    run = partial(analyzer.run, store=False)  # stored below, only for a client still waiting
+    analysis = await worker.run(run, prepared, abandon=client_gone(request))
+    await run_in_threadpool(store.save, analysis)
+    return await analysis_response(analysis)
 
 
 async def analysis_response(analysis: dict[str, Any]) -> Response:
@@ -82,15 +98,27 @@ async def analysis_response(analysis: dict[str, Any]) -> Response:
     return Response(body, media_type="application/json")
 
 
-def start_task(tasks: Tasks, worker: ModelWorker, fn: Any, prepared: Any, stored: bool) -> dict[str, Any]:
-    """Run `fn(prepared, progress)` on the model worker in the background. `stored`: the result
-    is a stored analysis (the task then carries its id, not the result)."""
-    task = tasks.create(new_id())
+def start_task(
+    tasks: Tasks, worker: ModelWorker, fn: Any, prepared: Any, store: Store | None = None
+) -> dict[str, Any]:
+    """Run `fn(prepared, progress=...)` on the model worker in the background (429 when the
+    queue is full). With `store`, the result is an analysis, stored unless the task was
+    cancelled (the task then carries its id, not the result)."""
+    task = Task(new_id())
+    work_item = worker.submit(fn, prepared, progress=task.progress)  # QueueFull: no task made
+    task.on_cancel = partial(worker.cancel, work_item)
+    tasks.add(task)
 
     async def work() -> None:
         try:
-            result = await worker.run(fn, prepared, task.progress)
-            task.finish(result, stored)
+            result = await asyncio.wrap_future(work_item.future)
+            if task.cancel_requested:
+                raise Cancelled("the task was cancelled")
+            if store is not None:
+                await run_in_threadpool(store.save, result)
+            task.finish(result, stored=store is not None)
+        except (Cancelled, asyncio.CancelledError):
+            task.state = "cancelled"
         except VRError as exc:
             task.state, task.error = "error", {"error": exc.message, "status": exc.status}
         except Exception:  # a bug, not bad input: logged, and the task says so
@@ -107,16 +135,19 @@ async def start_analysis_task(
 ) -> dict[str, Any]:
     """Like /api/analyze, but returns at once; follow `GET /api/tasks/{id}` for progress."""
     prepared = await run_in_threadpool(analyzer.prepare, request_dict(body))
-    return start_task(tasks, worker, analyzer.run, prepared, stored=True)
+    return start_task(tasks, worker, partial(analyzer.run, store=False), prepared, store=analyzer.store)
 
 
 @router.post("/pedagogical")
-async def pedagogical(body: PedagogicalRequest, analyzer: AnalyzerDep, worker: WorkerDep) -> Any:
+async def pedagogical(
+    body: PedagogicalRequest, request: Request, analyzer: AnalyzerDep, worker: WorkerDep
+) -> Any:
     """The pedagogical rollout: the student proposes each token; the teacher substitutes its
     top-1 only where the proposal is unacceptable (probability below `threshold`, or rank above
-    `max_rank`). With `sweep`, also the interventions-vs-success curve over thresholds."""
+    `max_rank`). With `sweep`, also the interventions-vs-success curve over thresholds. A client
+    that goes away cancels its request."""
     prepared = await run_in_threadpool(analyzer.prepare_pedagogical, request_dict(body))
-    return await worker.run(analyzer.pedagogical, prepared)
+    return await worker.run(analyzer.pedagogical, prepared, abandon=client_gone(request))
 
 
 @router.post("/pedagogical/tasks", status_code=202)
@@ -125,13 +156,20 @@ async def start_pedagogical_task(
 ) -> dict[str, Any]:
     """Like /api/pedagogical, in the background; the result arrives in the task's `result`."""
     prepared = await run_in_threadpool(analyzer.prepare_pedagogical, request_dict(body))
-    return start_task(tasks, worker, analyzer.pedagogical, prepared, stored=False)
+    return start_task(tasks, worker, analyzer.pedagogical, prepared)
 
 
 @router.get("/tasks/{task_id}")
 async def task_state(task_id: str, tasks: TasksDep) -> dict[str, Any]:
     """State of a task: stage (generate, replay, ...), done/total, and the analysis id when done."""
     return tasks.get(task_id).as_dict()
+
+
+@router.post("/tasks/{task_id}/cancel")
+async def cancel_task(task_id: str, tasks: TasksDep) -> dict[str, Any]:
+    """Cancel a task: a queued one never runs, a running one stops at its next step; nothing
+    of it is stored. Its state becomes `cancelled` (a finished task stays as it was)."""
+    return tasks.cancel(task_id).as_dict()
 
 
 @router.get("/analyses", response_model=AnalysisList)
