@@ -11,6 +11,8 @@ tests check that `vrollout` comes from the wheel and that `app` does not import.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
 import shutil
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from support import REAL_CACHE, REPO
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -38,6 +42,16 @@ TOKEN = "package-test-token"
 SOURCES = ("pyproject.toml", "README.md", "app", "templates", "static")
 
 
+# Declared, never imported by our code: what another package needs from us at run time.
+RUN_TIME_ONLY = {
+    "gguf": "transformers reads the default model's GGUF file with it",
+    "accelerate": "transformers refuses to load a GGUF file without it",
+    "jinja2": "FastAPI's templates",
+    "python-multipart": "FastAPI's forms and file uploads",
+}
+TOOLS = {"ruff": "the linter, run by `make lint`"}
+
+
 def source_files(folder: str) -> set[str]:
     """The files of a source folder that belong in the wheel (relative paths)."""
     root = REPO / folder
@@ -46,6 +60,36 @@ def source_files(folder: str) -> set[str]:
         for p in root.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     }
+
+
+def imported_distributions(*folders: str) -> set[str]:
+    """The distributions whose modules the code in `folders` imports (standard library and our
+    own modules aside)."""
+    modules = set()
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules.add(node.module.split(".")[0])
+    owners = importlib.metadata.packages_distributions()
+    found = {canonicalize_name(d) for m in modules - set(sys.stdlib_module_names) for d in owners.get(m, [])}
+    return found - {"virtual-rollout"}
+
+
+def test_declared_dependencies_are_the_imported_ones():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    test_extra = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["test"]}
+    used = imported_distributions("app")
+    assert used - declared == set()  # every import of the package is declared
+    assert declared - used == set(RUN_TIME_ONLY)  # every declaration is used
+    used_by_tests = imported_distributions("tests", "benchmarks")
+    assert used_by_tests - declared - test_extra == set()
+    assert test_extra - used_by_tests == set(TOOLS)
+    assert not test_extra & declared  # nothing twice
 
 
 @pytest.fixture(scope="module")
