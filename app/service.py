@@ -472,8 +472,20 @@ class Analyzer:
             result = rollout(prep.policy, prep.reference, progress)
             sweep = None
             if prep.sweep:
+                # Each step of a sweep's rollouts repeats the sweep's last report: a step boundary
+                # where a cancelled request stops (see worker.py), without a stage of its own.
+                last = ("sweep", 0, len(prep.sweep))
+
+                def sweep_progress(stage: str, done: int, total: int) -> None:
+                    nonlocal last
+                    last = (stage, done, total)
+                    progress(stage, done, total)
+
                 sweep = threshold_sweep(
-                    lambda policy: rollout(policy, prep.reference), prep.policy, prep.sweep, progress
+                    lambda policy: rollout(policy, prep.reference, lambda *_: progress(*last)),
+                    prep.policy,
+                    prep.sweep,
+                    sweep_progress,
                 )
         tok = self.pair.student.tokenizer
         progress("done", 1, 1)

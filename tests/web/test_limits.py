@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from support import GOOD, REPO, assert_error, tiny_settings, upload
+from vrollout.core.errors import Cancelled
 from vrollout.service import Analyzer
 from vrollout.web.app import create_app
 from vrollout.web.server import quiet_accept_errors, uvicorn_config
@@ -198,6 +199,24 @@ def test_work_cancelled_in_the_queue_never_runs_and_running_work_stops_at_a_step
     worker.close()
 
 
+def test_a_cancelled_threshold_sweep_stops_inside_its_rollouts(tiny, tmp_path, forward_calls):
+    analyzer = Analyzer(tiny, tiny_settings(tmp_path))
+    body = {"prompt": "hi", "sweep": [0.1, 0.2], "generation": {"max_new_tokens": 40}}
+    prep = analyzer.prepare_pedagogical(body)
+    cancelled_at: list[int] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if cancelled_at:
+            raise Cancelled("cancelled")
+        if stage == "pedagogical" and done == total:  # the first rollout is done: cancel now
+            cancelled_at.append(len(forward_calls))
+
+    with pytest.raises(Cancelled):
+        analyzer.pedagogical(prep, progress)
+    # Within a step of the sweep's first rollout (2 passes a step), not after its 40 steps.
+    assert len(forward_calls) - cancelled_at[0] <= 4
+
+
 # Cost budgets ---------------------------------------------------------------------------------
 
 
@@ -362,6 +381,7 @@ sys.path.insert(0, "tests")
 import uvicorn
 from support.tiny import tiny_pair
 from vrollout.config import Settings
+from vrollout.core.errors import Cancelled
 from vrollout.service import Analyzer
 from vrollout.web.app import create_app
 from vrollout.web.server import uvicorn_config
