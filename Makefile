@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.installed-test
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install install-test browser run test lint format bench bench-vllm clean vllm
+.PHONY: install install-test browser run test lint format bench bench-vllm bench-abuse clean vllm
 
 # What running needs (`make run`, the Dockerfile): the package and its declared dependencies.
 $(STAMP): pyproject.toml
@@ -76,6 +76,10 @@ bench: install-test  # benchmarks/ui.py drives Chromium with playwright
 
 bench-vllm: install vllm
 	$(BIN)/python benchmarks/vllm_backend.py
+
+# What hostile clients cost a real server (8 MiB prompts, slow connections, streams, exports).
+bench-abuse: install-test
+	$(BIN)/python benchmarks/abuse.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

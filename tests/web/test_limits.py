@@ -20,10 +20,11 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from support import GOOD, REPO, assert_error, tiny_settings, upload
+from vrollout import cli
 from vrollout.core.errors import Cancelled
 from vrollout.service import Analyzer
 from vrollout.web.app import create_app
-from vrollout.web.server import quiet_accept_errors, uvicorn_config
+from vrollout.web.server import TimedH11Protocol, quiet_accept_errors, uvicorn_config
 from vrollout.worker import ModelWorker
 
 # Greedy on the tiny model never stops early: about 10 s of generation, one step per token.
@@ -427,3 +428,15 @@ def health_ok(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_serve_runs_uvicorn_with_the_connection_settings(monkeypatch, tmp_path):
+    started: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(options))
+    for name, value in (("HEADER_TIMEOUT_S", "3"), ("KEEP_ALIVE_S", "2"), ("MAX_CONNECTIONS", "77"),
+                        ("MAX_HEADER_BYTES", "4096"), ("BACKLOG", "64")):  # fmt: skip
+        monkeypatch.setenv(f"VROLLOUT_{name}", value)
+    assert cli.main(["serve", "--database", str(tmp_path / "db.sqlite3")]) == 0
+    assert (started["limit_concurrency"], started["timeout_keep_alive"]) == (77, 2)
+    assert (started["h11_max_incomplete_event_size"], started["backlog"]) == (4096, 64)
+    assert issubclass(started["http"], TimedH11Protocol) and started["http"].header_timeout == 3.0

@@ -1,0 +1,218 @@
+"""Abuse: what hostile clients cost a real `vrollout serve` on the default model, beside the targets.
+
+Starts `vrollout serve` (SmolLM2-135M, a fresh database) like benchmarks/load.py, then, one after
+the other, while a probe asks `/api/health` every 50 ms:
+- 30 concurrent prompts of 8 MiB (just under VROLLOUT_MAX_REQUEST_BYTES): the server's peak RSS
+  during them against its idle RSS (target: under idle + 300 MiB), health p99 meanwhile (target
+  < 200 ms) and the time to refuse each, from the last byte sent to the answer (target < 100 ms);
+- 300 slow connections that send half a request head and wait: health p99 while they hang on
+  (target < 200 ms), and open file descriptors once the header deadline has closed them
+  (VROLLOUT_HEADER_TIMEOUT_S; target: back to idle);
+- from benchmarks/abuse_storage.py, when present: open file descriptors after 400 event-stream
+  clients come and go (target: back to idle), and peak RSS of a summaries export of a 1,000-line
+  job of 1,000-token analyses (target: under idle + 300 MiB).
+Prints one table: measure, value, target, whether it is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from load import Server, percentile  # noqa: E402
+
+MIB = 1024 * 1024
+BODY_LIMIT = 8 * MIB  # VROLLOUT_MAX_REQUEST_BYTES's default
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@contextlib.contextmanager
+def peak_rss(server: Server) -> Iterator[dict[str, float]]:
+    """The server's peak RSS (MiB) over the block: its high-water mark, reset first where the
+    kernel allows (clear_refs 5), and samples every 10 ms either way."""
+    result = {"peak": server.rss_mib()}
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{server.proc.pid}/clear_refs").write_text("5")
+    reset = server.rss_mib("VmHWM") <= result["peak"] + 1
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            result["peak"] = max(result["peak"], server.rss_mib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        sampler.join()
+        if reset:
+            result["peak"] = max(result["peak"], server.rss_mib("VmHWM"))
+
+
+class Probe:
+    """Asks /api/health every 50 ms on its own connection, in a thread; latencies in ms."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.times, self.errors = url, [], []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self._done.is_set():
+                start = time.perf_counter()
+                try:
+                    status = http.get("/api/health").status_code
+                except httpx.HTTPError as exc:
+                    status = repr(exc)
+                self.times.append((time.perf_counter() - start) * 1000)
+                if status != 200:
+                    self.errors.append(status)
+                self._done.wait(0.05)
+
+
+async def big_prompts(url: str, clients: int, size: int) -> tuple[list[float], list[int]]:
+    """`clients` prompts of `size` bytes at once: milliseconds from the last byte sent to the
+    answer, and the statuses."""
+    body = json.dumps({"prompt": "x" * (size - 40), "response": "y"}).encode()
+    assert len(body) <= size
+    limits = httpx.Limits(max_connections=clients)
+
+    async def one(http: httpx.AsyncClient) -> tuple[float, int]:
+        sent = 0.0
+
+        async def content() -> object:
+            nonlocal sent
+            for i in range(0, len(body), MIB):
+                yield body[i : i + MIB]
+            sent = time.perf_counter()
+
+        headers = {"content-type": "application/json", "content-length": str(len(body))}
+        r = await http.post("/api/analyze", content=content(), headers=headers)
+        answered = time.perf_counter()
+        return (answered - sent) * 1000 if sent else 0.0, r.status_code  # 0: answered before the end
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        results = await asyncio.gather(*(one(http) for _ in range(clients)))
+    return [t for t, _ in results], [s for _, s in results]
+
+
+def slow_connections(url: str, count: int) -> list[socket.socket]:
+    host, port = url.removeprefix("http://").split(":")
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+        held.append(sock)
+    return held
+
+
+Row = tuple[str, str, str, bool | None]  # measure, value, target, met (None: no target)
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    database = Path(tempfile.mkdtemp()) / "abuse.sqlite3"
+    command = [sys.executable, "-m", "vrollout.cli", "serve", "--database", str(database), "--port"]
+    server = Server(command, env={"VROLLOUT_HEADER_TIMEOUT_S": str(args.header_timeout)})
+    try:
+        pid = server.proc.pid
+        time.sleep(1)
+        idle_rss, idle_fds = server.rss_mib(), open_fds(pid)
+        rows.append(("idle RSS", f"{idle_rss:.0f} MiB", "", None))
+        rows.append(("idle open file descriptors", str(idle_fds), "", None))
+
+        with Probe(server.url) as probe, peak_rss(server) as rss:
+            refuse_ms, statuses = asyncio.run(big_prompts(server.url, args.clients, BODY_LIMIT))
+        over = rss["peak"] - idle_rss
+        name = f"peak RSS, {args.clients} concurrent 8 MiB prompts"
+        rows.append((name, f"idle + {over:.0f} MiB", "< idle + 300 MiB", over < 300))
+        refused = sum(400 <= s < 500 for s in statuses)
+        answers = f"{refused}/{len(statuses)} refused, {sorted(set(statuses))}"
+        rows.append(("  answers", answers, "all 4xx", refused == len(statuses)))
+        worst = max(refuse_ms)
+        spread = f"p50 {percentile(refuse_ms, 50):.0f} ms, max {worst:.0f} ms"
+        rows.append(("  time to refuse each (last byte sent to answer)", spread, "< 100 ms", worst < 100))
+        p99 = percentile(probe.times, 99)
+        health = f"{p99:.0f} ms ({len(probe.times)} probes, {len(probe.errors)} errors)"
+        rows.append(("  health p99 meanwhile", health, "< 200 ms", p99 < 200 and not probe.errors))
+
+        with Probe(server.url) as probe:
+            held = slow_connections(server.url, args.slow)
+            time.sleep(min(args.header_timeout / 2, 3))
+            during = open_fds(pid)
+            time.sleep(args.header_timeout + 1)
+        after = open_fds(pid)
+        for sock in held:
+            sock.close()
+        p99 = percentile(probe.times, 99)
+        health = f"{p99:.0f} ms ({len(probe.times)} probes, {len(probe.errors)} errors)"
+        rows.append((f"health p99, {args.slow} slow connections held", health, "< 200 ms", p99 < 200))
+        name = f"  open fds: while held / after the {args.header_timeout:g} s header deadline"
+        rows.append((name, f"{during} / {after}", f"back to idle ({idle_fds})", after <= idle_fds + 2))
+
+        try:
+            import abuse_storage  # the streams and exports of the same issue
+        except ImportError:
+            rows.append(
+                ("event streams, summaries export", "benchmarks/abuse_storage.py not found", "", None)
+            )
+        else:
+            rows += abuse_storage.measure(server, idle_rss=idle_rss, idle_fds=idle_fds)
+    finally:
+        server.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=30, help="concurrent 8 MiB prompts")
+    parser.add_argument("--slow", type=int, default=300, help="slow connections held")
+    parser.add_argument(
+        "--header-timeout",
+        dest="header_timeout",
+        type=float,
+        default=5.0,
+        help="the server's VROLLOUT_HEADER_TIMEOUT_S (default 10 s; shorter here to wait less)",
+    )
+    rows = run(parser.parse_args())
+    print(f"load average (1, 5, 15 min): {os.getloadavg()}; {os.cpu_count()} CPUs")
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    print(f"{'measure':<{width}}  {'value':<{value_width}}  target")
+    for name, value, target, met in rows:
+        mark = "" if met is None else ("  ok" if met else "  MISSED")
+        print(f"{name:<{width}}  {value:<{value_width}}  {target}{mark}")
+
+
+if __name__ == "__main__":
+    main()
