@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
@@ -326,6 +327,35 @@ def test_upload_and_dataset_page(server, page, tmp_path):
     page.click("#trajectories tbody tr a")
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
     assert page.text_content("#response-text") == "17*23 = 381."
+    assert page.errors == []
+
+
+def status_of(server: Server, path: str) -> int:
+    try:
+        server.get_bytes(path)
+        return 200
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_delete_from_the_analysis_and_job_pages(server, page):
+    """Delete asks first (dismissed: nothing happens), then deletes and goes to the list."""
+    answers = iter([False, True, True])
+    page.on("dialog", lambda d: d.accept() if next(answers) else d.dismiss())
+    a = server.post("/api/analyze", {"prompt": "Say hi.", "response": "Hi!"})
+    page.goto(f"{server.url}/analyses/{a['id']}")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    page.click("#delete")  # dismissed
+    assert status_of(server, f"/api/analyses/{a['id']}") == 200
+    page.click("#delete")
+    page.wait_for_url(server.url + "/analyses")
+    assert status_of(server, f"/api/analyses/{a['id']}") == 404
+    job_id = upload(server, [{"prompt": "Say hi.", "response": "Hi!"}])["job"]["id"]
+    page.goto(f"{server.url}/jobs/{job_id}")
+    page.wait_for_selector("body[data-job-state='done']", timeout=120_000)
+    page.click("#delete")
+    page.wait_for_url(server.url + "/jobs")
+    assert status_of(server, f"/api/jobs/{job_id}") == 404
     assert page.errors == []
 
 
