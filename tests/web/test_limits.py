@@ -257,15 +257,28 @@ def test_the_worker_alternates_between_interactive_requests_and_job_lines():
     assert order == ["line 0", "request 0", "line 1", "request 1", "line 2", "request 2"]
 
 
-def test_an_interactive_request_is_served_between_the_lines_of_a_running_job(tiny, tmp_path):
+def test_an_interactive_request_is_served_between_the_lines_of_a_running_job(tiny, tmp_path, monkeypatch):
     with client_with(tiny, tmp_path) as client:
+        worker, order = client.app.state.worker, []
+        submit = worker.submit
+
+        def traced_submit(fn, *args, lane="interactive", progress=None):
+            def traced(*a, **k):
+                order.append("request" if lane == "interactive" else "job work")
+                return fn(*a, **k)
+
+            if lane == "interactive":
+                order.append("request queued")
+            return submit(traced, *args, lane=lane, progress=progress)
+
+        monkeypatch.setattr(worker, "submit", traced_submit)
         line = json.dumps({**GOOD, "continuation_tokens": 1})  # never batched: one line per turn
         job = upload(client, "\n".join([line] * 80)).json()["job"]["id"]
         wait_until(lambda: client.get(f"/api/jobs/{job}").json()["done"] >= 2)
-        before = client.get(f"/api/jobs/{job}").json()["done"]
         assert client.post("/api/analyze", json=GOOD).status_code == 200
-        after = client.get(f"/api/jobs/{job}").json()
-        assert after["state"] == "running" and after["done"] <= before + 3, (before, after["done"])
+        assert client.get(f"/api/jobs/{job}").json()["state"] == "running"
+        queued = order.index("request queued")
+        assert order[queued + 1] == "request", order[queued - 2 : queued + 3]  # no job line before it
 
 
 # Bodies ---------------------------------------------------------------------------------------
