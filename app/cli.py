@@ -151,8 +151,7 @@ def write_dataset(
         summaries_csv,
         summary_row,
     )
-    from vrollout.web.pages import PLOTLY_BUNDLE, make_templates
-    from vrollout.web.security import standalone_csp
+    from vrollout.web.pages import make_templates, standalone_assets
 
     rows = [summary_row(a) for a in analyses]
     (folder / "summaries.csv").write_text(summaries_csv(rows))
@@ -161,8 +160,7 @@ def write_dataset(
     figures = dataset_figures(analyses)
     (folder / "figures.json").write_text(json.dumps(figures))
     env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
-    inline_js = (settings.static_dir / "report.js").read_text()
-    inline_plotly = (settings.static_dir / PLOTLY_BUNDLE).read_text()
+    inline, csp = standalone_assets(settings.static_dir, "report.js")
     html = env.get_template("report.html").render(
         name=name,
         rows=rows,
@@ -171,10 +169,8 @@ def write_dataset(
         student=analyzer.pair.student.name,
         teacher=analyzer.pair.teacher.name,
         standalone=True,
-        inline_css=(settings.static_dir / "app.css").read_text(),
-        inline_plotly=inline_plotly,
-        inline_js=inline_js,
-        csp=standalone_csp(inline_plotly, inline_js),
+        csp=csp,
+        **inline,
     )
     (folder / "report.html").write_text(html)
 

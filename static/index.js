@@ -1,7 +1,7 @@
 // The Analyze form: start a task, follow its progress, open the analysis page when done.
 (function () {
   "use strict";
-  const $ = (id) => document.getElementById(id);
+  const { $, progress, showError, runTask } = VR;
   const form = $("analyze-form");
   const errorBox = $("error");
   const STAGES = {
@@ -21,9 +21,8 @@
     });
   }
 
-  function showError(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = false;
+  function fail(message) {
+    showError(errorBox, message);
     $("progress").hidden = true;
     $("analyze").disabled = false;
   }
@@ -66,23 +65,20 @@
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    errorBox.hidden = true;
+    showError(errorBox, "");
     $("analyze").disabled = true;
     $("progress").hidden = false;
-    $("progress-fill").style.width = "0%";
-    $("progress-label").textContent = STAGES.queued;
+    const bar = (fraction, text) => progress($("progress-fill"), $("progress-label"), fraction, text);
+    bar(0, STAGES.queued);
     try {
-      const task = await window.runTask("/api/tasks", body(), (t) => {
-        const fraction = t.total ? t.done / t.total : 0;
-        $("progress-fill").style.width = `${Math.round(100 * fraction)}%`;
+      const task = await runTask("/api/tasks", body(), (t) => {
         const count = t.total ? ` (${t.done}/${t.total})` : "";
-        $("progress-label").textContent = (STAGES[t.stage] || t.stage) + count;
+        bar(t.total && t.done / t.total, (STAGES[t.stage] || t.stage) + count);
       });
-      $("progress-label").textContent = "done: opening the analysis…";
-      $("progress-fill").style.width = "100%";
+      bar(1, "done: opening the analysis…");
       window.location.href = `/analyses/${encodeURIComponent(task.analysis_id)}`;
     } catch (e) {
-      showError(e.message);
+      fail(e.message);
     }
   });
 })();

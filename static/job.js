@@ -2,8 +2,8 @@
 // filterable table of trajectories, and the aggregate figures. Text goes in via textContent.
 (function () {
   "use strict";
-  const $ = (id) => document.getElementById(id);
-  const job = JSON.parse($("job-data").textContent);
+  const { $, embedded, el, row, fmt, progress, showError, plot, request } = VR;
+  const job = embedded("job-data");
   const base = `/api/jobs/${encodeURIComponent(job.id)}`;
   let rows = [];
   let sortKey = "line";
@@ -15,18 +15,16 @@
   }
 
   function showState(state) {
-    const fraction = state.total ? (state.done + state.failed) / state.total : 0;
-    $("job-fill").style.width = `${Math.round(100 * fraction)}%`;
     const parts = [`${state.state}: ${state.done + state.failed} of ${state.total} lines`];
     if (state.failed) parts.push(`${state.failed} failed`);
     if (state.tokens_per_second) parts.push(`${state.tokens_per_second.toFixed(0)} tokens/s`);
     if (state.eta_seconds) parts.push(`about ${seconds(state.eta_seconds)} left`);
-    $("job-label").textContent = parts.join(" · ");
+    const fraction = state.total && (state.done + state.failed) / state.total;
+    progress($("job-fill"), $("job-label"), fraction, parts.join(" · "));
     $("cancel").hidden = !(state.state === "running" || state.state === "queued");
     $("resume").hidden = !(state.state === "cancelled" && state.pending > 0);
     document.body.dataset.jobState = state.state;
-    $("job-error").hidden = !state.error;  // why the job stopped by itself (e.g. the disk is full)
-    $("job-error").textContent = state.error || "";
+    showError($("job-error"), state.error); // why the job stopped by itself (e.g. the disk is full)
     showReplicas(state);
   }
 
@@ -35,17 +33,9 @@
     if (!state.replicas) return;
     $("replicas").hidden = false;
     $("replica-rows").replaceChildren(
-      ...state.replicas.map((r) => {
-        const tr = document.createElement("tr");
-        const cells = [r.role, r.url, r.healthy ? "up" : "down", String(r.requests), String(r.errors), r.last_error || ""];
-        cells.forEach((text, i) => {
-          const td = document.createElement("td");
-          td.textContent = text;
-          if (i === 3 || i === 4) td.className = "num";
-          tr.append(td);
-        });
-        return tr;
-      })
+      ...state.replicas.map((r) =>
+        row([r.role, r.url, r.healthy ? "up" : "down", [String(r.requests), "num"], [String(r.errors), "num"], r.last_error || ""])
+      )
     );
     const errors = state.replica_errors || [];
     $("replica-errors").hidden = errors.length === 0;
@@ -53,19 +43,21 @@
       `${errors.length} replica error${errors.length === 1 ? "" : "s"} during this run`;
     $("replica-error-list").replaceChildren(
       ...errors.slice(-50).map((e) => {
-        const li = document.createElement("li");
         const when = new Date(e.at * 1000).toISOString().slice(11, 19);
-        li.textContent = `${when} ${e.role} ${e.url}: ${e.error}${e.retried ? " (retried)" : " (gave up)"}`;
-        return li;
+        return el("li", `${when} ${e.role} ${e.url}: ${e.error}${e.retried ? " (retried)" : " (gave up)"}`);
       })
     );
   }
 
-  const fmt = (v, d) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
+  const link = (r) => {
+    const a = el("a", r.preview || "(empty)");
+    a.href = `/analyses/${encodeURIComponent(r.analysis_id)}`;
+    return a;
+  };
   const CELLS = [
     (r) => [String(r.line ?? ""), "num"],
     (r) => [r.trajectory_id ?? "", ""],
-    (r) => [r.preview, "preview"],
+    (r) => [link(r), "preview"],
     (r) => [String(r.tokens), "num"],
     (r) => [r.agreement_rate === null ? "–" : `${(100 * r.agreement_rate).toFixed(1)}%`, "num"],
     (r) => [r.first_divergence === null ? "none" : String(r.first_divergence), "num"],
@@ -87,22 +79,8 @@
       });
     $("trajectories").tBodies[0].replaceChildren(
       ...shown.map((r) => {
-        const tr = document.createElement("tr");
+        const tr = row(CELLS.map((cell) => cell(r)));
         tr.dataset.analysis = r.analysis_id;
-        CELLS.forEach((cell, i) => {
-          const [text, cls] = cell(r);
-          const td = document.createElement("td");
-          if (cls) td.className = cls;
-          if (i === 2) {
-            const a = document.createElement("a");
-            a.href = `/analyses/${encodeURIComponent(r.analysis_id)}`;
-            a.textContent = text || "(empty)";
-            td.append(a);
-          } else {
-            td.textContent = text;
-          }
-          tr.append(td);
-        });
         return tr;
       })
     );
@@ -122,23 +100,18 @@
   $("filter").addEventListener("input", renderTable);
 
   async function refresh() {
-    const [summaries, figures] = await Promise.all([
-      fetch(`${base}/summaries`).then((r) => r.json()),
-      fetch(`${base}/figures`).then((r) => r.json()),
-    ]);
+    const [summaries, figures] = await Promise.all([request(`${base}/summaries`), request(`${base}/figures`)]);
     rows = summaries;
     renderTable();
-    for (const [name, fig] of Object.entries(figures)) {
-      Plotly.react($(`fig-${name}`), fig.data, fig.layout, { displaylogo: false, responsive: true });
-    }
+    for (const [name, figure] of Object.entries(figures)) plot($(`fig-${name}`), figure);
     document.body.dataset.loaded = String(rows.length);
   }
 
   $("cancel").addEventListener("click", async () => {
-    showState(await (await fetch(`${base}/cancel`, { method: "POST" })).json());
+    showState(await request(`${base}/cancel`, { method: "POST" }));
   });
   $("resume").addEventListener("click", async () => {
-    showState(await (await fetch(`${base}/resume`, { method: "POST" })).json());
+    showState(await request(`${base}/resume`, { method: "POST" }));
     follow();
   });
 

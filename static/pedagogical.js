@@ -3,17 +3,15 @@
 // Model text only ever reaches the DOM through textContent.
 (function () {
   "use strict";
-  const $ = (id) => document.getElementById(id);
+  const { $, embedded, el, visible, fmt, showTooltip, progress, showError, plot, runTask } = VR;
   const form = $("ped-form");
   if (!form) return;
-  const analysis = JSON.parse($("analysis-data").textContent);
+  const analysis = embedded("analysis-data");
   const SWEEP = [0.001, 0.01, 0.05, 0.2, 0.5];
-  const visible = (t) => (t === "" ? "∅" : t.replace(/\n/g, "↵").replace(/\t/g, "⇥"));
   const tooltip = $("tooltip");
 
   function fail(message) {
-    $("ped-error").textContent = message;
-    $("ped-error").hidden = false;
+    showError($("ped-error"), message);
     $("ped-progress").hidden = true;
     $("ped-run").disabled = false;
   }
@@ -34,13 +32,6 @@
     return out;
   }
 
-  function span(text, cls) {
-    const node = document.createElement("span");
-    node.textContent = text;
-    if (cls) node.className = cls;
-    return node;
-  }
-
   function render(r) {
     const s = analysis.summary;
     const outcome =
@@ -53,11 +44,11 @@
     const byPosition = new Map(r.interventions.map((i) => [i.position, i]));
     strip.replaceChildren(
       ...r.tokens.map((t) => {
-        const col = span("", "col" + (t.source === "teacher" ? " div" : ""));
+        const col = el("span", "", "col" + (t.source === "teacher" ? " div" : ""));
         col.dataset.i = String(t.position);
-        col.append(span(visible(t.token), "stu"));
+        col.append(el("span", visible(t.token), "stu"));
         const i = byPosition.get(t.position);
-        col.append(span(i ? visible(i.proposal) : "", "tea"));
+        col.append(el("span", i ? visible(i.proposal) : "", "tea"));
         return col;
       })
     );
@@ -68,28 +59,23 @@
       const i = byPosition.get(t.position);
       const lines = [
         `#${t.position} ${visible(t.token)} — chosen by the ${t.source}`,
-        `log p_S ${t.student_logprob.toFixed(3)} · log p_T ${t.teacher_logprob.toFixed(3)}`,
+        `log p_S ${fmt(t.student_logprob)} · log p_T ${fmt(t.teacher_logprob)}`,
       ];
       if (i) {
         lines.push(
-          `the student proposed ${visible(i.proposal)} (teacher p ${i.proposal_teacher_prob.toFixed(4)}, rank ${i.proposal_teacher_rank})`,
-          `student surprisal at the substitute: ${i.student_surprisal.toFixed(3)} nats`
+          `the student proposed ${visible(i.proposal)} (teacher p ${fmt(i.proposal_teacher_prob, 4)}, rank ${i.proposal_teacher_rank})`,
+          `student surprisal at the substitute: ${fmt(i.student_surprisal)} nats`
         );
       }
-      tooltip.replaceChildren(...lines.map((l) => { const d = document.createElement("div"); d.textContent = l; return d; }));
-      tooltip.hidden = false;
-      const rect = col.getBoundingClientRect();
-      tooltip.style.left = `${window.scrollX + rect.left}px`;
-      tooltip.style.top = `${window.scrollY + rect.bottom + 6}px`;
+      showTooltip(tooltip, col, lines.map((l) => el("div", l)));
     };
     strip.onmouseleave = () => { tooltip.hidden = true; };
     $("ped-result").hidden = false;  // before plotting: a hidden container has no width
     const chart = $("ped-chart");
     if (r.sweep && window.Plotly) {
       const ok = r.sweep.map((row) => row.reached_reference);
-      Plotly.newPlot(
-        chart,
-        [
+      plot(chart, {
+        data: [
           {
             type: "scatter", mode: "lines+markers", name: "interventions needed",
             x: r.sweep.map((row) => row.threshold), y: r.sweep.map((row) => row.num_interventions),
@@ -101,16 +87,16 @@
             hovertemplate: "threshold %{x}: %{y} interventions, %{text}<extra></extra>",
           },
         ],
-        {
+        layout: {
           height: 300, margin: { l: 60, r: 20, t: 30, b: 50 },
           title: { text: "interventions needed vs success (● reaches the answer, × misses)", font: { size: 13 } },
           xaxis: { type: "log", title: { text: "teacher probability threshold" } },
           yaxis: { title: { text: "interventions" }, rangemode: "tozero" },
           plot_bgcolor: "white",
         },
-        { displaylogo: false, responsive: true }
-      );
+      });
     } else {
+      if (window.Plotly) Plotly.purge(chart); // a rerun without a sweep: no stale curve
       chart.replaceChildren();
     }
     document.body.dataset.pedagogical = "1";
@@ -118,15 +104,14 @@
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    $("ped-error").hidden = true;
+    showError($("ped-error"), "");
     $("ped-run").disabled = true;
     $("ped-progress").hidden = false;
-    $("ped-label").textContent = "waiting for the model…";
+    progress($("ped-fill"), $("ped-label"), 0, "waiting for the model…");
     try {
-      const task = await window.runTask("/api/pedagogical/tasks", body(), (t) => {
-        $("ped-fill").style.width = `${t.total ? Math.round((100 * t.done) / t.total) : 0}%`;
+      const task = await runTask("/api/pedagogical/tasks", body(), (t) => {
         const what = t.stage === "sweep" ? "threshold sweep" : "rollout";
-        $("ped-label").textContent = `${what} (${t.done}/${t.total})`;
+        progress($("ped-fill"), $("ped-label"), t.total && t.done / t.total, `${what} (${t.done}/${t.total})`);
       });
       $("ped-progress").hidden = true;
       $("ped-run").disabled = false;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
+# The in-process TestClient names its host "testserver": the apps the tests build answer to it
+# as a deployment would to a name it is given (tests of the Host check set allowed_hosts).
+os.environ.setdefault("VROLLOUT_ALLOWED_HOSTS", "testserver")
 
 from support import REAL_CACHE, tiny_settings  # noqa: E402
 from support.tiny import tiny_pair  # noqa: E402

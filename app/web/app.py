@@ -23,11 +23,12 @@ from vrollout.storage.jobs import JobRunner, Jobs
 from vrollout.storage.retention import keep_retention
 from vrollout.storage.store import Store, storage_error
 from vrollout.storage.tasks import Tasks
+from vrollout.web.docs import install_docs
 from vrollout.web.pages import make_templates
 from vrollout.web.pages import router as pages_router
 from vrollout.web.routes.analyses import router as api_router
 from vrollout.web.routes.jobs import router as jobs_router
-from vrollout.web.security import SecurityHeaders, TokenGate, install_docs
+from vrollout.web.security import GuessLimit, HostGuard, SecurityHeaders, TokenGate, answered_hosts
 from vrollout.web.security import router as login_router
 from vrollout.web.server import quiet_accept_errors
 from vrollout.worker import ModelWorker
@@ -197,19 +198,22 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
             '`{"ok": false, "error": str, "status": int, ...}`.'
         ),
         lifespan=lifespan,
-        docs_url=None,  # install_docs: Swagger UI with its own content security policy
+        docs_url=None,  # install_docs: Swagger UI from /static/vendor
         redoc_url=None,
     )
-    # The last added runs first: headers on every response, then the token, then the body limit.
+    # The last added runs first: headers on every response, the Host, the token, the body limit.
     app.add_middleware(
         BodyLimit,
         limit=settings.max_request_bytes,
         upload_limit=settings.max_upload_bytes,
         timeout=settings.body_timeout_s,
     )
-    app.add_middleware(TokenGate, token=settings.api_token)
+    app.state.guesses = GuessLimit(settings.login_max_failures, settings.login_window_s)
+    app.add_middleware(TokenGate, token=settings.api_token, guesses=app.state.guesses)
+    hosts = answered_hosts(settings.host, settings.allowed_hosts, settings.api_token)
+    app.add_middleware(HostGuard, hosts=hosts)
     app.add_middleware(SecurityHeaders)
-    install_docs(app)
+    install_docs(app, token_required=settings.api_token is not None)
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(jobs_router)

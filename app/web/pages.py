@@ -111,22 +111,21 @@ async def analysis_page(request: Request, analysis_id: str, store: StoreDep) -> 
     return await render(request, "analysis.html", {**context, "standalone": False, "max_new_tokens": limit})
 
 
-def standalone_assets(static: Path) -> tuple[dict[str, str], str]:
-    """CSS, script and plotly.js to inline, and the policy that allows exactly those scripts
-    (the file carries it in a <meta> element: the header is gone once it is saved)."""
-    inline = {
-        "inline_css": (static / "app.css").read_text(),
-        "inline_js": (static / "analysis.js").read_text(),
-        "inline_plotly": (static / PLOTLY_BUNDLE).read_text(),
-    }
-    return inline, standalone_csp(inline["inline_plotly"], inline["inline_js"])
+def standalone_assets(static: Path, script: str) -> tuple[dict[str, Any], str]:
+    """What a one-file page inlines (the CSS; plotly.js, common.js and the page's `script`, in
+    the order base.html runs them) and the policy that allows exactly those scripts (the file
+    carries it in a <meta> element: the header is gone once it is saved)."""
+    scripts = [(static / name).read_text() for name in (PLOTLY_BUNDLE, "common.js", script)]
+    inline = {"inline_css": (static / "app.css").read_text(), "inline_scripts": scripts}
+    return inline, standalone_csp(*scripts)
 
 
 @router.get("/analyses/{analysis_id}/download", response_class=HTMLResponse)
 async def analysis_download(request: Request, analysis_id: str, store: StoreDep) -> Response:
     """One self-contained HTML file (plotly.js, CSS and script inlined) that opens offline."""
     context = await _analysis_context(store, analysis_id)
-    inline, csp = await run_in_threadpool(standalone_assets, request.app.state.settings.static_dir)
+    static = request.app.state.settings.static_dir
+    inline, csp = await run_in_threadpool(standalone_assets, static, "analysis.js")
     response = await render(request, "analysis.html", {**context, **inline, "csp": csp, "standalone": True})
     response.headers["Content-Disposition"] = f'attachment; filename="analysis-{analysis_id}.html"'
     response.headers["Content-Security-Policy"] = f"{csp}; frame-ancestors 'none'"

@@ -1,5 +1,6 @@
-"""Access and browser hardening: the optional API token (a header, or the login page's cookie)
-and the security headers of every response. Both are pure ASGI middleware, so static files and
+"""Access and browser hardening: the Host a request names (DNS rebinding), the optional API
+token (a header, or the login page's cookie) with a limit on wrong guesses, writes from other
+sites, and the security headers of every response. All pure ASGI middleware, so static files and
 event streams are covered too. Knows nothing about models or trajectories."""
 
 from __future__ import annotations
@@ -7,12 +8,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
-from typing import Annotated, Any
+import math
+import time
+from collections import OrderedDict, deque
+from typing import Annotated
 from urllib.parse import quote, urlsplit
 
-from fastapi import APIRouter, FastAPI, Form, Request
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
@@ -28,9 +30,6 @@ APP_CSP = (
     "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'self'"
 )
-# Swagger UI as FastAPI serves it: its script and style from a CDN, one inline script (by hash).
-SWAGGER_CDN = "https://cdn.jsdelivr.net"
-SWAGGER_FAVICON = "https://fastapi.tiangolo.com"
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -74,6 +73,98 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
+
+
+def host_name(value: str) -> str:
+    """The name alone, in lower case, of a Host header or an address: `[::1]:8000` -> `::1`,
+    `Box.example:80` -> `box.example`, `::1` -> `::1`."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.partition(":")[0] if value.count(":") == 1 else value
+
+
+def answered_hosts(host: str, allowed: list[str], token: str | None) -> frozenset[str] | None:
+    """The Host names a server answers to, or None for any. A DNS-rebinding page (a name of the
+    attacker's that now resolves to 127.0.0.1) reaches a loopback server as a same-origin page of
+    its own; only the Host header it sends gives it away. No check is needed with a token (such a
+    page cannot present it) or when bound to every interface (deliberately public: any name may
+    reach it, and `serve` warns when that has no token); "*" in the list turns the check off."""
+    names = {host_name(h) for h in allowed}
+    if token is not None or host_name(host) in EVERY_INTERFACE or "*" in names:
+        return None
+    return frozenset(names | LOOPBACK | {host_name(host)})
+
+
+class HostGuard:
+    """Refuse requests that name a host this server does not answer to (see `answered_hosts`).
+    The port is not compared: a request that arrived has reached this port, whatever it says,
+    and a proxy in front may name another."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self.hosts is None:
+            return await self.app(scope, receive, send)
+        given = HTTPConnection(scope).headers.get("host")
+        if given is None or host_name(given) in self.hosts:  # no Host: not a browser
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        message = (
+            f"this server does not answer to the host {host_name(given)[:100]!r} (it answers to "
+            f"{', '.join(sorted(self.hosts))}): to use that name, add it to VROLLOUT_ALLOWED_HOSTS "
+            "or set VROLLOUT_API_TOKEN"
+        )
+        response = JSONResponse({"ok": False, "error": message, "status": 400}, 400)
+        await response(scope, receive, send)
+
+
+class GuessLimit:
+    """At most `limit` wrong tokens per client address in any `window` seconds; past that, every
+    attempt from the address is refused (a right token too: else guessing would go on) until its
+    oldest failure leaves the window. Remembers at most `keep` addresses. Used on the event loop
+    only (middleware and async routes), so it needs no lock."""
+
+    def __init__(self, limit: int, window: float, keep: int = 10_000) -> None:
+        self.limit, self.window, self.keep = limit, window, keep
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, client: str) -> int:
+        """0 if `client` may try now, else the whole seconds until it may."""
+        times = self._failures.get(client)
+        if times is None:
+            return 0
+        now = time.monotonic()
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+        if len(times) < self.limit:
+            return 0
+        return max(1, math.ceil(times[0] + self.window - now))
+
+    def failed(self, client: str) -> None:
+        self._failures.setdefault(client, deque()).append(time.monotonic())
+        self._failures.move_to_end(client)
+        while len(self._failures) > self.keep:
+            self._failures.popitem(last=False)
+
+    def forget(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+def client_address(conn: HTTPConnection) -> str:
+    return conn.client.host if conn.client else "unknown"
+
+
+def too_many(wait: int) -> str:
+    return f"too many wrong API tokens from this address: try again in {wait} s (VROLLOUT_LOGIN_MAX_FAILURES)"
+
+
 def session_value(token: str) -> str:
     """What the login cookie holds: an HMAC of the token, not the token itself."""
     return hmac.new(token.encode(), b"vrollout-session", hashlib.sha256).hexdigest()
@@ -97,11 +188,17 @@ class TokenGate:
     """With an API token set, nothing but the login page answers without it: API clients send
     `Authorization: Bearer TOKEN` (or `X-API-Token`), browsers hold the login cookie (which
     EventSource sends too). Pages redirect to /login; everything else gets a 401 in the API's
-    error shape. Token or not, a browser's cross-site request may change nothing (CSRF: a form
-    on another site posting a file to /api/jobs needs no cookie when there is no token)."""
+    error shape. Wrong tokens count against `guesses` (a 429 past its limit). Token or not, a
+    browser's cross-site request may change nothing (CSRF: a form on another site posting a file
+    to /api/jobs needs no cookie when there is no token)."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self.app, self.token = app, token
+    def __init__(self, app: ASGIApp, token: str | None, guesses: GuessLimit) -> None:
+        self.app, self.token, self.guesses = app, token, guesses
+
+    def presented(self, conn: HTTPConnection) -> bool:
+        return (
+            any(k in conn.headers for k in ("authorization", "x-api-token")) or SESSION_COOKIE in conn.cookies
+        )
 
     def authorised(self, conn: HTTPConnection) -> bool:
         assert self.token is not None
@@ -120,8 +217,19 @@ class TokenGate:
             message = "a request from another site may not change anything here"
             response: Response = JSONResponse({"ok": False, "error": message, "status": 403}, 403)
             return await response(scope, receive, send)
-        if self.token is None or scope["path"] in PUBLIC_PATHS or self.authorised(conn):
+        if self.token is None or scope["path"] in PUBLIC_PATHS:
             return await self.app(scope, receive, send)
+        if self.presented(conn):  # a guess, right or wrong
+            wait = self.guesses.retry_after(client_address(conn))
+            if wait:
+                if scope["type"] == "websocket":
+                    return await send({"type": "websocket.close", "code": 1008})
+                body = {"ok": False, "error": too_many(wait), "status": 429}
+                response = JSONResponse(body, 429, headers={"Retry-After": str(wait)})
+                return await response(scope, receive, send)
+            if self.authorised(conn):
+                return await self.app(scope, receive, send)
+            self.guesses.failed(client_address(conn))
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
         if wants_page(conn):
@@ -135,9 +243,20 @@ class TokenGate:
 
 
 def cross_site_write(conn: HTTPConnection) -> bool:
-    """A browser's request, from a page of another site (browsers say so), that is not a read."""
+    """A browser's request from a page of another site that is not a read. Browsers name the
+    site in Sec-Fetch-Site; older ones (and some privacy modes) send only Origin, which must then
+    name this host. A request with neither is not a browser's (curl, notebooks)."""
+    if conn.scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        return False
     site = conn.headers.get("sec-fetch-site")
-    return conn.scope["method"] not in ("GET", "HEAD", "OPTIONS") and site in ("cross-site", "same-site")
+    if site is not None:
+        return site in ("cross-site", "same-site")
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return False
+    # "null" (a sandboxed frame, a file) has no host: never this one. The scheme is not compared:
+    # a proxy that ends TLS turns https into http.
+    return urlsplit(origin).netloc.lower() != conn.headers.get("host", "").lower()
 
 
 def wants_page(conn: HTTPConnection) -> bool:
@@ -151,9 +270,12 @@ def wants_page(conn: HTTPConnection) -> bool:
 router = APIRouter(include_in_schema=False)
 
 
-def login_page(request: Request, next_path: str, error: str | None = None, status: int = 200) -> Response:
+def login_page(
+    request: Request, next_path: str, error: str | None = None, status: int = 200, **headers: str
+) -> Response:
     context = {"next": local_path(next_path), "error": error, "standalone": True}  # no nav
-    return request.app.state.templates.TemplateResponse(request, "login.html", context, status_code=status)
+    templates = request.app.state.templates
+    return templates.TemplateResponse(request, "login.html", context, status_code=status, headers=headers)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -165,12 +287,19 @@ async def login_form(request: Request, next: str = "/") -> Response:
 async def login(
     request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/"
 ) -> Response:
-    """Check the token; on success set the session cookie and go back where the user was going."""
+    """Check the token; on success set the session cookie and go back where the user was going.
+    Wrong tokens count against the same limit as wrong headers (429 with Retry-After past it)."""
     expected = request.app.state.settings.api_token
+    guesses: GuessLimit = request.app.state.guesses
+    client = client_address(request)
+    if expected is not None and (wait := guesses.retry_after(client)):
+        return login_page(request, next, too_many(wait), 429, **{"Retry-After": str(wait)})
     if expected is not None and not same(token, expected):
+        guesses.failed(client)
         return login_page(request, next, "That is not this server's API token.", 401)
     response = RedirectResponse(local_path(next), status_code=303)
     if expected is not None:
+        guesses.forget(client)
         response.set_cookie(
             SESSION_COOKIE,
             session_value(expected),
@@ -179,23 +308,3 @@ async def login(
             secure=request.url.scheme == "https",
         )
     return response
-
-
-def install_docs(app: FastAPI) -> None:
-    """/docs (Swagger UI) with a policy that allows exactly what it loads. (No /redoc: one manual.)"""
-    page = get_swagger_ui_html(
-        openapi_url=app.openapi_url or "/openapi.json",
-        title=f"{app.title} - API",
-        swagger_ui_parameters={"validatorUrl": None},  # no badge image from a third party
-    )
-    body = bytes(page.body).decode()
-    inline = re.findall(r"<script>(.*?)</script>", body, re.S)
-    csp = (
-        f"default-src 'self'; script-src {SWAGGER_CDN} {script_hashes(*inline)}; "
-        f"style-src 'self' 'unsafe-inline' {SWAGGER_CDN}; img-src 'self' data: {SWAGGER_FAVICON}; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
-    )
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> Any:
-        return HTMLResponse(body, headers={"Content-Security-Policy": csp})

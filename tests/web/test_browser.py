@@ -515,3 +515,30 @@ def test_every_view_shows_payloads_as_text(guarded, watched, tmp_path):
     page.wait_for_function("document.getElementById('fig-signal').data !== undefined")
     assert PAYLOAD in page.text_content("body") and SHORT in page.text_content("#trajectories")
     page.screenshot(path=tmp_path / "report.png", full_page=True)
+
+
+def test_api_docs_render_offline(guarded, watched, tmp_path):
+    """/docs: Swagger UI from /static/vendor under the app's own policy. Every request that
+    would leave the server is cut off (and `watched` fails on any); Authorize with the bearer
+    token carries "Try it out" once the login cookie is gone."""
+    page = watched
+    page.route(lambda url: not url.startswith(guarded.url + "/"), lambda route: route.abort())
+    log_in(page, guarded, "/docs")
+    page.wait_for_selector(".swagger-ui .opblock-summary", timeout=30_000)
+    assert page.locator(".swagger-ui .opblock").count() >= 18
+    assert page.text_content(".swagger-ui .info .title").startswith("Virtual Rollout")
+    page.screenshot(path=tmp_path / "docs.png", full_page=True)
+    page.context.clear_cookies()
+    page.click(".swagger-ui .btn.authorize")
+    bearer = page.locator(".modal-ux .auth-container").first
+    assert "bearer" in bearer.text_content()
+    bearer.locator("input").fill(TOKEN)
+    bearer.locator("button.authorize").click()
+    page.click(".modal-ux button.btn-done")
+    health = page.locator("[id^='operations-api-health']")
+    health.locator(".opblock-summary").click()
+    health.locator(".try-out__btn").click()
+    health.locator(".execute").click()
+    status = health.locator(".live-responses-table tbody .response-col_status")
+    status.wait_for(timeout=30_000)
+    assert status.text_content().strip() == "200"

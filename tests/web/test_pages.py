@@ -7,6 +7,7 @@ import re
 
 import plotly.io as pio
 import pytest
+from support import GOOD, upload, wait_done
 from vrollout.report.figures import analysis_figure, cumulative_share, figure_dict
 
 XSS = '<script>alert(1)</script> "><img src=x onerror=alert(1)>'
@@ -66,7 +67,28 @@ def test_figure_endpoint_opens_with_plotly(tiny_client, analysis):
 def test_index_page(tiny_client):
     page = tiny_client.get("/").text
     assert 'id="analyze-form"' in page and "tiny-student" in page
-    assert '<script src="/static/index.js">' in page and '<script src="/static/tasks.js">' in page
+    assert '<script src="/static/index.js">' in page
+
+
+def page_scripts(html: str) -> list[str]:
+    return [s for s in re.findall(r'<script src="/static/([^"]+)"', html) if not s.startswith("vendor/")]
+
+
+def test_pages_load_common_js_before_their_scripts(tiny_client, analysis):
+    """static/common.js holds the helpers the page scripts share: every page loads it first."""
+    job = upload(tiny_client, json.dumps(GOOD)).json()["job"]
+    paths = ["/", "/upload", "/jobs", f"/jobs/{job['id']}", f"/analyses/{analysis['id']}", "/docs"]
+    loaded = {path: page_scripts(tiny_client.get(path).text) for path in paths}
+    for path, scripts in loaded.items():
+        assert scripts[0] == "common.js" and scripts.count("common.js") == 1, (path, scripts)
+    assert loaded[f"/analyses/{analysis['id']}"] == ["common.js", "analysis.js", "pedagogical.js"]
+    assert page_scripts(tiny_client.get("/login").text) == []  # public: it runs no script
+    static = tiny_client.app.state.settings.static_dir
+    for script in static.glob("*.js"):
+        if script.name != "common.js":
+            text = script.read_text()
+            assert "VR;" in text and "const $ =" not in text and "displaylogo" not in text, script.name
+    wait_done(tiny_client, job["id"])
 
 
 def test_analysis_page_renders_the_analysis(tiny_client, analysis):

@@ -19,7 +19,7 @@ from vrollout import cli
 from vrollout.config import Settings
 from vrollout.service import Analyzer
 from vrollout.web.app import create_app
-from vrollout.web.security import APP_CSP, SESSION_COOKIE, local_path, session_value
+from vrollout.web.security import APP_CSP, SESSION_COOKIE, answered_hosts, local_path, session_value
 
 TOKEN = "correct-horse-battery-staple"
 XSS = '<img src=x onerror=alert(1)> "><script>alert(1)</script> </script><script>alert(2)</script> {{7*7}}'
@@ -37,7 +37,8 @@ ENDPOINTS = [
 @pytest.fixture
 def guarded(tiny, tmp_path):
     """An app that asks for TOKEN, with one stored analysis, one job and one task to address."""
-    settings = tiny_settings(tmp_path, api_token=TOKEN)
+    # Every route is tried with a wrong token below: far more guesses than the default allows.
+    settings = tiny_settings(tmp_path, api_token=TOKEN, login_max_failures=10_000)
     app = create_app(settings, analyzer=Analyzer(tiny, settings))
     auth = {"authorization": f"Bearer {TOKEN}"}
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -233,17 +234,78 @@ def test_security_headers_on_every_page(tiny_client):
         assert tiny_client.get(path).headers["x-content-type-options"] == "nosniff"
 
 
-def test_docs_policy_allows_its_own_inline_script(tiny_client):
+def test_docs_come_from_this_server(tiny_client):
+    """/docs: Swagger UI vendored under /static, under the app's own policy, nothing from elsewhere."""
     r = tiny_client.get("/docs")
-    csp = r.headers["content-security-policy"]
-    scripts = re.findall(r"<script>(.*?)</script>", r.text, re.S)
-    assert len(scripts) == 1 and sha256_source(scripts[0]) in csp
-    assert (
-        "script-src https://cdn.jsdelivr.net 'sha256-" in csp
-        and "'unsafe-inline'" not in csp.split("style")[0]
+    assert r.status_code == 200 and r.headers["content-security-policy"] == APP_CSP
+    assert "//" not in r.text  # no URL of another site, not even scheme-relative
+    assert re.findall(r"<script(?![^>]*src=)[^>]*>", r.text) == []  # no inline script
+    assets = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert [a for a in assets if not a.startswith("/static/")] == ["data:,"]  # the empty favicon
+    assert {"/static/vendor/swagger-ui-bundle-5.35.0.js", "/static/vendor/swagger-ui-5.35.0.css"} <= set(
+        assets
     )
-    assert "frame-ancestors 'none'" in csp and '"validatorUrl": null' in r.text
+    for asset in assets[1:]:
+        got = tiny_client.get(asset)
+        assert got.status_code == 200 and len(got.content) > 300, asset
+    assert 'data-openapi-url="/openapi.json"' in r.text
+    assert "validatorUrl: null" in tiny_client.get("/static/docs.js").text  # no badge from elsewhere
+    assert (Path(tiny_client.app.state.settings.static_dir) / "vendor/swagger-ui-5.35.0.LICENSE").is_file()
     assert tiny_client.get("/redoc").status_code == 404  # one manual
+
+
+def success(operation: dict) -> tuple[str, dict]:
+    return next((code, r) for code, r in operation["responses"].items() if code.startswith("2"))
+
+
+def test_openapi_describes_every_response(tiny_client):
+    """Each operation's success has a model (a named schema, or a list of one), or says which
+    files it sends; every failure has the error shape."""
+    schema = tiny_client.get("/openapi.json").json()
+    named = set(schema["components"]["schemas"])
+    operations = [(m, p, op) for p, item in schema["paths"].items() for m, op in item.items()]
+    assert len(operations) >= 18
+    for method, path, operation in operations:
+        code, answer = success(operation)
+        content = answer.get("content", {})
+        assert content, (method, path)
+        body = content.get("application/json", {}).get("schema")
+        if body is not None:
+            ref = (
+                body.get("$ref")
+                or body.get("items", {}).get("$ref")
+                or body.get("additionalProperties", {}).get("$ref")
+            )
+            assert ref and ref.rsplit("/", 1)[1] in named, (method, path, body)
+        else:
+            assert set(content) & {"text/event-stream", "application/vnd.apache.parquet"}, (method, path)
+        for status, failure in operation["responses"].items():
+            if status.startswith(("4", "5")):
+                assert failure["content"]["application/json"]["schema"] == {
+                    "$ref": "#/components/schemas/ErrorBody"
+                }
+        if method == "post":
+            assert "403" in operation["responses"], path  # cross-site writes
+        assert "400" in operation["responses"], path  # the Host check
+
+
+def test_openapi_declares_the_token(tiny_client, guarded):
+    """The bearer scheme (and X-API-Token) for Swagger's Authorize button; required, with its
+    401 and 429, only where the server asks for a token."""
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    open_schema = tiny_client.get("/openapi.json").json()
+    guarded_schema = guarded.get("/openapi.json", headers=auth).json()
+    for schema in (open_schema, guarded_schema):
+        schemes = schema["components"]["securitySchemes"]
+        assert (schemes["bearer"]["type"], schemes["bearer"]["scheme"]) == ("http", "bearer")
+        assert (schemes["apiToken"]["in"], schemes["apiToken"]["name"]) == ("header", "X-API-Token")
+    assert "security" not in open_schema
+    assert guarded_schema["security"] == [{"bearer": []}, {"apiToken": []}]
+    health = guarded_schema["paths"]["/api/health"]["get"]["responses"]
+    assert {"401", "429"} <= set(health) and "401" not in open_schema["paths"]["/api/health"]["get"][
+        "responses"
+    ]
+    assert guarded.get("/docs", headers=auth).status_code == 200
 
 
 def test_download_policy_hashes_exactly_its_scripts(tiny_client):
@@ -254,7 +316,8 @@ def test_download_policy_hashes_exactly_its_scripts(tiny_client):
     meta = meta.replace("&#39;", "'")
     assert header == f"{meta}; frame-ancestors 'none'" and "connect-src" not in meta
     scripts = re.findall(r"<script>(.*?)</script>", r.text, re.S)
-    assert len(scripts) == 2
+    static = Path(tiny_client.app.state.settings.static_dir)
+    assert scripts[1:] == [(static / "common.js").read_text(), (static / "analysis.js").read_text()]
     allowed = re.search(r"script-src ([^;]*)", meta).group(1).split()
     assert sorted(allowed) == sorted(sha256_source(s) for s in scripts)
 
@@ -368,4 +431,131 @@ def test_cli_report_escapes_user_text(tiny_client, tmp_path):
     assert report.count("{{7*7}}") >= 3
     csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', report).group(1)
     scripts = re.findall(r"<script>(.*?)</script>", report, re.S)
-    assert len(scripts) == 2 and all(sha256_source(s) in csp.replace("&#39;", "'") for s in scripts)
+    assert len(scripts) == 3 and all(sha256_source(s) in csp.replace("&#39;", "'") for s in scripts)
+    assert scripts[1] == (settings.static_dir / "common.js").read_text()
+
+
+def host_app(tiny, tmp_path, **settings):
+    """A server as `serve` makes it (no name allowed beyond its own, unless given)."""
+    config = tiny_settings(tmp_path, **{"allowed_hosts": [], **settings})
+    return create_app(config, analyzer=Analyzer(tiny, config))
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/api/analyses", "/", "/jobs", "/static/app.css", "/docs"])
+def test_a_loopback_server_answers_only_its_own_names(tiny, tmp_path, path):
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is same-origin
+    with this server as far as the browser knows; its Host header gives it away."""
+    with TestClient(host_app(tiny, tmp_path), base_url="http://127.0.0.1:8000") as client:
+        for host in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000", "127.0.0.1"):
+            assert client.get(path, headers={"host": host}).status_code == 200, (path, host)
+        for host in (
+            "evil.example",
+            "evil.example:8000",
+            "127.0.0.1.evil.example",
+            "localhost.evil",
+            "[::2]",
+        ):
+            r = client.get(path, headers={"host": host, "accept": "text/html"})
+            assert r.status_code == 400 and r.json()["status"] == 400, (path, host)
+            assert "VROLLOUT_ALLOWED_HOSTS" in r.json()["error"] and r.headers["x-frame-options"] == "DENY"
+        assert client.post("/api/analyze", json=GOOD, headers={"host": "evil.example"}).status_code == 400
+
+
+def test_hosts_named_in_the_setting(tiny, tmp_path):
+    app = host_app(tiny, tmp_path, host="192.168.1.5", allowed_hosts=["Box.example"])
+    with TestClient(app, base_url="http://box.example:8000") as client:
+        for host in ("box.example:8000", "BOX.EXAMPLE", "192.168.1.5:8000", "localhost"):
+            assert client.get("/api/health", headers={"host": host}).status_code == 200, host
+        assert client.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("settings", "answered"),
+    [
+        ({"host": "0.0.0.0"}, None),  # deliberately public: every name may reach it
+        ({"host": "::"}, None),
+        ({"api_token": TOKEN}, None),  # a rebinding page cannot present the token
+        ({"allowed_hosts": ["*"]}, None),
+        ({"host": "::1", "allowed_hosts": ["a.example:80"]}, {"localhost", "127.0.0.1", "::1", "a.example"}),
+    ],
+)
+def test_which_hosts_are_answered(settings, answered):
+    config = Settings(**settings)
+    hosts = answered_hosts(config.host, config.allowed_hosts, config.api_token)
+    assert hosts == (None if answered is None else frozenset(answered))
+
+
+def test_allowed_hosts_from_the_environment(monkeypatch):
+    monkeypatch.setenv("VROLLOUT_ALLOWED_HOSTS", "a.example, B.example")
+    assert Settings().allowed_hosts == ["a.example", "b.example"]
+    monkeypatch.setenv("VROLLOUT_ALLOWED_HOSTS", '["c.example"]')
+    assert Settings().allowed_hosts == ["c.example"]
+
+
+def test_a_public_server_answers_any_host(tiny, tmp_path):
+    with TestClient(host_app(tiny, tmp_path, host="0.0.0.0")) as client:
+        assert client.get("/api/health", headers={"host": "my-box.example:8000"}).status_code == 200
+
+
+def guessing(tiny, tmp_path, address="203.0.113.7", **settings):
+    config = tiny_settings(tmp_path, api_token=TOKEN, login_max_failures=3, **settings)
+    app = create_app(config, analyzer=Analyzer(tiny, config))
+    return TestClient(app, client=(address, 40000), raise_server_exceptions=False)
+
+
+def test_login_guesses_are_limited(tiny, tmp_path):
+    with guessing(tiny, tmp_path) as client:
+        for _ in range(3):
+            assert client.post("/login", data={"token": "guess"}).status_code == 401
+        for token in ("guess", TOKEN):  # past the limit, even the right token waits
+            r = client.post("/login", data={"token": token}, follow_redirects=False)
+            assert r.status_code == 429 and 0 < int(r.headers["retry-after"]) <= 60
+            assert "too many wrong API tokens" in r.text and SESSION_COOKIE not in r.cookies
+        assert client.get("/api/health", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 429
+        assert client.get("/api/health").status_code == 401  # no guess: the usual answer
+        other = TestClient(client.app, client=("203.0.113.8", 40000))  # another address is not held
+        assert other.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+
+
+def test_header_guesses_count_too(tiny, tmp_path):
+    with guessing(tiny, tmp_path) as client:
+        assert client.post("/login", data={"token": "guess"}).status_code == 401
+        for headers in ({"authorization": "Bearer guess"}, {"x-api-token": "guess"}):
+            assert client.get("/api/health", headers=headers).status_code == 401
+        r = client.get("/api/health", headers={"authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 429 and r.json()["status"] == 429 and int(r.headers["retry-after"]) > 0
+        assert "VROLLOUT_LOGIN_MAX_FAILURES" in r.json()["error"]
+
+
+def test_guesses_are_forgotten_after_the_window(tiny, tmp_path):
+    with guessing(tiny, tmp_path, login_window_s=0.5) as client:
+        for _ in range(3):
+            client.post("/login", data={"token": "guess"})
+        assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 429
+        time.sleep(0.6)
+        assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+
+
+def test_a_right_login_clears_the_count(tiny, tmp_path):
+    with guessing(tiny, tmp_path) as client:
+        for _ in range(2):
+            client.post("/login", data={"token": "guess"})
+        assert client.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
+        for _ in range(2):
+            assert client.post("/login", data={"token": "guess"}).status_code == 401
+
+
+def test_origin_is_checked_without_sec_fetch_site(tiny_client):
+    """Browsers without Sec-Fetch-Site still send Origin on a cross-site POST."""
+    files = {"file": ("runs.jsonl", json.dumps(GOOD).encode())}
+    for origin in ("http://evil.example", "http://testserver.evil.example", "null", "http://localhost"):
+        r = tiny_client.post("/api/jobs", files=files, headers={"origin": origin})
+        assert r.status_code == 403 and r.json()["status"] == 403, origin
+        assert tiny_client.post("/api/analyze", json=GOOD, headers={"origin": origin}).status_code == 403
+    for origin in ("http://testserver", "https://TESTSERVER"):  # this host (a proxy may end TLS)
+        assert tiny_client.post("/api/jobs", files=files, headers={"origin": origin}).status_code == 201
+    assert tiny_client.get("/api/jobs", headers={"origin": "http://evil.example"}).status_code == 200
+    assert tiny_client.post("/api/jobs", files=files).status_code == 201  # curl, notebooks
+    # Sec-Fetch-Site, where sent, decides (browsers send both).
+    same = {"origin": "http://testserver", "sec-fetch-site": "cross-site"}
+    assert tiny_client.post("/api/jobs", files=files, headers=same).status_code == 403

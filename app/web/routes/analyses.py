@@ -16,6 +16,7 @@ from pydantic_core import to_json
 from vrollout import __version__
 from vrollout.core.errors import Cancelled, VRError
 from vrollout.core.ids import new_id
+from vrollout.core.responses import Deleted, Figure, Health, Models, PedagogicalResult, TaskStarted, TaskState
 from vrollout.core.schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody, PedagogicalRequest
 from vrollout.report.figures import figure_dict
 from vrollout.service import Analyzer
@@ -52,7 +53,7 @@ def request_dict(body: BaseModel) -> dict[str, Any]:
     return body.model_dump(exclude_none=True)
 
 
-@router.get("/health")
+@router.get("/health", response_model=Health, response_model_exclude_unset=True)
 async def health(request: Request) -> dict[str, Any]:
     """Liveness: answers at once, even while the model works."""
     return {
@@ -62,7 +63,7 @@ async def health(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/models")
+@router.get("/models", response_model=Models, response_model_exclude_unset=True)
 async def models(analyzer: AnalyzerDep) -> dict[str, Any]:
     """Student and teacher: name, source, vocabulary, device, dtype, shared weights, template;
     the backend (on vLLM: K and each replica's state)."""
@@ -129,7 +130,7 @@ def start_task(
     return {"task_id": task.id, "url": f"/api/tasks/{task.id}"}
 
 
-@router.post("/tasks", status_code=202)
+@router.post("/tasks", status_code=202, response_model=TaskStarted)
 async def start_analysis_task(
     body: AnalyzeRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
 ) -> dict[str, Any]:
@@ -138,7 +139,7 @@ async def start_analysis_task(
     return start_task(tasks, worker, partial(analyzer.run, store=False), prepared, store=analyzer.store)
 
 
-@router.post("/pedagogical")
+@router.post("/pedagogical", response_model=PedagogicalResult, response_model_exclude_unset=True)
 async def pedagogical(
     body: PedagogicalRequest, request: Request, analyzer: AnalyzerDep, worker: WorkerDep
 ) -> Any:
@@ -150,7 +151,7 @@ async def pedagogical(
     return await worker.run(analyzer.pedagogical, prepared, abandon=client_gone(request))
 
 
-@router.post("/pedagogical/tasks", status_code=202)
+@router.post("/pedagogical/tasks", status_code=202, response_model=TaskStarted)
 async def start_pedagogical_task(
     body: PedagogicalRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
 ) -> dict[str, Any]:
@@ -159,13 +160,13 @@ async def start_pedagogical_task(
     return start_task(tasks, worker, analyzer.pedagogical, prepared)
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", response_model=TaskState, response_model_exclude_unset=True)
 async def task_state(task_id: str, tasks: TasksDep) -> dict[str, Any]:
     """State of a task: stage (generate, replay, ...), done/total, and the analysis id when done."""
     return tasks.get(task_id).as_dict()
 
 
-@router.post("/tasks/{task_id}/cancel")
+@router.post("/tasks/{task_id}/cancel", response_model=TaskState, response_model_exclude_unset=True)
 async def cancel_task(task_id: str, tasks: TasksDep) -> dict[str, Any]:
     """Cancel a task: a queued one never runs, a running one stops at its next step; nothing
     of it is stored. Its state becomes `cancelled` (a finished task stays as it was)."""
@@ -183,7 +184,7 @@ async def list_analyses(
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/analyses/{analysis_id}/figure")
+@router.get("/analyses/{analysis_id}/figure", response_model=Figure)
 async def get_figure(analysis_id: str, store: StoreDep) -> Response:
     """The Plotly figure the analysis page shows; open it with `plotly.io.from_json`."""
     analysis = await run_in_threadpool(store.get, analysis_id)
@@ -191,7 +192,7 @@ async def get_figure(analysis_id: str, store: StoreDep) -> Response:
     return Response(figure, media_type="application/json")
 
 
-@router.delete("/analyses/{analysis_id}")
+@router.delete("/analyses/{analysis_id}", response_model=Deleted, response_model_exclude_unset=True)
 async def delete_analysis(
     analysis_id: str, jobs: Annotated[Jobs, Depends(from_state("jobs"))]
 ) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 from vrollout.core.errors import BadTrajectory, TooLong, VRError
+from vrollout.core.responses import Deleted, Figure, Job, JobCreated, JobItem, SummaryRow, media
 from vrollout.core.trajectories import parse_file
 from vrollout.report.dataset import (
     figures_of,
@@ -59,7 +60,7 @@ def validate_lines(
     return good, rejected
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=JobCreated, response_model_exclude_unset=True)
 async def create_job(
     analyzer: AnalyzerDep,
     jobs: JobsDep,
@@ -86,13 +87,13 @@ async def create_job(
     return {"job": job, "accepted": len(good), "rejected": rejected}
 
 
-@router.get("")
+@router.get("", response_model=list[Job], response_model_exclude_unset=True)
 async def list_jobs(jobs: JobsDep) -> list[dict[str, Any]]:
     """Jobs, newest first."""
     return await run_in_threadpool(jobs.list)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=Job, response_model_exclude_unset=True)
 async def job_state(job_id: str, runner: RunnerDep) -> dict[str, Any]:
     """State, counts, tokens per second and time left."""
     return await run_in_threadpool(runner.state, job_id)
@@ -113,7 +114,13 @@ class ProgressStream(EventSourceResponse):
             self.follower.close()
 
 
-@router.get("/{job_id}/events")
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses=media(
+        "Server-Sent Events", {"text/event-stream": "`progress` events (a job's state), then `end`"}
+    ),
+)
 async def job_events(job_id: str, request: Request, runner: RunnerDep) -> EventSourceResponse:
     """Server-Sent Events: a `progress` event whenever the job's state changes, then `end`.
     Every stream of a job shares one state, computed once per change; a comment line every
@@ -146,24 +153,24 @@ async def job_events(job_id: str, request: Request, runner: RunnerDep) -> EventS
     )
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=Job, response_model_exclude_unset=True)
 async def cancel_job(job_id: str, runner: RunnerDep) -> dict[str, Any]:
     """Stop after the line in progress; finished lines are kept. `resume` continues it."""
     return await run_in_threadpool(runner.cancel, job_id)
 
 
-@router.post("/{job_id}/resume")
+@router.post("/{job_id}/resume", response_model=Job, response_model_exclude_unset=True)
 async def resume_job(job_id: str, runner: RunnerDep) -> dict[str, Any]:
     return await run_in_threadpool(runner.resume, job_id)
 
 
-@router.get("/{job_id}/items")
+@router.get("/{job_id}/items", response_model=list[JobItem], response_model_exclude_unset=True)
 async def job_items(job_id: str, jobs: JobsDep) -> list[dict[str, Any]]:
     """Every line of the job: state, analysis id or error."""
     return await run_in_threadpool(jobs.items, job_id)
 
 
-@router.delete("/{job_id}")
+@router.delete("/{job_id}", response_model=Deleted, response_model_exclude_unset=True)
 async def delete_job(job_id: str, runner: RunnerDep) -> dict[str, Any]:
     """Delete the job with its lines and their analyses; a running job is cancelled first."""
     deleted = await run_in_threadpool(runner.delete, job_id)
@@ -178,7 +185,11 @@ def _summaries(jobs: Jobs, job_id: str) -> Iterator[dict[str, Any]]:
     return (summary_of(d) for d in jobs.digests(job_id))
 
 
-@router.get("/{job_id}/summaries")
+@router.get(
+    "/{job_id}/summaries",
+    response_model=list[SummaryRow],
+    responses=media("the rows", {"text/csv": "format=csv", "application/x-ndjson": "format=jsonl"}),
+)
 async def job_summaries(job_id: str, jobs: JobsDep, format: str = "json") -> Response:
     """One row per analysed trajectory: `format=json` (default), `csv` or `jsonl`. Built from the
     summary rows stored with each analysis and streamed, so any size of job is cheap."""
@@ -193,7 +204,14 @@ async def job_summaries(job_id: str, jobs: JobsDep, format: str = "json") -> Res
     return StreamingResponse(json_array_chunks(rows), media_type="application/json")
 
 
-@router.get("/{job_id}/steps")
+@router.get(
+    "/{job_id}/steps",
+    response_class=StreamingResponse,
+    responses=media(
+        "every step, one row each",
+        {"application/vnd.apache.parquet": "format=parquet", "application/x-ndjson": "format=jsonl"},
+    ),
+)
 async def job_steps(job_id: str, jobs: JobsDep, format: str = "parquet") -> Response:
     """Every step of every trajectory, one row each: `format=parquet` (default) or `jsonl`.
     `pd.read_parquet(url)` gives the table. Streamed one analysis (and one Parquet row group)
@@ -210,7 +228,7 @@ async def job_steps(job_id: str, jobs: JobsDep, format: str = "parquet") -> Resp
     )
 
 
-@router.get("/{job_id}/figures")
+@router.get("/{job_id}/figures", response_model=dict[str, Figure])
 async def job_figures(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """The dataset page's Plotly figures (each opens with `plotly.io.from_json`)."""
     return await run_in_threadpool(lambda: figures_of(jobs.digests(job_id)))

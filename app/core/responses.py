@@ -1,0 +1,238 @@
+"""Response bodies of the JSON API, as `/docs` shows them (the analysis itself is
+`schemas.Analysis`). They describe the dicts the core and storage build; they add nothing.
+
+Every model lets unlisted keys through (`extra="allow"`) and the routes serialise with
+`response_model_exclude_unset`, so a response is exactly the dict that was built: a key that is
+absent stays absent (an optional field here is one that only some responses carry, e.g. on the
+vLLM backend), and nothing is dropped. No torch, no HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Open(BaseModel):
+    """A documented object that may carry more keys than it lists."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Health(Open):
+    ok: bool
+    version: str
+    models_loaded: bool = Field(description="false only while the server starts")
+
+
+class ModelInfo(Open):
+    name: str
+    source: str | None = Field(None, description="where the weights came from (a path, a hub id, a URL)")
+    vocab_size: int
+    device: str
+    dtype: str
+
+
+class Replica(Open):
+    """One vLLM server, as the job page shows it."""
+
+    role: str = Field(description="student or teacher")
+    url: str
+    healthy: bool
+    in_flight: int
+    requests: int
+    errors: int
+    last_error: str | None
+
+
+class ReplicaFailure(Open):
+    at: float = Field(description="Unix time")
+    role: str
+    url: str
+    error: str
+    retried: bool = Field(description="false: it was the last attempt")
+
+
+class Models(Open):
+    student: ModelInfo
+    teacher: ModelInfo
+    shared_weights: bool = Field(description="the teacher is the student's own weights (self-distillation)")
+    teacher_template: str = Field(description="how privileged info joins the teacher's prompt")
+    backend: str = Field(description="local or vllm")
+    top_k_logprobs: int | None = Field(None, description="vLLM: K, the log-probs known per position")
+    replicas: list[Replica] | None = Field(None, description="vLLM: each server's state")
+
+
+class TaskStarted(Open):
+    task_id: str
+    url: str = Field(description="poll it: GET /api/tasks/{task_id}")
+
+
+class TaskError(Open):
+    error: str
+    status: int = Field(description="the HTTP status the same failure gets from the synchronous route")
+
+
+class PolicyInfo(Open):
+    threshold: float
+    max_rank: int | None
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+
+class PedagogicalToken(Open):
+    position: int
+    token_id: int
+    token: str
+    source: str = Field(description="student or teacher: who chose this token")
+    student_logprob: float
+    teacher_logprob: float
+
+
+class Intervention(Open):
+    position: int
+    proposal_id: int = Field(description="the student's token, refused")
+    proposal: str
+    proposal_teacher_prob: float
+    proposal_teacher_rank: int
+    substitute_id: int = Field(description="the teacher's top-1, taken instead")
+    substitute: str
+    student_surprisal: float = Field(description="-log p_student(substitute), nats")
+
+
+class SweepPoint(Open):
+    threshold: float
+    num_interventions: int
+    tokens: int
+    reached_reference: bool | None
+    response_text: str
+
+
+class RolloutSide(Open):
+    model: str
+    context_ids: list[int]
+    context_text: str
+
+
+class PedagogicalResult(Open):
+    """A pedagogical rollout: the student proposes each token, the teacher substitutes its top-1
+    only where the proposal is unacceptable under `policy`."""
+
+    id: str
+    created_at: str
+    analysis_id: str | None = Field(description="the stored analysis whose contexts were reused")
+    student: RolloutSide
+    teacher: RolloutSide
+    policy: PolicyInfo
+    response_ids: list[int]
+    response_text: str
+    tokens: list[PedagogicalToken]
+    interventions: list[Intervention]
+    num_interventions: int
+    reference_answer: str | None
+    reached_reference: bool | None = Field(description="null without a reference answer")
+    sweep: list[SweepPoint] | None = Field(description="one rollout per threshold, when asked for")
+
+
+class TaskState(Open):
+    id: str
+    state: str = Field(description="queued, running, done, error or cancelled")
+    stage: str = Field(description="what runs now: generate, replay, continuations, recovery, sweep, done")
+    done: int
+    total: int
+    analysis_id: str | None = Field(description="when done: the stored analysis (GET /api/analyses/{id})")
+    result: PedagogicalResult | None = Field(description="when done: a pedagogical rollout (not stored)")
+    error: TaskError | None
+    created: float = Field(description="Unix time")
+    cancel_requested: bool = Field(False, description="POST /api/tasks/{id}/cancel was called")
+
+
+class Rejected(Open):
+    line: int = Field(description="1-based line of the uploaded file")
+    error: str
+
+
+class UnknownKey(Open):
+    """A key of an uploaded file that is not a field: kept in the `meta` of each line with it."""
+
+    key: str
+    warning: str
+    lines: list[int] = Field(description="the first lines that carry it")
+    count: int = Field(description="how many lines carry it")
+
+
+class Job(Open):
+    id: str
+    created_at: str
+    name: str = Field(description="the uploaded file's name, for display")
+    state: str = Field(description="queued, running, done or cancelled")
+    options: dict[str, Any] = Field(description="the options given with the upload")
+    total: int = Field(description="lines accepted")
+    rejected: list[Rejected] = Field(description="lines refused at upload")
+    warnings: list[UnknownKey] = Field(default_factory=list, description="keys that are not fields")
+    started_at: str | None
+    finished_at: str | None
+    done: int
+    failed: int
+    pending: int
+    tokens_done: int
+    tokens_per_second: float | None = Field(None, description="while running")
+    eta_seconds: float | None = Field(None, description="while running: time left")
+    error: str | None = Field(None, description="why the job stopped by itself (e.g. the disk is full)")
+    replicas: list[Replica] | None = Field(None, description="vLLM: each server's state")
+    replica_errors: list[ReplicaFailure] | None = Field(None, description="vLLM: failures during this run")
+
+
+class JobCreated(Open):
+    job: Job
+    accepted: int
+    rejected: list[Rejected]
+    warnings: list[UnknownKey] = Field(default_factory=list, description="keys that are not fields")
+
+
+class JobItem(Open):
+    line: int
+    state: str = Field(description="pending, done or error")
+    analysis_id: str | None
+    error: str | None
+
+
+class SummaryRow(Open):
+    """One analysed line of a job (the CSV and JSONL exports have the same columns)."""
+
+    analysis_id: str
+    line: int | None
+    trajectory_id: str | None
+    tokens: int
+    agreement_rate: float | None
+    divergences: int
+    first_divergence: int | None
+    reverse_kl_total: float
+    reverse_kl_mean: float | None
+    forward_kl_total: float
+    advantage_total: float
+    correct: bool | None = Field(description="null without a reference answer")
+    preview: str = Field(description="the response's first 120 characters, whitespace collapsed")
+
+
+class Figure(Open):
+    """A Plotly figure: `plotly.io.from_json(json.dumps(figure))` opens it."""
+
+    data: list[dict[str, Any]]
+    layout: dict[str, Any]
+
+
+class Deleted(Open):
+    ok: bool
+    id: str
+    analyses_deleted: int | None = Field(None, description="a job's: its analyses, deleted with it")
+
+
+def media(description: str, types: dict[str, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI for a 200 that is (or may also be) text or a file of other media types: media
+    type -> what it holds."""
+    content = {kind: {"schema": {"type": "string", "description": what}} for kind, what in types.items()}
+    return {200: {"description": description, "content": content}}
