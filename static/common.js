@@ -100,5 +100,19 @@ window.VR = (function () {
     }
   }
 
+  // A button with data-delete (the analysis and job pages): asks first, then deletes and goes
+  // to data-next. Its error (e.g. the token has expired) is shown in an alert.
+  for (const button of document.querySelectorAll("button[data-delete]")) {
+    button.addEventListener("click", async () => {
+      if (!window.confirm(button.dataset.confirm)) return;
+      try {
+        await request(button.dataset.delete, { method: "DELETE" });
+        window.location.assign(button.dataset.next);
+      } catch (e) {
+        window.alert(e.message);
+      }
+    });
+  }
+
   return { $, embedded, el, row, visible, fmt, showTooltip, progress, showError, plot, request, runTask };
 })();

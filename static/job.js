@@ -116,14 +116,17 @@
   });
 
   let lastDone = -1;
+  let lastRefresh = 0;
   function follow() {
     const source = new EventSource(`${base}/events`);
     source.addEventListener("progress", (e) => {
       const state = JSON.parse(e.data);
       showState(state);
-      // Refresh the table and figures every 10 finished lines while running.
-      if (state.done - lastDone >= 10) {
+      // Refresh the table and figures every 10 finished lines while running, at most every 5 s
+      // (each refresh reads a summary of every line: a large job's would pile up).
+      if (state.done - lastDone >= 10 && Date.now() - lastRefresh >= 5000) {
         lastDone = state.done;
+        lastRefresh = Date.now();
         refresh();
       }
     });
@@ -132,6 +135,15 @@
       showState(JSON.parse(e.data));
       refresh();
     });
+    // A stream the server refused (too many open) is not retried by the browser: poll instead.
+    source.onerror = () => source.readyState === EventSource.CLOSED && setTimeout(poll, 5000);
+  }
+  async function poll() {
+    const state = await request(base).catch(() => null); // gone (deleted): nothing to follow
+    if (!state) return;
+    showState(state);
+    if (state.state === "running" || state.state === "queued") setTimeout(poll, 5000);
+    else refresh();
   }
   showState(job);
   if (job.state === "running" || job.state === "queued") follow();

@@ -359,6 +359,29 @@ def test_delete_from_the_analysis_and_job_pages(server, page):
     assert page.errors == []
 
 
+def test_a_job_page_refused_a_stream_polls_instead(browser, tmp_path, monkeypatch):
+    """Past VROLLOUT_MAX_STREAMS_PER_JOB a page's EventSource gets a 429 (which browsers do not
+    retry): the page follows the job by polling and still sees it finish."""
+    monkeypatch.setenv("VROLLOUT_MAX_STREAMS_PER_JOB", "1")
+    server = Server(tmp_path / "db.sqlite3").start()
+    try:
+        lines = [{"prompt": f"What is {i}+{i}?", "response": f"{i}+{i} = {2 * i}. " * 6} for i in range(16)]
+        job_id = upload(server, lines)["job"]["id"]
+        pages = [browser.new_context().new_page() for _ in range(2)]
+        refused = []
+        pages[1].on("response", lambda r: r.url.endswith("/events") and refused.append(r.status))
+        for page in pages:
+            page.goto(f"{server.url}/jobs/{job_id}")
+        for page in pages:
+            page.wait_for_selector("body[data-job-state='done']", timeout=180_000)
+            page.wait_for_selector("body[data-loaded='16']", timeout=30_000)
+        assert refused == [429]
+        for page in pages:
+            page.context.close()
+    finally:
+        server.stop()
+
+
 # Access and untrusted text: a server that asks for a token, and payloads in every view.
 TOKEN = "browser-test-token"
 PAYLOADS = [

@@ -55,14 +55,15 @@ def running_job(app, lines: int = 3) -> str:
     return job_id
 
 
-async def request_head(port: int, path: str) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter]:
+async def request_head(port: int, path: str) -> tuple[int, asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """(status, reader, writer, the response's head)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
     )
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
-    return int(head.split()[1]), reader, writer
+    return int(head.split()[1]), reader, writer, head
 
 
 async def read_event(reader: asyncio.StreamReader) -> tuple[str | None, dict | None]:
@@ -83,7 +84,7 @@ async def stream_clients(port: int, path: str, clients: int, hold: float) -> lis
     (half of them cleanly, half by dropping the socket)."""
 
     async def one(n: int) -> int:
-        status, reader, writer = await request_head(port, path)
+        status, reader, writer, _ = await request_head(port, path)
         if status == 200:
             assert (await read_event(reader))[0] == "progress"
             await asyncio.sleep(hold)
@@ -169,7 +170,7 @@ def test_streams_share_one_state_computed_once_per_change(tiny, tmp_path):
             """Twenty streams; the job changes three times while they listen."""
 
             async def one() -> list[dict]:
-                _, reader, writer = await request_head(port, f"/api/jobs/{job_id}/events")
+                _, reader, writer, _ = await request_head(port, f"/api/jobs/{job_id}/events")
                 seen = []
                 while True:
                     event, state = await read_event(reader)
@@ -204,11 +205,12 @@ def test_streams_are_capped_per_job_and_in_total(tiny, tmp_path):
             held.append(await request_head(port, f"/api/jobs/{second}/events"))
             over_total = await request_head(port, f"/api/jobs/{second}/events")
             bodies = []
-            for status, reader, writer in (over_job, over_total):
-                head = await reader.read(4096)
-                bodies.append((status, json.loads(head[head.index(b"{") :])))
+            for status, reader, writer, head in (over_job, over_total):
+                assert b"retry-after: 5" in head.lower()
+                body = await reader.read(4096)
+                bodies.append((status, json.loads(body[body.index(b"{") :])))
                 writer.close()
-            for _, _, writer in held:
+            for _, _, writer, _ in held:
                 writer.close()
             await asyncio.sleep(0.5)
             again = await request_head(port, f"/api/jobs/{first}/events")
@@ -229,7 +231,7 @@ def test_keep_alive_comments_and_idle_timeout(tiny, tmp_path):
         job_id = running_job(app)
 
         async def listen() -> tuple[bytes, float]:
-            status, reader, writer = await request_head(port, f"/api/jobs/{job_id}/events")
+            status, reader, writer, _ = await request_head(port, f"/api/jobs/{job_id}/events")
             assert status == 200
             start = time.monotonic()
             body = b""
