@@ -76,7 +76,8 @@ def serve(args: argparse.Namespace) -> int:
 def analyze(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from vrollout.core.trajectories import parse_file
-    from vrollout.service import Analyzer, with_defaults
+    from vrollout.core.validation import unknown_key_warnings
+    from vrollout.service import Analyzer
     from vrollout.storage.jobs import WINDOW
 
     settings = _settings(args)
@@ -86,7 +87,7 @@ def analyze(args: argparse.Namespace) -> int:
             data = f.read(limit + 1)
         if len(data) > limit:
             raise TooLong(f"the file is over the limit of {limit} bytes (VROLLOUT_MAX_UPLOAD_BYTES)")
-        lines, bad = parse_file(data, settings.max_lines_per_job)
+        lines, bad = parse_file(data, settings.max_lines_per_job, settings.max_line_bytes)
     except (OSError, VRError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
@@ -98,6 +99,7 @@ def analyze(args: argparse.Namespace) -> int:
         "recovery_max_new_tokens": args.recovery_max_new_tokens,
     }
     errors = [(e.line, e.error) for e in bad]
+    unknown: dict[str, list[int]] = {}  # keys that are not fields, kept in meta: line numbers
     out_path = Path(args.out)
     folder = None if out_path.suffix == ".jsonl" else out_path
     if folder is not None:
@@ -110,7 +112,10 @@ def analyze(args: argparse.Namespace) -> int:
             prepared, finished = [], []
             for number, obj in lines[w : w + WINDOW]:
                 try:
-                    prepared.append((number, analyzer.prepare(with_defaults(obj, options, args.privileged))))
+                    prep, _, keys = analyzer.prepare_line(obj, options, args.privileged)
+                    prepared.append((number, prep))
+                    for key in keys:
+                        unknown.setdefault(key, []).append(number)
                 except VRError as exc:
                     errors.append((number, exc.message))
                     bar.update(1)
@@ -132,6 +137,9 @@ def analyze(args: argparse.Namespace) -> int:
                 done += 1
     for number, message in sorted(errors):
         print(f"{args.file}:{number}: {message}", file=sys.stderr)
+    for warning in unknown_key_warnings(unknown):
+        where = f"{warning['count']} line{'s' if warning['count'] != 1 else ''}"
+        print(f"{args.file}:{warning['lines'][0]}: warning: {warning['warning']} ({where})", file=sys.stderr)
     if folder is not None:
         write_dataset(folder, Path(args.file).name, analyses, sorted(errors), analyzer, settings)
     print(f"{done} analysed, {len(errors)} failed -> {folder or out_path}", file=sys.stderr)

@@ -100,6 +100,15 @@ class Settings(BaseSettings):
     max_new_tokens: int = 1024
     max_top_k: int = 20
     max_continuation_tokens: int = 32
+    # Text is refused by its length before it is tokenized: a field may hold at most its token
+    # limit x this many characters. No token of the default SmolLM2 tokenizer is longer than 81
+    # characters (a newline and 80 spaces), so 100 never refuses text that fits the token limits.
+    chars_per_token: int = Field(
+        default=100, ge=1, description="character caps of text fields: token limit x this"
+    )
+    max_line_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1, description="one line of an uploaded file (a longer line is its error)"
+    )
     # Cost budgets, in tokens a request may decode (upper bounds, known before any model work).
     max_analysis_cost: int = Field(
         default=65_536,

@@ -6,7 +6,7 @@ on `worker.ModelWorker`, one job at a time, off the event loop. No HTTP here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -18,13 +18,15 @@ from vrollout.config import Settings
 from vrollout.core.analysis import build_analysis
 from vrollout.core.backend import Backend, load_backend
 from vrollout.core.contexts import Contexts, build_contexts, check_ids
-from vrollout.core.errors import BadTrajectory, ModelOutOfMemory, TooLong, VRError
+from vrollout.core.errors import BadTrajectory, ModelOutOfMemory, VRError
 from vrollout.core.ids import new_id, now
 from vrollout.core.pedagogical import threshold_sweep
 from vrollout.core.recovery import recovery
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
 from vrollout.core.rules import Policy
-from vrollout.core.trajectories import Trajectory, parse_trajectory
+from vrollout.core.schemas import AnalyzeRequest, GenerationOptions
+from vrollout.core.trajectories import Trajectory, to_trajectory
+from vrollout.core.validation import RequestModels, check_lengths, open_keys, request_models, validate
 from vrollout.storage.store import Store
 from vrollout.worker import check_budget
 
@@ -44,45 +46,27 @@ class Options:
     recovery_max_new_tokens: int = 64
 
 
-def _number(obj: dict[str, Any], key: str, default: Any, kind: type, lo: float, hi: float) -> Any:
-    value = obj.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadTrajectory(f"{key} must be a number", field=key)
-    if kind is int and value != int(value):
-        raise BadTrajectory(f"{key} must be an integer", field=key)
-    if not lo <= value <= hi:
-        raise BadTrajectory(f"{key} must be between {lo} and {hi}, got {value}", field=key)
-    return kind(value)
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
-def parse_options(obj: dict[str, Any], settings: Settings) -> Options:
-    """The analysis options of a request or a file line, checked against the settings' limits."""
-    gen = obj.get("generation") or {}
-    if not isinstance(gen, dict):
-        raise BadTrajectory("generation must be an object")
-    want_recovery = obj.get("recovery", False)
-    if not isinstance(want_recovery, bool):
-        raise BadTrajectory("recovery must be true or false", field="recovery")
-    if want_recovery and obj.get("reference_answer") in (None, ""):
+def options_from(request: AnalyzeRequest, settings: Settings) -> Options:
+    """The analysis options of a validated request, with the defaults that depend on the settings."""
+    if request.recovery and request.reference_answer in (None, ""):
         raise BadTrajectory(
             "recovery needs a reference_answer to check the teacher's continuations against",
             field="reference_answer",
         )
+    gen = request.generation or GenerationOptions()
     return Options(
-        top_k=_number(obj, "top_k", min(5, settings.max_top_k), int, 0, settings.max_top_k),
-        continuation_tokens=_number(obj, "continuation_tokens", 0, int, 0, settings.max_continuation_tokens),
-        max_new_tokens=_number(
-            gen, "max_new_tokens", min(256, settings.max_new_tokens), int, 1, settings.max_new_tokens
-        ),
-        temperature=_number(gen, "temperature", 0.0, float, 0.0, 10.0),
-        top_p=_number(gen, "top_p", 1.0, float, 1e-6, 1.0),
-        seed=_number(gen, "seed", 0, int, 0, 2**63 - 1),
-        recovery=want_recovery,
-        recovery_max_new_tokens=_number(
-            obj, "recovery_max_new_tokens", min(64, settings.max_new_tokens), int, 1, settings.max_new_tokens
-        ),
+        top_k=_given(request.top_k, min(5, settings.max_top_k)),
+        continuation_tokens=request.continuation_tokens,
+        max_new_tokens=_given(gen.max_new_tokens, min(256, settings.max_new_tokens)),
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        seed=gen.seed,
+        recovery=request.recovery,
+        recovery_max_new_tokens=_given(request.recovery_max_new_tokens, min(64, settings.max_new_tokens)),
     )
 
 
@@ -94,9 +78,6 @@ def analysis_cost(options: Options, response_tokens: int | None) -> int:
     generated = options.max_new_tokens if response_tokens is None else 0
     per_token = options.continuation_tokens + (options.recovery_max_new_tokens if options.recovery else 0)
     return generated + per_token * length
-
-
-MAX_SWEEP = 12
 
 
 @dataclass
@@ -180,18 +161,22 @@ class Analyzer:
         backend = load_backend(settings)
         return cls(backend.pair, settings, database, backend)
 
+    @property
+    def models(self) -> RequestModels:
+        """The request models with this analyzer's limits: the one validation path of the API,
+        files, the CLI and notebooks (`core.validation`)."""
+        return request_models(self.settings)
+
     def prepare(self, obj: Any) -> Prepared:
-        """Parse, render contexts and enforce every limit, before any model work."""
-        traj = parse_trajectory(obj)
-        options = parse_options(obj, self.settings)
+        """Validate (a JSON object, or a request the API validated already), render the contexts
+        and enforce every limit, before any model work. Text over its character cap is refused
+        before it is tokenized, and tokenizing stops once a context is over its limit."""
+        request = validate(self.models.analyze, obj)
+        traj = to_trajectory(request)
+        check_lengths(traj, self.models.limits)
+        options = options_from(request, self.settings)
         self.backend.check_top_k(options.top_k)
         ctx = self.contexts(traj)
-        limit = self.settings.max_response_tokens
-        if ctx.response_ids is not None and len(ctx.response_ids) > limit:
-            raise TooLong(
-                f"the response has {len(ctx.response_ids)} tokens, over the limit of "
-                f"{limit} (VROLLOUT_MAX_RESPONSE_TOKENS)"
-            )
         response_tokens = None if ctx.response_ids is None else len(ctx.response_ids)
         check_budget(
             analysis_cost(options, response_tokens),
@@ -201,8 +186,19 @@ class Analyzer:
         )
         return Prepared(traj, ctx, options)
 
+    def prepare_line(
+        self, obj: Any, options: dict[str, Any], privileged: str | None
+    ) -> tuple[Prepared, Any, list[str]]:
+        """A line of a file (an upload, the CLI's): `prepare`d with the file's options filled in.
+        Unlike the API, a key that is not a field is kept in `meta` unless it is a near miss of
+        one. Returns the prepared line, the line as a job stores it, and its unknown keys."""
+        line, unknown = open_keys(obj, self.models.analyze)
+        line = with_defaults(line, options, privileged)
+        return self.prepare(line), line, unknown
+
     def contexts(self, traj: Trajectory) -> Contexts:
-        """Both contexts, with every token id checked and the context limit enforced."""
+        """Both contexts and the response ids, with every token id checked and each limit
+        enforced as the text is tokenized."""
         for name, ids in (
             ("prompt_ids", traj.prompt_ids),
             ("teacher_prompt_ids", traj.teacher_prompt_ids),
@@ -210,15 +206,9 @@ class Analyzer:
         ):
             if ids is not None:
                 check_ids(name, ids, self.pair.vocab_size)
-        ctx = build_contexts(traj, self.pair)
-        limit = self.settings.max_context_tokens
-        for name, ids in (("student context", ctx.student_ids), ("teacher context", ctx.teacher_ids)):
-            if len(ids) > limit:
-                raise TooLong(
-                    f"the {name} has {len(ids)} tokens, over the limit of {limit} "
-                    "(VROLLOUT_MAX_CONTEXT_TOKENS)"
-                )
-        return ctx
+        return build_contexts(
+            traj, self.pair, self.settings.max_context_tokens, self.settings.max_response_tokens
+        )
 
     def run(
         self,
@@ -409,53 +399,39 @@ class Analyzer:
             )
         return analyses
 
-    def prepare_pedagogical(self, obj: dict[str, Any]) -> PreparedRollout:
+    def prepare_pedagogical(self, obj: Any) -> PreparedRollout:
         """Validate a pedagogical request: a prompt (any text format, or ids) or an analysis id."""
-        analysis_id = obj.get("analysis_id")
-        if analysis_id is not None:
+        request = validate(self.models.pedagogical, obj)
+        reference = request.reference_answer
+        if request.analysis_id is not None:
             if self.store is None:
                 raise BadTrajectory("analysis_id needs the database")
-            stored = self.store.get(str(analysis_id))
+            stored = self.store.get(request.analysis_id)
             s_ids, t_ids = stored["student"]["context_ids"], stored["teacher"]["context_ids"]
-            reference = obj.get("reference_answer") or stored["trajectory"].get("reference_answer")
+            if reference in (None, ""):
+                reference = stored["trajectory"].get("reference_answer")
         else:
-            traj = parse_trajectory({k: v for k, v in obj.items() if k not in ("response", "response_ids")})
+            traj = to_trajectory(request)
+            check_lengths(traj, self.models.limits)
             ctx = self.contexts(traj)
             s_ids, t_ids, reference = ctx.student_ids, ctx.teacher_ids, traj.reference_answer
         if reference is not None:
             reference = str(reference)
-        gen = obj.get("generation") or {}
-        if not isinstance(gen, dict):
-            raise BadTrajectory("generation must be an object")
-        threshold = _number(obj, "threshold", 0.05, float, 0.0, 1.0)
-        if not 0.0 < threshold < 1.0:
-            raise BadTrajectory("threshold must be strictly between 0 and 1", field="threshold")
-        max_rank = obj.get("max_rank")
-        if max_rank is not None:
-            max_rank = _number(obj, "max_rank", None, int, 1, self.pair.vocab_size)
+        if request.max_rank is not None and request.max_rank > self.pair.vocab_size:
+            raise BadTrajectory(
+                f"max_rank must be at most {self.pair.vocab_size} (the vocabulary), got {request.max_rank}",
+                field="max_rank",
+            )
+        gen = request.generation or GenerationOptions()
         policy = Policy(
-            threshold=threshold,
-            max_rank=max_rank,
-            temperature=_number(gen, "temperature", 0.0, float, 0.0, 10.0),
-            top_p=_number(gen, "top_p", 1.0, float, 1e-6, 1.0),
-            max_new_tokens=_number(
-                gen,
-                "max_new_tokens",
-                min(128, self.settings.max_new_tokens),
-                int,
-                1,
-                self.settings.max_new_tokens,
-            ),
-            seed=_number(gen, "seed", 0, int, 0, 2**63 - 1),
+            threshold=request.threshold,
+            max_rank=request.max_rank,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_new_tokens=_given(gen.max_new_tokens, min(128, self.settings.max_new_tokens)),
+            seed=gen.seed,
         )
-        sweep = obj.get("sweep")
-        if sweep is not None:
-            if not isinstance(sweep, list) or not 1 <= len(sweep) <= MAX_SWEEP:
-                raise BadTrajectory(f"sweep must be a list of 1 to {MAX_SWEEP} thresholds", field="sweep")
-            for i, value in enumerate(sweep):
-                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-                    raise BadTrajectory(f"sweep[{i}] must be a number strictly between 0 and 1")
-            sweep = sorted(float(v) for v in sweep)
+        sweep = sorted(request.sweep) if request.sweep else None
         rollouts = 1 + len(sweep or [])
         check_budget(
             policy.max_new_tokens * rollouts,
@@ -463,7 +439,7 @@ class Analyzer:
             "VROLLOUT_MAX_PEDAGOGICAL_COST",
             f"max_new_tokens {policy.max_new_tokens} x {rollouts} rollouts",
         )
-        return PreparedRollout(s_ids, t_ids, policy, reference, sweep, analysis_id)
+        return PreparedRollout(s_ids, t_ids, policy, reference, sweep, request.analysis_id)
 
     def pedagogical(self, prep: PreparedRollout, progress: Progress = _no_progress) -> dict[str, Any]:
         """One pedagogical rollout (and the threshold sweep, if asked for)."""

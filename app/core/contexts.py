@@ -7,10 +7,11 @@ boundary.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from vrollout.core.errors import BadTrajectory
+from vrollout.core.errors import BadTrajectory, TooLong
 from vrollout.core.trajectories import Trajectory
 
 if TYPE_CHECKING:  # the core never imports torch
@@ -39,9 +40,63 @@ def teacher_messages(messages: list[dict[str, str]], privileged: str, template: 
     return out
 
 
-def render(model: LoadedModel, messages: list[dict[str, str]]) -> tuple[list[int], str, bool]:
+@dataclass(frozen=True)
+class TokenLimit:
+    """At most `tokens` for what `name` says (e.g. "student context"), set by `setting`."""
+
+    name: str
+    tokens: int
+    setting: str
+
+    def check(self, count: int) -> None:
+        if count > self.tokens:
+            raise TooLong(
+                f"the {self.name} has {count} tokens, over the limit of {self.tokens} ({self.setting})"
+            )
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """`text` in pieces of about `size` characters, cut at a space or a newline where one is near
+    (a cut there changes how the pieces tokenize little or not at all)."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
+            end = cut if cut > start else end
+        yield text[start:end]
+        start = end
+
+
+def tokenize_within(tokenizer: Any, text: str, limit: TokenLimit) -> list[int]:
+    """The ids of `text`, or `TooLong` as soon as it is clearly over the limit. A text longer
+    than a piece is counted piece by piece first (each piece about `limit.tokens` characters),
+    so a text far over the limit costs a few pieces, not the whole text; one that passes is
+    then tokenized whole (its exact ids), at most about the limit's worth of tokens."""
+
+    def encode(piece: str) -> list[int]:
+        return list(tokenizer(piece, add_special_tokens=False)["input_ids"])
+
+    size = max(limit.tokens, 1024)
+    if len(text) > size:
+        counted = 0
+        for cuts, piece in enumerate(_pieces(text, size)):
+            counted += len(encode(piece))
+            if counted > limit.tokens + 2 * cuts:  # a cut may add a token or two
+                raise TooLong(
+                    f"the {limit.name} is over the limit of {limit.tokens} tokens ({limit.setting})"
+                )
+    ids = encode(text)
+    limit.check(len(ids))
+    return ids
+
+
+def render(
+    model: LoadedModel, messages: list[dict[str, str]], limit: TokenLimit
+) -> tuple[list[int], str, bool]:
     """(ids, text, templated): the messages through the model's chat template, generation prompt
-    added. A tokenizer without a chat template gets the contents joined by blank lines."""
+    added, refused once over `limit`. A tokenizer without a chat template gets the contents
+    joined by blank lines."""
     tok = model.tokenizer
     if getattr(tok, "chat_template", None):
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -49,42 +104,50 @@ def render(model: LoadedModel, messages: list[dict[str, str]]) -> tuple[list[int
     else:
         text = "\n\n".join(m["content"] for m in messages) + "\n\n"
         templated = False
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    return list(ids), text, templated
+    return tokenize_within(tok, text, limit), text, templated
 
 
 def _decode(model: LoadedModel, ids: list[int]) -> str:
     return model.tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def build_contexts(traj: Trajectory, pair: ModelPair) -> Contexts:
-    """Both contexts and the response ids for one trajectory (no model forward pass)."""
+def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: int) -> Contexts:
+    """Both contexts and the response ids for one trajectory (no model forward pass), each
+    refused as soon as it is over its limit: `context` tokens for each context (as
+    VROLLOUT_MAX_CONTEXT_TOKENS), `response` for the response (VROLLOUT_MAX_RESPONSE_TOKENS)."""
+    student_limit = TokenLimit("student context", context, "VROLLOUT_MAX_CONTEXT_TOKENS")
+    teacher_limit = TokenLimit("teacher context", context, "VROLLOUT_MAX_CONTEXT_TOKENS")
+    response_limit = TokenLimit("response", response, "VROLLOUT_MAX_RESPONSE_TOKENS")
     notes: list[str] = []
     privileged = traj.privileged or None
     if traj.format == "token_ids":
         assert traj.prompt_ids is not None
         s_ids = traj.prompt_ids
         t_ids = traj.teacher_prompt_ids or traj.prompt_ids
+        student_limit.check(len(s_ids))
+        teacher_limit.check(len(t_ids))
         s_text, t_text = _decode(pair.student, s_ids), _decode(pair.teacher, t_ids)
     else:
         assert traj.messages is not None
-        s_ids, s_text, templated = render(pair.student, traj.messages)
+        s_ids, s_text, templated = render(pair.student, traj.messages, student_limit)
         t_msgs = (
             teacher_messages(traj.messages, privileged, pair.teacher_template)
             if privileged
             else traj.messages
         )
-        t_ids, t_text, _ = render(pair.teacher, t_msgs)
+        t_ids, t_text, _ = render(pair.teacher, t_msgs, teacher_limit)
         if not templated:
             notes.append("the student's tokenizer has no chat template: contents joined as text")
     retokenized = False
     response_ids = traj.response_ids
     if response_ids is None and traj.response_text is not None:
-        response_ids = list(pair.student.tokenizer(traj.response_text, add_special_tokens=False)["input_ids"])
+        response_ids = tokenize_within(pair.student.tokenizer, traj.response_text, response_limit)
         retokenized = True
         notes.append("the response was given as text and tokenized with the student's tokenizer")
     if response_ids is not None and not response_ids:
         raise BadTrajectory("the response is empty: there is nothing to replay")
+    if response_ids is not None:
+        response_limit.check(len(response_ids))
     return Contexts(s_ids, s_text, t_ids, t_text, privileged, response_ids, retokenized, notes)
 
 

@@ -1,33 +1,51 @@
-"""Request and response bodies of the JSON API: `/docs` is generated from these."""
+"""Request and response bodies of the JSON API: `/docs` is generated from these.
+
+The request models here hold every rule that does not depend on the settings; the bounds that
+do (VROLLOUT_MAX_TOP_K, the character caps, ...) are added per app by `core.validation`, which
+also checks uploaded lines, the CLI's input and the Python API with the same models.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The roles chat templates render (OpenAI's, and the Hugging Face templates of Llama 3, Qwen,
+# SmolLM, gpt-oss: `developer` is gpt-oss's system-like role, `tool` the result of a call).
+Role = Literal["system", "user", "assistant", "tool", "developer"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+# Strict: a boolean is not a number, a string is not a number, a number is not a string.
+# Closed: a key that is not a field is an error (files keep unknown keys in `meta` instead).
+REQUEST = ConfigDict(strict=True, extra="forbid")
+CONTEXT_CAP = "at most VROLLOUT_MAX_CONTEXT_TOKENS x VROLLOUT_CHARS_PER_TOKEN characters"
+RESPONSE_CAP = "at most VROLLOUT_MAX_RESPONSE_TOKENS x VROLLOUT_CHARS_PER_TOKEN characters"
+TokenId = Annotated[int, Field(ge=0)]
+
 
 class Message(BaseModel):
-    role: str = Field(examples=["user"])
-    content: str
+    model_config = REQUEST
+    role: Role = Field(examples=["user"])
+    content: str = Field(description=f"{CONTEXT_CAP} (a response: {RESPONSE_CAP})")
 
 
 class GenerationOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     max_new_tokens: int | None = Field(
-        None, description="default 256 (128 for pedagogical rollouts); limit: VROLLOUT_MAX_NEW_TOKENS"
+        None, ge=1, description="default 256 (128 for pedagogical rollouts); limit: VROLLOUT_MAX_NEW_TOKENS"
     )
-    temperature: float = Field(0.0, description="0 = greedy")
-    top_p: float = 1.0
-    seed: int = 0
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
 
 
 class AnalyzeRequest(BaseModel):
-    """A trajectory (text, chat messages, TRL prompt-completion or token ids: docs/formats.md),
-    plus options. Without a response the student generates one first (seeded)."""
+    """A trajectory in any format of docs/formats.md, plus options. Without a response the
+    student generates one first (seeded)."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        **REQUEST,
         json_schema_extra={
             "examples": [
                 {
@@ -39,38 +57,52 @@ class AnalyzeRequest(BaseModel):
         },
     )
     prompt: str | list[Message] | None = Field(
-        None, description="text, or chat messages (TRL prompt-completion)"
+        None, description=f"text, or chat messages (TRL prompt-completion); text: {CONTEXT_CAP}"
     )
-    response: str | None = None
-    messages: list[Message] | None = Field(None, description="the last assistant message is the response")
-    completion: list[Message] | None = None
-    prompt_ids: list[int] | None = Field(None, description="the student's whole context, as ids")
-    response_ids: list[int] | None = None
-    teacher_prompt_ids: list[int] | None = None
-    privileged: str | None = Field(None, description="shown to the teacher only")
-    id: str | None = None
-    reference_answer: str | float | None = None
+    response: str | None = Field(None, description=RESPONSE_CAP)
+    messages: list[Message] | None = Field(
+        None, min_length=1, description="the last assistant message is the response"
+    )
+    completion: list[Message] | None = Field(None, min_length=1, description="one assistant message")
+    prompt_ids: list[TokenId] | None = Field(
+        None, description="the student's whole context, as ids (limit: VROLLOUT_MAX_CONTEXT_TOKENS)"
+    )
+    response_ids: list[TokenId] | None = Field(None, description="limit: VROLLOUT_MAX_RESPONSE_TOKENS")
+    teacher_prompt_ids: list[TokenId] | None = Field(None, description="limit: VROLLOUT_MAX_CONTEXT_TOKENS")
+    privileged: str | None = Field(None, description=f"shown to the teacher only; {CONTEXT_CAP}")
+    id: str | None = Field(None, description=CONTEXT_CAP)
+    reference_answer: str | int | float | None = Field(None, description=f"text: {RESPONSE_CAP}")
     meta: dict[str, Any] | None = None
     top_k: int | None = Field(
-        None, description="alternatives kept per step: default 5 (limit: VROLLOUT_MAX_TOP_K)"
+        None, ge=0, description="alternatives kept per step: default 5 (limit: VROLLOUT_MAX_TOP_K)"
     )
-    continuation_tokens: int = Field(0, description="teacher's greedy continuation length from every prefix")
+    continuation_tokens: int = Field(
+        0,
+        ge=0,
+        description="teacher's greedy continuation length from every prefix "
+        "(limit: VROLLOUT_MAX_CONTINUATION_TOKENS)",
+    )
     recovery: bool = Field(
         False,
         description="run the teacher to the end from a set of prefixes and check each against "
         "reference_answer (required then)",
     )
     recovery_max_new_tokens: int | None = Field(
-        None, description="length bound of each recovery run (default 64; limit: VROLLOUT_MAX_NEW_TOKENS)"
+        None,
+        ge=1,
+        description="length bound of each recovery run (default 64; limit: VROLLOUT_MAX_NEW_TOKENS)",
     )
     generation: GenerationOptions | None = None
+
+
+MAX_SWEEP = 12  # points of a threshold sweep: each is a whole pedagogical rollout
 
 
 class PedagogicalRequest(BaseModel):
     """A prompt (any text format, or ids) or the id of a stored analysis whose contexts to reuse."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        **REQUEST,
         json_schema_extra={
             "examples": [
                 {
@@ -83,20 +115,32 @@ class PedagogicalRequest(BaseModel):
             ]
         },
     )
-    analysis_id: str | None = None
-    prompt: str | list[Message] | None = None
-    messages: list[Message] | None = None
-    prompt_ids: list[int] | None = None
-    teacher_prompt_ids: list[int] | None = None
-    privileged: str | None = None
-    reference_answer: str | float | None = None
-    id: str | None = None
+    analysis_id: str | None = Field(None, max_length=100)
+    prompt: str | list[Message] | None = Field(
+        None, description=f"text, or chat messages; text: {CONTEXT_CAP}"
+    )
+    messages: list[Message] | None = Field(None, min_length=1)
+    prompt_ids: list[TokenId] | None = Field(None, description="limit: VROLLOUT_MAX_CONTEXT_TOKENS")
+    teacher_prompt_ids: list[TokenId] | None = Field(None, description="limit: VROLLOUT_MAX_CONTEXT_TOKENS")
+    privileged: str | None = Field(None, description=CONTEXT_CAP)
+    reference_answer: str | int | float | None = Field(None, description=f"text: {RESPONSE_CAP}")
+    id: str | None = Field(None, description=CONTEXT_CAP)
     meta: dict[str, Any] | None = None
     threshold: float = Field(
-        0.05, description="the teacher steps in where its probability of the student's token is below this"
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="the teacher steps in where its probability of the student's token is below this",
     )
-    max_rank: int | None = Field(None, description="... or where the token's teacher rank is above this")
-    sweep: list[float] | None = Field(None, description="thresholds for the interventions-vs-success curve")
+    max_rank: int | None = Field(
+        None, ge=1, description="... or where the token's teacher rank is above this (at most the vocabulary)"
+    )
+    sweep: list[Annotated[float, Field(gt=0.0, lt=1.0)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SWEEP,
+        description="thresholds for the interventions-vs-success curve",
+    )
     generation: GenerationOptions | None = None
 
 

@@ -10,11 +10,12 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vrollout.core.errors import BadTrajectory, TooLong
 
-OPTIONAL_STR_FIELDS = ("privileged", "id", "reference_answer")
+if TYPE_CHECKING:
+    from vrollout.core.schemas import AnalyzeRequest, Message, PedagogicalRequest
 
 
 @dataclass
@@ -37,50 +38,27 @@ class Trajectory:
         return self.response_text is not None or self.response_ids is not None
 
 
-def _messages(value: Any, name: str) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise BadTrajectory(f"{name} must be a non-empty list of messages")
-    out = []
-    for i, msg in enumerate(value):
-        if not isinstance(msg, dict):
-            raise BadTrajectory(f"{name}[{i}] must be an object with 'role' and 'content'")
-        role, content = msg.get("role"), msg.get("content")
-        if not isinstance(role, str) or not role:
-            raise BadTrajectory(f"{name}[{i}].role must be a non-empty string")
-        if not isinstance(content, str):
-            raise BadTrajectory(f"{name}[{i}].content must be a string")
-        out.append({"role": role, "content": content})
-    return out
+def _messages(messages: list[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def _ids(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise BadTrajectory(f"{name} must be a list of integer token ids")
-    return list(value)
-
-
-def parse_trajectory(obj: Any) -> Trajectory:
-    """Normalise one trajectory object (already decoded from JSON)."""
-    if not isinstance(obj, dict):
-        raise BadTrajectory(f"a trajectory must be a JSON object, got {type(obj).__name__}")
-    extras: dict[str, Any] = {}
-    for key in OPTIONAL_STR_FIELDS:
-        value = obj.get(key)
-        if value is not None and not isinstance(value, str):
-            if key == "reference_answer" and isinstance(value, int | float):
-                value = str(value)  # a numeric answer is compared numerically later
-            else:
-                raise BadTrajectory(f"{key} must be a string")
-        extras[key] = value
-    meta = obj.get("meta")
-    if meta is not None and not isinstance(meta, dict):
-        raise BadTrajectory("meta must be an object")
-    extras["meta"] = meta or {}
-
-    if "response_ids" in obj or "prompt_ids" in obj:
-        return _token_level(obj, extras)
-    if "messages" in obj:
-        msgs = _messages(obj["messages"], "messages")
+def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
+    """The trajectory of a validated request (`core.validation`): which of the four formats it
+    is, and the rules across fields. Types, roles and sizes were checked by the model."""
+    reference = request.reference_answer  # a numeric answer is compared numerically later
+    extras: dict[str, Any] = {
+        "privileged": request.privileged,
+        "id": request.id,
+        "reference_answer": None if reference is None else str(reference),
+        "meta": request.meta or {},
+    }
+    response = getattr(request, "response", None)  # a pedagogical request has no response
+    response_ids = getattr(request, "response_ids", None)
+    completion = getattr(request, "completion", None)
+    if response_ids is not None or request.prompt_ids is not None:
+        return _token_level(request.prompt_ids, response_ids, request.teacher_prompt_ids, extras)
+    if request.messages is not None:
+        msgs = _messages(request.messages)
         last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
         if last is None:  # no answer yet: the student will generate one
             return Trajectory("messages", messages=msgs, **extras)
@@ -89,49 +67,41 @@ def parse_trajectory(obj: Any) -> Trajectory:
         if last == 0:
             raise BadTrajectory("messages: no prompt before the assistant's response")
         return Trajectory("messages", messages=msgs[:last], response_text=msgs[last]["content"], **extras)
-    if "prompt" not in obj:
+    prompt = request.prompt
+    if prompt is None:
         raise BadTrajectory(
             "no trajectory found: give 'prompt' (+ 'response'), 'messages', "
             "'prompt' + 'completion', or 'prompt_ids' + 'response_ids'"
         )
-    prompt = obj["prompt"]
     if isinstance(prompt, list):
-        msgs = _messages(prompt, "prompt")
-        if "completion" not in obj:
-            return Trajectory("prompt_completion", messages=msgs, **extras)
-        completion = _messages(obj["completion"], "completion")
-        if len(completion) != 1 or completion[0]["role"] != "assistant":
+        if not prompt:
+            raise BadTrajectory("prompt must be a non-empty string or a list of messages")
+        if completion is None:
+            return Trajectory("prompt_completion", messages=_messages(prompt), **extras)
+        if len(completion) != 1 or completion[0].role != "assistant":
             raise BadTrajectory("completion must hold exactly one assistant message")
         return Trajectory(
-            "prompt_completion",
-            messages=msgs,
-            response_text=completion[0]["content"],
-            **extras,
+            "prompt_completion", messages=_messages(prompt), response_text=completion[0].content, **extras
         )
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not prompt.strip():
         raise BadTrajectory("prompt must be a non-empty string or a list of messages")
-    if "completion" in obj:
+    if completion is not None:
         raise BadTrajectory("completion needs prompt as a list of messages (TRL format)")
-    response = obj.get("response")
-    if response is not None and not isinstance(response, str):
-        raise BadTrajectory("response must be a string")
     return Trajectory(
-        "prompt_response",
-        messages=[{"role": "user", "content": prompt}],
-        response_text=response,
-        **extras,
+        "prompt_response", messages=[{"role": "user", "content": prompt}], response_text=response, **extras
     )
 
 
-def _token_level(obj: dict[str, Any], extras: dict[str, Any]) -> Trajectory:
-    if "prompt_ids" not in obj:
+def _token_level(
+    prompt_ids: list[int] | None,
+    response_ids: list[int] | None,
+    teacher_ids: list[int] | None,
+    extras: dict[str, Any],
+) -> Trajectory:
+    if prompt_ids is None:
         raise BadTrajectory("response_ids needs prompt_ids (the student's whole context)")
-    prompt_ids = _ids(obj["prompt_ids"], "prompt_ids")
     if not prompt_ids:
         raise BadTrajectory("prompt_ids is empty")
-    response_ids = _ids(obj["response_ids"], "response_ids") if "response_ids" in obj else None
-    teacher_ids = obj.get("teacher_prompt_ids")
-    teacher_ids = _ids(teacher_ids, "teacher_prompt_ids") if teacher_ids is not None else None
     if teacher_ids is not None and not teacher_ids:
         raise BadTrajectory("teacher_prompt_ids is empty")
     if extras["privileged"] and teacher_ids is None:
@@ -154,13 +124,16 @@ class LineError:
     error: str
 
 
-def parse_file(data: bytes, max_lines: int) -> tuple[list[tuple[int, Any]], list[LineError]]:
+def parse_file(
+    data: bytes, max_lines: int, max_line_bytes: int | None = None
+) -> tuple[list[tuple[int, Any]], list[LineError]]:
     """Split an upload (JSONL, or one JSON array) into (line number, object) pairs and errors.
 
-    Only decoding happens here; each object is validated with `parse_trajectory` by the caller
-    so that a bad line never drops a good neighbour. A JSONL line that is not UTF-8 or not JSON
-    (or nested too deeply to parse) is an error of that line. Lines are read one at a time, so
-    a file with more than `max_lines` is refused as soon as the limit is passed.
+    Only decoding happens here; each object is validated (`core.validation`) by the caller so
+    that a bad line never drops a good neighbour. A JSONL line that is not UTF-8 or not JSON
+    (or nested too deeply to parse), or longer than `max_line_bytes` (measured, never parsed),
+    is an error of that line. Lines are read one at a time, so a file with more than
+    `max_lines` is refused as soon as the limit is passed.
     """
     encoding = next((name for bom, name in BOMS if data.startswith(bom)), None)
     if encoding:
@@ -169,7 +142,7 @@ def parse_file(data: bytes, max_lines: int) -> tuple[list[tuple[int, Any]], list
     if not data.strip():
         raise BadTrajectory("the file is empty")
     if data.lstrip().startswith(b"["):
-        return _json_array(data, max_lines), []
+        return _json_array(data, max_lines, max_line_bytes)
     good: list[tuple[int, Any]] = []
     bad: list[LineError] = []
     for number, raw in enumerate(io.BytesIO(data), start=1):
@@ -177,6 +150,9 @@ def parse_file(data: bytes, max_lines: int) -> tuple[list[tuple[int, Any]], list
             continue
         if len(good) + len(bad) >= max_lines:
             raise TooLong(f"more than the limit of {max_lines} lines (VROLLOUT_MAX_LINES_PER_JOB)")
+        if max_line_bytes is not None and len(raw.rstrip(b"\r\n")) > max_line_bytes:
+            bad.append(LineError(number, _over(len(raw.rstrip(b"\r\n")), max_line_bytes, "line")))
+            continue
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -206,8 +182,15 @@ def _json_problem(exc: Exception) -> str:
     return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
 
 
-def _json_array(data: bytes, max_lines: int) -> list[tuple[int, Any]]:
-    """A JSON array's items one by one (numbered from 1), refused once past `max_lines`."""
+def _over(size: int, limit: int, what: str) -> str:
+    return f"the {what} is {size} bytes, over the limit of {limit} (VROLLOUT_MAX_LINE_BYTES)"
+
+
+def _json_array(
+    data: bytes, max_lines: int, max_line_bytes: int | None
+) -> tuple[list[tuple[int, Any]], list[LineError]]:
+    """A JSON array's items one by one (numbered from 1), refused once past `max_lines`. An item
+    longer than `max_line_bytes` is that item's error."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -215,15 +198,21 @@ def _json_array(data: bytes, max_lines: int) -> list[tuple[int, Any]]:
         raise BadTrajectory(f"the file is not UTF-8 text (byte {exc.start}, line {line})") from None
     decoder = json.JSONDecoder()
     items: list[tuple[int, Any]] = []
+    bad: list[LineError] = []
     pos = _SPACE.match(text, text.index("[") + 1).end()
     try:
         if text.startswith("]", pos):
             pos += 1
         else:
             while True:
+                start = pos
                 item, pos = decoder.raw_decode(text, pos)
-                items.append((len(items) + 1, item))
-                if len(items) > max_lines:
+                number = len(items) + len(bad) + 1
+                if max_line_bytes is not None and (size := len(text[start:pos].encode())) > max_line_bytes:
+                    bad.append(LineError(number, _over(size, max_line_bytes, "trajectory")))
+                else:
+                    items.append((number, item))
+                if number > max_lines:
                     raise TooLong(
                         f"more than the limit of {max_lines} trajectories (VROLLOUT_MAX_LINES_PER_JOB)"
                     )
@@ -240,4 +229,4 @@ def _json_array(data: bytes, max_lines: int) -> list[tuple[int, Any]]:
         raise BadTrajectory(f"invalid JSON array: {_json_problem(exc)}") from None
     if text[pos:].strip():
         raise BadTrajectory("invalid JSON array: extra data after the closing ']'")
-    return items
+    return items, bad

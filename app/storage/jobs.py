@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     total INTEGER NOT NULL,
     rejected TEXT NOT NULL,       -- [{"line", "error"}] found at upload
     started_at TEXT,
-    finished_at TEXT
+    finished_at TEXT,
+    warnings TEXT NOT NULL DEFAULT '[]'  -- [{"key", "warning", "lines", "count"}]: unknown keys
 );
 CREATE TABLE IF NOT EXISTS job_items (
     job_id TEXT NOT NULL,
@@ -67,6 +68,8 @@ class Jobs:
         self.listeners: list[Callable[[str], None]] = []  # told the id of each job that changes
         with store.connect() as db:
             db.executescript(SCHEMA)
+            if "warnings" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+                db.execute("ALTER TABLE jobs ADD COLUMN warnings TEXT NOT NULL DEFAULT '[]'")  # older files
             # A job that was running when the server stopped resumes with its pending lines.
             db.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
 
@@ -76,12 +79,16 @@ class Jobs:
         options: dict[str, Any],
         items: list[tuple[int, dict[str, Any]]],
         rejected: list[dict[str, Any]],
+        warnings: list[dict[str, Any]] | None = None,
     ) -> str:
         job_id = new_id()
+        found = json.dumps(rejected), json.dumps(warnings or [])
+        row = (job_id, now(), name, json.dumps(options), len(items), *found)
         with self.store.connect() as db:
             db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, 'queued', ?, ?, ?, NULL, NULL)",
-                (job_id, now(), name, json.dumps(options), len(items), json.dumps(rejected)),
+                "INSERT INTO jobs (id, created_at, name, state, options, total, rejected, warnings) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                row,
             )
             db.executemany(
                 "INSERT INTO job_items VALUES (?, ?, ?, 'pending', NULL, NULL, NULL)",
@@ -92,8 +99,8 @@ class Jobs:
     def get(self, job_id: str) -> dict[str, Any]:
         with self.store.connect() as db:
             row = db.execute(
-                "SELECT id, created_at, name, state, options, total, rejected, started_at, finished_at "
-                "FROM jobs WHERE id = ?",
+                "SELECT id, created_at, name, state, options, total, rejected, started_at, finished_at, "
+                "warnings FROM jobs WHERE id = ?",
                 (job_id,),
             ).fetchone()
             if row is None:
@@ -116,9 +123,11 @@ class Jobs:
             "rejected",
             "started_at",
             "finished_at",
+            "warnings",
         )
         job = dict(zip(keys, row, strict=True))
-        job["options"], job["rejected"] = json.loads(job["options"]), json.loads(job["rejected"])
+        for key in ("options", "rejected", "warnings"):
+            job[key] = json.loads(job[key])
         job.update(
             done=counts.get("done", 0),
             failed=counts.get("error", 0),

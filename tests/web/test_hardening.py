@@ -164,7 +164,7 @@ LIMITS = {
     "max_request_bytes": (1000, {"prompt": "x" * 2000, "response": "y"}, 413, "VROLLOUT_MAX_REQUEST_BYTES"),
     "max_context_tokens": (30, {"prompt": "x" * 40, "response": "y"}, 413, "VROLLOUT_MAX_CONTEXT_TOKENS"),
     "max_response_tokens": (5, {"prompt": "x", "response": "y" * 10}, 413, "VROLLOUT_MAX_RESPONSE_TOKENS"),
-    "max_top_k": (3, {**GOOD, "top_k": 4}, 422, "top_k must be between 0 and 3"),
+    "max_top_k": (3, {**GOOD, "top_k": 4}, 422, "top_k must be at most 3 (VROLLOUT_MAX_TOP_K)"),
     "max_continuation_tokens": (2, {**GOOD, "continuation_tokens": 3}, 422, "continuation_tokens"),
     "max_new_tokens": (4, {"prompt": "x", "generation": {"max_new_tokens": 5}}, 422, "max_new_tokens"),
 }

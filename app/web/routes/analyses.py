@@ -11,7 +11,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel
 from pydantic_core import to_json
 from vrollout import __version__
 from vrollout.core.errors import Cancelled, VRError
@@ -48,11 +47,6 @@ TasksDep = Annotated[Tasks, Depends(from_state("tasks"))]
 router = APIRouter(prefix="/api", tags=["api"], responses=ERRORS)
 
 
-def request_dict(body: BaseModel) -> dict[str, Any]:
-    """A request body as the core takes it: only the fields that were given."""
-    return body.model_dump(exclude_none=True)
-
-
 @router.get("/health", response_model=Health, response_model_exclude_unset=True)
 async def health(request: Request) -> dict[str, Any]:
     """Liveness: answers at once, even while the model works."""
@@ -84,7 +78,7 @@ async def analyze(
     """Replay one trajectory through student and teacher; the analysis is stored and returned.
     A client that goes away cancels its request: nothing runs (or it stops at the next step)
     and nothing is stored."""
-    prepared = await run_in_threadpool(analyzer.prepare, request_dict(body))
+    prepared = await run_in_threadpool(analyzer.prepare, body)
     run = partial(analyzer.run, store=False)  # stored below, only for a client still waiting
     analysis = await worker.run(run, prepared, abandon=client_gone(request))
     await run_in_threadpool(store.save, analysis)
@@ -135,7 +129,7 @@ async def start_analysis_task(
     body: AnalyzeRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
 ) -> dict[str, Any]:
     """Like /api/analyze, but returns at once; follow `GET /api/tasks/{id}` for progress."""
-    prepared = await run_in_threadpool(analyzer.prepare, request_dict(body))
+    prepared = await run_in_threadpool(analyzer.prepare, body)
     return start_task(tasks, worker, partial(analyzer.run, store=False), prepared, store=analyzer.store)
 
 
@@ -147,7 +141,7 @@ async def pedagogical(
     top-1 only where the proposal is unacceptable (probability below `threshold`, or rank above
     `max_rank`). With `sweep`, also the interventions-vs-success curve over thresholds. A client
     that goes away cancels its request."""
-    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, request_dict(body))
+    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, body)
     return await worker.run(analyzer.pedagogical, prepared, abandon=client_gone(request))
 
 
@@ -156,7 +150,7 @@ async def start_pedagogical_task(
     body: PedagogicalRequest, analyzer: AnalyzerDep, worker: WorkerDep, tasks: TasksDep
 ) -> dict[str, Any]:
     """Like /api/pedagogical, in the background; the result arrives in the task's `result`."""
-    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, request_dict(body))
+    prepared = await run_in_threadpool(analyzer.prepare_pedagogical, body)
     return start_task(tasks, worker, analyzer.pedagogical, prepared)
 
 

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from vrollout.core.errors import BadTrajectory, TooLong, VRError
 from vrollout.core.responses import Deleted, Figure, Job, JobCreated, JobItem, SummaryRow, media
 from vrollout.core.trajectories import parse_file
+from vrollout.core.validation import unknown_key_warnings
 from vrollout.report.dataset import (
     figures_of,
     json_array_chunks,
@@ -24,7 +25,7 @@ from vrollout.report.dataset import (
     summaries_csv_chunks,
     summary_of,
 )
-from vrollout.service import Analyzer, with_defaults
+from vrollout.service import Analyzer
 from vrollout.storage.jobs import FINAL, JobRunner, Jobs
 from vrollout.storage.progress import Follower
 from vrollout.web.routes.analyses import ERRORS, AnalyzerDep, from_state
@@ -44,20 +45,25 @@ def display_name(filename: str | None) -> str:
 
 def validate_lines(
     analyzer: Analyzer, data: bytes, options: dict[str, Any], privileged: str | None
-) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
-    """Each line checked on its own (nothing valid is dropped because a neighbour was bad)."""
-    lines, bad = parse_file(data, analyzer.settings.max_lines_per_job)
+) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each line checked on its own (nothing valid is dropped because a neighbour was bad):
+    the good lines (as stored: unknown keys moved into `meta`), the rejected ones, and a
+    warning per unknown key."""
+    settings = analyzer.settings
+    lines, bad = parse_file(data, settings.max_lines_per_job, settings.max_line_bytes)
     good: list[tuple[int, dict[str, Any]]] = []
     rejected = [{"line": e.line, "error": e.error} for e in bad]
+    unknown: dict[str, list[int]] = {}
     for number, obj in lines:
         try:
-            obj = with_defaults(obj, options, privileged)
-            analyzer.prepare(obj)
-            good.append((number, obj))
+            _, line, keys = analyzer.prepare_line(obj, options, privileged)
+            good.append((number, line))
+            for key in keys:
+                unknown.setdefault(key, []).append(number)
         except VRError as exc:
             rejected.append({"line": number, "error": exc.message})
     rejected.sort(key=lambda r: r["line"])
-    return good, rejected
+    return good, rejected, unknown_key_warnings(unknown)
 
 
 @router.post("", status_code=201, response_model=JobCreated, response_model_exclude_unset=True)
@@ -71,20 +77,24 @@ async def create_job(
     continuation_tokens: Annotated[int, Form()] = 0,
 ) -> dict[str, Any]:
     """Validate the file line by line; the valid lines become a job that runs in the background.
-    The invalid ones come back with their line numbers and reasons."""
+    The invalid ones come back with their line numbers and reasons; keys that are not fields
+    (and not near misses of one, which are errors) are kept in each line's `meta` and listed in
+    `warnings`."""
     limit = analyzer.settings.max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise TooLong(f"the file is over the limit of {limit} bytes (VROLLOUT_MAX_UPLOAD_BYTES)")
     options = {"top_k": top_k, "continuation_tokens": continuation_tokens}
-    good, rejected = await run_in_threadpool(validate_lines, analyzer, data, options, privileged)
+    good, rejected, warnings = await run_in_threadpool(validate_lines, analyzer, data, options, privileged)
     if not good:
         shown = "; ".join(f"line {r['line']}: {r['error']}" for r in rejected[:5])
         raise BadTrajectory(f"no valid trajectory in the file ({shown})", rejected=rejected)
-    job_id = await run_in_threadpool(jobs.create, display_name(file.filename), options, good, rejected)
+    job_id = await run_in_threadpool(
+        jobs.create, display_name(file.filename), options, good, rejected, warnings
+    )
     runner.wake.set()
     job = await run_in_threadpool(runner.state, job_id)
-    return {"job": job, "accepted": len(good), "rejected": rejected}
+    return {"job": job, "accepted": len(good), "rejected": rejected, "warnings": warnings}
 
 
 @router.get("", response_model=list[Job], response_model_exclude_unset=True)
