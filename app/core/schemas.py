@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 # The roles chat templates render (OpenAI's, and the Hugging Face templates of Llama 3, Qwen,
-# SmolLM, gpt-oss: `developer` is gpt-oss's system-like role, `tool` the result of a call).
-Role = Literal["system", "user", "assistant", "tool", "developer"]
+# SmolLM, gpt-oss): `tool` is the result of a call (Llama 3.1's templates also take it as
+# `ipython`, the header they render it under), `developer` is gpt-oss's system-like role.
+Role = Literal["system", "user", "assistant", "tool", "ipython", "developer"]
 ROLES: tuple[str, ...] = get_args(Role)
 
 # Strict: a boolean is not a number, a string is not a number, a number is not a string.

@@ -190,13 +190,8 @@ def test_the_settings_limits_are_the_bounds_in_the_schema(tiny, tmp_path):
         assert request["prompt"]["anyOf"][0]["maxLength"] == 200  # 50 tokens x 4 characters
         assert request["prompt_ids"]["anyOf"][0]["maxItems"] == 50
         assert schemas["GenerationOptions"]["properties"]["max_new_tokens"]["anyOf"][0]["maximum"] == 9
-        assert schemas["Message"]["properties"]["role"]["enum"] == [
-            "system",
-            "user",
-            "assistant",
-            "tool",
-            "developer",
-        ]
+        roles = schemas["Message"]["properties"]["role"]["enum"]
+        assert roles == ["system", "user", "assistant", "tool", "ipython", "developer"]
         assert "additionalProperties" in schemas["PedagogicalRequest"]
         assert_error(client.post("/api/analyze", json={**GOOD, "top_k": 8}), 422, "top_k must be at most 7")
         assert client.post("/api/analyze", json={**GOOD, "top_k": 7}).status_code == 200
