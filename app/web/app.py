@@ -27,6 +27,7 @@ from vrollout.storage.store import Store, storage_error
 from vrollout.storage.tasks import Tasks
 from vrollout.web.bodies import bind_request_models, body_model
 from vrollout.web.docs import install_docs
+from vrollout.web.json_scan import LongText
 from vrollout.web.pages import make_templates
 from vrollout.web.pages import router as pages_router
 from vrollout.web.routes.analyses import router as api_router
@@ -47,6 +48,10 @@ UPLOAD_PATHS = ("/api/jobs",)
 # An upload's limit is on the file's bytes (the route checks them); its body also carries the
 # multipart framing and the form's text fields (each at most 1 MiB, Starlette's part limit).
 UPLOAD_FRAMING = 4 * 1024 * 1024
+TEXT_TOO_LONG = (
+    "a text in the request body is over {} characters, more than any field allows "
+    "(VROLLOUT_MAX_CONTEXT_TOKENS or VROLLOUT_MAX_RESPONSE_TOKENS x VROLLOUT_CHARS_PER_TOKEN)"
+)
 
 
 class BodyLimit:
@@ -54,10 +59,19 @@ class BodyLimit:
     (chunked ones too, which declare no length), and given `timeout` seconds to arrive, else 408
     and the connection is closed. Past either, this middleware answers and the app is told that
     the client went away (its own answer is dropped). Uploads of trajectory files have their own,
-    larger limit, on the file's bytes."""
+    larger limit, on the file's bytes. A JSON body with a text longer than any field allows
+    (`max_text_chars`) is refused as soon as that text streams in (see `json_scan`)."""
 
-    def __init__(self, app: ASGIApp, limit: int, upload_limit: int, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        upload_limit: int,
+        timeout: float = 120.0,
+        max_text_chars: int | None = None,
+    ) -> None:
         self.app, self.limit, self.upload_limit, self.timeout = app, limit, upload_limit, timeout
+        self.max_text_chars = max_text_chars
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -74,6 +88,10 @@ class BodyLimit:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         seen, body_done, started, answered = 0, False, False, False
+        content_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip()
+        scan = None
+        if self.max_text_chars is not None and not upload and content_type.endswith(b"json"):
+            scan = LongText(self.max_text_chars)
 
         async def answer(status: int, message: str, **headers: str) -> Message:
             nonlocal answered
@@ -97,6 +115,8 @@ class BodyLimit:
             seen += len(received.get("body", b""))
             if seen > limit:
                 return await answer(413, too_long)
+            if scan is not None and scan.feed(received.get("body", b"")):
+                return await answer(413, TEXT_TOO_LONG.format(self.max_text_chars))
             body_done = received["type"] != "http.request" or not received.get("more_body", False)
             return received
 
@@ -208,11 +228,13 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         redoc_url=None,
     )
     # The last added runs first: headers on every response, the Host, the token, the body limit.
+    longest_text = settings.chars_per_token * max(settings.max_context_tokens, settings.max_response_tokens)
     app.add_middleware(
         BodyLimit,
         limit=settings.max_request_bytes,
         upload_limit=settings.max_upload_bytes,
         timeout=settings.body_timeout_s,
+        max_text_chars=longest_text,
     )
     app.state.guesses = GuessLimit(settings.login_max_failures, settings.login_window_s)
     app.add_middleware(TokenGate, token=settings.api_token, guesses=app.state.guesses)

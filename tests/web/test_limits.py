@@ -297,6 +297,34 @@ def test_a_chunked_body_over_the_limit_is_413_naming_the_setting(tiny, tmp_path)
         assert_error(r, 413, "VROLLOUT_MAX_REQUEST_BYTES")
 
 
+TEXTS = ["", "a", 'say "hi"', "back\\slash", "é😀\u2028\x00\n/", '\\"', "\\" * 7, "x" * 50]
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_the_body_scan_never_refuses_text_within_the_limit(ascii_only):
+    import random
+
+    from vrollout.web.json_scan import LongText
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        texts = [rng.choice(TEXTS) + rng.choice(TEXTS) for _ in range(3)]
+        body = json.dumps({"prompt": texts[0], "x": [1, {texts[1]: texts[2]}]}, ensure_ascii=ascii_only)
+        data, limit = body.encode(), max(len(t) for t in [*texts, "prompt"])  # keys are texts too
+        scan, cuts = LongText(limit), sorted(rng.sample(range(len(data) + 1), 4))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        assert not any(scan.feed(piece) for piece in pieces), (body, limit)
+    scan = LongText(1000)
+    assert scan.feed(json.dumps({"prompt": "x" * 1001}).encode())  # plain text over it: refused
+
+
+def test_a_prompt_over_every_cap_is_refused_while_it_streams(tiny, tmp_path):
+    body = json.dumps({"response": "y", "prompt": "x" * 5_000_000}).encode()
+    with client_with(tiny, tmp_path) as client:  # caps of 409,600 characters
+        r = client.post("/api/analyze", content=body, headers={"content-type": "application/json"})
+        assert_error(r, 413, "a text in the request body is over 409600 characters", "CHARS_PER_TOKEN")
+
+
 def test_the_upload_limit_counts_the_files_bytes_not_the_multipart_framing(tiny, tmp_path):
     content = (json.dumps(GOOD) + "\n").encode() * 3
     with client_with(tiny, tmp_path, max_upload_bytes=len(content)) as client:
