@@ -5,9 +5,10 @@ limit), checked when the body is parsed. Parsing an 8 MiB body takes tens of mil
 the event loop, though, and holds the whole body and its decoded copy: thirty at once take a
 second and hundreds of MiB before the first is refused. `LongText` finds a JSON string longer
 than any field allows as the bytes arrive, so such a body is refused a few hundred KB in. It
-counts a lower bound of each string's characters (code points, less six per backslash: no
-escape is longer than six code units per character), so it never refuses a body the parser
-would accept. No HTTP here.
+counts a lower bound of each string's characters (code points, less six per backslash: an
+escape spends at most six code units per backslash, `\\ud83d\\ude00` twelve for one character),
+so it never refuses a body the parser would accept. Escaped text (`\\u00e9` for each `é`) counts
+as nothing here: the parser refuses it, as before. No HTTP here.
 """
 
 from __future__ import annotations
