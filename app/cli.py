@@ -17,6 +17,7 @@ from vrollout.core.errors import TooLong, VRError
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment (VROLLOUT_*), overridden by the flags that were given."""
     names = ("student", "teacher", "device", "dtype", "database", "cache_dir", "host", "port", "api_token")
+    names += ("allowed_hosts",)
     overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
     if getattr(args, "trust_remote_code", False):
         overrides["trust_remote_code"] = True
@@ -196,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         "--api-token",
         dest="api_token",
         help="ask every request for this token (prefer VROLLOUT_API_TOKEN: flags show in `ps`)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        help="a further Host name to answer to without a token (repeatable; VROLLOUT_ALLOWED_HOSTS)",
     )
     p.set_defaults(fn=serve)
 

@@ -78,7 +78,7 @@ def test_every_route_asks_for_the_token(guarded):
     routes = every_route(guarded.app)
     assert len(routes) > 25 and ("GET", "/api/jobs/{job_id}/events") in routes and ("GET", "/docs") in routes
     cookie = {SESSION_COOKIE: session_value(TOKEN)}
-    for method, template in routes:
+    for method, template in sorted(routes, key=lambda r: r[0] == "DELETE"):  # deletions last
         path = template.format(**guarded.ids)
         if path == "/login":
             continue
@@ -213,6 +213,20 @@ def test_serve_flags_reach_the_app(monkeypatch, capsys, tmp_path):
         assert client.get("/api/models").status_code == 401
     cli.main(["serve", "--host", "0.0.0.0", "--database", db])
     assert "without an API token" in capsys.readouterr().err
+
+
+def test_serve_allowed_host_flag(monkeypatch, tmp_path):
+    import uvicorn
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app))
+    monkeypatch.delenv("VROLLOUT_ALLOWED_HOSTS")  # as a user's shell has it
+    db = str(tmp_path / "db.sqlite3")
+    assert cli.main(["serve", "--allowed-host", "Box.example", "--database", db]) == 0
+    client = TestClient(started["app"])  # no lifespan needed: the Host is checked first
+    assert client.get("/static/app.css", headers={"host": "box.example:8000"}).status_code == 200
+    assert client.get("/static/app.css", headers={"host": "localhost:8000"}).status_code == 200
+    assert client.get("/static/app.css", headers={"host": "evil.example"}).status_code == 400
 
 
 def sha256_source(text: str) -> str:
