@@ -65,6 +65,23 @@ class QueueFull(VRError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class TooManyStreams(VRError):
+    """A job already has as many progress streams as one job may have: retry after
+    `retry_after` seconds, or poll the job's state."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class StreamsFull(TooManyStreams):
+    """The server already holds as many progress streams as it serves at once."""
+
+    status = 503
+
+
 class Cancelled(Exception):
     """Model work stopped because its request was cancelled (the client went away, or a task
     was cancelled). Not a VRError: nothing may mistake it for a problem with the input."""

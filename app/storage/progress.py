@@ -15,25 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrollout.core.errors import NotFound, VRError
+from vrollout.core.errors import NotFound, StreamsFull, TooManyStreams, VRError
 
 log = logging.getLogger(__name__)
-
-
-class TooManyStreams(VRError):
-    """This job already has as many progress streams as one job may have."""
-
-    status = 429
-
-    def __init__(self, message: str, retry_after: int = 5) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.headers = {"Retry-After": str(retry_after)}
-
-
-class StreamsFull(TooManyStreams):
-    """The server already holds as many progress streams as it serves at once."""
-
-    status = 503
 
 
 @dataclass
