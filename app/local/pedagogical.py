@@ -79,7 +79,7 @@ class _Stepper:
 
     def __init__(
         self, pair: ModelPair, student_context: list[int], teacher_context: list[int], policy: Policy
-    ):
+    ) -> None:
         self.policy = policy
         self.generator = torch.Generator().manual_seed(policy.seed)
         self.student = Decoder(pair.student, student_context, pair.vocab_size)

@@ -205,9 +205,9 @@ def test_upload_limits_are_enforced_before_the_model_runs(
 @pytest.fixture(params=[torch.OutOfMemoryError, MemoryError], ids=["torch-oom", "MemoryError"])
 def out_of_memory(request, monkeypatch):
     """The engine's replay runs out of memory on calls whose number is in `fail_on` (from 1)."""
-    import vrollout.service as service_module
+    from vrollout.local import engine
 
-    replay, calls, fail_on = service_module.replay, [], {1}
+    replay, calls, fail_on = engine.replay, [], {1}
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -215,7 +215,7 @@ def out_of_memory(request, monkeypatch):
             raise request.param("CUDA out of memory. Tried to allocate 20.00 GiB")
         return replay(*args, **kwargs)
 
-    monkeypatch.setattr(service_module, "replay", failing)
+    monkeypatch.setattr(engine, "replay", failing)  # as `LocalBackend.replay` calls it
     return fail_on
 
 
