@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from vrollout.config import DEFAULT_MODEL, Settings
 from vrollout.core.errors import ModelMismatch
+from vrollout.core.rules import check_teacher_template
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,7 @@ def check_vocabularies(student: LoadedModel, teacher: LoadedModel) -> int:
 def pair_from_models(student: LoadedModel, teacher: LoadedModel | None, teacher_template: str) -> ModelPair:
     shared = teacher is None
     teacher = teacher or student
-    if "{prompt}" not in teacher_template or "{privileged}" not in teacher_template:
-        raise ValueError("the teacher template must contain {prompt} and {privileged}")
+    check_teacher_template(teacher_template)
     vocab = check_vocabularies(student, teacher)
     return ModelPair(student, teacher, shared, vocab, teacher_template)
 
