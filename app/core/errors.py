@@ -55,6 +55,7 @@ class StorageFull(StorageError):
 
     status = 507
 
+
 class QueueFull(VRError):
     """Too many requests already wait for the model: retry after `retry_after` seconds."""
 
