@@ -58,9 +58,11 @@ def start(
     log: Path | None = None,
     max_logprobs: int = 20,
     python: Path = VLLM_PYTHON,
+    dtype: str = "bfloat16",
 ) -> Server:
     """Start `vllm.entrypoints.openai.api_server` on 127.0.0.1:`port` (returns at once; see
-    `wait_ready`). bf16, a 2 GiB KV cache and 2,048-token sequences: sized for a small CPU box."""
+    `wait_ready`). A 2 GiB KV cache and 2,048-token sequences: sized for a small CPU box. bf16 is
+    fast; `dtype="float32"` gives log-probs as exact as the local fp32 engine's."""
     if not python.exists():
         raise FileNotFoundError(f"{python} is missing: run `make vllm` first")
     model = model or default_model_folder(Settings().cache_dir)
@@ -69,7 +71,7 @@ def start(
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--host", "127.0.0.1", "--port", str(port), "--max-logprobs", str(max_logprobs),
-        "--dtype", "bfloat16", "--max-model-len", "2048", "--disable-log-stats",
+        "--dtype", dtype, "--max-model-len", "2048", "--disable-log-stats",
     ]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -106,9 +108,10 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8101)
     parser.add_argument("--model", type=Path, help="a model folder (default: the embedded SmolLM2)")
     parser.add_argument("--max-logprobs", type=int, default=20)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops the server too
-    server = start(args.port, args.model, max_logprobs=args.max_logprobs)
+    server = start(args.port, args.model, max_logprobs=args.max_logprobs, dtype=args.dtype)
     print(f"starting vLLM on {server.url} (log: {server.log})", file=sys.stderr)
     try:
         wait_ready(server)

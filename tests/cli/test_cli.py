@@ -66,6 +66,6 @@ def test_cli_analyze_into_a_folder(tmp_path, capsys):
     summaries = pd.read_csv(out / "summaries.csv")
     assert len(steps) == summaries["tokens"].sum() and list(summaries["trajectory_id"]) == ["wrong", "xss"]
     html = (out / "report.html").read_text()
-    assert "<script src=" not in html and "Plotly.newPlot" in html and "line 3: invalid JSON" in html
+    assert "<script src=" not in html and "Plotly.react" in html and "line 3: invalid JSON" in html
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
     assert "2 analysed, 1 failed" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The vLLM backend against real vLLM servers on loopback ports (no mocks), compared with the
-local engine on the same trajectories and the same model (fp32 here, bf16 on the server).
+local engine on the same trajectories and the same model (fp32 on both sides).
 
 Needs `make vllm`. Without `.venv-vllm` these tests are skipped, unless VROLLOUT_REQUIRE_VLLM=1
 (CI), where that is a failure. VROLLOUT_TEST_VLLM_URLS="http://h:p,http://h:p" reuses servers
@@ -31,11 +31,13 @@ from vrollout.web.app import create_app
 pytestmark = [pytest.mark.vllm, pytest.mark.real_model]
 
 EXAMPLES = REPO / "examples" / "trajectories.jsonl"
-# bf16 on the server against fp32 here: log-probs agree to about 4% of (1 + |log-prob|) (measured
-# up to 3.9% on these prompts), KL to a few hundredths of a nat.
-LOGPROB_TOL = 0.06
-KL_TOL = 0.05
-NEAR_TIE = 0.1  # nats between the local top-2: within bf16 noise, either may come first
+# The test servers run fp32, as the local engine does: log-probs agree to about 1e-5 nats (bf16
+# serving is noisier than any fixed tolerance here: a reverse-KL estimate 0.07 nats above the exact
+# value was seen on these prompts), so these bounds are tight and a real difference fails them.
+SERVER_DTYPE = "float32"
+LOGPROB_TOL = 1e-3
+KL_TOL = 1e-3
+NEAR_TIE = 1e-3  # nats between the local top-2: within float noise, either may come first
 
 TRAJECTORIES = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()] + [
     {
@@ -70,7 +72,7 @@ def vllm_servers(tmp_path_factory: pytest.TempPathFactory):
     try:
         for _ in range(2):
             port = free_port()
-            servers.append(vllm_server.start(port, log=logs / f"vllm-{port}.log"))
+            servers.append(vllm_server.start(port, log=logs / f"vllm-{port}.log", dtype=SERVER_DTYPE))
         for server in servers:
             vllm_server.wait_ready(server, timeout_s=900)
         yield [s.url for s in servers], servers
@@ -135,7 +137,7 @@ def test_scoring_matches_the_local_engine(remote: Analyzer, real_analyzer: Analy
             assert kl_lower_bound(tq.logprobs, sp.logprobs) <= r["forward_kl"] + 1e-5
             lower, upper = entropy_bounds(sp, 49152)
             assert lower - 1e-5 <= r["student_entropy"] <= upper + 1e-5
-            # ... and within bf16 noise of it on the server's.
+            # ... and within float noise of it on the server's.
             for name in ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy"):
                 assert s[name] <= r[name] + KL_TOL * (1 + r[name]), (name, s, r)
         assert ranks_equal >= 0.9 * len(a["steps"])
@@ -164,7 +166,7 @@ def first_difference(x: list[int], y: list[int]) -> int | None:
 
 
 def test_generation_is_greedy_like_the_local_engine(remote: Analyzer, real_analyzer: Analyzer):
-    """Greedy ids equal the local engine's up to a near-tie of the local top-2 (bf16 noise may
+    """Greedy ids equal the local engine's up to a near-tie of the local top-2 (float noise may
     pick the other one; from there the two texts may go their own ways)."""
     for traj in TRAJECTORIES[3:]:
         a = remote.analyze({**traj, "top_k": 2})
