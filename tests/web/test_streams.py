@@ -7,43 +7,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import uvicorn
-from support import GOOD, tiny_settings
-from vrollout.service import Analyzer
-from vrollout.web.app import create_app
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@contextmanager
-def live_app(tiny, tmp_path, **overrides) -> Iterator[tuple[object, int]]:
-    """The app on a real uvicorn in a thread of this process: (app, port)."""
-    settings = tiny_settings(tmp_path, **overrides)
-    app = create_app(settings, analyzer=Analyzer(tiny, settings))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield app, port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+from support import GOOD
+from support.live import live_app, open_fds
 
 
 def running_job(app, lines: int = 3) -> str:
