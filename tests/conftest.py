@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("VROLLOUT_ALLOWED_HOSTS", "testserver")
 
 from support import REAL_CACHE, tiny_settings  # noqa: E402
+from support.browser import launched  # noqa: E402
 from support.tiny import tiny_pair  # noqa: E402
 from vrollout.config import Settings  # noqa: E402
 from vrollout.local.models import ModelPair  # noqa: E402
@@ -47,3 +48,9 @@ def real_client(real_analyzer: Analyzer, tmp_path_factory: pytest.TempPathFactor
     app = create_app(settings, analyzer=real_analyzer)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, one per test module (tests/support/browser.py)."""
+    yield from launched()

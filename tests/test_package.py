@@ -30,14 +30,6 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from support import REAL_CACHE, REPO
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TOKEN = "package-test-token"
 SOURCES = ("pyproject.toml", "README.md", "app", "templates", "static")
 
@@ -222,20 +214,6 @@ def served(fresh, tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=30)
     client.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("VROLLOUT_REQUIRE_BROWSER"):
-            pytest.fail("chromium is required (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def watch(page) -> list[str]:

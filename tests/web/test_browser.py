@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -23,14 +22,6 @@ from vrollout.config import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 XSS_TOKENS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
 
 
@@ -91,20 +82,6 @@ class Server:
         req = urllib.request.Request(self.url + path, headers=self.auth)
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.read()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("VROLLOUT_REQUIRE_BROWSER"):
-            pytest.fail("chromium is required (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
