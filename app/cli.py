@@ -110,20 +110,14 @@ def analyze(args: argparse.Namespace) -> int:
     analyses = []
     with out_path.open("w") as out, tqdm(total=len(lines), unit="traj", file=sys.stderr) as bar:
         for w in range(0, len(lines), WINDOW):  # bounded memory; output in line order
-            prepared, finished = [], []
-            for number, obj in lines[w : w + WINDOW]:
-                try:
-                    prep, _, keys = analyzer.prepare_line(obj, options, args.privileged)
-                    prepared.append((number, prep))
-                    for key in keys:
-                        unknown.setdefault(key, []).append(number)
-                except VRError as exc:
-                    errors.append((number, exc.message))
-                    bar.update(1)
-            groups = analyzer.plan_batches(prepared)
-            extras = [[{"job": {"id": None, "line": number}} for number, _ in group] for group in groups]
-            for group, results in analyzer.run_groups(groups, extras):
-                for (number, _), result in zip(group, results, strict=True):
+            prepared, failed = analyzer.prepare_lines(
+                lines[w : w + WINDOW], options, args.privileged, unknown
+            )
+            errors.extend((number, exc.message) for number, exc in failed)
+            bar.update(len(failed))
+            finished = []
+            for group in analyzer.run_prepared(prepared, lambda n: {"job": {"id": None, "line": n}}):
+                for number, result in group:
                     if isinstance(result, VRError):
                         errors.append((number, result.message))
                     else:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
-    from vrollout.service import Analyzer, Prepared
+    from vrollout.service import Analyzer
 
 STRIP_TOKENS = 2000  # the inline view shows this many tokens; a notebook chokes on megabytes of HTML
 
@@ -279,34 +279,29 @@ class VirtualRollout:
         """Prepare a window of trajectories as lines of a file (keys that are not fields are kept
         in `meta`, with a warning; a near miss of a field is an error), run it in the analyzer's
         planned batches, and yield each analysis as soon as every one before it is done."""
-        from vrollout.core.errors import VRError
-
-        prepared: list[tuple[int, Prepared]] = []
-        failed: set[int] = set()
-        for index, obj in window:
-            try:
-                prep, _, keys = self.analyzer.prepare_line(obj, options, privileged)
-                prepared.append((index, prep))
-            except VRError as exc:
-                self._failed(index, exc, errors)
-                failed.add(index)
-                bar.update(1)
-                continue
-            if new := [key for key in keys if key not in unknown]:
-                unknown.update(new)
-                keys_text = ", ".join(repr(k) for k in new)
-                warnings.warn(f"trajectory {index}: not fields, kept in meta: {keys_text}", stacklevel=4)
-        groups = self.analyzer.plan_batches(prepared)
-        done: dict[int, Analysis | None] = dict.fromkeys(failed)
+        seen: dict[str, list[int]] = {}  # this window's keys kept in meta, with their lines
+        prepared, failed = self.analyzer.prepare_lines(window, options, privileged, seen)
+        for index, exc in failed:
+            self._failed(index, exc, errors)
+        bar.update(len(failed))
+        first_lines: dict[int, list[str]] = {}  # keys not warned about yet, by their first line
+        for key, indices in seen.items():
+            if key not in unknown:
+                unknown.add(key)
+                first_lines.setdefault(indices[0], []).append(key)
+        for index, keys in sorted(first_lines.items()):
+            keys_text = ", ".join(repr(k) for k in keys)
+            warnings.warn(f"trajectory {index}: not fields, kept in meta: {keys_text}", stacklevel=4)
+        done: dict[int, Analysis | None] = dict.fromkeys(index for index, _ in failed)
         order = iter([index for index, _ in window])
         upcoming = next(order, None)
-        for group, results in self.analyzer.run_groups(groups, [[{} for _ in g] for g in groups]):
-            for (index, _), result in zip(group, results, strict=True):
-                if isinstance(result, VRError):
+        for group in self.analyzer.run_prepared(prepared):
+            for index, result in group:
+                if isinstance(result, dict):
+                    done[index] = Analysis(result)
+                else:
                     self._failed(index, result, errors)
                     done[index] = None
-                else:
-                    done[index] = Analysis(result)
             bar.update(len(group))
             while upcoming is not None and upcoming in done:
                 if (analysis := done.pop(upcoming)) is not None:

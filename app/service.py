@@ -6,7 +6,7 @@ on `worker.ModelWorker`, one job at a time, off the event loop. No HTTP here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -195,6 +195,38 @@ class Analyzer:
         line, unknown = open_keys(obj, self.models.analyze)
         line = with_defaults(line, options, privileged)
         return self.prepare(line), line, unknown
+
+    def prepare_lines(
+        self,
+        lines: list[tuple[int, Any]],
+        options: dict[str, Any],
+        privileged: str | None,
+        unknown: dict[str, list[int]],
+    ) -> tuple[list[tuple[int, Prepared]], list[tuple[int, VRError]]]:
+        """Numbered lines of a file, each `prepare_line`d on its own: the prepared ones and the
+        errors of the others. The keys kept in meta are added to `unknown` (key: line numbers)."""
+        prepared: list[tuple[int, Prepared]] = []
+        failed: list[tuple[int, VRError]] = []
+        for number, obj in lines:
+            try:
+                prep, _, keys = self.prepare_line(obj, options, privileged)
+            except VRError as exc:
+                failed.append((number, exc))
+                continue
+            prepared.append((number, prep))
+            for key in keys:
+                unknown.setdefault(key, []).append(number)
+        return prepared, failed
+
+    def run_prepared(
+        self, prepared: list[tuple[int, Prepared]], extra: Callable[[int], dict[str, Any]] | None = None
+    ) -> Iterator[list[tuple[int, dict[str, Any] | VRError]]]:
+        """Prepared lines in the planned batches (not stored): each group's lines, numbered, with
+        their analysis or error, group by group. `extra(number)`: fields added to a line's analysis."""
+        groups = self.plan_batches(prepared)
+        extras = [[extra(number) if extra else {} for number, _ in group] for group in groups]
+        for group, results in self.run_groups(groups, extras):
+            yield [(number, result) for (number, _), result in zip(group, results, strict=True)]
 
     def contexts(self, traj: Trajectory) -> Contexts:
         """Both contexts and the response ids, with every token id checked and each limit
