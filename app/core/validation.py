@@ -70,6 +70,11 @@ class Limits:
     def response_chars(self) -> int:
         return self.max_response_tokens * self.chars_per_token
 
+    @property
+    def longest_text(self) -> int:
+        """Characters of the longest text any field allows."""
+        return max(self.context_chars, self.response_chars)
+
 
 @dataclass(frozen=True)
 class RequestModels:

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vrollout import __version__
 from vrollout.config import Settings
 from vrollout.core.errors import Cancelled, VRError
-from vrollout.core.validation import describe, request_models
+from vrollout.core.validation import Limits, describe, request_models
 from vrollout.service import Analyzer
 from vrollout.storage.jobs import JobRunner, Jobs
 from vrollout.storage.retention import keep_retention
@@ -81,14 +81,15 @@ class BodyLimit:
         setting = "VROLLOUT_MAX_UPLOAD_BYTES" if upload else "VROLLOUT_MAX_REQUEST_BYTES"
         shown = self.upload_limit if upload else self.limit
         too_long = f"the request body is over the limit of {shown} bytes ({setting})"
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             response = JSONResponse(error_body(413, too_long), status_code=413)
             return await response(scope, receive, send)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         seen, body_done, started, answered = 0, False, False, False
-        content_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip()
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip()
         scan = None
         if self.max_text_chars is not None and not upload and content_type.endswith(b"json"):
             scan = LongText(self.max_text_chars)
@@ -228,13 +229,12 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         redoc_url=None,
     )
     # The last added runs first: headers on every response, the Host, the token, the body limit.
-    longest_text = settings.chars_per_token * max(settings.max_context_tokens, settings.max_response_tokens)
     app.add_middleware(
         BodyLimit,
         limit=settings.max_request_bytes,
         upload_limit=settings.max_upload_bytes,
         timeout=settings.body_timeout_s,
-        max_text_chars=longest_text,
+        max_text_chars=Limits.of(settings).longest_text,
     )
     app.state.guesses = GuessLimit(settings.login_max_failures, settings.login_window_s)
     app.add_middleware(TokenGate, token=settings.api_token, guesses=app.state.guesses)
