@@ -82,6 +82,7 @@ def test_every_analysis_field_is_in_metrics_docs(tiny_client):
     fields = {
         "analysis": a,
         "summary": a["summary"],
+        "concentration": a["summary"]["concentration"],
         "step": step,
         "top-k entry": step["teacher_topk"][0],
         "continuation": step["teacher_continuation"],

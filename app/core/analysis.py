@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from vrollout.core.contexts import Contexts
 from vrollout.core.replay import ReplayResult
+from vrollout.core.signal import concentration
 from vrollout.core.trajectories import Trajectory
 
 if TYPE_CHECKING:  # the core never imports torch
@@ -48,6 +49,8 @@ def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "advantage_mean": sum(s["advantage"] for s in steps) / n if n else None,
         "student_logprob_total": sum(s["student_logprob"] for s in steps),
         "teacher_logprob_total": sum(s["teacher_logprob"] for s in steps),
+        "concentration": concentration(rkl),
+        "concentration_abs_advantage": concentration([abs(s["advantage"]) for s in steps]),
     }
 
 

@@ -192,6 +192,18 @@ class Rollout(BaseModel):
     text: str
 
 
+class Concentration(BaseModel):
+    """How a per-step signal is spread over the tokens (docs/metrics.md, "Signal concentration");
+    every field is null when the total is 0."""
+
+    top_1pct: float | None = Field(description="share of the total carried by the largest 1% of tokens")
+    top_5pct: float | None
+    top_10pct: float | None
+    top_20pct: float | None
+    tokens_for_80pct: float | None = Field(description="the smallest share of tokens carrying 80% of it")
+    gini: float | None
+
+
 class Summary(BaseModel):
     model_config = ConfigDict(extra="allow")
     tokens: int
@@ -201,6 +213,9 @@ class Summary(BaseModel):
     reverse_kl_total: float
     reverse_kl_mean: float | None
     advantage_total: float
+    # Optional: analyses stored before these fields existed are served as they were stored.
+    concentration: Concentration | None = Field(None, description="of the per-step reverse KL")
+    concentration_abs_advantage: Concentration | None = Field(None, description="of |advantage|")
 
 
 class Analysis(BaseModel):
