@@ -141,6 +141,13 @@ def analyze(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def localize(args: argparse.Namespace) -> int:
+    """`vrollout localize FILE --out DIR` (vrollout.localization)."""
+    from vrollout.localization import localize_file
+
+    return localize_file(args, _settings(args))
+
+
 def write_dataset(
     folder: Path, name: str, analyses: list[dict[str, Any]], errors: list[tuple[int, str]], analyzer: Any,
     settings: Settings,
@@ -216,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recovery-max-new-tokens", dest="recovery_max_new_tokens", type=int, default=64)
     p.add_argument("--no-store", action="store_true", help="do not save to the database")
     p.set_defaults(fn=analyze)
+
+    from vrollout.localization import add_parser as add_localize
+
+    add_localize(sub, _model_flags).set_defaults(fn=localize)
 
     args = parser.parse_args(argv)
     try:

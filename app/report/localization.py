@@ -1,0 +1,212 @@
+"""Error localization as a dataset view: from the analyses of localization lines to the metrics
+table, the predictions, Plotly figures and the CLI's folder. The job page and `vrollout
+localize` both call `localization_result`. No HTTP; the figures are plain JSON-ready dicts
+(`report.figures`), drawn with plotly.js's basic bundle (scatter, bar).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vrollout.core.errors import BadTrajectory
+from vrollout.core.localize import SCORERS, TOKEN_SCORERS, localization_of, problem_key, score_analysis
+from vrollout.core.localize_metrics import METRICS, Setup, localization_metrics
+
+if TYPE_CHECKING:
+    from vrollout.config import Settings
+
+POINT_COLOR = "rgba(44, 111, 187, 0.35)"
+MEAN_COLOR = "#c0392b"
+CORRECT_COLOR = "#7f8c8d"
+WINDOW = 6  # steps shown either side of the label in the score-by-step figures
+
+
+@dataclass
+class LocalizationResult:
+    """metrics.json, predictions.jsonl's rows, and how they were made."""
+
+    metrics: dict[str, Any]
+    predictions: list[dict[str, Any]]
+    scorers: list[str]
+    setup: Setup
+
+    def headline(self) -> str:
+        """One line per scorer for the terminal: F1 with its interval, beside the baselines."""
+        base = self.metrics["baselines"]
+        out = [
+            f"{len(self.predictions)} lines, {self.setup.folds}-fold thresholds; F1 [95% interval] "
+            f"(chance {_fmt(base['chance']['f1'])}, position-only {_fmt(base['position']['f1'])})"
+        ]
+        for name in self.scorers:
+            m = self.metrics[name]
+            lo, hi = m["f1_interval"]
+            out.append(f"  {name}: F1 {_fmt(m['f1'])} [{_fmt(lo)}, {_fmt(hi)}], AUROC {_fmt(m['auroc'])}")
+        return "\n".join(out)
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows of the page's table: each scorer, then the two baselines."""
+        rows = [{"name": name, "what": SCORERS[name], **self.metrics[name]} for name in self.scorers]
+        base = self.metrics["baselines"]
+        rows.append(
+            {"name": "position (baseline)", "what": "the step's index, same folds", **base["position"]}
+        )
+        chance = {f"{k}_interval": [None, None] for k in METRICS}
+        rows.append({"name": "chance (baseline)", "what": "a uniform guess among n+1 answers", **chance,
+                     **base["chance"], "threshold": None})  # fmt: skip
+        return rows
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def localization_result(
+    analyses: Sequence[dict[str, Any]], tokenizer: Any, recovery: bool, setup: Setup
+) -> LocalizationResult:
+    """Score every analysis of a localization line (others are skipped) and measure the scorers."""
+    scorers = [*TOKEN_SCORERS, *(["recovery_drop"] if recovery else [])]
+    rows = []
+    for analysis in analyses:
+        found = localization_of(analysis)
+        if found is None:
+            continue
+        steps, label = found
+        rows.append(
+            {
+                "id": analysis["trajectory"].get("id"),
+                "line": (analysis.get("job") or {}).get("line"),
+                "label": label,
+                "steps": len(steps),
+                "problem": problem_key(analysis),
+                "scores": score_analysis(analysis, tokenizer, scorers),
+            }
+        )
+    if not rows:
+        raise BadTrajectory("no analysed line carries steps and a label")
+    labels = [r["label"] for r in rows]
+    per_scorer = {name: [r["scores"][name] for r in rows] for name in scorers}
+    metrics, predicted, folds = localization_metrics(
+        labels, [r.pop("problem") for r in rows], per_scorer, setup
+    )
+    predictions = []
+    for i, row in enumerate(rows):
+        predictions.append(
+            {
+                "id": row["id"],
+                "line": row["line"],
+                "label": row["label"],
+                "predicted": {name: predicted[name][i] for name in scorers},
+                "scores": row["scores"],
+                "position_baseline": predicted["position"][i],
+                "fold": folds[i],
+            }
+        )
+    return LocalizationResult(metrics, predictions, scorers, setup)
+
+
+def score_figure(result: LocalizationResult, name: str) -> dict[str, Any]:
+    """One scorer's step scores against the step's distance from the label (lines with an error),
+    their mean at each distance, and the mean step score of the correct lines for reference."""
+    xs, ys, texts = [], [], []
+    by_offset: dict[int, list[float]] = {}
+    correct = []
+    for p in result.predictions:
+        scores = p["scores"][name]
+        if p["label"] < 0:
+            correct.extend(s for s in scores if s is not None)
+            continue
+        for j, s in enumerate(scores):
+            offset = j - p["label"]
+            if s is None or abs(offset) > WINDOW:
+                continue
+            xs.append(offset)
+            ys.append(s)
+            texts.append(f"{html.escape(str(p['id'] or p['line']))} step {j}")
+            by_offset.setdefault(offset, []).append(s)
+    means = sorted((k, sum(v) / len(v)) for k, v in by_offset.items())
+    data: list[dict[str, Any]] = [
+        {"type": "scatter", "mode": "markers", "x": xs, "y": ys, "text": texts, "name": "a step",
+         "marker": {"color": POINT_COLOR, "size": 6}, "hovertemplate": "%{text}: %{y:.3f}<extra></extra>"},
+        {"type": "scatter", "mode": "lines+markers", "x": [k for k, _ in means], "y": [m for _, m in means],
+         "name": "mean", "line": {"color": MEAN_COLOR}},
+    ]  # fmt: skip
+    if correct:
+        mean = sum(correct) / len(correct)
+        line = {"color": CORRECT_COLOR, "dash": "dash"}
+        data.append({"type": "scatter", "mode": "lines", "x": [-WINDOW, WINDOW], "y": [mean, mean],
+                     "name": "correct lines' mean", "line": line})  # fmt: skip
+    layout = {
+        "title": {"text": f"{name}: score by step, relative to the label"},
+        "xaxis": {"title": {"text": "step − label (0 = the first wrong step)"}, "dtick": 1},
+        "yaxis": {"title": {"text": "score"}},
+        "margin": {"t": 40, "r": 10, "b": 45, "l": 55},
+        "legend": {"orientation": "h", "y": -0.25},
+    }
+    return {"data": data, "layout": layout}
+
+
+def f1_figure(result: LocalizationResult) -> dict[str, Any]:
+    """F1 of each scorer and the position-only baseline with 95% intervals; chance as a line."""
+    names = [*result.scorers, "position"]
+    entries = [result.metrics[n] for n in result.scorers] + [result.metrics["baselines"]["position"]]
+    f1 = [e["f1"] or 0.0 for e in entries]
+    plus = [(e["f1_interval"][1] or 0.0) - v for e, v in zip(entries, f1, strict=True)]
+    minus = [v - (e["f1_interval"][0] or 0.0) for e, v in zip(entries, f1, strict=True)]
+    chance = result.metrics["baselines"]["chance"]["f1"] or 0.0
+    data = [
+        {"type": "bar", "x": names, "y": f1, "name": "F1 (cross-validated)", "marker": {"color": "#2c6fbb"},
+         "error_y": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus}},
+        {"type": "scatter", "mode": "lines", "x": [names[0], names[-1]], "y": [chance, chance],
+         "name": "chance", "line": {"color": CORRECT_COLOR, "dash": "dash"}},
+    ]  # fmt: skip
+    layout = {
+        "title": {"text": "F1 with 95% bootstrap intervals"},
+        "yaxis": {"title": {"text": "F1"}, "range": [0, 1]},
+        "margin": {"t": 40, "r": 10, "b": 60, "l": 55},
+    }
+    return {"data": data, "layout": layout}
+
+
+def localization_figures(result: LocalizationResult) -> dict[str, dict[str, Any]]:
+    return {"f1": f1_figure(result), **{name: score_figure(result, name) for name in result.scorers}}
+
+
+def write_folder(
+    out: Path,
+    name: str,
+    analyses: Sequence[tuple[int, dict[str, Any]]],
+    errors: Sequence[tuple[int, str]],
+    result: LocalizationResult,
+    analyzer: Any,
+    settings: Settings,
+) -> None:
+    """metrics.json, predictions.jsonl, analyses.jsonl and a one-file report.html (offline)."""
+    from vrollout.web.pages import make_templates, standalone_assets
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
+    with (out / "predictions.jsonl").open("w") as f:
+        for row in result.predictions:
+            f.write(json.dumps(row) + "\n")
+    with (out / "analyses.jsonl").open("w") as f:
+        for _, analysis in analyses:
+            f.write(json.dumps(analysis) + "\n")
+    env = make_templates(settings.templates_dir).env  # autoescaped, the pages' filters
+    inline, csp = standalone_assets(settings.static_dir, "report.js")
+    page = env.get_template("localize.html").render(
+        name=name,
+        result=result,
+        errors=errors,
+        figures=localization_figures(result),
+        student=analyzer.pair.student.name,
+        teacher=analyzer.pair.teacher.name,
+        standalone=True,
+        csp=csp,
+        **inline,
+    )
+    (out / "report.html").write_text(page)
