@@ -154,21 +154,27 @@ def write_dataset(
 ) -> None:  # fmt: skip
     """The exports of the dataset page, and a self-contained HTML report that opens offline."""
     from vrollout.report.dataset import (
-        dataset_figures,
+        digest,
+        figures_of,
         jsonl,
         step_rows,
         steps_parquet,
         summaries_csv,
         summary_row,
     )
+    from vrollout.report.headline import FORMATS, headline
     from vrollout.web.pages import make_templates, standalone_assets
 
     rows = [summary_row(a) for a in analyses]
     (folder / "summaries.csv").write_text(summaries_csv(rows))
     (folder / "summaries.jsonl").write_text(jsonl(rows))
     (folder / "steps.parquet").write_bytes(steps_parquet(step_rows(analyses)))
-    figures = dataset_figures(analyses)
+    digests = [digest(a) for a in analyses]  # what the figures and the headline table read
+    figures = figures_of(digests)
     (folder / "figures.json").write_text(json.dumps(figures))
+    table = headline(digests)
+    for render, _, suffix in FORMATS.values():  # headline.csv, .md, .tex
+        (folder / f"headline.{suffix}").write_text(render(table))
     env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
     inline, csp = standalone_assets(settings.static_dir, "report.js")
     html = env.get_template("report.html").render(
@@ -176,6 +182,7 @@ def write_dataset(
         rows=rows,
         errors=errors,
         figures=figures,
+        headline=table,
         student=analyzer.pair.student.name,
         teacher=analyzer.pair.teacher.name,
         standalone=True,
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         required=True,
         help="FILE.jsonl: one analysis per line; or a folder: analyses.jsonl, summaries.csv/.jsonl, "
-        "steps.parquet, figures.json and report.html (opens offline)",
+        "steps.parquet, figures.json, headline.csv/.md/.tex and report.html (opens offline)",
     )
     p.add_argument("--privileged", help="privileged text for lines that carry none")
     p.add_argument("--top-k", dest="top_k", type=int, help="default 5")

@@ -99,11 +99,46 @@
   }
   $("filter").addEventListener("input", renderTable);
 
+  // The headline table: one row per measure, one column per group (all, correct, incorrect).
+  function renderHeadline(table) {
+    $("headline").hidden = table.rows.length === 0;
+    const head = document.createElement("tr");
+    head.append(el("th", "Measure"), ...table.groups.map((g) => el("th", `${g.name} (n=${g.trajectories})`, "num")));
+    $("headline-table").tHead.replaceChildren(head);
+    $("headline-table").tBodies[0].replaceChildren(
+      ...table.rows.map((r) => {
+        const tr = row([r.label, ...table.groups.map((g) => [r.cells[g.name].text, "num"])]);
+        tr.dataset.measure = r.measure;
+        return tr;
+      })
+    );
+    $("headline-note").textContent = table.note;
+  }
+
+  // A figure's card: the page has one for each of the usual figures; others (e.g. surface vs
+  // fork, only with continuations) get one on first sight.
+  function figureDiv(name) {
+    let div = $(`fig-${name}`);
+    if (!div) {
+      div = el("div", undefined, "chart small");
+      div.id = `fig-${name}`;
+      const card = el("div", undefined, "card");
+      card.append(div);
+      $("figures").append(card);
+    }
+    return div;
+  }
+
   async function refresh() {
-    const [summaries, figures] = await Promise.all([request(`${base}/summaries`), request(`${base}/figures`)]);
+    const [summaries, figures, table] = await Promise.all([
+      request(`${base}/summaries`),
+      request(`${base}/figures`),
+      request(`${base}/headline`),
+    ]);
     rows = summaries;
     renderTable();
-    for (const [name, figure] of Object.entries(figures)) plot($(`fig-${name}`), figure);
+    renderHeadline(table);
+    for (const [name, figure] of Object.entries(figures)) plot(figureDiv(name), figure);
     document.body.dataset.loaded = String(rows.length);
   }
 

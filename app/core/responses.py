@@ -214,8 +214,54 @@ class SummaryRow(Open):
     reverse_kl_mean: float | None
     forward_kl_total: float
     advantage_total: float
+    kl_top_1pct: float | None = Field(None, description="summary.concentration.top_1pct (reverse KL)")
+    kl_top_5pct: float | None = Field(None, description="share of reverse KL on the top 5% of tokens")
+    kl_top_10pct: float | None = None
+    kl_top_20pct: float | None = None
+    kl_tokens_for_80pct: float | None = Field(None, description="share of tokens carrying 80% of reverse KL")
+    kl_gini: float | None = Field(None, description="Gini coefficient of the per-step reverse KL")
+    abs_advantage_top_1pct: float | None = Field(None, description="the same over |advantage|")
+    abs_advantage_top_5pct: float | None = None
+    abs_advantage_top_10pct: float | None = None
+    abs_advantage_top_20pct: float | None = None
+    abs_advantage_tokens_for_80pct: float | None = None
+    abs_advantage_gini: float | None = None
+    teacher_mass_on_student_topk_mean: float | None = Field(None, description="null where not computed")
+    divergences_in_student_topk: int | None = Field(None, description="teacher top-1 in student top-k")
+    divergences_classified: int | None = Field(None, description="null without continuations")
+    divergences_surface: int | None = Field(None, description="null without continuations")
+    divergences_fork: int | None = Field(None, description="null without continuations")
+    forks_that_matter: int | None = Field(None, description="null without recovery")
     correct: bool | None = Field(description="null without a reference answer")
     preview: str = Field(description="the response's first 120 characters, whitespace collapsed")
+
+
+class HeadlineCell(Open):
+    n: int = Field(description="trajectories of the column with a value for the measure")
+    median: float | None
+    q1: float | None = Field(description="25th percentile (linear, as numpy's default)")
+    q3: float | None = Field(description="75th percentile")
+    text: str = Field(description='as the tables show it: "median [q1–q3]" (and "(n=…)")')
+
+
+class HeadlineRow(Open):
+    measure: str = Field(description="a summary column, or a ratio of two (docs/metrics.md)")
+    label: str
+    unit: str = Field(description="share (shown as a percentage) or number")
+    cells: dict[str, HeadlineCell] = Field(description="by column: all, correct, incorrect")
+
+
+class HeadlineGroup(Open):
+    name: str = Field(description="all, correct or incorrect")
+    trajectories: int
+
+
+class Headline(Open):
+    """The dataset's headline table: measures × (all, correct, incorrect)."""
+
+    groups: list[HeadlineGroup]
+    rows: list[HeadlineRow]
+    note: str
 
 
 class Figure(Open):

@@ -16,12 +16,28 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vrollout.core.answers import answer_matches
+from vrollout.core.signal import concentration
 
+# How the signal is spread over a trajectory's tokens (summary.concentration, core/signal.py):
+# flattened into the row as kl_<field> (reverse KL) and abs_advantage_<field> (|advantage|).
+CONCENTRATION_FIELDS = ("top_1pct", "top_5pct", "top_10pct", "top_20pct", "tokens_for_80pct", "gini")
+SIGNAL_COLUMNS = tuple(
+    f"{prefix}_{field}" for prefix in ("kl", "abs_advantage") for field in CONCENTRATION_FIELDS
+)
+# Teachability and surface/fork counts, copied from the summary (null in analyses made before
+# them, or where they were not computed: no continuations, no recovery).
+TEACHING_COLUMNS = (
+    "teacher_mass_on_student_topk_mean", "divergences_in_student_topk", "divergences_classified",
+    "divergences_surface", "divergences_fork", "forks_that_matter",
+)  # fmt: skip
 SUMMARY_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "tokens", "agreement_rate", "divergences",
     "first_divergence", "reverse_kl_total", "reverse_kl_mean", "forward_kl_total",
-    "advantage_total", "correct", "preview",
+    "advantage_total", *SIGNAL_COLUMNS, *TEACHING_COLUMNS, "correct", "preview",
 )  # fmt: skip
+# Digests stored with an older version (or none) are made again from the stored analysis when a
+# dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
+DIGEST_VERSION = 2
 STEP_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "position", "token_id", "token", "student_logprob",
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
@@ -49,6 +65,19 @@ def correct(analysis: dict[str, Any]) -> bool | None:
     return answer_matches(analysis["response_text"], reference)
 
 
+def signal_columns(analysis: dict[str, Any]) -> dict[str, Any]:
+    """The concentration of reverse KL and of |advantage|, flattened (`kl_top_5pct`, ...). An
+    analysis stored before its summary carried them gets them from its steps."""
+    s, out = analysis["summary"], {}
+    for prefix, key, value in (
+        ("kl", "concentration", lambda step: step["reverse_kl"]),
+        ("abs_advantage", "concentration_abs_advantage", lambda step: abs(step["advantage"])),
+    ):
+        spread = s.get(key) or concentration([value(step) for step in analysis["steps"]])
+        out.update({f"{prefix}_{field}": spread.get(field) for field in CONCENTRATION_FIELDS})
+    return out
+
+
 def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
     s = analysis["summary"]
     text = " ".join(analysis["response_text"].split())
@@ -64,6 +93,8 @@ def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
         "reverse_kl_mean": s["reverse_kl_mean"],
         "forward_kl_total": s["forward_kl_total"],
         "advantage_total": s["advantage_total"],
+        **signal_columns(analysis),
+        **{name: s.get(name) for name in TEACHING_COLUMNS},
         "correct": correct(analysis),
         "preview": text[:120],
     }
@@ -74,12 +105,23 @@ def digest(analysis: dict[str, Any]) -> dict[str, Any]:
     beside it): its summary row, the counts of its per-step reverse KL in the figure's bins, and
     the share of its KL in each tenth of the response."""
     kl = [s["reverse_kl"] for s in analysis["steps"]]
-    return {**summary_row(analysis), "kl_bins": kl_bin_counts(kl), "deciles": decile_shares(analysis)}
+    return {
+        **summary_row(analysis),
+        "kl_bins": kl_bin_counts(kl),
+        "deciles": decile_shares(analysis),
+        "version": DIGEST_VERSION,
+    }
+
+
+def is_current(digest: dict[str, Any] | None) -> bool:
+    """Whether a stored digest has every key this version's views read."""
+    return digest is not None and digest.get("version") == DIGEST_VERSION
 
 
 def summary_of(digest: dict[str, Any]) -> dict[str, Any]:
-    """The summary row held in a digest, in the export's columns."""
-    return {k: digest[k] for k in SUMMARY_COLUMNS}
+    """The summary row held in a digest, in the export's columns (null for a column that a
+    digest made by an older version lacks)."""
+    return {k: digest.get(k) for k in SUMMARY_COLUMNS}
 
 
 def step_rows(analyses: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -264,6 +306,8 @@ class _Group:
         self.agreement: list[float | None] = []
         self.ids: list[str] = []
         self.firsts: list[int] = []
+        # One value per trajectory that has one (older digests and zero-signal ones have none).
+        self.spread: dict[str, list[float]] = {name: [] for name in SPREAD_FIGURES}
 
     def add(self, d: dict[str, Any]) -> None:
         self.count += 1
@@ -276,16 +320,34 @@ class _Group:
         self.ids.append(d["analysis_id"])
         if d["first_divergence"] is not None:
             self.firsts.append(d["first_divergence"])
+        for name in SPREAD_FIGURES:
+            if (value := spread_value(d, name)) is not None:
+                self.spread[name].append(value)
 
 
-def dataset_figures(analyses: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The figures of full analyses (the CLI holds them already)."""
-    return figures_of(digest(a) for a in analyses)
+# Distributions across trajectories (one value each, in [0, 1]): figure key -> title.
+SPREAD_FIGURES = {
+    "kl_top_5pct": "share of reverse KL carried by the top 5% of tokens, across trajectories",
+    "kl_gini": "Gini coefficient of reverse KL over tokens, across trajectories",
+    "surface_share": "share of a trajectory's divergences that are surface (re-join), across trajectories",
+}
+SPREAD_BINS = 20
+
+
+def spread_value(d: dict[str, Any], name: str) -> float | None:
+    """A digest's value for a distribution figure: a summary column, or (surface_share) the
+    share of its classified divergences that are surface."""
+    if name != "surface_share":
+        return d.get(name)
+    classified, surface = d.get("divergences_classified"), d.get("divergences_surface")
+    return surface / classified if classified and surface is not None else None
 
 
 def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Four views across the dataset, each split by correctness when references exist. One
-    pass over the digests: every group is added up as they come, then the split is chosen."""
+    """Views across the dataset, each split by correctness when references exist: the four
+    step-level ones, then the distributions across trajectories of SPREAD_FIGURES (surface_share
+    only when some trajectory has classified divergences). One pass over the digests: every
+    group is added up as they come, then the split is chosen."""
     everything, right, wrong = _Group(), _Group(), _Group()
     for d in digests:
         everything.add(d)
@@ -294,6 +356,7 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     verdicts = right.count + wrong.count
     groups = {"correct": right, "incorrect": wrong} if verdicts else {"all": everything}
     signal, position, agreement, first = [], [], [], []
+    spread: dict[str, list[dict[str, Any]]] = {key: [] for key in SPREAD_FIGURES}
     for name, group in groups.items():
         color = GROUP_COLORS[name]
         label = f"{name} ({group.count})"
@@ -331,11 +394,28 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             }
         )
         first.append(histogram_bars(group.firsts, label, color))
+        for key, values in group.spread.items():
+            spread[key].append(share_bars(values, f"{name} ({len(values)})", color))
     base = {
         "height": 320,
         "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
         "plot_bgcolor": "white",
         "legend": {"orientation": "h", "y": -0.25},
+    }
+    shares = {
+        key: {
+            "data": traces,
+            "layout": {
+                **base,
+                "barmode": "group",
+                "title": {"text": SPREAD_FIGURES[key]},
+                "xaxis": {"tickformat": ".0%" if key != "kl_gini" else ".1f", "range": [0, 1]},
+                "yaxis": {"title": {"text": "share of trajectories"}, "tickformat": ".0%"},
+            },
+        }
+        for key, traces in spread.items()
+        # surface/fork needs continuations: without any, the figure is left out, not drawn empty
+        if key != "surface_share" or any(group.spread[key] for group in groups.values())
     }
     return {
         "signal": {
@@ -373,6 +453,22 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "xaxis": {"title": {"text": "token position"}},
             },
         },
+        **shares,
+    }
+
+
+def share_bars(values: list[float], name: str, color: str, bins: int = SPREAD_BINS) -> dict[str, Any]:
+    """The distribution of values in [0, 1] as a bar trace: the share of `values` in each of
+    `bins` equal bins (the last one closed), drawn at the bins' centres."""
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, max(0, int(v * bins)))] += 1
+    return {
+        "type": "bar",
+        "name": name,
+        "x": [(i + 0.5) / bins for i in range(bins)],
+        "y": [c / len(values) if values else 0.0 for c in counts],
+        "marker": {"color": color},
     }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from vrollout.core.errors import NotFound, StorageError, VRError
 from vrollout.core.ids import new_id, now
+from vrollout.report.dataset import is_current
 from vrollout.service import Analyzer, Prepared
 from vrollout.storage.progress import JobFeed
 from vrollout.storage.store import Store, storage_error
@@ -229,7 +230,9 @@ class Jobs:
         """The digest (`report.dataset.digest`) of each analysis of the job, in line order."""
         for rows in self._analysis_ids(job_id):
             for _, analysis_id, stored in rows:
-                found = json.loads(stored) if stored else self.store.digest_of(analysis_id)
+                found = json.loads(stored) if stored else None
+                if not is_current(found):  # none yet, or an older version's: made from the analysis
+                    found = self.store.digest_of(analysis_id)
                 if found is not None:
                     yield found
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vrollout.core.errors import NotFound, StorageError, StorageFull
-from vrollout.report.dataset import digest
+from vrollout.report.dataset import digest, is_current
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS analyses (
@@ -163,14 +163,15 @@ class Store:
                     yield json.loads(zlib.decompress(blobs.pop(aid)))
 
     def digest_of(self, analysis_id: str) -> dict[str, Any] | None:
-        """The stored digest of an analysis, computed and stored first if it has none (an
-        analysis saved before digests existed). None: no such analysis (any more)."""
+        """The stored digest of an analysis, computed and stored first if it has none or an
+        older version's (an analysis saved before digests, or before their newest keys, existed).
+        None: no such analysis (any more)."""
         with self.connect() as db:
             row = db.execute("SELECT digest, data FROM analyses WHERE id = ?", (analysis_id,)).fetchone()
         if row is None:
             return None
-        if row[0] is not None:
-            return json.loads(row[0])
+        if row[0] is not None and is_current(stored := json.loads(row[0])):
+            return stored
         made = digest(json.loads(zlib.decompress(row[1])))
         with self.connect() as db:
             db.execute("UPDATE analyses SET digest = ? WHERE id = ?", (json.dumps(made), analysis_id))

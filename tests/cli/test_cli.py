@@ -58,9 +58,11 @@ def test_cli_analyze_into_a_folder(tmp_path, capsys):
     ]
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\n{bad\n")
     out = tmp_path / "report"
-    assert main(["analyze", str(src), "--out", str(out), "--no-store", "--cache-dir", str(REAL_CACHE)]) == 1
+    argv = ["analyze", str(src), "--out", str(out), "--no-store", "--cache-dir", str(REAL_CACHE)]
+    assert main(argv + ["--privileged", "17*23 = 391"]) == 1
     assert {p.name for p in out.iterdir()} == {
         "analyses.jsonl", "summaries.csv", "summaries.jsonl", "steps.parquet", "figures.json", "report.html",
+        "headline.csv", "headline.md", "headline.tex",
     }  # fmt: skip
     steps = pd.read_parquet(out / "steps.parquet")
     summaries = pd.read_csv(out / "summaries.csv")
@@ -68,4 +70,13 @@ def test_cli_analyze_into_a_folder(tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert "<script src=" not in html and "Plotly.react" in html and "line 3: invalid JSON" in html
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)" in html
+    headline = pd.read_csv(out / "headline.csv").set_index("measure")
+    assert headline.loc["kl_top_5pct", "all_median"] == pytest.approx(summaries["kl_top_5pct"].median())
+    assert headline.loc["kl_gini", "incorrect_median"] == pytest.approx(summaries["kl_gini"][0])  # "wrong"
+    assert headline.loc["agreement_rate", "all_n"] == 2 and headline.loc["agreement_rate", "correct_n"] == 0
+    md = (out / "headline.md").read_text()
+    assert md.startswith("| measure | all (n=2) | correct (n=0) | incorrect (n=1) |")
+    top5 = md.splitlines()[3]  # the second measure: top 5% of tokens
+    assert top5.startswith("| top 5% of tokens carry") and top5.split(" | ")[1] in html  # the same cell
+    assert 'id="headline-table"' in html and "Gini of reverse KL" in html
     assert "2 analysed, 1 failed" in capsys.readouterr().err

@@ -121,7 +121,7 @@ def test_exports_read_back_with_pandas(tiny_client):
     assert list(first["reverse_kl"]) == pytest.approx([s["reverse_kl"] for s in a["steps"]])
     assert list(first["token"]) == [s["token"] for s in a["steps"]]
     figures = tiny_client.get(f"/api/jobs/{job_id}/figures").json()
-    assert set(figures) == {"signal", "position", "agreement", "first_divergence"}
+    assert set(figures) == {"signal", "position", "agreement", "first_divergence", "kl_top_5pct", "kl_gini"}
     assert figures["agreement"]["data"][0]["name"].startswith("correct (3)")
     assert tiny_client.get(f"/api/jobs/{job_id}/steps?format=xml").status_code == 422
     assert tiny_client.get("/api/jobs/nope").status_code == 404

@@ -20,7 +20,9 @@ from support.synthetic import synthetic_analysis, synthetic_job
 from vrollout.core.errors import NotFound
 from vrollout.report.dataset import (
     SUMMARY_COLUMNS,
+    digest,
     figures_of,
+    is_current,
     step_rows,
     steps_parquet_chunks,
     summaries_csv_chunks,
@@ -93,6 +95,21 @@ def test_an_old_database_keeps_working_and_gets_its_digests(tmp_path):
     assert [summary_of(d) for d in stored] == [summary_row(a) for a in analyses]  # computed once
     assert jobs.store.get(analyses[0]["id"]) == analyses[0]
     Jobs(Store(path))  # opening a migrated database again changes nothing
+
+
+def test_digests_of_an_older_version_are_made_again_once(jobs):
+    """A digest stored before its newest keys existed (here: before concentration) is rebuilt
+    from the analysis when a view first reads it, then read as stored."""
+    job_id = synthetic_job(jobs, lines=2, tokens=30, top_k=2)
+    analyses = jobs.analyses(job_id)
+    with jobs.store.connect() as db:
+        for a in analyses:
+            old = {k: v for k, v in digest(a).items() if not k.startswith(("kl_top", "kl_gini", "version"))}
+            db.execute("UPDATE analyses SET digest = ? WHERE id = ?", (json.dumps(old), a["id"]))
+    assert [summary_of(d) for d in jobs.digests(job_id)] == [summary_row(a) for a in analyses]
+    with jobs.store.connect() as db:
+        stored = [json.loads(d) for (d,) in db.execute("SELECT digest FROM analyses ORDER BY rowid")]
+    assert all(is_current(d) and d["kl_gini"] is not None for d in stored)
 
 
 def test_summaries_and_figures_never_parse_the_analyses(jobs, monkeypatch):

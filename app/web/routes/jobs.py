@@ -13,7 +13,16 @@ from fastapi.responses import Response, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 from vrollout.core.errors import BadTrajectory, TooLong, VRError
-from vrollout.core.responses import Deleted, Figure, Job, JobCreated, JobItem, SummaryRow, media
+from vrollout.core.responses import (
+    Deleted,
+    Figure,
+    Headline,
+    Job,
+    JobCreated,
+    JobItem,
+    SummaryRow,
+    media,
+)
 from vrollout.core.trajectories import parse_file
 from vrollout.core.validation import unknown_key_warnings
 from vrollout.report.dataset import (
@@ -25,6 +34,8 @@ from vrollout.report.dataset import (
     summaries_csv_chunks,
     summary_of,
 )
+from vrollout.report.headline import FORMATS as HEADLINE_FORMATS
+from vrollout.report.headline import headline
 from vrollout.service import Analyzer
 from vrollout.storage.jobs import FINAL, JobRunner, Jobs
 from vrollout.storage.progress import Follower
@@ -242,6 +253,28 @@ async def job_steps(job_id: str, jobs: JobsDep, format: str = "parquet") -> Resp
 async def job_figures(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """The dataset page's Plotly figures (each opens with `plotly.io.from_json`)."""
     return await run_in_threadpool(lambda: figures_of(jobs.digests(job_id)))
+
+
+@router.get(
+    "/{job_id}/headline",
+    response_model=Headline,
+    responses=media(
+        "the table",
+        {"text/csv": "format=csv", "text/markdown": "format=md", "application/x-tex": "format=tex"},
+    ),
+)
+async def job_headline(job_id: str, jobs: JobsDep, format: str = "json") -> dict[str, Any] | Response:
+    """The dataset's headline table (measures × all, correct, incorrect; each cell the median
+    across trajectories with its interquartile range and n): `format=json` (default), or as a
+    file to paste into a paper, `csv`, `md` (Markdown) or `tex` (LaTeX, booktabs)."""
+    if format != "json" and format not in HEADLINE_FORMATS:
+        raise BadTrajectory("format must be json, csv, md or tex", field="format")
+    table = await run_in_threadpool(lambda: headline(jobs.digests(job_id)))
+    if format == "json":
+        return table
+    render, media_type, suffix = HEADLINE_FORMATS[format]
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-headline.{suffix}"'}
+    return Response(render(table), media_type=media_type, headers=headers)
 
 
 def _download(pieces: Iterator[str] | Iterator[bytes], media_type: str, filename: str) -> StreamingResponse:
