@@ -325,11 +325,11 @@ class _Group:
                 self.spread[name].append(value)
 
 
-# Distributions across trajectories (one value each, in [0, 1]): figure key -> title.
+# Distributions across trajectories (one value each, in [0, 1]): figure key -> (title, x axis).
 SPREAD_FIGURES = {
-    "kl_top_5pct": "share of reverse KL carried by the top 5% of tokens, across trajectories",
-    "kl_gini": "Gini coefficient of reverse KL over tokens, across trajectories",
-    "surface_share": "share of a trajectory's divergences that are surface (re-join), across trajectories",
+    "kl_top_5pct": ("top 5% of tokens: their share of the KL", "share of a trajectory's reverse KL"),
+    "kl_gini": ("how unevenly the KL is spread (Gini)", "Gini of a trajectory's per-token reverse KL"),
+    "surface_share": ("surface divergences (re-join)", "share of a trajectory's classified divergences"),
 }
 SPREAD_BINS = 20
 
@@ -408,8 +408,12 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "layout": {
                 **base,
                 "barmode": "group",
-                "title": {"text": SPREAD_FIGURES[key]},
-                "xaxis": {"tickformat": ".0%" if key != "kl_gini" else ".1f", "range": [0, 1]},
+                "title": {"text": SPREAD_FIGURES[key][0]},
+                "xaxis": {
+                    "title": {"text": SPREAD_FIGURES[key][1]},
+                    "tickformat": ".0%" if key != "kl_gini" else ".1f",
+                    "range": [0, 1],
+                },
                 "yaxis": {"title": {"text": "share of trajectories"}, "tickformat": ".0%"},
             },
         }

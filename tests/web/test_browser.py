@@ -298,8 +298,15 @@ def test_upload_and_dataset_page(server, page, tmp_path):
     assert kls == sorted(kls, reverse=True)
     page.fill("#filter", "381")
     assert rows.count() == 1
-    for name in ("signal", "position", "agreement", "first_divergence"):
+    for name in ("signal", "position", "agreement", "first_divergence", "kl_top_5pct", "kl_gini"):
         assert page.evaluate(f"document.getElementById('fig-{name}').data.length") == 2  # correct, incorrect
+    heads = page.locator("#headline-table thead th").all_text_contents()
+    assert heads == ["Measure", "all (n=2)", "correct (n=1)", "incorrect (n=1)"]
+    job_id = page.url.rsplit("/", 1)[-1]
+    table = server.get(f"/api/jobs/{job_id}/headline")
+    shown = page.locator("#headline-table tbody tr[data-measure=kl_gini] td").all_text_contents()
+    gini = next(r for r in table["rows"] if r["measure"] == "kl_gini")["cells"]
+    assert shown == ["Gini of reverse KL"] + [gini[g]["text"] for g in ("all", "correct", "incorrect")]
     page.screenshot(path=tmp_path / "dataset.png", full_page=True)
     page.click("#trajectories tbody tr a")
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
