@@ -328,6 +328,7 @@ class Analyzer:
             top_k=opts.top_k,
             generation=generation,
             continuations=continuations,
+            continuation_tokens=opts.continuation_tokens,
             extra=extra,
         )
         if "recovery" in extra:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from vrollout.core.contexts import Contexts
 from vrollout.core.replay import ReplayResult
-from vrollout.core.signal import concentration
+from vrollout.core.signal import MIN_WINDOW, concentration, divergence_kind, fork_matters
 from vrollout.core.trajectories import Trajectory
 
 if TYPE_CHECKING:  # the core never imports torch
@@ -26,8 +26,16 @@ def token_strings(tokenizer: Any, ids: set[int]) -> dict[int, str]:
     return dict(zip(order, texts, strict=True))
 
 
-def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Dataset-free numbers for one trajectory. Positions are 0-based indices into the response."""
+def _count(steps: list[dict[str, Any]], name: str, value: Any) -> int:
+    return sum(1 for s in steps if s.get(name) == value)
+
+
+def summarize(
+    steps: list[dict[str, Any]], *, classified: bool = False, recovered: bool = False
+) -> dict[str, Any]:
+    """Dataset-free numbers for one trajectory. Positions are 0-based indices into the response.
+    `classified`: the divergences carry `divergence_kind` (continuations were asked for);
+    `recovered`: their forks carry `fork_matters` (recovery ran too)."""
     n = len(steps)
     rkl = [s["reverse_kl"] for s in steps]
     total = sum(rkl)
@@ -51,7 +59,68 @@ def summarize(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "teacher_logprob_total": sum(s["teacher_logprob"] for s in steps),
         "concentration": concentration(rkl),
         "concentration_abs_advantage": concentration([abs(s["advantage"]) for s in steps]),
+        **teachability_summary(steps),
+        **divergence_summary(steps, len(divergent), classified, recovered),
     }
+
+
+def teachability_summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean teacher mass on the student's top-k, and the divergences whose correction is in
+    it; null where the steps do not carry them (top_k = 0, or stored before they existed)."""
+    masses = [m for s in steps if (m := s.get("teacher_mass_on_student_topk")) is not None]
+    return {
+        "teacher_mass_on_student_topk_mean": sum(masses) / len(masses) if masses else None,
+        "divergences_in_student_topk": _count(steps, "correction_in_student_topk", True) if masses else None,
+    }
+
+
+def divergence_summary(
+    steps: list[dict[str, Any]], divergences: int, classified: bool, recovered: bool
+) -> dict[str, Any]:
+    """Counts of surface and fork divergences (null without continuations) and of forks that
+    matter (null without recovery as well)."""
+    if not classified:
+        return dict.fromkeys(
+            ("divergences_classified", "divergences_surface", "divergences_fork", "forks_that_matter")
+        )
+    surface, fork = _count(steps, "divergence_kind", "surface"), _count(steps, "divergence_kind", "fork")
+    return {
+        "divergences_classified": surface + fork,
+        "divergences_surface": surface,
+        "divergences_fork": fork,
+        "forks_that_matter": _count(steps, "fork_matters", True) if recovered else None,
+    }
+
+
+def classify_steps(
+    steps: list[dict[str, Any]],
+    response_ids: list[int],
+    top_k: int,
+    continuation_tokens: int,
+    recovery: dict[str, Any] | None,
+) -> tuple[bool, bool]:
+    """Add the teachability and surface-or-fork fields to each step (docs/metrics.md); returns
+    whether the divergences were classified and whether forks were checked against recovery."""
+    classified = continuation_tokens >= MIN_WINDOW
+    recovered = classified and recovery is not None
+    success = {p["position"]: p["success"] for p in recovery["points"]} if recovery else {}
+    for t, step in enumerate(steps):
+        divergent = not step["agree"]
+        continuation = step["teacher_continuation"]
+        kind = None
+        if divergent and classified and continuation is not None:
+            kind = divergence_kind(continuation["token_ids"], response_ids, t, continuation_tokens)
+        in_topk = None
+        if divergent and top_k > 0:
+            in_topk = any(alt["token_id"] == step["teacher_top1_id"] for alt in step["student_topk"])
+        step["correction_in_student_topk"] = in_topk
+        step["divergence_kind"] = kind
+        step["fork_matters"] = (
+            fork_matters(t, len(steps), success, recovery["student_success"])
+            if kind == "fork" and recovered and recovery is not None
+            else None
+        )
+    return classified, recovered
 
 
 def build_analysis(
@@ -66,6 +135,7 @@ def build_analysis(
     top_k: int,
     generation: dict[str, Any] | None,
     continuations: list[list[int]] | None = None,
+    continuation_tokens: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     tok = pair.student.tokenizer
@@ -105,8 +175,16 @@ def build_analysis(
                 "teacher_topk": topk(result.teacher_topk_ids[t], result.teacher_topk_logprobs[t]),
                 "student_topk": topk(result.student_topk_ids[t], result.student_topk_logprobs[t]),
                 "teacher_continuation": continuation,
+                "teacher_mass_on_student_topk": result.teacher_mass_on_student_topk[t] if top_k > 0 else None,
             }
         )
+    extra = dict(extra or {})
+    for name, values in extra.pop("per_step", {}).items():  # a server's noise (vllm/intervals.py)
+        for step, value in zip(steps, values, strict=True):
+            step[name] = value
+    if continuations is None:
+        continuation_tokens = 0
+    flags = classify_steps(steps, response_ids, top_k, continuation_tokens, (extra or {}).get("recovery"))
     rollout = result.teacher_top1_id
     return {
         "id": analysis_id,
@@ -131,7 +209,7 @@ def build_analysis(
             "token_ids": rollout,
             "text": tok.decode(rollout, skip_special_tokens=False),
         },
-        "summary": summarize(steps),
+        "summary": summarize(steps, classified=flags[0], recovered=flags[1]),
         "trajectory": {
             "format": traj.format,
             "id": traj.id,
@@ -140,6 +218,7 @@ def build_analysis(
             "prompt": traj.messages,
         },
         "top_k": top_k,
+        "continuation_tokens": continuation_tokens,
         "generation": generation,
         "backend": "local",
         "notes": ctx.notes,

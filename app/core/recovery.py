@@ -19,15 +19,18 @@ if TYPE_CHECKING:
     from vrollout.local.models import ModelPair
 
 ALL_PREFIXES_UP_TO = 64  # responses up to this many tokens: every prefix is tried
-TARGET_POINTS = 64  # longer ones: a stride giving about this many, plus every divergence
+TARGET_POINTS = 64  # longer ones: a stride giving about this many, plus every divergence d and d + 1
 
 
 def recovery_positions(T: int, divergences: list[int]) -> tuple[list[int], int]:
-    """Prefix lengths to try and the stride used (1 = every prefix)."""
+    """Prefix lengths to try and the stride used (1 = every prefix). Every divergence d and the
+    prefix just after it, d + 1 (when d + 1 < T), are always tried: whether a fork matters
+    compares the two (`signal.fork_matters`), measured rather than read off neighbours."""
     if T <= ALL_PREFIXES_UP_TO:
         return list(range(T)), 1
     stride = math.ceil(T / TARGET_POINTS)
-    return sorted(set(range(0, T, stride)) | set(divergences)), stride
+    around = {t for d in divergences for t in (d, d + 1) if t < T}
+    return sorted(set(range(0, T, stride)) | around), stride
 
 
 def recovery(

@@ -32,6 +32,8 @@ class ReplayResult:
     teacher_topk_logprobs: list[list[float]] = field(default_factory=list)
     student_topk_ids: list[list[int]] = field(default_factory=list)
     student_topk_logprobs: list[list[float]] = field(default_factory=list)
+    # Teachability: Σ over the student's top-k ids of the teacher's probability q_t(v).
+    teacher_mass_on_student_topk: list[float] = field(default_factory=list)
     # Not a per-step field: the teacher's key/value cache over context + response, kept when
     # continuations follow (`replay(keep_teacher_cache=True)`), so they need no pass of their own.
     teacher_cache: Any = field(default=None, repr=False, compare=False)

@@ -174,6 +174,27 @@ class Step(BaseModel):
     teacher_topk: list[TopToken]
     student_topk: list[TopToken]
     teacher_continuation: Continuation | None
+    # Optional: analyses stored before these fields existed are served as they were stored.
+    teacher_mass_on_student_topk: float | None = Field(
+        None, description="teachability: Σ over the student's top-k ids of the teacher's probability"
+    )
+    correction_in_student_topk: bool | None = Field(
+        None, description="at a divergence: the teacher's top-1 is among the student's top-k"
+    )
+    divergence_kind: Literal["surface", "fork"] | None = Field(
+        None, description="at a divergence with a continuation: whether it re-joins the student's tokens"
+    )
+    fork_matters: bool | None = Field(
+        None, description="at a fork, with recovery: the teacher reaches the answer before it, not after"
+    )
+    # Only on a server's analyses (docs/metrics.md, "Noise bounds"); absent on local ones.
+    uncertain: bool | None = Field(
+        None, description="vLLM: the teacher's or student's top-2 are closer than twice noise.logprob_bound"
+    )
+    reverse_kl_interval: list[float | None] | None = Field(
+        None, description="vLLM: [lo, hi] holding the exact reverse KL (hi null: the tail is unbounded)"
+    )
+    forward_kl_interval: list[float | None] | None = Field(None, description="vLLM: likewise, forward KL")
 
 
 class Side(BaseModel):
@@ -216,6 +237,25 @@ class Summary(BaseModel):
     # Optional: analyses stored before these fields existed are served as they were stored.
     concentration: Concentration | None = Field(None, description="of the per-step reverse KL")
     concentration_abs_advantage: Concentration | None = Field(None, description="of |advantage|")
+    teacher_mass_on_student_topk_mean: float | None = None
+    divergences_in_student_topk: int | None = Field(
+        None, description="divergences whose correction is among the student's top-k"
+    )
+    divergences_classified: int | None = Field(None, description="null without continuations")
+    divergences_surface: int | None = None
+    divergences_fork: int | None = None
+    forks_that_matter: int | None = Field(None, description="null without recovery")
+
+
+class Noise(BaseModel):
+    """How far to trust a server's numbers (DESIGN.md, "Numbers from a server")."""
+
+    dtype: str = Field(description="what the server computes in: bfloat16, float16 or float32")
+    logprob_bound: float = Field(description="nats: every reported log-prob is within this of the exact one")
+    method: str = Field(description="local (against the local engine on a probe) or repeat")
+    measured: float | None = None
+    probe_tokens: int | None = None
+    logprob_floor: float | None = None
 
 
 class Analysis(BaseModel):
@@ -230,6 +270,7 @@ class Analysis(BaseModel):
     steps: list[Step]
     virtual_rollout: Rollout
     summary: Summary
+    noise: Noise | None = Field(None, description="vLLM only: the servers' dtype and log-prob error bound")
 
 
 class AnalysisListItem(BaseModel):

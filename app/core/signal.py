@@ -55,3 +55,51 @@ def lorenz(values: list[float], points: int = 101) -> dict[str, list[float]] | N
         prefix.append(prefix[-1] + v)
     xs = [i / (points - 1) for i in range(points)]
     return {"x": xs, "y": [prefix[min(n, math.ceil(x * n - 1e-9))] / total for x in xs]}
+
+
+# Surface or fork (docs/metrics.md, "Surface or fork"): does the teacher's continuation from a
+# divergence re-join the student's own tokens within the continuation window?
+REJOIN_RUN = 3  # tokens in a row that must match
+MIN_WINDOW = 2  # continuation_tokens below this: one token, nothing after it to re-join with
+
+
+def rejoin_run(window: int) -> int:
+    """The run length R for a continuation window of m tokens: min(REJOIN_RUN, m − 1), so that
+    a short window can still re-join after its first token."""
+    return min(REJOIN_RUN, window - 1)
+
+
+def rejoin_position(continuation: list[int], response: list[int], d: int, window: int) -> int | None:
+    """Where the teacher's continuation c from divergence d re-joins the response y, or None.
+
+    With R = rejoin_run(window): the smallest j in [d, min(d + window, T)) such that
+    y[j : j+R] == c[i : i+R] for some i, both runs whole (j + R ≤ len(y), i + R ≤ len(c)). A run
+    cut short by the end of either text does not count: two shared tokens at the very end (a
+    period, an end-of-sequence token) are no evidence of a rewording. `naive_rejoin` in
+    tests/core/test_signal.py tries every (i, j) instead of matching R-grams.
+    """
+    run = rejoin_run(window)
+    if run < 1:
+        raise ValueError(f"a continuation window of {window} token(s) cannot re-join (at least {MIN_WINDOW})")
+    grams = {tuple(continuation[i : i + run]) for i in range(len(continuation) - run + 1)}
+    for j in range(d, min(d + window, len(response) - run + 1)):
+        if tuple(response[j : j + run]) in grams:
+            return j
+    return None
+
+
+def divergence_kind(continuation: list[int], response: list[int], d: int, window: int) -> str:
+    """ "surface" when the continuation from divergence d re-joins the response, else "fork"."""
+    return "fork" if rejoin_position(continuation, response, d, window) is None else "surface"
+
+
+def fork_matters(d: int, tokens: int, success: dict[int, bool], student_success: bool) -> bool | None:
+    """A fork at d matters when the teacher, taking over, reaches the answer from the prefix
+    before it (recovery at t = d succeeds) and not from the prefix after it (t = d + 1 fails;
+    for d + 1 = T the prefix is the whole response: the student's own success). None where a
+    needed prefix was not tried. `success`: recovery position -> success."""
+    after = student_success if d + 1 == tokens else success.get(d + 1)
+    before = success.get(d)
+    if before is None or after is None:
+        return None
+    return before and not after

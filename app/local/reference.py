@@ -19,11 +19,15 @@ def last_logprobs(model: LoadedModel, ids: list[int], vocab_size: int) -> torch.
     return torch.log_softmax(logits[0, -1, :vocab_size].float(), dim=-1)
 
 
-def naive_step(logp: torch.Tensor, logq: torch.Tensor, token: int, top_k: int) -> dict[str, Any]:
-    """Every field of one step from the two full log-distributions, one definition at a time."""
+def naive_step(
+    logp: torch.Tensor, logq: torch.Tensor, token: int, top_k: int, mass_k: int | None = None
+) -> dict[str, Any]:
+    """Every field of one step from the two full log-distributions, one definition at a time.
+    `mass_k`: the student's top-k size for the teacher's mass on it (default `top_k`)."""
     p, q = logp.exp(), logq.exp()
     t_vals, t_ids = torch.topk(logq, top_k)
     s_vals, s_ids = torch.topk(logp, top_k)
+    student_topk = torch.topk(logp, top_k if mass_k is None else mass_k).indices
     return {
         "student_logprob": logp[token].item(),
         "teacher_logprob": logq[token].item(),
@@ -39,6 +43,7 @@ def naive_step(logp: torch.Tensor, logq: torch.Tensor, token: int, top_k: int) -
         "teacher_topk_logprobs": t_vals.tolist(),
         "student_topk_ids": s_ids.tolist(),
         "student_topk_logprobs": s_vals.tolist(),
+        "teacher_mass_on_student_topk": sum(q[v].item() for v in student_topk.tolist()),
         "teacher_margin": (t_vals[0] - t_vals[1]).item() if top_k > 1 else float("inf"),
     }
 
@@ -55,7 +60,7 @@ def naive_replay(
     for t, token in enumerate(response):
         logp = last_logprobs(pair.student, student_context + response[:t], pair.vocab_size)
         logq = last_logprobs(pair.teacher, teacher_context + response[:t], pair.vocab_size)
-        steps.append(naive_step(logp, logq, token, max(top_k, 2)))
+        steps.append(naive_step(logp, logq, token, max(top_k, 2), mass_k=top_k))
     return steps
 
 

@@ -27,7 +27,13 @@ from vrollout.local.continuations import from_divergences
 from vrollout.local.models import ModelPair
 from vrollout.vllm.client import ReplicaPool
 from vrollout.vllm.remote import RemoteModel, check_server, eos_ids, load_tokenizer
-from vrollout.vllm.topk import BadServerAnswer, Position, parse_positions, replay_from_positions
+from vrollout.vllm.topk import (
+    ESTIMATED_FIELDS,
+    BadServerAnswer,
+    Position,
+    parse_positions,
+    replay_from_positions,
+)
 
 
 def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
@@ -196,7 +202,7 @@ class VLLMBackend:
         record = {
             "backend": self.name,
             "top_k_logprobs": k,
-            "estimated": ["reverse_kl", "forward_kl", "student_entropy", "teacher_entropy"],
+            "estimated": list(ESTIMATED_FIELDS),
             "estimator": {
                 "method": "top-K lower bound: tokens known under both models, plus one rest bucket",
                 "rest_mass": rest,

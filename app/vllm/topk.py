@@ -32,7 +32,13 @@ from typing import Any
 
 from vrollout.core.replay import ReplayResult
 
-ESTIMATED_FIELDS = ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy")
+ESTIMATED_FIELDS = (
+    "reverse_kl",
+    "forward_kl",
+    "student_entropy",
+    "teacher_entropy",
+    "teacher_mass_on_student_topk",
+)
 REST_MARGIN = 1e-6  # float32 rounding of the server's log-probs, added to the divisor's rest mass
 
 
@@ -107,6 +113,12 @@ def entropy_bounds(position: Position, vocab_size: int) -> tuple[float, float]:
     return lower, max(lower, upper)
 
 
+def teacher_mass_lower_bound(q: dict[int, float], student_top: list[int]) -> float:
+    """Σ q(v) over the student's top-k ids whose teacher log-prob the server told (its top-K and
+    the actual token): the exact mass minus what the unknown ids hold, so a lower bound."""
+    return math.fsum(math.exp(q[i]) for i in student_top if i in q)
+
+
 def replay_from_positions(
     student: list[Position], teacher: list[Position], response: list[int], top_k: int, vocab_size: int
 ) -> tuple[ReplayResult, dict[str, list[float]]]:
@@ -130,6 +142,7 @@ def replay_from_positions(
         result.teacher_topk_logprobs.append([v for _, v in t_top[:top_k]])
         result.student_topk_ids.append([i for i, _ in s_top])
         result.student_topk_logprobs.append([v for _, v in s_top])
+        result.teacher_mass_on_student_topk.append(teacher_mass_lower_bound(q, [i for i, _ in s_top]))
         shared = p.keys() & q.keys()
         rest["student"].append(rest_mass(p, shared))
         rest["teacher"].append(rest_mass(q, shared))

@@ -4,7 +4,16 @@ import math
 import random
 
 import pytest
-from vrollout.core.signal import concentration, lorenz
+from vrollout.core.signal import (
+    MIN_WINDOW,
+    REJOIN_RUN,
+    concentration,
+    divergence_kind,
+    fork_matters,
+    lorenz,
+    rejoin_position,
+    rejoin_run,
+)
 
 
 def naive(k: list[float]) -> dict:
@@ -52,3 +61,78 @@ def test_lorenz_curve_matches_the_top_shares() -> None:
     assert curve["y"][5] == pytest.approx(c["top_5pct"]) and curve["y"][20] == pytest.approx(c["top_20pct"])
     assert all(a <= b for a, b in zip(curve["y"], curve["y"][1:], strict=False))
     assert lorenz([0.0, 0.0]) is None
+
+
+# Surface or fork: the re-join rule of docs/metrics.md, against a brute force over every (i, j).
+def naive_rejoin(c: list[int], y: list[int], d: int, window: int) -> int | None:
+    run = min(REJOIN_RUN, window - 1)
+    for j in range(d, d + window):
+        for i in range(len(c)):
+            whole = i + run <= len(c) and j + run <= len(y)
+            if whole and all(c[i + r] == y[j + r] for r in range(run)):
+                return j
+    return None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_rejoin_equals_the_brute_force(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = rng.randint(2, 5)  # small alphabets: many partial matches and cut runs
+    for _ in range(50):
+        y = [rng.randrange(alphabet) for _ in range(rng.randint(1, 14))]
+        d = rng.randrange(len(y))
+        window = rng.randint(MIN_WINDOW, 8)
+        n = rng.randint(1, window)  # cut short, as by an end-of-sequence token
+        top1 = rng.choice([v for v in range(alphabet + 1) if v != y[d]])
+        c = [top1] + [rng.randrange(alphabet) for _ in range(n - 1)]
+        if rng.random() < 0.3:  # a continuation that ends as the response does
+            c = (c + y[len(y) - rng.randint(1, len(y)) :])[:window]
+        assert rejoin_position(c, y, d, window) == naive_rejoin(c, y, d, window), (c, y, d, window)
+
+
+# Hand-built: token ids stand for words. y = "so 17 * 23 = 391 ." with a divergence at d.
+Y = [10, 17, 30, 23, 40, 391, 50]  # so 17 * 23 = 391 .
+
+
+def test_a_rewording_rejoins() -> None:
+    # The teacher says "17 times 23 = 391" where the student wrote "17 * 23 = 391": at d = 2
+    # ("*" vs "times") it re-joins at "23 = 391", the student's position 3.
+    assert rejoin_position([31, 23, 40, 391], Y, 2, 4) == 3
+    assert divergence_kind([31, 23, 40, 391], Y, 2, 4) == "surface"
+    # An inserted word ("so , 17 * 23"): the continuation re-joins at the divergent token itself.
+    assert rejoin_position([60, 17, 30, 23], Y, 1, 4) == 1
+    # A dropped word: the teacher's first token is already the student's next one.
+    assert rejoin_position([17, 30, 23], Y, 0, 3) == 1
+
+
+def test_a_real_fork_does_not_rejoin() -> None:
+    # The teacher computes something else ("17 * 20 = 340 ."): no run of 3 in common.
+    assert divergence_kind([20, 40, 340, 50], Y, 3, 4) == "fork"
+    # One shared token is not a re-join: "= 381 ." shares only "=" and "." one at a time.
+    assert divergence_kind([381, 40, 77, 50], Y, 5, 4) == "fork"
+    # A re-join outside the window does not count: at d = 0 with m = 2 the student's tokens
+    # searched are positions 0 and 1 only, and "23 = 391" starts at 3.
+    assert rejoin_position([99, 23, 40, 391], Y, 0, 2) is None
+
+
+def test_runs_cut_by_the_end_do_not_count() -> None:
+    # "= 381 ." vs the teacher's "= 391 .": after the number only "." is left, short of R = 3.
+    assert rejoin_position([391, 50], Y, 5, 8) is None
+    assert rejoin_position([41, 391, 50], Y, 4, 8) is None  # "is 391 ." vs "= 391 .": 2 tokens
+    # The window ends before a full run ("times 23", then cut): no evidence of a re-join.
+    assert rejoin_position([31, 23], Y, 2, 8) is None
+    # A window of m tokens asks for runs of min(3, m - 1): of 1 for m = 2.
+    assert rejoin_run(2) == 1 and rejoin_position([31, 23], Y, 2, 2) == 3
+    with pytest.raises(ValueError):
+        rejoin_position([31], Y, 2, 1)
+
+
+def test_fork_matters_compares_the_prefixes_before_and_after() -> None:
+    success = {0: True, 1: True, 2: False, 3: False}
+    assert fork_matters(1, 4, success, student_success=False) is True  # before succeeds, after fails
+    assert fork_matters(0, 4, success, student_success=False) is False  # after it still succeeds
+    assert fork_matters(2, 4, success, student_success=False) is False  # already lost before it
+    assert fork_matters(3, 4, success, student_success=False) is False
+    assert fork_matters(3, 4, {3: True}, student_success=False) is True  # after = the whole response
+    assert fork_matters(3, 4, {3: True}, student_success=True) is False
+    assert fork_matters(1, 4, {1: True}, student_success=False) is None  # d + 1 not tried

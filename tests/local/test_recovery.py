@@ -30,9 +30,10 @@ def test_positions_every_prefix_for_short_responses():
 
 
 def test_positions_stride_plus_divergences_for_long_ones():
-    positions, stride = recovery_positions(1000, [7, 501])
-    assert stride == 16 and positions[:3] == [0, 7, 16] and 501 in positions
-    assert len(positions) <= 1000 // stride + 3
+    positions, stride = recovery_positions(1000, [7, 501, 999])
+    assert stride == 16 and positions[:4] == [0, 7, 8, 16] and {501, 502, 999} <= set(positions)
+    assert 1000 not in positions  # after the last token: the student's own response, not a prefix
+    assert len(positions) <= 1000 // stride + 6
     assert ALL_PREFIXES_UP_TO < 1000
 
 

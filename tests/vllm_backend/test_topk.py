@@ -127,3 +127,22 @@ def test_identical_models_give_zero_kl_and_full_agreement():
     assert result.teacher_topk_ids == [[0, 1]] * 3
     assert result.student_logprob == result.teacher_logprob == [math.log(P[y]) for y in response]
     assert rest["student"] == pytest.approx([0.3, 0.3, 0.15])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_teacher_mass_estimate_is_a_lower_bound(seed: int):
+    """Σ q over the student's top-k ids the teacher's answer holds: at most the exact mass, and
+    exactly it when the teacher's top-K covers the student's top-k."""
+    rng = random.Random(seed)
+    V = rng.randint(4, 40)
+    p, q = random_dist(rng, V, rng.uniform(0.5, 4)), random_dist(rng, V, rng.uniform(0.5, 4))
+    y = rng.randrange(V)
+    top_k = min(3, V)
+    student_top = sorted(range(V), key=lambda i: -p[i])[:top_k]
+    exact = sum(q[i] for i in student_top)
+    for K in (1, 3, V):
+        result, _ = replay_from_positions([position(p, 3, y)], [position(q, K, y)], [y], top_k, V)
+        estimate = result.teacher_mass_on_student_topk[0]
+        assert estimate <= exact + 1e-12
+        if K == V:
+            assert estimate == pytest.approx(exact, abs=1e-12)

@@ -118,7 +118,13 @@ def test_scoring_matches_the_local_engine(remote: Analyzer, real_analyzer: Analy
     for traj in TRAJECTORIES:
         a = remote.analyze({**traj, "top_k": 20})
         assert a["backend"] == "vllm" and a["top_k_logprobs"] == 20
-        assert a["estimated"] == ["reverse_kl", "forward_kl", "student_entropy", "teacher_entropy"]
+        assert a["estimated"] == [
+            "reverse_kl",
+            "forward_kl",
+            "student_entropy",
+            "teacher_entropy",
+            "teacher_mass_on_student_topk",
+        ]
         b = real_analyzer.analyze(same_ids(a))
         assert a["student"]["context_ids"] == b["student"]["context_ids"]
         ranks_equal = 0
