@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     max_pedagogical_cost: int = Field(
         default=4_096, ge=1, description="a pedagogical request: max_new_tokens x (1 + sweep points)"
     )
+    max_bootstrap: int = Field(
+        default=5_000,
+        ge=0,
+        description="bootstrap resamples a job's error-localization metrics may ask for (each costs "
+        "about lines with an error, squared)",
+    )
 
     # Model work: one worker thread; interactive requests wait in a bounded queue.
     max_queued_requests: int = Field(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vrollout.core.errors import TooLong, VRError
-from vrollout.core.localize import localization_line
+from vrollout.core.localize import is_localization_line
 from vrollout.core.localize_metrics import Setup
 from vrollout.core.trajectories import parse_file
 
@@ -52,17 +52,18 @@ def replay(
     privileged: str | None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> Replayed:
-    """Each line as an analysis request (`core.localize.localization_line`), then the analyses,
-    window by window in planned batches. `advance(n)`: n more lines finished (a progress bar)."""
+    """The analyses of the lines that carry steps (`Analyzer.prepare_line` makes each the
+    trajectory of its joined steps), window by window in planned batches. `advance(n)`: n more
+    lines finished (a progress bar)."""
     from vrollout.storage.jobs import WINDOW
 
     out = Replayed()
-    converted = []
+    converted = []  # `prepare_line` turns each into the trajectory of its joined steps
     for number, obj in lines:
-        try:
-            converted.append((number, localization_line(obj)))
-        except VRError as exc:
-            out.errors.append((number, exc.message))
+        if is_localization_line(obj):
+            converted.append((number, obj))
+        else:
+            out.errors.append((number, 'not a localization line: give "steps": [str] and "label": int'))
             advance(1)
     for w in range(0, len(converted), WINDOW):  # bounded memory
         prepared, failed = analyzer.prepare_lines(converted[w : w + WINDOW], options, privileged, out.unknown)

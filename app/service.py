@@ -20,6 +20,7 @@ from vrollout.core.backend import Backend, load_backend
 from vrollout.core.contexts import Contexts, build_contexts, check_ids
 from vrollout.core.errors import BadTrajectory, ModelOutOfMemory, VRError
 from vrollout.core.ids import new_id, now
+from vrollout.core.localize import is_localization_line, localization_line
 from vrollout.core.pedagogical import threshold_sweep
 from vrollout.core.recovery import recovery
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
@@ -191,7 +192,10 @@ class Analyzer:
     ) -> tuple[Prepared, Any, list[str]]:
         """A line of a file (an upload, the CLI's): `prepare`d with the file's options filled in.
         Unlike the API, a key that is not a field is kept in `meta` unless it is a near miss of
-        one. Returns the prepared line, the line as a job stores it, and its unknown keys."""
+        one. Returns the prepared line, the line as a job stores it, and its unknown keys. A line
+        in ProcessBench's shape (`steps`, `label`) becomes the trajectory of its joined steps."""
+        if is_localization_line(obj):
+            obj = localization_line(obj)
         line, unknown = open_keys(obj, self.models.analyze)
         line = with_defaults(line, options, privileged)
         return self.prepare(line), line, unknown

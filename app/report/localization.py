@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,16 +66,20 @@ def _fmt(x: float | None) -> str:
 
 
 def localization_result(
-    analyses: Sequence[dict[str, Any]], tokenizer: Any, recovery: bool, setup: Setup
+    analyses: Iterable[dict[str, Any]], tokenizer: Any, recovery: bool | None, setup: Setup
 ) -> LocalizationResult:
-    """Score every analysis of a localization line (others are skipped) and measure the scorers."""
-    scorers = [*TOKEN_SCORERS, *(["recovery_drop"] if recovery else [])]
+    """Score every analysis of a localization line (others are skipped; each is read once and
+    only its scores kept) and measure the scorers. `recovery`: include the recovery scorer
+    (None: when some line ran recovery)."""
+    scorers = [*TOKEN_SCORERS, "recovery_drop"] if recovery is not False else list(TOKEN_SCORERS)
+    any_recovery = False
     rows = []
     for analysis in analyses:
         found = localization_of(analysis)
         if found is None:
             continue
         steps, label = found
+        any_recovery = any_recovery or bool(analysis.get("recovery"))
         rows.append(
             {
                 "id": analysis["trajectory"].get("id"),
@@ -88,6 +92,10 @@ def localization_result(
         )
     if not rows:
         raise BadTrajectory("no analysed line carries steps and a label")
+    if recovery is None and not any_recovery:
+        scorers = list(TOKEN_SCORERS)
+        for row in rows:
+            del row["scores"]["recovery_drop"]
     labels = [r["label"] for r in rows]
     per_scorer = {name: [r["scores"][name] for r in rows] for name in scorers}
     metrics, predicted, folds = localization_metrics(

@@ -1,0 +1,79 @@
+"""A job of ProcessBench-shaped lines: uploaded as the steps joined, and its error-localization
+metrics served from the stored analyses (JSON and a page), equal to what the CLI computes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from support import GOOD, REPO, assert_error, upload, wait_done
+from vrollout.core.localize import TOKEN_SCORERS
+from vrollout.core.localize_metrics import Setup
+from vrollout.report.localization import localization_result
+
+
+def generated(problems: int = 3) -> str:
+    script = REPO / "examples" / "make_localization_data.py"
+    args = [sys.executable, str(script), "--problems", str(problems), "--per-problem", "2", "--seed", "2"]
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def job(tiny_client):
+    xss = {"id": "<img src=x onerror=alert(1)>", "prompt": "q", "steps": ["1 + 1 = 3.", "So 3."], "label": 0}
+    text = (
+        generated() + json.dumps(xss) + "\n" + json.dumps({"prompt": "q", "steps": ["a"], "label": 4}) + "\n"
+    )
+    created = upload(tiny_client, text).json()
+    assert created["warnings"] == [] and [r["line"] for r in created["rejected"]] == [8]
+    assert "label must be -1 or a step index (0..0), got 4" in created["rejected"][0]["error"]
+    assert wait_done(tiny_client, created["job"]["id"], timeout=300)["state"] == "done"
+    return created["job"]["id"]
+
+
+def test_job_metrics_equal_the_harness_on_the_stored_analyses(tiny_client, job, tiny):
+    body = tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=300&folds=3").json()
+    assert body["scorers"] == list(TOKEN_SCORERS) and body["setup"] == {
+        "folds": 3,
+        "seed": 0,
+        "bootstrap": 300,
+    }
+    analyses = tiny_client.app.state.jobs.analyses(job)
+    first = analyses[0]
+    assert first["response_text"] == "\n\n".join(first["trajectory"]["meta"]["steps"])
+    direct = localization_result(analyses, tiny.student.tokenizer, False, Setup(folds=3, bootstrap=300))
+    assert body["metrics"] == json.loads(json.dumps(direct.metrics))
+    preds = body["predictions"]
+    assert [p["line"] for p in preds] == list(range(1, 8)) and preds[-1][
+        "id"
+    ] == "<img src=x onerror=alert(1)>"
+    labels = np.array([p["label"] for p in preds])
+    for name in TOKEN_SCORERS:
+        predicted = np.array([p["predicted"][name] for p in preds])
+        assert body["metrics"][name]["acc_correct"] == pytest.approx(np.mean(predicted[labels < 0] == -1))
+        assert body["metrics"][name]["acc_error"] == pytest.approx(
+            np.mean((predicted == labels)[labels >= 0])
+        )
+
+
+def test_the_pages_show_the_table_escaped(tiny_client, job):
+    page = tiny_client.get(f"/jobs/{job}")
+    assert 'id="localization"' in page.text and "/static/localization.js" in page.text
+    html = tiny_client.get(f"/jobs/{job}/localization?bootstrap=50").text
+    assert 'id="localization-table"' in html and "max_reverse_kl" in html and "position (baseline)" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert '<script src="/static/report.js"></script>' in html
+
+
+def test_jobs_without_steps_and_bad_options_are_clear_errors(tiny_client, job):
+    plain = upload(tiny_client, json.dumps(GOOD) + "\n").json()["job"]["id"]
+    wait_done(tiny_client, plain)
+    assert_error(tiny_client.get(f"/api/jobs/{plain}/localization"), 422, "no analysed line carries steps")
+    assert_error(tiny_client.get("/api/jobs/nope/localization"), 404)
+    assert_error(
+        tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=999999"), 422, "VROLLOUT_MAX_BOOTSTRAP"
+    )
+    assert_error(tiny_client.get(f"/api/jobs/{job}/localization?folds=1"), 422)
