@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from vrollout.core.signal import headline
+
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
@@ -129,6 +131,7 @@ CSS = """
 .vr-nb .vr-texts{display:grid;grid-template-columns:1fr 1fr;gap:10px;margin-top:8px}
 .vr-nb pre{white-space:pre-wrap;margin:2px 0 0;padding:6px;background:#f5f7fa;font-size:12px}
 .vr-nb .vr-note{color:#7b8794;font-size:12px}
+.vr-nb .vr-headline{font-weight:600;font-size:14px;margin:0 0 4px}
 """
 
 
@@ -167,6 +170,13 @@ def _strip(steps: list[dict[str, Any]]) -> str:
     return "".join(cols)
 
 
+def _headline(a: dict[str, Any]) -> str:
+    """The analysis page's headline (core/signal.py), and what to ask for to complete it."""
+    text, missing = headline(a["summary"])
+    hints = "".join(f'<p class="vr-note">{html.escape(m)}</p>' for m in missing)
+    return f'<p class="vr-headline">{html.escape(text)}</p>{hints}'
+
+
 def render_html(a: dict[str, Any]) -> str:
     """An analysis as one self-contained HTML fragment (the notebook's inline view)."""
     e = html.escape
@@ -183,6 +193,7 @@ def render_html(a: dict[str, Any]) -> str:
         f'<div class="vr-nb"><style>{CSS}</style>'
         f'<p class="vr-head">Analysis <code>{e(a["id"])}</code> · student {e(a["student"]["model"])} · '
         f"teacher {e(teacher)}</p>"
+        f"{_headline(a)}"
         f'<table class="vr-sum">{rows}</table>'
         "<p class=\"vr-note\">top: the student's token · below: the teacher's top-1 at that prefix "
         "(highlighted where they differ); shade: reverse KL</p>"

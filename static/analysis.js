@@ -67,6 +67,28 @@
     return table;
   }
 
+  // Teachability and surface/fork (docs/metrics.md), where the step carries them.
+  const massApprox = analysis.estimated && analysis.estimated.includes("teacher_mass_on_student_topk") ? "≈ " : "";
+  const KINDS = {
+    surface: "surface divergence: the teacher's continuation re-joins the student's tokens",
+    fork: "fork: the teacher's continuation does not re-join",
+  };
+  function teachingLine(s) {
+    const parts = [];
+    if (s.teacher_mass_on_student_topk !== undefined && s.teacher_mass_on_student_topk !== null) {
+      parts.push(`teacher mass on the student's top-${analysis.top_k}: ${massApprox}${fmt(s.teacher_mass_on_student_topk)}`);
+    }
+    if (s.correction_in_student_topk === true) parts.push("the teacher's token is in the student's top-k");
+    if (s.correction_in_student_topk === false) parts.push("the teacher's token is outside the student's top-k");
+    if (s.divergence_kind in KINDS) {
+      let kind = KINDS[s.divergence_kind];
+      if (s.fork_matters === true) kind += " (it matters: the teacher reaches the answer before it, not after)";
+      if (s.fork_matters === false) kind += " (it does not change whether the teacher reaches the answer)";
+      parts.push(kind);
+    }
+    return parts.join(" · ");
+  }
+
   function details(i, full) {
     const s = steps[i];
     const box = document.createDocumentFragment();
@@ -88,6 +110,8 @@
         `log p_S(y) ${fmt(s.student_logprob)} · log p_T(y) ${fmt(s.teacher_logprob)} · advantage ${fmt(s.advantage)}`
       )
     );
+    const teaching = teachingLine(s);
+    if (teaching) box.append(el("div", teaching, "teaching"));
     const tables = el("div", undefined, "tt-tables");
     tables.append(topTable("teacher top-k", s.teacher_topk, s.token_id));
     tables.append(topTable("student top-k", s.student_topk, s.token_id));
@@ -158,7 +182,9 @@
   plot(chart, figure).then(() => {
     chart.on("plotly_click", (event) => {
       const point = event.points && event.points[0];
-      if (point && Number.isInteger(point.x) && point.x < steps.length) select(point.x, true);
+      // Only points over token positions select a token (the Lorenz panel's x is a share).
+      const overTokens = point && (point.data.xaxis || "x") === "x";
+      if (overTokens && Number.isInteger(point.x) && point.x < steps.length) select(point.x, true);
     });
     document.body.dataset.readyMs = String(Math.round(performance.now()));
     document.body.dataset.ready = "1";

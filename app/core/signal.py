@@ -103,3 +103,33 @@ def fork_matters(d: int, tokens: int, success: dict[int, bool], student_success:
     if before is None or after is None:
         return None
     return before and not after
+
+
+def headline(summary: dict[str, Any]) -> tuple[str, list[str]]:
+    """The analysis page's one-line answer, "N divergences: a surface, b forks (c that matter);
+    the top 5% of tokens carry X% of the signal", with the parts that were not computed left
+    out, and for each a sentence saying how to get it. Plain text: the caller escapes it."""
+    n = summary["divergences"]
+    text = f"{n} divergence{'' if n == 1 else 's'}"
+    missing = []
+    if summary.get("divergences_classified") is None:
+        if n:
+            missing.append(
+                "Ask for continuations (continuation_tokens ≥ 2) to classify the divergences "
+                "as surface or fork."
+            )
+    else:
+        forks = summary["divergences_fork"]
+        text += f": {summary['divergences_surface']} surface, {forks} fork{'' if forks == 1 else 's'}"
+        if summary.get("forks_that_matter") is not None:
+            text += f" ({summary['forks_that_matter']} that matter)"
+        elif forks:
+            missing.append("Add a reference answer and ask for recovery to find the forks that matter.")
+    top5 = (summary.get("concentration") or {}).get("top_5pct")
+    if top5 is not None:
+        text += f"; the top 5% of tokens carry {100 * top5:.0f}% of the signal"
+    elif summary.get("concentration") is None:
+        missing.append("Analyse it again for the signal's concentration (this analysis predates it).")
+    else:
+        text += "; no signal: the reverse KL is 0 at every token"
+    return text, missing

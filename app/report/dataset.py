@@ -42,6 +42,7 @@ STEP_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "position", "token_id", "token", "student_logprob",
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
     "teacher_entropy", "teacher_top1_id", "teacher_top1", "agree", "teacher_rank",
+    "teacher_mass_on_student_topk", "correction_in_student_topk", "divergence_kind", "fork_matters",
 )  # fmt: skip
 # The Parquet type of each step column, fixed so that row groups written one by one agree.
 STEP_TYPES = {
@@ -50,6 +51,9 @@ STEP_TYPES = {
     "teacher_logprob": "float64", "advantage": "float64", "reverse_kl": "float64",
     "forward_kl": "float64", "student_entropy": "float64", "teacher_entropy": "float64",
     "teacher_top1_id": "int64", "teacher_top1": "string", "agree": "bool", "teacher_rank": "int64",
+    # Null in analyses made before them, or where not computed (docs/metrics.md).
+    "teacher_mass_on_student_topk": "float64", "correction_in_student_topk": "bool",
+    "divergence_kind": "string", "fork_matters": "bool",
 }  # fmt: skip
 ROW_GROUP_ROWS = 32_768  # steps per Parquet row group: what an export holds in memory at once
 GROUP_COLORS = {"all": "#2c6fbb", "correct": "#27ae60", "incorrect": "#c0392b"}

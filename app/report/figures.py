@@ -16,11 +16,15 @@ from itertools import accumulate
 from typing import Any
 
 import plotly.graph_objects as go
+from vrollout.core.signal import lorenz
 
 KL_COLOR = "#c0392b"
 LOGPROB_COLOR = "#2c6fbb"
 SHARE_COLOR = "#7f8c8d"
 DIVERGENCE_COLOR = "#e67e22"
+ADVANTAGE_COLOR = "#16a085"
+MAIN_X = [0.0, 0.7]  # the signal over positions; the Lorenz panel sits to its right
+LORENZ_X = [0.79, 1.0]
 MARKERS_UP_TO = 400  # beyond this many tokens, lines only: thousands of SVG markers are slow
 
 
@@ -33,13 +37,35 @@ def _alternatives(topk: list[dict[str, Any]]) -> str:
     return "<br>".join(f"&nbsp;&nbsp;{_visible(t['token'])}  {math.exp(t['logprob']):.3f}" for t in topk[:5])
 
 
+KIND_TEXT = {"surface": "surface (the teacher's continuation re-joins)", "fork": "fork (it does not re-join)"}
+
+
+def teaching_text(step: dict[str, Any]) -> str:
+    """Teachability and the divergence's kind, where the step carries them ("" otherwise)."""
+    parts = []
+    if step.get("teacher_mass_on_student_topk") is not None:
+        parts.append(f"teacher mass on student top-k {step['teacher_mass_on_student_topk']:.3f}")
+    if step.get("correction_in_student_topk") is not None:
+        parts.append(
+            "correction in student top-k" if step["correction_in_student_topk"] else "correction outside it"
+        )
+    if step.get("divergence_kind"):
+        kind = KIND_TEXT[step["divergence_kind"]]
+        if step.get("fork_matters") is not None:
+            kind += ", matters" if step["fork_matters"] else ", does not matter"
+        parts.append(kind)
+    return " · ".join(parts)
+
+
 def hover_text(step: dict[str, Any]) -> str:
     mark = "=" if step["agree"] else "≠"
+    teaching = teaching_text(step)
     return (
         f"<b>#{step['position']} {_visible(step['token'])}</b> {mark} teacher "
         f"<b>{_visible(step['teacher_top1'])}</b><br>"
         f"reverse KL {step['reverse_kl']:.3f} nats · rank {step['teacher_rank']}<br>"
-        f"log p_T(y) {step['teacher_logprob']:.3f} · log p_S(y) {step['student_logprob']:.3f}<br>"
+        + (f"{html.escape(teaching)}<br>" if teaching else "")
+        + f"log p_T(y) {step['teacher_logprob']:.3f} · log p_S(y) {step['student_logprob']:.3f}<br>"
         f"teacher top-k:<br>{_alternatives(step['teacher_topk'])}<br>"
         f"student top-k:<br>{_alternatives(step['student_topk'])}"
     )
@@ -121,17 +147,20 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
         "clickmode": "event",
         "xaxis": {
             "anchor": "y3",
+            "domain": MAIN_X,
             "title": {"text": "token position in the response"},
             "gridcolor": "#eef0f3",
             "zeroline": False,
         },
         "yaxis": {
+            "anchor": "x",
             "domain": [0.44, 1.0],
             "title": {"text": "reverse KL (nats)"},
             "rangemode": "tozero",
             "gridcolor": "#eef0f3",
         },
         "yaxis2": {
+            "anchor": "x",
             "overlaying": "y",
             "side": "right",
             "range": [0, 1.02],
@@ -141,6 +170,7 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
             "title": {"text": "cumulative share"},
         },
         "yaxis3": {
+            "anchor": "x",
             "domain": [0.0, 0.38],
             "title": {"text": "teacher log p(y)"},
             "gridcolor": "#eef0f3",
@@ -148,7 +178,66 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
     }
     if analysis.get("recovery"):
         add_recovery(data, layout, analysis["recovery"])
+    add_lorenz(data, layout, steps)
     return {"data": data, "layout": layout}
+
+
+def add_lorenz(data: list[dict[str, Any]], layout: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+    """A panel beside the reverse KL: the Lorenz curves of the reverse KL and of |advantage|
+    (core/signal.py `lorenz`): the share of the total (y) carried by the largest share of tokens
+    (x). The diagonal is a signal spread evenly; the higher the curve, the fewer tokens carry it."""
+    layout["xaxis2"] = {
+        "domain": LORENZ_X,
+        "anchor": "y5",
+        "range": [0, 1],
+        "tickformat": ".0%",
+        "dtick": 0.25,
+        "title": {"text": "largest share of tokens"},
+        "gridcolor": "#eef0f3",
+    }
+    layout["yaxis5"] = {
+        "domain": layout["yaxis"]["domain"],
+        "anchor": "x2",
+        "range": [0, 1.02],
+        "tickformat": ".0%",
+        "dtick": 0.25,
+        "title": {"text": "share of the signal"},
+        "gridcolor": "#eef0f3",
+    }
+    data.append(
+        {
+            "type": "scatter",
+            "x": [0, 1],
+            "y": [0, 1],
+            "name": "even spread",
+            "mode": "lines",
+            "line": {"color": "#b3bac2", "dash": "dot", "width": 1},
+            "hoverinfo": "skip",
+            "showlegend": False,
+            "xaxis": "x2",
+            "yaxis": "y5",
+        }
+    )
+    for values, name, color in (
+        ([s["reverse_kl"] for s in steps], "Lorenz: reverse KL", KL_COLOR),
+        ([abs(s["advantage"]) for s in steps], "Lorenz: |advantage|", ADVANTAGE_COLOR),
+    ):
+        curve = lorenz(values)
+        if curve is None:  # no signal to share out
+            continue
+        data.append(
+            {
+                "type": "scatter",
+                "x": curve["x"],
+                "y": curve["y"],
+                "name": name,
+                "mode": "lines",
+                "line": {"color": color, "width": 1.5},
+                "hovertemplate": f"{name[8:]}: the top %{{x:.0%}} of tokens carry %{{y:.1%}}<extra></extra>",
+                "xaxis": "x2",
+                "yaxis": "y5",
+            }
+        )
 
 
 def add_recovery(data: list[dict[str, Any]], layout: dict[str, Any], rec: dict[str, Any]) -> None:
@@ -156,9 +245,10 @@ def add_recovery(data: list[dict[str, Any]], layout: dict[str, Any], rec: dict[s
     layout["height"] = 660
     layout["margin"] = {**layout["margin"], "t": 60}  # room for a legend of two rows
     layout["legend"] = {**layout["legend"], "y": 1.12}
-    layout["yaxis"]["domain"] = [0.52, 1.0]
+    layout["yaxis"]["domain"] = [0.52, 1.0]  # the Lorenz panel (added after) takes the same
     layout["yaxis3"]["domain"] = [0.25, 0.46]
     layout["yaxis4"] = {
+        "anchor": "x",
         "domain": [0.0, 0.17],
         "range": [-0.5, 1.5],
         "tickvals": [0, 1],

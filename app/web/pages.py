@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
+from vrollout.core.signal import headline
 from vrollout.report.figures import figure_dict
 from vrollout.storage.store import SQLITE_MAX_INT
 from vrollout.web.routes.analyses import AnalyzerDep, StoreDep
@@ -37,6 +38,7 @@ def make_templates(folder: Path) -> Jinja2Templates:
     env.filters["show_token"] = show_token
     env.filters["bits"] = lambda nats: None if nats is None else nats / math.log(2)
     env.globals["plotly_url"] = PLOTLY_URL
+    env.globals["headline"] = headline  # the analysis page's one-line answer (core/signal.py)
     return templates
 
 

@@ -28,9 +28,12 @@ def test_figure_data(analysis):
         "divergence (teacher top-1 ≠ token)",
         "cumulative share of total KL",
         "teacher log-prob of the token",
+        "even spread",  # the Lorenz panel (tests/web/test_analysis_signal.py)
+        "Lorenz: reverse KL",
+        "Lorenz: |advantage|",
     ]
     assert all(t.type == "scatter" for t in fig.data)  # in the basic plotly.js bundle the page loads
-    kl, div, share, logprob = fig.data
+    kl, div, share, logprob = fig.data[:4]
     assert list(kl.x) == list(range(len(steps))) and list(kl.y) == [s["reverse_kl"] for s in steps]
     assert list(div.x) == [s["position"] for s in steps if not s["agree"]]
     assert list(logprob.y) == [s["teacher_logprob"] for s in steps]
@@ -61,7 +64,7 @@ def test_cumulative_share():
 def test_figure_endpoint_opens_with_plotly(tiny_client, analysis):
     r = tiny_client.get(f"/api/analyses/{analysis['id']}/figure")
     fig = pio.from_json(r.text)
-    assert len(fig.data) == 4 and len(fig.data[0].x) == len(analysis["steps"])
+    assert len(fig.data) == 7 and len(fig.data[0].x) == len(analysis["steps"])  # 3: the Lorenz panel
 
 
 def test_index_page(tiny_client):
