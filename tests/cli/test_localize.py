@@ -124,3 +124,22 @@ def test_too_few_problems_is_a_clear_error(tiny, tmp_path, capsys):
     settings = tiny_settings(tmp_path)
     assert localize_file(args_for(str(src), tmp_path / "out"), settings, Analyzer(tiny, settings)) == 2
     assert "at least 2 problems" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_localize_on_the_default_model(tmp_path, capsys):
+    from support import REAL_CACHE
+    from vrollout.cli import main
+
+    src = make_lines(tmp_path, problems=2)
+    out = tmp_path / "out"
+    argv = ["localize", src, "--out", str(out), "--no-store", "--cache-dir", str(REAL_CACHE)]
+    assert main([*argv, "--folds", "2", "--bootstrap", "100"]) == 0
+    err = capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert set(metrics) == {*TOKEN_SCORERS, "baselines"} and len(preds) == 4
+    assert all(
+        all(s is not None for s in p["scores"]["min_advantage"]) for p in preds
+    )  # every step has tokens
+    assert "4 scored, 0 failed" in err and "min_advantage: F1" in err
