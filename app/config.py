@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     vllm_retries: int = Field(default=6, ge=0, description="further attempts of a failed request")
     vllm_backoff_s: float = Field(default=0.5, ge=0, description="first wait between attempts")
     vllm_timeout_s: float = Field(default=300.0, gt=0, description="one request")
+    vllm_noise: Literal["auto", "local", "repeat"] = Field(
+        default="auto",
+        description="how the servers' log-prob error bound is measured (docs/metrics.md): against "
+        "the local copy of the model (auto: where one exists) or from repeated requests",
+    )
 
     templates_dir: Path = Field(default_factory=lambda: package_folder("templates"))
     static_dir: Path = Field(default_factory=lambda: package_folder("static"))

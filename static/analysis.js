@@ -110,6 +110,11 @@
         `log p_S(y) ${fmt(s.student_logprob)} · log p_T(y) ${fmt(s.teacher_logprob)} · advantage ${fmt(s.advantage)}`
       )
     );
+    if (s.reverse_kl_interval) {
+      const span = ([lo, hi]) => `[${fmt(lo)}, ${hi === null ? "∞" : fmt(hi)}]`;
+      const line = `exact reverse KL in ${span(s.reverse_kl_interval)} · forward KL in ${span(s.forward_kl_interval)}`;
+      box.append(el("div", s.uncertain ? `uncertain: top-2 within the server's noise · ${line}` : line, "noise"));
+    }
     const teaching = teachingLine(s);
     if (teaching) box.append(el("div", teaching, "teaching"));
     const tables = el("div", undefined, "tt-tables");

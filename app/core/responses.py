@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from vrollout.core.schemas import Noise
 
 
 class Open(BaseModel):
@@ -62,6 +63,8 @@ class Models(Open):
     backend: str = Field(description="local or vllm")
     top_k_logprobs: int | None = Field(None, description="vLLM: K, the log-probs known per position")
     replicas: list[Replica] | None = Field(None, description="vLLM: each server's state")
+    dtype: str | None = Field(None, description="vLLM: what the servers compute in (read from their numbers)")
+    noise: Noise | None = Field(None, description="vLLM: the servers' log-prob error bound (docs/metrics.md)")
 
 
 class TaskStarted(Open):

@@ -26,6 +26,8 @@ from vrollout.core.rules import Policy, check_teacher_template, cut_at_eos, peda
 from vrollout.local.continuations import from_divergences
 from vrollout.local.models import ModelPair
 from vrollout.vllm.client import ReplicaPool
+from vrollout.vllm.intervals import noise_fields
+from vrollout.vllm.noise import Noise, combine, measure
 from vrollout.vllm.remote import RemoteModel, check_server, eos_ids, load_tokenizer
 from vrollout.vllm.topk import (
     ESTIMATED_FIELDS,
@@ -68,7 +70,7 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
     shared = not settings.student_urls or settings.student_urls == settings.teacher_urls
     student = teacher if shared else remote("student", settings.student_urls)
     pair = ModelPair(student, teacher, shared, len(tokenizer), settings.teacher_template)
-    backend = VLLMBackend(pair, settings.vllm_logprobs, settings.vllm_concurrency)
+    backend = VLLMBackend(pair, settings.vllm_logprobs, settings.vllm_concurrency, settings)
     for model in {id(student): student, id(teacher): teacher}.values():
         try:  # K log-probs must be allowed by the server's --max-logprobs
             backend.score(model, [tokenizer.eos_token_id or 0], [tokenizer.eos_token_id or 0], backend.k)
@@ -78,6 +80,11 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
                 f"{exc.message}: start the server with --max-logprobs {backend.k} or more, or lower "
                 "VROLLOUT_VLLM_LOGPROBS"
             ) from None
+    try:
+        backend.measure_noise()
+    except BaseException:
+        backend.close()
+        raise
     return pair, backend
 
 
@@ -90,8 +97,10 @@ class VLLMBackend:
     padded_batches = False  # a server batches concurrent requests by itself
     remote = True
 
-    def __init__(self, pair: ModelPair, k: int, concurrency: int) -> None:
+    def __init__(self, pair: ModelPair, k: int, concurrency: int, settings: Settings | None = None) -> None:
         self.pair, self.k, self.concurrency = pair, k, concurrency
+        self.settings = settings or Settings(backend="vllm")
+        self.noise: Noise | None = None  # `measure_noise`, at start-up and on demand
         pools = {id(m.pool): m.pool for m in (pair.student, pair.teacher)}  # type: ignore[attr-defined]
         self.pools: list[ReplicaPool] = list(pools.values())
         fan_out = concurrency * sum(len(p.replicas) for p in self.pools) + 2
@@ -117,10 +126,24 @@ class VLLMBackend:
         for pool in self.pools:
             pool.close()
 
+    def measure_noise(self) -> Noise:
+        """The servers' dtype and log-prob error bound, measured now on the probe (`noise.py`);
+        every later analysis carries it."""
+        pair, settings = self.pair, self.settings
+        noises = [measure(self, pair.teacher, settings.teacher or settings.student, settings)]  # type: ignore[arg-type]
+        if not pair.shared:
+            noises.append(measure(self, pair.student, settings.student, settings))  # type: ignore[arg-type]
+        self.noise = combine(noises)
+        pair.teacher.served_dtype = noises[0].dtype  # type: ignore[attr-defined]
+        pair.student.served_dtype = noises[-1].dtype  # type: ignore[attr-defined]
+        return self.noise
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
             "top_k_logprobs": self.k,
+            "dtype": self.noise.dtype if self.noise else None,
+            "noise": self.noise.as_dict() if self.noise else None,
             "replicas": [r for pool in self.pools for r in pool.describe()],
         }
 
@@ -199,6 +222,7 @@ class VLLMBackend:
         result, rest = replay_from_positions(
             student_positions, teacher_positions, response, top_k, pair.vocab_size
         )
+        noise = self.noise
         record = {
             "backend": self.name,
             "top_k_logprobs": k,
@@ -207,7 +231,11 @@ class VLLMBackend:
                 "method": "top-K lower bound: tokens known under both models, plus one rest bucket",
                 "rest_mass": rest,
             },
+            "noise": noise.as_dict() if noise else None,
         }
+        if noise is not None:  # build_analysis puts these in the steps
+            bound, floor = noise.logprob_bound, noise.logprob_floor
+            record["per_step"] = noise_fields(student_positions, teacher_positions, bound, floor)
         return result, record
 
     def replay_batch(self, items: list[BatchItem], top_k: int) -> list[tuple[ReplayResult, dict[str, Any]]]:

@@ -31,6 +31,7 @@ class RemoteModel(LoadedModel):
     pool: ReplicaPool | None = None
     served_name: str = ""  # the server's model id (its `/v1/models`)
     eos: set[int] = field(default_factory=set)
+    served_dtype: str = "as served"  # read from the server's numbers (`noise.served_dtype`)
 
     @property
     def device(self) -> str:  # type: ignore[override]
@@ -38,7 +39,7 @@ class RemoteModel(LoadedModel):
 
     @property
     def dtype(self) -> str:  # type: ignore[override]
-        return "as served"
+        return self.served_dtype
 
 
 def load_tokenizer(settings: Settings) -> tuple[Any, Path | str]:

@@ -16,7 +16,14 @@ from vrollout import __version__
 from vrollout.core.errors import Cancelled, VRError
 from vrollout.core.ids import new_id
 from vrollout.core.responses import Deleted, Figure, Health, Models, PedagogicalResult, TaskStarted, TaskState
-from vrollout.core.schemas import Analysis, AnalysisList, AnalyzeRequest, ErrorBody, PedagogicalRequest
+from vrollout.core.schemas import (
+    Analysis,
+    AnalysisList,
+    AnalyzeRequest,
+    ErrorBody,
+    Noise,
+    PedagogicalRequest,
+)
 from vrollout.report.figures import figure_dict
 from vrollout.service import Analyzer
 from vrollout.storage.jobs import Jobs
@@ -62,6 +69,17 @@ async def models(analyzer: AnalyzerDep) -> dict[str, Any]:
     """Student and teacher: name, source, vocabulary, device, dtype, shared weights, template;
     the backend (on vLLM: K and each replica's state)."""
     return {**analyzer.pair.describe(), **analyzer.backend.describe()}
+
+
+@router.post("/models/noise", response_model=Noise)
+async def measure_noise(analyzer: AnalyzerDep, worker: WorkerDep) -> dict[str, Any]:
+    """vLLM: measure the servers' dtype and log-prob error bound again, on the probe (as at
+    start-up); later analyses carry the new bound. docs/metrics.md, "Noise bounds"."""
+    measure = getattr(analyzer.backend, "measure_noise", None)
+    if measure is None:
+        raise VRError("noise is measured on the vllm backend only: the local engine's numbers are exact")
+    noise = await worker.run(lambda progress: measure())
+    return noise.as_dict()
 
 
 async def client_gone(request: Request) -> None:
