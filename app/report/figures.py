@@ -23,6 +23,19 @@ LOGPROB_COLOR = "#2c6fbb"
 SHARE_COLOR = "#7f8c8d"
 DIVERGENCE_COLOR = "#e67e22"
 ADVANTAGE_COLOR = "#16a085"
+# The Lorenz panel's diagonal: a signal spread evenly over the tokens.
+EVEN_SPREAD = {
+    "type": "scatter",
+    "x": [0, 1],
+    "y": [0, 1],
+    "name": "even spread",
+    "mode": "lines",
+    "line": {"color": "#b3bac2", "dash": "dot", "width": 1},
+    "hoverinfo": "skip",
+    "showlegend": False,
+    "xaxis": "x2",
+    "yaxis": "y5",
+}
 MAIN_X = [0.0, 0.7]  # the signal over positions; the Lorenz panel sits to its right
 LORENZ_X = [0.79, 1.0]
 MARKERS_UP_TO = 400  # beyond this many tokens, lines only: thousands of SVG markers are slow
@@ -204,27 +217,20 @@ def add_lorenz(data: list[dict[str, Any]], layout: dict[str, Any], steps: list[d
         "title": {"text": "share of the signal"},
         "gridcolor": "#eef0f3",
     }
-    data.append(
-        {
-            "type": "scatter",
-            "x": [0, 1],
-            "y": [0, 1],
-            "name": "even spread",
-            "mode": "lines",
-            "line": {"color": "#b3bac2", "dash": "dot", "width": 1},
-            "hoverinfo": "skip",
-            "showlegend": False,
-            "xaxis": "x2",
-            "yaxis": "y5",
-        }
-    )
-    for values, name, color in (
-        ([s["reverse_kl"] for s in steps], "Lorenz: reverse KL", KL_COLOR),
-        ([abs(s["advantage"]) for s in steps], "Lorenz: |advantage|", ADVANTAGE_COLOR),
-    ):
-        curve = lorenz(values)
-        if curve is None:  # no signal to share out
-            continue
+    curves = [
+        (curve, name, color)
+        for values, name, color in (
+            ([s["reverse_kl"] for s in steps], "Lorenz: reverse KL", KL_COLOR),
+            ([abs(s["advantage"]) for s in steps], "Lorenz: |advantage|", ADVANTAGE_COLOR),
+        )
+        if (curve := lorenz(values)) is not None  # None: no signal to share out
+    ]
+    if curves:
+        data.append(dict(EVEN_SPREAD))
+    else:
+        note = {"x": 0.5, "y": 0.5, "xref": "x2", "yref": "y5", "showarrow": False, "text": "no signal"}
+        layout["annotations"] = [*layout.get("annotations", []), note]
+    for curve, name, color in curves:
         data.append(
             {
                 "type": "scatter",

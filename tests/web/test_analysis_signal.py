@@ -126,8 +126,10 @@ def test_figure_has_the_lorenz_curves(tiny_client, classified):
 def test_no_signal_no_lorenz_curve(classified):
     flat = {**classified, "steps": [{**s, "reverse_kl": 0.0, "advantage": 0.0} for s in classified["steps"]]}
     flat.pop("recovery")
-    names = [t["name"] for t in figure_dict(flat)["data"]]
-    assert "Lorenz: reverse KL" not in names and "Lorenz: |advantage|" not in names
+    fig = figure_dict(flat)
+    names = [t["name"] for t in fig["data"]]
+    assert len(names) == 4 and not any(n.startswith("Lorenz") or n == "even spread" for n in names)
+    assert fig["layout"]["annotations"][-1]["text"] == "no signal"
 
 
 def test_notebook_view_carries_the_headline_escaped(classified):
@@ -151,3 +153,35 @@ def test_step_exports_carry_the_new_columns(classified):
         ):
             assert row[name] == step[name], name
     assert all(row["divergence_kind"] is None for row in table[len(classified["steps"]) :])
+
+
+@pytest.mark.browser
+def test_the_page_in_a_browser(tiny_client, classified, browser, tmp_path):
+    """The one-file download, opened from disk: the kinds are coloured apart, a divergence's
+    details say its teachability and kind, and the Lorenz panel is drawn and does not select
+    tokens."""
+    path = tmp_path / "analysis.html"
+    path.write_bytes(tiny_client.get(f"/analyses/{classified['id']}/download").content)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.is_visible("#kind-legend") and page.is_visible("#headline")
+    colours = {
+        kind: page.eval_on_selector(f"#strip .col.{kind} .tea", "e => getComputedStyle(e).backgroundColor")
+        for kind in ("surface", "fork")
+        if page.locator(f"#strip .col.{kind}").count()
+    }
+    unclassified = "rgb(253, 227, 200)"  # a divergence's colour without a kind (app.css .col.div)
+    assert colours and unclassified not in colours.values() and len(set(colours.values())) == len(colours)
+    first = next(s for s in classified["steps"] if not s["agree"])
+    page.click(f"#strip .col[data-i='{first['position']}']")
+    details = page.text_content("#selected")
+    assert "teacher mass on the student's top-" in details
+    assert ("surface divergence" if first["divergence_kind"] == "surface" else "fork") in details
+    names = page.evaluate("document.getElementById('chart').data.map(t => t.name)")
+    assert "Lorenz: reverse KL" in names and "Lorenz: |advantage|" in names
+    assert errors == []
+    context.close()

@@ -135,7 +135,7 @@ def test_analyze_from_the_browser(server, page, tmp_path):
     lengths = page.evaluate("document.getElementById('chart').data.map(t => t.x.length)")
     assert lengths[0] == len(a["steps"]) and lengths[1] == a["summary"]["divergences"]
     # The recovery curve: one point per prefix tried, split into succeeds / fails.
-    assert len(lengths) == 6 and lengths[4] + lengths[5] == len(a["recovery"]["points"])
+    assert len(lengths) == 9 and lengths[4] + lengths[5] == len(a["recovery"]["points"])  # + Lorenz
     last = a["recovery"]["last_recoverable"]
     assert page.text_content("[data-key=last_recoverable]") == f"#{last}"
 
@@ -488,6 +488,7 @@ def test_every_view_shows_payloads_as_text(guarded, watched, tmp_path):
     assert "onerror" in page.text_content("#jobs")
 
     # The analysis: strip, tooltips, texts, contexts, chart.
+    traces = len(guarded.get(f"/api/analyses/{a['id']}/figure")["data"])  # 4, and the Lorenz panel's
     page.goto(guarded.url + f"/analyses/{a['id']}")
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
     for col in range(0, len(a["steps"]), 4):
@@ -499,7 +500,7 @@ def test_every_view_shows_payloads_as_text(guarded, watched, tmp_path):
     assert PAYLOAD in page.text_content("#student-context pre")
     assert PAYLOAD in page.text_content("#teacher-context pre")
     assert page.text_content("#reference-answer") == SHORT
-    assert page.evaluate("document.getElementById('chart').data.length") == 4
+    assert page.evaluate("document.getElementById('chart').data.length") == traces
     assert page.eval_on_selector("#strip .col .stu", "e => e.style.backgroundColor") != ""
     page.goto(guarded.url + "/analyses")
     assert "<img src=x onerror=alert(1)>" in page.text_content("#analyses")
@@ -512,7 +513,7 @@ def test_every_view_shows_payloads_as_text(guarded, watched, tmp_path):
     page.goto(download.as_uri())
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
     assert page.text_content("#response-text") == a["response_text"]
-    assert page.evaluate("document.getElementById('chart').data.length") == 4
+    assert page.evaluate("document.getElementById('chart').data.length") == traces
     job_id = guarded.get("/api/jobs")[0]["id"]
     items = guarded.get(f"/api/jobs/{job_id}/items")
     analyses = [guarded.get(f"/api/analyses/{i['analysis_id']}") for i in items if i["analysis_id"]]
