@@ -250,7 +250,7 @@ class HeadlineCell(Open):
 class HeadlineRow(Open):
     measure: str = Field(description="a summary column, or a ratio of two (docs/metrics.md)")
     label: str
-    unit: str = Field(description="share (shown as a percentage) or number")
+    unit: str = Field(description="share (shown as a percentage), number, or count (per trajectory)")
     cells: dict[str, HeadlineCell] = Field(description="by column: all, correct, incorrect")
 
 

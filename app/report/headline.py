@@ -27,7 +27,7 @@ NOTE = (
 class Measure:
     key: str  # the summary column it reads, unless `value` says otherwise
     label: str
-    unit: str  # "share" (shown as a percentage) or "number"
+    unit: str  # "share" (shown as a percentage), "number" or "count" (a count per trajectory)
     value: Callable[[dict[str, Any]], float | None] | None = None
 
     def of(self, digest: dict[str, Any]) -> float | None:
@@ -68,9 +68,9 @@ MEASURES = (
         "surface_share", "share of classified divergences that are surface", "share",
         ratio("divergences_surface", "divergences_classified"),
     ),
-    Measure("divergences_surface", "surface divergences per trajectory", "number"),
-    Measure("divergences_fork", "forks per trajectory", "number"),
-    Measure("forks_that_matter", "forks that matter per trajectory", "number"),
+    Measure("divergences_surface", "surface divergences per trajectory", "count"),
+    Measure("divergences_fork", "forks per trajectory", "count"),
+    Measure("forks_that_matter", "forks that matter per trajectory", "count"),
 )  # fmt: skip
 GROUPS = ("all", "correct", "incorrect")
 
@@ -96,10 +96,13 @@ def cell(values: list[float], unit: str, trajectories: int) -> dict[str, Any]:
 
 
 def number(x: float, unit: str, sign: bool = True) -> str:
-    """A share as a percentage with one decimal (the sign left off a range's lower end); another
-    number with three significant digits (trailing zeros kept), or whole from 100 up."""
+    """A share as a percentage with one decimal (the sign left off a range's lower end); a count's
+    median as it is (4, 4.5, 0.75); another number with three significant digits (trailing zeros
+    kept), or whole from 100 up."""
     if unit == "share":
         return f"{100 * x:.1f}" + ("%" if sign else "")
+    if unit == "count":
+        return f"{x:g}"
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:#.3g}"
 
 

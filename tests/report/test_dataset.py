@@ -19,7 +19,7 @@ from vrollout.report.dataset import (
     summary_of,
     summary_row,
 )
-from vrollout.report.headline import headline, headline_csv, headline_latex, headline_markdown
+from vrollout.report.headline import cell, headline, headline_csv, headline_latex, headline_markdown
 
 
 def test_decile_shares_sum_to_one_and_place_the_signal():
@@ -189,3 +189,11 @@ def test_spread_figures_are_each_trajectorys_value_split_by_correctness():
     without = [digest(synthetic_analysis(15, top_k=1, seed=n)) for n in range(3)]
     assert "surface_share" not in figures_of(without)  # no continuations: no empty figure
     assert [t["name"] for t in figures_of(without)["kl_gini"]["data"]] == ["all (3)"]
+
+
+def test_cell_text_as_the_tables_show_it():
+    assert cell([1, 1, 0, 1, 2], "count", 5)["text"] == "1 [1–1]"
+    assert cell([4, 5], "count", 3)["text"] == "4.5 [4.25–4.75] (n=2)"
+    assert cell([0.25, 0.5], "share", 2)["text"] == "37.5% [31.2–43.8%]"
+    assert cell([0.0712, 0.0643, 0.0769], "number", 3)["text"] == "0.0712 [0.0678–0.0741]"
+    assert cell([], "share", 4) == {"n": 0, "median": None, "q1": None, "q3": None, "text": "–"}
