@@ -36,8 +36,8 @@ EVEN_SPREAD = {
     "xaxis": "x2",
     "yaxis": "y5",
 }
-MAIN_X = [0.0, 0.7]  # the signal over positions; the Lorenz panel sits to its right
-LORENZ_X = [0.79, 1.0]
+MAIN_X = [0.0, 0.68]  # the signal over positions; the Lorenz panel sits to its right
+LORENZ_X = [0.8, 1.0]
 MARKERS_UP_TO = 400  # beyond this many tokens, lines only: thousands of SVG markers are slow
 
 
@@ -214,9 +214,8 @@ def add_lorenz(data: list[dict[str, Any]], layout: dict[str, Any], steps: list[d
         "range": [0, 1.02],
         "tickformat": ".0%",
         "dtick": 0.25,
-        "title": {"text": "share of the signal"},
         "gridcolor": "#eef0f3",
-    }
+    }  # no title: the cumulative share's title sits just left of it; the annotation says it
     curves = [
         (curve, name, color)
         for values, name, color in (
@@ -225,11 +224,16 @@ def add_lorenz(data: list[dict[str, Any]], layout: dict[str, Any], steps: list[d
         )
         if (curve := lorenz(values)) is not None  # None: no signal to share out
     ]
+    title = {
+        "x": 0.0, "y": 1.0, "xref": "x2", "yref": "y5", "xanchor": "left", "yanchor": "bottom",
+        "showarrow": False, "text": "Lorenz: share of the signal on the top tokens", "font": {"size": 11},
+    }  # fmt: skip
+    layout["annotations"] = [*layout.get("annotations", []), title]
     if curves:
         data.append(dict(EVEN_SPREAD))
     else:
         note = {"x": 0.5, "y": 0.5, "xref": "x2", "yref": "y5", "showarrow": False, "text": "no signal"}
-        layout["annotations"] = [*layout.get("annotations", []), note]
+        layout["annotations"].append(note)
     for curve, name, color in curves:
         data.append(
             {
