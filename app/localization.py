@@ -9,6 +9,7 @@ prefixes) is the one costly extra, run only when its scorer is asked for.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,9 +108,13 @@ def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = Non
         print(f"{args.file}:{number}: {message}", file=sys.stderr)
     for warning in unknown_key_warnings(done.unknown):
         print(f"{args.file}:{warning['lines'][0]}: warning: {warning['warning']}", file=sys.stderr)
-    if analyzer.store is not None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "analyses.jsonl").open("w") as f:  # first: the costly part is kept whatever follows
         for _, analysis in done.analyses:
-            analyzer.store.save(analysis)
+            f.write(json.dumps(analysis) + "\n")
+            if analyzer.store is not None:
+                analyzer.store.save(analysis)
     setup = Setup(folds=args.folds, seed=args.seed, bootstrap=args.bootstrap)
     try:
         result = localization_result(
@@ -118,8 +123,7 @@ def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = Non
     except VRError as exc:
         print(f"error: {args.file}: {exc.message}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    write_folder(out, Path(args.file).name, done.analyses, errors, result, analyzer, settings)
+    write_folder(out, Path(args.file).name, errors, result, analyzer, settings)
     print(result.headline(), file=sys.stderr)
     print(f"{len(done.analyses)} scored, {len(errors)} failed -> {out}", file=sys.stderr)
     return 1 if errors else 0

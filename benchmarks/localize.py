@@ -13,6 +13,7 @@ Prints each part and the overhead over the replays alone. Target: under 5%.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -54,7 +55,11 @@ def harness(
     result = localization_result([a for _, a in done.analyses], analyzer.pair.student.tokenizer, False, setup)
     times["scores + metrics"] = time.perf_counter() - started
     started = time.perf_counter()
-    write_folder(out, "bench.jsonl", done.analyses, [], result, analyzer, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "analyses.jsonl").open("w") as f:
+        for _, analysis in done.analyses:
+            f.write(json.dumps(analysis) + "\n")
+    write_folder(out, "bench.jsonl", [], result, analyzer, settings)
     times["folder"] = time.perf_counter() - started
     return times
 

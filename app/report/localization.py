@@ -187,13 +187,13 @@ def localization_figures(result: LocalizationResult) -> dict[str, dict[str, Any]
 def write_folder(
     out: Path,
     name: str,
-    analyses: Sequence[tuple[int, dict[str, Any]]],
     errors: Sequence[tuple[int, str]],
     result: LocalizationResult,
     analyzer: Any,
     settings: Settings,
 ) -> None:
-    """metrics.json, predictions.jsonl, analyses.jsonl and a one-file report.html (offline)."""
+    """metrics.json, predictions.jsonl and a one-file report.html (offline) into `out` (the
+    command writes analyses.jsonl there first)."""
     from vrollout.web.pages import make_templates, standalone_assets
 
     out.mkdir(parents=True, exist_ok=True)
@@ -201,9 +201,6 @@ def write_folder(
     with (out / "predictions.jsonl").open("w") as f:
         for row in result.predictions:
             f.write(json.dumps(row) + "\n")
-    with (out / "analyses.jsonl").open("w") as f:
-        for _, analysis in analyses:
-            f.write(json.dumps(analysis) + "\n")
     env = make_templates(settings.templates_dir).env  # autoescaped, the pages' filters
     inline, csp = standalone_assets(settings.static_dir, "report.js")
     page = env.get_template("localize.html").render(
