@@ -426,6 +426,7 @@ class Analyzer:
                 "teacher_topk_logprobs",
                 "student_topk_ids",
                 "student_topk_logprobs",
+                "teacher_logprob_at_student_topk",
             ):
                 setattr(result, name, [row[:k] for row in getattr(result, name)])
             assert prep.ctx.response_ids is not None

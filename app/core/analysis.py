@@ -149,6 +149,7 @@ def build_analysis(
             {"token_id": i, "token": text_of[i], "logprob": lp} for i, lp in zip(ids, logprobs, strict=True)
         ]
 
+    masses = result.teacher_mass_on_student_topk()
     steps = []
     for t, token in enumerate(response_ids):
         top1 = result.teacher_top1_id[t]
@@ -175,7 +176,7 @@ def build_analysis(
                 "teacher_topk": topk(result.teacher_topk_ids[t], result.teacher_topk_logprobs[t]),
                 "student_topk": topk(result.student_topk_ids[t], result.student_topk_logprobs[t]),
                 "teacher_continuation": continuation,
-                "teacher_mass_on_student_topk": result.teacher_mass_on_student_topk[t] if top_k > 0 else None,
+                "teacher_mass_on_student_topk": masses[t] if top_k > 0 else None,
             }
         )
     extra = dict(extra or {})

@@ -5,6 +5,7 @@ Shared by both backends and by analysis assembly; no tensors are needed to read 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +33,16 @@ class ReplayResult:
     teacher_topk_logprobs: list[list[float]] = field(default_factory=list)
     student_topk_ids: list[list[int]] = field(default_factory=list)
     student_topk_logprobs: list[list[float]] = field(default_factory=list)
-    # Teachability: Σ over the student's top-k ids of the teacher's probability q_t(v).
-    teacher_mass_on_student_topk: list[float] = field(default_factory=list)
+    # log q_t(v) at each of the student's top-k ids, in `student_topk_ids` order: teachability
+    # (the teacher's mass on the student's top-k) is the sum of their exps, for any k' ≤ k.
+    teacher_logprob_at_student_topk: list[list[float]] = field(default_factory=list)
     # Not a per-step field: the teacher's key/value cache over context + response, kept when
     # continuations follow (`replay(keep_teacher_cache=True)`), so they need no pass of their own.
     teacher_cache: Any = field(default=None, repr=False, compare=False)
+
+    def teacher_mass_on_student_topk(self) -> list[float]:
+        """Each step's Σ_{v ∈ student top-k} q_t(v), from `teacher_logprob_at_student_topk`."""
+        return [math.fsum(math.exp(v) for v in row) for row in self.teacher_logprob_at_student_topk]
 
     @classmethod
     def step_fields(cls) -> list[str]:

@@ -37,7 +37,7 @@ class ChunkStats:
     teacher_topk_logprobs: Tensor  # (C, k) float32
     student_topk_ids: Tensor
     student_topk_logprobs: Tensor
-    teacher_mass_on_student_topk: Tensor  # (C,) float32: Σ_{v ∈ student top-k} q_t(v)
+    teacher_logprob_at_student_topk: Tensor  # (C, k) float32: log q_t at the student's top-k ids
 
 
 BLOCK_ROWS = 8  # CPU: positions per block, so a block's (rows, V) float32 buffers stay in cache
@@ -83,13 +83,13 @@ def step_stats(
 
     Naive equivalent (`reference.naive_step`): log_softmax both rows, then
     KL(p‖q) = Σ p (log p − log q), KL(q‖p), H = −Σ p log p, rank = 1 + #{v: q(v) > q(y)},
-    argmax and top-k, each its own pass over the vocabulary; the teacher's mass on the
-    student's top-k is q gathered at the student's top-k ids, summed. Here, on a CPU, the chunk goes
-    BLOCK_ROWS positions at a time through a few float32 buffers allocated once, small enough
-    to stay in the cache, so the logits are read from memory once; on a GPU the whole chunk
-    is one block. The logits are only read, unless `overwrite` says they are scratch: then,
-    once read, a block of float32 logits serves as two of the buffers. Both arguments may be
-    the same tensor.
+    argmax and top-k, each its own pass over the vocabulary; the teacher's log-probs at the
+    student's top-k ids are log q gathered there (their exps sum to the teacher's mass on
+    it). Here, on a CPU, the chunk goes BLOCK_ROWS positions at a time through a few float32
+    buffers allocated once, small enough to stay in the cache, so the logits are read from
+    memory once; on a GPU the whole chunk is one block. The logits are only read, unless
+    `overwrite` says they are scratch: then, once read, a block of float32 logits serves as
+    two of the buffers. Both arguments may be the same tensor.
     """
     C, V = student_logits.shape
     device, f32 = student_logits.device, torch.float32
@@ -101,7 +101,7 @@ def step_stats(
     teacher_top1_id = torch.empty(C, dtype=torch.int64, device=device)
     t_vals, s_vals = torch.empty(2, C, k, dtype=f32, device=device)
     t_ids, s_ids = torch.empty(2, C, k, dtype=torch.int64, device=device)
-    teacher_mass = torch.empty(C, dtype=f32, device=device)
+    t_at_s = torch.empty(C, k, dtype=f32, device=device)
     in_place = (
         overwrite
         and student_logits.dtype == teacher_logits.dtype == f32
@@ -128,7 +128,7 @@ def step_stats(
         torch.sum(logq > teacher_logprob[r0:r1].view(-1, 1), -1, out=teacher_rank[r0:r1])
         teacher_top1_id[r0:r1], t_vals[r0:r1], t_ids[r0:r1] = _top1_topk(logq, k)
         _, s_vals[r0:r1], s_ids[r0:r1] = _top1_topk(logp, k)
-        torch.sum(q.gather(1, s_ids[r0:r1, :top_k]), -1, out=teacher_mass[r0:r1])  # teachability
+        torch.gather(logq, 1, s_ids[r0:r1], out=t_at_s[r0:r1])  # teachability
     forward_kl.neg_()
     floats[4:].neg_()  # entropies
     floats[2:].clamp_(min=0.0)
@@ -146,5 +146,5 @@ def step_stats(
         teacher_topk_logprobs=t_vals[:, :top_k],
         student_topk_ids=s_ids[:, :top_k],
         student_topk_logprobs=s_vals[:, :top_k],
-        teacher_mass_on_student_topk=teacher_mass,
+        teacher_logprob_at_student_topk=t_at_s[:, :top_k],
     )

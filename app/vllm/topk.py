@@ -113,10 +113,10 @@ def entropy_bounds(position: Position, vocab_size: int) -> tuple[float, float]:
     return lower, max(lower, upper)
 
 
-def teacher_mass_lower_bound(q: dict[int, float], student_top: list[int]) -> float:
-    """Σ q(v) over the student's top-k ids whose teacher log-prob the server told (its top-K and
-    the actual token): the exact mass minus what the unknown ids hold, so a lower bound."""
-    return math.fsum(math.exp(q[i]) for i in student_top if i in q)
+def known_logprobs(q: dict[int, float], ids: list[int]) -> list[float]:
+    """The teacher's log-probs at `ids` where the server told them (its top-K and the actual
+    token), −inf elsewhere: their exps sum to a lower bound of the teacher's mass on `ids`."""
+    return [q.get(i, -math.inf) for i in ids]
 
 
 def replay_from_positions(
@@ -142,7 +142,7 @@ def replay_from_positions(
         result.teacher_topk_logprobs.append([v for _, v in t_top[:top_k]])
         result.student_topk_ids.append([i for i, _ in s_top])
         result.student_topk_logprobs.append([v for _, v in s_top])
-        result.teacher_mass_on_student_topk.append(teacher_mass_lower_bound(q, [i for i, _ in s_top]))
+        result.teacher_logprob_at_student_topk.append(known_logprobs(q, [i for i, _ in s_top]))
         shared = p.keys() & q.keys()
         rest["student"].append(rest_mass(p, shared))
         rest["teacher"].append(rest_mass(q, shared))

@@ -16,8 +16,10 @@ TOL = {torch.float32: dict(atol=2e-4, rtol=1e-4), torch.bfloat16: dict(atol=0.15
 
 
 def assert_matches_reference(result, ref, dtype):
-    for name in (*FLOAT_FIELDS, "teacher_mass_on_student_topk"):
-        got = torch.tensor(getattr(result, name), dtype=torch.float64)
+    mass = "teacher_mass_on_student_topk"
+    for name in (*FLOAT_FIELDS, mass):
+        values = result.teacher_mass_on_student_topk() if name == mass else getattr(result, name)
+        got = torch.tensor(values, dtype=torch.float64)
         want = torch.tensor([s[name] for s in ref], dtype=torch.float64)
         torch.testing.assert_close(got, want, **TOL[dtype], msg=lambda m, n=name: f"{n}: {m}")
     for t, step in enumerate(ref):
@@ -81,8 +83,10 @@ def test_step_stats_random_logits_over_dtypes():
             ref = naive_step(
                 torch.log_softmax(s[c].float(), -1), torch.log_softmax(t[c].float(), -1), int(y[c]), 3
             )
-            for name in (*FLOAT_FIELDS, "teacher_mass_on_student_topk"):
+            for name in FLOAT_FIELDS:
                 torch.testing.assert_close(getattr(stats, name)[c].item(), ref[name], atol=1e-5, rtol=1e-5)
+            mass = stats.teacher_logprob_at_student_topk[c].exp().sum().item()
+            torch.testing.assert_close(mass, ref["teacher_mass_on_student_topk"], atol=1e-5, rtol=1e-5)
             assert stats.teacher_rank[c].item() == ref["teacher_rank"]
             assert stats.teacher_top1_id[c].item() == ref["teacher_top1_id"]
         assert s.dtype == dtype  # inputs are not overwritten by default
@@ -90,20 +94,20 @@ def test_step_stats_random_logits_over_dtypes():
 
 @pytest.mark.parametrize("top_k", [0, 1, 4, 50])
 def test_teacher_mass_on_student_topk_equals_its_definition(top_k):
-    """Σ_{v ∈ student top-k} q(v): 0 for an empty top-k, 1 when the top-k is the whole vocabulary,
-    and q summed over the naive top-k ids in between (exactly the naive step's value)."""
+    """log q at the student's top-k ids, whose exps sum to Σ_{v ∈ student top-k} q(v): 0 for an
+    empty top-k, 1 when the top-k is the whole vocabulary, the naive sum in between."""
     torch.manual_seed(1)
     s, t = torch.randn(5, 50) * 2, torch.randn(5, 50) * 2
     stats = step_stats(s, t, torch.zeros(5, dtype=torch.long), top_k=top_k)
     q = torch.softmax(t, -1)
+    mass = stats.teacher_logprob_at_student_topk.exp().sum(-1)  # (5,)
     for c in range(5):
         ids = torch.topk(torch.log_softmax(s[c], -1), top_k).indices
-        want = q[c, ids].sum().item()
-        torch.testing.assert_close(stats.teacher_mass_on_student_topk[c].item(), want, atol=1e-6, rtol=1e-6)
-    if top_k == 0:
-        assert stats.teacher_mass_on_student_topk.tolist() == [0.0] * 5
+        assert stats.student_topk_ids[c].tolist() == ids.tolist()
+        torch.testing.assert_close(mass[c].item(), q[c, ids].sum().item(), atol=1e-6, rtol=1e-6)
+    assert stats.teacher_logprob_at_student_topk.shape == (5, top_k)
     if top_k == 50:
-        torch.testing.assert_close(stats.teacher_mass_on_student_topk, torch.ones(5), atol=1e-5, rtol=0)
+        torch.testing.assert_close(mass, torch.ones(5), atol=1e-5, rtol=0)
 
 
 def test_generation_is_seeded(tiny):

@@ -142,7 +142,7 @@ def test_teacher_mass_estimate_is_a_lower_bound(seed: int):
     exact = sum(q[i] for i in student_top)
     for K in (1, 3, V):
         result, _ = replay_from_positions([position(p, 3, y)], [position(q, K, y)], [y], top_k, V)
-        estimate = result.teacher_mass_on_student_topk[0]
+        estimate = result.teacher_mass_on_student_topk()[0]
         assert estimate <= exact + 1e-12
         if K == V:
             assert estimate == pytest.approx(exact, abs=1e-12)
