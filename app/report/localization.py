@@ -149,7 +149,7 @@ def score_figure(result: LocalizationResult, name: str) -> dict[str, Any]:
         data.append({"type": "scatter", "mode": "lines", "x": [-WINDOW, WINDOW], "y": [mean, mean],
                      "name": "correct lines' mean", "line": line})  # fmt: skip
     layout = {
-        "title": {"text": f"{name}: score by step, relative to the label"},
+        "title": {"text": f"{name}: score by step, relative to the label", "x": 0.01, "xanchor": "left"},
         "xaxis": {"title": {"text": "step − label (0 = the first wrong step)"}, "dtick": 1},
         "yaxis": {"title": {"text": "score"}},
         "margin": {"t": 40, "r": 10, "b": 45, "l": 55},
@@ -173,7 +173,11 @@ def f1_figure(result: LocalizationResult) -> dict[str, Any]:
          "name": "chance", "line": {"color": CORRECT_COLOR, "dash": "dash"}},
     ]  # fmt: skip
     layout = {
-        "title": {"text": "F1 with 95% bootstrap intervals"},
+        "title": {
+            "text": "F1 with 95% bootstrap intervals",
+            "x": 0.01,
+            "xanchor": "left",
+        },  # clear of the mode bar
         "yaxis": {"title": {"text": "F1"}, "range": [0, 1]},
         "margin": {"t": 40, "r": 10, "b": 60, "l": 55},
     }
