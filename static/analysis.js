@@ -112,7 +112,10 @@
     );
     if (s.reverse_kl_interval) {
       const span = ([lo, hi]) => `[${fmt(lo)}, ${hi === null ? "∞" : fmt(hi)}]`;
-      const line = `exact reverse KL in ${span(s.reverse_kl_interval)} · forward KL in ${span(s.forward_kl_interval)}`;
+      let line = `exact reverse KL in ${span(s.reverse_kl_interval)} · forward KL in ${span(s.forward_kl_interval)}`;
+      if (s.student_entropy_interval) {
+        line += ` · entropies: student ${span(s.student_entropy_interval)}, teacher ${span(s.teacher_entropy_interval)}`;
+      }
       box.append(el("div", s.uncertain ? `uncertain: top-2 within the server's noise · ${line}` : line, "noise"));
     }
     const teaching = teachingLine(s);

@@ -83,7 +83,7 @@ def test_to_pandas_has_one_row_per_step(vr):
     df = a.to_pandas()
     assert list(df.columns) == list(a.steps[0])
     # Every documented step field, less those only a vLLM analysis carries (its noise bounds).
-    server_only = {"uncertain", "reverse_kl_interval", "forward_kl_interval"}
+    server_only = {name for name in Step.model_fields if name == "uncertain" or name.endswith("_interval")}
     assert list(df.columns) == [name for name in Step.model_fields if name not in server_only]
     assert len(df) == a.summary["tokens"] == len(a.steps)
     for name in ("position", "token", "reverse_kl", "teacher_logprob", "advantage", "agree", "teacher_rank"):

@@ -195,6 +195,10 @@ class Step(BaseModel):
         None, description="vLLM: [lo, hi] holding the exact reverse KL (hi null: the tail is unbounded)"
     )
     forward_kl_interval: list[float | None] | None = Field(None, description="vLLM: likewise, forward KL")
+    student_entropy_interval: list[float] | None = Field(
+        None, description="vLLM: [lo, hi] holding the exact student entropy"
+    )
+    teacher_entropy_interval: list[float] | None = Field(None, description="vLLM: likewise, teacher entropy")
 
 
 class Side(BaseModel):

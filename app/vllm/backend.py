@@ -235,7 +235,9 @@ class VLLMBackend:
         }
         if noise is not None:  # build_analysis puts these in the steps
             bound, floor = noise.logprob_bound, noise.logprob_floor
-            record["per_step"] = noise_fields(student_positions, teacher_positions, bound, floor)
+            record["per_step"] = noise_fields(
+                student_positions, teacher_positions, bound, floor, pair.vocab_size
+            )
         return result, record
 
     def replay_batch(self, items: list[BatchItem], top_k: int) -> list[tuple[ReplayResult, dict[str, Any]]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vrollout.vllm.topk import REST_MARGIN, Position, _xlogy_ratio, kl_lower_bound
+from vrollout.vllm.topk import REST_MARGIN, Position, _xlogy_ratio, entropy_bounds, kl_lower_bound
 
 
 def top2_gap(position: Position) -> float:
@@ -87,14 +87,63 @@ def kl_interval(p: Position, q: Position, bound: float, floor: float | None) -> 
     return lo, hi
 
 
+def _neg_xlogx_range(a: float, eps: float) -> tuple[float, float]:
+    """min and max of −e^x x over x ∈ [a−ε, a+ε]: one known token's share of an entropy. It rises
+    up to x = −1 and falls after, so the minimum is at an end and the maximum there or at −1."""
+    ends = [-math.exp(x) * x for x in (a - eps, a + eps)]
+    top = math.exp(-1.0) if a - eps < -1.0 < a + eps else max(ends)
+    return min(ends), top
+
+
+def entropy_interval(position: Position, bound: float, vocab_size: int) -> tuple[float, float]:
+    """[lo, hi] around one model's entropy H(p) from its top-K and actual token, each reported
+    log-prob up to `bound` nats off. With exact values `topk.entropy_bounds` holds:
+    known + R·(−log min(p_(K), R)) ≤ H ≤ known + R·log(N/R) (R the unknown mass, N = V − |known|).
+    Each part is taken at its extreme over the noise box, independently (a relaxation, so still
+    a bracket): the known terms by `_neg_xlogx_range`; R over [R_lo, R_hi] with p_(K) at its
+    largest for the lower end. On [R_lo, R_hi] the lower part is concave up to R = p_(K) and linear
+    after, so its minimum is at R_lo, R_hi or p_(K); R log(N/R) is concave with its top at N/e.
+    No floor is needed: unlike a KL, an entropy is bounded by the vocabulary's size."""
+    eps = max(0.0, bound)
+    lp = position.logprobs
+    ranges = [_neg_xlogx_range(v, eps) for v in lp.values()]
+    known_lo, known_hi = math.fsum(r[0] for r in ranges), math.fsum(r[1] for r in ranges)
+    r_lo, r_hi = _mass_range(list(lp.values()), eps)
+    top = [v for i, v in lp.items() if position.ranks[i] <= position.k]
+    cap = math.exp(min(top) + eps) if top else 1.0  # p_(K), taken ε up
+    n = max(vocab_size - len(lp), 1)
+
+    def lower_tail(r: float) -> float:
+        return 0.0 if r <= 0.0 else -r * math.log(min(cap, r))
+
+    def upper_tail(r: float) -> float:
+        return 0.0 if r <= 0.0 else r * math.log(n / r)
+
+    inside = [r for r in (cap, n / math.e) if r_lo < r < r_hi]
+    lo = max(0.0, known_lo + min(lower_tail(r) for r in (r_lo, r_hi, *inside)))
+    hi = known_hi + max(upper_tail(r) for r in (r_lo, r_hi, *inside))
+    estimate = entropy_bounds(position, vocab_size)[0]
+    return min(lo, estimate), max(hi, lo, estimate)
+
+
 def noise_fields(
-    student: list[Position], teacher: list[Position], bound: float, floor: float | None
+    student: list[Position], teacher: list[Position], bound: float, floor: float | None, vocab_size: int
 ) -> dict[str, list[Any]]:
     """The per-step fields of DESIGN.md's "Numbers from a server": `uncertain`,
-    `reverse_kl_interval` (KL(p‖q), p the student) and `forward_kl_interval` (KL(q‖p))."""
-    fields: dict[str, list[Any]] = {"uncertain": [], "reverse_kl_interval": [], "forward_kl_interval": []}
+    `reverse_kl_interval` (KL(p‖q), p the student), `forward_kl_interval` (KL(q‖p)), and
+    `student_entropy_interval` / `teacher_entropy_interval`."""
+    names = (
+        "uncertain",
+        "reverse_kl_interval",
+        "forward_kl_interval",
+        "student_entropy_interval",
+        "teacher_entropy_interval",
+    )
+    fields: dict[str, list[Any]] = {name: [] for name in names}
     for p, q in zip(student, teacher, strict=True):
         fields["uncertain"].append(is_uncertain(p, q, bound))
         fields["reverse_kl_interval"].append(list(kl_interval(p, q, bound, floor)))
         fields["forward_kl_interval"].append(list(kl_interval(q, p, bound, floor)))
+        fields["student_entropy_interval"].append(list(entropy_interval(p, bound, vocab_size)))
+        fields["teacher_entropy_interval"].append(list(entropy_interval(q, bound, vocab_size)))
     return fields

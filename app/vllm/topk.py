@@ -106,9 +106,10 @@ def entropy_bounds(position: Position, vocab_size: int) -> tuple[float, float]:
     known = -math.fsum(math.exp(v) * v for v in lp.values())
     rest = rest_mass(lp, lp.keys())
     if rest <= 0.0:
-        return known, known
+        return max(0.0, known), max(0.0, known)
     smallest_top = math.exp(min(v for i, v in lp.items() if position.ranks[i] <= position.k))
-    lower = known - rest * math.log(min(smallest_top, rest))
+    # Never below 0: a server's noisy log-probs may sum past 1, which no distribution does.
+    lower = max(0.0, known - rest * math.log(min(smallest_top, rest)))
     upper = known + rest * math.log(max(vocab_size - len(lp), 1) / rest)
     return lower, max(lower, upper)
 

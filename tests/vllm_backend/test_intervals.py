@@ -7,8 +7,8 @@ import math
 import random
 
 import pytest
-from vrollout.vllm.intervals import is_uncertain, kl_interval, noise_fields, top2_gap
-from vrollout.vllm.topk import Position, kl_lower_bound, parse_positions
+from vrollout.vllm.intervals import entropy_interval, is_uncertain, kl_interval, noise_fields, top2_gap
+from vrollout.vllm.topk import Position, entropy_bounds, kl_lower_bound, parse_positions
 
 
 def position(dist: list[float], k: int, actual: int) -> Position:
@@ -80,7 +80,7 @@ def test_intervals_contain_the_exact_kl_under_noise(seed: int):
 
 def test_noise_fields_per_step():
     flat, sharp = position([0.41, 0.39, 0.2], 2, 0), position([0.7, 0.2, 0.1], 2, 1)
-    fields = noise_fields([flat, sharp], [sharp, sharp], 0.03, math.log(0.1))
+    fields = noise_fields([flat, sharp], [sharp, sharp], 0.03, math.log(0.1), 3)
     assert fields["uncertain"] == [True, False]
     assert fields["reverse_kl_interval"][1][0] == 0.0  # same distribution: lo is 0 ...
     assert 0.0 < fields["reverse_kl_interval"][1][1] < 0.3  # ... and hi only the noise and the tail
@@ -88,3 +88,40 @@ def test_noise_fields_per_step():
         fields["forward_kl_interval"], [exact_kl([0.7, 0.2, 0.1], [0.41, 0.39, 0.2]), 0.0], strict=True
     ):
         assert lo <= want <= hi
+    for name, dists in (
+        ("student", [[0.41, 0.39, 0.2], [0.7, 0.2, 0.1]]),
+        ("teacher", [[0.7, 0.2, 0.1]] * 2),
+    ):
+        for (lo, hi), dist in zip(fields[f"{name}_entropy_interval"], dists, strict=True):
+            assert lo <= exact_entropy(dist) <= hi
+
+
+def exact_entropy(p: list[float]) -> float:
+    return -sum(a * math.log(a) for a in p if a > 0)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_entropy_intervals_contain_the_exact_entropy_under_noise(seed: int):
+    """The same noisy servers: [lo, hi] holds the exact entropy of each model, with the
+    estimate (the lower end of `entropy_bounds` on the reported values) inside; without noise,
+    the lower end is the estimate itself."""
+    rng = random.Random(1000 + seed)
+    V = rng.randint(5, 80)
+    p = random_dist(rng, V, rng.uniform(0.3, 4))
+    y = rng.randrange(V)
+    for eps in (0.0, 1e-4, 0.02, 0.2, 1.0):
+        for k in (1, 2, 5, 20):
+            k = min(k, V)
+            pos = noisy_position(p, k, y, eps, rng)
+            lo, hi = entropy_interval(pos, eps, V)
+            assert lo - 1e-12 <= exact_entropy(p) <= hi + 1e-12, (eps, k, lo, exact_entropy(p), hi)
+            estimate, upper = entropy_bounds(pos, V)
+            assert lo - 1e-12 <= estimate <= hi + 1e-12
+            if eps == 0.0:
+                assert lo == pytest.approx(estimate) and hi == pytest.approx(upper)
+
+
+def test_entropy_interval_is_the_exact_value_when_everything_is_known():
+    p = random_dist(random.Random(5), 9, 2.0)
+    lo, hi = entropy_interval(position(p, 9, 3), 0.0, 9)
+    assert lo == pytest.approx(exact_entropy(p)) and hi == pytest.approx(exact_entropy(p))

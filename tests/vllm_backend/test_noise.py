@@ -167,7 +167,7 @@ def test_fp32_serving_equals_the_local_engine(fp32: Analyzer, real_analyzer: Ana
             top = r["teacher_topk"]
             if top[0]["logprob"] - top[1]["logprob"] > TIE:
                 assert s["teacher_top1_id"] == r["teacher_top1_id"], s["position"]
-            for name in ("reverse_kl", "forward_kl"):
+            for name in ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy"):
                 lo, hi = s[f"{name}_interval"]
                 assert lo <= r[name] <= hi, (name, s["position"], lo, r[name], hi)
 
@@ -185,7 +185,7 @@ def test_bf16_differences_fall_on_uncertain_steps_and_inside_the_intervals(
             if flipped:
                 flips += 1
                 assert s["uncertain"], (s["position"], s["teacher_topk"][:2], r["teacher_topk"][:2])
-            for name in ("reverse_kl", "forward_kl"):
+            for name in ("reverse_kl", "forward_kl", "student_entropy", "teacher_entropy"):
                 lo, hi = s[f"{name}_interval"]
                 assert lo <= r[name] <= hi, (name, s["position"], lo, r[name], hi)
                 assert lo <= s[name] <= hi
