@@ -16,7 +16,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -28,7 +27,7 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from support import REAL_CACHE, REPO
+from support import REAL_CACHE, REPO, free_port
 
 TOKEN = "package-test-token"
 SOURCES = ("pyproject.toml", "README.md", "app", "templates", "static")
@@ -178,12 +177,6 @@ print(json.dumps({
     assert got["app"] is False and got["loaded"] == [] and got["unmet"] == []
     assert got["notebook"] == "vrollout.notebook"
     assert list(empty.iterdir()) == []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

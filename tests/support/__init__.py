@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -9,6 +10,13 @@ from vrollout.config import Settings
 
 REAL_CACHE = Path.home() / ".cache" / "vrollout"  # shared with `make run`: converted once
 REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_settings(tmp_path: Path, **overrides: object) -> Settings:

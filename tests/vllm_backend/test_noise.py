@@ -11,15 +11,14 @@ VROLLOUT_TEST_VLLM_BF16_URL reuse servers that are already up.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from support import REAL_CACHE
+from support.vllm import started_servers
 from vrollout.config import Settings
 from vrollout.service import Analyzer
-from vrollout.vllm import server as vllm_server
 from vrollout.vllm.noise import REPEAT_FLOOR
 from vrollout.web.app import create_app
 
@@ -68,12 +67,6 @@ TRAJECTORIES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory):
     """{"float32": url, "bfloat16": url}: one server of each, started together."""
@@ -84,23 +77,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
     if all(given.values()):
         yield given
         return
-    if not vllm_server.VLLM_PYTHON.exists():
-        reason = f"{vllm_server.VLLM_PYTHON} is missing: run `make vllm`"
-        if os.environ.get("VROLLOUT_REQUIRE_VLLM") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    logs = tmp_path_factory.mktemp("vllm-noise")
-    started = {}
-    try:
-        for dtype in given:
-            port = free_port()
-            started[dtype] = vllm_server.start(port, log=logs / f"vllm-{dtype}.log", dtype=dtype)
-        for server in started.values():
-            vllm_server.wait_ready(server, timeout_s=900)
-        yield {dtype: server.url for dtype, server in started.items()}
-    finally:
-        for server in started.values():
-            server.stop()
+    with started_servers(tmp_path_factory.mktemp("vllm-noise"), list(given)) as started:
+        yield {dtype: server.url for dtype, server in zip(given, started, strict=True)}
 
 
 def analyzer_on(url: str, tmp_path: Path, **overrides: object) -> Analyzer:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -18,12 +17,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from support import REAL_CACHE, REPO
+from support.vllm import started_servers
 from vrollout.cli import main as cli_main
 from vrollout.config import Settings
 from vrollout.core.backend import Backend
 from vrollout.core.errors import ModelMismatch
 from vrollout.service import Analyzer
-from vrollout.vllm import server as vllm_server
 from vrollout.vllm.backend import load_remote_pair
 from vrollout.vllm.topk import Position, entropy_bounds, kl_lower_bound
 from vrollout.web.app import create_app
@@ -49,12 +48,6 @@ TRAJECTORIES = [json.loads(line) for line in EXAMPLES.read_text().splitlines() i
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def vllm_servers(tmp_path_factory: pytest.TempPathFactory):
     """Two replicas of the default model, started together (about 2-3 minutes on a CPU)."""
@@ -62,23 +55,8 @@ def vllm_servers(tmp_path_factory: pytest.TempPathFactory):
     if given:
         yield [url.strip() for url in given.split(",")], None
         return
-    if not vllm_server.VLLM_PYTHON.exists():
-        reason = f"{vllm_server.VLLM_PYTHON} is missing: run `make vllm`"
-        if os.environ.get("VROLLOUT_REQUIRE_VLLM") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    logs = tmp_path_factory.mktemp("vllm")
-    servers = []
-    try:
-        for _ in range(2):
-            port = free_port()
-            servers.append(vllm_server.start(port, log=logs / f"vllm-{port}.log", dtype=SERVER_DTYPE))
-        for server in servers:
-            vllm_server.wait_ready(server, timeout_s=900)
+    with started_servers(tmp_path_factory.mktemp("vllm"), [SERVER_DTYPE] * 2) as servers:
         yield [s.url for s in servers], servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def remote_settings(tmp_path: Path, urls: list[str], **overrides: object) -> Settings:

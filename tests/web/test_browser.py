@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,19 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import REAL_CACHE
+from support import REAL_CACHE, free_port
 from vrollout.cli import write_dataset
 from vrollout.config import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]
 
 XSS_TOKENS = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
