@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vrollout.config import Settings
-from vrollout.core.errors import TooLong, VRError
+from vrollout.core.errors import VRError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -75,70 +75,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def analyze(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-    from vrollout.core.trajectories import parse_file
-    from vrollout.core.validation import unknown_key_warnings
-    from vrollout.service import Analyzer
-    from vrollout.storage.jobs import WINDOW
+    """`vrollout analyze`: streamed, in bounded memory, resumable and shardable (vrollout.streaming)."""
+    from vrollout.streaming import analyze_file
 
-    settings = _settings(args)
-    limit = settings.max_upload_bytes
-    try:
-        with Path(args.file).open("rb") as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise TooLong(f"the file is over the limit of {limit} bytes (VROLLOUT_MAX_UPLOAD_BYTES)")
-        lines, bad = parse_file(data, settings.max_lines_per_job, settings.max_line_bytes)
-    except (OSError, VRError) as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
-        return 2
-    analyzer = Analyzer.from_settings(settings, store=not args.no_store)
-    options = {
-        "top_k": args.top_k,
-        "continuation_tokens": args.continuation_tokens,
-        "recovery": args.recovery,
-        "recovery_max_new_tokens": args.recovery_max_new_tokens,
-    }
-    errors = [(e.line, e.error) for e in bad]
-    unknown: dict[str, list[int]] = {}  # keys that are not fields, kept in meta: line numbers
-    out_path = Path(args.out)
-    folder = None if out_path.suffix == ".jsonl" else out_path
-    if folder is not None:
-        out_path = folder / "analyses.jsonl"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = 0
-    analyses = []
-    with out_path.open("w") as out, tqdm(total=len(lines), unit="traj", file=sys.stderr) as bar:
-        for w in range(0, len(lines), WINDOW):  # bounded memory; output in line order
-            prepared, failed = analyzer.prepare_lines(
-                lines[w : w + WINDOW], options, args.privileged, unknown
-            )
-            errors.extend((number, exc.message) for number, exc in failed)
-            bar.update(len(failed))
-            finished = []
-            for group in analyzer.run_prepared(prepared, lambda n: {"job": {"id": None, "line": n}}):
-                for number, result in group:
-                    if isinstance(result, VRError):
-                        errors.append((number, result.message))
-                    else:
-                        finished.append((number, result))
-                bar.update(len(group))
-            for _, analysis in sorted(finished, key=lambda x: x[0]):
-                if analyzer.store is not None:
-                    analyzer.store.save(analysis)
-                out.write(json.dumps(analysis) + "\n")
-                if folder is not None:
-                    analyses.append(analysis)
-                done += 1
-    for number, message in sorted(errors):
-        print(f"{args.file}:{number}: {message}", file=sys.stderr)
-    for warning in unknown_key_warnings(unknown):
-        where = f"{warning['count']} line{'s' if warning['count'] != 1 else ''}"
-        print(f"{args.file}:{warning['lines'][0]}: warning: {warning['warning']} ({where})", file=sys.stderr)
-    if folder is not None:
-        write_dataset(folder, Path(args.file).name, analyses, sorted(errors), analyzer, settings)
-    print(f"{done} analysed, {len(errors)} failed -> {folder or out_path}", file=sys.stderr)
-    return 1 if errors else 0
+    return analyze_file(args, _settings(args))
 
 
 def localize(args: argparse.Namespace) -> int:
@@ -162,6 +102,7 @@ def write_dataset(
         summaries_csv,
         summary_row,
     )
+    from vrollout.report.drift import drift_csv, drift_rows
     from vrollout.report.headline import FORMATS, headline
     from vrollout.web.pages import make_templates, standalone_assets
 
@@ -175,6 +116,9 @@ def write_dataset(
     table = headline(digests)
     for render, _, suffix in FORMATS.values():  # headline.csv, .md, .tex
         (folder / f"headline.{suffix}").write_text(render(table))
+    drift = drift_rows(digests)
+    if drift:  # lines carry a training step
+        (folder / "drift.csv").write_text(drift_csv(drift))
     env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
     inline, csp = standalone_assets(settings.static_dir, "report.js")
     html = env.get_template("report.html").render(
@@ -183,6 +127,7 @@ def write_dataset(
         errors=errors,
         figures=figures,
         headline=table,
+        drift=drift,
         student=analyzer.pair.student.name,
         teacher=analyzer.pair.teacher.name,
         standalone=True,
@@ -229,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recovery", action="store_true", help="recovery curve (lines need reference_answer)")
     p.add_argument("--recovery-max-new-tokens", dest="recovery_max_new_tokens", type=int, default=64)
     p.add_argument("--no-store", action="store_true", help="do not save to the database")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep what --out holds from an earlier (killed or interrupted) run and skip its lines",
+    )
+    p.add_argument("--shard", help="I/N: only lines whose number is I modulo N, counting from 0 (N machines)")
     p.set_defaults(fn=analyze)
 
     from vrollout.localization import add_parser as add_localize
