@@ -161,7 +161,22 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("analyze", help="analyse a JSONL file of trajectories")
     _model_flags(p)
-    p.add_argument("file", help="JSONL (one trajectory per line) or a JSON array")
+    p.add_argument(
+        "file",
+        help="JSONL (one trajectory per line), a JSON array, Parquet, a folder written by datasets' "
+        "save_to_disk, or hf://datasets/ORG/NAME (docs/formats.md)",
+    )
+    p.add_argument("--split", help="the split of a datasets folder or an hf:// dataset (e.g. train)")
+    p.add_argument(
+        "--map",
+        help="where the fields are: field=column,... e.g. prompt=question,privileged=solution "
+        "(a dotted column reads a nested value)",
+    )
+    p.add_argument(
+        "--from",
+        dest="preset",
+        help="a training framework's log: verl | trl | tinker | auto (detected from the columns)",
+    )
     p.add_argument(
         "--out",
         required=True,

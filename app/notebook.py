@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import html
 import json
+import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -236,38 +237,76 @@ class VirtualRollout:
 
     def analyze_many(
         self,
-        trajectories: Iterable[Mapping[str, Any] | str],
+        trajectories: Iterable[Mapping[str, Any] | str] | str | os.PathLike[str],
         *,
         privileged: str | None = None,
         progress: bool = True,
         errors: Literal["raise", "skip"] = "raise",
+        mapping: str | Mapping[str, str] | None = None,
+        preset: str | None = None,
+        split: str | None = None,
         **options: Any,
     ) -> Iterator[Analysis]:
         """Analyses of many trajectories (dicts, or JSON lines such as an open .jsonl file), yielded
-        in input order. Short ones share padded batches, as jobs and `vrollout analyze` do. Keyword
-        options and `privileged` apply to trajectories that do not set their own. A bad trajectory
-        raises its error, naming its index; `errors="skip"` leaves it out with a warning."""
+        in input order; or of a source by its path (JSONL, JSON, Parquet, a `save_to_disk` folder,
+        `hf://datasets/ORG/NAME` with `split`), whose trajectories are numbered by line (row) from
+        1. `mapping` (`{"prompt": "question"}` or `"prompt=question,..."`) and `preset` (`"verl"`,
+        `"trl"`, `"tinker"`, `"auto"`) rename each trajectory's columns first. Short ones share
+        padded batches, as jobs and `vrollout analyze` do. Keyword options and `privileged` apply
+        to trajectories that do not set their own. A bad trajectory raises its error, naming its
+        index; `errors="skip"` leaves it out with a warning."""
         from tqdm import tqdm
+        from vrollout.core.errors import BadTrajectory
+        from vrollout.core.sources import check_preset, iter_rows, map_rows, parse_mapping
+        from vrollout.core.trajectories import LineError
         from vrollout.storage.jobs import WINDOW
 
-        if isinstance(trajectories, str | bytes | Mapping):
-            raise TypeError("analyze_many takes an iterable of trajectories or JSON lines, e.g. open(path)")
         if errors not in ("raise", "skip"):
             raise ValueError(f'errors must be "raise" or "skip", got {errors!r}')
-        total = len(trajectories) if hasattr(trajectories, "__len__") else None
+        total = None
+        if isinstance(trajectories, os.PathLike) or (
+            isinstance(trajectories, str) and not trajectories.lstrip().startswith(("{", "["))
+        ):
+            settings = self.analyzer.settings
+            rows = iter_rows(
+                trajectories,
+                name=str(trajectories),
+                settings=settings,
+                split=split,
+                mapping=mapping,
+                preset=preset,
+            )
+        else:
+            if isinstance(trajectories, str | bytes | Mapping):
+                raise TypeError(
+                    "analyze_many takes a path, or an iterable of trajectories or JSON lines, e.g. open(path)"
+                )
+            total = len(trajectories) if hasattr(trajectories, "__len__") else None
+            check_preset(preset)
+            rows = map_rows(self._numbered(trajectories), parse_mapping(mapping), preset)
         unknown: set[str] = set()  # keys already warned about
         with tqdm(total=total, unit="traj", disable=not progress, file=sys.stderr) as bar:
             window: list[tuple[int, Any]] = []
-            for index, item in enumerate(trajectories):
-                if isinstance(item, str | bytes):
-                    if not item.strip():
-                        continue  # a blank line of a JSONL file
-                    item = self._json_line(index, item)
+            for index, item in rows:
+                if isinstance(item, LineError):  # in order: what comes before it first
+                    yield from self._run_window(window, options, privileged, errors, bar, unknown)
+                    window = []
+                    self._failed(index, BadTrajectory(item.error), errors)
+                    bar.update(1)
+                    continue
                 window.append((index, item))
                 if len(window) == WINDOW:
                     yield from self._run_window(window, options, privileged, errors, bar, unknown)
                     window = []
             yield from self._run_window(window, options, privileged, errors, bar, unknown)
+
+    def _numbered(self, trajectories: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+        for index, item in enumerate(trajectories):
+            if isinstance(item, str | bytes):
+                if not item.strip():
+                    continue  # a blank line of a JSONL file
+                item = self._json_line(index, item)
+            yield index, item
 
     @staticmethod
     def _json_line(index: int, line: str | bytes) -> Any:

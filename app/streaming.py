@@ -321,6 +321,7 @@ def windows(rows: Iterator[tuple[int, Any]], size: int, keep: Any) -> Iterator[l
 def analyze_file(args: Any, settings: Settings) -> int:
     """`vrollout analyze FILE --out OUT [--resume] [--shard I/N]`; the exit status."""
     from tqdm import tqdm
+    from vrollout.core.sources import iter_rows
     from vrollout.core.validation import unknown_key_warnings
     from vrollout.service import Analyzer
     from vrollout.storage.jobs import WINDOW
@@ -329,7 +330,14 @@ def analyze_file(args: Any, settings: Settings) -> int:
     try:
         shard = parse_shard(args.shard)
         tag = None if shard is None else f"{shard[0]}/{shard[1]}"
-        rows = jsonl_rows(source, settings.max_line_bytes)
+        rows = iter_rows(  # JSONL, JSON, Parquet, datasets folders, hf:// (core.sources)
+            args.file,
+            name=source.name,
+            settings=settings,
+            split=getattr(args, "split", None),
+            mapping=getattr(args, "map", None),
+            preset=getattr(args, "preset", None),
+        )
         first = next(rows, None)  # an unreadable or empty file: said now, before the models load
         outputs = Outputs(Path(args.out), args.resume, tag)
     except (OSError, VRError) as exc:

@@ -7,7 +7,7 @@
     showError($("error"), "");
     $("upload").disabled = true;
     const form = new FormData($("upload-form"));
-    if (!form.get("privileged")) form.delete("privileged");
+    for (const name of ["privileged", "map", "from"]) if (!form.get(name)) form.delete(name);
     try {
       const body = await request("/api/jobs", { method: "POST", body: form });
       const url = `/jobs/${encodeURIComponent(body.job.id)}`;

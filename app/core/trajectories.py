@@ -135,9 +135,7 @@ def parse_file(
     is an error of that line. Lines are read one at a time, so a file with more than
     `max_lines` is refused as soon as the limit is passed.
     """
-    encoding = next((name for bom, name in BOMS if data.startswith(bom)), None)
-    if encoding:
-        raise BadTrajectory(f"the file is {encoding} text: save it as UTF-8")
+    check_encoding(data)
     data = data.removeprefix(b"\xef\xbb\xbf")
     if not data.strip():
         raise BadTrajectory("the file is empty")
@@ -150,23 +148,36 @@ def parse_file(
             continue
         if len(good) + len(bad) >= max_lines:
             raise TooLong(f"more than the limit of {max_lines} lines (VROLLOUT_MAX_LINES_PER_JOB)")
-        if max_line_bytes is not None and len(raw.rstrip(b"\r\n")) > max_line_bytes:
-            bad.append(LineError(number, _over(len(raw.rstrip(b"\r\n")), max_line_bytes, "line")))
-            continue
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad.append(
-                LineError(number, f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
-            )
-            continue
-        try:
-            good.append((number, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            bad.append(LineError(number, f"invalid JSON: {exc.msg} (column {exc.colno})"))
-        except (ValueError, RecursionError) as exc:  # e.g. too many digits, or nested too deeply
-            bad.append(LineError(number, f"invalid JSON: {_json_problem(exc)}"))
+        decoded = decode_line(number, raw, max_line_bytes)
+        if isinstance(decoded, LineError):
+            bad.append(decoded)
+        else:
+            good.append((number, decoded))
     return good, bad
+
+
+def decode_line(number: int, raw: bytes, max_line_bytes: int | None) -> Any:
+    """One JSONL line (`raw`, not blank) as its object, or the `LineError` that says why not:
+    longer than `max_line_bytes` (measured, never parsed), not UTF-8, or not JSON."""
+    if max_line_bytes is not None and len(raw.rstrip(b"\r\n")) > max_line_bytes:
+        return LineError(number, _over(len(raw.rstrip(b"\r\n")), max_line_bytes, "line"))
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return LineError(number, f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return LineError(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except (ValueError, RecursionError) as exc:  # e.g. too many digits, or nested too deeply
+        return LineError(number, f"invalid JSON: {_json_problem(exc)}")
+
+
+def check_encoding(head: bytes) -> None:
+    """Refuse a file (given by its first bytes) that is UTF-16 or UTF-32 text."""
+    encoding = next((name for bom, name in BOMS if head.startswith(bom)), None)
+    if encoding:
+        raise BadTrajectory(f"the file is {encoding} text: save it as UTF-8")
 
 
 BOMS = (

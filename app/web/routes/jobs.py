@@ -23,7 +23,8 @@ from vrollout.core.responses import (
     SummaryRow,
     media,
 )
-from vrollout.core.trajectories import parse_file
+from vrollout.core.sources import iter_rows
+from vrollout.core.trajectories import LineError
 from vrollout.core.validation import unknown_key_warnings
 from vrollout.report.dataset import (
     figures_of,
@@ -55,17 +56,26 @@ def display_name(filename: str | None) -> str:
 
 
 def validate_lines(
-    analyzer: Analyzer, data: bytes, options: dict[str, Any], privileged: str | None
+    analyzer: Analyzer,
+    data: bytes,
+    options: dict[str, Any],
+    privileged: str | None,
+    mapping: str | None = None,
+    preset: str | None = None,
+    name: str = "upload",
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Each line checked on its own (nothing valid is dropped because a neighbour was bad):
     the good lines (as stored: unknown keys moved into `meta`), the rejected ones, and a
-    warning per unknown key."""
-    settings = analyzer.settings
-    lines, bad = parse_file(data, settings.max_lines_per_job, settings.max_line_bytes)
+    warning per unknown key. The file is JSONL, a JSON array or Parquet (core.sources), its
+    columns renamed by `mapping` and `preset` first."""
+    rows = iter_rows(data, name=name, settings=analyzer.settings, mapping=mapping, preset=preset)
     good: list[tuple[int, dict[str, Any]]] = []
-    rejected = [{"line": e.line, "error": e.error} for e in bad]
+    rejected: list[dict[str, Any]] = []
     unknown: dict[str, list[int]] = {}
-    for number, obj in lines:
+    for number, obj in rows:
+        if isinstance(obj, LineError):
+            rejected.append({"line": number, "error": obj.error})
+            continue
         try:
             _, line, keys = analyzer.prepare_line(obj, options, privileged)
             good.append((number, line))
@@ -82,10 +92,19 @@ async def create_job(
     analyzer: AnalyzerDep,
     jobs: JobsDep,
     runner: RunnerDep,
-    file: Annotated[UploadFile, File(description="JSONL (one trajectory per line) or a JSON array")],
+    file: Annotated[
+        UploadFile, File(description="JSONL (one trajectory per line), a JSON array, or Parquet")
+    ],
     privileged: Annotated[str | None, Form(description="for every line that has none")] = None,
     top_k: Annotated[int | None, Form(description="default 5 (limit: VROLLOUT_MAX_TOP_K)")] = None,
     continuation_tokens: Annotated[int, Form()] = 0,
+    map: Annotated[
+        str | None,
+        Form(description="column mapping field=column,... e.g. prompt=question,privileged=solution"),
+    ] = None,
+    from_: Annotated[
+        str | None, Form(alias="from", description="a framework's log: verl, trl, tinker or auto")
+    ] = None,
 ) -> dict[str, Any]:
     """Validate the file line by line; the valid lines become a job that runs in the background.
     The invalid ones come back with their line numbers and reasons; keys that are not fields
@@ -96,7 +115,16 @@ async def create_job(
     if len(data) > limit:
         raise TooLong(f"the file is over the limit of {limit} bytes (VROLLOUT_MAX_UPLOAD_BYTES)")
     options = {"top_k": top_k, "continuation_tokens": continuation_tokens}
-    good, rejected, warnings = await run_in_threadpool(validate_lines, analyzer, data, options, privileged)
+    good, rejected, warnings = await run_in_threadpool(
+        validate_lines,
+        analyzer,
+        data,
+        options,
+        privileged,
+        map or None,
+        from_ or None,
+        display_name(file.filename),
+    )
     if not good:
         shown = "; ".join(f"line {r['line']}: {r['error']}" for r in rejected[:5])
         raise BadTrajectory(f"no valid trajectory in the file ({shown})", rejected=rejected)
