@@ -217,6 +217,7 @@ def build_analysis(
             "reference_answer": traj.reference_answer,
             "meta": traj.meta,
             "prompt": traj.messages,
+            "rendered": traj.rendered,
         },
         "top_k": top_k,
         "continuation_tokens": continuation_tokens,

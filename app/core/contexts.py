@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vrollout.core.errors import BadTrajectory, TooLong
+from vrollout.core.rendered import teacher_text
 from vrollout.core.trajectories import Trajectory
 
 if TYPE_CHECKING:  # the core never imports torch
@@ -111,6 +112,34 @@ def _decode(model: LoadedModel, ids: list[int]) -> str:
     return model.tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def _rendered(
+    prompt: str,
+    privileged: str | None,
+    pair: ModelPair,
+    notes: list[str],
+    limits: tuple[TokenLimit, TokenLimit],
+) -> tuple[list[int], str, list[int], str]:
+    """Both contexts of a prompt given rendered: its text as it is for the student, the same with
+    the privileged info placed by the student's template for the teacher (`core.rendered`), each
+    tokenized as-is (no special tokens added: the text holds those the template wrote)."""
+    t_text, found = teacher_text(pair.student.tokenizer, prompt, privileged, pair.teacher_template)
+    notes.append(
+        "the prompt was given rendered (rendered: true): tokenized as it is, no chat template "
+        "applied and no special tokens added"
+    )
+    notes.extend(found)
+    if pair.teacher.tokenizer is not pair.student.tokenizer and getattr(
+        pair.teacher.tokenizer, "chat_template", None
+    ) != getattr(pair.student.tokenizer, "chat_template", None):
+        notes.append(
+            "the teacher's chat template differs from the student's: its context is the student's "
+            "rendering (with the privileged info), not rendered again with its own template"
+        )
+    s_ids = tokenize_within(pair.student.tokenizer, prompt, limits[0])
+    t_ids = tokenize_within(pair.teacher.tokenizer, t_text, limits[1])
+    return s_ids, prompt, t_ids, t_text
+
+
 def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: int) -> Contexts:
     """Both contexts and the response ids for one trajectory (no model forward pass), each
     refused as soon as it is over its limit: `context` tokens for each context (as
@@ -127,6 +156,11 @@ def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: in
         student_limit.check(len(s_ids))
         teacher_limit.check(len(t_ids))
         s_text, t_text = _decode(pair.student, s_ids), _decode(pair.teacher, t_ids)
+    elif traj.rendered:
+        assert traj.messages is not None
+        s_ids, s_text, t_ids, t_text = _rendered(
+            traj.messages[0]["content"], privileged, pair, notes, (student_limit, teacher_limit)
+        )
     else:
         assert traj.messages is not None
         s_ids, s_text, templated = render(pair.student, traj.messages, student_limit)

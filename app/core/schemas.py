@@ -71,6 +71,11 @@ class AnalyzeRequest(BaseModel):
     response_ids: list[TokenId] | None = Field(None, description="limit: VROLLOUT_MAX_RESPONSE_TOKENS")
     teacher_prompt_ids: list[TokenId] | None = Field(None, description="limit: VROLLOUT_MAX_CONTEXT_TOKENS")
     privileged: str | None = Field(None, description=f"shown to the teacher only; {CONTEXT_CAP}")
+    rendered: bool = Field(
+        False,
+        description="prompt is the exact text the model saw (chat template and generation prompt "
+        "applied): tokenized as it is, never templated again",
+    )
     id: str | None = Field(None, description=CONTEXT_CAP)
     reference_answer: str | int | float | None = Field(None, description=f"text: {RESPONSE_CAP}")
     meta: dict[str, Any] | None = None

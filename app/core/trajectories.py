@@ -32,6 +32,9 @@ class Trajectory:
     id: str | None = None
     reference_answer: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # The prompt (one user message holding it) is the text the model saw, template applied:
+    # tokenized as it is, never templated again (core.rendered).
+    rendered: bool = False
 
     @property
     def has_response(self) -> bool:
@@ -55,6 +58,8 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
     response = getattr(request, "response", None)  # a pedagogical request has no response
     response_ids = getattr(request, "response_ids", None)
     completion = getattr(request, "completion", None)
+    if getattr(request, "rendered", False):
+        return _rendered(request, extras)
     if response_ids is not None or request.prompt_ids is not None:
         return _token_level(request.prompt_ids, response_ids, request.teacher_prompt_ids, extras)
     if request.messages is not None:
@@ -89,6 +94,37 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
         raise BadTrajectory("completion needs prompt as a list of messages (TRL format)")
     return Trajectory(
         "prompt_response", messages=[{"role": "user", "content": prompt}], response_text=response, **extras
+    )
+
+
+def _rendered(request: AnalyzeRequest | PedagogicalRequest, extras: dict[str, Any]) -> Trajectory:
+    """A prompt given as the text the model saw (`rendered: true`): only a string prompt, with
+    the response as text (or none, to generate)."""
+    if getattr(request, "response_ids", None) is not None or request.prompt_ids is not None:
+        raise BadTrajectory(
+            "rendered applies to a prompt given as text; token ids (prompt_ids, response_ids) are "
+            "exact already: drop rendered",
+            field="rendered",
+        )
+    if request.messages is not None or isinstance(request.prompt, list):
+        raise BadTrajectory(
+            "rendered: true needs prompt as one string, the text the model saw (chat template "
+            "applied); messages are rendered by the chat template: drop rendered",
+            field="rendered",
+        )
+    if getattr(request, "completion", None) is not None:
+        raise BadTrajectory(
+            "rendered: give the response as the string response, not completion", field="rendered"
+        )
+    prompt = request.prompt
+    if prompt is None or not prompt.strip():
+        raise BadTrajectory("rendered: true needs prompt, a non-empty string", field="prompt")
+    return Trajectory(
+        "prompt_response",
+        messages=[{"role": "user", "content": prompt}],
+        response_text=getattr(request, "response", None),
+        rendered=True,
+        **extras,
     )
 
 
