@@ -208,13 +208,13 @@ class Outputs:
     def finish(self, name: str, errors: list[tuple[int, str]], analyzer: Any, settings: Settings) -> None:
         """The dataset views, from the digests: summaries.csv/.jsonl, figures.json,
         headline.csv/.md/.tex and report.html (as `cli.write_dataset` makes them)."""
+        folder, digests = self.folder, self.digests
+        if folder is None or digests is None:
+            return
         from vrollout.report.dataset import figures_of, jsonl_chunks, summaries_csv_chunks, summary_of
         from vrollout.report.headline import FORMATS, headline
         from vrollout.web.pages import make_templates, standalone_assets
 
-        folder, digests = self.folder, self.digests
-        if folder is None or digests is None:
-            return
         rows = _Rows(digests)
         with (folder / "summaries.csv").open("w", encoding="utf-8", newline="") as f:
             f.writelines(summaries_csv_chunks(summary_of(d) for d in _each(digests)))
