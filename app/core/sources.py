@@ -133,7 +133,9 @@ def _parquet(source: Path | bytes, name: str, max_rows: int | None) -> Iterator[
         raise BadTrajectory(f"{name}: not a readable Parquet file ({exc})") from None
     if max_rows is not None and file.metadata.num_rows > max_rows:
         raise TooLong(f"more than the limit of {max_rows} lines (VROLLOUT_MAX_LINES_PER_JOB)")
-    return _batches(file.iter_batches(batch_size=BATCH_ROWS), f"{name}: Parquet")
+    # Row group by row group, so that a damaged one is named by the row it starts at
+    groups = (file.iter_batches(batch_size=BATCH_ROWS, row_groups=[i]) for i in range(file.num_row_groups))
+    return _batches((batch for group in groups for batch in group), f"{name}: Parquet")
 
 
 def _batches(batches: Iterable[Any], what: str) -> Iterator[Row]:
@@ -355,7 +357,8 @@ def map_rows(rows: Iterable[Row], fields: dict[str, str], preset: str | None) ->
 
 def rename(row: dict[str, Any], fields: dict[str, str], number: int) -> dict[str, Any]:
     """The row with each mapped column under our field's name (a dotted column reads a nested
-    value: `extra.answer`). A missing column is an error naming the column and the row."""
+    value: `extra.answer`). A missing column is an error naming the column (its caller names the
+    row: the CLI's `FILE:N:`, the upload's `line`, the Python API's `trajectory N`)."""
     if not fields:
         return row
     out = dict(row)
@@ -364,7 +367,7 @@ def rename(row: dict[str, Any], fields: dict[str, str], number: int) -> dict[str
         if not found:
             columns = ", ".join(sorted(map(str, row))[:20])
             raise BadTrajectory(
-                f"row {number}: no column {column!r} (mapped to {field}); its columns: {columns}",
+                f"no column {column!r} (mapped to {field}); its columns: {columns}",
                 field=field,
             )
         if column in out and column not in fields:
