@@ -2,14 +2,16 @@
 
 Each preset was written from the framework's own writer code (docs/formats.md, "Presets", names
 the file and version): verl's rollout dumps (`trainer.rollout_data_dir`), TRL's completions tables
-(`log_completions=True`) and tinker-cookbook's logtree traces. `apply_preset` turns one row into a
-line (`prompt`, `rendered`, `response`, `reference_answer`, `score`, `correct`, `step`, `id`,
-everything else in `meta`); validation happens afterwards, as for any line. This module knows
-nothing about files: the readers (app/core/sources.py) hand it rows one at a time.
+(`log_completions=True`) and tinker-cookbook's logtree traces (`tinker_rows` turns a trace into
+rows). `apply_preset` turns one row into a line: `prompt` (+ `rendered`), `response` (or, after a
+prompt of messages, a one-message `completion`), `reference_answer`, `score`, `correct`, `step`,
+`id`, and everything else in `meta`; validation happens afterwards, as for any line. This module
+knows nothing about files: the readers (app/core/sources.py) hand it rows one at a time.
 """
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -126,6 +128,15 @@ def _messages(value: Any, column: str) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": _message_text(m.get("content", ""))} for m in value]
 
 
+def _reply(line: dict[str, Any], text: str) -> None:
+    """The response in the field our formats pair with the prompt's shape: `response` after a
+    text prompt, a one-message `completion` after messages (TRL's prompt-completion)."""
+    if isinstance(line["prompt"], list):
+        line["completion"] = [{"role": "assistant", "content": text}]
+    else:
+        line["response"] = text
+
+
 def _trl(row: dict[str, Any]) -> dict[str, Any]:
     _require(row, TRL_COLUMNS, "trl")
     prompt, completion = _as_list(row["prompt"]), _as_list(row["completion"])
@@ -138,7 +149,7 @@ def _trl(row: dict[str, Any]) -> dict[str, Any]:
     else:
         raise BadTrajectory(f"column 'prompt' must be text or a list of messages, got {prompt!r}")
     if isinstance(completion, str):
-        line["response"] = completion
+        _reply(line, completion)
     elif isinstance(completion, list):
         turns = _messages(completion, "completion")
         if len(turns) != 1:
@@ -146,7 +157,7 @@ def _trl(row: dict[str, Any]) -> dict[str, Any]:
                 f"column 'completion' has {len(turns)} messages (tool calls): "
                 "only a single assistant message replays"
             )
-        line["response"] = turns[0]["content"]
+        _reply(line, turns[0]["content"])
     else:
         raise BadTrajectory(f"column 'completion' must be text or a list of messages, got {completion!r}")
     others = {k: v for k, v in row.items() if k not in TRL_FIXED}
@@ -167,12 +178,95 @@ def _trl(row: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
+def tinker_rows(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """The episodes of a tinker-cookbook logtree trace (`iteration_NNNNNN/train_logtree.json`) as
+    rows for the `tinker` preset: each "Prompt" section (a conversation), the "Policy Response"
+    section after it and the "Reward" table after that, as `ProblemEnv.step` logs them. A trace
+    with no such episode (an environment that logs otherwise) gives no rows."""
+    if not isinstance(trace, dict) or not isinstance(trace.get("root"), dict):
+        raise BadTrajectory("not a tinker-cookbook logtree trace: no 'root' node")
+    title = str(trace.get("title", ""))
+    iteration = title.rsplit(" ", 1)[-1]  # "RL Iteration 3" (rl/train.py)
+    rows: list[dict[str, Any]] = []
+    _collect(trace["root"], int(iteration) if iteration.isdigit() else None, rows)
+    return rows
+
+
+def _header(node: Any) -> str | None:
+    """The title of a logtree section (a `section` whose first child is its `hN` header)."""
+    if not isinstance(node, dict) or node.get("tag") != "section" or not node.get("children"):
+        return None
+    first = node["children"][0]
+    if isinstance(first, dict) and str(first.get("tag", "")).startswith("h"):
+        return html.unescape("".join(c for c in first.get("children", []) if isinstance(c, str)))
+    return None
+
+
+def _find(node: Any, match: Any) -> Any:
+    """The first node under `node` (itself included, depth first) for which `match` is true."""
+    if not isinstance(node, dict):
+        return None
+    if match(node):
+        return node
+    for child in node.get("children", []):
+        if (found := _find(child, match)) is not None:
+            return found
+    return None
+
+
+def _conversation(section: Any) -> list[Any]:
+    found = _find(
+        section, lambda n: isinstance(n.get("data"), dict) and n["data"].get("type") == "conversation"
+    )
+    return list(found["data"].get("messages", [])) if found else []
+
+
+def _table(section: Any) -> dict[str, str]:
+    """A logtree key/value table (`table_from_dict`) as a dict of its cells' text."""
+    table = _find(section, lambda n: n.get("tag") == "table")
+    cells: dict[str, str] = {}
+    body = _find(table, lambda n: n.get("tag") == "tbody") if table else None
+    for tr in body.get("children", []) if body else []:
+        texts = [
+            html.unescape("".join(c for c in td.get("children", []) if isinstance(c, str)))
+            for td in tr.get("children", [])
+            if isinstance(td, dict)
+        ]
+        if len(texts) == 2:
+            cells[texts[0]] = texts[1]
+    return cells
+
+
+def _collect(node: dict[str, Any], iteration: int | None, rows: list[dict[str, Any]]) -> None:
+    children = [c for c in node.get("children", []) if isinstance(c, dict)]
+    titles = [_header(c) for c in children]
+    for i, title in enumerate(titles):
+        if title == "Prompt" and titles[i + 1 : i + 3] == ["Policy Response", "Reward"]:
+            reply = _conversation(children[i + 1])
+            reward = _table(children[i + 2])
+            row: dict[str, Any] = {
+                "tinker_prompt": _conversation(children[i]),
+                "tinker_response": _message_text(reply[0].get("content", "")) if reply else "",
+                "tinker_reward": float(reward["reward"]) if "reward" in reward else None,
+            }
+            if "reference_answer" in reward:
+                row["reference_answer"] = reward["reference_answer"]
+            for key in ("correct", "format_valid"):
+                if reward.get(key) in ("True", "False"):
+                    row[key] = reward[key] == "True"
+            if iteration is not None:
+                row["iteration"] = iteration
+            rows.append(row)
+    for child in children:
+        _collect(child, iteration, rows)
+
+
 def _tinker(row: dict[str, Any]) -> dict[str, Any]:
     _require(row, TINKER_COLUMNS, "tinker")
-    line: dict[str, Any] = {
-        "prompt": _messages(row["tinker_prompt"], "tinker_prompt"),
-        "response": row["tinker_response"],
-    }
+    line: dict[str, Any] = {"prompt": _messages(row["tinker_prompt"], "tinker_prompt")}
+    if not isinstance(row["tinker_response"], str):
+        raise BadTrajectory(f"column 'tinker_response' must be text, got {row['tinker_response']!r}")
+    _reply(line, row["tinker_response"])
     extras = {k: v for k, v in row.items() if k not in TINKER_COLUMNS}
     if _scalar_answer(extras.get("reference_answer")):
         line["reference_answer"] = extras.pop("reference_answer")

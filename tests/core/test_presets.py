@@ -3,20 +3,22 @@
 verl: its rollout-dump writer, copied verbatim (tests/support/framework_writers.py says why), fed
 what verl's `_log_rollout_data` feeds it: prompts and responses decoded with
 skip_special_tokens=True by the tokenizer that rendered them. TRL: a real GRPOTrainer step with
-`log_completions=True` on the tiny model, whose completions Parquet is read back.
+`log_completions=True` on the tiny model, whose completions Parquet is read back. tinker-cookbook:
+its logtree library from its wheel, fed by ProblemEnv.step's own logging calls.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 from support import tiny_settings
-from support.framework_writers import verl_write_generations
+from support.framework_writers import load_tinker_logtree, tinker_problem_env_log, verl_write_generations
 from support.tiny import tiny_pair
 from vrollout.core.errors import BadTrajectory
-from vrollout.core.presets import PRESETS, apply_preset, detect_preset
+from vrollout.core.presets import PRESETS, apply_preset, detect_preset, tinker_rows
 from vrollout.local.models import ModelPair
 from vrollout.service import Analyzer
 
@@ -150,7 +152,7 @@ def test_trl_completions_map_to_our_fields(trl_completions: list[dict]):
     line = apply_preset(row, "trl")
     assert line["prompt"][-1]["role"] == "user" and line["prompt"][-1]["content"] in dict(QUESTIONS)
     assert "rendered" not in line  # messages: our tokenizer applies the template, as TRL did
-    assert line["response"] == row["completion"][0]["content"]
+    assert line["completion"] == [{"role": "assistant", "content": row["completion"][0]["content"]}]
     assert line["score"] == row["accuracy_reward"] and line["correct"] is bool(row["accuracy_reward"])
     assert line["step"] == 1 and line["meta"]["advantage"] == row["advantage"]
 
@@ -158,7 +160,7 @@ def test_trl_completions_map_to_our_fields(trl_completions: list[dict]):
 def test_trl_lines_validate_and_analyse(tiny: ModelPair, tmp_path: Path, trl_completions: list[dict]):
     analyzer = Analyzer(tiny, tiny_settings(tmp_path))
     line = apply_preset(trl_completions[0], "trl")
-    if not line["response"]:
+    if not line["completion"][0]["content"]:
         pytest.skip("the tiny policy stopped at once: nothing to replay")
     prep, _, _ = analyzer.prepare_line(line, {}, None)
     assert analyzer.run(prep, store=False)["steps"]
@@ -198,3 +200,49 @@ def test_bad_rows_get_clear_errors():
         two = [{"role": "assistant", "content": "x"}, {"role": "tool", "content": "y"}]
         apply_preset({"step": 1, "prompt": "p", "completion": two, "advantage": 0.0}, "trl")
     assert set(PRESETS) == {"verl", "trl", "tinker"}
+
+
+@pytest.fixture(scope="module")
+def tinker_trace(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An RL iteration's logtree trace as tinker-cookbook writes it: its own logtree library, the
+    episodes logged by ProblemEnv.step's own calls, inside the trainer's scopes (rl/train.py)."""
+    cache = Path(request.config.cache.mkdir("tinker-cookbook-wheel"))
+    try:
+        logtree, formatters = load_tinker_logtree(cache)
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"the tinker-cookbook wheel cannot be downloaded here: {exc}")
+    out = tmp_path_factory.mktemp("tinker") / "iteration_000003"
+    out.mkdir()
+    with logtree.init_trace("RL Iteration 3", path=out / "train.html") as trace:
+        for question, answer in QUESTIONS:
+            with logtree.scope_header("Group Rollout"):
+                convo = [{"role": "user", "content": question}]
+                reply = {"role": "assistant", "content": "The answer is 4."}
+                tinker_problem_env_log(logtree, formatters, convo, reply, answer, 1.0, float(answer == "4"))
+    logtree.write_trace_json(trace, out / "train_logtree.json")
+    return json.loads((out / "train_logtree.json").read_text())
+
+
+def test_tinker_trace_maps_to_our_fields(tinker_trace: dict):
+    rows = tinker_rows(tinker_trace)
+    assert len(rows) == len(QUESTIONS)
+    assert detect_preset(set(rows[0])) == "tinker"
+    first, second = (apply_preset(row, "tinker") for row in rows)
+    assert first["prompt"] == [{"role": "user", "content": "What is 2+2?"}] and "rendered" not in first
+    assert first["completion"] == [{"role": "assistant", "content": "The answer is 4."}]
+    assert (first["reference_answer"], first["score"], first["correct"], first["step"]) == ("4", 1.0, True, 3)
+    assert (second["reference_answer"], second["score"], second["correct"]) == ("6", 0.0, False)
+    assert first["meta"] == {"format_valid": True, "preset": "tinker"}
+
+
+def test_tinker_lines_validate_and_analyse(tiny: ModelPair, tmp_path: Path, tinker_trace: dict):
+    analyzer = Analyzer(tiny, tiny_settings(tmp_path))
+    prep, _, _ = analyzer.prepare_line(apply_preset(tinker_rows(tinker_trace)[0], "tinker"), {}, None)
+    analysis = analyzer.run(prep, store=False)
+    assert analysis["steps"] and analysis["response_text"].startswith("The answer is 4.")
+
+
+def test_tinker_trace_without_episodes_gives_no_rows_and_a_non_trace_is_refused():
+    assert tinker_rows({"title": "RL Iteration 0", "root": {"tag": "body", "children": []}}) == []
+    with pytest.raises(BadTrajectory, match="no 'root' node"):
+        tinker_rows({"input": "q"})
