@@ -64,6 +64,8 @@
     (r) => [fmt(r.reverse_kl_total, 3), "num"],
     (r) => [fmt(r.advantage_total, 3), "num"],
     (r) => [r.correct === null ? "" : r.correct ? "correct" : "wrong", ""],
+    (r) => [r.verdict_method ?? "", ""], // how the verdict was reached: given, math-verify, text
+    (r) => [r.step === null || r.step === undefined ? "" : String(r.step), ""],
   ];
 
   function renderTable() {
@@ -115,6 +117,28 @@
     $("headline-note").textContent = table.note;
   }
 
+  // Drift across training steps: one row per step (the card stays hidden when no line has one).
+  function renderDrift(steps) {
+    const pct = (v) => (v === null ? "–" : `${(100 * v).toFixed(1)}%`);
+    const num = (v, digits) => (v === null ? "–" : v.toFixed(digits));
+    $("drift").hidden = steps.length === 0;
+    $("drift-table").tBodies[0].replaceChildren(
+      ...steps.map((d) =>
+        row([
+          String(d.step),
+          [String(d.trajectories), "num"],
+          [num(d.tokens_mean, 1), "num"],
+          [pct(d.agreement_rate), "num"],
+          [num(d.reverse_kl_mean, 4), "num"],
+          [pct(d.reverse_kl_share_at_divergences), "num"],
+          [num(d.first_divergence_median, 1), "num"],
+          [d.verdicts ? `${pct(d.correct_share)} (n=${d.verdicts})` : "–", "num"],
+          [num(d.score_mean, 3), "num"],
+        ])
+      )
+    );
+  }
+
   // A figure's card: the page has one for each of the usual figures; others (e.g. surface vs
   // fork, only with continuations) get one on first sight.
   function figureDiv(name) {
@@ -130,14 +154,16 @@
   }
 
   async function refresh() {
-    const [summaries, figures, table] = await Promise.all([
+    const [summaries, figures, table, drift] = await Promise.all([
       request(`${base}/summaries`),
       request(`${base}/figures`),
       request(`${base}/headline`),
+      request(`${base}/drift`),
     ]);
     rows = summaries;
     renderTable();
     renderHeadline(table);
+    renderDrift(drift);
     for (const [name, figure] of Object.entries(figures)) plot(figureDiv(name), figure);
     document.body.dataset.loaded = String(rows.length);
   }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from vrollout.core.answers import verdict
 from vrollout.core.contexts import Contexts
 from vrollout.core.replay import ReplayResult
 from vrollout.core.signal import MIN_WINDOW, concentration, divergence_kind, fork_matters
@@ -211,10 +212,17 @@ def build_analysis(
             "text": tok.decode(rollout, skip_special_tokens=False),
         },
         "summary": summarize(steps, classified=flags[0], recovered=flags[1]),
+        # Is the response right (docs/metrics.md, "Verdicts"): the line's own `correct`, else checked
+        "verdict": verdict(
+            tok.decode(response_ids, skip_special_tokens=True), traj.reference_answer, traj.correct
+        ),
         "trajectory": {
             "format": traj.format,
             "id": traj.id,
             "reference_answer": traj.reference_answer,
+            "score": traj.score,
+            "correct": traj.correct,
+            "step": traj.step,
             "meta": traj.meta,
             "prompt": traj.messages,
             "rendered": traj.rendered,

@@ -1,10 +1,15 @@
-"""Answer checking: does a text reach the reference answer? Plain string and number rules, no
-model, so pages, reports and both backends share one definition."""
+"""Answer checking: does a text reach the reference answer? `answer_matches` is the quick rule
+(plain strings and the last number) that recovery and pedagogical rollouts run on every
+continuation; `verdict` is the careful one (math-verify, then text) behind a trajectory's
+`correct`. No model, so pages, reports and both backends share one definition."""
 
 from __future__ import annotations
 
 import math
 import re
+import threading
+import unicodedata
+from typing import Any
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 
@@ -27,3 +32,93 @@ def answer_matches(text: str, reference: str) -> bool:
         return got is not None and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
     norm = lambda s: " ".join(s.lower().split())  # noqa: E731
     return norm(reference) in norm(text)
+
+
+# --- Verdicts: is a trajectory's response right? (docs/metrics.md, "Verdicts") -------------------
+# math-verify (sympy underneath) can be slow on long or odd LaTeX: only the end of a response
+# (where the answer is) and of a reference is parsed, and in the main thread (the CLI) each parse
+# and comparison also runs under math-verify's own timeout. Its timeout uses SIGALRM, which only
+# the main thread may set: in a worker thread (jobs, the server) the bounded input is the guard.
+VERDICT_TAIL_CHARS = 2000
+MATH_VERIFY_TIMEOUT_S = 3
+# Words that introduce a gloss in a reference: "0 (i.e., no real-valued zeros)".
+GLOSS_LEADS = ("i e ", "ie ", "e g ", "eg ", "that is ", "namely ", "or ")
+WORD_CHARS = re.compile(r"[^\w]+")
+
+
+def verdict(text: str, reference: str | None, given: bool | None = None) -> dict[str, Any] | None:
+    """Whether `text` reaches `reference`, and how that was decided (None: neither a given
+    verdict nor a reference). In order: a `given` verdict (the log's own `correct`) is taken as
+    is; math-verify equal -> right; a textual form of the reference inside the text -> right;
+    math-verify parsed both and they differ -> wrong; else wrong by the text rule."""
+    if given is not None:
+        return {"correct": given, "method": "given", "parsed_answer": None, "parsed_reference": None}
+    if reference is None or not str(reference).strip():
+        return None
+    reference = str(reference)
+    gold, answer = _math_parse(reference, gold=True), _math_parse(text)
+    parsed = {"parsed_answer": _shown(answer), "parsed_reference": _shown(gold)}
+    if gold and answer and _math_equal(gold, answer):
+        return {"correct": True, "method": "math-verify", **parsed}
+    if text_matches(text, reference):
+        return {"correct": True, "method": "text", **parsed}
+    if gold and answer:
+        return {"correct": False, "method": "math-verify", **parsed}
+    return {"correct": False, "method": "text", **parsed}
+
+
+def normalized_words(text: str) -> str:
+    """Lower case, NFKC, every run of non-word characters one space: "Real-valued" -> "real valued"."""
+    return " ".join(WORD_CHARS.sub(" ", unicodedata.normalize("NFKC", text).lower()).split())
+
+
+def reference_forms(reference: str) -> list[str]:
+    """The textual forms of a reference, normalised: the whole of it, the part before a
+    parenthesis, and each parenthesised gloss without its lead ("i.e.", "e.g.", "that is", ...).
+    Forms without a letter (numbers, symbols) are left to math-verify: "0" would be found in any
+    text with a zero in it."""
+    parts = [reference, re.sub(r"\([^()]*\)", " ", reference), *re.findall(r"\(([^()]*)\)", reference)]
+    forms = []
+    for part in parts:
+        form = normalized_words(part)
+        for lead in GLOSS_LEADS:
+            form = form.removeprefix(lead)
+        if any(c.isalpha() for c in form) and form not in forms:
+            forms.append(form)
+    return forms
+
+
+def text_matches(text: str, reference: str) -> bool:
+    """A textual form of the reference (`reference_forms`) appears in the text as whole words."""
+    haystack = f" {normalized_words(text)} "
+    return any(f" {form} " in haystack for form in reference_forms(reference))
+
+
+def _math_parse(text: str, gold: bool = False) -> list[Any]:
+    from math_verify import parse
+
+    text = text[-VERDICT_TAIL_CHARS:]
+    if gold and "$" not in text and ("\\" in text or "{" in text):
+        text = f"${text}$"  # a bare LaTeX reference (\frac12, \{1,2\}): math-verify wants math mode
+    try:
+        return parse(text, parsing_timeout=_timeout())
+    except Exception:  # noqa: BLE001 - an unparsable or too slow text is "nothing parsed"
+        return []
+
+
+def _math_equal(gold: list[Any], answer: list[Any]) -> bool:
+    from math_verify import verify
+
+    try:
+        return bool(verify(gold, answer, timeout_seconds=_timeout()))
+    except Exception:  # noqa: BLE001 - a comparison that fails or times out is not a match
+        return False
+
+
+def _timeout() -> int | None:
+    return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def _shown(parsed: list[Any]) -> str | None:
+    """math-verify's result as text: its last element is the string it extracted."""
+    return str(parsed[-1])[:200] if parsed else None

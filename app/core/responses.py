@@ -235,7 +235,12 @@ class SummaryRow(Open):
     divergences_surface: int | None = Field(None, description="null without continuations")
     divergences_fork: int | None = Field(None, description="null without continuations")
     forks_that_matter: int | None = Field(None, description="null without recovery")
-    correct: bool | None = Field(description="null without a reference answer")
+    correct: bool | None = Field(
+        description="the verdict: null without a reference answer or given `correct`"
+    )
+    verdict_method: str | None = Field(None, description="how: given, math-verify or text (docs/metrics.md)")
+    score: float | None = Field(None, description="the line's `score`, as given")
+    step: int | str | None = Field(None, description="the line's training `step` or checkpoint")
     preview: str = Field(description="the response's first 120 characters, whitespace collapsed")
 
 
@@ -265,6 +270,24 @@ class Headline(Open):
     groups: list[HeadlineGroup]
     rows: list[HeadlineRow]
     note: str
+
+
+class DriftRow(Open):
+    """One training step of a job's lines (docs/metrics.md, "Drift across steps")."""
+
+    step: int | str = Field(description="the lines' `step`: a training step or checkpoint name")
+    trajectories: int
+    tokens: int = Field(description="response tokens of the step's trajectories, together")
+    tokens_mean: float
+    agreement_rate: float | None = Field(description="1 − divergences / tokens, over the step's tokens")
+    reverse_kl_mean: float | None = Field(description="Σ reverse KL / tokens (nats per token)")
+    reverse_kl_share_at_divergences: float | None = Field(description="of the step's reverse KL")
+    diverged_share: float = Field(description="share of trajectories with a divergence")
+    first_divergence_mean: float | None
+    first_divergence_median: float | None
+    verdicts: int = Field(description="trajectories with a verdict")
+    correct_share: float | None
+    score_mean: float | None = Field(description="mean of the lines' `score`")
 
 
 class Figure(Open):

@@ -78,6 +78,12 @@ class AnalyzeRequest(BaseModel):
     )
     id: str | None = Field(None, description=CONTEXT_CAP)
     reference_answer: str | int | float | None = Field(None, description=f"text: {RESPONSE_CAP}")
+    # From a training log (docs/metrics.md, "Verdicts" and "Drift across steps"): kept as given.
+    score: float | None = Field(None, allow_inf_nan=False, description="the log's reward or score")
+    correct: bool | None = Field(None, description="the log's verdict: used as is, never re-checked")
+    step: int | Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="training step or checkpoint name (the dataset's drift views group by it)"
+    )
     meta: dict[str, Any] | None = None
     top_k: int | None = Field(
         None, ge=0, description="alternatives kept per step: default 5 (limit: VROLLOUT_MAX_TOP_K)"

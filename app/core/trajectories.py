@@ -31,6 +31,9 @@ class Trajectory:
     privileged: str | None = None
     id: str | None = None
     reference_answer: str | None = None
+    score: float | None = None  # from a training log, kept as given (docs/metrics.md)
+    correct: bool | None = None  # the log's own verdict: used as is, never re-checked
+    step: int | str | None = None  # training step or checkpoint name: the drift views group by it
     meta: dict[str, Any] = field(default_factory=dict)
     # The prompt (one user message holding it) is the text the model saw, template applied:
     # tokenized as it is, never templated again (core.rendered).
@@ -53,6 +56,10 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
         "privileged": request.privileged,
         "id": request.id,
         "reference_answer": None if reference is None else str(reference),
+        # A pedagogical request has none of these three
+        "score": getattr(request, "score", None),
+        "correct": getattr(request, "correct", None),
+        "step": getattr(request, "step", None),
         "meta": request.meta or {},
     }
     response = getattr(request, "response", None)  # a pedagogical request has no response

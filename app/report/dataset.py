@@ -15,8 +15,9 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from vrollout.core.answers import answer_matches
+from vrollout.core.answers import verdict
 from vrollout.core.signal import concentration
+from vrollout.report.drift import Drift, drift_figures
 
 # How the signal is spread over a trajectory's tokens (summary.concentration, core/signal.py):
 # flattened into the row as kl_<field> (reverse KL) and abs_advantage_<field> (|advantage|).
@@ -33,11 +34,12 @@ TEACHING_COLUMNS = (
 SUMMARY_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "tokens", "agreement_rate", "divergences",
     "first_divergence", "reverse_kl_total", "reverse_kl_mean", "forward_kl_total",
-    "advantage_total", *SIGNAL_COLUMNS, *TEACHING_COLUMNS, "correct", "preview",
+    "advantage_total", *SIGNAL_COLUMNS, *TEACHING_COLUMNS, "correct", "verdict_method", "score",
+    "step", "preview",
 )  # fmt: skip
 # Digests stored with an older version (or none) are made again from the stored analysis when a
 # dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
-DIGEST_VERSION = 2
+DIGEST_VERSION = 3  # 3: step, score, verdict_method, reverse_kl_at_divergences
 STEP_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "position", "token_id", "token", "student_logprob",
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
@@ -61,12 +63,19 @@ GROUP_COLORS = {"all": "#2c6fbb", "correct": "#27ae60", "incorrect": "#c0392b"}
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def verdict_of(analysis: dict[str, Any]) -> dict[str, Any] | None:
+    """The analysis's verdict (docs/metrics.md, "Verdicts"); one stored before verdicts existed
+    gets it now, from its line's `correct` or its reference answer (None: neither)."""
+    if "verdict" in analysis:
+        return analysis["verdict"]
+    traj = analysis.get("trajectory", {})
+    return verdict(analysis["response_text"], traj.get("reference_answer"), traj.get("correct"))
+
+
 def correct(analysis: dict[str, Any]) -> bool | None:
-    """Whether the student's response reaches the line's reference answer (None: no reference)."""
-    reference = analysis.get("trajectory", {}).get("reference_answer")
-    if not reference:
-        return None
-    return answer_matches(analysis["response_text"], reference)
+    """Whether the student's response is right (None: no verdict, as without a reference)."""
+    found = verdict_of(analysis)
+    return None if found is None else found["correct"]
 
 
 def signal_columns(analysis: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +92,7 @@ def signal_columns(analysis: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
-    s = analysis["summary"]
+    s, traj, found = analysis["summary"], analysis.get("trajectory", {}), verdict_of(analysis)
     text = " ".join(analysis["response_text"].split())
     return {
         "analysis_id": analysis["id"],
@@ -99,7 +108,10 @@ def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
         "advantage_total": s["advantage_total"],
         **signal_columns(analysis),
         **{name: s.get(name) for name in TEACHING_COLUMNS},
-        "correct": correct(analysis),
+        "correct": None if found is None else found["correct"],
+        "verdict_method": None if found is None else found["method"],
+        "score": traj.get("score"),
+        "step": traj.get("step"),
         "preview": text[:120],
     }
 
@@ -113,6 +125,8 @@ def digest(analysis: dict[str, Any]) -> dict[str, Any]:
         **summary_row(analysis),
         "kl_bins": kl_bin_counts(kl),
         "deciles": decile_shares(analysis),
+        # the drift views' "share of reverse KL at divergences" (report/drift.py)
+        "reverse_kl_at_divergences": sum(s["reverse_kl"] for s in analysis["steps"] if not s["agree"]),
         "version": DIGEST_VERSION,
     }
 
@@ -350,11 +364,14 @@ def spread_value(d: dict[str, Any], name: str) -> float | None:
 def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Views across the dataset, each split by correctness when references exist: the four
     step-level ones, then the distributions across trajectories of SPREAD_FIGURES (surface_share
-    only when some trajectory has classified divergences). One pass over the digests: every
+    only when some trajectory has classified divergences), then the drift views across training
+    steps (report/drift.py; only when lines carry a `step`). One pass over the digests: every
     group is added up as they come, then the split is chosen."""
     everything, right, wrong = _Group(), _Group(), _Group()
+    drift = Drift()
     for d in digests:
         everything.add(d)
+        drift.add(d)
         if d["correct"] is not None:
             (right if d["correct"] else wrong).add(d)
     verdicts = right.count + wrong.count
@@ -462,6 +479,7 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             },
         },
         **shares,
+        **drift_figures(drift.rows()),  # only when lines carry a training step
     }
 
 

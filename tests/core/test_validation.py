@@ -117,7 +117,7 @@ def tiny_cli(tiny, monkeypatch):
 
 
 def test_the_cli_names_each_bad_line_and_warns_about_unknown_keys(tiny_cli, tmp_path, capsys):
-    lines = [GOOD] + [CASES[case][0] for case in CASES] + [{**GOOD, "score": 0.5, "meta": {"step": 3}}]
+    lines = [GOOD] + [CASES[case][0] for case in CASES] + [{**GOOD, "reward": 0.5, "meta": {"epoch": 3}}]
     src = tmp_path / "runs.jsonl"
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "out.jsonl"
@@ -127,10 +127,10 @@ def test_the_cli_names_each_bad_line_and_warns_about_unknown_keys(tiny_cli, tmp_
     assert f"{src}:3: top_k must be an integer, got true" in err
     assert f'{src}:4: generation.temperature must be a number, got "0.5"' in err
     assert f"{src}:5: messages[0].role must be" in err
-    assert f"{src}:6: warning: `score` is not a field: kept in meta (1 line)" in err
+    assert f"{src}:6: warning: `reward` is not a field: kept in meta (1 line)" in err
     assert "2 analysed, 4 failed" in err
     analyses = [json.loads(line) for line in out.read_text().splitlines()]
-    assert analyses[1]["trajectory"]["meta"] == {"score": 0.5, "step": 3}
+    assert analyses[1]["trajectory"]["meta"] == {"reward": 0.5, "epoch": 3}
 
 
 # Unknown keys in files -----------------------------------------------------------------------
@@ -138,8 +138,8 @@ def test_the_cli_names_each_bad_line_and_warns_about_unknown_keys(tiny_cli, tmp_
 
 def test_unknown_keys_are_kept_in_meta_and_listed_as_warnings(tiny_client):
     lines = [
-        {**GOOD, "score": 1.0, "step": 7},
-        {**GOOD, "score": 0.0, "meta": {"source": "run-3"}},
+        {**GOOD, "reward": 1.0, "epoch": 7},
+        {**GOOD, "reward": 0.0, "meta": {"source": "run-3"}},
         GOOD,
     ]
     r = upload(tiny_client, "\n".join(json.dumps(x) for x in lines))
@@ -147,15 +147,15 @@ def test_unknown_keys_are_kept_in_meta_and_listed_as_warnings(tiny_client):
     body = r.json()
     assert body["accepted"] == 3 and body["rejected"] == []
     warnings = {w["key"]: w for w in body["warnings"]}
-    assert warnings["score"]["lines"] == [1, 2] and warnings["score"]["count"] == 2
-    assert warnings["step"]["lines"] == [1] and "kept in meta" in warnings["step"]["warning"]
+    assert warnings["reward"]["lines"] == [1, 2] and warnings["reward"]["count"] == 2
+    assert warnings["epoch"]["lines"] == [1] and "kept in meta" in warnings["epoch"]["warning"]
     job = wait_done(tiny_client, body["job"]["id"])
     assert job["warnings"] == body["warnings"] == body["job"]["warnings"]
     items = tiny_client.get(f"/api/jobs/{job['id']}/items").json()
     metas = [tiny_client.get(f"/api/analyses/{i['analysis_id']}").json()["trajectory"]["meta"] for i in items]
-    assert metas == [{"score": 1.0, "step": 7}, {"score": 0.0, "source": "run-3"}, {}]
+    assert metas == [{"reward": 1.0, "epoch": 7}, {"reward": 0.0, "source": "run-3"}, {}]
     page = tiny_client.get(f"/jobs/{job['id']}").text
-    assert 'id="warnings"' in page and "<code>score</code>" in page and "2 unknown keys kept in meta" in page
+    assert 'id="warnings"' in page and "<code>reward</code>" in page and "2 unknown keys kept in meta" in page
 
 
 def test_near_misses_and_other_keys():
@@ -165,16 +165,16 @@ def test_near_misses_and_other_keys():
     assert suggest("topk", AnalyzeRequest) == "top_k"
     assert suggest("responses", AnalyzeRequest) == "response"
     assert suggest("temperature", AnalyzeRequest) == "generation.temperature"
-    for other in ("score", "uid", "metadata", "step", "reference", "label", "ids"):
+    for other in ("reward", "uid", "metadata", "epoch", "reference", "label", "ids"):
         assert suggest(other, AnalyzeRequest) is None, other
-    line, unknown = open_keys({**GOOD, "score": 1, "meta": {"score": 2}}, AnalyzeRequest)
-    assert unknown == ["score"] and line == {**GOOD, "meta": {"score": 2}}  # the line's own meta wins
+    line, unknown = open_keys({**GOOD, "reward": 1, "meta": {"reward": 2}}, AnalyzeRequest)
+    assert unknown == ["reward"] and line == {**GOOD, "meta": {"reward": 2}}  # the line's own meta wins
     with pytest.raises(BadTrajectory, match="did you mean `generation.seed`"):
         open_keys({**GOOD, "seed": 3}, AnalyzeRequest)
 
 
 def test_the_api_keeps_its_closed_schema(tiny_client):
-    assert_error(tiny_client.post("/api/analyze", json={**GOOD, "score": 1}), 422, "score: not a field")
+    assert_error(tiny_client.post("/api/analyze", json={**GOOD, "reward": 1}), 422, "reward: not a field")
 
 
 # Bounds from the settings, in /docs ----------------------------------------------------------

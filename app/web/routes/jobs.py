@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from vrollout.core.errors import BadTrajectory, TooLong, VRError
 from vrollout.core.responses import (
     Deleted,
+    DriftRow,
     Figure,
     Headline,
     Job,
@@ -35,6 +36,7 @@ from vrollout.report.dataset import (
     summaries_csv_chunks,
     summary_of,
 )
+from vrollout.report.drift import drift_csv, drift_rows
 from vrollout.report.headline import FORMATS as HEADLINE_FORMATS
 from vrollout.report.headline import headline
 from vrollout.service import Analyzer
@@ -303,6 +305,23 @@ async def job_headline(job_id: str, jobs: JobsDep, format: str = "json") -> dict
     render, media_type, suffix = HEADLINE_FORMATS[format]
     headers = {"Content-Disposition": f'attachment; filename="{job_id}-headline.{suffix}"'}
     return Response(render(table), media_type=media_type, headers=headers)
+
+
+@router.get(
+    "/{job_id}/drift",
+    response_model=list[DriftRow],
+    responses=media("one row per training step", {"text/csv": "format=csv"}),
+)
+async def job_drift(job_id: str, jobs: JobsDep, format: str = "json") -> list[dict[str, Any]] | Response:
+    """Drift across training steps: one row per `step` the job's lines carry (empty when none
+    does), `format=json` (default) or `csv`. Built from the stored digests."""
+    if format not in ("json", "csv"):
+        raise BadTrajectory("format must be json or csv", field="format")
+    rows = await run_in_threadpool(lambda: drift_rows(jobs.digests(job_id)))
+    if format == "json":
+        return rows
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-drift.csv"'}
+    return Response(drift_csv(rows), media_type="text/csv", headers=headers)
 
 
 def _download(pieces: Iterator[str] | Iterator[bytes], media_type: str, filename: str) -> StreamingResponse:
