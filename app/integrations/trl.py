@@ -271,22 +271,25 @@ class VirtualRolloutCallback(TrainerCallback):
         metrics[PREFIX + "seconds"] = time.perf_counter() - start
         return metrics
 
-    def _log(self, state: TrainerState) -> None:
+    def _log(self, state: TrainerState, control: TrainerControl) -> None:
         if not state.is_world_process_zero:
             return  # one process answers and logs; the others go on to the next step's sync
         metrics = self.evaluate(state.global_step)
         # The base Trainer's log: TRL's trainers override `log` to flush their own running
-        # metrics, which must stay in their own log lines.
+        # metrics, which must stay in their own log lines. Logging clears `should_log`, which
+        # would drop this step's own log line (the loss): it is put back as it was.
+        should_log = control.should_log
         Trainer.log(self.trainer, metrics)
+        control.should_log = self.trainer.control.should_log = should_log
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if self.at_start and state.global_step == 0:
-            self._log(state)
+            self._log(state, control)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if state.global_step % self.every_n_steps == 0:
-            self._log(state)
+            self._log(state, control)

@@ -106,8 +106,9 @@ def test_sft_logs_every_n_steps_and_stores_what_serve_shows(tmp_path, tiny):
         assert_summarizes(logs[step], analyses)
         rates = [a["summary"]["agreement_rate"] for a in analyses]
         assert logs[step][PREFIX + "agreement_rate"] == pytest.approx(sum(rates) / 2)
-    # Training's own log lines stay as they were: the callback's entries are separate.
-    assert all("loss" in h for h in trainer.state.log_history if h["step"] == 1)
+    # Training's own log lines stay as they were, one per step (logging_steps=1), evaluated or not
+    assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2]
+    assert not any("loss" in h for h in trainer.state.log_history if any(k.startswith(PREFIX) for k in h))
 
 
 def test_distillation_trainer_teacher_is_the_one_replayed(tmp_path, tiny):
@@ -136,7 +137,8 @@ def test_distillation_trainer_teacher_is_the_one_replayed(tmp_path, tiny):
 def test_grpo_trainer(tmp_path):
     tok = tiny_tokenizer()
     prompts = [{k: r[k] for k in ("prompt", "privileged")} for r in ROWS]
-    args = trl.GRPOConfig(**common(tmp_path, 1), num_generations=2, max_completion_length=6)
+    # Two steps: GRPO (with gradient checkpointing, its default) trains on after an evaluation
+    args = trl.GRPOConfig(**common(tmp_path, 2), num_generations=2, max_completion_length=6)
     trainer = trl.GRPOTrainer(
         model=tiny_model(len(tok)),
         reward_funcs=lambda completions, **_: [float(len(c[0]["content"])) for c in completions],
@@ -148,10 +150,14 @@ def test_grpo_trainer(tmp_path):
     trainer.add_callback(callback)
     trainer.train()
     logs = logged(trainer)
-    assert sorted(logs) == [1]
-    assert_summarizes(logs[1], [a.to_dict() for a in callback.last])
-    # GRPO's own metrics still reach its own log line, not the callback's
-    assert "reward" not in logs[1] and any("reward" in h for h in trainer.state.log_history)
+    assert sorted(logs) == [1, 2]
+    assert_summarizes(logs[2], [a.to_dict() for a in callback.last])
+    assert [a["trajectory"]["step"] for a in callback.last] == [2, 2]
+    # GRPO's own metrics still reach their own log lines, one per step, not the callback's
+    assert "reward" not in logs[1] and [h["step"] for h in trainer.state.log_history if "reward" in h] == [
+        1,
+        2,
+    ]
 
 
 @pytest.fixture
@@ -165,7 +171,7 @@ def test_evaluate_restores_each_module_mode_and_stores_nothing_without_a_databas
     model = plain.model
     model.train()
     model.model.embed_tokens.eval()  # a part the trainer keeps in eval mode stays there
-    callback = VirtualRolloutCallback(plain, ROWS, **FAST)
+    callback = VirtualRolloutCallback(plain, Dataset.from_list(ROWS), **FAST)  # a dataset's rows
     metrics = callback.evaluate(7)
     assert model.training and model.model.layers[0].training and not model.model.embed_tokens.training
     assert metrics[PREFIX + "prompts"] == 2 and callback.store is None
