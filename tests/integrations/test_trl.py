@@ -13,7 +13,7 @@ from datasets import Dataset
 from fastapi.testclient import TestClient
 from support import tiny_settings
 from support.tiny import tiny_model, tiny_tokenizer
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from vrollout.core.errors import ModelMismatch
 from vrollout.integrations.trl import PREFIX, VirtualRolloutCallback, summarize_analyses
 from vrollout.service import Analyzer
@@ -65,6 +65,16 @@ def served(tmp_path, tiny) -> dict[int, list[dict]]:
     return by_step
 
 
+class Reporter(TrainerCallback):
+    """What a reporting integration sees: every on_log, with its step."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, dict]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.seen.append((state.global_step, dict(logs or {})))
+
+
 def assert_summarizes(logs: dict[str, float], analyses: list[dict]) -> None:
     """The logged scalars are the means of the analyses' summaries, and nothing else."""
     expected = summarize_analyses(analyses)
@@ -89,8 +99,16 @@ def test_sft_logs_every_n_steps_and_stores_what_serve_shows(tmp_path, tiny):
         trainer, ROWS, every_n_steps=2, at_start=True, database=tmp_path / "db.sqlite3", **FAST
     )
     trainer.add_callback(callback)
+    reporter = Reporter()  # as trackio, W&B and TensorBoard receive logs: a callback's on_log
+    trainer.add_callback(reporter)
     trainer.train()
 
+    reported = {
+        step: {k: v for k, v in logs.items() if k.startswith(PREFIX)}
+        for step, logs in reporter.seen
+        if any(k.startswith(PREFIX) for k in logs)
+    }
+    assert reported == logged(trainer)  # what the integrations got is what log_history holds
     assert not torch.equal(before, policy.lm_head.weight)  # it trained, on the weights the callback read
     logs = logged(trainer)
     assert sorted(logs) == [0, 2]  # at the start, then every 2 steps
