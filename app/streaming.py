@@ -1,6 +1,7 @@
 """`vrollout analyze`, streamed: lines are read one at a time and results written as they come.
 
-Memory stays bounded whatever the file's size: a window of lines (storage.jobs.WINDOW) is held at
+Memory stays bounded whatever the file's size: rows come lazily from `core.sources.iter_rows`
+(JSONL a line at a time, Parquet a batch at a time), a window of them (storage.jobs.WINDOW) is held at
 once, analyses.jsonl is appended and flushed per window, steps.parquet is written a row group at a
 time, and the dataset views (summaries, figures, headline, report) are built at the end from
 digests (a few hundred bytes per line, report/dataset.py) kept in a temporary file, never from
@@ -28,7 +29,7 @@ from typing import IO, Any
 
 from vrollout.config import Settings
 from vrollout.core.errors import BadTrajectory, VRError
-from vrollout.core.trajectories import BOMS, LineError, _json_problem, _over, parse_file
+from vrollout.core.trajectories import LineError
 
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C, as shells report SIGINT
 
@@ -44,64 +45,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not 0 <= index < count:
         raise BadTrajectory(f"--shard {text!r}: I must be at least 0 and less than N")
     return index, count
-
-
-def jsonl_rows(path: Path, max_line_bytes: int | None) -> Iterator[tuple[int, Any]]:
-    """(line number, object) or (line number, LineError) for each non-blank line, read lazily.
-    A line over `max_line_bytes` is skipped unread (so one huge line never fills memory). A JSON
-    array file is read whole (one item per number)."""
-    with path.open("rb") as f:
-        head = f.read(4)
-        if encoding := next((name for bom, name in BOMS if head.startswith(bom)), None):
-            raise BadTrajectory(f"the file is {encoding} text: save it as UTF-8")
-        f.seek(3 if head.startswith(b"\xef\xbb\xbf") else 0)
-        first = f.read(1 << 16).lstrip()
-        if not first:
-            raise BadTrajectory("the file is empty")
-        if first.startswith(b"["):
-            f.seek(0)
-            good, bad = parse_file(f.read(), sys.maxsize, max_line_bytes)
-            yield from sorted([*good, *((e.line, e) for e in bad)], key=lambda x: x[0])
-            return
-        f.seek(3 if head.startswith(b"\xef\xbb\xbf") else 0)
-        cap = None if max_line_bytes is None else max_line_bytes + 3  # room for "\r\n" and one more
-        number = 0
-        while raw := f.readline(cap) if cap else f.readline():
-            number += 1
-            if cap and len(raw) == cap and not raw.endswith(b"\n"):  # over the limit: skip the rest
-                size = len(raw)
-                while (
-                    (more := f.readline(1 << 20)) and (size := size + len(more)) and not more.endswith(b"\n")
-                ):
-                    pass
-                yield number, LineError(number, _over(size - 1 if more else size, max_line_bytes, "line"))
-                continue
-            yield from _decode(number, raw, max_line_bytes)
-
-
-def _decode(number: int, raw: bytes, max_line_bytes: int | None) -> Iterator[tuple[int, Any]]:
-    """One JSONL line, as `parse_file` decodes it: nothing for a blank line, else the object or
-    the line's error."""
-    text = raw.rstrip(b"\r\n")
-    if not text.strip():
-        return
-    if max_line_bytes is not None and len(text) > max_line_bytes:
-        yield number, LineError(number, _over(len(text), max_line_bytes, "line"))
-        return
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        yield (
-            number,
-            LineError(number, f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"),
-        )
-        return
-    try:
-        yield number, json.loads(line)
-    except json.JSONDecodeError as exc:
-        yield number, LineError(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
-    except (ValueError, RecursionError) as exc:
-        yield number, LineError(number, f"invalid JSON: {_json_problem(exc)}")
 
 
 class StepWriter:

@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from support import tiny_settings
 from vrollout.cli import main, write_dataset
+from vrollout.config import Settings
+from vrollout.core.sources import iter_rows
 from vrollout.core.trajectories import LineError
 from vrollout.service import Analyzer
-from vrollout.streaming import jsonl_rows, parse_shard
+from vrollout.streaming import parse_shard
 
 VIEWS = ("summaries.csv", "summaries.jsonl", "figures.json", "headline.csv", "headline.md", "headline.tex")
 
@@ -116,7 +118,7 @@ def wait_for_lines(proc: subprocess.Popen, path: Path, count: int, timeout: floa
 
 
 def test_resume_after_a_killed_run(model, tmp_path, capsys):
-    lines = trajectories(400)
+    lines = trajectories(256)
     src = write(tmp_path / "runs.jsonl", lines)
     out = tmp_path / "out"
     proc = spawn(model, src, out)
@@ -124,16 +126,16 @@ def test_resume_after_a_killed_run(model, tmp_path, capsys):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = read_jsonl(out / "analyses.jsonl")
-    assert 64 <= len(first) < 400
+    assert 64 <= len(first) < 256
     with (out / "analyses.jsonl").open("a") as f:
         f.write('{"id": "torn", "job": {"line": 399')  # as if killed in the middle of a line
     assert main(analyze(model, str(src), "--out", str(out), "--resume")) == 0
     err = capsys.readouterr().err
     assert f"resuming: {len(first)} lines already in" in err
-    assert f"{400 - len(first)} analysed, 0 failed ({len(first)} from the earlier run)" in err
+    assert f"{256 - len(first)} analysed, 0 failed ({len(first)} from the earlier run)" in err
     analyses = read_jsonl(out / "analyses.jsonl")
     numbers = sorted(a["job"]["line"] for a in analyses)
-    assert numbers == list(range(1, 401))  # every line exactly once
+    assert numbers == list(range(1, 257))  # every line exactly once
     assert analyses[: len(first)] == first  # the earlier run's lines kept as they were
     summaries = pd.read_csv(out / "summaries.csv")
     steps = pq.read_table(out / "steps.parquet").to_pandas()
@@ -179,7 +181,7 @@ def test_shards_cover_the_file_once(model, tmp_path, capsys):
 
 
 def test_ctrl_c_leaves_valid_files(model, tmp_path, capsys):
-    src = write(tmp_path / "runs.jsonl", trajectories(400))
+    src = write(tmp_path / "runs.jsonl", trajectories(256))
     out = tmp_path / "out"
     proc = spawn(model, src, out)
     wait_for_lines(proc, out / "analyses.jsonl", 64)
@@ -188,14 +190,14 @@ def test_ctrl_c_leaves_valid_files(model, tmp_path, capsys):
     assert proc.returncode == 130, err
     assert "interrupted:" in err and "--resume" in err
     analyses = read_jsonl(out / "analyses.jsonl")  # whole lines only
-    assert 64 <= len(analyses) < 400
+    assert 64 <= len(analyses) < 256
     steps = pq.read_table(out / "steps.parquet")  # a closed Parquet file: it opens
     assert steps.num_rows == sum(a["summary"]["tokens"] for a in analyses)
     summaries = pd.read_csv(out / "summaries.csv")
     assert list(summaries["line"]) == [a["job"]["line"] for a in analyses]
     assert f"{len(analyses)} trajectories analysed" in (out / "report.html").read_text()
     assert main(analyze(model, str(src), "--out", str(out), "--resume")) == 0
-    assert sorted(a["job"]["line"] for a in read_jsonl(out / "analyses.jsonl")) == list(range(1, 401))
+    assert sorted(a["job"]["line"] for a in read_jsonl(out / "analyses.jsonl")) == list(range(1, 257))
 
 
 def test_upload_limits_do_not_apply_per_line_ones_do(model, tmp_path, capsys, monkeypatch):
@@ -211,19 +213,16 @@ def test_upload_limits_do_not_apply_per_line_ones_do(model, tmp_path, capsys, mo
     assert [a["job"]["line"] for a in read_jsonl(out)] == [1, 2, 3, 5]
 
 
-def test_jsonl_rows_are_read_lazily(tmp_path):
+def test_rows_come_one_at_a_time_with_the_per_line_limit(tmp_path):
+    """What the stream reads (core.sources.iter_rows on a path): the first row before the rest,
+    a line over the limit named (and skipped unread), no limit on the number of lines."""
+    settings = Settings(max_line_bytes=100, max_lines_per_job=2)
     src = tmp_path / "runs.jsonl"
     src.write_bytes(b'{"a": 1}\n\n' + b'{"b": "' + b"z" * 5000 + b'"}\n{bad\n\xff\n{"c": 3}')
-    rows = jsonl_rows(src, max_line_bytes=100)
+    rows = iter_rows(src, name=src.name, settings=settings)
     assert next(rows) == (1, {"a": 1})
     rest = list(rows)
     assert [n for n, _ in rest] == [3, 4, 5, 6] and rest[-1] == (6, {"c": 3})
     assert isinstance(rest[0][1], LineError) and "5009 bytes, over the limit of 100" in rest[0][1].error
     assert "invalid JSON" in rest[1][1].error and "not UTF-8" in rest[2][1].error
-    array = tmp_path / "runs.json"
-    array.write_text(json.dumps([{"a": 1}, {"b": 2}]))
-    assert list(jsonl_rows(array, None)) == [(1, {"a": 1}), (2, {"b": 2})]
-    (tmp_path / "empty.jsonl").write_text("\n \n")
-    with pytest.raises(Exception, match="empty"):
-        next(jsonl_rows(tmp_path / "empty.jsonl", None))
     assert parse_shard("1/3") == (1, 3) and parse_shard(None) is None
