@@ -55,7 +55,39 @@ def iter_rows(
     a path keeps the per-line limit only, since it is read lazily."""
     fields = parse_mapping(mapping)
     check_preset(preset)
+    if preset in ("tinker", "auto") and (episodes := _logtree_rows(source)) is not None:
+        if isinstance(source, bytes) and len(episodes) > settings.max_lines_per_job:
+            raise TooLong(
+                f"more than the limit of {settings.max_lines_per_job} lines (VROLLOUT_MAX_LINES_PER_JOB)"
+            )
+        return map_rows(enumerate(episodes, 1), fields, "tinker")  # numbered by episode
     return map_rows(_read(source, name, settings, split), fields, preset)
+
+
+def _logtree_rows(source: str | os.PathLike[str] | bytes) -> list[dict[str, Any]] | None:
+    """The episodes of a tinker-cookbook logtree trace (`train_logtree.json`: one JSON object
+    whose first keys are `title`, `started_at`, `path`, `root`), as the `tinker` preset's rows
+    (`core.presets.tinker_rows`); None for any other source."""
+    if isinstance(source, bytes):
+        head = source[: 1 << 16]
+    else:
+        text = os.fspath(source)
+        if text.startswith("hf://") or not Path(text).is_file():
+            return None
+        with open(text, "rb") as f:
+            head = f.read(1 << 16)
+    if not head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") or b'"root"' not in head:
+        return None
+    data = source if isinstance(source, bytes) else Path(os.fspath(source)).read_bytes()
+    try:
+        trace = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):  # JSONL, or not JSON: read as before
+        return None
+    if not isinstance(trace, dict) or not isinstance(trace.get("root"), dict):
+        return None
+    from vrollout.core.presets import tinker_rows
+
+    return tinker_rows(trace)
 
 
 def _read(

@@ -1,13 +1,16 @@
 """`vrollout analyze STEP.jsonl --from auto --out DIR` on a rollout dump written by verl's own
 writer (tests/support/framework_writers.py): the preset is detected, its fields reach the
 analyses, and a dump whose prompts lost the template's special tokens is refused line by line
-with the reason."""
+with the reason. A tinker-cookbook logtree trace is read episode by episode."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
-from support.framework_writers import verl_write_generations
+import pytest
+from support.framework_writers import load_tinker_logtree, tinker_problem_env_log, verl_write_generations
 from support.tiny import tiny_pair
 from vrollout.cli import main
 
@@ -85,3 +88,37 @@ def test_a_verl_dump_without_special_tokens_is_refused_with_the_reason(tmp_path,
     code, err = analyze(tmp_path / "student", dump, tmp_path / "out.jsonl", capsys)
     assert code == 1, err
     assert f"{dump}:1: " in err and "skip_special_tokens=True" in err
+
+
+def tinker_trace_file(request, directory):
+    """An iteration's `train_logtree.json` as tinker-cookbook 0.6.1 writes it (its logtree from
+    its wheel, ProblemEnv.step's logging calls, the trainer's `RL Iteration N` title)."""
+    try:
+        logtree, formatters = load_tinker_logtree(Path(request.config.cache.mkdir("tinker-cookbook-wheel")))
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"the tinker-cookbook wheel cannot be downloaded here: {exc}")
+    directory.mkdir(parents=True)
+    with logtree.init_trace("RL Iteration 7", path=directory / "train.html") as trace:
+        for question, answer in QUESTIONS:
+            with logtree.scope_header("Group Rollout"):
+                convo = [{"role": "user", "content": question}]
+                reply = {"role": "assistant", "content": "The answer is 4."}
+                tinker_problem_env_log(logtree, formatters, convo, reply, answer, 1.0, float(answer == "4"))
+    logtree.write_trace_json(trace, directory / "train_logtree.json")
+    return directory / "train_logtree.json"
+
+
+@pytest.mark.parametrize("preset", ["tinker", "auto"])
+def test_a_tinker_logtree_trace_is_read_episode_by_episode(request, tmp_path, capsys, preset):
+    saved_student(tmp_path / "student", None)
+    trace = tinker_trace_file(request, tmp_path / "iteration_000007")
+    argv = ["analyze", str(trace), "--from", preset, "--out", str(tmp_path / "out.jsonl"), "--no-store"]
+    code = main([*argv, "--student", str(tmp_path / "student"), "--device", "cpu", "--dtype", "float32"])
+    assert code == 0, capsys.readouterr().err
+    found = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    trajectories = [a["trajectory"] for a in found]
+    assert [(t["step"], t["score"], t["correct"], t["reference_answer"]) for t in trajectories] == [
+        (7, 1.0, True, "4"),
+        (7, 0.0, False, "6"),
+    ]
+    assert [a["job"]["line"] for a in found] == [1, 2]  # numbered by episode
