@@ -19,6 +19,7 @@ from support.framework_writers import load_tinker_logtree, tinker_problem_env_lo
 from support.tiny import tiny_pair
 from vrollout.core.errors import BadTrajectory
 from vrollout.core.presets import PRESETS, apply_preset, detect_preset, tinker_rows
+from vrollout.core.sources import iter_rows
 from vrollout.local.models import ModelPair
 from vrollout.service import Analyzer
 
@@ -102,9 +103,9 @@ def test_verl_gts_that_is_not_one_answer_stays_in_meta():
 
 
 @pytest.fixture(scope="module")
-def trl_completions(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """One real GRPO step of TRL on the tiny model, conversational prompts, log_completions=True."""
-    pd = pytest.importorskip("pandas")
+def trl_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real GRPO step of TRL on the tiny model, conversational prompts, log_completions=True:
+    the completions Parquet it writes."""
     pytest.importorskip("trl")
     from datasets import Dataset
     from support.tiny import tiny_model, tiny_tokenizer
@@ -143,7 +144,21 @@ def trl_completions(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     ).train()
     (table,) = sorted((out / "completions").glob("*.parquet"))
     assert table.name == "completions_00001.parquet"
-    return pd.read_parquet(table).to_dict("records")
+    return table
+
+
+@pytest.fixture(scope="module")
+def trl_completions(trl_table: Path) -> list[dict]:
+    """The table as a user reads it with pandas (lists come back as numpy arrays)."""
+    import pandas as pd
+
+    return pd.read_parquet(trl_table).to_dict("records")
+
+
+def test_trl_table_through_the_readers(trl_table: Path, trl_completions: list[dict], tmp_path: Path):
+    rows = list(iter_rows(trl_table, name=trl_table.name, settings=tiny_settings(tmp_path), preset="auto"))
+    assert [number for number, _ in rows] == [1, 2]
+    assert [line for _, line in rows] == [apply_preset(row, "trl") for row in trl_completions]
 
 
 def test_trl_completions_map_to_our_fields(trl_completions: list[dict]):
