@@ -178,8 +178,10 @@ class VirtualRolloutCallback(TrainerCallback):
             if teacher != "self":
                 raise ValueError(f'teacher is a model or "self", got {teacher!r}')
             return None
+        self.teacher_source = "the teacher given to the callback"
         if teacher is None:
             teacher = getattr(self.trainer, "teacher_model", None)
+            self.teacher_source = "the trainer's teacher_model"
         if teacher is None:
             return None
         return self.trainer.accelerator.unwrap_model(teacher)
@@ -236,7 +238,7 @@ class VirtualRolloutCallback(TrainerCallback):
                 "teacher_tokenizer= to show it"
             )
         tok = self.teacher_tokenizer or self.tokenizer
-        teacher = LoadedModel(_name(self.teacher), "the trainer's teacher", self.teacher, tok)
+        teacher = LoadedModel(_name(self.teacher), self.teacher_source, self.teacher, tok)
         return pair_from_models(student, teacher, self.settings.teacher_template)
 
     def _prepare(self, analyzer: Analyzer, step: int) -> list[Any]:
