@@ -1,6 +1,7 @@
 // The job page's error-localization table, for jobs whose lines carry steps and a label: read
 // from /api/jobs/{id}/localization when the page opens and whenever the job's state changes
-// (job.js sets body[data-job-state]). Hidden for other jobs (the API answers 422). Text goes
+// (job.js sets body[data-job-state]). The page loads this script only for jobs with such lines
+// (the API answers 422 for others); the table stays hidden until a line is analysed. Text goes
 // in via textContent.
 (function () {
   "use strict";

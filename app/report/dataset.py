@@ -148,13 +148,14 @@ def step_rows(analyses: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def steps_of(analysis: dict[str, Any]) -> list[dict[str, Any]]:
-    """The step rows of one analysis."""
+    """The step rows of one analysis: every column, null where the step lacks the field (an
+    analysis stored before it existed), as the Parquet export has them."""
     head = {
         "analysis_id": analysis["id"],
         "line": analysis.get("job", {}).get("line"),
         "trajectory_id": analysis.get("trajectory", {}).get("id"),
     }
-    return [{**head, **{k: s[k] for k in STEP_COLUMNS if k in s}} for s in analysis["steps"]]
+    return [{**head, **{k: s.get(k) for k in STEP_COLUMNS if k not in head}} for s in analysis["steps"]]
 
 
 def csv_cell(value: Any) -> Any:

@@ -195,6 +195,17 @@ class Jobs:
             )
         self.changed(job_id)
 
+    def has_localization_lines(self, job_id: str) -> bool:
+        """Whether any line of the job is in ProcessBench's shape (its `meta` keeps `steps`, as
+        `core.localize.localization_line` leaves it): only then has the job a localization table."""
+        with self.store.connect() as db:
+            row = db.execute(
+                "SELECT 1 FROM job_items WHERE job_id = ? "
+                "AND json_extract(payload, '$.meta.steps') IS NOT NULL LIMIT 1",
+                (job_id,),
+            ).fetchone()
+        return row is not None
+
     def items(self, job_id: str) -> list[dict[str, Any]]:
         """Every line: state, analysis id or error."""
         self.get(job_id)  # 404 for an unknown job

@@ -82,7 +82,8 @@ async def jobs_page(request: Request, jobs: JobsDep) -> Response:
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 async def job_page(request: Request, job_id: str, runner: RunnerDep) -> Response:
     job = await run_in_threadpool(runner.state, job_id)
-    return await render(request, "job.html", {"job": job})
+    localization = await run_in_threadpool(runner.jobs.has_localization_lines, job_id)
+    return await render(request, "job.html", {"job": job, "localization": localization})
 
 
 @router.get("/analyses", response_class=HTMLResponse)

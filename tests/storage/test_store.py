@@ -24,6 +24,7 @@ from vrollout.report.dataset import (
     figures_of,
     is_current,
     step_rows,
+    steps_parquet,
     steps_parquet_chunks,
     summaries_csv_chunks,
     summary_of,
@@ -167,8 +168,9 @@ def test_steps_parquet_in_row_groups_equals_the_whole_table(jobs):
     pieces = list(steps_parquet_chunks(jobs.each_analysis(job_id), group_rows=40))
     assert len(pieces) > 3  # sent as it is written
     got = pd.read_parquet(io.BytesIO(b"".join(pieces)))
-    want = pd.DataFrame(step_rows(analyses))
-    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    want = pd.read_parquet(io.BytesIO(steps_parquet(step_rows(analyses))))  # the table in one piece
+    pd.testing.assert_frame_equal(got, want)
+    assert len(got) == 7 * 25 and list(got.columns) == list(step_rows(analyses)[0])
     empty = pd.read_parquet(io.BytesIO(b"".join(steps_parquet_chunks([]))))
     assert empty.empty and "reverse_kl" in empty.columns
 

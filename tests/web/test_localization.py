@@ -72,6 +72,8 @@ def test_jobs_without_steps_and_bad_options_are_clear_errors(tiny_client, job):
     plain = upload(tiny_client, json.dumps(GOOD) + "\n").json()["job"]["id"]
     wait_done(tiny_client, plain)
     assert_error(tiny_client.get(f"/api/jobs/{plain}/localization"), 422, "no analysed line carries steps")
+    page = tiny_client.get(f"/jobs/{plain}").text  # so its page never asks for the table
+    assert 'id="localization"' not in page and "/static/localization.js" not in page
     assert_error(tiny_client.get("/api/jobs/nope/localization"), 404)
     assert_error(
         tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=999999"), 422, "VROLLOUT_MAX_BOOTSTRAP"
