@@ -70,6 +70,22 @@ def _specials(tokenizer: Any) -> set[str]:
     return named | {t.content for t in added.values() if getattr(t, "special", False)}
 
 
+def _missing_specials(tokenizer: Any, prompt: str, closing: str) -> list[str]:
+    """The special tokens of the template's closing sequence, when `prompt` has none of them."""
+    specials = sorted(s for s in _specials(tokenizer) if s and s in closing)
+    return specials if specials and not any(s in prompt for s in specials) else []
+
+
+def _stripped_error(specials: list[str]) -> BadTrajectory:
+    return BadTrajectory(
+        f"rendered: the prompt has none of the chat template's special tokens "
+        f"({', '.join(specials)}): it was decoded with skip_special_tokens=True (verl's "
+        "rollout dumps are), so it is not the text the model saw, and the end of its last "
+        f"user turn cannot be found; {AS_MESSAGES}",
+        field="prompt",
+    )
+
+
 def insertion_point(tokenizer: Any, prompt: str) -> tuple[int, list[str]]:
     """Where in `prompt` the last user turn's content ends (the start of the template's closing
     sequence), and notes. Refused when the closing sequence is missing (a prompt decoded without
@@ -77,15 +93,8 @@ def insertion_point(tokenizer: Any, prompt: str) -> tuple[int, list[str]]:
     end = turn_end(tokenizer)
     at = prompt.rfind(end.closing)
     if at < 0:
-        specials = sorted(s for s in _specials(tokenizer) if s and s in end.closing)
-        if specials and not any(s in prompt for s in specials):
-            raise BadTrajectory(
-                f"rendered: the prompt has none of the chat template's special tokens "
-                f"({', '.join(specials)}): it was decoded with skip_special_tokens=True (verl's "
-                "rollout dumps are), so it is not the text the model saw, and the end of its last "
-                f"user turn cannot be found; {AS_MESSAGES}",
-                field="prompt",
-            )
+        if specials := _missing_specials(tokenizer, prompt, end.closing):
+            raise _stripped_error(specials)
         raise BadTrajectory(
             f"rendered: the prompt does not contain the end of a user turn and the generation prompt "
             f"as the student's chat template writes them ({end.closing!r}): it is not this "
@@ -120,13 +129,11 @@ def privileged_parts(template: str, privileged: str) -> tuple[str, str]:
 def teacher_text(tokenizer: Any, prompt: str, privileged: str | None, template: str) -> tuple[str, list[str]]:
     """The teacher's context text: the rendered `prompt` with the teacher template's privileged
     part inserted where the last user turn's content ends, exactly as the normal path's
-    `teacher_messages` + chat template would place it; and notes. Without privileged info the
-    prompt is only checked (it must be this template's rendering) and returned as it is."""
-    if not getattr(tokenizer, "chat_template", None) and not privileged:
-        return prompt, []  # nothing to place, and no template to check against
-    at, notes = insertion_point(tokenizer, prompt)
+    `teacher_messages` + chat template would place it; and notes. Without privileged info
+    nothing is placed: the prompt is returned as it is (`_as_given`)."""
     if not privileged:
-        return prompt, notes
+        return prompt, _as_given(tokenizer, prompt)
+    at, notes = insertion_point(tokenizer, prompt)
     before, after = privileged_parts(template, privileged)
     if before:
         raise BadTrajectory(
@@ -136,3 +143,28 @@ def teacher_text(tokenizer: Any, prompt: str, privileged: str | None, template: 
             field="rendered",
         )
     return prompt[:at] + after + prompt[at:], notes
+
+
+def _as_given(tokenizer: Any, prompt: str) -> list[str]:
+    """Notes on a rendered prompt that takes no privileged info: it is the context as it is, even
+    without any chat-template turn (a text prompt the model saw untemplated, as TRL logs one).
+    Only a rendering stripped of its special tokens is refused: the model never saw that text."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    try:
+        end = turn_end(tokenizer)
+    except BadTrajectory:
+        return []  # a template that cannot be probed: nothing to check the text against
+    if end.closing in prompt:
+        return []
+    specials = _missing_specials(tokenizer, prompt, end.closing)
+    bare = end.closing
+    for special in specials:
+        bare = bare.replace(special, "")
+    if specials and bare.strip() and prompt.endswith(bare):  # the closing, its special tokens gone
+        raise _stripped_error(specials)
+    return [
+        "the rendered prompt has no user turn ended as the student's chat template ends one "
+        f"({end.closing!r}): it is used as the exact text given (privileged info could not be "
+        "placed in it)"
+    ]

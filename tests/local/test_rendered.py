@@ -94,9 +94,21 @@ def test_prompt_without_special_tokens_is_refused_with_the_reason(analyzer: Anal
         assert "give the prompt as messages" in str(err.value)
 
 
-def test_prompt_of_another_template_is_refused(analyzer: Analyzer):
+def test_prompt_of_another_template_takes_no_privileged_info(analyzer: Analyzer):
+    line = {"prompt": "<|im_start|>user\nhi<|im_end|>\n", "rendered": True, "response": "x"}
     with pytest.raises(BadTrajectory, match="not this template's rendering"):
-        analyzer.prepare({"prompt": "<|im_start|>user\nhi<|im_end|>\n", "rendered": True, "response": "x"})
+        analyzer.prepare({**line, "privileged": PRIVILEGED})
+    ctx = analyzer.prepare(line).ctx  # without privileged info: the exact text given, with a note
+    assert ctx.student_text == line["prompt"] and ctx.teacher_ids == ctx.student_ids
+    assert any("used as the exact text given" in note for note in ctx.notes)
+
+
+def test_untemplated_text_prompt_is_the_context_as_it_is(analyzer: Analyzer):
+    """A text prompt the model saw without a template (as TRL logs one) replays as it is."""
+    tok = analyzer.pair.student.tokenizer
+    prompt = "Question: what is 17*23?\nAnswer:"
+    ctx = analyzer.prepare({"prompt": prompt, "rendered": True, "response": " 391"}).ctx
+    assert ctx.student_ids == tok(prompt, add_special_tokens=False)["input_ids"] == ctx.teacher_ids
 
 
 def test_user_turn_after_the_generation_prompt_is_ambiguous(analyzer: Analyzer):
