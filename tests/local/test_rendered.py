@@ -4,6 +4,7 @@ same analysis; prompts that cannot be placed exactly are refused with the reason
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -196,3 +197,16 @@ def test_upload_lines_take_rendered(tiny_client, tiny: ModelPair):
     assert stored["teacher"]["context_ids"] == direct["teacher"]["context_ids"]
     assert stored["student"]["context_ids"] == direct["student"]["context_ids"]
     assert stored["summary"] == direct["summary"]
+
+
+def test_teacher_with_another_chat_template_is_noted(tmp_path: Path):
+    """A separate teacher sees the student's rendering (its own template cannot re-render a text)."""
+    pair = tiny_pair(teacher_seed=1)
+    own = copy.deepcopy(pair.teacher.tokenizer)
+    own.chat_template = own.chat_template.replace("{% for", "{{ bos_token }}{% for")
+    pair = dataclasses.replace(pair, teacher=dataclasses.replace(pair.teacher, tokenizer=own))
+    analyzer = Analyzer(pair, tiny_settings(tmp_path))
+    prompt = rendered_text(pair, CONVERSATIONS[0])
+    ctx = analyzer.prepare({"prompt": prompt, "rendered": True, "response": "x", "privileged": "p"}).ctx
+    assert ctx.teacher_text.startswith(prompt[:20]) and "\np<|im_end|>" in ctx.teacher_text
+    assert any("the teacher's chat template differs" in note for note in ctx.notes)
