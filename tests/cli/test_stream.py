@@ -180,12 +180,13 @@ def test_shards_cover_the_file_once(model, tmp_path, capsys):
         assert "--shard" in capsys.readouterr().err
 
 
-def test_ctrl_c_leaves_valid_files(model, tmp_path, capsys):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, a scheduler's stop
+def test_ctrl_c_leaves_valid_files(model, tmp_path, capsys, stop):
     src = write(tmp_path / "runs.jsonl", trajectories(256))
     out = tmp_path / "out"
     proc = spawn(model, src, out)
     wait_for_lines(proc, out / "analyses.jsonl", 64)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err
     assert "interrupted:" in err and "--resume" in err
