@@ -135,6 +135,9 @@ class PedagogicalRequest(BaseModel):
     prompt_ids: list[TokenId] | None = Field(None, description="limit: VROLLOUT_MAX_CONTEXT_TOKENS")
     teacher_prompt_ids: list[TokenId] | None = Field(None, description="limit: VROLLOUT_MAX_CONTEXT_TOKENS")
     privileged: str | None = Field(None, description=CONTEXT_CAP)
+    rendered: bool = Field(
+        False, description="prompt is the exact text the model saw (chat template applied), as for analyze"
+    )
     reference_answer: str | int | float | None = Field(None, description=f"text: {RESPONSE_CAP}")
     id: str | None = Field(None, description=CONTEXT_CAP)
     meta: dict[str, Any] | None = None

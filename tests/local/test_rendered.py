@@ -210,3 +210,14 @@ def test_teacher_with_another_chat_template_is_noted(tmp_path: Path):
     ctx = analyzer.prepare({"prompt": prompt, "rendered": True, "response": "x", "privileged": "p"}).ctx
     assert ctx.teacher_text.startswith(prompt[:20]) and "\np<|im_end|>" in ctx.teacher_text
     assert any("the teacher's chat template differs" in note for note in ctx.notes)
+
+
+def test_pedagogical_request_takes_rendered(analyzer: Analyzer):
+    messages = CONVERSATIONS[1]
+    plain = analyzer.prepare_pedagogical({"messages": messages, "privileged": PRIVILEGED})
+    given = analyzer.prepare_pedagogical(
+        {"prompt": rendered_text(analyzer.pair, messages), "rendered": True, "privileged": PRIVILEGED}
+    )
+    assert (given.student_ids, given.teacher_ids) == (plain.student_ids, plain.teacher_ids)
+    with pytest.raises(BadTrajectory, match="needs prompt as one string"):
+        analyzer.prepare_pedagogical({"messages": messages, "rendered": True})
