@@ -148,9 +148,9 @@ def test_analyze_many_names_a_bad_trajectory(vr):
 def test_lines_are_checked_as_file_lines(vr):
     with pytest.raises(BadTrajectory, match="did you mean `privileged`"):
         list(vr.analyze_many([{**EXAMPLE, "privilged": "391"}], progress=False))
-    with pytest.warns(UserWarning, match="trajectory 0: not fields, kept in meta: 'step'"):
-        (a,) = vr.analyze_many([{**EXAMPLE, "step": 7}], progress=False)
-    assert a["trajectory"]["meta"] == {"step": 7}
+    with pytest.warns(UserWarning, match="trajectory 0: not fields, kept in meta: 'epoch'"):
+        (a,) = vr.analyze_many([{**EXAMPLE, "epoch": 7}], progress=False)
+    assert a["trajectory"]["meta"] == {"epoch": 7}
     with pytest.raises(BadTrajectory, match="privilged"):
         vr.analyze(EXAMPLE, privilged="391")  # one trajectory: the API's closed schema
     with pytest.raises(TypeError, match="iterable of trajectories"):
