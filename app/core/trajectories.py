@@ -71,7 +71,16 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
         return _token_level(request.prompt_ids, response_ids, request.teacher_prompt_ids, extras)
     if request.messages is not None:
         msgs = _messages(request.messages)
+        if completion is not None:
+            raise BadTrajectory("completion goes with prompt as a list of messages, not with messages")
         last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if response is not None:  # the conversation so far, and the response as text
+            if last == len(msgs) - 1:
+                raise BadTrajectory(
+                    "response: the messages end with an assistant message already (give one response)",
+                    field="response",
+                )
+            return Trajectory("messages", messages=msgs, response_text=response, **extras)
         if last is None:  # no answer yet: the student will generate one
             return Trajectory("messages", messages=msgs, **extras)
         if last != len(msgs) - 1:
@@ -88,8 +97,12 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
     if isinstance(prompt, list):
         if not prompt:
             raise BadTrajectory("prompt must be a non-empty string or a list of messages")
-        if completion is None:
-            return Trajectory("prompt_completion", messages=_messages(prompt), **extras)
+        if completion is not None and response is not None:
+            raise BadTrajectory("give the response once: completion or response, not both", field="response")
+        if completion is None:  # the response as text, or none: the student will generate one
+            return Trajectory(
+                "prompt_completion", messages=_messages(prompt), response_text=response, **extras
+            )
         if len(completion) != 1 or completion[0].role != "assistant":
             raise BadTrajectory("completion must hold exactly one assistant message")
         return Trajectory(

@@ -51,7 +51,11 @@ def test_all_formats_give_the_same_numbers(tiny_client):
         "prompt": [{"role": "user", "content": "Hi there"}],
         "completion": [{"role": "assistant", "content": "hello the world"}],
     }
-    results = [tiny_client.post("/api/analyze", json=b).json() for b in (plain, messages, trl)]
+    # A prompt of messages with the response as text (as a --map of a log's columns gives it)
+    messages_and_text = {"messages": messages["messages"][:1], "response": "hello the world"}
+    trl_and_text = {"prompt": trl["prompt"], "response": "hello the world"}
+    bodies = (plain, messages, trl, messages_and_text, trl_and_text)
+    results = [tiny_client.post("/api/analyze", json=b).json() for b in bodies]
     ctx = results[0]["student"]["context_ids"]
     tokens = {"prompt_ids": ctx, "response_ids": results[0]["response_ids"]}
     results.append(tiny_client.post("/api/analyze", json=tokens).json())
@@ -60,8 +64,14 @@ def test_all_formats_give_the_same_numbers(tiny_client):
         assert r["response_ids"] == results[0]["response_ids"]
         assert r["student"]["context_ids"] == ctx
         assert [s["reverse_kl"] for s in r["steps"]] == pytest.approx(ref, abs=1e-6)
-    assert results[3]["retokenized"] is False
-    assert results[3]["trajectory"]["format"] == "token_ids"
+    assert results[-1]["retokenized"] is False
+    assert results[-1]["trajectory"]["format"] == "token_ids"
+    for both in (
+        {**messages, "response": "hello"},  # an assistant message already, and a response
+        {**trl, "response": "hello"},
+        {**messages_and_text, "completion": trl["completion"]},
+    ):
+        assert tiny_client.post("/api/analyze", json=both).status_code == 422
 
 
 def test_token_level_teacher_context(tiny_client):
