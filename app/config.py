@@ -110,7 +110,9 @@ class Settings(BaseSettings):
         default=8 * 1024 * 1024, ge=1, description="one line of an uploaded file (a longer line is its error)"
     )
     hub_timeout_s: float = Field(
-        default=10.0, gt=0, description="reading hf://datasets/...: seconds to wait for the Hub before an error"
+        default=10.0,
+        gt=0,
+        description="reading hf://datasets/...: seconds to wait for the Hub before an error",
     )
     # Cost budgets, in tokens a request may decode (upper bounds, known before any model work).
     max_analysis_cost: int = Field(
