@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import math
 import os
 import sys
 import threading
@@ -238,7 +239,7 @@ def _hub(url: str, split: str | None, settings: Settings) -> Iterator[Row]:
         raise BadTrajectory(f"{url}: a Hub dataset is written hf://datasets/ORG/NAME")
     if split is None:
         raise BadTrajectory(f"{url}: give --split (e.g. train)", field="split")
-    timeout = str(settings.hub_timeout_s)
+    timeout = str(max(1, math.ceil(settings.hub_timeout_s)))  # huggingface_hub reads whole seconds
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", timeout)  # read when huggingface_hub is imported
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", timeout)
     try:

@@ -96,6 +96,8 @@ def test_unreadable_parquet_and_missing_columns(student, tmp_path, capsys):
 
 def test_a_hub_dataset_out_of_reach_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VROLLOUT_HUB_TIMEOUT_S", "2")  # the Hub is out of reach here: no hang
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")  # else set by the run and left for later tests
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2")
     argv = ["analyze", "hf://datasets/someone/data", "--split", "train", "--out", str(tmp_path / "o.jsonl")]
     assert main([*argv, "--student", "none"]) == 2
     assert "cannot read the dataset 'someone/data' (split 'train') from the Hub" in capsys.readouterr().err

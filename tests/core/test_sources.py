@@ -5,6 +5,7 @@ bad mappings, missing columns, unreadable Parquet and an unreachable Hub get cle
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -189,7 +190,11 @@ def test_folders_and_splits(tmp_path):
         rows(sources["jsonl"], split="train")
 
 
-def test_the_hub_unreachable_is_a_clear_error_in_bounded_time():
+def test_the_hub_unreachable_is_a_clear_error_in_bounded_time(monkeypatch):
+    # iter_rows sets huggingface_hub's timeouts in the environment (whole seconds, as it reads
+    # them) unless given: give them here, so that they are put back for the tests after this one.
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "3")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "3")
     settings = Settings(hub_timeout_s=3)
     start = time.monotonic()
     with pytest.raises(
@@ -246,3 +251,17 @@ def test_every_source_gives_the_same_analyses(tiny, tmp_path):
     with pytest.raises(BadTrajectory, match="trajectory 1: no column 'gt'"):
         lacking = {k: v for k, v in THEIRS[1].items() if k != "gt"}
         list(vr.analyze_many([THEIRS[0], lacking], mapping=MAP, progress=False))
+
+
+def test_the_hub_timeout_goes_to_huggingface_hub_in_whole_seconds(monkeypatch):
+    """huggingface_hub parses HF_HUB_ETAG_TIMEOUT as an int when imported: "2.5" would break every
+    later import of transformers in this process and its children."""
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
+    monkeypatch.delenv("HF_HUB_DOWNLOAD_TIMEOUT", raising=False)
+    with pytest.raises(BadTrajectory):
+        list(
+            iter_rows(
+                "hf://datasets/someone/gsm8k", name="x", settings=Settings(hub_timeout_s=1.5), split="t"
+            )
+        )
+    assert os.environ["HF_HUB_ETAG_TIMEOUT"] == os.environ["HF_HUB_DOWNLOAD_TIMEOUT"] == "2"
