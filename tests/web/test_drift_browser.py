@@ -34,7 +34,7 @@ def test_job_page_shows_the_drift(browser, tiny, tmp_path):
         problems: list[str] = []
         page.on("pageerror", lambda e: problems.append(str(e)))
         page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        refused: list[str] = []  # localization.js hides its card on the 422 of a job without labels
+        refused: list[str] = []  # a job without steps-and-label lines never asks for localization
         page.on("response", lambda r: refused.append(r.url) if r.status >= 400 else None)
         page.goto(f"{base}/jobs/{job}")
         page.wait_for_selector("body[data-loaded='3']", timeout=60_000)
@@ -47,5 +47,5 @@ def test_job_page_shows_the_drift(browser, tiny, tmp_path):
         methods = page.locator("#trajectories tbody tr td:nth-child(10)").all_text_contents()
         assert methods == ["text", "given", "math-verify"]
         page.close()
-        assert refused == [f"{base}/api/jobs/{job}/localization"]
+        assert refused == []
         assert [p for p in problems if "422" not in p] == []
