@@ -4,8 +4,8 @@ Input: per line a label (earliest wrong step, or -1), a problem key (lines of on
 a fold) and each scorer's score per step (None: no score, never passes). A scorer predicts the
 earliest step whose score is at least its threshold, else -1. Each fold's threshold is chosen
 on the other folds only (the one that maximises F1 there), so no line is scored with a
-threshold fitted on it. The definitions are DESIGN.md's ("Localization input") and
-docs/metrics.md's ("Error localization"). numpy only; no torch, no HTTP.
+threshold fitted on it. The definitions are docs/metrics.md's ("Error localization"). numpy
+only; no torch, no HTTP.
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ class Summary(BaseModel):
 
 
 class Noise(BaseModel):
-    """How far to trust a server's numbers (DESIGN.md, "Numbers from a server")."""
+    """How far to trust a server's numbers (docs/metrics.md, "Noise bounds")."""
 
     dtype: str = Field(description="what the server computes in: bfloat16, float16 or float32")
     logprob_bound: float = Field(description="nats: every reported log-prob is within this of the exact one")

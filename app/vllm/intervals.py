@@ -129,7 +129,7 @@ def entropy_interval(position: Position, bound: float, vocab_size: int) -> tuple
 def noise_fields(
     student: list[Position], teacher: list[Position], bound: float, floor: float | None, vocab_size: int
 ) -> dict[str, list[Any]]:
-    """The per-step fields of DESIGN.md's "Numbers from a server": `uncertain`,
+    """The per-step fields of docs/metrics.md's "Noise bounds": `uncertain`,
     `reverse_kl_interval` (KL(p‖q), p the student), `forward_kl_interval` (KL(q‖p)), and
     `student_entropy_interval` / `teacher_entropy_interval`."""
     names = (

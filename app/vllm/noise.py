@@ -62,7 +62,7 @@ PROBE_MESSAGES = [
 
 @dataclass
 class Noise:
-    """The `noise` object of an analysis and of `/api/models` (DESIGN.md, "Numbers from a server")."""
+    """The `noise` object of an analysis and of `/api/models` (docs/metrics.md, "Noise bounds")."""
 
     dtype: str
     logprob_bound: float  # nats: every reported log-prob is taken to be within this of the exact one
