@@ -150,11 +150,13 @@ class Outputs:
 
     def finish(self, name: str, errors: list[tuple[int, str]], analyzer: Any, settings: Settings) -> None:
         """The dataset views, from the digests: summaries.csv/.jsonl, figures.json,
-        headline.csv/.md/.tex and report.html (as `cli.write_dataset` makes them)."""
+        headline.csv/.md/.tex, drift.csv (lines with a step) and report.html (as
+        `cli.write_dataset` makes them)."""
         folder, digests = self.folder, self.digests
         if folder is None or digests is None:
             return
         from vrollout.report.dataset import figures_of, jsonl_chunks, summaries_csv_chunks, summary_of
+        from vrollout.report.drift import drift_csv, drift_rows
         from vrollout.report.headline import FORMATS, headline
         from vrollout.web.pages import make_templates, standalone_assets
 
@@ -168,6 +170,9 @@ class Outputs:
         table = headline(_each(digests))
         for render, _, suffix in FORMATS.values():
             (folder / f"headline.{suffix}").write_text(render(table))
+        drift = drift_rows(_each(digests))
+        if drift:  # lines carry a training step
+            (folder / "drift.csv").write_text(drift_csv(drift))
         env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
         inline, csp = standalone_assets(settings.static_dir, "report.js")
         page = env.get_template("report.html").generate(
@@ -176,6 +181,7 @@ class Outputs:
             errors=errors,
             figures=figures,
             headline=table,
+            drift=drift,
             student=analyzer.pair.student.name,
             teacher=analyzer.pair.teacher.name,
             standalone=True,

@@ -227,3 +227,23 @@ def test_rows_come_one_at_a_time_with_the_per_line_limit(tmp_path):
     assert isinstance(rest[0][1], LineError) and "5009 bytes, over the limit of 100" in rest[0][1].error
     assert "invalid JSON" in rest[1][1].error and "not UTF-8" in rest[2][1].error
     assert parse_shard("1/3") == (1, 3) and parse_shard(None) is None
+
+
+def test_lines_with_a_training_step_get_the_drift_table(model, tmp_path, capsys):
+    """`vrollout analyze --out DIR` (streamed) writes drift.csv and its report table, as the
+    in-memory `write_dataset` does, when lines carry a step."""
+    lines = [{**line, "step": 10 * (i % 3)} for i, line in enumerate(trajectories(6, references=True))]
+    out = tmp_path / "streamed"
+    assert main(analyze(model, str(write(tmp_path / "runs.jsonl", lines)), "--out", str(out))) == 0
+    capsys.readouterr()
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    pair = SimpleNamespace(
+        student=SimpleNamespace(name="tiny-model"), teacher=SimpleNamespace(name="tiny-model")
+    )
+    write_dataset(
+        whole, "runs.jsonl", read_jsonl(out / "analyses.jsonl"), [], SimpleNamespace(pair=pair), Settings()
+    )
+    assert (out / "drift.csv").read_text() == (whole / "drift.csv").read_text()
+    assert len(pd.read_csv(out / "drift.csv")) == 3
+    assert "Drift across training steps" in (out / "report.html").read_text()
