@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
 import sys
 from pathlib import Path
@@ -92,49 +91,15 @@ def write_dataset(
     folder: Path, name: str, analyses: list[dict[str, Any]], errors: list[tuple[int, str]], analyzer: Any,
     settings: Settings,
 ) -> None:  # fmt: skip
-    """The exports of the dataset page, and a self-contained HTML report that opens offline."""
-    from vrollout.report.dataset import (
-        digest,
-        figures_of,
-        jsonl,
-        step_rows,
-        steps_parquet,
-        summaries_csv,
-        summary_row,
-    )
-    from vrollout.report.drift import drift_csv, drift_rows
-    from vrollout.report.headline import FORMATS, headline
-    from vrollout.web.pages import make_templates, standalone_assets
+    """The exports of the dataset page, and a self-contained HTML report that opens offline, from
+    analyses held in memory (the streaming CLI writes the same views as it goes)."""
+    from vrollout.report.dataset import digest, step_rows, steps_parquet, summary_row
+    from vrollout.streaming import write_views
 
-    rows = [summary_row(a) for a in analyses]
-    (folder / "summaries.csv").write_text(summaries_csv(rows))
-    (folder / "summaries.jsonl").write_text(jsonl(rows))
     (folder / "steps.parquet").write_bytes(steps_parquet(step_rows(analyses)))
     digests = [digest(a) for a in analyses]  # what the figures and the headline table read
-    figures = figures_of(digests)
-    (folder / "figures.json").write_text(json.dumps(figures))
-    table = headline(digests)
-    for render, _, suffix in FORMATS.values():  # headline.csv, .md, .tex
-        (folder / f"headline.{suffix}").write_text(render(table))
-    drift = drift_rows(digests)
-    if drift:  # lines carry a training step
-        (folder / "drift.csv").write_text(drift_csv(drift))
-    env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
-    inline, csp = standalone_assets(settings.static_dir, "report.js")
-    html = env.get_template("report.html").render(
-        name=name,
-        rows=rows,
-        errors=errors,
-        figures=figures,
-        headline=table,
-        drift=drift,
-        student=analyzer.pair.student.name,
-        teacher=analyzer.pair.teacher.name,
-        standalone=True,
-        csp=csp,
-        **inline,
-    )
-    (folder / "report.html").write_text(html)
+    rows = [summary_row(a) for a in analyses]
+    write_views(folder, name, lambda: digests, rows, errors, analyzer, settings)
 
 
 def main(argv: list[str] | None = None) -> int:

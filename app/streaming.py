@@ -22,7 +22,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -149,48 +149,61 @@ class Outputs:
             self.steps = None
 
     def finish(self, name: str, errors: list[tuple[int, str]], analyzer: Any, settings: Settings) -> None:
-        """The dataset views, from the digests: summaries.csv/.jsonl, figures.json,
-        headline.csv/.md/.tex, drift.csv (lines with a step) and report.html (as
-        `cli.write_dataset` makes them)."""
+        """The dataset views (`write_views`), from the digests written so far."""
         folder, digests = self.folder, self.digests
         if folder is None or digests is None:
             return
-        from vrollout.report.dataset import figures_of, jsonl_chunks, summaries_csv_chunks, summary_of
-        from vrollout.report.drift import drift_csv, drift_rows
-        from vrollout.report.headline import FORMATS, headline
-        from vrollout.web.pages import make_templates, standalone_assets
-
-        rows = _Rows(digests)
-        with (folder / "summaries.csv").open("w", encoding="utf-8", newline="") as f:
-            f.writelines(summaries_csv_chunks(summary_of(d) for d in _each(digests)))
-        with (folder / "summaries.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(jsonl_chunks(rows))
-        figures = figures_of(_each(digests))
-        (folder / "figures.json").write_text(json.dumps(figures))
-        table = headline(_each(digests))
-        for render, _, suffix in FORMATS.values():
-            (folder / f"headline.{suffix}").write_text(render(table))
-        drift = drift_rows(_each(digests))
-        if drift:  # lines carry a training step
-            (folder / "drift.csv").write_text(drift_csv(drift))
-        env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
-        inline, csp = standalone_assets(settings.static_dir, "report.js")
-        page = env.get_template("report.html").generate(
-            name=name,
-            rows=rows,
-            errors=errors,
-            figures=figures,
-            headline=table,
-            drift=drift,
-            student=analyzer.pair.student.name,
-            teacher=analyzer.pair.teacher.name,
-            standalone=True,
-            csp=csp,
-            **inline,
-        )
-        with (folder / "report.html").open("w", encoding="utf-8") as f:
-            f.writelines(page)  # written as rendered: the page of a big run is never one string
+        write_views(folder, name, lambda: _each(digests), _Rows(digests), errors, analyzer, settings)
         digests.close()
+
+
+def write_views(
+    folder: Path,
+    name: str,
+    each_digest: Callable[[], Iterable[dict[str, Any]]],
+    rows: Iterable[dict[str, Any]],
+    errors: list[tuple[int, str]],
+    analyzer: Any,
+    settings: Settings,
+) -> None:
+    """The dataset views of an --out folder, from the digests (`each_digest()` gives them again
+    from the first, each time it is called) and the summary rows: summaries.csv/.jsonl,
+    figures.json, headline.csv/.md/.tex, drift.csv (lines with a step) and report.html, written
+    piece by piece. The streaming run and `cli.write_dataset` both write them here."""
+    from vrollout.report.dataset import figures_of, jsonl_chunks, summaries_csv_chunks, summary_of
+    from vrollout.report.drift import drift_csv, drift_rows
+    from vrollout.report.headline import FORMATS, headline
+    from vrollout.web.pages import make_templates, standalone_assets
+
+    with (folder / "summaries.csv").open("w", encoding="utf-8", newline="") as f:
+        f.writelines(summaries_csv_chunks(summary_of(d) for d in each_digest()))
+    with (folder / "summaries.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(jsonl_chunks(rows))
+    figures = figures_of(each_digest())
+    (folder / "figures.json").write_text(json.dumps(figures))
+    table = headline(each_digest())
+    for render, _, suffix in FORMATS.values():
+        (folder / f"headline.{suffix}").write_text(render(table))
+    drift = drift_rows(each_digest())
+    if drift:  # lines carry a training step
+        (folder / "drift.csv").write_text(drift_csv(drift))
+    env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
+    inline, csp = standalone_assets(settings.static_dir, "report.js")
+    page = env.get_template("report.html").generate(
+        name=name,
+        rows=rows,
+        errors=errors,
+        figures=figures,
+        headline=table,
+        drift=drift,
+        student=analyzer.pair.student.name,
+        teacher=analyzer.pair.teacher.name,
+        standalone=True,
+        csp=csp,
+        **inline,
+    )
+    with (folder / "report.html").open("w", encoding="utf-8") as f:
+        f.writelines(page)  # written as rendered: the page of a big run is never one string
 
 
 def _each(digests: IO[str]) -> Iterator[dict[str, Any]]:
