@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     max_pedagogical_cost: int = Field(
         default=4_096, ge=1, description="a pedagogical request: max_new_tokens x (1 + sweep points)"
     )
+    # Preflight (docs/metrics.md, "Preflight"): the noise floor costs one more teacher-forced
+    # replay per analysis (no decoding, so it is outside max_analysis_cost).
+    noise_floor: bool = Field(
+        default=True,
+        description="score each response by the teacher without the privileged info too (an "
+        "analysis's noise_floor field overrides it)",
+    )
     max_bootstrap: int = Field(
         default=5_000,
         ge=0,

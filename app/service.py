@@ -17,11 +17,19 @@ import torch
 from vrollout.config import Settings
 from vrollout.core.analysis import build_analysis
 from vrollout.core.backend import Backend, load_backend
-from vrollout.core.contexts import Contexts, build_contexts, check_ids
+from vrollout.core.contexts import Contexts, TokenLimit, build_contexts, check_ids
 from vrollout.core.errors import BadTrajectory, ModelOutOfMemory, VRError
 from vrollout.core.ids import new_id, now
 from vrollout.core.localize import is_localization_line, localization_line
 from vrollout.core.pedagogical import threshold_sweep
+from vrollout.core.preflight import (
+    add_preflight,
+    bare_teacher_ids,
+    build_preflight,
+    noise_floor,
+    noise_floor_skipped,
+    same_vocabulary,
+)
 from vrollout.core.recovery import recovery
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
 from vrollout.core.rules import Policy
@@ -45,6 +53,7 @@ class Options:
     seed: int = 0
     recovery: bool = False
     recovery_max_new_tokens: int = 64
+    noise_floor: bool = True
 
 
 def _given(value: int | None, default: int) -> int:
@@ -68,6 +77,7 @@ def options_from(request: AnalyzeRequest, settings: Settings) -> Options:
         seed=gen.seed,
         recovery=request.recovery,
         recovery_max_new_tokens=_given(request.recovery_max_new_tokens, min(64, settings.max_new_tokens)),
+        noise_floor=settings.noise_floor if request.noise_floor is None else request.noise_floor,
     )
 
 
@@ -293,8 +303,10 @@ class Analyzer:
         progress: Progress,
         store: bool,
         extra: dict[str, Any],
+        floor: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Continuations and recovery (if asked for), then the analysis JSON; stored if `store`."""
+        """Continuations and recovery (if asked for), then the analysis JSON with its preflight
+        (`floor`: its noise floor, if already computed); stored if `store`."""
         ctx, opts = prep.ctx, prep.options
         continuations = None
         if opts.continuation_tokens:
@@ -341,10 +353,46 @@ class Analyzer:
             analysis["summary"]["reverse_kl_share_after_last_recoverable"] = rec[
                 "reverse_kl_share_after_last_recoverable"
             ]
+        if floor is None:
+            floor = self.noise_floors([prep], [response], [result], progress)[0]
+        add_preflight(analysis, build_preflight(prep.traj, ctx, self.pair, analysis, floor))
         if store and self.store is not None:
             self.store.save(analysis)
         progress("done", 1, 1)
         return analysis
+
+    def noise_floors(
+        self,
+        preps: list[Prepared],
+        responses: list[list[int]],
+        mains: list[ReplayResult],
+        progress: Progress,
+    ) -> list[dict[str, Any]]:
+        """Each line's noise floor (core.preflight): its response replayed once more with the
+        teacher's context stripped of the privileged info (one padded batch for several lines on
+        a backend that pads), against its analysis's replay `mains`."""
+        floors: list[dict[str, Any] | None] = [None] * len(preps)
+        todo = []
+        for i, prep in enumerate(preps):
+            if not prep.options.noise_floor:
+                floors[i] = noise_floor_skipped("not asked for (noise_floor false, or VROLLOUT_NOISE_FLOOR)")
+            elif not same_vocabulary(self.pair):
+                floors[i] = noise_floor_skipped("the teacher has another tokenizer: no per-token KL")
+            else:
+                todo.append(i)
+        limit = TokenLimit("teacher context", self.settings.max_context_tokens, "VROLLOUT_MAX_CONTEXT_TOKENS")
+        bare = {i: bare_teacher_ids(preps[i].traj, preps[i].ctx, self.pair, limit) for i in todo}
+        items = [(preps[i].ctx.student_ids, bare[i], responses[i]) for i in todo]
+        progress("preflight", 0, 1)
+        if len(items) > 1 and self.backend.padded_batches:
+            replays = self.backend.replay_batch(items, 1)
+        else:
+            replays = [self.backend.replay(*item, 1) for item in items]
+        for i, (replay, record) in zip(todo, replays, strict=True):
+            same = bare[i] == preps[i].ctx.student_ids
+            floors[i] = noise_floor(mains[i], replay, same, bool(record.get("estimated")))
+        progress("preflight", 1, 1)
+        return [f for f in floors if f is not None]
 
     def plan_batches(self, prepared: list[tuple[int, Prepared]]) -> list[list[tuple[int, Prepared]]]:
         """Short batchable lines (up to VROLLOUT_BATCH_MAX_SEQUENCE tokens) sorted by length and
@@ -418,8 +466,11 @@ class Analyzer:
         top_k = max(p.options.top_k for p in preps)
         with out_of_memory("a batch"):
             results = self.backend.replay_batch(items, top_k)
+            floors = self.noise_floors(
+                preps, [item[2] for item in items], [result for result, _ in results], _no_progress
+            )
         analyses = []
-        for prep, (result, record), extra in zip(preps, results, extras, strict=True):
+        for prep, (result, record), extra, floor in zip(preps, results, extras, floors, strict=True):
             k = prep.options.top_k
             for name in (
                 "teacher_topk_ids",
@@ -432,7 +483,7 @@ class Analyzer:
             assert prep.ctx.response_ids is not None
             analyses.append(
                 self._assemble(
-                    prep, prep.ctx.response_ids, result, None, _no_progress, False, {**record, **extra}
+                    prep, prep.ctx.response_ids, result, None, _no_progress, False, {**record, **extra}, floor
                 )
             )
         return analyses

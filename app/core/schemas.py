@@ -105,6 +105,11 @@ class AnalyzeRequest(BaseModel):
         description="length bound of each recovery run (default 64; limit: VROLLOUT_MAX_NEW_TOKENS)",
     )
     generation: GenerationOptions | None = None
+    noise_floor: bool | None = Field(
+        None,
+        description="preflight: also score the response by the teacher without the privileged info "
+        "(one more replay; default: VROLLOUT_NOISE_FLOOR)",
+    )
 
 
 MAX_SWEEP = 12  # points of a threshold sweep: each is a whole pedagogical rollout
@@ -276,6 +281,35 @@ class Noise(BaseModel):
     logprob_floor: float | None = None
 
 
+class ContextDiff(BaseModel):
+    """The two contexts diffed token by token (docs/metrics.md, "Preflight")."""
+
+    ok: bool | None = Field(description="nothing differs outside the privileged block (null: not diffed)")
+    privileged_range: list[int] | None = Field(
+        description="[start, end) of the privileged block in the teacher's ids"
+    )
+    flags: list[dict[str, Any]] = Field(
+        description="kind (system_prompt, special_tokens, whitespace, other), student_text, teacher_text, "
+        "student_range, teacher_range"
+    )
+    flags_total: int = 0
+    skipped: str | None = None
+
+
+class Preflight(BaseModel):
+    """What to read before the numbers are trusted (docs/metrics.md, "Preflight")."""
+
+    model_config = ConfigDict(extra="allow")
+    context_diff: ContextDiff
+    noise_floor: dict[str, Any] = Field(
+        description="the teacher without the privileged info vs the student: reverse_kl_mean/max/total, "
+        "max_abs_logprob_delta, repeat_spread_max (or computed false and skipped: the reason)"
+    )
+    leak: dict[str, Any] | None = Field(
+        description="word n-grams of the virtual rollout (and continuations) copied from the privileged text"
+    )
+
+
 class Analysis(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: str
@@ -289,6 +323,7 @@ class Analysis(BaseModel):
     virtual_rollout: Rollout
     summary: Summary
     noise: Noise | None = Field(None, description="vLLM only: the servers' dtype and log-prob error bound")
+    preflight: Preflight | None = Field(None, description="null in analyses stored before it existed")
 
 
 class AnalysisListItem(BaseModel):
