@@ -6,7 +6,7 @@ on `worker.ModelWorker`, one job at a time, off the event loop. No HTTP here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -18,6 +18,7 @@ from vrollout.config import Settings
 from vrollout.core.analysis import build_analysis
 from vrollout.core.backend import Backend, load_backend
 from vrollout.core.contexts import Contexts, TokenLimit, build_contexts, check_ids
+from vrollout.core.cross import check_cross_request, cross_analysis, refuse_across
 from vrollout.core.errors import BadTrajectory, ModelOutOfMemory, VRError
 from vrollout.core.ids import new_id, now
 from vrollout.core.localize import is_localization_line, localization_line
@@ -33,8 +34,10 @@ from vrollout.core.preflight import (
 from vrollout.core.recovery import recovery
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
 from vrollout.core.rules import Policy
-from vrollout.core.schemas import AnalyzeRequest, GenerationOptions
-from vrollout.core.trajectories import Trajectory, to_trajectory
+from vrollout.core.schemas import AnalyzeRequest, GenerationOptions, PedagogicalRequest
+from vrollout.core.teacher_context import SiblingIndex, wants_sibling
+from vrollout.core.teacher_context import resolve as resolve_teacher_context
+from vrollout.core.trajectories import LineError, Trajectory, to_trajectory
 from vrollout.core.validation import RequestModels, check_lengths, open_keys, request_models, validate
 from vrollout.storage.store import Store
 from vrollout.worker import check_budget
@@ -183,10 +186,11 @@ class Analyzer:
         and enforce every limit, before any model work. Text over its character cap is refused
         before it is tokenized, and tokenizing stops once a context is over its limit."""
         request = validate(self.models.analyze, obj)
-        traj = to_trajectory(request)
+        traj = resolve_teacher_context(to_trajectory(request))
         check_lengths(traj, self.models.limits)
         options = options_from(request, self.settings)
         self.backend.check_top_k(options.top_k)
+        check_cross_request(self.pair, traj, options.continuation_tokens, options.recovery)
         ctx = self.contexts(traj)
         response_tokens = None if ctx.response_ids is None else len(ctx.response_ids)
         check_budget(
@@ -198,17 +202,54 @@ class Analyzer:
         return Prepared(traj, ctx, options)
 
     def prepare_line(
-        self, obj: Any, options: dict[str, Any], privileged: str | None
+        self,
+        obj: Any,
+        options: dict[str, Any],
+        privileged: str | None,
+        siblings: tuple[int, SiblingIndex] | None = None,
     ) -> tuple[Prepared, Any, list[str]]:
         """A line of a file (an upload, the CLI's): `prepare`d with the file's options filled in.
         Unlike the API, a key that is not a field is kept in `meta` unless it is a near miss of
         one. Returns the prepared line, the line as a job stores it, and its unknown keys. A line
-        in ProcessBench's shape (`steps`, `label`) becomes the trajectory of its joined steps."""
+        in ProcessBench's shape (`steps`, `label`) becomes the trajectory of its joined steps.
+        `siblings`: the line's number and its file's index; a line asking for a sibling gets the
+        one the rule picks written into its `sibling` field (core.teacher_context)."""
+        line, unknown = self._file_line(obj, options, privileged)
+        if wants_sibling(line):
+            if siblings is None:
+                raise BadTrajectory(
+                    "teacher_context sibling: the file was not indexed for siblings (give "
+                    "teacher_context sibling for the whole file: --teacher-context sibling, or "
+                    'analyze_many(..., teacher_context="sibling"))',
+                    field="teacher_context",
+                )
+            number, index = siblings
+            chosen = index.pick(number, to_trajectory(validate(self.models.analyze, line)))
+            line = {**line, "sibling": chosen.as_field()}
+        return self.prepare(line), line, unknown
+
+    def _file_line(self, obj: Any, options: dict[str, Any], privileged: str | None) -> tuple[Any, list[str]]:
         if is_localization_line(obj):
             obj = localization_line(obj)
         line, unknown = open_keys(obj, self.models.analyze)
-        line = with_defaults(line, options, privileged)
-        return self.prepare(line), line, unknown
+        return with_defaults(line, options, privileged), unknown
+
+    def index_siblings(
+        self, lines: Iterable[tuple[int, Any]], options: dict[str, Any], privileged: str | None
+    ) -> SiblingIndex:
+        """A file's sibling index (core.teacher_context): its valid lines' prompts and successful
+        responses, in one pass (validation only: nothing is tokenized). Bad lines are skipped here;
+        they are refused with their reason when they are prepared."""
+        index = SiblingIndex()
+        for number, obj in lines:
+            if isinstance(obj, LineError):
+                continue
+            try:
+                line, _ = self._file_line(obj, options, privileged)
+                index.add(number, to_trajectory(validate(self.models.analyze, line)))
+            except VRError:
+                continue
+        return index
 
     def prepare_lines(
         self,
@@ -216,14 +257,17 @@ class Analyzer:
         options: dict[str, Any],
         privileged: str | None,
         unknown: dict[str, list[int]],
+        siblings: SiblingIndex | None = None,
     ) -> tuple[list[tuple[int, Prepared]], list[tuple[int, VRError]]]:
         """Numbered lines of a file, each `prepare_line`d on its own: the prepared ones and the
-        errors of the others. The keys kept in meta are added to `unknown` (key: line numbers)."""
+        errors of the others. The keys kept in meta are added to `unknown` (key: line numbers).
+        `siblings`: the whole file's index, where lines ask for siblings."""
         prepared: list[tuple[int, Prepared]] = []
         failed: list[tuple[int, VRError]] = []
         for number, obj in lines:
             try:
-                prep, _, keys = self.prepare_line(obj, options, privileged)
+                where = None if siblings is None else (number, siblings)
+                prep, _, keys = self.prepare_line(obj, options, privileged, where)
             except VRError as exc:
                 failed.append((number, exc))
                 continue
@@ -251,7 +295,9 @@ class Analyzer:
             ("response_ids", traj.response_ids),
         ):
             if ids is not None:
-                check_ids(name, ids, self.pair.vocab_size)
+                teacher_side = name == "teacher_prompt_ids" and self.pair.cross_tokenizer
+                vocab = (self.pair.teacher_vocab_size if teacher_side else None) or self.pair.vocab_size
+                check_ids(name, ids, vocab)
         return build_contexts(
             traj, self.pair, self.settings.max_context_tokens, self.settings.max_response_tokens
         )
@@ -284,6 +330,14 @@ class Analyzer:
             )
             if not response:
                 raise BadTrajectory("the student generated an empty response")
+        if self.pair.cross_tokenizer:  # a teacher with another tokenizer: spans of text (core/cross.py)
+            analysis = cross_analysis(
+                self.pair, self.backend, prep.traj, ctx, response, opts.top_k, generation, progress, extra
+            )
+            if store and self.store is not None:
+                self.store.save(analysis)
+            progress("done", 1, 1)
+            return analysis
         result, record = self.backend.replay(
             ctx.student_ids,
             ctx.teacher_ids,
@@ -405,6 +459,7 @@ class Analyzer:
         def short(item: tuple[int, Prepared]) -> bool:
             return (
                 self.backend.padded_batches
+                and not self.pair.cross_tokenizer  # each line aligned and replayed on its own
                 and self.batchable(item[1])
                 and length(item) <= self.settings.batch_max_sequence
             )
@@ -506,6 +561,13 @@ class Analyzer:
             s_ids, t_ids, reference = ctx.student_ids, ctx.teacher_ids, traj.reference_answer
         if reference is not None:
             reference = str(reference)
+        policy, sweep = self.pedagogical_policy(request)
+        return PreparedRollout(s_ids, t_ids, policy, reference, sweep, request.analysis_id)
+
+    def pedagogical_policy(self, request: PedagogicalRequest) -> tuple[Policy, list[float] | None]:
+        """The intervention rule, sampling and sweep of a validated pedagogical request, within the
+        vocabulary and VROLLOUT_MAX_PEDAGOGICAL_COST (a job's options are checked here too)."""
+        refuse_across(self.pair, "a pedagogical rollout (teacher tokens substituted into the student's)")
         if request.max_rank is not None and request.max_rank > self.pair.vocab_size:
             raise BadTrajectory(
                 f"max_rank must be at most {self.pair.vocab_size} (the vocabulary), got {request.max_rank}",
@@ -528,7 +590,7 @@ class Analyzer:
             "VROLLOUT_MAX_PEDAGOGICAL_COST",
             f"max_new_tokens {policy.max_new_tokens} x {rollouts} rollouts",
         )
-        return PreparedRollout(s_ids, t_ids, policy, reference, sweep, request.analysis_id)
+        return policy, sweep
 
     def pedagogical(self, prep: PreparedRollout, progress: Progress = _no_progress) -> dict[str, Any]:
         """One pedagogical rollout (and the threshold sweep, if asked for)."""

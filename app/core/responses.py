@@ -172,6 +172,9 @@ class Job(Open):
     created_at: str
     name: str = Field(description="the uploaded file's name, for display")
     state: str = Field(description="queued, running, done or cancelled")
+    mode: str = Field(
+        "analysis", description="analysis, or pedagogical (a rollout record per line: docs/formats.md)"
+    )
     options: dict[str, Any] = Field(description="the options given with the upload")
     total: int = Field(description="lines accepted")
     rejected: list[Rejected] = Field(description="lines refused at upload")

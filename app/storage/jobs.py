@@ -18,10 +18,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from vrollout.core.errors import NotFound, StorageError, VRError
+from vrollout.core.errors import Cancelled, NotFound, StorageError, VRError
 from vrollout.core.ids import new_id, now
+from vrollout.core.replay import Progress
+from vrollout.pedagogy_jobs import PreparedLine, prepare_line, run_lines
 from vrollout.report.dataset import is_current
 from vrollout.service import Analyzer, Prepared
 from vrollout.storage.progress import JobFeed
@@ -54,6 +57,12 @@ CREATE TABLE IF NOT EXISTS job_items (
     PRIMARY KEY (job_id, line)
 );
 CREATE INDEX IF NOT EXISTS job_items_analysis ON job_items (analysis_id);
+CREATE TABLE IF NOT EXISTS job_rollouts (  -- pedagogical jobs: a line's rollout record
+    job_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    record TEXT NOT NULL,         -- JSON (docs/formats.md, "Rollout records")
+    PRIMARY KEY (job_id, line)
+);
 """
 FINAL = ("done", "cancelled")
 WINDOW = 64  # lines prepared (and sorted into batches) at a time
@@ -129,6 +138,7 @@ class Jobs:
         job = dict(zip(keys, row, strict=True))
         for key in ("options", "rejected", "warnings"):
             job[key] = json.loads(job[key])
+        job["mode"] = job["options"].get("mode", "analysis")
         job.update(
             done=counts.get("done", 0),
             failed=counts.get("error", 0),
@@ -170,10 +180,16 @@ class Jobs:
             ).fetchall()
         return [(line, json.loads(payload)) for line, payload in rows]
 
-    def complete(self, job_id: str, done: list[tuple[int, dict[str, Any]]]) -> None:
-        """Store the analyses and mark their lines done: one transaction, so never half of it.
-        Nothing is stored for a job deleted meanwhile (the check and the writes are one
-        transaction too: `BEGIN IMMEDIATE` takes the write lock before the check)."""
+    def complete(
+        self,
+        job_id: str,
+        done: list[tuple[int, dict[str, Any]]],
+        rollouts: dict[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """Store the analyses (and a pedagogical job's rollout records, by line) and mark their
+        lines done: one transaction, so never half of it. Nothing is stored for a job deleted
+        meanwhile (the check and the writes are one transaction too: `BEGIN IMMEDIATE` takes the
+        write lock before the check)."""
         with self.store.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
@@ -185,6 +201,11 @@ class Jobs:
                     "WHERE job_id = ? AND line = ?",
                     (analysis["id"], analysis["summary"]["tokens"], job_id, line),
                 )
+                if rollouts is not None and line in rollouts:
+                    db.execute(
+                        "INSERT OR REPLACE INTO job_rollouts VALUES (?, ?, ?)",
+                        (job_id, line, json.dumps(rollouts[line])),
+                    )
         self.changed(job_id)
 
     def fail(self, job_id: str, line: int, error: str) -> None:
@@ -252,6 +273,24 @@ class Jobs:
         for rows in self._analysis_ids(job_id):
             yield from self.store.each([analysis_id for _, analysis_id, _ in rows])
 
+    def rollouts(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """A pedagogical job's rollout records in line order, a chunk per connection (none
+        stays open while the caller works on a chunk); none for an analysis job."""
+        self.get(job_id)  # 404 for an unknown job
+        last = -1
+        while True:
+            with self.store.connect() as db:
+                rows = db.execute(
+                    "SELECT line, record FROM job_rollouts WHERE job_id = ? AND line > ? "
+                    "ORDER BY line LIMIT ?",
+                    (job_id, last, CHUNK),
+                ).fetchall()
+            if not rows:
+                return
+            for _, record in rows:
+                yield json.loads(record)
+            last = rows[-1][0]
+
     def delete(self, job_id: str) -> int:
         """The job, its lines and their analyses, in one transaction. Returns the number of
         analyses deleted. (A running job must be stopped first: `JobRunner.delete`.)"""
@@ -271,6 +310,7 @@ class Jobs:
                 (job_id,),
             ).rowcount
             db.execute("DELETE FROM job_items WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM job_rollouts WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return deleted
 
@@ -415,9 +455,12 @@ class JobRunner:
         self.jobs.set_state(job_id, "running")
         live = self.live[job_id] = Live()
         pending = await asyncio.to_thread(self.jobs.pending, job_id)
+        options = (await asyncio.to_thread(self.jobs.get, job_id))["options"]
         for w in range(0, len(pending), WINDOW):
-            prepared = await self.worker.run(self._prepare, job_id, pending[w : w + WINDOW], lane="jobs")
-            if self.lines_pool is not None:
+            window = pending[w : w + WINDOW]
+            prepared = await self.worker.run(self._prepare, job_id, window, options, lane="jobs")
+            # A pedagogical job's lines run one by one (on vLLM, concurrently), never in batches.
+            if self.lines_pool is not None or options.get("mode") == "pedagogical":
                 if not await self._run_concurrently(job_id, prepared, live):
                     return
                 continue
@@ -430,12 +473,20 @@ class JobRunner:
         self.cancel_requested.discard(job_id)
         self.jobs.set_state(job_id, "done")
 
-    def _prepare(self, job_id: str, lines: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, Prepared]]:
-        """Validate each line again (settings may have changed since the upload)."""
-        out = []
+    def _prepare(
+        self, job_id: str, lines: list[tuple[int, dict[str, Any]]], options: dict[str, Any] | None = None
+    ) -> list[tuple[int, Any]]:
+        """Validate each line again (settings may have changed since the upload): a `Prepared`
+        analysis, or for a pedagogical job a `PreparedLine` (`pedagogy_jobs`)."""
+        pedagogical = options is not None and options.get("mode") == "pedagogical"
+        out: list[tuple[int, Any]] = []
         for line, payload in lines:
             try:
-                out.append((line, self.analyzer.prepare(payload)))
+                if pedagogical:
+                    assert options is not None
+                    out.append((line, prepare_line(self.analyzer, payload, options)))
+                else:
+                    out.append((line, self.analyzer.prepare(payload)))
             except VRError as exc:
                 self.jobs.fail(job_id, line, exc.message)
         return out
@@ -458,23 +509,44 @@ class JobRunner:
             return False
         return True
 
-    async def _run_group(self, job_id: str, group: list[tuple[int, Prepared]], live: Live) -> None:
+    def _checkpoint(self, job_id: str) -> Progress:
+        """Progress for a pedagogical line: a cancel (or delete) of the job stops it at the next
+        step boundary, and the line stays pending (a resume runs it whole)."""
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if job_id in self.cancel_requested:
+                raise Cancelled("the job was cancelled")
+
+        return progress
+
+    async def _run_group(self, job_id: str, group: list[tuple[int, Any]], live: Live) -> None:
         extras = [{"job": {"id": job_id, "line": line}} for line, _ in group]
+        pedagogical = isinstance(group[0][1], PreparedLine)
+        fn: Any = self.analyzer.run_group
+        if pedagogical:
+            fn = partial(run_lines, self.analyzer, progress=self._checkpoint(job_id))
         try:
             if self.lines_pool is not None:
                 run = asyncio.get_running_loop().run_in_executor
-                results = await run(self.lines_pool, self.analyzer.run_group, group, extras)
+                results = await run(self.lines_pool, fn, group, extras)
             else:
-                results = await self.worker.run(self.analyzer.run_group, group, extras, lane="jobs")
+                results = await self.worker.run(fn, group, extras, lane="jobs")
             lines = [line for line, _ in group]
             done = [(n, r) for n, r in zip(lines, results, strict=True) if not isinstance(r, VRError)]
-            await asyncio.to_thread(self.jobs.complete, job_id, done)
+            records = None
+            if pedagogical:  # (analysis, rollout record) per line
+                records = {n: record for n, (_, record) in done}
+                done = [(n, analysis) for n, (analysis, _) in done]
+                live.tokens += sum(len(r["pedagogical"]["response_ids"]) for r in records.values())
+            await asyncio.to_thread(self.jobs.complete, job_id, done, records)
             live.tokens += sum(a["summary"]["tokens"] for _, a in done)
             for n, r in zip(lines, results, strict=True):
                 if isinstance(r, VRError):
                     await asyncio.to_thread(self.jobs.fail, job_id, n, r.message)
         except (StorageError, sqlite3.Error):
             raise  # nothing of the group was stored: the job stops (see run_forever)
+        except Cancelled:
+            return  # stopped mid-line: nothing of it stored, the line stays pending
         except Exception:  # a bug: logged; the line says so and the job goes on
             log.exception("job %s lines %s failed", job_id, [line for line, _ in group])
             for line, _ in group:

@@ -25,8 +25,10 @@ from vrollout.core.responses import (
     media,
 )
 from vrollout.core.sources import iter_rows
+from vrollout.core.teacher_context import teacher_options, wants_sibling
 from vrollout.core.trajectories import LineError
 from vrollout.core.validation import unknown_key_warnings
+from vrollout.pedagogy_jobs import MODES, line_options, parse_sweep, pedagogical_options
 from vrollout.report.dataset import (
     figures_of,
     json_array_chunks,
@@ -51,6 +53,36 @@ JobsDep = Annotated[Jobs, Depends(from_state("jobs"))]
 RunnerDep = Annotated[JobRunner, Depends(from_state("runner"))]
 
 
+class PedagogicalForm:
+    """The options of a pedagogical job (`mode=pedagogical`), as form fields; ignored otherwise."""
+
+    def __init__(
+        self,
+        threshold: Annotated[
+            float | None, Form(description="pedagogical: the teacher steps in below this probability (0.05)")
+        ] = None,
+        max_rank: Annotated[
+            int | None, Form(description="pedagogical: ... or above this teacher rank")
+        ] = None,
+        temperature: Annotated[
+            float | None, Form(description="pedagogical: the student's sampling (0)")
+        ] = None,
+        top_p: Annotated[float | None, Form(description="pedagogical: nucleus sampling (1)")] = None,
+        seed: Annotated[int | None, Form(description="pedagogical: sampling seed (0)")] = None,
+        max_new_tokens: Annotated[
+            int | None, Form(description="pedagogical: rollout length bound (128)")
+        ] = None,
+        sweep: Annotated[str | None, Form(description="pedagogical: thresholds, comma-separated")] = None,
+    ) -> None:
+        self.fields = {"threshold": threshold, "max_rank": max_rank, "temperature": temperature,
+                       "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens}  # fmt: skip
+        self.sweep = sweep
+
+    def given(self, analyzer: Analyzer) -> dict[str, Any]:
+        """Checked as POST /api/pedagogical checks its own (a 422 names the field)."""
+        return pedagogical_options(analyzer, sweep=parse_sweep(self.sweep), **self.fields)
+
+
 def display_name(filename: str | None) -> str:
     """The upload's name for display only: never a path, never markup-significant characters."""
     name = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
@@ -70,7 +102,14 @@ def validate_lines(
     the good lines (as stored: unknown keys moved into `meta`), the rejected ones, and a
     warning per unknown key. The file is JSONL, a JSON array or Parquet (core.sources), its
     columns renamed by `mapping` and `preset` first."""
-    rows = iter_rows(data, name=name, settings=analyzer.settings, mapping=mapping, preset=preset)
+    rows = list(iter_rows(data, name=name, settings=analyzer.settings, mapping=mapping, preset=preset))
+    # Siblings need the whole file first: one validation pass indexes its successful responses
+    # (core.teacher_context), and each line asking for one gets it written into its `sibling`.
+    index = (
+        analyzer.index_siblings(rows, options, privileged)
+        if any(wants_sibling({**options, **obj}) for _, obj in rows if isinstance(obj, dict))
+        else None
+    )
     good: list[tuple[int, dict[str, Any]]] = []
     rejected: list[dict[str, Any]] = []
     unknown: dict[str, list[int]] = {}
@@ -79,7 +118,8 @@ def validate_lines(
             rejected.append({"line": number, "error": obj.error})
             continue
         try:
-            _, line, keys = analyzer.prepare_line(obj, options, privileged)
+            where = None if index is None else (number, index)
+            _, line, keys = analyzer.prepare_line(obj, options, privileged, where)
             good.append((number, line))
             for key in keys:
                 unknown.setdefault(key, []).append(number)
@@ -97,6 +137,7 @@ async def create_job(
     file: Annotated[
         UploadFile, File(description="JSONL (one trajectory per line), a JSON array, or Parquet")
     ],
+    pedagogical: Annotated[PedagogicalForm, Depends()],
     privileged: Annotated[str | None, Form(description="for every line that has none")] = None,
     top_k: Annotated[int | None, Form(description="default 5 (limit: VROLLOUT_MAX_TOP_K)")] = None,
     continuation_tokens: Annotated[int, Form()] = 0,
@@ -107,16 +148,44 @@ async def create_job(
     from_: Annotated[
         str | None, Form(alias="from", description="a framework's log: verl, trl, tinker or auto")
     ] = None,
+    teacher_context: Annotated[
+        str | None,
+        Form(description="privileged (default), sibling or feedback: for every line that sets none"),
+    ] = None,
+    teacher_template: Annotated[
+        str | None,
+        Form(description="{prompt} and {privileged} (or {feedback}): for every line that sets none"),
+    ] = None,
+    mode: Annotated[
+        str,
+        Form(
+            description="analysis (default), or pedagogical: per line the student's own rollout, "
+            "OPD's view of it and a pedagogical rollout (a rollout record, docs/formats.md)"
+        ),
+    ] = "analysis",
 ) -> dict[str, Any]:
     """Validate the file line by line; the valid lines become a job that runs in the background.
     The invalid ones come back with their line numbers and reasons; keys that are not fields
     (and not near misses of one, which are errors) are kept in each line's `meta` and listed in
-    `warnings`."""
+    `warnings`. With `mode=pedagogical` the pedagogical options are checked as
+    `POST /api/pedagogical` checks its own, and a line without a response is answered by the
+    student with the same sampling settings and seed."""
     limit = analyzer.settings.max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise TooLong(f"the file is over the limit of {limit} bytes (VROLLOUT_MAX_UPLOAD_BYTES)")
-    options = {"top_k": top_k, "continuation_tokens": continuation_tokens}
+    options: dict[str, Any] = {
+        "top_k": top_k,
+        "continuation_tokens": continuation_tokens,
+        **teacher_options(teacher_context or None, teacher_template or None),
+    }
+    stored_options = options
+    if mode not in MODES:
+        raise BadTrajectory(f"mode must be analysis or pedagogical, got {mode!r}", field="mode")
+    if mode == "pedagogical":
+        given = pedagogical.given(analyzer)
+        options = {**options, **line_options(given)}  # what each line is prepared with
+        stored_options = {"mode": mode, **options, **given}
     good, rejected, warnings = await run_in_threadpool(
         validate_lines,
         analyzer,
@@ -131,7 +200,7 @@ async def create_job(
         shown = "; ".join(f"line {r['line']}: {r['error']}" for r in rejected[:5])
         raise BadTrajectory(f"no valid trajectory in the file ({shown})", rejected=rejected)
     job_id = await run_in_threadpool(
-        jobs.create, display_name(file.filename), options, good, rejected, warnings
+        jobs.create, display_name(file.filename), stored_options, good, rejected, warnings
     )
     runner.wake.set()
     job = await run_in_threadpool(runner.state, job_id)
