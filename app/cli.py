@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import sys
 from pathlib import Path
@@ -20,12 +21,29 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
     if getattr(args, "trust_remote_code", False):
         overrides["trust_remote_code"] = True
+    for name in RENDERING:  # how each context is rendered (docs/formats.md "Teacher context")
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     for name in ("backend", "teacher_urls", "student_urls", "tokenizer", "vllm_logprobs", "vllm_concurrency"):
         if getattr(args, name, None):  # the vllm backend (README "Running on vLLM")
             overrides[name] = getattr(args, name)
     if overrides.get("teacher_urls"):
         overrides.setdefault("backend", "vllm")
     return Settings(**overrides)
+
+
+RENDERING = ("student_chat_template_kwargs", "teacher_chat_template_kwargs", "teacher_prompt_format")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A flag's JSON object, e.g. '{"enable_thinking": false}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('a JSON object is needed, e.g. \'{"enable_thinking": false}\'')
+    return value
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -36,6 +54,20 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database", type=Path, help="SQLite file for stored analyses")
     p.add_argument("--cache-dir", dest="cache_dir", type=Path, help="converted-model cache")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from repos")
+    for role in ("student", "teacher"):
+        p.add_argument(
+            f"--{role}-chat-template-kwargs",
+            dest=f"{role}_chat_template_kwargs",
+            type=_json_object,
+            help=f"the {role}'s chat template arguments, a JSON object, "
+            """e.g. '{"enable_thinking": false}'""",
+        )
+    p.add_argument(
+        "--teacher-prompt-format",
+        dest="teacher_prompt_format",
+        help="a teacher without a chat template (a base model): its prompt, with {prompt}, "
+        "e.g. 'Question: {prompt}\\nAnswer:'",
+    )
     p.add_argument("--backend", choices=("local", "vllm"), help="run the models here or on vLLM servers")
     p.add_argument("--teacher-url", dest="teacher_urls", action="append", help="a vLLM teacher (repeatable)")
     p.add_argument("--student-url", dest="student_urls", action="append", help="a vLLM student (repeatable)")
@@ -149,6 +181,18 @@ def main(argv: list[str] | None = None) -> int:
         "steps.parquet, figures.json, headline.csv/.md/.tex and report.html (opens offline)",
     )
     p.add_argument("--privileged", help="privileged text for lines that carry none")
+    p.add_argument(
+        "--teacher-context",
+        dest="teacher_context",
+        choices=("privileged", "sibling", "feedback"),
+        help="what the teacher is given, for lines that set none: privileged (default), sibling (a "
+        "successful response to the same prompt from the file) or feedback (the line's feedback)",
+    )
+    p.add_argument(
+        "--teacher-template",
+        dest="teacher_template",
+        help="the teacher template for lines that set none: {prompt} and {privileged} (or {feedback})",
+    )
     p.add_argument("--top-k", dest="top_k", type=int, help="default 5")
     p.add_argument("--continuation-tokens", dest="continuation_tokens", type=int, default=0)
     p.add_argument("--recovery", action="store_true", help="recovery curve (lines need reference_answer)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -32,6 +32,19 @@ class Settings(BaseSettings):
         default=None, description="None: the student's own weights (self-distillation)."
     )
     teacher_template: str = DEFAULT_TEACHER_TEMPLATE
+    # Chat template arguments per model (env: a JSON object), e.g. {"enable_thinking": false} for
+    # Qwen3: passed to apply_chat_template whenever that model's context is rendered.
+    student_chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra apply_chat_template arguments for the student"
+    )
+    teacher_chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra apply_chat_template arguments for the teacher"
+    )
+    teacher_prompt_format: str | None = Field(
+        default=None,
+        description="a teacher without a chat template (a base model): its context is this with "
+        "{prompt} = the messages' contents joined by blank lines, e.g. 'Question: {prompt}\nAnswer:'",
+    )
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
@@ -180,6 +193,15 @@ class Settings(BaseSettings):
 
     templates_dir: Path = Field(default_factory=lambda: package_folder("templates"))
     static_dir: Path = Field(default_factory=lambda: package_folder("static"))
+
+    @field_validator("teacher_prompt_format")
+    @classmethod
+    def _prompt_format(cls, fmt: str | None) -> str | None:
+        from vrollout.core.rules import check_prompt_format
+
+        if fmt is not None:
+            check_prompt_format(fmt)
+        return fmt
 
     @field_validator("api_token")
     @classmethod

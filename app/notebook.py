@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from vrollout.core.signal import headline
@@ -23,6 +24,7 @@ from vrollout.core.signal import headline
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
+    from vrollout.core.teacher_context import SiblingIndex
     from vrollout.service import Analyzer
 
 STRIP_TOKENS = 2000  # the inline view shows this many tokens; a notebook chokes on megabytes of HTML
@@ -253,11 +255,14 @@ class VirtualRollout:
         1. `mapping` (`{"prompt": "question"}` or `"prompt=question,..."`) and `preset` (`"verl"`,
         `"trl"`, `"tinker"`, `"auto"`) rename each trajectory's columns first. Short ones share
         padded batches, as jobs and `vrollout analyze` do. Keyword options and `privileged` apply
-        to trajectories that do not set their own. A bad trajectory raises its error, naming its
-        index; `errors="skip"` leaves it out with a warning."""
+        to trajectories that do not set their own (e.g. `teacher_context="sibling"`,
+        `teacher_template=...`: docs/formats.md "Teacher context"; with sibling the whole input is
+        read first, an iterable into memory, to index its successful responses). A bad trajectory
+        raises its error, naming its index; `errors="skip"` leaves it out with a warning."""
         from tqdm import tqdm
         from vrollout.core.errors import BadTrajectory
         from vrollout.core.sources import check_preset, iter_rows, map_rows, parse_mapping
+        from vrollout.core.teacher_context import teacher_options
         from vrollout.core.trajectories import LineError
         from vrollout.storage.jobs import WINDOW
 
@@ -285,20 +290,27 @@ class VirtualRollout:
             check_preset(preset)
             rows = map_rows(self._numbered(trajectories), parse_mapping(mapping), preset)
         unknown: set[str] = set()  # keys already warned about
+        teacher_options(options.get("teacher_context"), options.get("teacher_template"))
+        siblings = None
+        if options.get("teacher_context") == "sibling":  # the whole input first (core.teacher_context)
+            listed = list(rows)
+            siblings = self.analyzer.index_siblings(listed, options, privileged)
+            rows = iter(listed)
+        run = partial(self._run_window, siblings=siblings)
         with tqdm(total=total, unit="traj", disable=not progress, file=sys.stderr) as bar:
             window: list[tuple[int, Any]] = []
             for index, item in rows:
                 if isinstance(item, LineError):  # in order: what comes before it first
-                    yield from self._run_window(window, options, privileged, errors, bar, unknown)
+                    yield from run(window, options, privileged, errors, bar, unknown)
                     window = []
                     self._failed(index, BadTrajectory(item.error), errors)
                     bar.update(1)
                     continue
                 window.append((index, item))
                 if len(window) == WINDOW:
-                    yield from self._run_window(window, options, privileged, errors, bar, unknown)
+                    yield from run(window, options, privileged, errors, bar, unknown)
                     window = []
-            yield from self._run_window(window, options, privileged, errors, bar, unknown)
+            yield from run(window, options, privileged, errors, bar, unknown)
 
     def _numbered(self, trajectories: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         for index, item in enumerate(trajectories):
@@ -325,12 +337,13 @@ class VirtualRollout:
         errors: str,
         bar: Any,
         unknown: set[str],
+        siblings: SiblingIndex | None = None,
     ) -> Iterator[Analysis]:
         """Prepare a window of trajectories as lines of a file (keys that are not fields are kept
         in `meta`, with a warning; a near miss of a field is an error), run it in the analyzer's
         planned batches, and yield each analysis as soon as every one before it is done."""
         seen: dict[str, list[int]] = {}  # this window's keys kept in meta, with their lines
-        prepared, failed = self.analyzer.prepare_lines(window, options, privileged, seen)
+        prepared, failed = self.analyzer.prepare_lines(window, options, privileged, seen, siblings)
         for index, exc in failed:
             self._failed(index, exc, errors)
         bar.update(len(failed))

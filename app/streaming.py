@@ -284,6 +284,7 @@ def analyze_file(args: Any, settings: Settings) -> int:
     """`vrollout analyze FILE --out OUT [--resume] [--shard I/N]`; the exit status."""
     from tqdm import tqdm
     from vrollout.core.sources import iter_rows
+    from vrollout.core.teacher_context import teacher_options
     from vrollout.core.validation import unknown_key_warnings
     from vrollout.service import Analyzer
     from vrollout.storage.jobs import WINDOW
@@ -301,6 +302,10 @@ def analyze_file(args: Any, settings: Settings) -> int:
             preset=getattr(args, "preset", None),
         )
         first = next(rows, None)  # an unreadable or empty file: said now, before the models load
+        teacher = teacher_options(
+            getattr(args, "teacher_context", None),
+            getattr(args, "teacher_template", None),
+        )
         outputs = Outputs(Path(args.out), args.resume, tag)
     except (OSError, VRError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
@@ -313,8 +318,20 @@ def analyze_file(args: Any, settings: Settings) -> int:
         "continuation_tokens": args.continuation_tokens,
         "recovery": args.recovery,
         "recovery_max_new_tokens": args.recovery_max_new_tokens,
+        **teacher,
     }
     job = {"id": None} if tag is None else {"id": None, "shard": tag}
+    siblings = None
+    if teacher.get("teacher_context") == "sibling":  # a first pass: every line, every shard
+        again = iter_rows(
+            args.file,
+            name=source.name,
+            settings=settings,
+            split=getattr(args, "split", None),
+            mapping=getattr(args, "map", None),
+            preset=getattr(args, "preset", None),
+        )
+        siblings = analyzer.index_siblings(again, options, args.privileged)
 
     def keep(number: int) -> bool:
         mine = shard is None or (number - 1) % shard[1] == shard[0]
@@ -329,7 +346,9 @@ def analyze_file(args: Any, settings: Settings) -> int:
             for window in windows(everything, WINDOW, keep):
                 errors.extend((n, item.error) for n, item in window if isinstance(item, LineError))
                 lines = [(n, item) for n, item in window if not isinstance(item, LineError)]
-                prepared, failed = analyzer.prepare_lines(lines, options, args.privileged, unknown)
+                prepared, failed = analyzer.prepare_lines(
+                    lines, options, args.privileged, unknown, siblings
+                )
                 errors.extend((number, exc.message) for number, exc in failed)
                 bar.update(len(window) - len(prepared))
                 finished = []

@@ -66,6 +66,7 @@
     (r) => [r.correct === null ? "" : r.correct ? "correct" : "wrong", ""],
     (r) => [r.verdict_method ?? "", ""], // how the verdict was reached: given, math-verify, text
     (r) => [r.step === null || r.step === undefined ? "" : String(r.step), ""],
+    (r) => [r.teacher_context ?? "privileged", ""], // which text the teacher was given
   ];
 
   function renderTable() {

@@ -7,7 +7,7 @@
     showError($("error"), "");
     $("upload").disabled = true;
     const form = new FormData($("upload-form"));
-    for (const name of ["privileged", "map", "from"]) if (!form.get(name)) form.delete(name);
+    for (const name of ["privileged", "map", "from", "teacher_context", "teacher_template"]) if (!form.get(name)) form.delete(name);
     try {
       const body = await request("/api/jobs", { method: "POST", body: form });
       const url = `/jobs/${encodeURIComponent(body.job.id)}`;

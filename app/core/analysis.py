@@ -201,6 +201,8 @@ def build_analysis(
             "context_ids": ctx.teacher_ids,
             "context_text": ctx.teacher_text,
             "privileged": ctx.privileged,
+            "context_kind": ctx.context_kind,  # which text `privileged` is (core.teacher_context)
+            "sibling": ctx.sibling,
             "shared_weights": pair.shared,
         },
         "response_ids": response_ids,

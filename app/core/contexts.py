@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from vrollout.core.errors import BadTrajectory, TooLong
 from vrollout.core.rendered import teacher_text
+from vrollout.core.rules import fill_teacher_template
 from vrollout.core.trajectories import Trajectory
 
 if TYPE_CHECKING:  # the core never imports torch
@@ -29,6 +30,8 @@ class Contexts:
     response_ids: list[int] | None  # None: the student must generate
     retokenized: bool  # the response came as text and was tokenized with the student's tokenizer
     notes: list[str]
+    context_kind: str = "privileged"  # which text the teacher was given (core.teacher_context)
+    sibling: dict[str, Any] | None = None  # the sibling's {"line", "id"} (kind sibling)
 
 
 def teacher_messages(messages: list[dict[str, str]], privileged: str, template: str) -> list[dict[str, str]]:
@@ -37,7 +40,7 @@ def teacher_messages(messages: list[dict[str, str]], privileged: str, template: 
     if last_user is None:
         raise BadTrajectory("privileged info needs a user message in the prompt to attach to")
     out = [dict(m) for m in messages]
-    out[last_user]["content"] = template.format(prompt=messages[last_user]["content"], privileged=privileged)
+    out[last_user]["content"] = fill_teacher_template(template, messages[last_user]["content"], privileged)
     return out
 
 
@@ -93,19 +96,40 @@ def tokenize_within(tokenizer: Any, text: str, limit: TokenLimit) -> list[int]:
 
 
 def render(
-    model: LoadedModel, messages: list[dict[str, str]], limit: TokenLimit
+    model: LoadedModel,
+    messages: list[dict[str, str]],
+    limit: TokenLimit,
+    template_kwargs: dict[str, Any] | None = None,
+    prompt_format: str | None = None,
 ) -> tuple[list[int], str, bool]:
     """(ids, text, templated): the messages through the model's chat template, generation prompt
-    added, refused once over `limit`. A tokenizer without a chat template gets the contents
-    joined by blank lines."""
+    added and `template_kwargs` passed on (e.g. enable_thinking), refused once over `limit`. A
+    tokenizer without a chat template gets the contents joined by blank lines, placed by
+    `prompt_format` ({prompt}) where one is given, else followed by a blank line."""
     tok = model.tokenizer
     if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+        )
         templated = True
     else:
-        text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        joined = "\n\n".join(m["content"] for m in messages)
+        text = prompt_format.format(prompt=joined) if prompt_format else joined + "\n\n"
         templated = False
     return tokenize_within(tok, text, limit), text, templated
+
+
+def render_role(
+    pair: ModelPair, role: str, messages: list[dict[str, str]], limit: TokenLimit
+) -> tuple[list[int], str, bool]:
+    """`render` for the pair's student or teacher, with that role's chat template arguments (and,
+    for the teacher, its prompt format): the settings `{role}_chat_template_kwargs` and
+    `teacher_prompt_format`."""
+    if role == "student":
+        return render(pair.student, messages, limit, pair.student_chat_template_kwargs)
+    return render(
+        pair.teacher, messages, limit, pair.teacher_chat_template_kwargs, pair.teacher_prompt_format
+    )
 
 
 def _decode(model: LoadedModel, ids: list[int]) -> str:
@@ -118,11 +142,12 @@ def _rendered(
     pair: ModelPair,
     notes: list[str],
     limits: tuple[TokenLimit, TokenLimit],
+    template: str,
 ) -> tuple[list[int], str, list[int], str]:
     """Both contexts of a prompt given rendered: its text as it is for the student, the same with
     the privileged info placed by the student's template for the teacher (`core.rendered`), each
     tokenized as-is (no special tokens added: the text holds those the template wrote)."""
-    t_text, found = teacher_text(pair.student.tokenizer, prompt, privileged, pair.teacher_template)
+    t_text, found = teacher_text(pair.student.tokenizer, prompt, privileged, template)
     notes.append(
         "the prompt was given rendered (rendered: true): tokenized as it is, no chat template "
         "applied and no special tokens added"
@@ -147,8 +172,9 @@ def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: in
     student_limit = TokenLimit("student context", context, "VROLLOUT_MAX_CONTEXT_TOKENS")
     teacher_limit = TokenLimit("teacher context", context, "VROLLOUT_MAX_CONTEXT_TOKENS")
     response_limit = TokenLimit("response", response, "VROLLOUT_MAX_RESPONSE_TOKENS")
-    notes: list[str] = []
+    notes: list[str] = list(traj.notes)
     privileged = traj.privileged or None
+    template = traj.teacher_template or pair.teacher_template
     if traj.format == "token_ids":
         assert traj.prompt_ids is not None
         s_ids = traj.prompt_ids
@@ -159,19 +185,19 @@ def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: in
     elif traj.rendered:
         assert traj.messages is not None
         s_ids, s_text, t_ids, t_text = _rendered(
-            traj.messages[0]["content"], privileged, pair, notes, (student_limit, teacher_limit)
+            traj.messages[0]["content"], privileged, pair, notes, (student_limit, teacher_limit), template
         )
     else:
         assert traj.messages is not None
-        s_ids, s_text, templated = render(pair.student, traj.messages, student_limit)
-        t_msgs = (
-            teacher_messages(traj.messages, privileged, pair.teacher_template)
-            if privileged
-            else traj.messages
-        )
-        t_ids, t_text, _ = render(pair.teacher, t_msgs, teacher_limit)
+        s_ids, s_text, templated = render_role(pair, "student", traj.messages, student_limit)
+        t_msgs = teacher_messages(traj.messages, privileged, template) if privileged else traj.messages
+        t_ids, t_text, t_templated = render_role(pair, "teacher", t_msgs, teacher_limit)
         if not templated:
             notes.append("the student's tokenizer has no chat template: contents joined as text")
+        if t_templated and pair.teacher_prompt_format:
+            notes.append("teacher_prompt_format is not used: the teacher has a chat template")
+        elif not t_templated and pair.teacher_prompt_format:
+            notes.append("the teacher has no chat template: its context is teacher_prompt_format")
     retokenized = False
     response_ids = traj.response_ids
     if response_ids is None and traj.response_text is not None:
@@ -182,7 +208,19 @@ def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: in
         raise BadTrajectory("the response is empty: there is nothing to replay")
     if response_ids is not None:
         response_limit.check(len(response_ids))
-    return Contexts(s_ids, s_text, t_ids, t_text, privileged, response_ids, retokenized, notes)
+    sibling = None if traj.sibling is None else {k: traj.sibling.get(k) for k in ("line", "id")}
+    return Contexts(
+        s_ids,
+        s_text,
+        t_ids,
+        t_text,
+        privileged,
+        response_ids,
+        retokenized,
+        notes,
+        traj.teacher_context,
+        sibling,
+    )
 
 
 def check_ids(name: str, ids: list[int], vocab_size: int) -> None:

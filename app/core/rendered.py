@@ -119,7 +119,7 @@ def insertion_point(tokenizer: Any, prompt: str) -> tuple[int, list[str]]:
 
 def privileged_parts(template: str, privileged: str) -> tuple[str, str]:
     """The text the teacher template puts before and after the original prompt (`{prompt}`)."""
-    full = template.format(prompt=PROBE, privileged=privileged)
+    full = template.format(prompt=PROBE, privileged=privileged, feedback=privileged)
     if full.count(PROBE) != 1:
         raise BadTrajectory("the privileged info contains the probe marker", field="privileged")
     before, _, after = full.partition(PROBE)

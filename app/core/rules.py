@@ -7,6 +7,7 @@ HTTP: the backends hand over plain numbers.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,43 @@ def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
     return ids
 
 
+TEMPLATE_FIELDS = ("prompt", "privileged", "feedback")  # {feedback}: another name for {privileged}
+
+
+def _fields(template: str, what: str, allowed: tuple[str, ...]) -> set[str]:
+    """The placeholders of a format string, refused when it does not parse or names another."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:  # e.g. a lone "{": literal braces are written {{ and }}
+        raise ValueError(
+            f"the {what} is not a valid format string ({exc}; write a literal brace twice)"
+        ) from None
+    other = sorted(names - set(allowed))
+    if other:
+        shown = ", ".join("{" + n + "}" for n in other)
+        raise ValueError(
+            f"the {what} has {shown}: only " + " ".join("{" + n + "}" for n in allowed) + " may be used"
+        )
+    return names
+
+
 def check_teacher_template(template: str) -> None:
-    """The teacher template must place both the prompt and the privileged info."""
-    if "{prompt}" not in template or "{privileged}" not in template:
-        raise ValueError("the teacher template must contain {prompt} and {privileged}")
+    """The teacher template must place both the prompt and the privileged info ({privileged}, or
+    {feedback}, its other name), and name nothing else."""
+    names = _fields(template, "teacher template", TEMPLATE_FIELDS)
+    if "prompt" not in names or not names & {"privileged", "feedback"}:
+        raise ValueError("the teacher template must contain {prompt} and {privileged} (or {feedback})")
+
+
+def fill_teacher_template(template: str, prompt: str, privileged: str) -> str:
+    """A checked teacher template filled in."""
+    return template.format(prompt=prompt, privileged=privileged, feedback=privileged)
+
+
+def check_prompt_format(fmt: str) -> None:
+    """A prompt format (for a model without a chat template) must place the prompt, and only it."""
+    if "prompt" not in _fields(fmt, "prompt format", ("prompt",)):
+        raise ValueError("the prompt format must contain {prompt}")
 
 
 @dataclass

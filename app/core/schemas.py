@@ -41,6 +41,15 @@ class GenerationOptions(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
 
 
+class SiblingResponse(BaseModel):
+    """A successful response to the same prompt, given to the teacher (teacher_context sibling)."""
+
+    model_config = REQUEST
+    response: str = Field(min_length=1, description=RESPONSE_CAP)
+    line: int | None = Field(None, ge=0, description="its line in the file (analyze_many: its index)")
+    id: str | None = Field(None, max_length=10_000, description="its id")
+
+
 class AnalyzeRequest(BaseModel):
     """A trajectory in any format of docs/formats.md, plus options. Without a response the
     student generates one first (seeded)."""
@@ -78,6 +87,23 @@ class AnalyzeRequest(BaseModel):
     )
     id: str | None = Field(None, description=CONTEXT_CAP)
     reference_answer: str | int | float | None = Field(None, description=f"text: {RESPONSE_CAP}")
+    # Which text the teacher is given (core.teacher_context; docs/formats.md, "Teacher context").
+    teacher_context: Literal["privileged", "sibling", "feedback"] | None = Field(
+        None,
+        description="privileged (default: the privileged field), sibling (a successful response to "
+        "the same prompt from the same file) or feedback (the feedback field)",
+    )
+    feedback: str | None = Field(
+        None, description=f"for teacher_context feedback: an error message, a grader's comment; {CONTEXT_CAP}"
+    )
+    teacher_template: str | None = Field(
+        None,
+        description="this line's teacher template: {prompt} and {privileged} (or {feedback}); default: "
+        "the settings' (privileged) or the kind's own",
+    )
+    sibling: SiblingResponse | None = Field(
+        None, description="teacher_context sibling: the sibling chosen (a file's lines get it by the rule)"
+    )
     # From a training log (docs/metrics.md, "Verdicts" and "Drift across steps"): kept as given.
     score: float | None = Field(None, allow_inf_nan=False, description="the log's reward or score")
     correct: bool | None = Field(None, description="the log's verdict: used as is, never re-checked")

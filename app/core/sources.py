@@ -34,7 +34,7 @@ BATCH_ROWS = 256  # rows decoded from Parquet/Arrow at a time: bounded memory, f
 MAP_FIELDS = (  # what a column can be mapped to: the line fields of docs/formats.md
     "prompt", "response", "messages", "completion", "prompt_ids", "response_ids",
     "teacher_prompt_ids", "privileged", "id", "reference_answer", "meta", "rendered", "score",
-    "correct", "step",
+    "correct", "step", "feedback", "teacher_context", "teacher_template",
 )  # fmt: skip
 
 

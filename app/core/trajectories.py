@@ -38,6 +38,12 @@ class Trajectory:
     # The prompt (one user message holding it) is the text the model saw, template applied:
     # tokenized as it is, never templated again (core.rendered).
     rendered: bool = False
+    # Which text the teacher is given (core.teacher_context.resolve sets privileged from these).
+    teacher_context: str = "privileged"
+    feedback: str | None = None
+    teacher_template: str | None = None  # None: the settings' template
+    sibling: dict[str, Any] | None = None  # {"response", "line", "id"}
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_response(self) -> bool:
@@ -52,6 +58,7 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
     """The trajectory of a validated request (`core.validation`): which of the four formats it
     is, and the rules across fields. Types, roles and sizes were checked by the model."""
     reference = request.reference_answer  # a numeric answer is compared numerically later
+    sibling = getattr(request, "sibling", None)
     extras: dict[str, Any] = {
         "privileged": request.privileged,
         "id": request.id,
@@ -61,6 +68,11 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
         "correct": getattr(request, "correct", None),
         "step": getattr(request, "step", None),
         "meta": request.meta or {},
+        # A pedagogical request has none of these four (its teacher context is the privileged one)
+        "teacher_context": getattr(request, "teacher_context", None) or "privileged",
+        "feedback": getattr(request, "feedback", None),
+        "teacher_template": getattr(request, "teacher_template", None),
+        "sibling": None if sibling is None else sibling.model_dump(),
     }
     response = getattr(request, "response", None)  # a pedagogical request has no response
     response_ids = getattr(request, "response_ids", None)

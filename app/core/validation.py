@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 from vrollout.core.errors import BadTrajectory, TooLong, VRError
-from vrollout.core.schemas import AnalyzeRequest, GenerationOptions, Message, PedagogicalRequest, TokenId
+from vrollout.core.schemas import (
+    AnalyzeRequest,
+    GenerationOptions,
+    Message,
+    PedagogicalRequest,
+    SiblingResponse,
+    TokenId,
+)
 
 if TYPE_CHECKING:
     from vrollout.config import Settings
@@ -40,6 +47,9 @@ SETTING_OF = {
     "prompt_ids": "VROLLOUT_MAX_CONTEXT_TOKENS",
     "teacher_prompt_ids": "VROLLOUT_MAX_CONTEXT_TOKENS",
     "response_ids": "VROLLOUT_MAX_RESPONSE_TOKENS",
+    "feedback": CONTEXT_CHARS,
+    "teacher_template": CONTEXT_CHARS,
+    "sibling.response": RESPONSE_CHARS,
     "top_k": "VROLLOUT_MAX_TOP_K",
     "continuation_tokens": "VROLLOUT_MAX_CONTINUATION_TOKENS",
     "recovery_max_new_tokens": "VROLLOUT_MAX_NEW_TOKENS",
@@ -134,6 +144,9 @@ def _models(limits: Limits) -> RequestModels:
         response=response | None,
         completion=list[message] | None,  # type: ignore[valid-type]
         response_ids=ids(limits.max_response_tokens),
+        feedback=context | None,
+        teacher_template=context | None,
+        sibling=_narrow(SiblingResponse, response=response) | None,  # type: ignore[operator]
         top_k=at_most(limits.max_top_k),
         continuation_tokens=at_most(limits.max_continuation_tokens, int),
         recovery_max_new_tokens=at_most(limits.max_new_tokens),

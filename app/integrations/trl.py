@@ -28,7 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from vrollout.config import Settings
 from vrollout.core.errors import ModelMismatch, VRError
 from vrollout.local import engine
-from vrollout.local.models import LoadedModel, ModelPair, pair_from_models
+from vrollout.local.models import LoadedModel, ModelPair, pair_from_models, with_rendering
 from vrollout.notebook import Analysis
 from vrollout.service import Analyzer
 from vrollout.storage.store import Store
@@ -228,7 +228,8 @@ class VirtualRolloutCallback(TrainerCallback):
         policy = self.trainer.model
         student = LoadedModel(_name(policy), "the policy being trained", policy, self.tokenizer)
         if self.teacher is None:
-            return pair_from_models(student, None, self.settings.teacher_template)
+            pair = pair_from_models(student, None, self.settings.teacher_template)
+            return with_rendering(pair, self.settings)
         policy_vocab = policy.get_output_embeddings().out_features
         teacher_vocab = self.teacher.get_output_embeddings().out_features
         if self.teacher_tokenizer is None and teacher_vocab != policy_vocab:
@@ -239,7 +240,8 @@ class VirtualRolloutCallback(TrainerCallback):
             )
         tok = self.teacher_tokenizer or self.tokenizer
         teacher = LoadedModel(_name(self.teacher), self.teacher_source, self.teacher, tok)
-        return pair_from_models(student, teacher, self.settings.teacher_template)
+        pair = pair_from_models(student, teacher, self.settings.teacher_template)
+        return with_rendering(pair, self.settings)
 
     def _prepare(self, analyzer: Analyzer, step: int) -> list[Any]:
         """Each prompt validated and tokenized, tagged with the training step (the dataset

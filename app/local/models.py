@@ -11,7 +11,7 @@ import importlib.util
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,11 @@ class ModelPair:
     shared: bool
     vocab_size: int  # logits columns compared (padding rows beyond the tokenizer are dropped)
     teacher_template: str
+    # How each context is rendered (settings of the same names; core.contexts.render_role). They
+    # sit on the pair, not the model: a self-teacher's two roles share one LoadedModel.
+    student_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    teacher_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    teacher_prompt_format: str | None = None
 
     def describe(self) -> dict[str, Any]:
         def one(m: LoadedModel) -> dict[str, Any]:
@@ -68,6 +73,9 @@ class ModelPair:
             "teacher": one(self.teacher),
             "shared_weights": self.shared,
             "teacher_template": self.teacher_template,
+            "student_chat_template_kwargs": self.student_chat_template_kwargs,
+            "teacher_chat_template_kwargs": self.teacher_chat_template_kwargs,
+            "teacher_prompt_format": self.teacher_prompt_format,
         }
 
 
@@ -180,4 +188,12 @@ def load_pair(settings: Settings) -> ModelPair:
     teacher = None
     if settings.teacher and settings.teacher != settings.student:
         teacher = load_model(settings.teacher, settings)
-    return pair_from_models(student, teacher, settings.teacher_template)
+    return with_rendering(pair_from_models(student, teacher, settings.teacher_template), settings)
+
+
+def with_rendering(pair: ModelPair, settings: Settings) -> ModelPair:
+    """`pair` with the settings' chat template arguments and teacher prompt format."""
+    pair.student_chat_template_kwargs = dict(settings.student_chat_template_kwargs)
+    pair.teacher_chat_template_kwargs = dict(settings.teacher_chat_template_kwargs)
+    pair.teacher_prompt_format = settings.teacher_prompt_format
+    return pair

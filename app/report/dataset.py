@@ -39,7 +39,7 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 # Digests stored with an older version (or none) are made again from the stored analysis when a
 # dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
-DIGEST_VERSION = 3  # 3: step, score, verdict_method, reverse_kl_at_divergences
+DIGEST_VERSION = 4  # 4: teacher_context; 3: step, score, verdict_method, reverse_kl_at_divergences
 STEP_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "position", "token_id", "token", "student_logprob",
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
@@ -112,6 +112,8 @@ def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
         "verdict_method": None if found is None else found["method"],
         "score": traj.get("score"),
         "step": traj.get("step"),
+        # which text the teacher was given (core.teacher_context); older analyses: privileged
+        "teacher_context": analysis["teacher"].get("context_kind") or "privileged",
         "preview": text[:120],
     }
 

@@ -24,7 +24,7 @@ from vrollout.core.pedagogical import rollout_steps, summarize_rollout
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
 from vrollout.core.rules import Policy, check_teacher_template, cut_at_eos, pedagogical_step
 from vrollout.local.continuations import from_divergences
-from vrollout.local.models import ModelPair
+from vrollout.local.models import ModelPair, with_rendering
 from vrollout.vllm.client import ReplicaPool
 from vrollout.vllm.intervals import noise_fields
 from vrollout.vllm.noise import Noise, combine, measure
@@ -70,6 +70,7 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
     shared = not settings.student_urls or settings.student_urls == settings.teacher_urls
     student = teacher if shared else remote("student", settings.student_urls)
     pair = ModelPair(student, teacher, shared, len(tokenizer), settings.teacher_template)
+    pair = with_rendering(pair, settings)
     backend = VLLMBackend(pair, settings.vllm_logprobs, settings.vllm_concurrency, settings)
     for model in {id(student): student, id(teacher): teacher}.values():
         try:  # K log-probs must be allowed by the server's --max-logprobs
