@@ -135,6 +135,7 @@ def branch_attention(
     own_v = value[0, :, P:].view(Hkv, steps, B, d)
     out = query.new_empty(B, Hkv, g, d)
     for (lo, hi), bias in zip(branch_blocks.bounds, branch_blocks.bias, strict=True):
+        bias = bias.to(query.device)  # built on the input device; a split model's layer may be on another
         S, seen = hi - lo, bias.shape[1]
         q = query[0, :, lo:hi].reshape(Hkv, g, S, d).contiguous()
         scores = torch.baddbmm(bias, q.view(Hkv, g * S, d), key[0, :, :seen].transpose(1, 2), alpha=scaling)
@@ -249,7 +250,7 @@ def continuations_from_every_prefix(
     vocab = vocab_size or model.model.get_output_embeddings().out_features
     if forced is None:
         decoder = model.model.get_decoder()
-        out = decoder(input_ids=torch.tensor([context + response], device=model.device), use_cache=True)
+        out = decoder(input_ids=torch.tensor([context + response], device=model.input_device), use_cache=True)
         shared = out.cache
         hidden = out.last_hidden_state[0, n - 1 : L - 1]  # (T, H): state before each response token
         top1 = torch.cat([head_logits(model, h, vocab).argmax(-1) for h in hidden.split(512)]).tolist()
@@ -284,15 +285,15 @@ def _decode(
     Decoding of a chunk stops early once every branch in it has ended."""
     L = shared.get_seq_length()
     decoder = model.model.get_decoder()
-    firsts = torch.tensor(top1, device=model.device, dtype=torch.long)  # (T,)
+    firsts = torch.tensor(top1, device=model.input_device, dtype=torch.long)  # (T,)
     config = decoder.config
     groups = config.num_attention_heads // getattr(config, "num_key_value_heads", config.num_attention_heads)
-    eos_tensor = torch.tensor(sorted(eos), device=model.device, dtype=torch.long)
+    eos_tensor = torch.tensor(sorted(eos), device=model.input_device, dtype=torch.long)
     results: list[list[int]] = []
     progress(stage, 0, len(positions))
     branch_chunk = chunk_for(branch_chunk, config.num_attention_heads, L, model.dtype.itemsize)
     for b0 in range(0, len(positions), branch_chunk):
-        chunk = torch.tensor(positions[b0 : b0 + branch_chunk], device=model.device)  # (B,)
+        chunk = torch.tensor(positions[b0 : b0 + branch_chunk], device=model.input_device)  # (B,)
         B = len(chunk)
         # (B,) first tokens: the teacher's top-1 at each branch's position
         current = firsts[chunk]
@@ -321,7 +322,10 @@ def _decode(
                     use_cache=True,
                     **step_kwargs,
                 )
-                current = head_logits(model, step_out.last_hidden_state[0], vocab).argmax(-1)  # (B,)
+                # (B,), back on the input device (a split model's head may sit on another)
+                current = (
+                    head_logits(model, step_out.last_hidden_state[0], vocab).argmax(-1).to(firsts.device)
+                )
                 tokens.append(current)
                 ended |= torch.isin(current, eos_tensor)
                 steps += 1

@@ -23,7 +23,7 @@ def final_hidden(model: LoadedModel, input_ids: list[int]) -> Tensor:
 def forced_pass(model: LoadedModel, input_ids: list[int], keep_cache: bool) -> tuple[Tensor, Any]:
     """Final hidden states (L, H) of one teacher-forced pass, and its key/value cache if
     `keep_cache` (continuations decode from it instead of running the pass again)."""
-    ids = torch.tensor([input_ids], device=model.device)  # (1, L)
+    ids = torch.tensor([input_ids], device=model.input_device)  # (1, L)
     out = model.model.get_decoder()(input_ids=ids, use_cache=keep_cache)
     return out.last_hidden_state[0], (out.cache if keep_cache else None)
 
@@ -45,8 +45,10 @@ def head_logits(model: LoadedModel, hidden: Tensor, vocab_size: int) -> Tensor:
 def check_head(model: LoadedModel, vocab_size: int) -> None:
     """Refuse an architecture whose head `head_logits` does not reproduce (checked at start-up)."""
     ids = [1, 2, 3, 4, 5]
-    full = model.model(input_ids=torch.tensor([ids], device=model.device)).logits[0, :, :vocab_size]
-    ours = head_logits(model, final_hidden(model, ids), vocab_size)
+    full = model.model(input_ids=torch.tensor([ids], device=model.input_device)).logits[0, :, :vocab_size]
+    ours = head_logits(model, final_hidden(model, ids), vocab_size).to(
+        full.device
+    )  # split: the head's device
     if not torch.allclose(full.float(), ours.float(), atol=1e-3, rtol=1e-3):
         raise RuntimeError(
             f"{model.name}: its output head is not a plain projection of the final hidden "
@@ -73,8 +75,10 @@ def score_hidden(
         if t_hidden is s_hidden:
             t_logits = s_logits  # the same pass: the same logits (step_stats allows the alias)
         else:
-            t_logits = head_logits(pair.teacher, t_hidden[start:stop], pair.vocab_size)
-        result.extend(step_stats(s_logits, t_logits, targets[start:stop], top_k, overwrite=True))
+            # A split model's logits come out on its head's device: the teacher's may be another.
+            t_logits = head_logits(pair.teacher, t_hidden[start:stop], pair.vocab_size).to(s_logits.device)
+        chunk_targets = targets[start:stop].to(s_logits.device)
+        result.extend(step_stats(s_logits, t_logits, chunk_targets, top_k, overwrite=True))
         del s_logits, t_logits
         progress("replay", T + stop, 2 * T)
     return result
@@ -130,7 +134,7 @@ def padded_hidden(model: LoadedModel, contexts: list[list[int]], responses: list
         mask[b, : len(seq)] = 1
     decoder = model.model.get_decoder()
     hidden = decoder(
-        input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False
+        input_ids=ids.to(model.input_device), attention_mask=mask.to(model.input_device), use_cache=False
     ).last_hidden_state  # (B, L, H)
     return [
         hidden[b, len(c) - 1 : len(c) - 1 + len(r)]
@@ -187,7 +191,7 @@ def generate(
     """
     from transformers import StoppingCriteriaList
 
-    ids = torch.tensor([context], device=model.device)
+    ids = torch.tensor([context], device=model.input_device)
     tok = model.tokenizer
     eos = model.model.generation_config.eos_token_id or tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
