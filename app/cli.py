@@ -24,12 +24,24 @@ def _settings(args: argparse.Namespace) -> Settings:
     for name in RENDERING:  # how each context is rendered (docs/formats.md "Teacher context")
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
+    for name in PLACEMENT:  # models split across devices (docs/models.md "Large teachers")
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
     for name in ("backend", "teacher_urls", "student_urls", "tokenizer", "vllm_logprobs", "vllm_concurrency"):
         if getattr(args, name, None):  # the vllm backend (README "Running on vLLM")
             overrides[name] = getattr(args, name)
     if overrides.get("teacher_urls"):
         overrides.setdefault("backend", "vllm")
     return Settings(**overrides)
+
+
+PLACEMENT = (
+    "teacher_device_map",
+    "teacher_max_memory",
+    "student_device_map",
+    "student_max_memory",
+    "offload_folder",
+)
 
 
 RENDERING = ("student_chat_template_kwargs", "teacher_chat_template_kwargs", "teacher_prompt_format")
@@ -67,6 +79,20 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
         dest="teacher_prompt_format",
         help="a teacher without a chat template (a base model): its prompt, with {prompt}, "
         "e.g. 'Question: {prompt}\\nAnswer:'",
+    )
+    for role in ("teacher", "student"):
+        p.add_argument(
+            f"--{role}-device-map",
+            dest=f"{role}_device_map",
+            help=f"split the {role} across devices: auto | balanced | sequential | JSON module -> device",
+        )
+        p.add_argument(
+            f"--{role}-max-memory",
+            dest=f"{role}_max_memory",
+            help=f'the {role}\'s memory per device, JSON like {{"0": "20GiB", "cpu": "60GiB"}}',
+        )
+    p.add_argument(
+        "--offload-folder", dest="offload_folder", type=Path, help="weights a device map puts on disk"
     )
     p.add_argument("--backend", choices=("local", "vllm"), help="run the models here or on vLLM servers")
     p.add_argument("--teacher-url", dest="teacher_urls", action="append", help="a vLLM teacher (repeatable)")

@@ -23,6 +23,24 @@ def package_folder(name: str) -> Path:
     return inside if inside.is_dir() else here.parent / name
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's names
+
+
+def _json_object(text: str, what: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what}: not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: a JSON object is expected, got {type(value).__name__}")
+    return value
+
+
+def _device_key(device: object) -> object:
+    """ "0" -> 0: accelerate names a GPU by its index, an int; names stay as they are."""
+    return int(device) if isinstance(device, str) and device.strip().isdigit() else device
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VROLLOUT_", extra="ignore")
 
@@ -49,6 +67,27 @@ class Settings(BaseSettings):
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "vrollout")
+    # Large models (docs/models.md "Large teachers"): split across devices by accelerate. A device
+    # map is "auto" | "balanced" | "balanced_low_0" | "sequential", or a JSON object of module name
+    # -> device (0, "cuda:1", "cpu", "disk"); max memory is a JSON object of device -> size
+    # ('{"0": "20GiB", "cpu": "60GiB"}'). None: the whole model on `device`. A self-teacher is the
+    # student's weights, placed by student_device_map, else teacher_device_map.
+    teacher_device_map: Annotated[str | dict[str, int | str] | None, NoDecode] = Field(
+        default=None, description="split the teacher across devices: auto, or a JSON module -> device map"
+    )
+    teacher_max_memory: Annotated[dict[str | int, int | str] | None, NoDecode] = Field(
+        default=None,
+        description='with a device map: memory per device, JSON like {"0": "20GiB", "cpu": "60GiB"}',
+    )
+    student_device_map: Annotated[str | dict[str, int | str] | None, NoDecode] = Field(
+        default=None, description="split the student across devices (as teacher_device_map)"
+    )
+    student_max_memory: Annotated[dict[str | int, int | str] | None, NoDecode] = Field(
+        default=None, description="with a device map: the student's memory per device"
+    )
+    offload_folder: Path | None = Field(
+        default=None, description="weights a device map puts on disk; None: cache_dir/offload"
+    )
 
     # Storage.
     database: Path = Field(default_factory=lambda: Path("data") / "vrollout.sqlite3")
@@ -207,6 +246,37 @@ class Settings(BaseSettings):
     @classmethod
     def _no_empty_token(cls, token: str | None) -> str | None:
         return token if token and token.strip() else None  # an empty variable means unset
+
+    @field_validator("teacher_device_map", "student_device_map", mode="before")
+    @classmethod
+    def _device_map(cls, value: object) -> object:
+        """A strategy name, or a JSON object of module name -> device (digits: a GPU index)."""
+        if isinstance(value, str) and value.strip().startswith("{"):
+            value = _json_object(value, "device map")
+        elif isinstance(value, str):
+            value = value.strip() or None
+            if value is not None and value not in DEVICE_MAP_STRATEGIES:
+                raise ValueError(
+                    f"a device map is one of {', '.join(DEVICE_MAP_STRATEGIES)} or a JSON object of "
+                    f"module name -> device, got {value!r}"
+                )
+        if isinstance(value, dict):
+            return {str(k): _device_key(v) for k, v in value.items()}
+        return value
+
+    @field_validator("teacher_max_memory", "student_max_memory", mode="before")
+    @classmethod
+    def _max_memory(cls, value: object) -> object:
+        """A JSON object of device -> size; "0" (a GPU index) becomes 0, as accelerate wants."""
+        if isinstance(value, str):
+            value = _json_object(value, "max memory") if value.strip() else None
+        if isinstance(value, dict):
+            out = {_device_key(k): v for k, v in value.items()}
+            for key in out:
+                if not isinstance(key, int) and key not in ("cpu", "disk", "mps"):
+                    raise ValueError(f"max memory: {key!r} is not a device (a GPU index, cpu, disk or mps)")
+            return out
+        return value
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,27 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: `input_device` (not the first parameter's device, which is "meta" for
+        weights a device map offloaded)."""
+        return self.input_device
+
+    @property
+    def input_device(self) -> torch.device:
+        """The device input ids go to: the embedding's. Split across devices by accelerate, each
+        module runs on its hook's execution device (its weights may sit offloaded, on "meta"),
+        inputs are moved to each module's device and outputs stay on the last one's."""
+        return execution_device(self.model, self.model.get_input_embeddings())
+
+    def placement(self) -> dict[str, Any] | None:
+        """A split model's device map summarised: modules per device, and whether any weights
+        are offloaded (on the CPU or disk, brought to the device module by module). None: unsplit."""
+        device_map = getattr(self.model, "hf_device_map", None)
+        if not device_map:
+            return None
+        modules = Counter(f"cuda:{d}" if isinstance(d, int) else str(d) for d in device_map.values())
+        offloaded = any(p.device.type == "meta" for p in self.model.parameters())
+        return {"modules": dict(sorted(modules.items())), "offloaded": offloaded}
+
 
     @property
     def dtype(self) -> torch.dtype:
@@ -66,6 +87,7 @@ class ModelPair:
                 "vocab_size": self.vocab_size,
                 "device": str(m.device),
                 "dtype": str(m.dtype).removeprefix("torch."),
+                "device_map": m.placement(),  # None: the whole model on `device`
             }
 
         return {
@@ -135,8 +157,45 @@ def default_model_folder(cache_dir: Path) -> Path:
     return folder
 
 
-def load_model(spec: str, settings: Settings) -> LoadedModel:
-    """Load one model and its tokenizer onto the configured device and dtype."""
+def execution_device(root: torch.nn.Module, module: torch.nn.Module) -> torch.device:
+    """The device `module` computes on: its accelerate hook's execution device (its own or the
+    nearest hooked ancestor's), else its weights' device (an unsplit model)."""
+    hooked = [module]
+    if getattr(root, "hf_device_map", None) and not hasattr(module, "_hf_hook"):
+        name = next(n for n, m in root.named_modules() if m is module)
+        parts = name.split(".")
+        hooked += [root.get_submodule(".".join(parts[:i])) for i in range(len(parts) - 1, -1, -1)]
+    for m in hooked:
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", [hook]):  # a SequentialHook holds several
+            device = getattr(h, "execution_device", None)
+            if device is not None:
+                return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    return next(module.parameters()).device
+
+
+def placement_options(settings: Settings, role: str) -> dict[str, Any]:
+    """from_pretrained's device_map / max_memory / offload_folder for `role` ("student",
+    "teacher", or "shared": a self-teacher, the student's weights, placed by the student's
+    settings, else the teacher's). {}: the whole model goes to `settings.device`."""
+    student = (settings.student_device_map, settings.student_max_memory)
+    teacher = (settings.teacher_device_map, settings.teacher_max_memory)
+    if role == "shared":
+        device_map, max_memory = student if any(x is not None for x in student) else teacher
+    else:
+        device_map, max_memory = teacher if role == "teacher" else student
+    if device_map is None and max_memory is None:
+        return {}
+    folder = (settings.offload_folder or Path(settings.cache_dir) / "offload") / role
+    options: dict[str, Any] = {"device_map": device_map or "auto", "offload_folder": str(folder)}
+    if max_memory is not None:
+        options["max_memory"] = dict(max_memory)
+    return options
+
+
+def load_model(spec: str, settings: Settings, role: str = "student") -> LoadedModel:
+    """Load one model and its tokenizer onto the configured device and dtype, or split across
+    devices where the settings give `role` a device map or max memory (`placement_options`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device, dtype = pick_device_dtype(settings.device, settings.dtype)
@@ -150,8 +209,11 @@ def load_model(spec: str, settings: Settings) -> LoadedModel:
         path, name, source = spec, Path(spec).name if Path(spec).exists() else spec, spec
     trust = settings.trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust)
-    model.to(device).eval()
+    options = placement_options(settings, role)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust, **options)
+    if not options:  # accelerate placed a split model; moving it would undo that
+        model.to(device)
+    model.eval()
     return LoadedModel(name=name, source=source, model=model, tokenizer=tokenizer)
 
 
@@ -184,10 +246,9 @@ def pair_from_models(student: LoadedModel, teacher: LoadedModel | None, teacher_
 
 def load_pair(settings: Settings) -> ModelPair:
     """Load the student and the teacher once. A self-teacher shares the student's weights."""
-    student = load_model(settings.student, settings)
-    teacher = None
-    if settings.teacher and settings.teacher != settings.student:
-        teacher = load_model(settings.teacher, settings)
+    separate = bool(settings.teacher and settings.teacher != settings.student)
+    student = load_model(settings.student, settings, "student" if separate else "shared")
+    teacher = load_model(settings.teacher, settings, "teacher") if separate else None
     return with_rendering(pair_from_models(student, teacher, settings.teacher_template), settings)
 
 
