@@ -244,6 +244,9 @@ class SummaryRow(Open):
     verdict_method: str | None = Field(None, description="how: given, math-verify or text (docs/metrics.md)")
     score: float | None = Field(None, description="the line's `score`, as given")
     step: int | str | None = Field(None, description="the line's training `step` or checkpoint")
+    teacher_context: str | None = Field(
+        None, description="what the teacher was given: privileged, sibling or feedback (docs/formats.md)"
+    )
     preview: str = Field(description="the response's first 120 characters, whitespace collapsed")
 
 

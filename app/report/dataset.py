@@ -35,7 +35,7 @@ SUMMARY_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "tokens", "agreement_rate", "divergences",
     "first_divergence", "reverse_kl_total", "reverse_kl_mean", "forward_kl_total",
     "advantage_total", *SIGNAL_COLUMNS, *TEACHING_COLUMNS, "correct", "verdict_method", "score",
-    "step", "preview",
+    "step", "teacher_context", "preview",
 )  # fmt: skip
 # Digests stored with an older version (or none) are made again from the stored analysis when a
 # dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
