@@ -211,11 +211,12 @@ class Step(BaseModel):
     reverse_kl: float
     forward_kl: float
     student_entropy: float
-    teacher_entropy: float
-    teacher_top1_id: int
+    # Null only inside a span of a teacher with another tokenizer (no teacher prediction there)
+    teacher_entropy: float | None
+    teacher_top1_id: int | None
     teacher_top1: str
     agree: bool
-    teacher_rank: int
+    teacher_rank: int | None
     teacher_topk: list[TopToken]
     student_topk: list[TopToken]
     teacher_continuation: Continuation | None
@@ -244,6 +245,11 @@ class Step(BaseModel):
         None, description="vLLM: [lo, hi] holding the exact student entropy"
     )
     teacher_entropy_interval: list[float] | None = Field(None, description="vLLM: likewise, teacher entropy")
+    # Only with a teacher of another tokenizer (docs/metrics.md, "Teachers with another tokenizer")
+    span: int | None = Field(None, description="cross-tokenizer: the step's span (index in alignment.spans)")
+    span_start: bool | None = Field(
+        None, description="cross-tokenizer: the step starts its span (the teacher's prediction is compared)"
+    )
 
 
 class Side(BaseModel):

@@ -30,13 +30,15 @@ class LocalBackend:
 
     def __init__(self, pair: ModelPair, chunk_size: int) -> None:
         self.pair, self.chunk_size = pair, chunk_size
+        self._vocabularies: Any = None  # cross-tokenizer pairs: local.cross.Vocabularies, made once
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
         """Load the configured models and refuse an output head the engine cannot reproduce."""
         pair = load_pair(settings)
         for model in {id(pair.student): pair.student, id(pair.teacher): pair.teacher}.values():
-            engine.check_head(model, pair.vocab_size)
+            own = pair.teacher_vocab_size if pair.cross_tokenizer and model is pair.teacher else None
+            engine.check_head(model, own or pair.vocab_size)
         return cls(pair, settings.chunk_size)
 
     def check_top_k(self, top_k: int) -> None:
@@ -82,6 +84,30 @@ class LocalBackend:
             keep_teacher_cache=keep_for_continuations,
         )
         return result, {}  # the analysis says "backend": "local" by default
+
+    def cross_replay(
+        self,
+        student_context: list[int],
+        teacher_context: list[int],
+        alignment: Any,
+        top_k: int,
+        progress: Progress = _no_progress,
+    ) -> Any:
+        """A teacher with another tokenizer: `local.cross.cross_replay` over an alignment."""
+        from vrollout.local.cross import Vocabularies, cross_replay
+
+        if self._vocabularies is None:
+            self._vocabularies = Vocabularies.of(self.pair)
+        return cross_replay(
+            self.pair,
+            self._vocabularies,
+            student_context,
+            teacher_context,
+            alignment,
+            top_k=top_k,
+            chunk_size=self.chunk_size,
+            progress=progress,
+        )
 
     def replay_batch(self, items: list[BatchItem], top_k: int) -> list[tuple[ReplayResult, dict[str, Any]]]:
         results = engine.replay_batch(self.pair, items, top_k=top_k, chunk_size=self.chunk_size)

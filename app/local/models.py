@@ -58,7 +58,6 @@ class LoadedModel:
         offloaded = any(p.device.type == "meta" for p in self.model.parameters())
         return {"modules": dict(sorted(modules.items())), "offloaded": offloaded}
 
-
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
@@ -78,13 +77,19 @@ class ModelPair:
     student_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     teacher_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     teacher_prompt_format: str | None = None
+    # The teacher has another vocabulary: it reads the response text under its own tokenization
+    # and the two are aligned by spans (core/align.py, local/cross.py); `teacher_vocab_size` is
+    # then its own logit columns (else the shared `vocab_size`).
+    cross_tokenizer: bool = False
+    teacher_vocab_size: int | None = None
 
     def describe(self) -> dict[str, Any]:
         def one(m: LoadedModel) -> dict[str, Any]:
+            own = self.teacher_vocab_size if m is self.teacher and self.cross_tokenizer else None
             return {
                 "name": m.name,
                 "source": m.source,
-                "vocab_size": self.vocab_size,
+                "vocab_size": own or self.vocab_size,
                 "device": str(m.device),
                 "dtype": str(m.dtype).removeprefix("torch."),
                 "device_map": m.placement(),  # None: the whole model on `device`
@@ -95,6 +100,7 @@ class ModelPair:
             "teacher": one(self.teacher),
             "shared_weights": self.shared,
             "teacher_template": self.teacher_template,
+            "cross_tokenizer": self.cross_tokenizer,
             "student_chat_template_kwargs": self.student_chat_template_kwargs,
             "teacher_chat_template_kwargs": self.teacher_chat_template_kwargs,
             "teacher_prompt_format": self.teacher_prompt_format,
@@ -126,10 +132,15 @@ def default_gguf_path() -> Path:
 
 def default_model_folder(cache_dir: Path) -> Path:
     """A safetensors folder converted once from the GGUF file, so later starts take < 1 s."""
-    gguf = default_gguf_path()
+    return gguf_model_folder(default_gguf_path(), DEFAULT_NAME, cache_dir)
+
+
+def gguf_model_folder(gguf: Path, name: str, cache_dir: Path) -> Path:
+    """A safetensors folder converted once from the GGUF file `gguf` (keyed by its path, size
+    and modification time), so later starts load it directly."""
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / f"{DEFAULT_NAME}-{key}"
+    folder = Path(cache_dir) / f"{name}-{key}"
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -205,6 +216,9 @@ def load_model(spec: str, settings: Settings, role: str = "student") -> LoadedMo
             DEFAULT_NAME,
             str(default_gguf_path()),
         )
+    elif spec.endswith(".gguf") and Path(spec).is_file():
+        gguf = Path(spec).resolve()
+        path, name, source = gguf_model_folder(gguf, gguf.stem, settings.cache_dir), gguf.stem, str(gguf)
     else:
         path, name, source = spec, Path(spec).name if Path(spec).exists() else spec, spec
     trust = settings.trust_remote_code
@@ -236,10 +250,38 @@ def check_vocabularies(student: LoadedModel, teacher: LoadedModel) -> int:
     return columns
 
 
-def pair_from_models(student: LoadedModel, teacher: LoadedModel | None, teacher_template: str) -> ModelPair:
+def output_columns(model: LoadedModel) -> int:
+    """The logit columns of a model that its tokenizer can name (refuses a head too small)."""
+    columns = model.model.get_output_embeddings().out_features
+    if len(model.tokenizer) > columns:
+        raise ModelMismatch(
+            f"{model.name}'s tokenizer has {len(model.tokenizer)} tokens but the model only "
+            f"{columns} output logits"
+        )
+    return columns
+
+
+def pair_from_models(
+    student: LoadedModel,
+    teacher: LoadedModel | None,
+    teacher_template: str,
+    allow_cross_tokenizer: bool = False,
+) -> ModelPair:
+    """The pair; a teacher with another vocabulary is refused unless `allow_cross_tokenizer`
+    (then the pair is `cross_tokenizer` and replays align spans of text, docs/metrics.md)."""
     shared = teacher is None
     teacher = teacher or student
     check_teacher_template(teacher_template)
+    if allow_cross_tokenizer and student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab():
+        return ModelPair(
+            student,
+            teacher,
+            shared,
+            output_columns(student),
+            teacher_template,
+            cross_tokenizer=True,
+            teacher_vocab_size=output_columns(teacher),
+        )
     vocab = check_vocabularies(student, teacher)
     return ModelPair(student, teacher, shared, vocab, teacher_template)
 
@@ -249,7 +291,9 @@ def load_pair(settings: Settings) -> ModelPair:
     separate = bool(settings.teacher and settings.teacher != settings.student)
     student = load_model(settings.student, settings, "student" if separate else "shared")
     teacher = load_model(settings.teacher, settings, "teacher") if separate else None
-    return with_rendering(pair_from_models(student, teacher, settings.teacher_template), settings)
+    return with_rendering(
+        pair_from_models(student, teacher, settings.teacher_template, allow_cross_tokenizer=True), settings
+    )
 
 
 def with_rendering(pair: ModelPair, settings: Settings) -> ModelPair:
