@@ -432,6 +432,9 @@ class Analyzer:
                 floors[i] = noise_floor_skipped("not asked for (noise_floor false, or VROLLOUT_NOISE_FLOOR)")
             elif not same_vocabulary(self.pair):
                 floors[i] = noise_floor_skipped("the teacher has another tokenizer: no per-token KL")
+            elif not prep.ctx.privileged:  # the teacher's context has none: its replay is the bare one
+                same = prep.ctx.teacher_ids == prep.ctx.student_ids
+                floors[i] = noise_floor(mains[i], mains[i], same, self.backend.remote, reused=True)
             else:
                 todo.append(i)
         limit = TokenLimit("teacher context", self.settings.max_context_tokens, "VROLLOUT_MAX_CONTEXT_TOKENS")

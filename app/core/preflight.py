@@ -216,13 +216,14 @@ def _mean(values: list[float]) -> float | None:
 
 
 def noise_floor(
-    main: ReplayResult, bare: ReplayResult, same_context: bool, estimated: bool
+    main: ReplayResult, bare: ReplayResult, same_context: bool, estimated: bool, reused: bool = False
 ) -> dict[str, Any]:
     """The noise floor from `bare` (the replay of the same response, student context vs the
     teacher's context without the privileged info) against `main` (the analysis's replay):
     reverse KL per token (mean, max, total) of the bare replay; the largest |bare teacher log-prob
     − the analysis's student log-prob| of the actual token; and the spread of the student's
-    log-probs between the two replays (the same request made twice)."""
+    log-probs between the two replays (the same request made twice). `reused`: the analysis had
+    no privileged info, so its own replay is the bare one (no second replay: no spread measured)."""
     kl = bare.reverse_kl
     delta = [abs(t - s) for t, s in zip(bare.teacher_logprob, main.student_logprob, strict=True)]
     spread = [abs(a - b) for a, b in zip(bare.student_logprob, main.student_logprob, strict=True)]
@@ -230,6 +231,7 @@ def noise_floor(
         "computed": True,
         "skipped": None,
         "same_context": same_context,
+        "reused_replay": reused,
         "estimated": estimated,
         "tokens": len(kl),
         "reverse_kl_mean": _mean(kl),

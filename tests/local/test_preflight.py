@@ -110,7 +110,7 @@ def test_noise_floor_can_be_turned_off(tiny, tmp_path):
 
 def test_batched_lines_get_the_same_preflight(tiny, tmp_path):
     """A job's padded batch: the noise floor's replay is batched too, and equals each line's own
-    run (the batch's student log-probs against the bare replay's: within 1e-6 on the CPU)."""
+    run (the batch's student log-probs against the bare replay's: within 1e-5 on the CPU)."""
     analyzer = Analyzer(tiny, tiny_settings(tmp_path))
     lines = [
         {**LINE, "response": "It is 4."},
@@ -122,8 +122,9 @@ def test_batched_lines_get_the_same_preflight(tiny, tmp_path):
     for prep, b in zip(preps, batched, strict=True):
         alone = analyzer.run(prep, store=False)
         fb, fa = b["preflight"]["noise_floor"], alone["preflight"]["noise_floor"]
+        # float32 matmuls of other batch shapes: measured up to 2e-6 nats here, never 0 by design
         assert fb["computed"] and fb["reverse_kl_max"] <= 1e-6
-        assert fb["max_abs_logprob_delta"] <= 1e-6 and fb["repeat_spread_max"] <= 1e-6
+        assert fb["max_abs_logprob_delta"] <= 1e-5 and fb["repeat_spread_max"] <= 1e-5
         assert b["preflight"]["context_diff"] == alone["preflight"]["context_diff"]
         assert fa["reverse_kl_max"] == 0.0
 
@@ -189,3 +190,13 @@ def test_job_aggregate():
     assert agg["flag_kinds"] == {"system_prompt": 1, "whitespace": 2}
     assert agg["noise_floor_kl_mean"] == {"mean": pytest.approx(0.1), "max": 0.2, "lines": 2}
     assert agg["leak_share"] == {"mean": pytest.approx(0.3), "max": 0.5, "lines": 2}
+
+
+def test_without_privileged_info_the_analysis_is_its_own_noise_floor(tmp_path):
+    """No privileged info: the teacher's context is already the bare one, so its replay is reused
+    (no second pass) and the noise floor is the analysis's own KL."""
+    a = analyze(tiny_pair(teacher_seed=3), tmp_path, {"prompt": "hi", "response": "hello the world"})
+    floor = a["preflight"]["noise_floor"]
+    assert floor["reused_replay"] is True and floor["repeat_spread_max"] == 0.0
+    assert floor["reverse_kl_mean"] == pytest.approx(a["summary"]["reverse_kl_mean"])
+    assert a["preflight"]["leak"] is None and a["preflight"]["context_diff"]["ok"] is True
