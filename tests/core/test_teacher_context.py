@@ -225,3 +225,25 @@ def test_settings_read_the_json_of_the_environment(monkeypatch, tmp_path):
     assert settings.teacher_prompt_format == "Q: {prompt}\nA:"
     with pytest.raises(ValueError, match="must contain {prompt}"):
         Settings(database=tmp_path / "db", teacher_prompt_format="A:")
+
+
+def test_analyze_many_picks_siblings_over_the_whole_input(analyzer, tmp_path):
+    from vrollout.notebook import VirtualRollout
+
+    vr = VirtualRollout(analyzer)
+    lines = [obj for _, obj in FILE[:4]]
+    found = list(vr.analyze_many(iter(lines), teacher_context="sibling", progress=False))  # an iterator
+    assert [a["teacher"]["sibling"]["line"] for a in found] == [1, 2, 1, 2]  # indices from 0
+    src = tmp_path / "runs.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    found = list(vr.analyze_many(src, teacher_context="sibling", progress=False))  # a path: lines from 1
+    assert [a["teacher"]["sibling"]["line"] for a in found] == [2, 3, 2, 3]
+    with pytest.raises(BadTrajectory, match="trajectory 4: teacher_context sibling: no successful sibling"):
+        list(vr.analyze_many([*lines, FILE[4][1]], teacher_context="sibling", progress=False))
+    with pytest.raises(BadTrajectory, match="teacher_template: "):
+        list(vr.analyze_many(lines, teacher_template="{prompt}", progress=False))
+
+
+def test_the_models_say_how_contexts_are_rendered(tiny_client):
+    models = tiny_client.get("/api/models").json()
+    assert models["student_chat_template_kwargs"] == {} and models["teacher_prompt_format"] is None
