@@ -309,6 +309,101 @@ class Deleted(Open):
     analyses_deleted: int | None = Field(None, description="a job's: its analyses, deleted with it")
 
 
+class ComparisonRow(Open):
+    """One line of a pedagogical job: comparison.csv's row (docs/metrics.md, "Pedagogical comparison")."""
+
+    id: str
+    student_correct: bool | None = Field(description="the student's own rollout reached the reference")
+    opd_divergences: int = Field(description="divergences of the replay of the student's own rollout")
+    opd_reverse_kl_total: float
+    pedagogical_correct: bool | None = Field(description="the pedagogical rollout reached the reference")
+    interventions: int = Field(description="tokens the teacher substituted in the pedagogical rollout")
+    line: int | None
+    analysis_id: str | None = Field(description="the stored analysis of the student's own rollout")
+    student_generated: bool | None = Field(
+        description="the student's rollout was generated (no response given)"
+    )
+    student_tokens: int
+    opd_forks_that_matter: int | None
+    pedagogical_tokens: int
+    first_intervention: int | None = Field(description="position of the first substituted token")
+    max_intervention_surprisal: float | None = Field(
+        description="−(smallest student log-prob of a substituted token)"
+    )
+    sweep_min_interventions_to_success: int | None = Field(
+        description="fewest interventions with which a threshold of the sweep reached the reference"
+    )
+
+
+class SuccessRate(Open):
+    correct: int
+    judged: int = Field(description="lines with a verdict (a reference)")
+    rate: float | None = Field(description="correct / judged; null when none was judged")
+
+
+class Spread(Open):
+    n: int
+    mean: float | None
+    median: float | None
+    p10: float | None = Field(description="10th percentile (linear, as numpy's default)")
+    p90: float | None
+    min: float | None
+    max: float | None
+
+
+class Rescue(Open):
+    budget: int = Field(description="at most this many interventions")
+    rescued: int = Field(description="student failures whose pedagogical rollout succeeded within the budget")
+    share: float | None = Field(description="rescued / student failures; null without failures")
+
+
+class RescueTable(Open):
+    student_failures: int
+    by_budget: list[Rescue]
+
+
+class SweepSummary(Open):
+    threshold: float
+    lines: int
+    judged: int
+    success_rate: float | None
+    mean_interventions: float
+
+
+class ComparisonSummary(Open):
+    """The headlines of a pedagogical job (docs/metrics.md, "Pedagogical comparison")."""
+
+    lines: int
+    student: SuccessRate = Field(description="the student alone")
+    pedagogical: SuccessRate = Field(description="the pedagogical rollout")
+    interventions_per_success: Spread = Field(description="over the successful pedagogical rollouts")
+    interventions_all: Spread
+    opd_divergences: Spread = Field(description="on the student's own rollout, every line")
+    opd_divergences_same_lines: Spread = Field(description="... on the lines the pedagogical rollout solved")
+    rescue: RescueTable
+    sweep: list[SweepSummary] = Field(description="per threshold, across the lines with a sweep")
+    intervention_student_logprob: Spread = Field(
+        description="per intervention: student log-prob of the substitute"
+    )
+    max_surprisal_per_rollout: Spread = Field(description="per rollout with interventions")
+
+
+class HeadlineText(Open):
+    key: str
+    label: str
+    text: str
+
+
+class Comparison(Open):
+    """A pedagogical job's comparison: the headlines, as numbers and as the page's text, the
+    figures and one row per line."""
+
+    summary: ComparisonSummary
+    headlines: list[HeadlineText]
+    figures: dict[str, Figure]
+    rows: list[ComparisonRow]
+
+
 def media(description: str, types: dict[str, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI for a 200 that is (or may also be) text or a file of other media types: media
     type -> what it holds."""

@@ -33,6 +33,7 @@ from vrollout.web.pages import router as pages_router
 from vrollout.web.routes.analyses import router as api_router
 from vrollout.web.routes.jobs import router as jobs_router
 from vrollout.web.routes.localization import router as localization_router
+from vrollout.web.routes.pedagogical_jobs import router as pedagogical_jobs_router
 from vrollout.web.security import GuessLimit, HostGuard, SecurityHeaders, TokenGate, answered_hosts
 from vrollout.web.security import router as login_router
 from vrollout.web.server import quiet_accept_errors
@@ -247,6 +248,7 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
     app.include_router(bind_request_models(api_router, request_models(settings).bindings()))
     app.include_router(jobs_router)
     app.include_router(localization_router)
+    app.include_router(pedagogical_jobs_router)
     app.include_router(pages_router)
     app.include_router(login_router)
     app.state.templates = make_templates(settings.templates_dir)
