@@ -145,7 +145,7 @@ def gguf_model_folder(gguf: Path, name: str, cache_dir: Path) -> Path:
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s once (about 20 s); cached in %s", gguf.name, folder)
+    log.info("converting %s once (20 s to a few minutes); cached in %s", gguf.name, folder)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers refuses to save a GGUF-loaded model while its quantization marker is set;
