@@ -3,24 +3,40 @@ it must.
 
 The student proposes each token (greedy or sampled, seeded). Where the teacher finds the
 proposal unacceptable (`rules.unacceptable`), the teacher substitutes its own top-1 token and
-the student continues from there. Both models decode incrementally with their own key/value
-caches; the loop and the summary are `core.pedagogical`'s. `reference.naive_pedagogical` is the
-same loop with a full forward pass per step. No HTTP, no storage.
+the student continues from there. Both models decode incrementally with key/value caches; the
+summary is `core.pedagogical`'s. `reference.naive_pedagogical` is the same loop with a full
+forward pass per step.
+
+Several rollouts decode in lock step (`pedagogical_rollouts`): every row (a rollout's student
+or teacher context, or both where one set of weights and one context serve them) is one row of
+a batch per model, so a step costs one forward pass per model for all of them. A self-teacher
+shares the student's weights, so even one rollout's student and teacher rows go through one
+pass. Each row's context is prefilled alone and the caches are merged left-padded (the pads are
+zero keys and values behind a mask), so a row sees exactly what it would alone; results equal
+one-by-one rollouts within float tolerance, tokens included wherever no near-tie flips, and
+each rollout samples from its own generator. No HTTP, no storage.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from vrollout.core.pedagogical import rollout_steps, summarize_rollout
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+from vrollout.core.pedagogical import summarize_rollout
 from vrollout.core.replay import Progress, _no_progress
 from vrollout.core.rules import Policy, pedagogical_step
 from vrollout.local.continuations import eos_ids
 from vrollout.local.engine import head_logits
 from vrollout.local.models import LoadedModel, ModelPair
+
+# Rollouts decoded together at most (jobs; VROLLOUT_PEDAGOGICAL_BATCH overrides). Measured on a
+# 2-core CPU with the default model (benchmarks/pedagogical.py): see the setting's comment.
+ROLLOUT_BATCH = 8
 
 
 def propose(logp: Tensor, policy: Policy, generator: torch.Generator) -> int:
@@ -49,51 +65,181 @@ def decide(logp: Tensor, logq: Tensor, policy: Policy, generator: torch.Generato
     )
 
 
-class Decoder:
-    """Incremental greedy-style decoding of one model from a context, with its KV cache."""
+@dataclass
+class RolloutItem:
+    """One rollout to run: the two contexts (ids), its policy (seed included), its reference."""
 
-    def __init__(self, model: LoadedModel, context: list[int], vocab_size: int) -> None:
+    student_context: list[int]
+    teacher_context: list[int]
+    policy: Policy
+    reference: str | None = None
+
+
+def _plain(cache: Any) -> bool:
+    """Only plain full-attention layers can be merged by padding (not sliding windows)."""
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+class Rows:
+    """Sequences of one model decoded in lock step, each from its own context, with one
+    key/value cache. A cache other than plain full-attention layers (sliding windows) is not
+    merged: each row then decodes alone."""
+
+    def __init__(self, model: LoadedModel, contexts: list[list[int]], vocab_size: int) -> None:
         self.model, self.vocab = model, vocab_size
         self.decoder = model.model.get_decoder()
-        out = self.decoder(input_ids=torch.tensor([context], device=model.device), use_cache=True)
-        self.cache, self.length = out.cache, len(context)
-        self.hidden = out.last_hidden_state[0, -1:]  # (1, H)
+        self.device = model.device
+        outs = [
+            self.decoder(input_ids=torch.tensor([c], device=self.device), use_cache=True) for c in contexts
+        ]
+        self.lengths = [len(c) for c in contexts]
+        self.hidden = torch.cat([o.last_hidden_state[:, -1] for o in outs])  # (B, H)
+        self.caches: list[Any] | None = [o.cache for o in outs]
+        self.cache: Any = None
+        self.mask: Tensor | None = None  # (B, columns): 0 at pads; None where no row is padded
+        if len(outs) > 1 and all(_plain(c) for c in self.caches):
+            self._merge(self.caches)
+            self.caches = None
+
+    def _merge(self, caches: list[Any]) -> None:
+        width = max(self.lengths)
+        layers = []
+        for parts in zip(*(c.layers for c in caches), strict=True):
+            keys = [torch.nn.functional.pad(p.keys, (0, 0, width - p.keys.shape[2], 0)) for p in parts]
+            values = [torch.nn.functional.pad(p.values, (0, 0, width - p.values.shape[2], 0)) for p in parts]
+            layers.append((torch.cat(keys), torch.cat(values)))
+        self.cache = DynamicCache(layers)
+        if min(self.lengths) < width:
+            self.mask = torch.zeros((len(caches), width), dtype=torch.long, device=self.device)
+            for b, n in enumerate(self.lengths):
+                self.mask[b, width - n :] = 1
 
     def logprobs(self) -> Tensor:
-        logits = head_logits(self.model, self.hidden, self.vocab)[0].float()  # (V,)
+        """log π(·|row) at every row's current prefix, float32 (B, V)."""
+        logits = head_logits(self.model, self.hidden, self.vocab).float()
         return torch.log_softmax(logits, dim=-1)
 
-    def push(self, token: int) -> None:
-        out = self.decoder(
-            input_ids=torch.tensor([[token]], device=self.model.device),
-            position_ids=torch.tensor([[self.length]], device=self.model.device),
-            cache=self.cache,
-            use_cache=True,
-        )
-        self.cache, self.length = out.cache, self.length + 1
-        self.hidden = out.last_hidden_state[0, -1:]
+    def push(self, tokens: list[int]) -> None:
+        """Append one token to every row (in row order) and decode it."""
+        ids = torch.tensor(tokens, device=self.device)[:, None]  # (B, 1)
+        positions = torch.tensor(self.lengths, device=self.device)[:, None]
+        if self.caches is not None:  # rows decoded alone
+            hidden = []
+            for b, cache in enumerate(self.caches):
+                out = self.decoder(
+                    input_ids=ids[b : b + 1], position_ids=positions[b : b + 1], cache=cache, use_cache=True
+                )
+                hidden.append(out.last_hidden_state[:, -1])
+            self.hidden = torch.cat(hidden)
+        else:
+            if self.mask is not None:
+                self.mask = torch.cat([self.mask, self.mask.new_ones((len(tokens), 1))], dim=1)
+            out = self.decoder(
+                input_ids=ids,
+                position_ids=positions,
+                attention_mask=self.mask,
+                cache=self.cache,
+                use_cache=True,
+            )
+            self.hidden = out.last_hidden_state[:, -1]
+        self.lengths = [n + 1 for n in self.lengths]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (in this order): finished rollouts stop costing anything."""
+        self.lengths = [self.lengths[b] for b in rows]
+        index = torch.tensor(rows, device=self.hidden.device)
+        self.hidden = self.hidden[index]
+        if self.caches is not None:
+            self.caches = [self.caches[b] for b in rows]
+            return
+        self.cache.batch_select_indices(index.to(self.device))
+        if self.mask is not None:
+            self.mask = self.mask[index.to(self.device)]
 
 
-class _Stepper:
-    """`core.pedagogical.Stepper` on two incremental decoders."""
+class _Batch:
+    """The rows of several rollouts: where each rollout's student and teacher rows live."""
 
-    def __init__(
-        self, pair: ModelPair, student_context: list[int], teacher_context: list[int], policy: Policy
+    def __init__(self, pair: ModelPair, items: list[RolloutItem]) -> None:
+        # (model rows, their owners): an owner is (rollout, role), role "s", "t" or "st" (one row
+        # serving both: shared weights and the same context give the same distribution).
+        contexts: dict[str, list[list[int]]] = {"s": [], "t": []}
+        self.owners: dict[str, list[tuple[int, str]]] = {"s": [], "t": []}
+        one = pair.shared  # one set of weights: every row in one batch ("s")
+        for i, item in enumerate(items):
+            if one and item.student_context == item.teacher_context:
+                self._add(contexts, "s", (i, "st"), item.student_context)
+                continue
+            self._add(contexts, "s", (i, "s"), item.student_context)
+            self._add(contexts, "s" if one else "t", (i, "t"), item.teacher_context)
+        self.student = Rows(pair.student, contexts["s"], pair.vocab_size)
+        self.teacher = Rows(pair.teacher, contexts["t"], pair.vocab_size) if contexts["t"] else None
+
+    def _add(
+        self, contexts: dict[str, list[list[int]]], model: str, owner: tuple[int, str], ids: list[int]
     ) -> None:
-        self.policy = policy
-        self.generator = torch.Generator().manual_seed(policy.seed)
-        self.student = Decoder(pair.student, student_context, pair.vocab_size)
-        self.teacher = Decoder(pair.teacher, teacher_context, pair.vocab_size)
+        contexts[model].append(ids)
+        self.owners[model].append(owner)
 
-    def step(self, i: int) -> dict[str, Any]:
-        return decide(self.student.logprobs(), self.teacher.logprobs(), self.policy, self.generator)
+    def logprobs(self) -> dict[int, tuple[Tensor, Tensor]]:
+        """For each live rollout: (student log-probs, teacher log-probs), (V,) each."""
+        found: dict[int, dict[str, Tensor]] = {}
+        for model, rows in (("s", self.student), ("t", self.teacher)):
+            if rows is None:
+                continue
+            logp = rows.logprobs()
+            for b, (i, role) in enumerate(self.owners[model]):
+                for r in role:
+                    found.setdefault(i, {})[r] = logp[b]
+        return {i: (got["s"], got["t"]) for i, got in found.items()}
 
-    def take(self, token: int) -> None:
-        self.student.push(token)
-        self.teacher.push(token)
+    def advance(self, taken: dict[int, int]) -> None:
+        """Feed each continuing rollout its token; drop the rows of those that ended."""
+        for model, rows in (("s", self.student), ("t", self.teacher)):
+            if rows is None:
+                continue
+            owners = self.owners[model]
+            keep = [b for b, (i, _) in enumerate(owners) if i in taken]
+            if len(keep) < len(owners):
+                rows.keep(keep)
+                self.owners[model] = owners = [owners[b] for b in keep]
+            if owners:
+                rows.push([taken[i] for i, _ in owners])
 
 
 @torch.inference_mode()
+def pedagogical_rollouts(
+    pair: ModelPair, items: list[RolloutItem], progress: Progress = _no_progress
+) -> list[dict[str, Any]]:
+    """Several rollouts decoded together, each as `pedagogical_rollout` would run it alone (its
+    own policy and seeded generator), in the order given. Progress counts the longest one's steps.
+
+    The loop is `core.pedagogical.rollout_steps` for every rollout at once: a rollout ends once it
+    takes an end-of-sequence token (kept) or its `max_new_tokens`; its rows then leave the batch.
+    """
+    if not items:
+        return []
+    eos = eos_ids(pair.student)
+    generators = [torch.Generator().manual_seed(item.policy.seed) for item in items]
+    steps: list[list[dict[str, Any]]] = [[] for _ in items]
+    longest = max(item.policy.max_new_tokens for item in items)
+    batch = _Batch(pair, items)
+    for t in range(longest):
+        taken: dict[int, int] = {}
+        for i, (logp, logq) in batch.logprobs().items():
+            step = decide(logp, logq, items[i].policy, generators[i])
+            steps[i].append(step)
+            if step["token"] not in eos and t + 1 < items[i].policy.max_new_tokens:
+                taken[i] = step["token"]
+        progress("pedagogical", t + 1, longest)
+        if not taken:
+            break
+        batch.advance(taken)
+    return [
+        summarize_rollout(pair, s, item.policy, item.reference) for s, item in zip(steps, items, strict=True)
+    ]
+
+
 def pedagogical_rollout(
     pair: ModelPair,
     student_context: list[int],
@@ -103,6 +249,5 @@ def pedagogical_rollout(
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
     """Generate one trajectory under `policy`; see the module docstring."""
-    stepper = _Stepper(pair, student_context, teacher_context, policy)
-    steps = rollout_steps(stepper, policy, eos_ids(pair.student), progress)
-    return summarize_rollout(pair, steps, policy, reference)
+    item = RolloutItem(student_context, teacher_context, policy, reference)
+    return pedagogical_rollouts(pair, [item], progress)[0]

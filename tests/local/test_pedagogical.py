@@ -5,24 +5,39 @@ from __future__ import annotations
 import pytest
 from support import contexts
 from support.tiny import tiny_pair
-from vrollout.local.pedagogical import Policy, pedagogical_rollout
+from vrollout.local.pedagogical import Policy, RolloutItem, pedagogical_rollout, pedagogical_rollouts
 from vrollout.local.reference import naive_pedagogical
 
+POLICIES = [
+    Policy(threshold=0.05, max_new_tokens=24),
+    Policy(threshold=0.2, temperature=1.0, top_p=0.9, seed=11, max_new_tokens=24),
+    Policy(threshold=1e-6, max_rank=3, temperature=0.8, seed=3, max_new_tokens=24),
+]
+POLICY_IDS = ["greedy", "sampled-top-p", "rank-limit"]
+PAIRS = {
+    "other-teacher": lambda: tiny_pair(teacher_seed=5),  # a different teacher: interventions happen
+    # One set of weights, two contexts: student and teacher rows share a left-padded batch.
+    "self-teacher": lambda: tiny_pair(),
+}
 
-@pytest.mark.parametrize(
-    "policy",
-    [
-        Policy(threshold=0.05, max_new_tokens=24),
-        Policy(threshold=0.2, temperature=1.0, top_p=0.9, seed=11, max_new_tokens=24),
-        Policy(threshold=1e-6, max_rank=3, temperature=0.8, seed=3, max_new_tokens=24),
-    ],
-    ids=["greedy", "sampled-top-p", "rank-limit"],
-)
-def test_rollout_equals_naive_loop(policy):
-    pair = tiny_pair(teacher_seed=5)  # a different teacher: interventions happen
+
+def same_rollout(fast, naive, policy):
+    """`fast` (a summarized rollout) took the naive loop's steps, with its numbers."""
+    assert fast["response_ids"] == [s["token"] for s in naive]
+    for token, step in zip(fast["tokens"], naive, strict=True):
+        assert token["source"] == ("teacher" if step["intervened"] else "student")
+        assert token["student_logprob"] == pytest.approx(step["student_logprob"], abs=1e-4)
+        assert token["teacher_logprob"] == pytest.approx(step["teacher_logprob"], abs=1e-4)
+
+
+@pytest.mark.parametrize("pair_kind", PAIRS)
+@pytest.mark.parametrize("policy", POLICIES, ids=POLICY_IDS)
+def test_rollout_equals_naive_loop(policy, pair_kind):
+    pair = PAIRS[pair_kind]()
     s_ctx, t_ctx = contexts(pair)
     fast = pedagogical_rollout(pair, s_ctx, t_ctx, policy)
     naive = naive_pedagogical(pair, s_ctx, t_ctx, policy)
+    same_rollout(fast, naive, policy)
     assert fast["response_ids"] == [s["token"] for s in naive]
     assert [i["position"] for i in fast["interventions"]] == [
         t for t, s in enumerate(naive) if s["intervened"]
@@ -35,7 +50,71 @@ def test_rollout_equals_naive_loop(policy):
             policy.max_rank is not None and i["proposal_teacher_rank"] > policy.max_rank
         )
         assert unacceptable
-    assert fast["num_interventions"] == len(fast["interventions"]) > 0
+    assert fast["num_interventions"] == len(fast["interventions"])
+    if pair_kind == "other-teacher":
+        assert fast["num_interventions"] > 0
+
+
+def close_records(a, b):
+    """Lists of flat records: equal, numbers within float tolerance."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            if isinstance(x[key], float):
+                assert x[key] == pytest.approx(y[key], abs=1e-4), key
+            else:
+                assert x[key] == y[key], key
+
+
+def batch_items(pair):
+    """Rollouts of different lengths, contexts, policies and seeds (one repeated: same seed,
+    same rollout), and one whose two contexts are the same."""
+    tok = pair.student.tokenizer
+    s_ctx, t_ctx = contexts(pair)
+    other = tok("<|im_start|>user\nName three primes.<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
+    hint = tok("<|im_start|>user\nName three primes. Hint: 2, 3, 5.<|im_end|>\n<|im_start|>assistant\n")[
+        "input_ids"
+    ]
+    sampled = Policy(threshold=0.2, temperature=1.0, top_p=0.9, seed=11, max_new_tokens=20)
+    return [
+        RolloutItem(s_ctx, t_ctx, Policy(threshold=0.05, max_new_tokens=24), "391"),
+        RolloutItem(other, hint, sampled),
+        RolloutItem(s_ctx, t_ctx, Policy(**{**vars(sampled), "seed": 12})),
+        RolloutItem(
+            other, other, Policy(threshold=1e-6, max_rank=3, temperature=0.8, seed=3, max_new_tokens=9)
+        ),
+        RolloutItem(other, hint, sampled),
+    ]
+
+
+@pytest.mark.parametrize("pair_kind", PAIRS)
+def test_batched_rollouts_equal_one_by_one_and_the_naive_loop(pair_kind):
+    pair = PAIRS[pair_kind]()
+    items = batch_items(pair)
+    batched = pedagogical_rollouts(pair, items)
+    # Same contexts, same seed: the same rollout (float rounding may differ by batch row).
+    assert batched[1]["response_ids"] == batched[4]["response_ids"]
+    close_records(batched[1]["tokens"], batched[4]["tokens"])
+    for item, got in zip(items, batched, strict=True):
+        alone = pedagogical_rollout(
+            pair, item.student_context, item.teacher_context, item.policy, item.reference
+        )
+        assert got["response_ids"] == alone["response_ids"]
+        close_records(got["interventions"], alone["interventions"])
+        close_records(got["tokens"], alone["tokens"])
+        assert got["policy"] == alone["policy"] and got["reached_reference"] == alone["reached_reference"]
+        naive = naive_pedagogical(pair, item.student_context, item.teacher_context, item.policy)
+        same_rollout(got, naive, item.policy)
+    assert len({len(r["response_ids"]) for r in batched}) > 1  # rollouts left the batch at different steps
+
+
+def test_batched_progress_counts_the_longest_rollout():
+    pair = tiny_pair()
+    seen = []
+    pedagogical_rollouts(pair, batch_items(pair), lambda *args: seen.append(args))
+    assert seen[0] == ("pedagogical", 1, 24) and [s[1] for s in seen] == list(range(1, len(seen) + 1))
+    assert pedagogical_rollouts(pair, []) == []
 
 
 def test_identical_teacher_never_intervenes_when_greedy(tiny):
