@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from vrollout.core.errors import BadTrajectory, TooLong
@@ -119,6 +120,28 @@ def render(
     return tokenize_within(tok, text, limit), text, templated
 
 
+@lru_cache(maxsize=16)
+def _template_variables(template: str) -> frozenset[str] | None:
+    """The variables a chat template reads (None: it does not parse as Jinja here)."""
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(template)))
+    except jinja2.TemplateError:
+        return None
+
+
+def unread_arguments(model: LoadedModel, template_kwargs: dict[str, Any]) -> list[str]:
+    """The chat template arguments `model`'s template never reads (they change nothing: a user
+    who sets enable_thinking for a model without that switch should hear of it)."""
+    template = getattr(model.tokenizer, "chat_template", None)
+    if not template_kwargs or not isinstance(template, str):
+        return []
+    names = _template_variables(template)
+    return [] if names is None else sorted(set(template_kwargs) - names)
+
+
 def render_role(
     pair: ModelPair, role: str, messages: list[dict[str, str]], limit: TokenLimit
 ) -> tuple[list[int], str, bool]:
@@ -194,6 +217,15 @@ def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: in
         t_ids, t_text, t_templated = render_role(pair, "teacher", t_msgs, teacher_limit)
         if not templated:
             notes.append("the student's tokenizer has no chat template: contents joined as text")
+        for role, model, kwargs in (
+            ("student", pair.student, pair.student_chat_template_kwargs),
+            ("teacher", pair.teacher, pair.teacher_chat_template_kwargs),
+        ):
+            if unread := unread_arguments(model, kwargs):
+                notes.append(
+                    f"the {role}'s chat template does not read {', '.join(unread)} "
+                    f"({role}_chat_template_kwargs): it changes nothing there"
+                )
         if t_templated and pair.teacher_prompt_format:
             notes.append("teacher_prompt_format is not used: the teacher has a chat template")
         elif not t_templated and pair.teacher_prompt_format:

@@ -187,6 +187,13 @@ def test_chat_template_kwargs_reach_each_context(tmp_path):
     )
     pair.student_chat_template_kwargs = {"enable_thinking": False}
     assert analyzer.prepare({"prompt": Q, "response": "42"}).ctx.student_text.startswith("/no_think\n")
+    assert not any("does not read" in note for note in prep.ctx.notes)
+    pair.teacher_chat_template_kwargs = {"enable_thinking": False, "reasoning_effort": "low"}
+    notes = analyzer.prepare({"prompt": Q, "response": "42"}).ctx.notes
+    assert (
+        "the teacher's chat template does not read reasoning_effort (teacher_chat_template_kwargs): "
+        "it changes nothing there"
+    ) in notes
 
 
 def test_teacher_prompt_format_for_a_base_teacher(tmp_path):
