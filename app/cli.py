@@ -24,7 +24,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     for name in RENDERING:  # how each context is rendered (docs/formats.md "Teacher context")
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
-    for name in PLACEMENT:  # models split across devices (docs/models.md "Large teachers")
+    for name in PLACEMENT:  # models split across devices (docs/api.md "Large teachers")
         if getattr(args, name, None):
             overrides[name] = getattr(args, name)
     for name in ("backend", "teacher_urls", "student_urls", "tokenizer", "vllm_logprobs", "vllm_concurrency"):
@@ -145,6 +145,13 @@ def localize(args: argparse.Namespace) -> int:
     return localize_file(args, _settings(args))
 
 
+def pedagogical(args: argparse.Namespace) -> int:
+    """`vrollout pedagogical FILE --out DIR` (vrollout.pedagogy_cli)."""
+    from vrollout.pedagogy_cli import pedagogical_file
+
+    return pedagogical_file(args, _settings(args))
+
+
 def write_dataset(
     folder: Path, name: str, analyses: list[dict[str, Any]], errors: list[tuple[int, str]], analyzer: Any,
     settings: Settings,
@@ -235,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     from vrollout.localization import add_parser as add_localize
 
     add_localize(sub, _model_flags).set_defaults(fn=localize)
+
+    from vrollout.pedagogy_cli import add_parser as add_pedagogical
+
+    add_pedagogical(sub, _model_flags).set_defaults(fn=pedagogical)
 
     args = parser.parse_args(argv)
     try:

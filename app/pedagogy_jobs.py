@@ -14,6 +14,7 @@ from typing import Any
 from vrollout.core.answers import verdict
 from vrollout.core.errors import BadTrajectory, VRError
 from vrollout.core.replay import Progress, _no_progress
+from vrollout.core.rules import eos_set
 from vrollout.core.validation import validate
 from vrollout.service import Analyzer, Prepared, PreparedRollout
 
@@ -84,10 +85,15 @@ class PreparedLine:
 
 
 def prepare_line(analyzer: Analyzer, payload: Any, options: dict[str, Any]) -> PreparedLine:
-    """A stored line (`payload`, as `Analyzer.prepare_line` left it) and the job's options: the
-    analysis of the student's own rollout, and the pedagogical rollout from the same contexts,
-    with the sampling settings the analysis uses (the line's own `generation`, if it has one)."""
-    prep = analyzer.prepare(payload)
+    """A stored line of a pedagogical job (`payload`, as `Analyzer.prepare_line` left it) with the
+    job's options (`pedagogical_options`)."""
+    return with_rollout(analyzer, analyzer.prepare(payload), options)
+
+
+def with_rollout(analyzer: Analyzer, prep: Prepared, options: dict[str, Any]) -> PreparedLine:
+    """The analysis of the student's own rollout (`prep`) and the pedagogical rollout from the
+    same contexts, with the sampling settings the analysis uses (the line's own `generation`, if
+    it has one, else the job's)."""
     sampling = asdict(prep.options)
     generation = {k: sampling[k] for k in ("max_new_tokens", "temperature", "top_p", "seed")}
     fields = {k: options[k] for k in OPTION_FIELDS if options.get(k) is not None}
@@ -103,6 +109,13 @@ def prepare_line(analyzer: Analyzer, payload: Any, options: dict[str, Any]) -> P
         None,
     )
     return PreparedLine(prep, rollout)
+
+
+def end_ids(analyzer: Analyzer) -> set[int]:
+    """The student's end-of-sequence ids (what a completion's text leaves out)."""
+    student = analyzer.pair.student
+    config = getattr(getattr(student, "model", None), "generation_config", None)
+    return eos_set(getattr(config, "eos_token_id", None), student.tokenizer.eos_token_id)
 
 
 def run_line(
