@@ -14,7 +14,8 @@
   const selected = $("selected");
   const chart = $("chart");
 
-  const approx = analysis.estimated && analysis.estimated.includes("reverse_kl") ? "≈ " : ""; // vLLM top-K
+  // vLLM top-K, or a teacher with another tokenizer (estimates over shared spellings)
+  const approx = (analysis.estimated && analysis.estimated.includes("reverse_kl")) || analysis.alignment ? "≈ " : "";
 
   const RANKS = [
     { max: 1, color: "#b7e4b0", label: "top-1" },
@@ -33,7 +34,7 @@
       legend: [["log p = 0", "rgba(44,111,187,0)"], ["log p ≤ −10", "rgba(44,111,187,0.85)"]],
     },
     rank: {
-      color: (s) => RANKS.find((r) => s.teacher_rank <= r.max).color,
+      color: (s) => (s.teacher_rank === null ? "transparent" : RANKS.find((r) => s.teacher_rank <= r.max).color),
       legend: RANKS.map((r) => [`rank ${r.label}`, r.color]),
     },
   };
@@ -68,7 +69,8 @@
   }
 
   // Teachability and surface/fork (docs/metrics.md), where the step carries them.
-  const massApprox = analysis.estimated && analysis.estimated.includes("teacher_mass_on_student_topk") ? "≈ " : "";
+  const massApprox =
+    (analysis.estimated && analysis.estimated.includes("teacher_mass_on_student_topk")) || analysis.alignment ? "≈ " : "";
   const KINDS = {
     surface: "surface divergence: the teacher's continuation re-joins the student's tokens",
     fork: "fork: the teacher's continuation does not re-join",
@@ -103,7 +105,7 @@
     box.append(
       el(
         "div",
-        `reverse KL ${approx}${fmt(s.reverse_kl)} · forward KL ${approx}${fmt(s.forward_kl)} nats · teacher rank ${s.teacher_rank}`
+        `reverse KL ${approx}${fmt(s.reverse_kl)} · forward KL ${approx}${fmt(s.forward_kl)} nats · teacher rank ${s.teacher_rank === null ? "–" : s.teacher_rank}`
       ),
       el(
         "div",
