@@ -118,6 +118,25 @@
     $("headline-note").textContent = table.note;
   }
 
+  // The job's preflight (docs/metrics.md, "Preflight"): flagged lines, noise floor vs signal, leak.
+  function renderPreflight(p) {
+    $("preflight").hidden = p.lines_checked === 0;
+    const f = (v, digits) => (v === null ? "–" : v.toFixed(digits));
+    const kinds = Object.entries(p.flag_kinds).map(([k, n]) => `${k.replace("_", " ")}: ${n}`).join(", ");
+    $("preflight-context").textContent = p.lines_flagged
+      ? `⚠ ${p.lines_flagged} of ${p.lines_checked} lines have contexts that differ outside the privileged block (${kinds}).`
+      : `✓ In all ${p.lines_checked} lines the contexts differ only in the privileged block.`;
+    $("preflight-context").dataset.flagged = String(p.lines_flagged);
+    const nf = p.noise_floor_kl_mean;
+    $("preflight-noise").textContent = nf.lines
+      ? `Noise floor ${f(nf.mean, 3)} nats/token (max ${f(nf.max, 3)}) vs signal ${f(p.signal_kl_mean.mean, 3)} nats/token, over ${nf.lines} lines.`
+      : "Noise floor not computed.";
+    const leak = p.leak_share;
+    $("preflight-leak").textContent = leak.lines
+      ? `Leak: ${f(100 * leak.mean, 0)}% of the virtual rollouts' 4-word n-grams are copied from the privileged text on average (max ${f(100 * leak.max, 0)}%, ${leak.lines} lines).`
+      : "Leak: no line has privileged text.";
+  }
+
   // Drift across training steps: one row per step (the card stays hidden when no line has one).
   function renderDrift(steps) {
     const pct = (v) => (v === null ? "–" : `${(100 * v).toFixed(1)}%`);
@@ -155,16 +174,18 @@
   }
 
   async function refresh() {
-    const [summaries, figures, table, drift] = await Promise.all([
+    const [summaries, figures, table, drift, preflight] = await Promise.all([
       request(`${base}/summaries`),
       request(`${base}/figures`),
       request(`${base}/headline`),
       request(`${base}/drift`),
+      request(`${base}/preflight`),
     ]);
     rows = summaries;
     renderTable();
     renderHeadline(table);
     renderDrift(drift);
+    renderPreflight(preflight);
     for (const [name, figure] of Object.entries(figures)) plot(figureDiv(name), figure);
     document.body.dataset.loaded = String(rows.length);
   }

@@ -107,9 +107,9 @@ def _kind(
     s_ids: list[int], t_ids: list[int], s_text: str, t_text: str, specials: set[int], before_user: bool
 ) -> str:
     """What a difference outside the privileged block is, first match wins: `system_prompt` (it
-    lies before the first user message's content in both contexts and has text other than
-    special tokens and whitespace), `special_tokens`, `whitespace` (equal once whitespace is
-    removed), else `other`."""
+    ends before the first user message's turn in both contexts, i.e. strictly before its
+    content, and has text other than special tokens and whitespace), `special_tokens`,
+    `whitespace` (equal once whitespace is removed), else `other`."""
     has_special = any(i in specials for i in s_ids + t_ids)
     plain = [i for i in s_ids + t_ids if i not in specials]
     if before_user and plain and (s_text + t_text).strip():
@@ -180,7 +180,8 @@ def context_diff(traj: Trajectory, ctx: Contexts, pair: ModelPair, template: str
         t_text = tok.decode(t_part, skip_special_tokens=False)
         s_end = s_spans[i2 - 1][1] if i2 > i1 else (s_spans[i1][0] if i1 < len(s_spans) else 0)
         t_end = t_spans[j2 - 1][1] if j2 > j1 else (t_spans[j1][0] if j1 < len(t_spans) else 0)
-        before_user = s_user >= 0 and t_user >= 0 and s_end <= s_user and t_end <= t_user
+        # strictly before: text placed right at the user content's start is in the user turn
+        before_user = s_user >= 0 and t_user >= 0 and s_end < s_user and t_end < t_user
         flags.append(
             {
                 "kind": _kind(s_part, t_part, s_text, t_text, specials, before_user),

@@ -278,6 +278,24 @@ class Headline(Open):
     note: str
 
 
+class OverLines(Open):
+    mean: float | None = Field(description="over the lines that have it")
+    max: float | None
+    lines: int
+
+
+class JobPreflight(Open):
+    """A job's preflight (docs/metrics.md, "Preflight"), from its lines' analyses."""
+
+    lines: int = Field(description="analysed lines")
+    lines_checked: int = Field(description="lines whose analysis has a preflight")
+    lines_flagged: int = Field(description="lines whose contexts differ outside the privileged block")
+    flag_kinds: dict[str, int] = Field(description="lines with a flag of each kind")
+    noise_floor_kl_mean: OverLines = Field(description="the noise floor, nats/token")
+    signal_kl_mean: OverLines = Field(description="the analyses' reverse KL, nats/token")
+    leak_share: OverLines = Field(description="the virtual rollout's share of copied 4-grams")
+
+
 class DriftRow(Open):
     """One training step of a job's lines (docs/metrics.md, "Drift across steps")."""
 

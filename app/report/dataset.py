@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vrollout.core.answers import verdict
+from vrollout.core.preflight import compact
 from vrollout.core.signal import concentration
 from vrollout.report.drift import Drift, drift_figures
 
@@ -39,7 +40,8 @@ SUMMARY_COLUMNS = (
 )  # fmt: skip
 # Digests stored with an older version (or none) are made again from the stored analysis when a
 # dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
-DIGEST_VERSION = 4  # 4: teacher_context; 3: step, score, verdict_method, reverse_kl_at_divergences
+# 5: preflight; 4: teacher_context; 3: step, score, verdict_method, reverse_kl_at_divergences
+DIGEST_VERSION = 5
 STEP_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "position", "token_id", "token", "student_logprob",
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
@@ -129,6 +131,7 @@ def digest(analysis: dict[str, Any]) -> dict[str, Any]:
         "deciles": decile_shares(analysis),
         # the drift views' "share of reverse KL at divergences" (report/drift.py)
         "reverse_kl_at_divergences": sum(s["reverse_kl"] for s in analysis["steps"] if not s["agree"]),
+        "preflight": compact(analysis.get("preflight")),  # the job's preflight (core/preflight.py)
         "version": DIGEST_VERSION,
     }
 

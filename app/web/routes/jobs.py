@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 from vrollout.core.errors import BadTrajectory, TooLong, VRError
+from vrollout.core.preflight import job_preflight
 from vrollout.core.responses import (
     Deleted,
     DriftRow,
@@ -21,6 +22,7 @@ from vrollout.core.responses import (
     Job,
     JobCreated,
     JobItem,
+    JobPreflight,
     SummaryRow,
     media,
 )
@@ -352,6 +354,14 @@ async def job_steps(job_id: str, jobs: JobsDep, format: str = "parquet") -> Resp
 async def job_figures(job_id: str, jobs: JobsDep) -> dict[str, Any]:
     """The dataset page's Plotly figures (each opens with `plotly.io.from_json`)."""
     return await run_in_threadpool(lambda: figures_of(jobs.digests(job_id)))
+
+
+@router.get("/{job_id}/preflight", response_model=JobPreflight)
+async def job_preflight_view(job_id: str, jobs: JobsDep) -> dict[str, Any]:
+    """The job's preflight (docs/metrics.md, "Preflight"): how many lines have contexts that
+    differ outside the privileged block (by kind), and over lines the noise floor, the signal
+    and the leak share. Built from the stored digests."""
+    return await run_in_threadpool(lambda: job_preflight([d.get("preflight") for d in jobs.digests(job_id)]))
 
 
 @router.get(
