@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     batch_max_sequence: int = Field(
         default=160, ge=1, description="jobs: longer context + response sequences run alone"
     )
+    # Pedagogical rollouts decoded together in one batch (jobs; `Analyzer.pedagogical_batch`).
+    # Measured on a 2-core CPU with the default model (benchmarks/pedagogical.py): MEASURING.
+    pedagogical_batch: int = Field(
+        default=8, ge=1, description="jobs: pedagogical rollouts (lines and sweep points) decoded together"
+    )
 
     # Limits, enforced before any model work.
     max_request_bytes: int = 8 * 1024 * 1024

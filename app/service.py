@@ -617,8 +617,58 @@ class Analyzer:
                     prep.sweep,
                     sweep_progress,
                 )
-        tok = self.pair.student.tokenizer
         progress("done", 1, 1)
+        return self._rollout_result(prep, result, sweep)
+
+    def pedagogical_batch(
+        self, preps: list[PreparedRollout], progress: Progress = _no_progress
+    ) -> list[dict[str, Any] | VRError]:
+        """`pedagogical(prep)` for each, in order: where the backend decodes several rollouts
+        together (`pedagogical_rollouts`: local models), the rollouts and their sweep points
+        decode VROLLOUT_PEDAGOGICAL_BATCH at a time; each result equals its own
+        `pedagogical(prep)` (same seeds, same tokens, log-probs within float tolerance; only `id`
+        and `created_at` differ). Elsewhere (vLLM) one by one. A batch that fails (e.g. out of
+        memory) is retried one by one, so each prep gets its result or its own error.
+        `progress`: at every decoding step (a cancel raises there)."""
+        batched = getattr(self.backend, "pedagogical_rollouts", None)
+        if batched is None:
+            return self._one_by_one(preps, progress)
+        runs = [
+            (p.student_ids, p.teacher_ids, policy, p.reference)
+            for p in preps
+            for policy in [p.policy] + [Policy(**{**vars(p.policy), "threshold": t}) for t in p.sweep or []]
+        ]
+        size = self.settings.pedagogical_batch
+        try:
+            with out_of_memory("a batch of pedagogical rollouts"):
+                done = [r for i in range(0, len(runs), size) for r in batched(runs[i : i + size], progress)]
+        except VRError:
+            return self._one_by_one(preps, progress)
+        results: list[dict[str, Any] | VRError] = []
+        it = iter(done)
+        for prep in preps:
+            result = next(it)
+            sweep = None
+            if prep.sweep:  # the sweep's runs follow in threshold order, as `threshold_sweep` asks
+                sweep = threshold_sweep(lambda policy: next(it), prep.policy, prep.sweep)
+            results.append(self._rollout_result(prep, result, sweep))
+        progress("done", 1, 1)
+        return results
+
+    def _one_by_one(self, preps: list[PreparedRollout], progress: Progress) -> list[dict[str, Any] | VRError]:
+        results: list[dict[str, Any] | VRError] = []
+        for prep in preps:
+            try:
+                results.append(self.pedagogical(prep, progress))
+            except VRError as exc:
+                results.append(exc)
+        return results
+
+    def _rollout_result(
+        self, prep: PreparedRollout, result: dict[str, Any], sweep: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        """A pedagogical request's answer: its contexts, the rollout, the sweep."""
+        tok = self.pair.student.tokenizer
         return {
             "id": new_id(),
             "created_at": now(),

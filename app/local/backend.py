@@ -17,7 +17,7 @@ from vrollout.core.rules import Policy
 from vrollout.local import engine
 from vrollout.local.continuations import continuations_from_every_prefix
 from vrollout.local.models import ModelPair, load_pair
-from vrollout.local.pedagogical import pedagogical_rollout
+from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
 
 
 class LocalBackend:
@@ -150,3 +150,12 @@ class LocalBackend:
         progress: Progress = _no_progress,
     ) -> dict[str, Any]:
         return pedagogical_rollout(self.pair, student_context, teacher_context, policy, reference, progress)
+
+    def pedagogical_rollouts(
+        self,
+        items: list[tuple[list[int], list[int], Policy, str | None]],
+        progress: Progress = _no_progress,
+    ) -> list[dict[str, Any]]:
+        """Several rollouts, (student context, teacher context, policy, reference) each, decoded
+        together (`pedagogical.pedagogical_rollouts`); each equals its own `pedagogical_rollout`."""
+        return pedagogical_rollouts(self.pair, [RolloutItem(*item) for item in items], progress)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from support import contexts
+from support import contexts, tiny_settings
 from support.tiny import tiny_pair
 from vrollout.local.pedagogical import Policy, RolloutItem, pedagogical_rollout, pedagogical_rollouts
 from vrollout.local.reference import naive_pedagogical
+from vrollout.service import Analyzer
 
 POLICIES = [
     Policy(threshold=0.05, max_new_tokens=24),
@@ -171,3 +172,37 @@ def test_pedagogical_from_a_stored_analysis(tiny_client):
 def test_bad_pedagogical_settings(tiny_client, body, word):
     r = tiny_client.post("/api/pedagogical", json=body)
     assert 400 <= r.status_code < 500 and word in r.json()["error"], r.text
+
+
+def without_ids(result):
+    return {k: v for k, v in result.items() if k not in ("id", "created_at")}
+
+
+@pytest.mark.parametrize("pair_kind", PAIRS)
+def test_analyzer_batch_equals_each_request(tmp_path, pair_kind):
+    """`Analyzer.pedagogical_batch` (what a pedagogical job runs): lines and sweep points decoded
+    VROLLOUT_PEDAGOGICAL_BATCH at a time, each result the one its own request gives."""
+    analyzer = Analyzer(PAIRS[pair_kind](), tiny_settings(tmp_path, pedagogical_batch=3))
+    bodies = [
+        {"prompt": "What is 17*23?", "privileged": "391", "reference_answer": "391", "threshold": 0.3,
+         "sweep": [0.5, 0.01], "generation": {"max_new_tokens": 12, "temperature": 1.0, "seed": 2}},
+        {"prompt": "Name a prime.", "generation": {"max_new_tokens": 7}},
+        {"prompt": "Name a prime.", "privileged": "7", "max_rank": 2,
+         "generation": {"max_new_tokens": 10, "temperature": 0.7, "seed": 5}},
+    ]  # fmt: skip
+    preps = [analyzer.prepare_pedagogical(body) for body in bodies]
+    steps = []
+    batch = analyzer.pedagogical_batch(preps, lambda *args: steps.append(args))
+    assert [s for s in steps if s[0] == "pedagogical"] and steps[-1] == ("done", 1, 1)
+    for prep, got in zip(preps, batch, strict=True):
+        alone = without_ids(analyzer.pedagogical(prep))
+        got = without_ids(got)
+        assert got.keys() == alone.keys()
+        assert got["response_ids"] == alone["response_ids"]
+        close_records(got["tokens"], alone["tokens"])
+        close_records(got["interventions"], alone["interventions"])
+        assert got["sweep"] == alone["sweep"]  # a sweep row holds no float but its threshold
+        for key in ("student", "teacher", "policy", "reference_answer", "reached_reference"):
+            assert got[key] == alone[key], key
+    assert batch[0]["sweep"] is not None and [r["threshold"] for r in batch[0]["sweep"]] == [0.01, 0.5]
+    assert analyzer.pedagogical_batch([]) == []
