@@ -184,7 +184,9 @@ def step_scores(
         elif name == "min_teacher_logprob":
             out[name] = _per_step([s["teacher_logprob"] for s in steps], owner, n_steps, lambda g: -min(g))
         elif name == "max_teacher_rank":
-            out[name] = _per_step([float(s["teacher_rank"]) for s in steps], owner, n_steps, max)
+            # No rank inside a span of a teacher with another tokenizer: no prediction, as rank 1
+            ranks = [float(s["teacher_rank"] or 1) for s in steps]
+            out[name] = _per_step(ranks, owner, n_steps, max)
         elif name == "recovery_drop":
             rec = analysis.get("recovery")
             out[name] = recovery_drop(rec, owner, n_steps, len(steps)) if rec else [None] * n_steps

@@ -4,9 +4,13 @@ and the same-tokenizer page unchanged (tiny models; the browser test opens the p
 
 from __future__ import annotations
 
+import io
+import json
+
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from support import REPO, assert_error, tiny_settings
+from support import REPO, assert_error, tiny_settings, upload, wait_done
 from support.cross import cross_pair
 from vrollout.service import Analyzer
 from vrollout.web.app import create_app
@@ -117,3 +121,38 @@ def test_every_cross_tokenizer_field_is_in_metrics_docs(analysis):
     names |= {"reverse_kl_estimate", "spans", "spans_differ", "cross_tokenizer"}
     missing = sorted(n for n in names if f"`{n}`" not in section and f"`{n}`," not in section)
     assert not missing, f"missing from docs/metrics.md 'Teachers with another tokenizer': {missing}"
+
+
+def test_a_job_with_another_tokenizer_and_its_exports(cross_client, tmp_path):
+    """A file through a job: each line aligned on its own; the summaries, headline, preflight and
+    step exports (Parquet, with the nulls inside spans) answer, and the job page renders."""
+    lines = [
+        json.dumps({"prompt": "hi", "response": f"héllo the world {n} 😀", "privileged": "x"})
+        for n in range(3)
+    ]
+    job = upload(cross_client, "\n".join(lines) + "\n")
+    assert job.status_code == 201, job.text
+    done = wait_done(cross_client, job.json()["job"]["id"], timeout=120)
+    assert done["state"] == "done" and done.get("failed", 0) == 0, done
+    job_id = done["id"]
+    for path in ("summaries", "summaries?format=csv", "headline", "preflight", "steps?format=jsonl"):
+        assert cross_client.get(f"/api/jobs/{job_id}/{path}").status_code == 200, path
+    table = pq.read_table(io.BytesIO(cross_client.get(f"/api/jobs/{job_id}/steps?format=parquet").content))
+    ranks = table.column("teacher_rank").to_pylist()
+    assert None in ranks and any(r is not None for r in ranks)
+    assert cross_client.get(f"/jobs/{job_id}").status_code == 200
+
+
+def test_error_localization_with_another_tokenizer(cross_client):
+    """ProcessBench-shaped lines scored by a teacher of another tokenizer: the localization
+    table is computed (no teacher rank inside a span counts as rank 1, like no divergence)."""
+    rows = [
+        {"prompt": f"q{n}", "steps": ["1 + 1 = 3 😀.", "So the answer is 3."], "label": n % 2}
+        for n in range(4)
+    ]
+    job = upload(cross_client, "".join(json.dumps(r) + "\n" for r in rows))
+    assert job.status_code == 201, job.text
+    done = wait_done(cross_client, job.json()["job"]["id"], timeout=120)
+    assert done["state"] == "done" and done["failed"] == 0, done
+    resp = cross_client.get(f"/api/jobs/{done['id']}/localization?bootstrap=50&folds=2")
+    assert resp.status_code == 200, resp.text
