@@ -60,7 +60,11 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", help="HF id or local folder (default: embedded SmolLM2-135M)")
-    p.add_argument("--teacher", help="HF id or folder (default: the student's own weights)")
+    p.add_argument(
+        "--teacher",
+        help="HF id, folder or .gguf file; another tokenizer is aligned by spans of text "
+        "(default: the student's own weights)",
+    )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--database", type=Path, help="SQLite file for stored analyses")

@@ -47,7 +47,10 @@ class Settings(BaseSettings):
     # Models. "default" is the embedded SmolLM2; otherwise a Hugging Face id or a local folder.
     student: str = DEFAULT_MODEL
     teacher: str | None = Field(
-        default=None, description="None: the student's own weights (self-distillation)."
+        default=None,
+        description="a Hub id, a folder or a .gguf file (converted once into cache_dir); another "
+        "tokenizer than the student's is aligned by spans of text (docs/metrics.md). None: the "
+        "student's own weights (self-distillation).",
     )
     teacher_template: str = DEFAULT_TEACHER_TEMPLATE
     # Chat template arguments per model (env: a JSON object), e.g. {"enable_thinking": false} for
@@ -67,7 +70,7 @@ class Settings(BaseSettings):
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     trust_remote_code: bool = False
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "vrollout")
-    # Large models (docs/models.md "Large teachers"): split across devices by accelerate. A device
+    # Large models (docs/api.md "Large teachers"): split across devices by accelerate. A device
     # map is "auto" | "balanced" | "balanced_low_0" | "sequential", or a JSON object of module name
     # -> device (0, "cuda:1", "cpu", "disk"); max memory is a JSON object of device -> size
     # ('{"0": "20GiB", "cpu": "60GiB"}'). None: the whole model on `device`. A self-teacher is the
