@@ -15,6 +15,7 @@ from support import REAL_CACHE
 from support.tiny import tiny_model, tiny_tokenizer
 from vrollout.cli import _model_flags, _settings
 from vrollout.config import Settings
+from vrollout.local.engine import replay_batch
 from vrollout.local.models import load_model, placement_options
 from vrollout.service import Analyzer
 
@@ -29,19 +30,19 @@ DISK_MAP = {
 }
 REQUEST = {
     "prompt": "What is 17*23?",
-    "response": "17*23 = 381. Let me check",
+    "response": "17*23 = 381. Let",
     "privileged": "391",
     "reference_answer": "391",
-    "continuation_tokens": 6,
+    "continuation_tokens": 4,
     "recovery": True,
-    "recovery_max_new_tokens": 6,
+    "recovery_max_new_tokens": 4,
 }
 PEDAGOGICAL = {
     "prompt": "What is 17*23?",
     "privileged": "391",
     "threshold": 0.2,
-    "sweep": [0.5, 0.05],
-    "generation": {"max_new_tokens": 12, "temperature": 1.0, "seed": 3},
+    "sweep": [0.05],
+    "generation": {"max_new_tokens": 8, "temperature": 1.0, "seed": 3},
 }
 
 
@@ -116,9 +117,15 @@ def test_offloaded_teacher_and_student_give_the_unsplit_numbers(folders, tmp_pat
     assert_same(numbers(b), numbers(a))
     generated = {
         **{k: v for k, v in REQUEST.items() if k != "response"},
-        "generation": {"max_new_tokens": 12},
+        "generation": {"max_new_tokens": 6},
     }
     assert_same(numbers(split.analyze(generated)), numbers(whole.analyze(generated)))
+
+    items = [(ctx, ctx + [9], resp) for ctx, resp in (([5, 6, 7], [8, 9, 10, 11]), ([12, 13], [14, 15]))]
+    for x, y in zip(replay_batch(whole.pair, items), replay_batch(split.pair, items), strict=True):
+        assert x.teacher_top1_id == y.teacher_top1_id and x.reverse_kl == pytest.approx(
+            y.reverse_kl, rel=1e-5
+        )
 
     p, q = (rollout(x.pedagogical(x.prepare_pedagogical(PEDAGOGICAL))) for x in (whole, split))
     assert p["response_ids"] and p["num_interventions"] > 0  # a different teacher steps in
