@@ -152,7 +152,8 @@ class Rows:
         if self.caches is not None:
             self.caches = [self.caches[b] for b in rows]
             return
-        self.cache.batch_select_indices(index.to(self.device))
+        # A CPU index: a split model's layers (and their caches) sit on several devices.
+        self.cache.batch_select_indices(index.cpu())
         if self.mask is not None:
             self.mask = self.mask[index.to(self.device)]
 

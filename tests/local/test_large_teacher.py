@@ -17,6 +17,7 @@ from vrollout.cli import _model_flags, _settings
 from vrollout.config import Settings
 from vrollout.local.engine import replay_batch
 from vrollout.local.models import load_model, placement_options
+from vrollout.local.pedagogical import Policy, RolloutItem, pedagogical_rollouts
 from vrollout.service import Analyzer
 
 # Every layer of a 2-layer Llama named: the embedding, a layer and the head on disk.
@@ -126,6 +127,15 @@ def test_offloaded_teacher_and_student_give_the_unsplit_numbers(folders, tmp_pat
         assert x.teacher_top1_id == y.teacher_top1_id and x.reverse_kl == pytest.approx(
             y.reverse_kl, rel=1e-5
         )
+
+    # Rollouts decoded together: rows of several lengths in one cache, rows leaving as they end.
+    rollouts = [
+        RolloutItem(
+            [5, 6, 7], [5, 6, 7, 9, 9], Policy(threshold=0.2, temperature=1.0, seed=n, max_new_tokens=n)
+        )
+        for n in (3, 6)
+    ]
+    assert_same(pedagogical_rollouts(split.pair, rollouts), pedagogical_rollouts(whole.pair, rollouts))
 
     p, q = (rollout(x.pedagogical(x.prepare_pedagogical(PEDAGOGICAL))) for x in (whole, split))
     assert p["response_ids"] and p["num_interventions"] > 0  # a different teacher steps in
