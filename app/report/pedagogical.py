@@ -15,7 +15,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ def rate(verdicts: list[bool | None]) -> dict[str, Any]:
     return {"correct": correct, "judged": len(judged), "rate": correct / len(judged) if judged else None}
 
 
-class Comparison:
+class ComparisonTally:
     """The comparison, added up one record at a time: the rows (a few numbers per line) and the
     per-intervention log-probs are all it keeps, so a job of any size is read once."""
 
@@ -245,7 +245,7 @@ def headline_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
 
 def comparison_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The headlines over the records (one pass)."""
-    comparison = Comparison()
+    comparison = ComparisonTally()
     for record in records:
         comparison.add(record)
     return comparison.summary()
@@ -381,16 +381,19 @@ def write_pedagogical(
     student: str = "",
     teacher: str = "",
     settings: Any = None,
+    errors: Sequence[tuple[int, str]] = (),
 ) -> dict[str, Any]:
     """rollouts.jsonl, comparison.csv and a one-file report.html (offline) into `out_dir`, the
-    records read once (rollouts.jsonl is written as they come). Returns the summary."""
+    records read once (rollouts.jsonl is written as they come). `errors`: (line, message) of the
+    lines that failed, listed in the report; read once the records are, so a list the records'
+    iterator fills as it goes is complete by then. Returns the summary."""
     from vrollout.config import Settings
     from vrollout.web.pages import make_templates, standalone_assets
 
     check_export(include, "prompt-completion")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    comparison = Comparison()
+    comparison = ComparisonTally()
     with (out / "rollouts.jsonl").open("w", encoding="utf-8") as f:
         for record in records:
             comparison.add(record)
@@ -409,6 +412,7 @@ def write_pedagogical(
         rows=comparison.rows,
         figures=comparison_figures(summary, comparison.rows),
         include=include,
+        errors=sorted(errors),
         student=student,
         teacher=teacher,
         standalone=True,

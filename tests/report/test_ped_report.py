@@ -249,9 +249,13 @@ def test_parquet_reads_back_with_pandas_and_datasets(records, tmp_path, style):
 def test_write_pedagogical_and_read_back_with_datasets(records, tmp_path):
     from datasets import load_dataset
 
-    summary = write_pedagogical(
-        iter(records), tmp_path / "out", include="all", name="<b>run</b>", student="s"
-    )
+    failed: list[tuple[int, str]] = []
+
+    def stream():  # as the CLI gives them: a line that fails is noted while the records are read
+        yield from records
+        failed.append((99, "<i>bad</i> line"))
+
+    summary = write_pedagogical(stream(), tmp_path / "out", include="all", name="<b>run</b>", errors=failed)
     assert summary == comparison_summary(records)
     out = tmp_path / "out"
     ds = load_dataset("json", data_files=str(out / "rollouts.jsonl"), split="train")
@@ -264,6 +268,7 @@ def test_write_pedagogical_and_read_back_with_datasets(records, tmp_path):
     assert frame_csv.interventions.tolist() == [len(r["pedagogical"]["interventions"]) for r in records]
     page = (out / "report.html").read_text()
     assert "<b>run</b>" not in page and "&lt;b&gt;run&lt;/b&gt;" in page  # escaped
+    assert "line 99: &lt;i&gt;bad&lt;/i&gt; line" in page and "1 failed" in page
     assert "<script src=" not in page and "Content-Security-Policy" in page  # offline, one file
     for h in headline_rows(summary):
         assert f'data-measure="{h["key"]}"' in page

@@ -13,22 +13,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from vrollout.core.errors import BadTrajectory
 from vrollout.core.responses import Comparison, media
-from vrollout.core.rules import eos_set
+from vrollout.pedagogy_jobs import end_ids
 from vrollout.report.dataset import jsonl_chunks
 from vrollout.report.pedagogical import (
     INCLUDE,
     STYLES,
+    ComparisonTally,
     comparison_csv_chunks,
     comparison_row,
     export_rows,
     headline_rows,
     rollouts_parquet_chunks,
 )
-from vrollout.report.pedagogical import (
-    Comparison as Tally,
-)
 from vrollout.report.pedagogical_figures import comparison_figures
-from vrollout.service import Analyzer
 from vrollout.storage.jobs import Jobs
 from vrollout.web.routes.analyses import ERRORS, AnalyzerDep
 from vrollout.web.routes.jobs import JobsDep
@@ -47,15 +44,8 @@ def check_pedagogical(jobs: Jobs, job_id: str) -> None:
         )
 
 
-def end_ids(analyzer: Analyzer) -> set[int]:
-    """The student's end-of-sequence ids, where its model says (see pedagogical.completion_text)."""
-    student = analyzer.pair.student
-    config = getattr(getattr(student, "model", None), "generation_config", None)
-    return eos_set(getattr(config, "eos_token_id", None), student.tokenizer.eos_token_id)
-
-
 def comparison(jobs: Jobs, job_id: str) -> dict[str, Any]:
-    tally = Tally()
+    tally = ComparisonTally()
     for record in jobs.rollouts(job_id):  # one record at a time; only the rows are kept
         tally.add(record)
     summary = tally.summary()
