@@ -214,3 +214,34 @@ def test_deleting_or_purging_a_job_deletes_its_rollouts(tiny_client):
     assert count(first["id"]) == 0 and count(second["id"]) == 1
     assert jobs.purge("9999-01-01") == (1, 1)
     assert count(second["id"]) == 0
+
+
+@pytest.mark.real_model
+def test_a_pedagogical_job_on_the_default_model(real_client):
+    mult = {"prompt": "What is 17*23?", "privileged": "17*23 = 340 + 51 = 391.", "reference_answer": "391"}
+    add = {
+        "prompt": "What is 2+2? Answer with the number.",
+        "privileged": "2+2 = 4.",
+        "reference_answer": "4",
+    }
+    wrong = {**mult, "response": "17*23 = 381."}
+    lines = [{"id": "mult", **mult}, {"id": "add", **add}, {"id": "wrong", **wrong}]
+    job, records = run_job(real_client, lines, max_new_tokens=48, sweep="0.01,0.2")
+    assert (job["done"], job["failed"], job["mode"]) == (3, 0, "pedagogical")
+    assert [r["id"] for r in records] == ["mult", "add", "wrong"]
+    wrong = records[2]
+    assert wrong["student"]["generated"] is False and wrong["student"]["correct"] is False
+    assert wrong["opd"]["divergences"] >= 1 and wrong["opd"]["reverse_kl_total"] > 0
+    for record in records:
+        ped = record["pedagogical"]
+        assert isinstance(ped["correct"], bool) and len(ped["response_ids"]) <= 48
+        assert ped["num_interventions"] == len(ped["interventions"])
+        assert [p["threshold"] for p in record["sweep"]] == [0.01, 0.2]
+    # The job's rollout of a line is the one Analyzer.pedagogical gives for it directly.
+    analyzer = real_client.app.state.analyzer
+    body = {k: v for k, v in lines[0].items() if k != "id"}
+    direct = analyzer.pedagogical(
+        analyzer.prepare_pedagogical({**body, "sweep": [0.01, 0.2], "generation": {"max_new_tokens": 48}})
+    )
+    assert records[0]["pedagogical"]["response_ids"] == direct["response_ids"]
+    assert records[0]["sweep"] == direct["sweep"]
