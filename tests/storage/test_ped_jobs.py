@@ -229,9 +229,9 @@ def test_a_pedagogical_job_on_the_default_model(real_client):
     job, records = run_job(real_client, lines, max_new_tokens=48, sweep="0.01,0.2")
     assert (job["done"], job["failed"], job["mode"]) == (3, 0, "pedagogical")
     assert [r["id"] for r in records] == ["mult", "add", "wrong"]
-    wrong = records[2]
-    assert wrong["student"]["generated"] is False and wrong["student"]["correct"] is False
-    assert wrong["opd"]["divergences"] >= 1 and wrong["opd"]["reverse_kl_total"] > 0
+    given = records[2]
+    assert given["student"]["generated"] is False and given["student"]["correct"] is False
+    assert given["opd"]["divergences"] >= 1 and given["opd"]["reverse_kl_total"] > 0
     for record in records:
         ped = record["pedagogical"]
         assert isinstance(ped["correct"], bool) and len(ped["response_ids"]) <= 48
