@@ -44,7 +44,7 @@ def sweep_figure(sweep: list[dict[str, Any]]) -> dict[str, Any]:
             }
         ],
         "layout": _layout(
-            "threshold sweep: success vs interventions (each point one threshold)",
+            "threshold sweep: success vs interventions",
             "mean interventions per rollout",
             "reached the reference",
             yaxis={"title": {"text": "reached the reference"}, "tickformat": ".0%", "range": [0, 1.05]},
@@ -68,8 +68,8 @@ def rescue_figure(rescue: dict[str, Any]) -> dict[str, Any]:
             }
         ],
         "layout": _layout(
-            "prompts the student fails alone, rescued by the pedagogical teacher",
-            "interventions allowed",
+            "student failures rescued, by budget",
+            "at most this many interventions",
             "share rescued",
             yaxis={"title": {"text": "share rescued"}, "tickformat": ".0%", "range": [0, 1.05]},
         ),
@@ -108,9 +108,9 @@ def scatter_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "data": [*traces, diagonal],
         "layout": _layout(
-            "interventions (pedagogical) vs divergences (OPD, student's own rollout)",
-            "OPD divergences",
-            "interventions",
+            "interventions vs OPD divergences, per prompt",
+            "OPD divergences (student's own rollout)",
+            "interventions (pedagogical rollout)",
         ),
     }
 
@@ -136,8 +136,8 @@ def surprisal_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
             }
         ],
         "layout": _layout(
-            "largest surprisal per rollout (student's −log-prob of a substituted token)",
-            "nats",
+            "largest surprisal per rollout",
+            "student −log-prob of the substituted token (nats)",
             "rollouts",
         ),
     }
