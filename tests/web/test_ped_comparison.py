@@ -121,7 +121,11 @@ def test_rollouts_jsonl_and_parquet(done, style, include):
         assert line["completion_ids"] == record["pedagogical"]["response_ids"]
         completion = line["messages"][-1] if style == "messages" else line["completion"][0]
         assert "<|im_end|>" not in completion["content"]  # the template adds its own end
+    if style == "messages":  # format=messages: the short form of the same JSONL
+        short = client.get(f"/api/jobs/{job}/rollouts", params={"format": "messages", "include": include})
+        assert [json.loads(line) for line in short.text.splitlines()] == want
     r = client.get(f"/api/jobs/{job}/rollouts", params={**params, "format": "parquet"})
+
     assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.apache.parquet"
     frame = pd.read_parquet(io.BytesIO(r.content))
     assert frame.id.tolist() == [w["id"] for w in want]
@@ -136,6 +140,7 @@ def test_analysis_jobs_and_bad_parameters_are_422(done):
     assert_error(client.get(f"/api/jobs/{job}/comparison", params={"format": "xlsx"}), 422, "format")
     for params, word in (
         ({"format": "csv"}, "format"),
+        ({"format": "messages", "style": "chat"}, "style"),
         ({"style": "chat"}, "style"),
         ({"include": "some"}, "include"),
     ):

@@ -95,7 +95,9 @@ async def job_rollouts(
     job_id: str,
     jobs: JobsDep,
     analyzer: AnalyzerDep,
-    format: str = Query("jsonl", description="jsonl (default) or parquet"),
+    format: str = Query(
+        "jsonl", description="jsonl (default), parquet, or messages (= jsonl, style=messages)"
+    ),
     style: str = Query("prompt-completion", description="prompt-completion (default) or messages"),
     include: str = Query("successful", description="successful (default: reached the reference) or all"),
 ) -> Response:
@@ -103,10 +105,12 @@ async def job_rollouts(
     `completion` as chat messages (`style=messages`: one `messages` list), the exact
     `completion_ids`, the teacher's `interventions` (position, token, the student's proposal and
     its log-prob of the substitute) and `success`. Streamed as the records are read."""
-    if format not in ("jsonl", "parquet"):
-        raise BadTrajectory("format must be jsonl or parquet", field="format")
+    if format not in ("jsonl", "parquet", "messages"):
+        raise BadTrajectory("format must be jsonl, parquet or messages", field="format")
     if style not in STYLES:
         raise BadTrajectory(f"style must be {' or '.join(STYLES)}", field="style")
+    if format == "messages":  # the short form: JSONL in the messages style
+        format, style = "jsonl", "messages"
     if include not in INCLUDE:
         raise BadTrajectory(f"include must be {' or '.join(INCLUDE)}", field="include")
     await run_in_threadpool(check_pedagogical, jobs, job_id)
