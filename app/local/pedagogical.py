@@ -34,10 +34,6 @@ from vrollout.local.continuations import eos_ids
 from vrollout.local.engine import head_logits
 from vrollout.local.models import LoadedModel, ModelPair
 
-# Rollouts decoded together at most (jobs; VROLLOUT_PEDAGOGICAL_BATCH overrides). Measured on a
-# 2-core CPU with the default model (benchmarks/pedagogical.py): see the setting's comment.
-ROLLOUT_BATCH = 8
-
 
 def propose(logp: Tensor, policy: Policy, generator: torch.Generator) -> int:
     """The student's token from its log-probs (V,): greedy, or sampled with temperature/top-p."""
