@@ -212,24 +212,23 @@ def test_a_split_model_loads_from_a_folder_by_load_model(folders, tmp_path):
 
 @pytest.mark.real_model
 def test_default_model_split_with_disk_offload_gives_the_unsplit_numbers(tmp_path, capsys):
-    """The embedded SmolLM2-135M (float32, ~540 MB) with 150 MB of CPU memory allowed: the rest
-    of the weights go to disk. Analysis (every step), continuations, recovery and a pedagogical
-    rollout equal the unsplit model's; the times are printed (README: measured split vs unsplit)."""
+    """The embedded SmolLM2-135M (float32, ~540 MB) with 300 MB of CPU memory allowed: the
+    embedding, the head and the first 12 of its 30 layers stay on the CPU, the rest go to disk.
+    Analysis (every step), continuations and a pedagogical rollout with a threshold sweep equal
+    the unsplit model's (recovery: the tiny test); the times are printed (README: split vs
+    unsplit)."""
     base = {"cache_dir": REAL_CACHE, "device": "cpu", "offload_folder": tmp_path}
     whole = Analyzer.from_settings(Settings(**base), store=False)
-    split = Analyzer.from_settings(Settings(**base, student_max_memory='{"cpu": "150MB"}'), store=False)
+    split = Analyzer.from_settings(Settings(**base, student_max_memory='{"cpu": "300MB"}'), store=False)
     placement = split.pair.student.placement()
     assert placement["offloaded"] is True and placement["modules"].get("disk", 0) > 0
     request = {
         "prompt": "What is 17*23? Answer with the number.",
-        "response": "17*23 = 391. Let me check: 17*20 = 340 and 17*3 = 51, so 340 + 51 = 391.",
+        "response": "17*23 = 391. Let me check: 17*20 = 340 and 17*3 = 51.",
         "privileged": "The answer is 391.",
-        "reference_answer": "391",
-        "continuation_tokens": 8,
-        "recovery": True,
-        "recovery_max_new_tokens": 8,
+        "continuation_tokens": 4,
     }
-    pedagogical = {**PEDAGOGICAL, "generation": {"max_new_tokens": 24, "temperature": 0.7, "seed": 1}}
+    pedagogical = {**PEDAGOGICAL, "generation": {"max_new_tokens": 8, "temperature": 0.7, "seed": 1}}
     times = {}
     results = {}
     for name, a in (("unsplit", whole), ("split", split)):
@@ -239,7 +238,7 @@ def test_default_model_split_with_disk_offload_gives_the_unsplit_numbers(tmp_pat
         rolled = rollout(a.pedagogical(a.prepare_pedagogical(pedagogical)))
         times[name] = (middle - start, time.perf_counter() - middle)
         results[name] = (numbers(analysis), rolled)
-    assert results["unsplit"][0]["recovery"]["points"]
+    assert results["unsplit"][0]["steps"][0]["teacher_continuation"]["token_ids"]
     assert_same(results["split"], results["unsplit"])
     with capsys.disabled():
         for name, (analysis_s, rollout_s) in times.items():
