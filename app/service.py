@@ -334,6 +334,8 @@ class Analyzer:
             analysis = cross_analysis(
                 self.pair, self.backend, prep.traj, ctx, response, opts.top_k, generation, progress, extra
             )
+            floor = noise_floor_skipped("the teacher has another tokenizer: no per-token KL to compare")
+            add_preflight(analysis, build_preflight(prep.traj, ctx, self.pair, analysis, floor))
             if store and self.store is not None:
                 self.store.save(analysis)
             progress("done", 1, 1)

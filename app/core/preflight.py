@@ -19,7 +19,7 @@ import re
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING, Any
 
-from vrollout.core.contexts import Contexts, TokenLimit, render, tokenize_within
+from vrollout.core.contexts import Contexts, TokenLimit, render_role, tokenize_within
 from vrollout.core.rendered import PROBE
 from vrollout.core.replay import ReplayResult
 from vrollout.core.trajectories import Trajectory
@@ -200,16 +200,16 @@ def context_diff(traj: Trajectory, ctx: Contexts, pair: ModelPair, template: str
 
 def bare_teacher_ids(traj: Trajectory, ctx: Contexts, pair: ModelPair, limit: TokenLimit) -> list[int]:
     """The teacher's context without the privileged info, on the teacher's own path: the prompt's
-    messages through the teacher's chat template (`contexts.render`), a rendered prompt tokenized
-    by the teacher's tokenizer, token ids as the student's. Without privileged info it is the
-    teacher's context itself."""
+    messages through the teacher's chat template and its arguments (`contexts.render_role`), a
+    rendered prompt tokenized by the teacher's tokenizer, token ids as the student's. Without
+    privileged info it is the teacher's context itself."""
     if not ctx.privileged:
         return ctx.teacher_ids
     if traj.format == "token_ids":
         return list(traj.prompt_ids or ctx.student_ids)
     if traj.rendered or traj.messages is None:
         return tokenize_within(pair.teacher.tokenizer, ctx.student_text, limit)
-    return render(pair.teacher, traj.messages, limit)[0]
+    return render_role(pair, "teacher", traj.messages, limit)[0]
 
 
 def _mean(values: list[float]) -> float | None:

@@ -8,6 +8,7 @@ import copy
 
 import pytest
 from support import tiny_settings
+from support.cross import cross_pair
 from support.tiny import CHAT_TEMPLATE, tiny_pair
 from vrollout.config import DEFAULT_TEACHER_TEMPLATE
 from vrollout.core.preflight import compact, job_preflight, leak_score, privileged_chars, words
@@ -200,3 +201,14 @@ def test_without_privileged_info_the_analysis_is_its_own_noise_floor(tmp_path):
     assert floor["reused_replay"] is True and floor["repeat_spread_max"] == 0.0
     assert floor["reverse_kl_mean"] == pytest.approx(a["summary"]["reverse_kl_mean"])
     assert a["preflight"]["leak"] is None and a["preflight"]["context_diff"]["ok"] is True
+
+
+def test_another_tokenizer_skips_the_diff_and_the_floor_with_reasons(tmp_path):
+    """A teacher with another vocabulary: its ids are not the student's, so the token diff and
+    the per-token noise floor are skipped (each with its reason); the leak score still reads text."""
+    a = analyze(cross_pair(), tmp_path, {**LINE, "privileged": "It is 4, the hello world"})
+    pf = a["preflight"]
+    assert pf["context_diff"]["ok"] is None and "another tokenizer" in pf["context_diff"]["skipped"]
+    assert pf["noise_floor"]["computed"] is False and "another tokenizer" in pf["noise_floor"]["skipped"]
+    assert pf["leak"]["student_response"]["share"] == 1.0
+    assert a["summary"]["preflight_ok"] is None
