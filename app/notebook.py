@@ -63,6 +63,12 @@ class Analysis:
         return self._data["steps"]
 
     @property
+    def preflight(self) -> dict[str, Any] | None:
+        """The context diff, noise floor and leak score (docs/metrics.md, "Preflight"); None in
+        an analysis stored before it existed."""
+        return self._data.get("preflight")
+
+    @property
     def virtual_rollout(self) -> Rollout:
         rollout = self._data["virtual_rollout"]
         return Rollout(list(rollout["token_ids"]), rollout["text"])

@@ -13,6 +13,7 @@ from support.tiny import CHAT_TEMPLATE, tiny_pair
 from vrollout.config import DEFAULT_TEACHER_TEMPLATE
 from vrollout.core.preflight import compact, job_preflight, leak_score, privileged_chars, words
 from vrollout.local.models import LoadedModel, pair_from_models
+from vrollout.notebook import Analysis
 from vrollout.service import Analyzer
 
 LINE = {"prompt": "What is 2+2?", "response": "It is 4, the hello world", "privileged": "The answer is 4."}
@@ -39,6 +40,7 @@ def test_same_template_differs_only_in_the_privileged_block(tiny, tmp_path):
     block = tiny.student.tokenizer.decode(a["teacher"]["context_ids"][start:end])
     assert "The answer is 4." in block
     assert a["summary"]["preflight_ok"] is True
+    assert Analysis(a).preflight == a["preflight"]  # the notebook's view
 
 
 def test_a_teacher_system_prompt_is_flagged(tmp_path):
