@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -258,6 +259,46 @@ def test_cli_analyze_on_vllm(vllm_servers, tmp_path: Path):
     analyses = [json.loads(line) for line in out.read_text().splitlines()]
     assert [a["trajectory"]["id"] for a in analyses] == ["mult-wrong", "capital", "trl", "generate"]
     assert all(a["backend"] == "vllm" for a in analyses)
+
+
+def test_a_pedagogical_job_runs_its_lines_concurrently_on_the_replicas(vllm_servers, tmp_path: Path):
+    """mode=pedagogical on vLLM: lines run at once across the replicas, each stored exactly once."""
+    urls, _ = vllm_servers
+    analyzer = Analyzer.from_settings(remote_settings(tmp_path, urls, vllm_concurrency=2), store=False)
+    lock, running, most = threading.Lock(), [0], [0]
+    real = analyzer.pedagogical
+
+    def pedagogical(prep, progress):  # the real rollout, counting how many run at once
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return real(prep, progress)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    analyzer.pedagogical = pedagogical
+    lines = [
+        {"id": f"q{i}", "prompt": f"What is {i}*{i + 3}?", "reference_answer": str(i * (i + 3))}
+        for i in range(6)
+    ]
+    app = create_app(analyzer.settings, analyzer=analyzer)
+    with TestClient(app) as client:
+        body = "\n".join(json.dumps(line) for line in lines).encode()
+        form = {"mode": "pedagogical", "max_new_tokens": "24", "sweep": "0.2"}
+        r = client.post("/api/jobs", files={"file": ("q.jsonl", body)}, data=form)
+        assert r.status_code == 201, r.text
+        job_id = r.json()["job"]["id"]
+        deadline = time.time() + 600
+        while (job := client.get(f"/api/jobs/{job_id}").json())["state"] != "done":
+            assert time.time() < deadline, job
+            time.sleep(0.2)
+        records = list(app.state.jobs.rollouts(job_id))
+    assert (job["done"], job["failed"], job["mode"]) == (6, 0, "pedagogical")
+    assert [r["id"] for r in records] == [f"q{i}" for i in range(6)]
+    assert all(r["student"]["generated"] and len(r["sweep"]) == 1 for r in records)
+    assert most[0] >= 2, "the lines ran one after the other"
 
 
 def test_a_job_survives_a_replica_killed_mid_job(vllm_servers, tmp_path: Path):
