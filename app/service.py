@@ -30,6 +30,7 @@ from vrollout.core.preflight import (
     noise_floor,
     noise_floor_skipped,
     same_vocabulary,
+    student_as_teacher,
 )
 from vrollout.core.recovery import recovery
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
@@ -441,6 +442,13 @@ class Analyzer:
                 todo.append(i)
         limit = TokenLimit("teacher context", self.settings.max_context_tokens, "VROLLOUT_MAX_CONTEXT_TOKENS")
         bare = {i: bare_teacher_ids(preps[i].traj, preps[i].ctx, self.pair, limit) for i in todo}
+        for i in list(todo):
+            # One set of weights on one local engine, given the student's own ids: the bare
+            # teacher's pass IS the student's pass (deterministic here: the two-object test runs
+            # it twice and gets 0 exactly), so it is read from the analysis's replay, not re-run.
+            if self.pair.shared and not self.backend.remote and bare[i] == preps[i].ctx.student_ids:
+                floors[i] = noise_floor(mains[i], student_as_teacher(mains[i]), True, False, reused=True)
+                todo.remove(i)
         items = [(preps[i].ctx.student_ids, bare[i], responses[i]) for i in todo]
         progress("preflight", 0, 1)
         if len(items) > 1 and self.backend.padded_batches:

@@ -223,8 +223,9 @@ def noise_floor(
     teacher's context without the privileged info) against `main` (the analysis's replay):
     reverse KL per token (mean, max, total) of the bare replay; the largest |bare teacher log-prob
     − the analysis's student log-prob| of the actual token; and the spread of the student's
-    log-probs between the two replays (the same request made twice). `reused`: the analysis had
-    no privileged info, so its own replay is the bare one (no second replay: no spread measured)."""
+    log-probs between the two replays (the same request made twice). `reused`: no second replay was
+    run (the analysis had no privileged info, or a shared-weights local teacher got the student's
+    ids), so its own replay is the bare one and no spread is measured."""
     kl = bare.reverse_kl
     delta = [abs(t - s) for t, s in zip(bare.teacher_logprob, main.student_logprob, strict=True)]
     spread = [abs(a - b) for a, b in zip(bare.student_logprob, main.student_logprob, strict=True)]
@@ -243,6 +244,18 @@ def noise_floor(
         "repeat_spread_mean": _mean(spread),
         "signal_reverse_kl_mean": _mean(main.reverse_kl),
     }
+
+
+def student_as_teacher(main: ReplayResult) -> ReplayResult:
+    """The bare replay of a shared-weights teacher given the student's own ids: the student's
+    pass of `main` on both sides (zero KL by construction, no second pass)."""
+    zeros = [0.0] * len(main.student_logprob)
+    return ReplayResult(
+        student_logprob=main.student_logprob,
+        teacher_logprob=main.student_logprob,
+        reverse_kl=zeros,
+        forward_kl=zeros,
+    )
 
 
 def noise_floor_skipped(reason: str) -> dict[str, Any]:

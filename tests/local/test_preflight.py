@@ -73,8 +73,11 @@ def test_whitespace_only_differences_are_flagged(tmp_path):
 
 
 def test_self_teacher_noise_floor_is_exactly_zero(tiny, tmp_path):
+    """Shared weights given the student's own ids: the bare pass is the student's pass, read
+    from the analysis's replay (no second pass); the next test runs it twice for real."""
     floor = analyze(tiny, tmp_path)["preflight"]["noise_floor"]
     assert floor["computed"] is True and floor["same_context"] is True
+    assert floor["reused_replay"] is True
     assert floor["reverse_kl_mean"] == 0.0 and floor["reverse_kl_max"] == 0.0
     assert floor["reverse_kl_total"] == 0.0
     assert floor["max_abs_logprob_delta"] == 0.0 and floor["repeat_spread_max"] == 0.0
@@ -86,7 +89,7 @@ def test_same_weights_in_a_second_model_object_give_zero_too(tmp_path):
     pair = teacher_with(tiny_pair(), CHAT_TEMPLATE)
     assert not pair.shared
     floor = analyze(pair, tmp_path)["preflight"]["noise_floor"]
-    assert floor["same_context"] is True
+    assert floor["same_context"] is True and floor["reused_replay"] is False
     assert floor["reverse_kl_max"] == 0.0 and floor["max_abs_logprob_delta"] == 0.0
 
 
