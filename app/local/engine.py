@@ -30,7 +30,12 @@ def forced_pass(model: LoadedModel, input_ids: list[int], keep_cache: bool) -> t
 
 def head_logits(model: LoadedModel, hidden: Tensor, vocab_size: int) -> Tensor:
     """Logits (C, vocab_size) for a chunk of hidden states, as the model's own head makes them."""
-    logits = model.model.get_output_embeddings()(hidden)  # (C, V_model)
+    return finish_logits(model, model.model.get_output_embeddings()(hidden), vocab_size)
+
+
+def finish_logits(model: LoadedModel, logits: Tensor, vocab_size: int) -> Tensor:
+    """The head's projection (C, V_model) made into the model's logits: its logit scale and
+    soft-capping, the padding columns beyond the tokenizer dropped."""
     config = model.model.config
     scale = getattr(config, "logit_scale", None)
     if isinstance(scale, int | float):
