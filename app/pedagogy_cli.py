@@ -27,6 +27,7 @@ from vrollout.pedagogy_jobs import (
     parse_sweep,
     pedagogical_options,
     run_line,
+    run_lines,
     with_rollout,
 )
 from vrollout.service import Analyzer
@@ -151,8 +152,11 @@ def run_all(
         except VRError as exc:
             return number, exc
 
-    if analyzer.lines_in_flight() == 1:
-        yield from map(one, prepared())
+    if analyzer.lines_in_flight() == 1:  # local: a group's rollouts decode together
+        lines = prepared()
+        while group := list(islice(lines, analyzer.settings.pedagogical_batch)):
+            extras = [{"job": {"id": None, "line": number}} for number, _ in group]
+            yield from zip([number for number, _ in group], run_lines(analyzer, group, extras), strict=True)
         return
     with ThreadPoolExecutor(analyzer.lines_in_flight(), thread_name_prefix="vrollout-line") as pool:
         lines = prepared()

@@ -143,14 +143,31 @@ def run_lines(
     extras: list[dict[str, Any]],
     progress: Progress = _no_progress,
 ) -> list[tuple[dict[str, Any], dict[str, Any]] | VRError]:
-    """`run_line` for each, a line's error in its place (one line's problem never costs another)."""
-    results: list[tuple[dict[str, Any], dict[str, Any]] | VRError] = []
-    for (line, item), extra in zip(group, extras, strict=True):
+    """`run_line` for each, a line's error in its place (one line's problem never costs another).
+    The analyses run one by one; the pedagogical rollouts (and sweep points) of the lines whose
+    analysis succeeded decode together (`Analyzer.pedagogical_batch`: VROLLOUT_PEDAGOGICAL_BATCH
+    at a time on local models, each equal to its own rollout)."""
+    results: list[tuple[dict[str, Any], dict[str, Any]] | VRError | dict[str, Any]] = []
+    for (_, item), extra in zip(group, extras, strict=True):
         try:
-            results.append(run_line(analyzer, line, item, extra, progress))
+            results.append(analyzer.run(item.prep, progress, store=False, extra=extra))
         except VRError as exc:
             results.append(exc)
-    return results
+    ok = [i for i, r in enumerate(results) if not isinstance(r, VRError)]
+    rollouts = analyzer.pedagogical_batch([group[i][1].rollout for i in ok], progress)
+    tok = analyzer.pair.student.tokenizer
+    for i, rollout in zip(ok, rollouts, strict=True):
+        if isinstance(rollout, VRError):
+            results[i] = rollout
+            continue
+        analysis = results[i]
+        assert isinstance(analysis, dict)
+        words = [
+            tok.decode(ids, skip_special_tokens=True)
+            for ids in (analysis["response_ids"], rollout["response_ids"])
+        ]
+        results[i] = (analysis, rollout_record(group[i][0], group[i][1], analysis, rollout, *words))
+    return results  # type: ignore[return-value]
 
 
 def rollout_record(

@@ -459,19 +459,24 @@ class JobRunner:
         for w in range(0, len(pending), WINDOW):
             window = pending[w : w + WINDOW]
             prepared = await self.worker.run(self._prepare, job_id, window, options, lane="jobs")
-            # A pedagogical job's lines run one by one (on vLLM, concurrently), never in batches.
-            if self.lines_pool is not None or options.get("mode") == "pedagogical":
+            if self.lines_pool is not None:  # vLLM: lines at once across the replicas
                 if not await self._run_concurrently(job_id, prepared, live):
                     return
                 continue
-            for group in self.analyzer.plan_batches(prepared):
+            if options.get("mode") == "pedagogical":  # rollouts of a group decode together
+                size = self.analyzer.settings.pedagogical_batch
+                groups = [prepared[i : i + size] for i in range(0, len(prepared), size)]
+            else:
+                groups = self.analyzer.plan_batches(prepared)
+            for group in groups:
                 if job_id in self.cancel_requested:
                     self.cancel_requested.discard(job_id)
                     self.jobs.set_state(job_id, "cancelled")
                     return
                 await self._run_group(job_id, group, live)
+        cancelled = job_id in self.cancel_requested  # e.g. a pedagogical group stopped mid-rollout
         self.cancel_requested.discard(job_id)
-        self.jobs.set_state(job_id, "done")
+        self.jobs.set_state(job_id, "cancelled" if cancelled else "done")
 
     def _prepare(
         self, job_id: str, lines: list[tuple[int, dict[str, Any]]], options: dict[str, Any] | None = None

@@ -31,7 +31,8 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 
 
 def start(tmp_path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "VROLLOUT_ALLOWED_HOSTS": "127.0.0.1"}
+    # Rollouts decode two lines at a time: the kill lands between stored groups.
+    env = {**os.environ, "VROLLOUT_ALLOWED_HOSTS": "127.0.0.1", "VROLLOUT_PEDAGOGICAL_BATCH": "2"}
     cmd = [sys.executable, "-c", SERVER, str(tmp_path), str(port)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -48,9 +49,7 @@ def start(tmp_path, port: int) -> subprocess.Popen:
 def test_killed_mid_job_resumes_every_line_exactly_once(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    lines = [
-        {"id": f"q{i}", "prompt": f"What is {i}+{i}?", "reference_answer": str(2 * i)} for i in range(6)
-    ]
+    lines = [{"id": f"q{i}", "prompt": f"What is {i}+{i}?", "reference_answer": str(2 * i)} for i in range(6)]
     data = "\n".join(json.dumps(line) for line in lines).encode()
     proc = start(tmp_path, port)
     try:
