@@ -82,8 +82,10 @@ def test_to_pandas_has_one_row_per_step(vr):
     a = vr.analyze(EXAMPLE, top_k=2, continuation_tokens=1)
     df = a.to_pandas()
     assert list(df.columns) == list(a.steps[0])
-    # Every documented step field, less those only a vLLM analysis carries (its noise bounds).
-    server_only = {name for name in Step.model_fields if name == "uncertain" or name.endswith("_interval")}
+    # Every documented step field, less those only a vLLM analysis carries (its noise bounds)
+    # and those only a teacher with another tokenizer carries (its spans).
+    elsewhere = {"uncertain", "span", "span_start"}
+    server_only = {name for name in Step.model_fields if name in elsewhere or name.endswith("_interval")}
     assert list(df.columns) == [name for name in Step.model_fields if name not in server_only]
     assert len(df) == a.summary["tokens"] == len(a.steps)
     for name in ("position", "token", "reverse_kl", "teacher_logprob", "advantage", "agree", "teacher_rank"):

@@ -37,7 +37,6 @@ SOURCES = ("pyproject.toml", "README.md", "app", "templates", "static")
 RUN_TIME_ONLY = {
     "gguf": "transformers reads the default model's GGUF file with it",
     "accelerate": "transformers refuses to load a GGUF file without it",
-    "jinja2": "FastAPI's templates",
     "python-multipart": "FastAPI's forms and file uploads",
 }
 TOOLS = {"ruff": "the linter, run by `make lint`"}

@@ -101,9 +101,11 @@ def test_every_route_asks_for_the_token(guarded):
             given = {k: v for k, v in credentials.items() if k != "cookie"}
             r = guarded.request(method, path, headers=given, follow_redirects=False)
             guarded.cookies = {}
-            # A GET answers (a job's localization table: 422 where its lines carry no steps); a POST
-            # without its body is refused for the body, not for access.
-            answered = (200, 422) if path.endswith("/localization") else (200,)
+            # A GET answers (a job's localization table, its pedagogical comparison and rollouts:
+            # 422 where the job is not of that kind); a POST without its body is refused for the
+            # body, not for access.
+            kinds = ("/localization", "/comparison", "/rollouts")
+            answered = (200, 422) if path.endswith(kinds) else (200,)
             assert (r.status_code in answered) if method == "GET" else (r.status_code not in (401, 303)), (
                 method, path, r.status_code, credentials.keys(),
             )  # fmt: skip
