@@ -54,7 +54,7 @@ def _json_object(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError('a JSON object is needed, e.g. \'{"enable_thinking": false}\'')
+        raise argparse.ArgumentTypeError("a JSON object is needed, e.g. '{\"enable_thinking\": false}'")
     return value
 
 

@@ -346,9 +346,7 @@ def analyze_file(args: Any, settings: Settings) -> int:
             for window in windows(everything, WINDOW, keep):
                 errors.extend((n, item.error) for n, item in window if isinstance(item, LineError))
                 lines = [(n, item) for n, item in window if not isinstance(item, LineError)]
-                prepared, failed = analyzer.prepare_lines(
-                    lines, options, args.privileged, unknown, siblings
-                )
+                prepared, failed = analyzer.prepare_lines(lines, options, args.privileged, unknown, siblings)
                 errors.extend((number, exc.message) for number, exc in failed)
                 bar.update(len(window) - len(prepared))
                 finished = []
