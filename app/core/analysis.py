@@ -124,6 +124,41 @@ def classify_steps(
     return classified, recovered
 
 
+def model_sides(pair: ModelPair, ctx: Contexts) -> dict[str, Any]:
+    """An analysis's `student` and `teacher`: each model and its context as it saw it."""
+    return {
+        "student": {
+            "model": pair.student.name,
+            "context_ids": ctx.student_ids,
+            "context_text": ctx.student_text,
+        },
+        "teacher": {
+            "model": pair.teacher.name,
+            "context_ids": ctx.teacher_ids,
+            "context_text": ctx.teacher_text,
+            "privileged": ctx.privileged,
+            "context_kind": ctx.context_kind,  # which text `privileged` is (core.teacher_context)
+            "sibling": ctx.sibling,
+            "shared_weights": pair.shared,
+        },
+    }
+
+
+def trajectory_record(traj: Trajectory) -> dict[str, Any]:
+    """What an analysis keeps of the line beyond its ids: format, id, verdict inputs, meta."""
+    return {
+        "format": traj.format,
+        "id": traj.id,
+        "reference_answer": traj.reference_answer,
+        "score": traj.score,
+        "correct": traj.correct,
+        "step": traj.step,
+        "meta": traj.meta,
+        "prompt": traj.messages,
+        "rendered": traj.rendered,
+    }
+
+
 def build_analysis(
     *,
     analysis_id: str,
@@ -191,20 +226,7 @@ def build_analysis(
     return {
         "id": analysis_id,
         "created_at": created_at,
-        "student": {
-            "model": pair.student.name,
-            "context_ids": ctx.student_ids,
-            "context_text": ctx.student_text,
-        },
-        "teacher": {
-            "model": pair.teacher.name,
-            "context_ids": ctx.teacher_ids,
-            "context_text": ctx.teacher_text,
-            "privileged": ctx.privileged,
-            "context_kind": ctx.context_kind,  # which text `privileged` is (core.teacher_context)
-            "sibling": ctx.sibling,
-            "shared_weights": pair.shared,
-        },
+        **model_sides(pair, ctx),
         "response_ids": response_ids,
         "response_text": tok.decode(response_ids, skip_special_tokens=False),
         "retokenized": ctx.retokenized,
@@ -218,17 +240,7 @@ def build_analysis(
         "verdict": verdict(
             tok.decode(response_ids, skip_special_tokens=True), traj.reference_answer, traj.correct
         ),
-        "trajectory": {
-            "format": traj.format,
-            "id": traj.id,
-            "reference_answer": traj.reference_answer,
-            "score": traj.score,
-            "correct": traj.correct,
-            "step": traj.step,
-            "meta": traj.meta,
-            "prompt": traj.messages,
-            "rendered": traj.rendered,
-        },
+        "trajectory": trajectory_record(traj),
         "top_k": top_k,
         "continuation_tokens": continuation_tokens,
         "generation": generation,

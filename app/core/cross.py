@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vrollout.core.align import Alignment, align
-from vrollout.core.analysis import summarize, token_strings
+from vrollout.core.analysis import model_sides, summarize, token_strings, trajectory_record
 from vrollout.core.answers import verdict
 from vrollout.core.contexts import Contexts
 from vrollout.core.errors import BadTrajectory
@@ -170,18 +170,7 @@ def build_cross_analysis(
     return {
         "id": analysis_id,
         "created_at": created_at,
-        "student": {
-            "model": pair.student.name,
-            "context_ids": ctx.student_ids,
-            "context_text": ctx.student_text,
-        },
-        "teacher": {
-            "model": pair.teacher.name,
-            "context_ids": ctx.teacher_ids,
-            "context_text": ctx.teacher_text,
-            "privileged": ctx.privileged,
-            "shared_weights": pair.shared,
-        },
+        **model_sides(pair, ctx),
         "response_ids": response_ids,
         "response_text": alignment.text,
         "retokenized": ctx.retokenized,
@@ -191,17 +180,7 @@ def build_cross_analysis(
         "verdict": verdict(
             decode(response_ids, skip_special_tokens=True), traj.reference_answer, traj.correct
         ),
-        "trajectory": {
-            "format": traj.format,
-            "id": traj.id,
-            "reference_answer": traj.reference_answer,
-            "score": traj.score,
-            "correct": traj.correct,
-            "step": traj.step,
-            "meta": traj.meta,
-            "prompt": traj.messages,
-            "rendered": traj.rendered,
-        },
+        "trajectory": trajectory_record(traj),
         "top_k": top_k,
         "continuation_tokens": 0,
         "generation": generation,

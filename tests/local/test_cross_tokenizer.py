@@ -173,6 +173,7 @@ def test_another_tokenizer_against_float64(pair, tmp_path):
     )
     spans = a["alignment"]["spans"]
     assert any(s["differs"] for s in spans) and not all(s["differs"] for s in spans)
+    assert (a["teacher"]["context_kind"], a["teacher"]["sibling"]) == ("privileged", None)
     s64 = float64_span_logprobs(
         pair.student, a["student"]["context_ids"], a["response_ids"], [s["student"] for s in spans]
     )
