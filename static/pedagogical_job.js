@@ -64,8 +64,10 @@
         return tr;
       })
     );
-    for (const [name, figure] of Object.entries(body.figures)) plot(figureDiv(name), figure);
+    // Shown before the figures are drawn: Plotly sizes a plot by its container, and a hidden
+    // one has no width (it would fall back to 700 px and overflow its card).
     $("comparison").hidden = body.rows.length === 0;
+    for (const [name, figure] of Object.entries(body.figures)) plot(figureDiv(name), figure);
     document.body.dataset.comparison = String(body.rows.length);
   }
 
