@@ -73,6 +73,8 @@ bench: install-test  # benchmarks/ui.py drives Chromium with playwright
 	$(BIN)/python benchmarks/ui.py
 	$(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/load.py
+	$(BIN)/python benchmarks/pedagogical.py
+	$(BIN)/python benchmarks/preflight.py
 
 bench-vllm: install vllm
 	$(BIN)/python benchmarks/vllm_backend.py

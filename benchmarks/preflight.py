@@ -1,14 +1,19 @@
-"""Preflight: what the noise floor costs on the default model (SmolLM2-135M, self-teacher).
+"""Preflight: what the noise floor costs on the default model (SmolLM2-135M).
 
 Analyzes the same lines with the noise floor on and off (VROLLOUT_NOISE_FLOOR) and prints the
 median wall time of each, the overhead, and the noise floor against the signal. The lines carry
-privileged info (without it the analysis's own replay is the noise floor: no extra pass).
+privileged info (without it the analysis's own replay is the noise floor: no extra pass). Two
+teachers: the self-teacher (one set of weights: given the student's own ids, its bare pass is
+the student's, read from the analysis's replay, so it should cost nothing), and the same weights
+loaded as a separate teacher (the bare replay really runs: one more pass of both models).
+Timings are interleaved medians (the machine is shared and noisy).
 Run: .venv/bin/python benchmarks/preflight.py [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -28,13 +33,16 @@ LINES = [
 ]  # fmt: skip
 
 
-def timed(analyzer: Analyzer, line: dict, repeats: int) -> tuple[float, dict]:
-    times, last = [], {}
+def timed_pair(analyzers: dict[bool, Analyzer], line: dict, repeats: int) -> tuple[float, float, dict]:
+    """Median seconds with the noise floor off and on, the runs interleaved; the last analysis."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    last: dict = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        last = analyzer.analyze(line)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), last
+        for on in (False, True):
+            start = time.perf_counter()
+            last = analyzers[on].analyze(line)
+            times[on].append(time.perf_counter() - start)
+    return statistics.median(times[False]), statistics.median(times[True]), last
 
 
 def main() -> None:
@@ -43,21 +51,26 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings(database=Path(tmp) / "db.sqlite3")
-        analyzers = {on: Analyzer.from_settings(base.model_copy(update={"noise_floor": on}), store=False)
-                     for on in (False, True)}  # fmt: skip
+        self_teacher = Analyzer.from_settings(base, store=False).pair
+        separate = dataclasses.replace(self_teacher, shared=False)  # the same weights, run apart
         print(
-            "| line | tokens | off (s) | on (s) | overhead | noise floor (nats/token) | signal (nats/token) |"
+            "| teacher | line | tokens | off (s) | on (s) | overhead | noise floor (nats/token) "
+            "| signal (nats/token) |"
         )
-        print("|---|---|---|---|---|---|---|")
-        for i, line in enumerate(LINES):
-            analyzers[True].analyze(line)  # warm up
-            off, _ = timed(analyzers[False], line, args.repeats)
-            on, a = timed(analyzers[True], line, args.repeats)
-            floor = a["preflight"]["noise_floor"]
-            print(
-                f"| {i + 1} | {a['summary']['tokens']} | {off:.3f} | {on:.3f} | {100 * (on / off - 1):+.0f}% "
-                f"| {floor['reverse_kl_mean']:.3g} | {floor['signal_reverse_kl_mean']:.3f} |"
-            )
+        print("|---|---|---|---|---|---|---|---|")
+        for name, pair in (("self-teacher", self_teacher), ("separate", separate)):
+            analyzers = {
+                on: Analyzer(pair, base.model_copy(update={"noise_floor": on})) for on in (False, True)
+            }
+            for i, line in enumerate(LINES):
+                analyzers[True].analyze(line)  # warm up
+                off, on, a = timed_pair(analyzers, line, args.repeats)
+                floor = a["preflight"]["noise_floor"]
+                print(
+                    f"| {name} | {i + 1} | {a['summary']['tokens']} | {off:.3f} | {on:.3f} "
+                    f"| {100 * (on / off - 1):+.0f}% | {floor['reverse_kl_mean']:.3g} "
+                    f"| {floor['signal_reverse_kl_mean']:.3f} |"
+                )
 
 
 if __name__ == "__main__":

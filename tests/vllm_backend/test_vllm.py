@@ -106,6 +106,12 @@ def test_scoring_matches_the_local_engine(remote: Analyzer, real_analyzer: Analy
         ]
         b = real_analyzer.analyze(same_ids(a))
         assert a["student"]["context_ids"] == b["student"]["context_ids"]
+        floor = a["preflight"]["noise_floor"]
+        if a["teacher"]["privileged"]:
+            # The servers' noise floor: the bare teacher on the student's ids, and the student's
+            # request made twice (fp32 replicas: the spread is float noise, far below the signal).
+            assert floor["computed"] and floor["same_context"] and not floor["reused_replay"], floor
+            assert 0 <= floor["repeat_spread_max"] <= 1e-2 and floor["reverse_kl_mean"] <= 1e-2, floor
         ranks_equal = 0
         for s, r in zip(a["steps"], b["steps"], strict=True):
             steps += 1
