@@ -76,16 +76,18 @@ def rollout(result: dict) -> dict:
 
 
 def assert_same(split: object, whole: object, path: str = "") -> None:
-    """Equal, floats within 1e-5 (relative): on one CPU the same kernels run on the same
-    weights, so they are in fact bit-identical today; the tolerance allows other BLAS orders."""
+    """Equal, floats within float32 rounding (1e-4 relative, 1e-5 absolute). An analysis is
+    bit-identical on one CPU; a pedagogical step's head takes another BLAS order on a split model
+    (`pedagogical.few_rows_logits` reads a plain head's weights directly, not a hooked one's), so
+    its log-probs differ in the last bits; tokens and interventions must not."""
     if isinstance(whole, float):
-        assert split == pytest.approx(whole, rel=1e-5, abs=1e-6), path
+        assert split == pytest.approx(whole, rel=1e-4, abs=1e-5), path
     elif isinstance(whole, dict):
         assert isinstance(split, dict) and split.keys() == whole.keys(), path
         for k in whole:
             assert_same(split[k], whole[k], f"{path}.{k}")
-    elif isinstance(whole, list):
-        assert isinstance(split, list) and len(split) == len(whole), path
+    elif isinstance(whole, list | tuple):
+        assert type(split) is type(whole) and len(split) == len(whole), path
         for i, (a, b) in enumerate(zip(split, whole, strict=True)):
             assert_same(a, b, f"{path}[{i}]")
     else:
