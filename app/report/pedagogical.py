@@ -11,15 +11,13 @@ an iterable and every export is written as it is read.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vrollout.report.dataset import _Pieces, csv_cell
+from vrollout.report.dataset import _Pieces, csv_chunks
 from vrollout.report.pedagogical_figures import comparison_figures
 
 # comparison.csv: DESIGN's six columns first (a contract), then what helps to read them.
@@ -84,16 +82,7 @@ def comparison_rows(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any
 
 def comparison_csv_chunks(rows: Iterable[dict[str, Any]], chunk_rows: int = 500) -> Iterator[str]:
     """comparison.csv, a few hundred rows per piece (ids are user text: formula-safe cells)."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COMPARISON_COLUMNS, lineterminator="\r\n")
-    writer.writeheader()
-    for n, row in enumerate(rows, 1):
-        writer.writerow({k: csv_cell(row[k]) for k in COMPARISON_COLUMNS})
-        if n % chunk_rows == 0:
-            yield out.getvalue()
-            out.seek(0)
-            out.truncate()
-    yield out.getvalue()
+    return csv_chunks(rows, COMPARISON_COLUMNS, chunk_rows)
 
 
 # --- The headlines -----------------------------------------------------------------------------

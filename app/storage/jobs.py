@@ -244,15 +244,20 @@ class Jobs:
     def _analysis_ids(self, job_id: str) -> Iterator[list[tuple[int, str, str | None]]]:
         """(line, analysis id, stored digest) of the job's analyses in line order, a chunk per
         connection (none stays open while the caller works on a chunk)."""
+        yield from self._pages(
+            job_id,
+            "SELECT i.line, a.id, a.digest FROM job_items i JOIN analyses a ON a.id = i.analysis_id "
+            "WHERE i.job_id = ? AND i.line > ? ORDER BY i.line LIMIT ?",
+        )
+
+    def _pages(self, job_id: str, sql: str) -> Iterator[list[Any]]:
+        """A job's rows by line (`sql` selects the line first, takes job id, last line, limit),
+        CHUNK at a time, a connection per chunk (none stays open while the caller works)."""
         self.get(job_id)  # 404 for an unknown job
         last = -1
         while True:
             with self.store.connect() as db:
-                rows = db.execute(
-                    "SELECT i.line, a.id, a.digest FROM job_items i JOIN analyses a ON a.id = i.analysis_id "
-                    "WHERE i.job_id = ? AND i.line > ? ORDER BY i.line LIMIT ?",
-                    (job_id, last, CHUNK),
-                ).fetchall()
+                rows = db.execute(sql, (job_id, last, CHUNK)).fetchall()
             if not rows:
                 return
             yield rows
@@ -276,20 +281,10 @@ class Jobs:
     def rollouts(self, job_id: str) -> Iterator[dict[str, Any]]:
         """A pedagogical job's rollout records in line order, a chunk per connection (none
         stays open while the caller works on a chunk); none for an analysis job."""
-        self.get(job_id)  # 404 for an unknown job
-        last = -1
-        while True:
-            with self.store.connect() as db:
-                rows = db.execute(
-                    "SELECT line, record FROM job_rollouts WHERE job_id = ? AND line > ? "
-                    "ORDER BY line LIMIT ?",
-                    (job_id, last, CHUNK),
-                ).fetchall()
-            if not rows:
-                return
+        sql = "SELECT line, record FROM job_rollouts WHERE job_id = ? AND line > ? ORDER BY line LIMIT ?"
+        for rows in self._pages(job_id, sql):
             for _, record in rows:
                 yield json.loads(record)
-            last = rows[-1][0]
 
     def delete(self, job_id: str) -> int:
         """The job, its lines and their analyses, in one transaction. Returns the number of
