@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -100,10 +101,27 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     return uvicorn.Config(app, **{**uvicorn_options(settings), **overrides})
 
 
+def stale_accept_retry(context: dict[str, Any]) -> bool:
+    """Whether a loop error is asyncio's retry of a failed accept() after the listening socket
+    was closed. After EMFILE, asyncio stops reading the socket and calls `_start_serving` again a
+    second later; when the server shuts down within that second, the retry finds the socket
+    closed (file descriptor -1) and raises ValueError, which the loop would log as a traceback.
+    The server is going away on purpose: there is nothing to serve and nothing lost."""
+    handle = context.get("handle")
+    callback = getattr(handle, "_callback", None)
+    args = getattr(handle, "_args", None) or ()
+    return (
+        isinstance(context.get("exception"), (ValueError, OSError))
+        and getattr(callback, "__name__", "") == "_start_serving"
+        and any(isinstance(arg, socket.socket) and arg.fileno() == -1 for arg in args)
+    )
+
+
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop, window_s: float = 10.0) -> Callable[[], None]:
     """Log failed accept() calls (e.g. EMFILE: out of file descriptors) once, then as one line
     per `window_s` with how many there were, instead of a traceback each. Other loop errors go
-    to the handler that was there before. Returns a function that puts that handler back."""
+    to the handler that was there before. Returns a function that puts that handler back (behind
+    a filter for `stale_accept_retry`)."""
     previous = loop.get_exception_handler()
     state = {"count": 0, "reporting": False}
 
@@ -115,12 +133,17 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, window_s: float = 10.0)
         else:
             state["reporting"] = False
 
+    def others(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if stale_accept_retry(context):
+            log.debug("a failed accept() was retried after the server closed its socket: nothing to do")
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message") != ACCEPT_FAILED:
-            if previous is not None:
-                previous(loop, context)
-            else:
-                loop.default_exception_handler(context)
+            others(loop, context)
             return
         if state["reporting"]:
             state["count"] += 1
@@ -135,4 +158,5 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, window_s: float = 10.0)
         loop.call_later(window_s, report)
 
     loop.set_exception_handler(handler)
-    return lambda: loop.set_exception_handler(previous)
+    # the retry can still fire while the loop winds down after the app's shutdown: keep it quiet
+    return lambda: loop.set_exception_handler(others)

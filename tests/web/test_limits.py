@@ -417,6 +417,30 @@ def test_failed_accepts_are_logged_once_with_a_count(caplog):
     assert all(r.exc_info is None for r in caplog.records)
 
 
+def test_an_accept_retry_after_shutdown_is_not_a_traceback(caplog):
+    """After EMFILE asyncio retries accept() a second later (`_start_serving`); a server that
+    shut down meanwhile has closed its socket, and the retry raises ValueError on fd -1."""
+
+    async def retry_on_a_closed_socket() -> None:
+        loop = asyncio.get_running_loop()
+        restore = quiet_accept_errors(loop, window_s=0.2)
+        listener = socket.socket()
+        listener.close()
+        loop.call_soon(loop._start_serving, asyncio.Protocol, listener)  # what asyncio schedules
+        loop.call_soon(loop.call_exception_handler, {"message": "another error", "exception": KeyError("x")})
+        await asyncio.sleep(0.05)
+        restore()  # the app has shut down; the loop still runs a while and the retry can fire then
+        loop.call_soon(loop._start_serving, asyncio.Protocol, listener)
+        await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(retry_on_a_closed_socket())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["another error"]  # other loop errors still logged
+    assert "Invalid file descriptor" not in caplog.text
+    assert sum("after the server closed its socket" in r.getMessage() for r in caplog.records) == 2
+
+
 SERVE_FEW_FILES = """
 import resource, sys
 sys.path.insert(0, "tests")
