@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from vrollout.config import Settings
 from vrollout.core.errors import VRError
 
@@ -106,6 +107,22 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vllm-concurrency", dest="vllm_concurrency", type=int, help="vllm: requests per replica")
 
 
+def _context_flags(p: argparse.ArgumentParser) -> None:
+    """What the teacher is given, for a file's lines that set none (`analyze`, `pedagogical`)."""
+    p.add_argument(
+        "--teacher-context",
+        dest="teacher_context",
+        choices=("privileged", "sibling", "feedback"),
+        help="what the teacher is given, for lines that set none: privileged (default), sibling (a "
+        "successful response to the same prompt from the file) or feedback (the line's feedback)",
+    )
+    p.add_argument(
+        "--teacher-template",
+        dest="teacher_template",
+        help="the teacher template for lines that set none: {prompt} and {privileged} (or {feedback})",
+    )
+
+
 def exposure_warning(settings: Settings) -> str | None:
     """What `serve` warns about before it starts: reachable from elsewhere, with no token."""
     try:
@@ -123,6 +140,7 @@ def exposure_warning(settings: Settings) -> str | None:
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from vrollout.service import Analyzer
     from vrollout.storage.store import Store
     from vrollout.web.app import create_app
     from vrollout.web.server import uvicorn_options
@@ -131,7 +149,8 @@ def serve(args: argparse.Namespace) -> int:
     if warning := exposure_warning(settings):
         print(warning, file=sys.stderr)
     Store(settings.database)  # a damaged database: a clear message now, not a traceback at start-up
-    uvicorn.run(create_app(settings), **uvicorn_options(settings))  # timeouts and caps: web/server.py
+    analyzer = Analyzer.from_settings(settings, store=False)  # models that do not load: the same
+    uvicorn.run(create_app(settings, analyzer=analyzer), **uvicorn_options(settings))  # web/server.py
     return 0
 
 
@@ -218,18 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps.parquet, figures.json, headline.csv/.md/.tex and report.html (opens offline)",
     )
     p.add_argument("--privileged", help="privileged text for lines that carry none")
-    p.add_argument(
-        "--teacher-context",
-        dest="teacher_context",
-        choices=("privileged", "sibling", "feedback"),
-        help="what the teacher is given, for lines that set none: privileged (default), sibling (a "
-        "successful response to the same prompt from the file) or feedback (the line's feedback)",
-    )
-    p.add_argument(
-        "--teacher-template",
-        dest="teacher_template",
-        help="the teacher template for lines that set none: {prompt} and {privileged} (or {feedback})",
-    )
+    _context_flags(p)
     p.add_argument("--top-k", dest="top_k", type=int, help="default 5")
     p.add_argument("--continuation-tokens", dest="continuation_tokens", type=int, default=0)
     p.add_argument("--recovery", action="store_true", help="recovery curve (lines need reference_answer)")
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from vrollout.pedagogy_cli import add_parser as add_pedagogical
 
-    add_pedagogical(sub, _model_flags).set_defaults(fn=pedagogical)
+    add_pedagogical(sub, _model_flags, _context_flags).set_defaults(fn=pedagogical)
 
     args = parser.parse_args(argv)
     try:
@@ -257,6 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     except VRError as exc:  # e.g. a damaged database: the message says which file and what to do
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    except ValidationError as exc:  # a flag's or VROLLOUT_* variable's value the settings refuse
+        if exc.title != Settings.__name__:
+            raise
+        print(f"error: {settings_error(exc, args, sub.choices[args.command])}", file=sys.stderr)
+        return 2
+
+
+def settings_error(exc: ValidationError, args: argparse.Namespace, command: argparse.ArgumentParser) -> str:
+    """The settings' refusal in one line, each value named as it was given: its flag when the
+    command line set it, else its environment variable."""
+    flags = {action.dest: action.option_strings[0] for action in command._actions if action.option_strings}
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        given = name in flags and getattr(args, name, None) not in (None, False)
+        where = flags[name] if given else f"VROLLOUT_{name.upper()}"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def package_folder(name: str) -> Path:
 
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's names
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")  # the model dtypes a setting may name
 
 
 def _json_object(text: str, what: str) -> dict:
@@ -67,7 +68,7 @@ class Settings(BaseSettings):
         "{prompt} = the messages' contents joined by blank lines, e.g. 'Question: {prompt}\nAnswer:'",
     )
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"  # one of DTYPE_NAMES
     trust_remote_code: bool = False
     cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "vrollout")
     # Large models (docs/api.md "Large teachers"): split across devices by accelerate. A device
@@ -250,6 +251,13 @@ class Settings(BaseSettings):
         if fmt is not None:
             check_prompt_format(fmt)
         return fmt
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, dtype: str) -> str:
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+        return dtype
 
     @field_validator("api_token")
     @classmethod

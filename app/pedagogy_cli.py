@@ -19,6 +19,7 @@ from typing import Any
 
 from vrollout.config import Settings
 from vrollout.core.errors import VRError
+from vrollout.core.teacher_context import SiblingIndex
 from vrollout.core.trajectories import LineError
 from vrollout.pedagogy_jobs import (
     PreparedLine,
@@ -34,8 +35,9 @@ from vrollout.service import Analyzer
 from vrollout.storage.jobs import WINDOW
 
 
-def add_parser(sub: Any, model_flags: Callable[[Any], None]) -> Any:
-    """`vrollout pedagogical`'s parser and flags (the CLI's subparsers, its shared model flags)."""
+def add_parser(sub: Any, model_flags: Callable[[Any], None], context_flags: Callable[[Any], None]) -> Any:
+    """`vrollout pedagogical`'s parser and flags (the CLI's subparsers, its shared model flags and
+    teacher-context flags)."""
     p = sub.add_parser("pedagogical", help="pedagogical rollouts for a file of prompts, compared with OPD")
     model_flags(p)
     p.add_argument(
@@ -48,6 +50,7 @@ def add_parser(sub: Any, model_flags: Callable[[Any], None]) -> Any:
     p.add_argument("--from", dest="preset", help="a training framework's log: verl | trl | tinker | auto")
     p.add_argument("--out", required=True, help="a folder: rollouts.jsonl, comparison.csv and report.html")
     p.add_argument("--privileged", help="privileged text for lines that carry none")
+    context_flags(p)
     p.add_argument("--threshold", type=float, help="the teacher steps in below this probability (0.05)")
     p.add_argument("--max-rank", dest="max_rank", type=int, help="... or above this teacher rank")
     p.add_argument("--temperature", type=float, help="the student's sampling (default 0: greedy)")
@@ -70,18 +73,21 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
     """The command: 0 when every line ran, 1 when some failed, 2 when none could."""
     from tqdm import tqdm
     from vrollout.core.sources import iter_rows
+    from vrollout.core.teacher_context import teacher_options
     from vrollout.report.pedagogical import write_pedagogical
 
-    try:
-        rows = iter_rows(
-            args.file,
-            name=Path(args.file).name,
-            settings=settings,
-            split=args.split,
-            mapping=args.map,
-            preset=args.preset,
+    def read() -> Iterator[tuple[int, Any]]:
+        name = Path(args.file).name
+        return iter_rows(
+            args.file, name=name, settings=settings, split=args.split, mapping=args.map, preset=args.preset
         )
+
+    try:
+        rows = read()
         first = next(rows, None)  # an unreadable or empty file: said now, before the models load
+        context = teacher_options(
+            getattr(args, "teacher_context", None), getattr(args, "teacher_template", None)
+        )
     except (OSError, VRError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
@@ -94,6 +100,9 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
     except VRError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    siblings = None
+    if context.get("teacher_context") == "sibling":  # a first pass over the file (core.teacher_context)
+        siblings = analyzer.index_siblings(read(), {**context, **line_options(options)}, args.privileged)
     everything = iter(()) if first is None else _chain(first, rows)
     errors: list[tuple[int, str]] = []
     done = 0
@@ -101,7 +110,7 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
 
         def records() -> Iterator[dict[str, Any]]:
             nonlocal done
-            for number, result in run_all(analyzer, everything, options, args, errors):
+            for number, result in run_all(analyzer, everything, options, args, errors, context, siblings):
                 bar.update(1)
                 if isinstance(result, VRError):
                     errors.append((number, result.message))
@@ -129,10 +138,14 @@ def run_all(
     options: dict[str, Any],
     args: Any,
     errors: list[tuple[int, str]],
+    context: dict[str, str],
+    siblings: SiblingIndex | None,
 ) -> Iterator[tuple[int, tuple[dict[str, Any], dict[str, Any]] | VRError]]:
     """Each line's (analysis, record) or error, in line order; lines that cannot be read or
-    checked go to `errors`. On vLLM, `lines_in_flight` lines run at once."""
-    line_opts = {"top_k": args.top_k, **line_options(options)}
+    checked go to `errors`. `context`: the file's teacher context and template for lines that
+    set none; `siblings`: the file's sibling index, where they ask for one. On vLLM,
+    `lines_in_flight` lines run at once."""
+    line_opts = {"top_k": args.top_k, **context, **line_options(options)}
 
     def prepared() -> Iterator[tuple[int, PreparedLine]]:
         for number, obj in rows:
@@ -140,7 +153,8 @@ def run_all(
                 errors.append((number, obj.error))
                 continue
             try:
-                prep, _, _ = analyzer.prepare_line(obj, line_opts, args.privileged)
+                where = None if siblings is None else (number, siblings)
+                prep, _, _ = analyzer.prepare_line(obj, line_opts, args.privileged, where)
                 yield number, with_rollout(analyzer, prep, options)
             except VRError as exc:
                 errors.append((number, exc.message))

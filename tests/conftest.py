@@ -29,6 +29,15 @@ def tiny() -> ModelPair:
 
 
 @pytest.fixture(scope="session")
+def tiny_folder(tiny: ModelPair, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny student saved as a model folder, for what loads models itself (the CLI)."""
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-model"
+    tiny.student.model.save_pretrained(folder)
+    tiny.student.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def real_analyzer(tmp_path_factory: pytest.TempPathFactory) -> Analyzer:
     settings = Settings(database=tmp_path_factory.mktemp("real") / "db.sqlite3", cache_dir=REAL_CACHE)
     return Analyzer.from_settings(settings)

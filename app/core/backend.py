@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from vrollout.core.errors import ModelLoadError
 from vrollout.core.replay import Progress, ReplayResult, _no_progress
 
 if TYPE_CHECKING:
@@ -150,4 +151,12 @@ def load_backend(settings: Settings) -> Backend:
     """The backend `settings.backend` names, with its models loaded and checked. Imported only
     here, so that the one not used (and its dependencies) is never imported."""
     module, name = IMPLEMENTATIONS[settings.backend].split(":")
-    return getattr(importlib.import_module(module), name).from_settings(settings)
+    try:
+        return getattr(importlib.import_module(module), name).from_settings(settings)
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:  # VRErrors say their own
+        student = settings.student
+        teacher = settings.teacher or "the student's weights"
+        raise ModelLoadError(
+            f"the models could not be loaded (backend {settings.backend}, student {student}, "
+            f"teacher {teacher}): {type(exc).__name__}: {exc}"
+        ) from exc

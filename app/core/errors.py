@@ -40,6 +40,13 @@ class ModelBusy(VRError):
     status = 503
 
 
+class ModelLoadError(VRError):
+    """The configured models could not be loaded (a wrong name or folder, a server that does not
+    answer, a missing package): said once, at start-up."""
+
+    status = 503
+
+
 class ModelOutOfMemory(ModelBusy):
     """Out of memory in the middle of model work: the request is dropped, the server goes on."""
 

@@ -9,6 +9,7 @@ import csv
 import json
 
 from support import GOOD, tiny_settings
+from vrollout.cli import main
 from vrollout.pedagogy_cli import pedagogical_file
 from vrollout.pedagogy_jobs import pedagogical_options, prepare_line
 from vrollout.pedagogy_jobs import run_line as run_one_line
@@ -68,3 +69,30 @@ def test_bad_options_and_unreadable_files_are_named(tiny, tmp_path, capsys):
     assert "sweep" in capsys.readouterr().err
     assert pedagogical_file(args_for(tmp_path / "missing.jsonl", tmp_path / "o"), settings, analyzer) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_teacher_context_flags_reach_every_line(tiny_folder, tmp_path, capsys):
+    """`--teacher-context sibling` and `--teacher-template` as `vrollout analyze` takes them: the
+    file is indexed for siblings, and each line's analysis and rollout get the same context."""
+    src, out, db = tmp_path / "p.jsonl", tmp_path / "out", tmp_path / "db.sqlite3"
+    lines = [
+        {"id": "a", "prompt": "What is 2+2?", "response": "4", "reference_answer": "4"},
+        {"id": "b", "prompt": "What is 2+2?", "response": "5", "reference_answer": "4"},
+        {"id": "c", "prompt": "hi", "response": "yo", "teacher_context": "feedback", "feedback": "Greet."},
+    ]
+    src.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    template = "Another answer: {privileged}\n{prompt}"
+    flags = ["--teacher-context", "sibling", "--teacher-template", template, "--include", "all"]
+    argv = ["pedagogical", str(src), "--out", str(out), "--student", str(tiny_folder), "--database", str(db)]
+    code = main([*argv, *flags, "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"{src}:1: teacher_context sibling: no successful sibling" in err, err
+    records = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["b", "c"]
+    stored = [Store(db).get(item["id"]) for item in Store(db).list()[0]]
+    analyses = {a["trajectory"]["id"]: a for a in stored}
+    assert sorted(analyses) == ["b", "c"]
+    assert analyses["b"]["teacher"]["sibling"] == {"line": 1, "id": "a"}
+    assert "Another answer: 4\n" in analyses["b"]["teacher"]["context_text"]  # the file's template
+    assert analyses["c"]["teacher"]["context_kind"] == "feedback"  # the line's own choice wins
+    assert "Greet." in analyses["c"]["teacher"]["context_text"]

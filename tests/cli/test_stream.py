@@ -27,11 +27,8 @@ VIEWS = ("summaries.csv", "summaries.jsonl", "figures.json", "headline.csv", "he
 
 
 @pytest.fixture(scope="module")
-def model(tiny, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("stream") / "tiny-model"
-    tiny.student.model.save_pretrained(folder)
-    tiny.student.tokenizer.save_pretrained(folder)
-    return folder
+def model(tiny_folder) -> Path:
+    return tiny_folder
 
 
 def trajectories(count: int, references: bool = False) -> list[dict]:

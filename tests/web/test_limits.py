@@ -495,9 +495,10 @@ def health_ok(port: int) -> bool:
         return False
 
 
-def test_serve_runs_uvicorn_with_the_connection_settings(monkeypatch, tmp_path):
+def test_serve_runs_uvicorn_with_the_connection_settings(monkeypatch, tmp_path, tiny_folder):
     started: dict[str, object] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(options))
+    monkeypatch.setenv("VROLLOUT_STUDENT", str(tiny_folder))
     for name, value in (("HEADER_TIMEOUT_S", "3"), ("KEEP_ALIVE_S", "2"), ("MAX_CONNECTIONS", "77"),
                         ("MAX_HEADER_BYTES", "4096"), ("BACKLOG", "64")):  # fmt: skip
         monkeypatch.setenv(f"VROLLOUT_{name}", value)

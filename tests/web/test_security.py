@@ -205,11 +205,12 @@ def test_exposure_warning(host, token, warned):
         assert host in warning and "VROLLOUT_API_TOKEN" in warning
 
 
-def test_serve_flags_reach_the_app(monkeypatch, capsys, tmp_path):
+def test_serve_flags_reach_the_app(monkeypatch, capsys, tmp_path, tiny_folder):
     import uvicorn
 
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app, **kw))
+    monkeypatch.setenv("VROLLOUT_STUDENT", str(tiny_folder))  # serve loads the models before uvicorn
     db = str(tmp_path / "db.sqlite3")
     assert cli.main(["serve", "--host", "0.0.0.0", "--api-token", TOKEN, "--database", db]) == 0
     assert started["host"] == "0.0.0.0" and "warning" not in capsys.readouterr().err
@@ -219,11 +220,12 @@ def test_serve_flags_reach_the_app(monkeypatch, capsys, tmp_path):
     assert "without an API token" in capsys.readouterr().err
 
 
-def test_serve_allowed_host_flag(monkeypatch, tmp_path):
+def test_serve_allowed_host_flag(monkeypatch, tmp_path, tiny_folder):
     import uvicorn
 
     started = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(app=app))
+    monkeypatch.setenv("VROLLOUT_STUDENT", str(tiny_folder))
     monkeypatch.delenv("VROLLOUT_ALLOWED_HOSTS")  # as a user's shell has it
     db = str(tmp_path / "db.sqlite3")
     assert cli.main(["serve", "--allowed-host", "Box.example", "--database", db]) == 0
