@@ -71,12 +71,21 @@ def teaching_text(step: dict[str, Any]) -> str:
 
 
 def hover_text(step: dict[str, Any]) -> str:
-    mark = "=" if step["agree"] else "≠"
     teaching = teaching_text(step)
+    if step.get("teacher_rank") is None:  # another tokenizer, inside a span: no teacher prediction
+        compared = (
+            f"<b>#{step['position']} {_visible(step['token'])}</b> inside a teacher token<br>"
+            "no teacher prediction at this prefix (compared at span starts)<br>"
+        )
+    else:
+        mark = "=" if step["agree"] else "≠"
+        compared = (
+            f"<b>#{step['position']} {_visible(step['token'])}</b> {mark} teacher "
+            f"<b>{_visible(step['teacher_top1'])}</b><br>"
+            f"reverse KL {step['reverse_kl']:.3f} nats · rank {step['teacher_rank']}<br>"
+        )
     return (
-        f"<b>#{step['position']} {_visible(step['token'])}</b> {mark} teacher "
-        f"<b>{_visible(step['teacher_top1'])}</b><br>"
-        f"reverse KL {step['reverse_kl']:.3f} nats · rank {step['teacher_rank']}<br>"
+        compared
         + (f"{html.escape(teaching)}<br>" if teaching else "")
         + f"log p_T(y) {step['teacher_logprob']:.3f} · log p_S(y) {step['student_logprob']:.3f}<br>"
         f"teacher top-k:<br>{_alternatives(step['teacher_topk'])}<br>"

@@ -156,3 +156,15 @@ def test_error_localization_with_another_tokenizer(cross_client):
     assert done["state"] == "done" and done["failed"] == 0, done
     resp = cross_client.get(f"/api/jobs/{done['id']}/localization?bootstrap=50&folds=2")
     assert resp.status_code == 200, resp.text
+
+
+def test_the_hover_inside_a_span_says_there_is_no_teacher_prediction(analysis):
+    from vrollout.report.figures import figure_dict
+
+    steps = analysis["steps"]
+    hovers = figure_dict(analysis)["data"][0]["hovertext"]
+    inside = [h for s, h in zip(steps, hovers, strict=True) if s["teacher_rank"] is None]
+    starts = [h for s, h in zip(steps, hovers, strict=True) if s["teacher_rank"] is not None]
+    assert inside and starts and not any("None" in h for h in hovers)
+    assert all("inside a teacher token" in h and "rank" not in h for h in inside)
+    assert all("rank " in h and "inside a teacher token" not in h for h in starts)
