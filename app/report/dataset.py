@@ -32,16 +32,19 @@ TEACHING_COLUMNS = (
     "teacher_mass_on_student_topk_mean", "divergences_in_student_topk", "divergences_classified",
     "divergences_surface", "divergences_fork", "forks_that_matter",
 )  # fmt: skip
+# The preflight's headline numbers (core/preflight.py `add_preflight`; null before it existed).
+PREFLIGHT_COLUMNS = ("preflight_ok", "noise_floor_reverse_kl_mean", "leak_share")
 SUMMARY_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "tokens", "agreement_rate", "divergences",
     "first_divergence", "reverse_kl_total", "reverse_kl_mean", "forward_kl_total",
     "advantage_total", *SIGNAL_COLUMNS, *TEACHING_COLUMNS, "correct", "verdict_method", "score",
-    "step", "teacher_context", "preview",
+    "step", "teacher_context", *PREFLIGHT_COLUMNS, "preview",
 )  # fmt: skip
 # Digests stored with an older version (or none) are made again from the stored analysis when a
 # dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
-# 5: preflight; 4: teacher_context; 3: step, score, verdict_method, reverse_kl_at_divergences
-DIGEST_VERSION = 5
+# 6: preflight columns in the summary row; 5: preflight; 4: teacher_context;
+# 3: step, score, verdict_method, reverse_kl_at_divergences
+DIGEST_VERSION = 6
 STEP_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "position", "token_id", "token", "student_logprob",
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
@@ -116,6 +119,7 @@ def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
         "step": traj.get("step"),
         # which text the teacher was given (core.teacher_context); older analyses: privileged
         "teacher_context": analysis["teacher"].get("context_kind") or "privileged",
+        **{name: s.get(name) for name in PREFLIGHT_COLUMNS},
         "preview": text[:120],
     }
 

@@ -16,6 +16,7 @@ from vrollout.report.dataset import (
     figures_of,
     histogram_bars,
     is_current,
+    summaries_csv,
     summary_of,
     summary_row,
 )
@@ -197,3 +198,20 @@ def test_cell_text_as_the_tables_show_it():
     assert cell([0.25, 0.5], "share", 2)["text"] == "37.5% [31.2–43.8%]"
     assert cell([0.0712, 0.0643, 0.0769], "number", 3)["text"] == "0.0712 [0.0678–0.0741]"
     assert cell([], "share", 4) == {"n": 0, "median": None, "q1": None, "q3": None, "text": "–"}
+
+
+def test_the_summary_row_carries_the_preflight_headline(tiny, tmp_path):
+    from support import tiny_settings
+    from vrollout.service import Analyzer
+
+    analyzer = Analyzer(tiny, tiny_settings(tmp_path))
+    a = analyzer.analyze({"prompt": "hi", "response": "hello the world", "privileged": "say hello"})
+    row = summary_row(a)
+    s = a["summary"]
+    assert (row["preflight_ok"], row["noise_floor_reverse_kl_mean"], row["leak_share"]) == (
+        s["preflight_ok"], s["noise_floor_reverse_kl_mean"], s["leak_share"]
+    )  # fmt: skip
+    assert row["noise_floor_reverse_kl_mean"] == a["preflight"]["noise_floor"]["reverse_kl_mean"] is not None
+    assert list(next(csv.DictReader(io.StringIO(summaries_csv([row]))))) == list(SUMMARY_COLUMNS)
+    older = synthetic_analysis(10, top_k=2, seed=1)  # stored before the preflight: nulls
+    assert summary_row(older)["preflight_ok"] is None
