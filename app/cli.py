@@ -22,6 +22,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
     if getattr(args, "trust_remote_code", False):
         overrides["trust_remote_code"] = True
+    if getattr(args, "no_noise_floor", False):
+        overrides["noise_floor"] = False
     for name in RENDERING:  # how each context is rendered (docs/formats.md "Teacher context")
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
@@ -71,6 +73,12 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database", type=Path, help="SQLite file for stored analyses")
     p.add_argument("--cache-dir", dest="cache_dir", type=Path, help="converted-model cache")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from repos")
+    p.add_argument(
+        "--no-noise-floor",
+        dest="no_noise_floor",
+        action="store_true",
+        help="skip the preflight's noise floor (one more replay per analysis with privileged info)",
+    )
     for role in ("student", "teacher"):
         p.add_argument(
             f"--{role}-chat-template-kwargs",

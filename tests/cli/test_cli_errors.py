@@ -1,5 +1,6 @@
-"""What the CLI says when a setting is refused or the models do not load: one line naming the
-flag or variable and the value's problem, exit status 2, never a traceback."""
+"""The CLI's settings: a refused value or models that do not load end in one line naming the flag
+or variable and the problem (exit status 2, never a traceback); a flag that only sets a setting
+(`--no-noise-floor`) reaches the analyses."""
 
 from __future__ import annotations
 
@@ -46,3 +47,16 @@ def test_a_vllm_server_that_does_not_answer_stops_serve_before_it_starts(tmp_pat
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["serve", "--teacher-url", url, "--port", "0", "--database", str(tmp_path / "db")]) == 2
     assert f"no teacher server answered: ['{url}']" in said(capsys)
+
+
+def test_no_noise_floor_flag(tiny_folder, tmp_path, capsys):
+    src = tmp_path / "runs.jsonl"
+    src.write_text(json.dumps({"prompt": "hi", "response": "hello", "privileged": "say hello"}) + "\n")
+    common = ["--student", str(tiny_folder), "--device", "cpu", "--no-store"]
+    floors = []
+    for flags in ([], ["--no-noise-floor"]):
+        out = tmp_path / f"out{len(flags)}.jsonl"
+        assert main(["analyze", str(src), "--out", str(out), *common, *flags]) == 0, capsys.readouterr().err
+        floors.append(json.loads(out.read_text())["preflight"]["noise_floor"])
+    assert floors[0]["computed"] is True
+    assert floors[1]["computed"] is False and "not asked for" in floors[1]["skipped"]
