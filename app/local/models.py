@@ -135,11 +135,28 @@ def default_model_folder(cache_dir: Path) -> Path:
     return gguf_model_folder(default_gguf_path(), DEFAULT_NAME, cache_dir)
 
 
+GGUF_SAMPLES = 16  # blocks read to key a GGUF file: enough to tell files apart, cheap for 40 GB
+GGUF_SAMPLE_BYTES = 1 << 16
+
+
+def gguf_key(gguf: Path) -> str:
+    """A GGUF file's cache key from its content: its size and evenly spaced blocks (the header
+    with its metadata, the tensors, the end). The same file installed in another environment (a
+    new virtual environment, a CI clone) finds the same conversion; its path and time do not
+    matter. Reads about 1 MiB whatever the file's size."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with gguf.open("rb") as f:
+        for i in range(GGUF_SAMPLES):
+            f.seek(max(0, size - GGUF_SAMPLE_BYTES) * i // (GGUF_SAMPLES - 1))
+            digest.update(f.read(GGUF_SAMPLE_BYTES))
+    return digest.hexdigest()[:12]
+
+
 def gguf_model_folder(gguf: Path, name: str, cache_dir: Path) -> Path:
-    """A safetensors folder converted once from the GGUF file `gguf` (keyed by its path, size
-    and modification time), so later starts load it directly."""
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    """A safetensors folder converted once from the GGUF file `gguf` (keyed by its content,
+    `gguf_key`), so later starts load it directly."""
+    key = gguf_key(gguf)
     folder = Path(cache_dir) / f"{name}-{key}"
     if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
         return folder
