@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from vrollout.config import Settings
+from vrollout.core import math_check
 from vrollout.core.analysis import build_analysis
 from vrollout.core.backend import Backend, load_backend
 from vrollout.core.contexts import Contexts, TokenLimit, build_contexts, check_ids
@@ -166,6 +167,7 @@ class Analyzer:
         """`backend`: where `pair` runs; by default here (`LocalBackend`)."""
         self.pair, self.settings, self.store = pair, settings, store
         self.backend: Backend = backend or local_backend(pair, settings)
+        math_check.set_deadline(settings.math_verify_timeout_s)  # verdicts read it (core/answers.py)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, store: bool = True) -> Analyzer:
@@ -348,6 +350,7 @@ class Analyzer:
             opts.top_k,
             progress,
             keep_for_continuations=bool(opts.continuation_tokens),
+            **self._keep_student_pass([prep]),
         )
         return self._assemble(prep, response, result, generation, progress, store, {**record, **extra})
 
@@ -428,6 +431,28 @@ class Analyzer:
         """Each line's noise floor (core.preflight): its response replayed once more with the
         teacher's context stripped of the privileged info (one padded batch for several lines on
         a backend that pads), against its analysis's replay `mains`."""
+        try:
+            return self._noise_floors(preps, responses, mains, progress)
+        finally:
+            for main in mains:
+                main.student_hidden = None  # the kept student pass (T, H): not needed any more
+
+    def _keep_student_pass(self, preps: list[Prepared]) -> dict[str, bool]:
+        """The replay's extra argument where a line's noise floor will run a bare replay on a
+        backend that reads its student pass from the analysis's replay (`bare_replays`: the
+        local engine), so that the student is not run twice; {} elsewhere (vLLM)."""
+        if not hasattr(self.backend, "bare_replays") or self.pair.cross_tokenizer:
+            return {}
+        floored = any(p.options.noise_floor and p.ctx.privileged for p in preps)
+        return {"keep_student_pass": True} if floored else {}
+
+    def _noise_floors(
+        self,
+        preps: list[Prepared],
+        responses: list[list[int]],
+        mains: list[ReplayResult],
+        progress: Progress,
+    ) -> list[dict[str, Any]]:
         floors: list[dict[str, Any] | None] = [None] * len(preps)
         todo = []
         for i, prep in enumerate(preps):
@@ -449,8 +474,17 @@ class Analyzer:
             if self.pair.shared and not self.backend.remote and bare[i] == preps[i].ctx.student_ids:
                 floors[i] = noise_floor(mains[i], student_as_teacher(mains[i]), True, False, reused=True)
                 todo.remove(i)
-        items = [(preps[i].ctx.student_ids, bare[i], responses[i]) for i in todo]
         progress("preflight", 0, 1)
+        # The local engine kept the student's pass (deterministic there): only the teacher runs.
+        bare_replays = getattr(self.backend, "bare_replays", None)
+        kept = [i for i in todo if bare_replays and mains[i].student_hidden is not None]
+        if bare_replays and kept:
+            bares = bare_replays([mains[i] for i in kept], [(bare[i], responses[i]) for i in kept])
+            for i, replay in zip(kept, bares, strict=True):
+                same = bare[i] == preps[i].ctx.student_ids
+                floors[i] = noise_floor(mains[i], replay, same, False, reused_student=True)
+        todo = [i for i in todo if i not in kept]
+        items = [(preps[i].ctx.student_ids, bare[i], responses[i]) for i in todo]
         if len(items) > 1 and self.backend.padded_batches:
             replays = self.backend.replay_batch(items, 1)
         else:
@@ -533,7 +567,7 @@ class Analyzer:
         items = [(p.ctx.student_ids, p.ctx.teacher_ids, p.ctx.response_ids) for p in preps]
         top_k = max(p.options.top_k for p in preps)
         with out_of_memory("a batch"):
-            results = self.backend.replay_batch(items, top_k)
+            results = self.backend.replay_batch(items, top_k, **self._keep_student_pass(preps))
             floors = self.noise_floors(
                 preps, [item[2] for item in items], [result for result, _ in results], _no_progress
             )

@@ -217,7 +217,12 @@ def _mean(values: list[float]) -> float | None:
 
 
 def noise_floor(
-    main: ReplayResult, bare: ReplayResult, same_context: bool, estimated: bool, reused: bool = False
+    main: ReplayResult,
+    bare: ReplayResult,
+    same_context: bool,
+    estimated: bool,
+    reused: bool = False,
+    reused_student: bool = False,
 ) -> dict[str, Any]:
     """The noise floor from `bare` (the replay of the same response, student context vs the
     teacher's context without the privileged info) against `main` (the analysis's replay):
@@ -225,7 +230,9 @@ def noise_floor(
     − the analysis's student log-prob| of the actual token; and the spread of the student's
     log-probs between the two replays (the same request made twice). `reused`: no second replay was
     run (the analysis had no privileged info, or a shared-weights local teacher got the student's
-    ids), so its own replay is the bare one and no spread is measured."""
+    ids), so its own replay is the bare one and no spread is measured. `reused_student`: only the
+    teacher ran again, against the student's pass kept from the analysis's replay (the local
+    engine), so the spread is 0 by construction, not a measurement."""
     kl = bare.reverse_kl
     delta = [abs(t - s) for t, s in zip(bare.teacher_logprob, main.student_logprob, strict=True)]
     spread = [abs(a - b) for a, b in zip(bare.student_logprob, main.student_logprob, strict=True)]
@@ -234,6 +241,7 @@ def noise_floor(
         "skipped": None,
         "same_context": same_context,
         "reused_replay": reused,
+        "reused_student_pass": reused or reused_student,
         "estimated": estimated,
         "tokens": len(kl),
         "reverse_kl_mean": _mean(kl),

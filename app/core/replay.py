@@ -39,6 +39,10 @@ class ReplayResult:
     # Not a per-step field: the teacher's key/value cache over context + response, kept when
     # continuations follow (`replay(keep_teacher_cache=True)`), so they need no pass of their own.
     teacher_cache: Any = field(default=None, repr=False, compare=False)
+    # Not a per-step field either: the student's final hidden states (T, H) that predict the
+    # response, kept when the noise floor follows on the local engine (`keep_student_pass`), so
+    # its bare replay runs only the teacher. Freed once the floor is computed.
+    student_hidden: Any = field(default=None, repr=False, compare=False)
 
     def teacher_mass_on_student_topk(self) -> list[float]:
         """Each step's Σ_{v ∈ student top-k} q_t(v), from `teacher_logprob_at_student_topk`."""
@@ -46,7 +50,7 @@ class ReplayResult:
 
     @classmethod
     def step_fields(cls) -> list[str]:
-        return [name for name in cls.__dataclass_fields__ if name != "teacher_cache"]
+        return [name for name in cls.__dataclass_fields__ if name not in ("teacher_cache", "student_hidden")]
 
     def extend(self, chunk: Any) -> None:
         """Append a chunk of per-step tensors (anything whose fields have `.tolist()`)."""

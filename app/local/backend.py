@@ -72,7 +72,10 @@ class LocalBackend:
         top_k: int,
         progress: Progress = _no_progress,
         keep_for_continuations: bool = False,
+        keep_student_pass: bool = False,
     ) -> tuple[ReplayResult, dict[str, Any]]:
+        """`keep_student_pass`: the noise floor follows, so keep the student's hidden states
+        (T, H) for `bare_replays` (only this backend takes it: see `bare_replays`)."""
         result = engine.replay(
             self.pair,
             student_context,
@@ -82,6 +85,7 @@ class LocalBackend:
             chunk_size=self.chunk_size,
             progress=progress,
             keep_teacher_cache=keep_for_continuations,
+            keep_student_hidden=keep_student_pass,
         )
         return result, {}  # the analysis says "backend": "local" by default
 
@@ -109,9 +113,29 @@ class LocalBackend:
             progress=progress,
         )
 
-    def replay_batch(self, items: list[BatchItem], top_k: int) -> list[tuple[ReplayResult, dict[str, Any]]]:
-        results = engine.replay_batch(self.pair, items, top_k=top_k, chunk_size=self.chunk_size)
+    def replay_batch(
+        self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False
+    ) -> list[tuple[ReplayResult, dict[str, Any]]]:
+        results = engine.replay_batch(
+            self.pair, items, top_k=top_k, chunk_size=self.chunk_size, keep_student_hidden=keep_student_pass
+        )
         return [(result, {}) for result in results]
+
+    def bare_replays(
+        self, mains: list[ReplayResult], items: list[tuple[list[int], list[int]]]
+    ) -> list[ReplayResult]:
+        """The noise floor's bare replays, (bare teacher context, response) each, against the
+        student's pass that each analysis replay `mains` kept (`keep_student_pass`): only the
+        teacher runs (one padded pass for several lines). The student's pass is deterministic
+        here, so running it again would give the same hidden states at twice the cost; on vLLM
+        the repeated request is the point (it measures the servers' repeat spread), so that
+        backend has no such method."""
+        hiddens = [main.student_hidden for main in mains]
+        if len(items) == 1:
+            return [
+                engine.replay_teacher(self.pair, hiddens[0], *items[0], top_k=1, chunk_size=self.chunk_size)
+            ]
+        return engine.replay_teacher_batch(self.pair, hiddens, items, top_k=1, chunk_size=self.chunk_size)
 
     def continuations(
         self,

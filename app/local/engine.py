@@ -99,12 +99,14 @@ def replay(
     chunk_size: int = 128,
     progress: Progress = _no_progress,
     keep_teacher_cache: bool = False,
+    keep_student_hidden: bool = False,
 ) -> ReplayResult:
     """Score `response` under both models: one forward pass each over context + response.
 
     Naive equivalent (`reference.naive_replay`): for every t, run each model on
     context + response[:t] and read the last position. Logits are made from the final hidden
     states `chunk_size` positions at a time, so no float32 (T, V) tensor ever exists.
+    `keep_student_hidden`: keep the student's (T, H) in `result.student_hidden` (`replay_teacher`).
     """
     T = len(response)
     progress("replay", 0, 2 * T)
@@ -122,7 +124,27 @@ def replay(
     targets = torch.tensor(response, device=s_hidden.device)  # (T,)
     result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size, progress)
     result.teacher_cache = cache
+    if keep_student_hidden:  # a copy: the slice alone, not the whole (L, H) pass behind it
+        result.student_hidden = s_hidden.clone()  # (T, H)
     return result
+
+
+@torch.inference_mode()
+def replay_teacher(
+    pair: ModelPair,
+    student_hidden: Tensor,
+    teacher_context: list[int],
+    response: list[int],
+    top_k: int = 5,
+    chunk_size: int = 128,
+) -> ReplayResult:
+    """`replay` with the student's pass given: its final hidden states (T, H) from an earlier
+    replay of the same student context and response (`keep_student_hidden`), so only the teacher
+    runs. Equals `replay(pair, student_context, teacher_context, response)` exactly: the
+    student's logits are made from the same hidden states, in the same chunks."""
+    t_hidden = final_hidden(pair.teacher, teacher_context + response)[len(teacher_context) - 1 : -1]  # (T, H)
+    targets = torch.tensor(response, device=student_hidden.device)  # (T,)
+    return score_hidden(pair, student_hidden, t_hidden, targets, top_k, chunk_size)
 
 
 @torch.inference_mode()
@@ -153,9 +175,11 @@ def replay_batch(
     items: list[tuple[list[int], list[int], list[int]]],
     top_k: int = 5,
     chunk_size: int = 128,
+    keep_student_hidden: bool = False,
 ) -> list[ReplayResult]:
     """`replay` for several (student context, teacher context, response) at once: one padded
-    pass per model, metrics over all their positions together. Short sequences gain most."""
+    pass per model, metrics over all their positions together. Short sequences gain most.
+    `keep_student_hidden`: each result keeps its rows (T_b, H) of the student's pass."""
     s_ctx, t_ctx, responses = (list(x) for x in zip(*items, strict=True))
     s_rows = padded_hidden(pair.student, s_ctx, responses)
     s_hidden = torch.cat(s_rows)  # (ΣT, H)
@@ -163,6 +187,31 @@ def replay_batch(
         t_hidden = s_hidden
     else:
         t_hidden = torch.cat(padded_hidden(pair.teacher, t_ctx, responses))
+    targets = torch.tensor([t for r in responses for t in r], device=s_hidden.device)
+    result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size)
+    lengths = [len(r) for r in responses]
+    results = result.split(lengths)
+    if keep_student_hidden:  # views of the concatenation (ΣT, H), not of the padded (B, L, H)
+        for piece, rows in zip(results, s_hidden.split(lengths), strict=True):
+            piece.student_hidden = rows
+    return results
+
+
+@torch.inference_mode()
+def replay_teacher_batch(
+    pair: ModelPair,
+    student_hiddens: list[Tensor],
+    items: list[tuple[list[int], list[int]]],
+    top_k: int = 5,
+    chunk_size: int = 128,
+) -> list[ReplayResult]:
+    """`replay_teacher` for several (teacher context, response) at once, each with its student's
+    hidden states (T_b, H): one padded pass of the teacher. Equals `replay_batch` over the same
+    lines where their student rows came from a padded pass of the same shape (else within
+    float32 rounding: matmuls of other shapes)."""
+    t_ctx, responses = (list(x) for x in zip(*items, strict=True))
+    s_hidden = torch.cat(student_hiddens)  # (ΣT, H)
+    t_hidden = torch.cat(padded_hidden(pair.teacher, t_ctx, responses))
     targets = torch.tensor([t for r in responses for t in r], device=s_hidden.device)
     result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size)
     return result.split([len(r) for r in responses])
