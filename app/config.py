@@ -199,6 +199,13 @@ class Settings(BaseSettings):
         description="bootstrap resamples a job's error-localization metrics may ask for (each costs "
         "about lines with an error, squared)",
     )
+    # Verdicts (docs/metrics.md): math-verify runs in a helper process killed past this deadline
+    # (crafted LaTeX such as 9^{9^{9^{9}}} takes sympy minutes); ordinary answers take milliseconds.
+    math_verify_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        description="one verdict's math-verify check (parse and compare); past it the text rule decides",
+    )
 
     # Model work: one worker thread; interactive requests wait in a bounded queue.
     max_queued_requests: int = Field(

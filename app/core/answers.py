@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import unicodedata
 from typing import Any
+
+from vrollout.core import math_check
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 
@@ -35,12 +36,11 @@ def answer_matches(text: str, reference: str) -> bool:
 
 
 # --- Verdicts: is a trajectory's response right? (docs/metrics.md, "Verdicts") -------------------
-# math-verify (sympy underneath) can be slow on long or odd LaTeX: only the end of a response
-# (where the answer is) and of a reference is parsed, and in the main thread (the CLI) each parse
-# and comparison also runs under math-verify's own timeout. Its timeout uses SIGALRM, which only
-# the main thread may set: in a worker thread (jobs, the server) the bounded input is the guard.
-VERDICT_TAIL_CHARS = 2000
-MATH_VERIFY_TIMEOUT_S = 3
+# math-verify (sympy underneath) can take minutes on crafted LaTeX, in any thread: it runs in a
+# helper process under a wall-clock deadline (`math_check`, Settings.math_verify_timeout_s) on
+# the end of the response and of the reference (math_check.TAIL_CHARS), and a check past the
+# deadline counts as math-verify not deciding.
+
 # Words that introduce a gloss in a reference: "0 (i.e., no real-valued zeros)".
 GLOSS_LEADS = ("i e ", "ie ", "e g ", "eg ", "that is ", "namely ", "or ")
 WORD_CHARS = re.compile(r"[^\w]+")
@@ -56,13 +56,13 @@ def verdict(text: str, reference: str | None, given: bool | None = None) -> dict
     if reference is None or not str(reference).strip():
         return None
     reference = str(reference)
-    gold, answer = _math_parse(reference, gold=True), _math_parse(text)
-    parsed = {"parsed_answer": _shown(answer), "parsed_reference": _shown(gold)}
-    if gold and answer and _math_equal(gold, answer):
+    checked = math_check.check(text, reference) or {"answer": None, "reference": None, "both": False}
+    parsed = {"parsed_answer": checked["answer"], "parsed_reference": checked["reference"]}
+    if checked["both"] and checked["equal"]:
         return {"correct": True, "method": "math-verify", **parsed}
     if text_matches(text, reference):
         return {"correct": True, "method": "text", **parsed}
-    if gold and answer:
+    if checked["both"]:
         return {"correct": False, "method": "math-verify", **parsed}
     return {"correct": False, "method": "text", **parsed}
 
@@ -92,33 +92,3 @@ def text_matches(text: str, reference: str) -> bool:
     """A textual form of the reference (`reference_forms`) appears in the text as whole words."""
     haystack = f" {normalized_words(text)} "
     return any(f" {form} " in haystack for form in reference_forms(reference))
-
-
-def _math_parse(text: str, gold: bool = False) -> list[Any]:
-    from math_verify import parse
-
-    text = text[-VERDICT_TAIL_CHARS:]
-    if gold and "$" not in text and ("\\" in text or "{" in text):
-        text = f"${text}$"  # a bare LaTeX reference (\frac12, \{1,2\}): math-verify wants math mode
-    try:
-        return parse(text, parsing_timeout=_timeout())
-    except Exception:  # noqa: BLE001 - an unparsable or too slow text is "nothing parsed"
-        return []
-
-
-def _math_equal(gold: list[Any], answer: list[Any]) -> bool:
-    from math_verify import verify
-
-    try:
-        return bool(verify(gold, answer, timeout_seconds=_timeout()))
-    except Exception:  # noqa: BLE001 - a comparison that fails or times out is not a match
-        return False
-
-
-def _timeout() -> int | None:
-    return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-
-
-def _shown(parsed: list[Any]) -> str | None:
-    """math-verify's result as text: its last element is the string it extracted."""
-    return str(parsed[-1])[:200] if parsed else None
