@@ -10,7 +10,8 @@ do not apply here; the per-line ones do.
 
 `--resume` reads the output back (each analysis records its `job.line`), truncates a partly written
 last line, and skips the lines already there, so a killed run continues with no line lost or
-doubled. `--shard I/N` takes the lines whose number is I modulo N (counting from 0), keeping the
+doubled; a line that failed before and succeeds now is put back in its place when the files
+close. `--shard I/N` takes the lines whose number is I modulo N (counting from 0), keeping the
 file's own line numbers. Ctrl-C (or SIGTERM) stops after closing every file: whole JSONL lines, a
 Parquet file with the steps so far, and the summaries of what was done.
 """
@@ -94,15 +95,20 @@ class Outputs:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.shard = shard
         self.done: set[int] = set()
+        self.last = 0  # the highest line number written so far
+        self.in_order = True  # False once a line comes after a higher one (resume: a retried line)
         self.digests: IO[str] | None = None
         self.steps: StepWriter | None = None
+        self._start_views()
+        if resume and self.path.exists():
+            self._read_back()
+        self.file = self.path.open("a" if resume else "w", encoding="utf-8")
+
+    def _start_views(self) -> None:
         if self.folder is not None:
             # Unlinked at once (Linux), in the output's folder rather than a possibly small /tmp.
             self.digests = tempfile.TemporaryFile("w+", encoding="utf-8", dir=self.folder)  # noqa: SIM115 (closed in finish)
             self.steps = StepWriter(self.folder / "steps.parquet")
-        if resume and self.path.exists():
-            self._read_back()
-        self.file = self.path.open("a" if resume else "w", encoding="utf-8")
 
     def _read_back(self) -> None:
         """Keep the whole analyses of an earlier run; cut the file after the last one (a run
@@ -122,6 +128,7 @@ class Outputs:
                         f"{self.path} was written with {held}: resume it so, or use a new --out"
                     )
                 self.done.add(line)
+                self._seen(line)
                 self._views(analysis)
                 keep += len(raw)
         with self.path.open("r+b") as f:
@@ -134,8 +141,13 @@ class Outputs:
             self.digests.write(json.dumps(digest(analysis)) + "\n")
             self.steps.add(analysis)
 
+    def _seen(self, line: int) -> None:
+        self.in_order = self.in_order and line > self.last
+        self.last = max(self.last, line)
+
     def add(self, analysis: dict[str, Any]) -> None:
         self.file.write(json.dumps(analysis) + "\n")
+        self._seen(analysis["job"]["line"])
         self._views(analysis)
 
     def flush(self) -> None:
@@ -144,6 +156,38 @@ class Outputs:
 
     def close(self) -> None:
         self.file.close()
+        if self.steps is not None:
+            self.steps.close()
+            self.steps = None
+        if not self.in_order:
+            self._reorder()
+
+    def _reorder(self) -> None:
+        """Put the analyses back in line order: after `--resume`, a line that failed in the earlier
+        run and succeeds now was appended after later lines. The file is rewritten through an
+        index of (line, offset) pairs, then steps.parquet and the digests are made again from it,
+        one analysis at a time."""
+        index = []
+        with self.path.open("rb") as f:
+            offset = 0
+            for raw in f:
+                index.append((json.loads(raw)["job"]["line"], offset, len(raw)))
+                offset += len(raw)
+        index.sort()
+        tmp = self.path.with_name(f".{self.path.name}.reordering")
+        with self.path.open("rb") as src, tmp.open("wb") as dst:
+            for _, offset, size in index:
+                src.seek(offset)
+                dst.write(src.read(size))
+        tmp.replace(self.path)
+        self.in_order = True
+        if self.digests is None:
+            return
+        self.digests.close()
+        self._start_views()
+        with self.path.open("rb") as f:
+            for raw in f:
+                self._views(json.loads(raw))
         if self.steps is not None:
             self.steps.close()
             self.steps = None

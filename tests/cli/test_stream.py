@@ -150,6 +150,32 @@ def test_resume_after_a_killed_run(model, tmp_path, capsys):
         assert a["summary"]["reverse_kl_total"] == pytest.approx(b["summary"]["reverse_kl_total"], abs=1e-4)
 
 
+def test_a_line_that_failed_and_succeeds_on_resume_is_put_back_in_order(model, tmp_path, capsys):
+    lines = trajectories(5)
+    broken = write(
+        tmp_path / "runs.jsonl", [lines[0]], "{not json\n" + "".join(json.dumps(x) + "\n" for x in lines[2:])
+    )
+    out = tmp_path / "out"
+    assert main(analyze(model, str(broken), "--out", str(out))) == 1
+    assert f"{broken}:2: invalid JSON" in capsys.readouterr().err
+    fixed = write(tmp_path / "runs.jsonl", lines)  # the same file, line 2 mended
+    assert main(analyze(model, str(fixed), "--out", str(out), "--resume")) == 0
+    assert "1 analysed, 0 failed (4 from the earlier run)" in capsys.readouterr().err
+    analyses = read_jsonl(out / "analyses.jsonl")
+    assert [a["job"]["line"] for a in analyses] == [1, 2, 3, 4, 5]
+    assert [a["trajectory"]["id"] for a in analyses] == [x["id"] for x in lines]
+    summaries = pd.read_csv(out / "summaries.csv")
+    steps = pq.read_table(out / "steps.parquet").to_pandas()
+    assert list(summaries["line"]) == [1, 2, 3, 4, 5]
+    assert list(steps["line"]) == sorted(steps["line"]) and len(steps) == summaries["tokens"].sum()
+    whole = tmp_path / "whole"  # the views equal those of an uninterrupted run, ids aside
+    assert main(analyze(model, str(fixed), "--out", str(whole))) == 0
+    again = pd.read_csv(whole / "summaries.csv")
+    pd.testing.assert_frame_equal(summaries.drop(columns="analysis_id"), again.drop(columns="analysis_id"))
+    assert (out / "headline.csv").read_text() == (whole / "headline.csv").read_text()
+    assert not list(out.glob(".*reordering"))
+
+
 def test_shards_cover_the_file_once(model, tmp_path, capsys):
     lines = trajectories(7)
     src = write(tmp_path / "runs.jsonl", lines[:3], "\n" + "".join(json.dumps(x) + "\n" for x in lines[3:]))
