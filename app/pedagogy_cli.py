@@ -122,12 +122,20 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
                 yield record
 
         student, teacher = analyzer.pair.student.name, analyzer.pair.teacher.name
-        write_pedagogical(
+        summary = write_pedagogical(
             records(), Path(args.out), include=args.include, end_ids=end_ids(analyzer),
             name=Path(args.file).name, student=student, teacher=teacher, settings=settings,
         )  # fmt: skip
     for number, message in sorted(errors):
         print(f"{args.file}:{number}: {message}", file=sys.stderr)
+    if as_text := summary["prompts_as_text"]:
+        print(
+            f"{as_text} prompt{'s' if as_text > 1 else ''} (given rendered or as token ids) could not "
+            "be given as chat messages of the student's template: their rows in rollouts.jsonl have "
+            "prompt null and the exact text in prompt_text (filter them out for a trainer that "
+            "applies the chat template)",
+            file=sys.stderr,
+        )
     print(f"{done} lines -> {args.out}", file=sys.stderr)
     return 0 if not errors else (1 if done else 2)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from vrollout.core.answers import verdict
 from vrollout.core.errors import BadTrajectory, VRError
+from vrollout.core.rendered import as_messages, ids_as_messages
 from vrollout.core.replay import Progress, _no_progress
 from vrollout.core.rules import eos_set
 from vrollout.core.validation import validate
@@ -134,7 +135,7 @@ def run_line(
         tok.decode(ids, skip_special_tokens=True)
         for ids in (analysis["response_ids"], rollout["response_ids"])
     ]
-    return analysis, rollout_record(line, item, analysis, rollout, *words)
+    return analysis, rollout_record(line, item, analysis, rollout, *words, tok)
 
 
 def run_lines(
@@ -166,28 +167,29 @@ def run_lines(
             tok.decode(ids, skip_special_tokens=True)
             for ids in (analysis["response_ids"], rollout["response_ids"])
         ]
-        results[i] = (analysis, rollout_record(group[i][0], group[i][1], analysis, rollout, *words))
+        results[i] = (analysis, rollout_record(group[i][0], group[i][1], analysis, rollout, *words, tok))
     return results  # type: ignore[return-value]
 
 
 def rollout_record(
     line: int, item: PreparedLine, analysis: dict[str, Any], rollout: dict[str, Any],
-    student_words: str, rollout_words: str,
+    student_words: str, rollout_words: str, tokenizer: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """The ROLLOUT RECORD of a line (docs/formats.md): the student alone, OPD's view of its
     rollout, and the pedagogical rollout (+ sweep). `correct` is one reference check for both
     (`answers.verdict` of each response's words, without special tokens, as an analysis reads
-    its response; a log's own `correct` is not used), null without a reference."""
+    its response; a log's own `correct` is not used), null without a reference. `tokenizer`: the
+    student's (`record_prompt`)."""
     traj, summary = item.prep.traj, analysis["summary"]
     reference = item.rollout.reference
     pedagogical = {k: v for k, v in rollout.items() if k not in NOT_ROLLOUT}
     pedagogical["correct"] = _correct(rollout_words, reference)
+    prompt, prompt_text = record_prompt(tokenizer, item)
     return {
         "id": traj.id if traj.id is not None else str(line),
         "line": line,
-        "prompt": traj.messages
-        if traj.messages is not None
-        else [{"role": "user", "content": analysis["student"]["context_text"]}],
+        "prompt": prompt,
+        "prompt_text": prompt_text,
         "reference_answer": reference,
         "student": {
             "analysis_id": analysis["id"],
@@ -204,6 +206,23 @@ def rollout_record(
         "pedagogical": pedagogical,
         "sweep": rollout["sweep"],
     }
+
+
+def record_prompt(tokenizer: Any, item: PreparedLine) -> tuple[list[dict[str, str]] | None, str | None]:
+    """The record's `prompt` (chat messages, TRL's `prompt`) and `prompt_text` (docs/formats.md,
+    "Rollout records"): a line given as messages keeps them; one given rendered (`rendered: true`)
+    or as token ids gives the messages its rendering comes from (`core.rendered.as_messages`: the
+    student's template renders them back to exactly the student's context, so a trainer applying
+    it does not template the prompt twice). Where none do, `prompt` is null and `prompt_text` the
+    exact text the student saw; otherwise `prompt_text` is null."""
+    traj, ctx = item.prep.traj, item.prep.ctx
+    if traj.format == "token_ids":
+        messages = ids_as_messages(tokenizer, ctx.student_ids)
+    elif traj.rendered:
+        messages = as_messages(tokenizer, ctx.student_text)
+    else:
+        return traj.messages, None
+    return (messages, None) if messages is not None else (None, ctx.student_text)
 
 
 def _correct(words: str, reference: str | None) -> bool | None:

@@ -168,3 +168,119 @@ def _as_given(tokenizer: Any, prompt: str) -> list[str]:
         f"({end.closing!r}): it is used as the exact text given (privileged info could not be "
         "placed in it)"
     ]
+
+
+# --- A rendered prompt back as messages --------------------------------------------------------
+# The export gives the prompt as chat messages (TRL applies the chat template to them): a rendered
+# prompt given as one user message would be templated twice. Its messages are recovered from the
+# student's own template, learned from probe conversations, and accepted only when rendering them
+# gives back exactly the text.
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class _Grammar:
+    """How the template writes a conversation that starts with `first`: the text before the first
+    message's content, the text between two messages' contents by their roles, and the text after
+    the last user message's content with the generation prompt."""
+
+    first: str
+    head: str
+    between: dict[tuple[str, str], str]
+    tail: str
+
+
+def _probe(tokenizer: Any, roles: tuple[str, ...]) -> list[str] | None:
+    """The rendered probe conversation (one marker per message, generation prompt added) split at
+    its markers; None where the template refuses it or changes a marker."""
+    markers = [f"{PROBE}-{i}" for i in range(len(roles))]
+    messages = [{"role": r, "content": m} for r, m in zip(roles, markers, strict=True)]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # a template may refuse a role or an order (jinja raise_exception)
+        return None
+    parts = []
+    for marker in markers:
+        if not isinstance(text, str) or text.count(marker) != 1:
+            return None
+        before, _, text = text.partition(marker)
+        parts.append(before)
+    return [*parts, text]
+
+
+def _grammars(tokenizer: Any) -> list[_Grammar]:
+    """The template's ways to start a conversation, fewest messages first (without a system
+    message before with one: a template's default system prompt is then recovered as the default,
+    not as a message the line never gave)."""
+    grammars = []
+    for first in (("user",), ("system", "user")):
+        short = _probe(tokenizer, first)
+        if short is None:
+            continue
+        between = {}
+        if len(first) == 2:
+            between[("system", "user")] = short[1]
+        turns = _probe(tokenizer, (*first, "assistant", "user"))
+        if turns is not None and turns[0] == short[0] and turns[-1] == short[-1]:
+            between[("user", "assistant")], between[("assistant", "user")] = turns[-3], turns[-2]
+        grammars.append(_Grammar(first[0], short[0], between, short[-1]))
+    return grammars
+
+
+def _parse(grammar: _Grammar, text: str) -> list[dict[str, str]] | None:
+    """The messages `text` holds as `grammar` writes them: each content runs to the first
+    separator its role may be followed by (the round trip judges a content that held one)."""
+    if not text.startswith(grammar.head) or not text.endswith(grammar.tail):
+        return None
+    end = len(text) - len(grammar.tail)
+    at, role, messages = len(grammar.head), grammar.first, []
+    while at <= end:
+        nexts = [
+            (found, after, sep)
+            for (before, after), sep in grammar.between.items()
+            if before == role and sep and 0 <= (found := text.find(sep, at, end)) < end
+        ]
+        if not nexts:
+            if role != "user":
+                return None
+            messages.append({"role": role, "content": text[at:end]})
+            return messages
+        found, after, sep = min(nexts)
+        messages.append({"role": role, "content": text[at:found]})
+        at, role = found + len(sep), after
+    return None
+
+
+def as_messages(tokenizer: Any, text: str) -> list[dict[str, str]] | None:
+    """The chat messages whose rendering by `tokenizer`'s chat template (generation prompt added)
+    is exactly `text`, or None. Learned from the template by probes (no template syntax is
+    hard-coded); system, user and assistant turns; the fewest messages that render back exactly
+    (a template's default system prompt stays the default). None where the template cannot be
+    probed or inverted, or `text` is not its rendering of any conversation ending on a user turn
+    (a prefilled answer after the generation prompt, another template, stripped special tokens):
+    then TRL, applying the template to the messages, would not see the text the student saw."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    for grammar in _grammars(tokenizer):
+        messages = _parse(grammar, text)
+        if messages is None:
+            continue
+        try:
+            again = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:
+            continue
+        if again == text:
+            return messages
+    return None
+
+
+def ids_as_messages(tokenizer: Any, ids: list[int]) -> list[dict[str, str]] | None:
+    """`as_messages` of a prompt given as token ids (decoded with its special tokens), accepted only
+    when the rendering of the messages also tokenizes back to exactly `ids` (as TRL tokenizes it:
+    no special tokens added), else None."""
+    messages = as_messages(tokenizer, tokenizer.decode(ids, skip_special_tokens=False))
+    if messages is None:
+        return None
+    again = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return messages if tokenizer(again, add_special_tokens=False)["input_ids"] == list(ids) else None

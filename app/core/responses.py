@@ -404,6 +404,11 @@ class ComparisonSummary(Open):
         description="per intervention: student log-prob of the substitute"
     )
     max_surprisal_per_rollout: Spread = Field(description="per rollout with interventions")
+    prompts_as_text: int = Field(
+        0,
+        description="lines whose prompt (given rendered or as token ids) could not be given as chat "
+        "messages: their exported rows have prompt null and the exact text in prompt_text",
+    )
 
 
 class HeadlineText(Open):

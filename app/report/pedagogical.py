@@ -127,11 +127,13 @@ class ComparisonTally:
         self.rows: list[dict[str, Any]] = []
         self.logprobs: list[float] = []  # every intervention of every line
         self.sweeps: dict[float, list[tuple[int, bool | None]]] = {}  # threshold: (interventions, reached)
+        self.prompts_as_text = 0  # lines whose prompt could not be given as messages (`export_row`)
 
     def add(self, record: dict[str, Any]) -> dict[str, Any]:
         row = comparison_row(record)
         self.rows.append(row)
         self.logprobs.extend(intervention_logprobs(record))
+        self.prompts_as_text += record["prompt"] is None
         for r in record.get("sweep") or []:
             self.sweeps.setdefault(r["threshold"], []).append(
                 (r["num_interventions"], r["reached_reference"])
@@ -178,6 +180,7 @@ class ComparisonTally:
             "sweep": sweep,
             "intervention_student_logprob": stats(self.logprobs),
             "max_surprisal_per_rollout": stats(surprisals),
+            "prompts_as_text": self.prompts_as_text,
         }
 
 
@@ -260,9 +263,12 @@ def export_row(
     record: dict[str, Any], style: str = "prompt-completion", end_ids: Collection[int] = ()
 ) -> dict[str, Any]:
     """One line of rollouts.jsonl (DESIGN "Pedagogical rollouts as data"); `messages`: TRL's
-    conversational language-modeling shape (`messages` = prompt + completion), same extra fields."""
+    conversational language-modeling shape (`messages` = prompt + completion), same extra fields.
+    A prompt that could not be given as messages (a record's null `prompt`) stays null, never
+    one user message holding a rendered text (a trainer would template it twice): `prompt_text`
+    holds the exact text instead (`messages` is then null too)."""
     ped = record["pedagogical"]
-    prompt = list(record["prompt"])
+    prompt = None if record["prompt"] is None else list(record["prompt"])
     completion = [{"role": "assistant", "content": completion_text(ped, end_ids)}]
     logprobs = intervention_logprobs(record)
     interventions = [
@@ -276,13 +282,14 @@ def export_row(
         for i, logprob in zip(ped["interventions"], logprobs, strict=True)
     ]
     text = (
-        {"messages": prompt + completion}
+        {"messages": None if prompt is None else prompt + completion}
         if style == "messages"
         else {"prompt": prompt, "completion": completion}
     )
     return {
         "id": record["id"],
         **text,
+        "prompt_text": record.get("prompt_text"),
         "completion_ids": list(ped["response_ids"]),
         "interventions": interventions,
         "success": ped.get("correct"),
@@ -328,6 +335,7 @@ def rollout_schema(style: str) -> Any:
         [("messages", messages)] if style == "messages" else [("prompt", messages), ("completion", messages)]
     )
     tail = [
+        ("prompt_text", pa.string()),
         ("completion_ids", pa.list_(pa.int64())),
         ("interventions", pa.list_(intervention)),
         ("success", pa.bool_()),

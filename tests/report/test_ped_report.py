@@ -172,9 +172,11 @@ def test_export_lines_are_designs_rollouts_jsonl(records):
     everything = list(export_rows(records, include="all"))
     assert len(everything) == len(records)
     for line, record in zip(everything, records, strict=True):
-        assert list(line) == ["id", "prompt", "completion", "completion_ids", "interventions", "success"]
+        assert list(line) == [
+            "id", "prompt", "completion", "prompt_text", "completion_ids", "interventions", "success",
+        ]  # fmt: skip
         ped = record["pedagogical"]
-        assert line["prompt"] == record["prompt"]
+        assert (line["prompt"], line["prompt_text"]) == (record["prompt"], None)
         assert line["completion_ids"] == ped["response_ids"]
         assert line["success"] is ped["correct"]
         assert line["completion"][0]["role"] == "assistant"

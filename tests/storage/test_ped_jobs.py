@@ -22,7 +22,9 @@ LINES = [
     {"messages": [{"role": "user", "content": "say hi"}]},  # no response, no reference
 ]
 OPTIONS = {"threshold": 0.2, "sweep": "0.01, 0.5", "max_new_tokens": 6, "temperature": 0.7, "seed": 3}
-RECORD_KEYS = {"id", "line", "prompt", "reference_answer", "student", "opd", "pedagogical", "sweep"}
+RECORD_KEYS = {
+    "id", "line", "prompt", "prompt_text", "reference_answer", "student", "opd", "pedagogical", "sweep",
+}  # fmt: skip
 
 
 def jsonl(lines: list[dict]) -> str:
@@ -54,7 +56,7 @@ def test_records_agree_with_analyze_and_pedagogical_run_directly(tiny_client):
     prompts = [[{"role": "user", "content": "What is 2+2?"}], LINES[1]["prompt"], LINES[2]["messages"]]
     for line, record, prompt in zip(LINES, records, prompts, strict=True):
         assert set(record) == RECORD_KEYS
-        assert record["prompt"] == prompt
+        assert (record["prompt"], record["prompt_text"]) == (prompt, None)
         # (1) the student's own rollout, analysed as usual: the stored analysis is OPD's view.
         stored = tiny_client.get(f"/api/analyses/{record['student']['analysis_id']}").json()
         assert stored["job"] == {"id": job["id"], "line": record["line"]}

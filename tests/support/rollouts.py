@@ -41,6 +41,7 @@ def run_line(analyzer: Analyzer, prompt: str, response: str | None = None) -> di
     summary = analysis["summary"]
     return {
         "prompt": [{"role": "user", "content": prompt}],
+        "prompt_text": None,
         "reference_answer": None,
         "student": {
             "analysis_id": analysis["id"],
