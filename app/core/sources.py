@@ -3,8 +3,8 @@
 mapping (`--map`) and a framework preset (`--from`) before the usual validation.
 
 `iter_rows` yields `(row number, dict)` or `(row number, LineError)`, one row at a time: a
-Parquet file is read a batch at a time and a JSONL file a line at a time, so memory stays
-bounded whatever the size. Knows nothing about models or HTTP; pyarrow and `datasets` are
+Parquet file is read a batch at a time, a JSONL file a line at a time and a JSON array an
+item at a time (`core.array_stream`), so memory stays bounded whatever the size. Knows nothing about models or HTTP; pyarrow and `datasets` are
 imported only when such a source is read.
 """
 
@@ -15,12 +15,12 @@ import decimal
 import json
 import math
 import os
-import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vrollout.core.array_stream import iter_array
 from vrollout.core.errors import BadTrajectory, TooLong, VRError
 from vrollout.core.trajectories import LineError, _over, check_encoding, decode_line, parse_file
 
@@ -125,7 +125,8 @@ def _parsed(data: bytes, settings: Settings) -> Iterator[Row]:
 
 def _lines(path: Path, settings: Settings) -> Iterator[Row]:
     """A JSONL file one line at a time (a line over the limit is skipped unread, so one huge
-    line never fills memory); a JSON array is read whole (one item per number)."""
+    line never fills memory); a JSON array a piece at a time too (`core.array_stream`: one
+    item per number, an item over the limit scanned past, never held whole)."""
     with path.open("rb") as f:
         head = f.read(1 << 16)
     check_encoding(head)
@@ -133,8 +134,7 @@ def _lines(path: Path, settings: Settings) -> Iterator[Row]:
     if not first:
         raise BadTrajectory("the file is empty")
     if first.startswith(b"["):
-        good, bad = parse_file(path.read_bytes(), sys.maxsize, settings.max_line_bytes)
-        return iter(sorted([*good, *((e.line, e) for e in bad)], key=lambda r: r[0]))
+        return iter_array(path, settings.max_line_bytes)
     return _jsonl(path, settings.max_line_bytes, head.startswith(b"\xef\xbb\xbf"))
 
 
