@@ -11,19 +11,19 @@ and counts as math-verify not deciding; the next check starts a fresh helper. Th
 
 Helpers start on first use (an interpreter importing sympy: 1-3 s, outside the deadline), serve
 one check at a time each, at most `POOL_SIZE` at once, and end with the process (atexit; a
-helper also ends when its stdin closes or its parent is gone)."""
+helper also ends when its stdin closes, and a check has a CPU-time cap in case its parent died)."""
 
 from __future__ import annotations
 
 import atexit
 import json
 import logging
-import os
+import math
+import resource
 import select
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TAIL_CHARS = 2000
 SHOWN_CHARS = 200
 POOL_SIZE = 2
+CPU_GRACE_S = 10.0  # a helper's CPU cap per check: the deadline + this (see `_cpu_cap`)
 START_TIMEOUT_S = 120.0  # a helper's interpreter start and sympy import, on a loaded machine
 _deadline_s = 3.0  # Settings.math_verify_timeout_s, set by `set_deadline` at start-up
 
@@ -52,7 +53,7 @@ def check(text: str, reference: str) -> dict[str, Any] | None:
     "reference"}` (what it extracted, at most 200 characters, None when nothing) and `"equal"`
     (both parsed and found equal); None when it did not finish in time or no helper could run."""
     request = {"text": text[-TAIL_CHARS:], "reference": reference[-TAIL_CHARS:]}
-    return _POOL.run(request, _deadline_s)
+    return _POOL.run({**request, "deadline": _deadline_s}, _deadline_s)
 
 
 # --- The helper process's side -------------------------------------------------------------------
@@ -93,11 +94,17 @@ def compare(text: str, reference: str) -> dict[str, Any]:
     }
 
 
-def _orphan_watch(parent: int) -> None:
-    """A helper whose parent died mid-check ends itself rather than compute on for nobody."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(0)
+def _cpu_cap(seconds: float) -> None:
+    """Let this helper use at most `seconds` more CPU time (then the kernel ends it). The parent
+    kills it at the deadline; the cap ends a check whose parent died first, which a watcher
+    thread could not (sympy's big-integer arithmetic holds the GIL for minutes). CPU time never
+    runs ahead of wall time in this one-threaded check, so the cap never ends one in time."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(used.ru_utime + used.ru_stime + seconds)
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    resource.setrlimit(
+        resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard)
+    )
 
 
 def main() -> None:
@@ -105,12 +112,12 @@ def main() -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled": the parent's job
     import math_verify  # noqa: F401 - imported before "ready", so no deadline pays for it
 
-    threading.Thread(target=_orphan_watch, args=(os.getppid(),), daemon=True).start()
     out = sys.stdout
     out.write('{"ready": true}\n')
     out.flush()
     for line in sys.stdin:
         request = json.loads(line)
+        _cpu_cap(request["deadline"] + CPU_GRACE_S)
         out.write(json.dumps(compare(request["text"], request["reference"])) + "\n")
         out.flush()
 
@@ -138,7 +145,7 @@ class _Helper:
         line = self.proc.stdout.readline() if ready else ""
         return json.loads(line) if line else None
 
-    def ask(self, request: dict[str, str], timeout: float) -> dict[str, Any] | None:
+    def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         return self._read(timeout)
@@ -159,7 +166,7 @@ class _Pool:
         self.idle: list[_Helper] = []
         self.started = 0  # helpers started so far (tests read it: a killed one is replaced)
 
-    def run(self, request: dict[str, str], deadline: float) -> dict[str, Any] | None:
+    def run(self, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
         with self.slots:
             with self.lock:
                 helper = self.idle.pop() if self.idle else None

@@ -9,6 +9,9 @@ its own; measured with the installed math_verify)."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -104,3 +107,10 @@ def test_a_slow_reference_does_not_hang_an_analysis_or_a_job(tiny, tmp_path, sho
         found = [client.get(f"/api/analyses/{i['analysis_id']}").json()["verdict"] for i in items]
     assert [(v["correct"], v["method"]) for v in found] == [(False, "text"), (True, "math-verify")]
     assert math_check.deadline() == DEADLINE_S  # the setting reached the verdicts
+
+
+def test_a_helper_whose_parent_died_is_ended_by_its_cpu_cap():
+    """A watcher thread could not end it (sympy's big-integer work holds the GIL): the kernel does."""
+    busy = "from vrollout.core import math_check; math_check._cpu_cap(1.0)\nwhile True: pass"
+    done = subprocess.run([sys.executable, "-c", busy], timeout=60)
+    assert done.returncode == -signal.SIGXCPU
