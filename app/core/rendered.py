@@ -255,13 +255,13 @@ def _parse(grammar: _Grammar, text: str) -> list[dict[str, str]] | None:
 def as_messages(tokenizer: Any, text: str) -> list[dict[str, str]] | None:
     """The chat messages whose rendering by `tokenizer`'s chat template (generation prompt added)
     is exactly `text`, or None. Learned from the template by probes (no template syntax is
-    hard-coded); system, user and assistant turns; the fewest messages that render back exactly
-    (a template's default system prompt stays the default). None where the template cannot be
-    probed or inverted, or `text` is not its rendering of any conversation ending on a user turn
-    (a prefilled answer after the generation prompt, another template, stripped special tokens):
+    hard-coded); system, user and assistant turns. None where the template cannot be probed or
+    inverted, or `text` is not its rendering of any conversation ending on a user turn (a
+    prefilled answer after the generation prompt, another template, stripped special tokens):
     then TRL, applying the template to the messages, would not see the text the student saw."""
     if not getattr(tokenizer, "chat_template", None):
         return None
+    found = []
     for grammar in _grammars(tokenizer):
         messages = _parse(grammar, text)
         if messages is None:
@@ -271,8 +271,25 @@ def as_messages(tokenizer: Any, text: str) -> list[dict[str, str]] | None:
         except Exception:
             continue
         if again == text:
-            return messages
-    return None
+            found.append((grammar, messages))
+    if len(found) < 2:
+        return found[0][1] if found else None
+    return _likelier(*found)
+
+
+def _likelier(
+    plain: tuple[_Grammar, list[dict[str, str]]], with_system: tuple[_Grammar, list[dict[str, str]]]
+) -> list[dict[str, str]]:
+    """Of two conversations that both render to the text, one starting with a system message: it,
+    where the template marks a system message (writes more than whitespace for it that it does not
+    write for a user turn: Llama 2's <<SYS>>), unless it is the template's default system prompt
+    (the other one is then the same conversation without it: SmolLM2's, Qwen's). A system message
+    written into the user turn as bare text (Gemma's) cannot be told from the user's own text: the
+    user message keeps it."""
+    (user_grammar, user_messages), (system_grammar, system_messages) = plain, with_system
+    marked = system_grammar.head != user_grammar.head or system_grammar.between[("system", "user")].strip()
+    default = system_messages[1:] == user_messages
+    return system_messages if marked and not default else user_messages
 
 
 def ids_as_messages(tokenizer: Any, ids: list[int]) -> list[dict[str, str]] | None:

@@ -6,7 +6,6 @@ system prompt)."""
 from __future__ import annotations
 
 import pytest
-from support import REAL_CACHE
 from support.tiny import tiny_tokenizer
 from vrollout.core.rendered import as_messages, ids_as_messages
 
@@ -15,6 +14,21 @@ LLAMA3 = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# Llama 2's shape: no generation prompt, the system message inside the first [INST], marked by
+# <<SYS>>, and the roles must alternate.
+LLAMA2 = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
 )
 # Gemma's shape: no system turn (a system message is folded into the first user turn), the
 # assistant is "model", and the roles must alternate.
@@ -50,7 +64,7 @@ def render(tok, messages):
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-@pytest.mark.parametrize("template", [None, LLAMA3], ids=["chatml", "llama3"])
+@pytest.mark.parametrize("template", [None, LLAMA3, LLAMA2], ids=["chatml", "llama3", "llama2"])
 @pytest.mark.parametrize(
     "messages", [ONE, SYSTEM, TURNS, NO_SYSTEM_TURNS], ids=["one", "system", "turns", "no-system"]
 )
@@ -63,8 +77,9 @@ def test_rendered_prompt_comes_back_as_its_messages(template, messages):
 
 
 def test_gemma_like_template_folds_the_system_message_back_into_the_user_turn():
-    """A template without a system turn renders system + user as one user turn: the fewest
-    messages that render back exactly are given (the same text for the template, so for TRL)."""
+    """A template without a system turn writes the system message into the first user turn as
+    bare text, which cannot be told from the user's own: one user message holds both (the same
+    rendering, so the same text for TRL)."""
     tok = tokenizer(GEMMA)
     assert as_messages(tok, render(tok, NO_SYSTEM_TURNS)) == NO_SYSTEM_TURNS
     text = render(tok, TURNS)
@@ -74,7 +89,9 @@ def test_gemma_like_template_folds_the_system_message_back_into_the_user_turn():
     assert recovered[1:] == NO_SYSTEM_TURNS[1:]
 
 
-@pytest.mark.parametrize("template", [None, LLAMA3, GEMMA], ids=["chatml", "llama3", "gemma"])
+@pytest.mark.parametrize(
+    "template", [None, LLAMA3, LLAMA2, GEMMA], ids=["chatml", "llama3", "llama2", "gemma"]
+)
 def test_text_that_is_not_a_rendering_is_refused(template):
     tok = tokenizer(template)
     text = render(tok, ONE)
@@ -114,14 +131,10 @@ def test_no_template_and_a_template_that_changes_contents():
 
 
 @pytest.mark.real_model
-def test_default_model_template_round_trips():
+def test_default_model_template_round_trips(real_analyzer):
     """SmolLM2's template writes a default system prompt when none is given: a prompt rendered
     without a system message comes back without one; one with a system message keeps it."""
-    from vrollout.config import Settings
-    from vrollout.service import Analyzer
-
-    analyzer = Analyzer.from_settings(Settings(cache_dir=REAL_CACHE))
-    tok = analyzer.pair.student.tokenizer
+    tok = real_analyzer.pair.student.tokenizer
     for messages in (ONE, SYSTEM, TURNS, NO_SYSTEM_TURNS):
         text = render(tok, messages)
         assert as_messages(tok, text) == messages
