@@ -1,0 +1,74 @@
+"""`vrollout analyze` on a JSON array file (read an item at a time, core.array_stream): the same
+analyses and line errors as the same trajectories written as JSONL; a file that goes wrong part
+way is said as a JSONL file's unreadable part is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vrollout.cli import main
+from vrollout.storage.jobs import WINDOW
+
+LINES = [
+    {"id": "a", "prompt": "What is 2+2?", "response": "It is 4 [sure]."},
+    {"id": "b", "prompt": 'Say "hi"', "response": 'hi \\ "there"', "reference_answer": "hi"},
+    7,  # not an object: that line's error, in both files
+    {"id": "c", "messages": [{"role": "user", "content": "]}"}, {"role": "assistant", "content": "{["}]},
+]
+
+
+def analyze(model: Path, src: Path, out: Path) -> list[str]:
+    return [
+        "analyze",
+        str(src),
+        "--out",
+        str(out),
+        "--student",
+        str(model),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--no-store",
+    ]
+
+
+def comparable(analysis: dict) -> dict:
+    """An analysis less what differs from run to run (its own id, when it was made)."""
+    return {k: v for k, v in analysis.items() if k not in ("id", "created_at")}
+
+
+def test_an_array_gives_the_analyses_of_the_same_jsonl(tiny_folder, tmp_path, capsys):
+    jsonl = tmp_path / "runs.jsonl"
+    jsonl.write_text("".join(json.dumps(line) + "\n" for line in LINES))
+    array = tmp_path / "runs.json"
+    array.write_text("[\n" + ",\r\n".join(json.dumps(line, indent=1) for line in LINES) + "\n]\n")
+    results = {}
+    for src in (jsonl, array):
+        out = tmp_path / f"{src.suffix[1:]}-out.jsonl"
+        assert main(analyze(tiny_folder, src, out)) == 1  # line 3 failed
+        err = capsys.readouterr().err
+        assert f"{src}:3: a trajectory must be a JSON object, got int" in err
+        results[src.suffix] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["job"]["line"] for a in results[".json"]] == [1, 2, 4]
+    assert [comparable(a) for a in results[".json"]] == [comparable(a) for a in results[".jsonl"]]
+
+
+def test_an_array_that_goes_wrong_part_way(tiny_folder, tmp_path, capsys):
+    """Invalid JSON after 70 good items: the command stops with the upload's message and the
+    file's line (exit 2, as for a Parquet file damaged part way); the analyses of the windows
+    read before it are written, so `--resume` goes on from there once the file is mended."""
+    array = tmp_path / "runs.json"
+    items = [json.dumps({"id": f"t{i}", "prompt": f"{i}+{i}?", "response": str(2 * i)}) for i in range(70)]
+    array.write_text("[\n" + ",\n".join([*items, '{"prompt" "x"}']) + "\n]\n")
+    out = tmp_path / "out.jsonl"
+    assert main(analyze(tiny_folder, array, out)) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "error: invalid JSON array: Expecting ':' delimiter (line 72)"
+    done = [json.loads(line)["job"]["line"] for line in out.read_text().splitlines()]
+    assert done == list(range(1, WINDOW + 1))
+    array.write_text("[\n" + ",\n".join(items) + "\n]\n")
+    assert main([*analyze(tiny_folder, array, out), "--resume"]) == 0
+    capsys.readouterr()
+    assert [json.loads(line)["job"]["line"] for line in out.read_text().splitlines()] == list(range(1, 71))
