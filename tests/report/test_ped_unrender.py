@@ -15,6 +15,7 @@ import pytest
 from support import tiny_settings, upload, wait_done
 from support.tiny import tiny_tokenizer
 from vrollout.pedagogy_cli import pedagogical_file
+from vrollout.pedagogy_jobs import pedagogical_options, prepare_line, run_line
 from vrollout.service import Analyzer
 
 PROMPT = [
@@ -151,3 +152,22 @@ def test_no_note_when_every_prompt_is_messages(tiny, tmp_path, capsys):
     values |= dict(max_new_tokens=5, sweep=None, top_k=None, include="all", no_store=True)
     assert pedagogical_file(argparse.Namespace(**values), settings, Analyzer(tiny, settings)) == 0
     assert "could not be given as chat messages" not in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_real_model_rendered_line_gives_its_messages(real_analyzer):
+    """On the default model (SmolLM2, whose template writes a default system prompt), a line
+    given as rendered text makes the record of the same line given as messages."""
+    tok = real_analyzer.pair.student.tokenizer
+    messages = PROMPT[1:]  # no system message: the template's default is in the text
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    options = pedagogical_options(real_analyzer, threshold=0.2, max_new_tokens=4)
+    common = {"response": "17*23 = 391.", "reference_answer": "391", "generation": options["generation"]}
+    records = [
+        run_line(
+            real_analyzer, 1, prepare_line(real_analyzer, {"prompt": given, **extra, **common}, options)
+        )[1]
+        for given, extra in ((messages, {}), (text, {"rendered": True}))
+    ]
+    assert [(r["prompt"], r["prompt_text"]) for r in records] == [(messages, None)] * 2
+    assert records[0]["pedagogical"]["response_ids"] == records[1]["pedagogical"]["response_ids"]
