@@ -1,13 +1,17 @@
-"""`vrollout analyze` on a JSON array file (read an item at a time, core.array_stream): the same
-analyses and line errors as the same trajectories written as JSONL; a file that goes wrong part
-way is said as a JSONL file's unreadable part is."""
+"""`vrollout analyze` and `vrollout pedagogical` on a JSON array file (read an item at a time,
+core.array_stream): the same analyses, rollouts and line errors as the same trajectories written
+as JSONL; invalid JSON part way stops the run with the upload's message."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+from support import tiny_settings
 from vrollout.cli import main
+from vrollout.pedagogy_cli import pedagogical_file
+from vrollout.service import Analyzer
 from vrollout.storage.jobs import WINDOW
 
 LINES = [
@@ -72,3 +76,29 @@ def test_an_array_that_goes_wrong_part_way(tiny_folder, tmp_path, capsys):
     assert main([*analyze(tiny_folder, array, out), "--resume"]) == 0
     capsys.readouterr()
     assert [json.loads(line)["job"]["line"] for line in out.read_text().splitlines()] == list(range(1, 71))
+
+
+def test_pedagogical_reads_an_array_as_the_same_jsonl(tiny, tmp_path, capsys):
+    lines = [
+        {"id": "a", "prompt": "What is 2+2?", "privileged": "2+2 = 4 [ok]", "reference_answer": "4"},
+        "not an object",
+        {"id": "b", "prompt": 'Say "hello"', "privileged": "hello \\ world", "reference_answer": "hello"},
+    ]
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    array = tmp_path / "prompts.json"
+    array.write_text(json.dumps(lines, indent=2))
+    settings = tiny_settings(tmp_path)
+    analyzer = Analyzer(tiny, settings)
+    exported = {}
+    for src in (jsonl, array):
+        out = tmp_path / src.suffix[1:]
+        args = dict(file=str(src), out=str(out), split=None, map=None, preset=None, privileged=None)
+        args |= dict(threshold=0.2, max_rank=None, temperature=None, top_p=None, seed=0)
+        args |= dict(max_new_tokens=5, sweep=None, top_k=None, include="all", no_store=True)
+        assert pedagogical_file(argparse.Namespace(**args), settings, analyzer) == 1
+        assert f"{src}:2: a trajectory must be a JSON object, got str" in capsys.readouterr().err
+        records = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+        exported[src.suffix] = [(r["id"], r["completion_ids"]) for r in records]
+    assert [i for i, _ in exported[".json"]] == ["a", "b"]
+    assert exported[".json"] == exported[".jsonl"]
