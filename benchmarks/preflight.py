@@ -5,7 +5,9 @@ median wall time of each, the overhead, and the noise floor against the signal. 
 privileged info (without it the analysis's own replay is the noise floor: no extra pass). Two
 teachers: the self-teacher (one set of weights: given the student's own ids, its bare pass is
 the student's, read from the analysis's replay, so it should cost nothing), and the same weights
-loaded as a separate teacher (the bare replay really runs: one more pass of both models).
+loaded as a separate teacher (the bare replay really runs, but only the teacher's pass: the
+student's final hidden states are kept from the analysis's replay, so one more pass of one model
+plus both heads over the response; it used to be one more pass of both models).
 Timings are interleaved medians (the machine is shared and noisy).
 Run: .venv/bin/python benchmarks/preflight.py [--repeats 5]
 """
