@@ -4,8 +4,8 @@ mapping (`--map`) and a framework preset (`--from`) before the usual validation.
 
 `iter_rows` yields `(row number, dict)` or `(row number, LineError)`, one row at a time: a
 Parquet file is read a batch at a time, a JSONL file a line at a time and a JSON array an
-item at a time (`core.array_stream`), so memory stays bounded whatever the size. Knows nothing about models or HTTP; pyarrow and `datasets` are
-imported only when such a source is read.
+item at a time (`core.array_stream`), so memory stays bounded whatever the size. Knows nothing
+about models or HTTP; pyarrow and `datasets` are imported only when such a source is read.
 """
 
 from __future__ import annotations
