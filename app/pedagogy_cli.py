@@ -105,12 +105,14 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
         siblings = analyzer.index_siblings(read(), {**context, **line_options(options)}, args.privileged)
     everything = iter(()) if first is None else _chain(first, rows)
     errors: list[tuple[int, str]] = []
+    stopped: list[str] = []
     done = 0
     with tqdm(unit="line", file=sys.stderr) as bar:
 
         def records() -> Iterator[dict[str, Any]]:
             nonlocal done
-            for number, result in run_all(analyzer, everything, options, args, errors, context, siblings):
+            lines = run_all(analyzer, everything, options, args, errors, context, siblings, stopped)
+            for number, result in lines:
                 bar.update(1)
                 if isinstance(result, VRError):
                     errors.append((number, result.message))
@@ -137,6 +139,9 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
             file=sys.stderr,
         )
     print(f"{done} lines -> {args.out}", file=sys.stderr)
+    if stopped:
+        print(f"error: {args.file}: {stopped[0]}; the lines before it were run", file=sys.stderr)
+        return 2
     return 0 if not errors else (1 if done else 2)
 
 
@@ -148,24 +153,29 @@ def run_all(
     errors: list[tuple[int, str]],
     context: dict[str, str],
     siblings: SiblingIndex | None,
+    stopped: list[str],
 ) -> Iterator[tuple[int, tuple[dict[str, Any], dict[str, Any]] | VRError]]:
     """Each line's (analysis, record) or error, in line order; lines that cannot be read or
-    checked go to `errors`. `context`: the file's teacher context and template for lines that
+    checked go to `errors`, and a file that goes wrong part way to `stopped` (after its earlier
+    lines). `context`: the file's teacher context and template for lines that
     set none; `siblings`: the file's sibling index, where they ask for one. On vLLM,
     `lines_in_flight` lines run at once."""
     line_opts = {"top_k": args.top_k, **context, **line_options(options)}
 
     def prepared() -> Iterator[tuple[int, PreparedLine]]:
-        for number, obj in rows:
-            if isinstance(obj, LineError):
-                errors.append((number, obj.error))
-                continue
-            try:
-                where = None if siblings is None else (number, siblings)
-                prep, _, _ = analyzer.prepare_line(obj, line_opts, args.privileged, where)
-                yield number, with_rollout(analyzer, prep, options)
-            except VRError as exc:
-                errors.append((number, exc.message))
+        try:
+            for number, obj in rows:
+                if isinstance(obj, LineError):
+                    errors.append((number, obj.error))
+                    continue
+                try:
+                    where = None if siblings is None else (number, siblings)
+                    prep, _, _ = analyzer.prepare_line(obj, line_opts, args.privileged, where)
+                    yield number, with_rollout(analyzer, prep, options)
+                except VRError as exc:
+                    errors.append((number, exc.message))
+        except VRError as exc:  # the file itself goes wrong part way: the lines before it still run
+            stopped.append(exc.message)
 
     def one(item: tuple[int, PreparedLine]) -> tuple[int, Any]:
         number, line = item

@@ -312,14 +312,19 @@ def windows(rows: Iterator[tuple[int, Any]], size: int, keep: Any) -> Iterator[l
     """The rows that `keep(number)` accepts, `size` objects at a time (errors ride along free)."""
     window: list[tuple[int, Any]] = []
     objects = 0
-    for number, item in rows:
-        if not keep(number):
-            continue
-        window.append((number, item))
-        objects += not isinstance(item, LineError)
-        if objects >= size:
+    try:
+        for number, item in rows:
+            if not keep(number):
+                continue
+            window.append((number, item))
+            objects += not isinstance(item, LineError)
+            if objects >= size:
+                yield window
+                window, objects = [], 0
+    except VRError:
+        if window:  # the file went wrong part way: the rows read before it still run
             yield window
-            window, objects = [], 0
+        raise
     if window:
         yield window
 
@@ -383,7 +388,7 @@ def analyze_file(args: Any, settings: Settings) -> int:
 
     errors: list[tuple[int, str]] = []
     unknown: dict[str, list[int]] = {}  # keys that are not fields, kept in meta: line numbers
-    done, interrupted = 0, False
+    done, interrupted, broken = 0, False, None
     everything = iter(()) if first is None else _chain(first, rows)
     try:
         with stop_signals(), tqdm(unit="traj", file=sys.stderr) as bar:
@@ -409,6 +414,8 @@ def analyze_file(args: Any, settings: Settings) -> int:
                 outputs.flush()
     except KeyboardInterrupt:
         interrupted = True
+    except VRError as exc:  # the file itself goes wrong part way (an array's JSON, a Parquet page)
+        broken = exc.message
     finally:
         with no_interrupts():
             outputs.close()
@@ -429,6 +436,14 @@ def analyze_file(args: Any, settings: Settings) -> int:
     if interrupted:
         print(f"interrupted: {total} -> {where}; run again with --resume to go on", file=sys.stderr)
         return INTERRUPTED
+    if broken is not None:
+        print(f"{total} -> {where}", file=sys.stderr)
+        print(
+            f"error: {args.file}: {broken}; the lines before it were analysed (mend the file and run "
+            "again with --resume to go on)",
+            file=sys.stderr,
+        )
+        return 2
     print(f"{total} -> {where}" + (f" (shard {tag})" if tag else ""), file=sys.stderr)
     return 1 if errors else 0
 

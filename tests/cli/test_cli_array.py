@@ -12,7 +12,6 @@ from support import tiny_settings
 from vrollout.cli import main
 from vrollout.pedagogy_cli import pedagogical_file
 from vrollout.service import Analyzer
-from vrollout.storage.jobs import WINDOW
 
 LINES = [
     {"id": "a", "prompt": "What is 2+2?", "response": "It is 4 [sure]."},
@@ -61,17 +60,20 @@ def test_an_array_gives_the_analyses_of_the_same_jsonl(tiny_folder, tmp_path, ca
 
 def test_an_array_that_goes_wrong_part_way(tiny_folder, tmp_path, capsys):
     """Invalid JSON after 70 good items: the command stops with the upload's message and the
-    file's line (exit 2, as for a Parquet file damaged part way); the analyses of the windows
-    read before it are written, so `--resume` goes on from there once the file is mended."""
+    file's line (exit 2, as for a Parquet file damaged part way); every item read before it is
+    analysed and written, so `--resume` goes on from there once the file is mended."""
     array = tmp_path / "runs.json"
     items = [json.dumps({"id": f"t{i}", "prompt": f"{i}+{i}?", "response": str(2 * i)}) for i in range(70)]
     array.write_text("[\n" + ",\n".join([*items, '{"prompt" "x"}']) + "\n]\n")
     out = tmp_path / "out.jsonl"
     assert main(analyze(tiny_folder, array, out)) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1] == "error: invalid JSON array: Expecting ':' delimiter (line 72)"
+    assert err.splitlines()[-1] == (
+        f"error: {array}: invalid JSON array: Expecting ':' delimiter (line 72); the lines before it "
+        "were analysed (mend the file and run again with --resume to go on)"
+    )
     done = [json.loads(line)["job"]["line"] for line in out.read_text().splitlines()]
-    assert done == list(range(1, WINDOW + 1))
+    assert done == list(range(1, 71))  # every item read before the error
     array.write_text("[\n" + ",\n".join(items) + "\n]\n")
     assert main([*analyze(tiny_folder, array, out), "--resume"]) == 0
     capsys.readouterr()
@@ -102,3 +104,21 @@ def test_pedagogical_reads_an_array_as_the_same_jsonl(tiny, tmp_path, capsys):
         exported[src.suffix] = [(r["id"], r["completion_ids"]) for r in records]
     assert [i for i, _ in exported[".json"]] == ["a", "b"]
     assert exported[".json"] == exported[".jsonl"]
+
+
+def test_pedagogical_on_an_array_that_goes_wrong_part_way(tiny, tmp_path, capsys):
+    """The lines read before the broken item run and are written with the comparison; exit 2."""
+    good = [{"id": f"p{i}", "prompt": f"What is {i}+{i}?", "reference_answer": str(2 * i)} for i in range(3)]
+    array = tmp_path / "prompts.json"
+    array.write_text("[\n" + ",\n".join([*map(json.dumps, good), '{"prompt" "x"}']) + "\n]\n")
+    settings = tiny_settings(tmp_path)
+    out = tmp_path / "out"
+    args = dict(file=str(array), out=str(out), split=None, map=None, preset=None, privileged=None)
+    args |= dict(threshold=0.2, max_rank=None, temperature=None, top_p=None, seed=0)
+    args |= dict(max_new_tokens=4, sweep=None, top_k=None, include="all", no_store=True)
+    assert pedagogical_file(argparse.Namespace(**args), settings, Analyzer(tiny, settings)) == 2
+    err = capsys.readouterr().err
+    assert f"error: {array}: invalid JSON array: Expecting ':' delimiter (line 5)" in err, err
+    records = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["p0", "p1", "p2"]
+    assert (out / "comparison.csv").read_text().count("\n") == 4  # a header and the three lines
