@@ -101,13 +101,19 @@ class Backend(Protocol):
         top_k: int,
         progress: Progress = _no_progress,
         keep_for_continuations: bool = False,
+        keep_student_pass: bool = False,
     ) -> tuple[ReplayResult, dict[str, Any]]:
         """Score `response` under both models: the per-step arrays, and fields the analysis
         gets from this backend (e.g. which metrics are estimates). `keep_for_continuations`:
-        continuations follow, so keep what lets them skip work (`ReplayResult.teacher_cache`)."""
+        continuations follow, so keep what lets them skip work (`ReplayResult.teacher_cache`).
+        `keep_student_pass`: a noise floor follows; a backend that can score the bare teacher
+        against this student pass (an optional `bare_replays` method) keeps it
+        (`ReplayResult.student_hidden`), any other ignores it."""
         ...
 
-    def replay_batch(self, items: list[BatchItem], top_k: int) -> list[tuple[ReplayResult, dict[str, Any]]]:
+    def replay_batch(
+        self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False
+    ) -> list[tuple[ReplayResult, dict[str, Any]]]:
         """`replay` of several lines at once; each result equals its own `replay` within float
         tolerance."""
         ...

@@ -208,6 +208,7 @@ class VLLMBackend:
         top_k: int,
         progress: Progress = _no_progress,
         keep_for_continuations: bool = False,  # nothing to keep: the servers cache prefixes
+        keep_student_pass: bool = False,  # nothing kept: the floor's repeated request measures the spread
     ) -> tuple[ReplayResult, dict[str, Any]]:
         """`engine.replay` on the servers, and the estimator's record for the analysis."""
         pair, k = self.pair, max(self.k, top_k)
@@ -241,7 +242,9 @@ class VLLMBackend:
             )
         return result, record
 
-    def replay_batch(self, items: list[BatchItem], top_k: int) -> list[tuple[ReplayResult, dict[str, Any]]]:
+    def replay_batch(
+        self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False
+    ) -> list[tuple[ReplayResult, dict[str, Any]]]:
         """Each line's `replay`, `lines_in_flight` at a time (the servers batch them)."""
         with ThreadPoolExecutor(
             min(len(items), self.lines_in_flight), thread_name_prefix="vrollout-line"
