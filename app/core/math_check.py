@@ -113,6 +113,7 @@ def main() -> None:
     import math_verify  # noqa: F401 - imported before "ready", so no deadline pays for it
 
     out = sys.stdout
+    sys.stdout = sys.stderr  # a library's print must not land in the answers
     out.write('{"ready": true}\n')
     out.flush()
     for line in sys.stdin:
