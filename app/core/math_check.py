@@ -109,11 +109,11 @@ def _cpu_cap(seconds: float) -> None:
 
 def main() -> None:
     """The helper: one JSON request per stdin line, one JSON answer per stdout line."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # a library's print must not land in the answers
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout disabled": the parent's job
     import math_verify  # noqa: F401 - imported before "ready", so no deadline pays for it
 
-    out = sys.stdout
-    sys.stdout = sys.stderr  # a library's print must not land in the answers
     out.write('{"ready": true}\n')
     out.flush()
     for line in sys.stdin:
