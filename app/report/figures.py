@@ -88,8 +88,8 @@ def hover_text(step: dict[str, Any]) -> str:
         compared
         + (f"{html.escape(teaching)}<br>" if teaching else "")
         + f"log p_T(y) {step['teacher_logprob']:.3f} · log p_S(y) {step['student_logprob']:.3f}<br>"
-        f"teacher top-k:<br>{_alternatives(step['teacher_topk'])}<br>"
-        f"student top-k:<br>{_alternatives(step['student_topk'])}"
+        + (f"teacher top-k:<br>{_alternatives(step['teacher_topk'])}<br>" if step["teacher_topk"] else "")
+        + f"student top-k:<br>{_alternatives(step['student_topk'])}"
     )
 
 

@@ -166,5 +166,5 @@ def test_the_hover_inside_a_span_says_there_is_no_teacher_prediction(analysis):
     inside = [h for s, h in zip(steps, hovers, strict=True) if s["teacher_rank"] is None]
     starts = [h for s, h in zip(steps, hovers, strict=True) if s["teacher_rank"] is not None]
     assert inside and starts and not any("None" in h for h in hovers)
-    assert all("inside a teacher token" in h and "rank" not in h for h in inside)
+    assert all("inside a teacher token" in h and "rank" not in h and "teacher top-k" not in h for h in inside)
     assert all("rank " in h and "inside a teacher token" not in h for h in starts)
