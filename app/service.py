@@ -421,22 +421,6 @@ class Analyzer:
         progress("done", 1, 1)
         return analysis
 
-    def noise_floors(
-        self,
-        preps: list[Prepared],
-        responses: list[list[int]],
-        mains: list[ReplayResult],
-        progress: Progress,
-    ) -> list[dict[str, Any]]:
-        """Each line's noise floor (core.preflight): its response replayed once more with the
-        teacher's context stripped of the privileged info (one padded batch for several lines on
-        a backend that pads), against its analysis's replay `mains`."""
-        try:
-            return self._noise_floors(preps, responses, mains, progress)
-        finally:
-            for main in mains:
-                main.student_hidden = None  # the kept student pass (T, H): not needed any more
-
     def _keep_student_pass(self, preps: list[Prepared]) -> dict[str, bool]:
         """The replay's extra argument where a line's noise floor will run a bare replay on a
         backend that reads its student pass from the analysis's replay (`bare_replays`: the
@@ -446,13 +430,17 @@ class Analyzer:
         floored = any(p.options.noise_floor and p.ctx.privileged for p in preps)
         return {"keep_student_pass": True} if floored else {}
 
-    def _noise_floors(
+    def noise_floors(
         self,
         preps: list[Prepared],
         responses: list[list[int]],
         mains: list[ReplayResult],
         progress: Progress,
     ) -> list[dict[str, Any]]:
+        """Each line's noise floor (core.preflight): its response replayed once more with the
+        teacher's context stripped of the privileged info (one padded batch for several lines on
+        a backend that pads), against its analysis's replay `mains`. Frees the student passes
+        the replays kept for it (`_keep_student_pass`)."""
         floors: list[dict[str, Any] | None] = [None] * len(preps)
         todo = []
         for i, prep in enumerate(preps):
@@ -493,6 +481,8 @@ class Analyzer:
             same = bare[i] == preps[i].ctx.student_ids
             floors[i] = noise_floor(mains[i], replay, same, bool(record.get("estimated")))
         progress("preflight", 1, 1)
+        for main in mains:
+            main.student_hidden = None  # the kept student pass (T, H): not needed any more
         return [f for f in floors if f is not None]
 
     def plan_batches(self, prepared: list[tuple[int, Prepared]]) -> list[list[tuple[int, Prepared]]]:
