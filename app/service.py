@@ -350,7 +350,7 @@ class Analyzer:
             opts.top_k,
             progress,
             keep_for_continuations=bool(opts.continuation_tokens),
-            **self._keep_student_pass([prep]),
+            keep_student_pass=self._keep_student_pass([prep]),
         )
         return self._assemble(prep, response, result, generation, progress, store, {**record, **extra})
 
@@ -421,14 +421,13 @@ class Analyzer:
         progress("done", 1, 1)
         return analysis
 
-    def _keep_student_pass(self, preps: list[Prepared]) -> dict[str, bool]:
-        """The replay's extra argument where a line's noise floor will run a bare replay on a
-        backend that reads its student pass from the analysis's replay (`bare_replays`: the
-        local engine), so that the student is not run twice; {} elsewhere (vLLM)."""
+    def _keep_student_pass(self, preps: list[Prepared]) -> bool:
+        """Whether the replay should keep its student pass: a line's noise floor will run a bare
+        replay on a backend that reads the student pass from the analysis's replay
+        (`bare_replays`: the local engine), so that the student is not run twice."""
         if not hasattr(self.backend, "bare_replays") or self.pair.cross_tokenizer:
-            return {}
-        floored = any(p.options.noise_floor and p.ctx.privileged for p in preps)
-        return {"keep_student_pass": True} if floored else {}
+            return False
+        return any(p.options.noise_floor and p.ctx.privileged for p in preps)
 
     def noise_floors(
         self,
@@ -557,7 +556,9 @@ class Analyzer:
         items = [(p.ctx.student_ids, p.ctx.teacher_ids, p.ctx.response_ids) for p in preps]
         top_k = max(p.options.top_k for p in preps)
         with out_of_memory("a batch"):
-            results = self.backend.replay_batch(items, top_k, **self._keep_student_pass(preps))
+            results = self.backend.replay_batch(
+                items, top_k, keep_student_pass=self._keep_student_pass(preps)
+            )
             floors = self.noise_floors(
                 preps, [item[2] for item in items], [result for result, _ in results], _no_progress
             )

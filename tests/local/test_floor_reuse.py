@@ -148,9 +148,9 @@ def test_not_kept_unless_a_floor_needs_it(analyzer, pair, tmp_path):
     result, _ = analyzer.backend.replay(ctx.student_ids, ctx.teacher_ids, ctx.response_ids, 5)
     assert result.student_hidden is None
     off = Analyzer(pair, tiny_settings(tmp_path, noise_floor=False))
-    assert off._keep_student_pass([off.prepare(LINES[0])]) == {}
-    assert analyzer._keep_student_pass([analyzer.prepare({"prompt": "hi", "response": "hello"})]) == {}
-    assert analyzer._keep_student_pass([prep]) == {"keep_student_pass": True}
+    assert off._keep_student_pass([off.prepare(LINES[0])]) is False
+    assert analyzer._keep_student_pass([analyzer.prepare({"prompt": "hi", "response": "hello"})]) is False
+    assert analyzer._keep_student_pass([prep]) is True
 
 
 def test_the_page_says_only_the_teacher_ran_again(pair, tmp_path):
