@@ -339,10 +339,9 @@ def analyze_file(args: Any, settings: Settings) -> int:
     from vrollout.storage.jobs import WINDOW
 
     source = Path(args.file)
-    try:
-        shard = parse_shard(args.shard)
-        tag = None if shard is None else f"{shard[0]}/{shard[1]}"
-        rows = iter_rows(  # JSONL, JSON, Parquet, datasets folders, hf:// (core.sources)
+
+    def read() -> Iterator[tuple[int, Any]]:  # JSONL, JSON, Parquet, datasets folders, hf://
+        return iter_rows(
             args.file,
             name=source.name,
             settings=settings,
@@ -350,6 +349,11 @@ def analyze_file(args: Any, settings: Settings) -> int:
             mapping=getattr(args, "map", None),
             preset=getattr(args, "preset", None),
         )
+
+    try:
+        shard = parse_shard(args.shard)
+        tag = None if shard is None else f"{shard[0]}/{shard[1]}"
+        rows = read()
         first = next(rows, None)  # an unreadable or empty file: said now, before the models load
         teacher = teacher_options(
             getattr(args, "teacher_context", None),
@@ -372,15 +376,7 @@ def analyze_file(args: Any, settings: Settings) -> int:
     job = {"id": None} if tag is None else {"id": None, "shard": tag}
     siblings = None
     if teacher.get("teacher_context") == "sibling":  # a first pass: every line, every shard
-        again = iter_rows(
-            args.file,
-            name=source.name,
-            settings=settings,
-            split=getattr(args, "split", None),
-            mapping=getattr(args, "map", None),
-            preset=getattr(args, "preset", None),
-        )
-        siblings = analyzer.index_siblings(again, options, args.privileged)
+        siblings = analyzer.index_siblings(read(), options, args.privileged)
 
     def keep(number: int) -> bool:
         mine = shard is None or (number - 1) % shard[1] == shard[0]
