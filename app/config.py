@@ -253,7 +253,7 @@ class Settings(BaseSettings):
     @field_validator("teacher_prompt_format")
     @classmethod
     def _prompt_format(cls, fmt: str | None) -> str | None:
-        from vrollout.core.rules import check_prompt_format
+        from vrollout.rules import check_prompt_format
 
         if fmt is not None:
             check_prompt_format(fmt)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from vrollout.core.signal import headline
+from vrollout.metrics.signal import headline
 
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
-    from vrollout.core.teacher_context import SiblingIndex
-    from vrollout.service import Analyzer
+    from vrollout.inputs.teacher_context import SiblingIndex
+    from vrollout.pipeline.analyzer import Analyzer
 
 STRIP_TOKENS = 2000  # the inline view shows this many tokens; a notebook chokes on megabytes of HTML
 
@@ -92,7 +92,7 @@ class Analysis:
         if self.steps:
             columns = list(self.steps[0])
         else:
-            from vrollout.core.schemas import Step
+            from vrollout.schema.requests import Step
 
             columns = list(Step.model_fields)
         return pd.DataFrame(self.steps, columns=columns)
@@ -266,11 +266,11 @@ class VirtualRollout:
         read first, an iterable into memory, to index its successful responses). A bad trajectory
         raises its error, naming its index; `errors="skip"` leaves it out with a warning."""
         from tqdm import tqdm
-        from vrollout.core.errors import BadTrajectory
-        from vrollout.core.sources import check_preset, iter_rows, map_rows, parse_mapping
-        from vrollout.core.teacher_context import teacher_options
-        from vrollout.core.trajectories import LineError
-        from vrollout.storage.jobs import WINDOW
+        from vrollout.errors import BadTrajectory
+        from vrollout.inputs.sources import check_preset, iter_rows, map_rows, parse_mapping
+        from vrollout.inputs.teacher_context import teacher_options
+        from vrollout.inputs.trajectories import LineError
+        from vrollout.jobs.runner import WINDOW
 
         if errors not in ("raise", "skip"):
             raise ValueError(f'errors must be "raise" or "skip", got {errors!r}')
@@ -328,7 +328,7 @@ class VirtualRollout:
 
     @staticmethod
     def _json_line(index: int, line: str | bytes) -> Any:
-        from vrollout.core.errors import BadTrajectory
+        from vrollout.errors import BadTrajectory
 
         try:
             return json.loads(line)
@@ -379,7 +379,7 @@ class VirtualRollout:
 
     @staticmethod
     def _failed(index: int, exc: Exception, errors: str) -> None:
-        from vrollout.core.errors import VRError
+        from vrollout.errors import VRError
 
         assert isinstance(exc, VRError)
         if errors == "raise":
@@ -406,7 +406,7 @@ def load(
         close = {n: difflib.get_close_matches(n, Settings.model_fields, 1) for n in unknown}
         hints = "; ".join(f"{n!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for n, c in close.items())
         raise TypeError(f"load() got unknown settings: {hints}")
-    from vrollout.service import Analyzer
+    from vrollout.pipeline.analyzer import Analyzer
 
     given = {"student": student, "teacher": teacher, "device": device, "dtype": dtype, "backend": backend}
     overrides = {k: v for k, v in given.items() if v is not None} | settings

@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 from make_localization_data import lines as make_lines  # noqa: E402
+from vrollout.cli.localize import replay  # noqa: E402
 from vrollout.config import Settings  # noqa: E402
-from vrollout.core.localize import localization_line  # noqa: E402
-from vrollout.core.localize_metrics import Setup  # noqa: E402
-from vrollout.localization import replay  # noqa: E402
+from vrollout.metrics.localization import localization_line  # noqa: E402
+from vrollout.metrics.localization_eval import Setup  # noqa: E402
+from vrollout.pipeline.analyzer import Analyzer  # noqa: E402
 from vrollout.report.localization import localization_result, write_folder  # noqa: E402
-from vrollout.service import Analyzer  # noqa: E402
 
 OPTIONS = {"top_k": None, "recovery": False}
 

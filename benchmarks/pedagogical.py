@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from vrollout.config import Settings  # noqa: E402
 from vrollout.local.engine import generate  # noqa: E402
 from vrollout.local.pedagogical import Policy, RolloutItem, pedagogical_rollout, pedagogical_rollouts  # noqa: E402
-from vrollout.service import Analyzer  # noqa: E402
+from vrollout.pipeline.analyzer import Analyzer  # noqa: E402
 
 PROMPT = "Write a long, detailed essay about the history of the Roman Empire, from its founding to its fall."
 PRIVILEGED = "The essay must mention Augustus, Constantine and the year 476."

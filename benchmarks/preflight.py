@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from vrollout.config import Settings
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 
 SOLUTION = "17*23 = 17*20 + 17*3 = 340 + 51 = 391. The answer is 391."
 LINES = [

@@ -37,7 +37,7 @@ from vrollout.config import Settings  # noqa: E402
 from vrollout.local.engine import final_hidden, replay  # noqa: E402
 from vrollout.local.metrics import BLOCK_ROWS  # noqa: E402
 from vrollout.local.reference import naive_replay  # noqa: E402
-from vrollout.service import Analyzer  # noqa: E402
+from vrollout.pipeline.analyzer import Analyzer  # noqa: E402
 
 FLOOR_TOKENS = 1024
 NAIVE_TOKENS = 64

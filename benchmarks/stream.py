@@ -99,7 +99,7 @@ def write_megabytes(path: Path, megabytes: int, fmt: str) -> int:
 
 
 READ = (  # the child of `read_only`: iterate the rows, keep none
-    "import sys; from vrollout.config import Settings; from vrollout.core.sources import iter_rows; "
+    "import sys; from vrollout.config import Settings; from vrollout.inputs.sources import iter_rows; "
     "print(sum(1 for _ in iter_rows(sys.argv[1], name='x', settings=Settings())))"
 )
 

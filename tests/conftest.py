@@ -19,7 +19,7 @@ from support.browser import launched  # noqa: E402
 from support.tiny import tiny_pair  # noqa: E402
 from vrollout.config import Settings  # noqa: E402
 from vrollout.local.models import ModelPair  # noqa: E402
-from vrollout.service import Analyzer  # noqa: E402
+from vrollout.pipeline.analyzer import Analyzer  # noqa: E402
 from vrollout.web.app import create_app  # noqa: E402
 
 

@@ -12,9 +12,9 @@ import plotly.io
 import pytest
 import vrollout
 from support import REAL_CACHE, tiny_settings
-from vrollout.core.errors import BadTrajectory
-from vrollout.core.schemas import Step
-from vrollout.service import Analyzer
+from vrollout.errors import BadTrajectory
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.schema.requests import Step
 
 EXAMPLE = {"prompt": "What is 17*23?", "response": "17*23 = 381.", "privileged": "17*23 = 391"}
 XSS = '<script>alert(1)</script> "><img src=x onerror=alert(2)> & done'

@@ -26,11 +26,11 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from vrollout.config import Settings
-from vrollout.core.errors import ModelMismatch, VRError
+from vrollout.errors import ModelMismatch, VRError
 from vrollout.local import engine
 from vrollout.local.models import LoadedModel, ModelPair, pair_from_models, with_rendering
 from vrollout.notebook import Analysis
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.storage.store import Store
 
 log = logging.getLogger(__name__)

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from vrollout.config import Settings
-from vrollout.core.backend import BatchItem
-from vrollout.core.replay import Progress, ReplayResult, _no_progress
-from vrollout.core.rules import Policy
 from vrollout.local import engine
 from vrollout.local.continuations import continuations_from_every_prefix
 from vrollout.local.models import ModelPair, load_pair
 from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
+from vrollout.pipeline.backend import BatchItem
+from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
+from vrollout.rules import Policy
 
 
 class LocalBackend:

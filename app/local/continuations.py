@@ -25,10 +25,10 @@ import torch
 from torch import Tensor
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
-from vrollout.core.replay import Progress, _no_progress
-from vrollout.core.rules import cut_at_eos, eos_set
 from vrollout.local.engine import head_logits
 from vrollout.local.models import LoadedModel
+from vrollout.pipeline.replay import Progress, _no_progress
+from vrollout.rules import cut_at_eos, eos_set
 
 
 def eos_ids(model: LoadedModel) -> set[int]:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from vrollout.core.align import Alignment, shared_tokens, token_keys
-from vrollout.core.cross import CrossResult, SideNumbers
-from vrollout.core.replay import Progress, _no_progress
 from vrollout.local.engine import forced_pass, head_logits
 from vrollout.local.metrics import step_stats
 from vrollout.local.models import LoadedModel, ModelPair
+from vrollout.pipeline.align import Alignment, shared_tokens, token_keys
+from vrollout.pipeline.cross import CrossResult, SideNumbers
+from vrollout.pipeline.replay import Progress, _no_progress
 
 MISSING_BUCKET = -100.0  # log-mass of a side's bucket when every one of its tokens is shared
 

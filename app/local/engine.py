@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from vrollout.core.replay import Progress, ReplayResult, _no_progress
 from vrollout.local.metrics import step_stats
 from vrollout.local.models import LoadedModel, ModelPair
+from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 
 
 def final_hidden(model: LoadedModel, input_ids: list[int]) -> Tensor:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from vrollout.config import DEFAULT_MODEL, Settings
-from vrollout.core.errors import ModelMismatch
-from vrollout.core.rules import check_teacher_template
+from vrollout.errors import ModelMismatch
+from vrollout.rules import check_teacher_template
 
 log = logging.getLogger(__name__)
 

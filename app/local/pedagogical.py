@@ -27,12 +27,12 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from vrollout.core.pedagogical import summarize_rollout
-from vrollout.core.replay import Progress, _no_progress
-from vrollout.core.rules import Policy, pedagogical_step
 from vrollout.local.continuations import eos_ids
 from vrollout.local.engine import finish_logits, head_logits
 from vrollout.local.models import LoadedModel, ModelPair
+from vrollout.pipeline.pedagogical import summarize_rollout
+from vrollout.pipeline.replay import Progress, _no_progress
+from vrollout.rules import Policy, pedagogical_step
 
 
 def propose(logp: Tensor, policy: Policy, generator: torch.Generator) -> int:

@@ -15,10 +15,10 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from vrollout.core.answers import verdict
-from vrollout.core.preflight import compact
-from vrollout.core.signal import concentration
+from vrollout.metrics.signal import concentration
+from vrollout.pipeline.preflight import compact
 from vrollout.report.drift import Drift, drift_figures
+from vrollout.verdicts.answers import verdict
 
 # How the signal is spread over a trajectory's tokens (summary.concentration, core/signal.py):
 # flattened into the row as kl_<field> (reverse KL) and abs_advantage_<field> (|advantage|).

@@ -16,7 +16,7 @@ from itertools import accumulate
 from typing import Any
 
 import plotly.graph_objects as go
-from vrollout.core.signal import lorenz
+from vrollout.metrics.signal import lorenz
 
 KL_COLOR = "#c0392b"
 LOGPROB_COLOR = "#2c6fbb"

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vrollout.core.errors import BadTrajectory
-from vrollout.core.localize import SCORERS, TOKEN_SCORERS, localization_of, problem_key, score_analysis
-from vrollout.core.localize_metrics import METRICS, Setup, localization_metrics
+from vrollout.errors import BadTrajectory
+from vrollout.metrics.localization import SCORERS, TOKEN_SCORERS, localization_of, problem_key, score_analysis
+from vrollout.metrics.localization_eval import METRICS, Setup, localization_metrics
 
 if TYPE_CHECKING:
     from vrollout.config import Settings

@@ -9,8 +9,8 @@ import datetime as dt
 import logging
 import sqlite3
 
-from vrollout.core.errors import StorageError
-from vrollout.storage.jobs import Jobs
+from vrollout.errors import StorageError
+from vrollout.jobs.runner import Jobs
 from vrollout.storage.store import storage_error
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vrollout.core.errors import NotFound, StorageError, StorageFull
+from vrollout.errors import NotFound, StorageError, StorageFull
 from vrollout.report.dataset import digest, is_current
 
 SCHEMA = """

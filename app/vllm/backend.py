@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from vrollout.config import Settings
-from vrollout.core.backend import BatchItem
-from vrollout.core.errors import BadTrajectory
-from vrollout.core.pedagogical import rollout_steps, summarize_rollout
-from vrollout.core.replay import Progress, ReplayResult, _no_progress
-from vrollout.core.rules import Policy, check_teacher_template, cut_at_eos, pedagogical_step
+from vrollout.errors import BadTrajectory
 from vrollout.local.continuations import from_divergences
 from vrollout.local.models import ModelPair, with_rendering
+from vrollout.pipeline.backend import BatchItem
+from vrollout.pipeline.pedagogical import rollout_steps, summarize_rollout
+from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
+from vrollout.rules import Policy, check_teacher_template, cut_at_eos, pedagogical_step
 from vrollout.vllm.client import ReplicaPool
 from vrollout.vllm.intervals import noise_fields
 from vrollout.vllm.noise import Noise, combine, measure

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from vrollout.core.errors import BadTrajectory, ModelBusy
+from vrollout.errors import BadTrajectory, ModelBusy
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from vrollout.config import DEFAULT_MODEL, Settings
-from vrollout.core.errors import ModelMismatch
-from vrollout.core.rules import eos_set
+from vrollout.errors import ModelMismatch
 from vrollout.local.models import LoadedModel, default_model_folder
+from vrollout.rules import eos_set
 from vrollout.vllm.client import ReplicaPool, ReplicasUnavailable
 
 # Text whose tokenization every server must reproduce: words, digits, code, whitespace runs,

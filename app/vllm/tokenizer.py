@@ -33,7 +33,7 @@ class ServerTokenizer:
 
     def _vocabulary_size(self) -> int:
         """The smallest id the server refuses as out of vocabulary (binary search, ~20 requests)."""
-        from vrollout.core.errors import BadTrajectory
+        from vrollout.errors import BadTrajectory
 
         def known(token: int) -> bool:
             try:

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vrollout.core.replay import ReplayResult
+from vrollout.pipeline.replay import ReplayResult
 
 ESTIMATED_FIELDS = (
     "reverse_kl",

@@ -18,13 +18,14 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vrollout import __version__
 from vrollout.config import Settings
-from vrollout.core.errors import Cancelled, VRError
-from vrollout.core.validation import Limits, describe, request_models
-from vrollout.service import Analyzer
-from vrollout.storage.jobs import JobRunner, Jobs
+from vrollout.errors import Cancelled, VRError
+from vrollout.inputs.validation import Limits, describe, request_models
+from vrollout.jobs.runner import JobRunner, Jobs
+from vrollout.jobs.tasks import Tasks
+from vrollout.jobs.worker import ModelWorker
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.storage.retention import keep_retention
 from vrollout.storage.store import Store, storage_error
-from vrollout.storage.tasks import Tasks
 from vrollout.web.bodies import bind_request_models, body_model
 from vrollout.web.docs import install_docs
 from vrollout.web.json_scan import LongText
@@ -33,11 +34,10 @@ from vrollout.web.pages import router as pages_router
 from vrollout.web.routes.analyses import router as api_router
 from vrollout.web.routes.jobs import router as jobs_router
 from vrollout.web.routes.localization import router as localization_router
-from vrollout.web.routes.pedagogical_jobs import router as pedagogical_jobs_router
+from vrollout.web.routes.pedagogical import router as pedagogical_jobs_router
 from vrollout.web.security import GuessLimit, HostGuard, SecurityHeaders, TokenGate, answered_hosts
 from vrollout.web.security import router as login_router
 from vrollout.web.server import quiet_accept_errors
-from vrollout.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from vrollout.core.signal import headline
+from vrollout.metrics.signal import headline
 from vrollout.report.figures import figure_dict
 from vrollout.storage.store import SQLITE_MAX_INT
 from vrollout.web.routes.analyses import AnalyzerDep, StoreDep

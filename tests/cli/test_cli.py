@@ -6,7 +6,7 @@ import json
 
 import pytest
 from support import REAL_CACHE
-from vrollout.cli import main
+from vrollout.cli.commands import main
 
 pytestmark = pytest.mark.real_model
 

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 from support import tiny_settings
-from vrollout.cli import main
-from vrollout.pedagogy_cli import pedagogical_file
-from vrollout.service import Analyzer
+from vrollout.cli.commands import main
+from vrollout.cli.pedagogical import pedagogical_file
+from vrollout.pipeline.analyzer import Analyzer
 
 LINES = [
     {"id": "a", "prompt": "What is 2+2?", "response": "It is 4 [sure]."},

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from support import GOOD, tiny_settings
-from vrollout.cli import write_dataset
-from vrollout.service import Analyzer
+from vrollout.cli.commands import write_dataset
+from vrollout.pipeline.analyzer import Analyzer
 
 LINES = [
     {**GOOD, "id": "a", "step": "ckpt-late", "response": "hello the world", "reference_answer": "world"},

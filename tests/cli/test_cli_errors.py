@@ -8,7 +8,7 @@ import json
 
 import pytest
 from support import free_port
-from vrollout.cli import main
+from vrollout.cli.commands import main
 
 
 @pytest.fixture

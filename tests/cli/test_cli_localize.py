@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 from support import REPO, tiny_settings
-from vrollout.core.localize import TOKEN_SCORERS
-from vrollout.localization import localize_file
-from vrollout.service import Analyzer
+from vrollout.cli.localize import localize_file
+from vrollout.metrics.localization import TOKEN_SCORERS
+from vrollout.pipeline.analyzer import Analyzer
 
 
 def make_lines(tmp_path, problems: int = 8, extra: list[str] = ()) -> str:
@@ -129,7 +129,7 @@ def test_too_few_problems_is_a_clear_error(tiny, tmp_path, capsys):
 @pytest.mark.real_model
 def test_localize_on_the_default_model(tmp_path, capsys):
     from support import REAL_CACHE
-    from vrollout.cli import main
+    from vrollout.cli.commands import main
 
     src = make_lines(tmp_path, problems=2)
     out = tmp_path / "out"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support.framework_writers import load_tinker_logtree, tinker_problem_env_log, verl_write_generations
 from support.tiny import tiny_pair
-from vrollout.cli import main
+from vrollout.cli.commands import main
 
 # A chat template without special tokens (a base model's): verl's decoding loses nothing of it.
 PLAIN_TEMPLATE = (

@@ -9,7 +9,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from vrollout.cli import main
+from vrollout.cli.commands import main
 
 ROWS = [
     {"id": "a", "prompt": "What is 2+2?", "response": "2+2 = 5", "privileged": "4"},

@@ -9,11 +9,11 @@ import csv
 import json
 
 from support import GOOD, tiny_settings
-from vrollout.cli import main
-from vrollout.pedagogy_cli import pedagogical_file
-from vrollout.pedagogy_jobs import pedagogical_options, prepare_line
-from vrollout.pedagogy_jobs import run_line as run_one_line
-from vrollout.service import Analyzer
+from vrollout.cli.commands import main
+from vrollout.cli.pedagogical import pedagogical_file
+from vrollout.jobs.pedagogical import pedagogical_options, prepare_line
+from vrollout.jobs.pedagogical import run_line as run_one_line
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.storage.store import Store
 
 LINES = [

@@ -1,4 +1,4 @@
-"""`vrollout analyze` streamed (vrollout.streaming): the same results as the in-memory views,
+"""`vrollout analyze` streamed (vrollout.cli.analyze): the same results as the in-memory views,
 `--resume` after a killed run, `--shard I/N`, Ctrl-C, and the per-line limits only."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from support import tiny_settings
-from vrollout.cli import main, write_dataset
+from vrollout.cli.analyze import parse_shard
+from vrollout.cli.commands import main, write_dataset
 from vrollout.config import Settings
-from vrollout.core.sources import iter_rows
-from vrollout.core.trajectories import LineError
-from vrollout.service import Analyzer
-from vrollout.streaming import parse_shard
+from vrollout.inputs.sources import iter_rows
+from vrollout.inputs.trajectories import LineError
+from vrollout.pipeline.analyzer import Analyzer
 
 VIEWS = ("summaries.csv", "summaries.jsonl", "figures.json", "headline.csv", "headline.md", "headline.tex")
 

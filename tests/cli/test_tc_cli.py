@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from vrollout.cli import main
+from vrollout.cli.commands import main
 
 KWARG_TEMPLATE = (
     "{% if enable_thinking is defined and not enable_thinking %}/no_think\n{% endif %}"

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from support import tiny_settings
 from support.tiny import tiny_model, tiny_tokenizer
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from vrollout.core.errors import ModelMismatch
+from vrollout.errors import ModelMismatch
 from vrollout.integrations.trl import PREFIX, VirtualRolloutCallback, summarize_analyses
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 
 ROWS = [

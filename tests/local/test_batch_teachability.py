@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from support import tiny_settings
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 
 
 def test_lines_of_different_top_k_keep_their_own_mass(tiny, tmp_path):

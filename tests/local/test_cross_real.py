@@ -12,7 +12,7 @@ import pytest
 import torch
 from support import REAL_CACHE
 from vrollout.config import Settings
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 
 pytestmark = pytest.mark.real_model
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from support import contexts, tiny_settings
 from support.cross import cross_pair, forced_cross, sentencepiece_tokenizer
 from support.tiny import tiny_pair, tiny_tokenizer
-from vrollout.core.align import align, char_ends, decoder, shared_tokens, token_keys
-from vrollout.core.errors import BadTrajectory, ModelMismatch
-from vrollout.service import Analyzer
+from vrollout.errors import BadTrajectory, ModelMismatch
+from vrollout.pipeline.align import align, char_ends, decoder, shared_tokens, token_keys
+from vrollout.pipeline.analyzer import Analyzer
 
 ALPHABET = "abcdehlortw ,.\n\té☃😀"
 TEXTS = st.text(alphabet=ALPHABET, min_size=1, max_size=40)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from support import contexts, response
 from support.tiny import tiny_pair
-from vrollout.core.analysis import summarize
 from vrollout.local.engine import generate, replay, replay_batch
 from vrollout.local.metrics import STEP_FIELDS as FLOAT_FIELDS
 from vrollout.local.metrics import step_stats
 from vrollout.local.reference import naive_replay, naive_step
+from vrollout.pipeline.assembly import summarize
 
 TOL = {torch.float32: dict(atol=2e-4, rtol=1e-4), torch.bfloat16: dict(atol=0.15, rtol=0.05)}
 

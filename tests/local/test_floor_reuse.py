@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from support import tiny_settings
 from support.tiny import tiny_pair
-from vrollout.core.contexts import TokenLimit
-from vrollout.core.preflight import bare_teacher_ids, noise_floor
-from vrollout.core.replay import _no_progress
 from vrollout.local import engine
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.contexts import TokenLimit
+from vrollout.pipeline.preflight import bare_teacher_ids, noise_floor
+from vrollout.pipeline.replay import _no_progress
 
 PRIVILEGED = "The answer is 4."
 LINES = [

@@ -13,7 +13,7 @@ import torch
 from support import REAL_CACHE
 from support.tiny import tiny_model, tiny_tokenizer
 from vrollout.config import DEFAULT_TEACHER_TEMPLATE
-from vrollout.core.errors import ModelMismatch
+from vrollout.errors import ModelMismatch
 from vrollout.local.models import (
     DEFAULT_GGUF,
     DEFAULT_NAME,

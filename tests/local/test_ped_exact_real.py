@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from vrollout.local.pedagogical import Policy, RolloutItem, pedagogical_rollout, pedagogical_rollouts
 from vrollout.local.reference import naive_pedagogical
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 
 pytestmark = pytest.mark.real_model
 

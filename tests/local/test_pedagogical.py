@@ -7,7 +7,7 @@ from support import contexts, tiny_settings
 from support.tiny import tiny_pair
 from vrollout.local.pedagogical import Policy, RolloutItem, pedagogical_rollout, pedagogical_rollouts
 from vrollout.local.reference import naive_pedagogical
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 
 POLICIES = [
     Policy(threshold=0.05, max_new_tokens=24),

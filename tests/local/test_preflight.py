@@ -11,10 +11,10 @@ from support import tiny_settings
 from support.cross import cross_pair
 from support.tiny import CHAT_TEMPLATE, tiny_pair
 from vrollout.config import DEFAULT_TEACHER_TEMPLATE
-from vrollout.core.preflight import compact, job_preflight, leak_score, privileged_chars, words
 from vrollout.local.models import LoadedModel, pair_from_models
 from vrollout.notebook import Analysis
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.preflight import compact, job_preflight, leak_score, privileged_chars, words
 
 LINE = {"prompt": "What is 2+2?", "response": "It is 4, the hello world", "privileged": "The answer is 4."}
 SYSTEM = "<|im_start|>system\nYou are a careful teacher.<|im_end|>\n"

@@ -8,7 +8,7 @@ from vrollout.local.continuations import continuations_from_every_prefix, cut_at
 from vrollout.local.engine import replay
 from vrollout.local.metrics import STEP_FIELDS as FLOAT_FIELDS
 from vrollout.local.reference import naive_continuation, naive_replay
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 
 pytestmark = pytest.mark.real_model
 

@@ -5,8 +5,8 @@ write 391."""
 from __future__ import annotations
 
 import pytest
-from vrollout.core.signal import headline
-from vrollout.service import Analyzer
+from vrollout.metrics.signal import headline
+from vrollout.pipeline.analyzer import Analyzer
 
 pytestmark = pytest.mark.real_model
 

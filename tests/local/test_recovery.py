@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from vrollout.core.answers import answer_matches
-from vrollout.core.recovery import ALL_PREFIXES_UP_TO, recovery_positions
+from vrollout.pipeline.recovery import ALL_PREFIXES_UP_TO, recovery_positions
+from vrollout.verdicts.answers import answer_matches
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from support import assert_error, tiny_settings, upload, wait_done
 from support.tiny import tiny_pair
-from vrollout.core.errors import BadTrajectory
+from vrollout.errors import BadTrajectory
 from vrollout.local.models import ModelPair
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 17*23?"}],

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 from support.synthetic import synthetic_analysis
-from vrollout.core.analysis import summarize
+from vrollout.pipeline.assembly import summarize
 from vrollout.report.dataset import (
     SUMMARY_COLUMNS,
     decile_shares,
@@ -202,7 +202,7 @@ def test_cell_text_as_the_tables_show_it():
 
 def test_the_summary_row_carries_the_preflight_headline(tiny, tmp_path):
     from support import tiny_settings
-    from vrollout.service import Analyzer
+    from vrollout.pipeline.analyzer import Analyzer
 
     analyzer = Analyzer(tiny, tiny_settings(tmp_path))
     a = analyzer.analyze({"prompt": "hi", "response": "hello the world", "privileged": "say hello"})

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from support import tiny_settings
 from support.rollouts import mixed_records
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.report.pedagogical import (
     COMPARISON_COLUMNS,
     RESCUE_BUDGETS,
@@ -24,7 +25,6 @@ from vrollout.report.pedagogical import (
     write_pedagogical,
 )
 from vrollout.report.pedagogical_figures import comparison_figures
-from vrollout.service import Analyzer
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from support import tiny_settings, upload, wait_done
 from support.tiny import tiny_tokenizer
-from vrollout.pedagogy_cli import pedagogical_file
-from vrollout.pedagogy_jobs import pedagogical_options, prepare_line, run_line
-from vrollout.service import Analyzer
+from vrollout.cli.pedagogical import pedagogical_file
+from vrollout.jobs.pedagogical import pedagogical_options, prepare_line, run_line
+from vrollout.pipeline.analyzer import Analyzer
 
 PROMPT = [
     {"role": "system", "content": "Answer briefly."},

@@ -17,7 +17,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from support.synthetic import synthetic_analysis, synthetic_job
-from vrollout.core.errors import NotFound
+from vrollout.errors import NotFound
+from vrollout.jobs.runner import Jobs
 from vrollout.report.dataset import (
     SUMMARY_COLUMNS,
     digest,
@@ -31,7 +32,6 @@ from vrollout.report.dataset import (
     summary_row,
 )
 from vrollout.storage import store as store_module
-from vrollout.storage.jobs import Jobs
 from vrollout.storage.retention import purge_older_than
 from vrollout.storage.store import Store
 

@@ -1,4 +1,4 @@
-"""Writer code copied verbatim from training frameworks, for the presets' tests (tests/core/test_presets.py).
+"""Writer code copied verbatim from training frameworks, for the presets tests (tests/inputs/test_presets.py).
 
 Copied, not imported, where the framework's module cannot be imported here: verl's
 `verl/trainer/ppo/ray_trainer.py` imports ray, omegaconf, torchdata and verl's workers at module

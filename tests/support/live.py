@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 
 from support import tiny_settings

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vrollout.core.answers import answer_matches
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.verdicts.answers import answer_matches
 
 SUMMARY_KEYS = (
     "policy", "response_ids", "response_text", "tokens", "interventions", "num_interventions",

@@ -9,8 +9,8 @@ import math
 import random
 from typing import Any
 
-from vrollout.core.analysis import summarize
-from vrollout.core.ids import new_id, now
+from vrollout.ids import new_id, now
+from vrollout.pipeline.assembly import summarize
 
 
 def synthetic_analysis(

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from support import REAL_CACHE
 from support.vllm import started_servers
 from vrollout.config import Settings
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.vllm.noise import REPEAT_FLOOR
 from vrollout.web.app import create_app
 

@@ -19,11 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 from support import REAL_CACHE, REPO
 from support.vllm import started_servers
-from vrollout.cli import main as cli_main
+from vrollout.cli.commands import main as cli_main
 from vrollout.config import Settings
-from vrollout.core.backend import Backend
-from vrollout.core.errors import ModelMismatch
-from vrollout.service import Analyzer
+from vrollout.errors import ModelMismatch
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.backend import Backend
 from vrollout.vllm.backend import load_remote_pair
 from vrollout.vllm.topk import Position, entropy_bounds, kl_lower_bound
 from vrollout.web.app import create_app

@@ -9,7 +9,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 from support.synthetic import synthetic_analysis
-from vrollout.core.signal import headline, lorenz
+from vrollout.metrics.signal import headline, lorenz
 from vrollout.notebook import render_html
 from vrollout.report.dataset import STEP_COLUMNS, steps_parquet_chunks
 from vrollout.report.figures import figure_dict

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 from support import assert_error, tiny_settings
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from support import REAL_CACHE, free_port
-from vrollout.cli import write_dataset
+from vrollout.cli.commands import write_dataset
 from vrollout.config import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model]

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from support import REPO, assert_error, tiny_settings, upload, wait_done
 from support.cross import cross_pair
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'

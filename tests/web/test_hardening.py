@@ -15,11 +15,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from support import GOOD, REPO, assert_error, tiny_settings, upload, wait_done
-from vrollout import cli
+from vrollout.cli import commands as cli
 from vrollout.config import Settings
-from vrollout.core.errors import StorageError, TooLong
-from vrollout.core.trajectories import parse_file
-from vrollout.service import Analyzer
+from vrollout.errors import StorageError, TooLong
+from vrollout.inputs.trajectories import parse_file
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.storage.store import Store
 from vrollout.web.app import create_app
 
@@ -348,7 +348,7 @@ import uuid
 sys.path.insert(0, "tests")
 from support.tiny import tiny_pair
 from vrollout.config import Settings
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.storage.store import Store
 settings = Settings(database=sys.argv[1], chunk_size=8)
 analyzer = Analyzer(tiny_pair(), settings, Store(settings.database))

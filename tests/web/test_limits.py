@@ -20,12 +20,12 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from support import GOOD, REPO, assert_error, tiny_settings, upload
-from vrollout import cli
-from vrollout.core.errors import Cancelled
-from vrollout.service import Analyzer
+from vrollout.cli import commands as cli
+from vrollout.errors import Cancelled
+from vrollout.jobs.worker import ModelWorker
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 from vrollout.web.server import TimedH11Protocol, quiet_accept_errors, uvicorn_config
-from vrollout.worker import ModelWorker
 
 # Greedy on the tiny model never stops early: about 10 s of generation, one step per token.
 LONG_GENERATION = {"prompt": "hi", "generation": {"max_new_tokens": 1000}}
@@ -447,8 +447,8 @@ sys.path.insert(0, "tests")
 import uvicorn
 from support.tiny import tiny_pair
 from vrollout.config import Settings
-from vrollout.core.errors import Cancelled
-from vrollout.service import Analyzer
+from vrollout.errors import Cancelled
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 from vrollout.web.server import uvicorn_config
 settings = Settings(database=sys.argv[1], port=int(sys.argv[2]), header_timeout_s=1.0)

@@ -20,7 +20,7 @@ sys.path.insert(0, "tests")
 from support.tiny import tiny_pair
 from vrollout.config import Settings
 from vrollout.web.app import create_app
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 torch.set_num_threads(1)  # leave a core to the clients on a small machine
 settings = Settings(database=sys.argv[1], chunk_size=8)
 app = create_app(settings, analyzer=Analyzer(tiny_pair(), settings))

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 from support import GOOD, REPO, assert_error, upload, wait_done
-from vrollout.core.localize import TOKEN_SCORERS
-from vrollout.core.localize_metrics import Setup
+from vrollout.metrics.localization import TOKEN_SCORERS
+from vrollout.metrics.localization_eval import Setup
 from vrollout.report.localization import localization_result
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from support import GOOD, assert_error, tiny_settings, upload, wait_done
-from vrollout.core.answers import normalized_words
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.report.pedagogical import (
     COMPARISON_COLUMNS,
     comparison_rows,
@@ -21,7 +21,7 @@ from vrollout.report.pedagogical import (
     headline_rows,
 )
 from vrollout.report.pedagogical_figures import comparison_figures
-from vrollout.service import Analyzer
+from vrollout.verdicts.answers import normalized_words
 from vrollout.web.app import create_app
 
 OPTIONS = {"threshold": 0.2, "sweep": "0.01,0.5", "max_new_tokens": 6}

@@ -20,7 +20,7 @@ sys.path.insert(0, "tests")
 import uvicorn
 from support import tiny_settings
 from support.tiny import tiny_pair
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 from pathlib import Path
 

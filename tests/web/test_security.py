@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 from support import tiny_settings
-from vrollout import cli
+from vrollout.cli import commands as cli
 from vrollout.config import Settings
-from vrollout.service import Analyzer
+from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 from vrollout.web.security import APP_CSP, SESSION_COOKIE, answered_hosts, local_path, session_value
 

@@ -13,10 +13,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic_core import to_json
 from vrollout import __version__
-from vrollout.core.errors import Cancelled, VRError
-from vrollout.core.ids import new_id
-from vrollout.core.responses import Deleted, Figure, Health, Models, PedagogicalResult, TaskStarted, TaskState
-from vrollout.core.schemas import (
+from vrollout.errors import Cancelled, VRError
+from vrollout.ids import new_id
+from vrollout.jobs.runner import Jobs
+from vrollout.jobs.tasks import Task, Tasks
+from vrollout.jobs.worker import ModelWorker
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.report.figures import figure_dict
+from vrollout.schema.requests import (
     Analysis,
     AnalysisList,
     AnalyzeRequest,
@@ -24,12 +28,16 @@ from vrollout.core.schemas import (
     Noise,
     PedagogicalRequest,
 )
-from vrollout.report.figures import figure_dict
-from vrollout.service import Analyzer
-from vrollout.storage.jobs import Jobs
+from vrollout.schema.responses import (
+    Deleted,
+    Figure,
+    Health,
+    Models,
+    PedagogicalResult,
+    TaskStarted,
+    TaskState,
+)
 from vrollout.storage.store import SQLITE_MAX_INT, Store
-from vrollout.storage.tasks import Task, Tasks
-from vrollout.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {

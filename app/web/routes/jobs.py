@@ -12,25 +12,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
-from vrollout.core.errors import BadTrajectory, TooLong, VRError
-from vrollout.core.preflight import job_preflight
-from vrollout.core.responses import (
-    Deleted,
-    DriftRow,
-    Figure,
-    Headline,
-    Job,
-    JobCreated,
-    JobItem,
-    JobPreflight,
-    SummaryRow,
-    media,
-)
-from vrollout.core.sources import iter_rows
-from vrollout.core.teacher_context import teacher_options, wants_sibling
-from vrollout.core.trajectories import LineError
-from vrollout.core.validation import unknown_key_warnings
-from vrollout.pedagogy_jobs import MODES, line_options, parse_sweep, pedagogical_options
+from vrollout.errors import BadTrajectory, TooLong, VRError
+from vrollout.inputs.sources import iter_rows
+from vrollout.inputs.teacher_context import teacher_options, wants_sibling
+from vrollout.inputs.trajectories import LineError
+from vrollout.inputs.validation import unknown_key_warnings
+from vrollout.jobs.pedagogical import MODES, line_options, parse_sweep, pedagogical_options
+from vrollout.jobs.progress import Follower
+from vrollout.jobs.runner import FINAL, JobRunner, Jobs
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.preflight import job_preflight
 from vrollout.report.dataset import (
     figures_of,
     json_array_chunks,
@@ -43,9 +34,18 @@ from vrollout.report.dataset import (
 from vrollout.report.drift import drift_csv, drift_rows
 from vrollout.report.headline import FORMATS as HEADLINE_FORMATS
 from vrollout.report.headline import headline
-from vrollout.service import Analyzer
-from vrollout.storage.jobs import FINAL, JobRunner, Jobs
-from vrollout.storage.progress import Follower
+from vrollout.schema.responses import (
+    Deleted,
+    DriftRow,
+    Figure,
+    Headline,
+    Job,
+    JobCreated,
+    JobItem,
+    JobPreflight,
+    SummaryRow,
+    media,
+)
 from vrollout.web.routes.analyses import ERRORS, AnalyzerDep, from_state
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)

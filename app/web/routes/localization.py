@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
-from vrollout.core.errors import BadTrajectory
-from vrollout.core.localize_metrics import Setup
+from vrollout.errors import BadTrajectory
+from vrollout.metrics.localization_eval import Setup
 from vrollout.report.localization import LocalizationResult, localization_figures, localization_result
 from vrollout.web.routes.analyses import ERRORS, AnalyzerDep
 from vrollout.web.routes.jobs import JobsDep, RunnerDep

@@ -1,0 +1,169 @@
+"""`vrollout localize FILE --out DIR`: replay ProcessBench-shaped lines, score every step, and
+measure how well each scorer finds the first wrong step (docs/metrics.md, "Error localization").
+
+The replays are the ordinary analyses (`Analyzer.prepare_lines` / `run_prepared`, batched); the
+scoring and the metrics add no forward pass. Recovery (a teacher run to the end from many
+prefixes) is the one costly extra, run only when its scorer is asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vrollout.errors import TooLong, VRError
+from vrollout.inputs.trajectories import parse_file
+from vrollout.metrics.localization import is_localization_line
+from vrollout.metrics.localization_eval import Setup
+
+if TYPE_CHECKING:
+    from vrollout.config import Settings
+    from vrollout.pipeline.analyzer import Analyzer
+
+
+@dataclass
+class Replayed:
+    """The analyses of a file's localization lines (in line order) and the lines that failed."""
+
+    analyses: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    unknown: dict[str, list[int]] = field(default_factory=dict)
+
+
+def read_lines(path: Path, settings: Settings) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """A file's numbered JSON lines and the lines that do not decode (the upload's limits)."""
+    limit = settings.max_upload_bytes
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLong(f"the file is over the limit of {limit} bytes (VROLLOUT_MAX_UPLOAD_BYTES)")
+    lines, bad = parse_file(data, settings.max_lines_per_job, settings.max_line_bytes)
+    return lines, [(e.line, e.error) for e in bad]
+
+
+def replay(
+    analyzer: Analyzer,
+    lines: list[tuple[int, Any]],
+    options: dict[str, Any],
+    privileged: str | None,
+    advance: Callable[[int], None] = lambda n: None,
+) -> Replayed:
+    """The analyses of the lines that carry steps (`Analyzer.prepare_line` makes each the
+    trajectory of its joined steps), window by window in planned batches. `advance(n)`: n more
+    lines finished (a progress bar)."""
+    from vrollout.jobs.runner import WINDOW
+
+    out = Replayed()
+    converted = []  # `prepare_line` turns each into the trajectory of its joined steps
+    for number, obj in lines:
+        if is_localization_line(obj):
+            converted.append((number, obj))
+        else:
+            out.errors.append((number, 'not a localization line: give "steps": [str] and "label": int'))
+            advance(1)
+    for w in range(0, len(converted), WINDOW):  # bounded memory
+        prepared, failed = analyzer.prepare_lines(converted[w : w + WINDOW], options, privileged, out.unknown)
+        out.errors.extend((number, exc.message) for number, exc in failed)
+        advance(len(failed))
+        for group in analyzer.run_prepared(prepared, lambda n: {"job": {"id": None, "line": n}}):
+            for number, result in group:
+                if isinstance(result, VRError):
+                    out.errors.append((number, result.message))
+                else:
+                    out.analyses.append((number, result))
+            advance(len(group))
+    out.analyses.sort(key=lambda x: x[0])
+    out.errors.sort()
+    return out
+
+
+def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = None) -> int:
+    """The command: 0 when every line was scored, 1 when some failed, 2 when nothing could be.
+    `analyzer`: the models to use (default: load the ones `settings` name)."""
+    from tqdm import tqdm
+    from vrollout.inputs.validation import unknown_key_warnings
+    from vrollout.pipeline.analyzer import Analyzer
+    from vrollout.report.localization import localization_result, write_folder
+
+    try:
+        lines, errors = read_lines(Path(args.file), settings)
+    except (OSError, VRError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    analyzer = analyzer or Analyzer.from_settings(settings, store=not args.no_store)
+    options = {
+        "top_k": args.top_k,
+        "recovery": args.recovery,
+        "recovery_max_new_tokens": args.recovery_max_new_tokens,
+    }
+    with tqdm(total=len(lines), unit="line", file=sys.stderr) as bar:
+        done = replay(analyzer, lines, options, args.privileged, bar.update)
+    errors = sorted(errors + done.errors)
+    for number, message in errors:
+        print(f"{args.file}:{number}: {message}", file=sys.stderr)
+    for warning in unknown_key_warnings(done.unknown):
+        print(f"{args.file}:{warning['lines'][0]}: warning: {warning['warning']}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "analyses.jsonl").open("w") as f:  # first: the costly part is kept whatever follows
+        for _, analysis in done.analyses:
+            f.write(json.dumps(analysis) + "\n")
+            if analyzer.store is not None:
+                analyzer.store.save(analysis)
+    setup = Setup(folds=args.folds, seed=args.seed, bootstrap=args.bootstrap)
+    try:
+        result = localization_result(
+            [a for _, a in done.analyses], analyzer.pair.student.tokenizer, args.recovery, setup
+        )
+    except VRError as exc:
+        print(f"error: {args.file}: {exc.message}", file=sys.stderr)
+        return 2
+    write_folder(out, Path(args.file).name, errors, result, analyzer, settings)
+    print(result.headline(), file=sys.stderr)
+    print(f"{len(done.analyses)} scored, {len(errors)} failed -> {out}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def add_parser(sub: Any, model_flags: Callable[[Any], None]) -> Any:
+    """`vrollout localize`'s parser and flags (the CLI's subparsers, and its shared model flags)."""
+    p = sub.add_parser("localize", help="does the teacher's signal point at the first wrong step?")
+    model_flags(p)
+    p.add_argument("file", help='JSONL of ProcessBench-shaped lines: a prompt, "steps": [str], "label": int')
+    p.add_argument(
+        "--out",
+        required=True,
+        help="a folder: metrics.json, predictions.jsonl, analyses.jsonl and report.html (opens offline)",
+    )
+    p.add_argument("--privileged", help="privileged text for lines that carry none")
+    p.add_argument("--top-k", dest="top_k", type=int, help="default 5")
+    p.add_argument(
+        "--recovery",
+        action="store_true",
+        help="also the recovery_drop scorer (a teacher run from many prefixes: costly; lines need "
+        "reference_answer)",
+    )
+    p.add_argument("--recovery-max-new-tokens", dest="recovery_max_new_tokens", type=int, default=64)
+    p.add_argument(
+        "--folds", type=_at_least(2), default=Setup.folds, help="cross-validation folds over problems"
+    )
+    p.add_argument("--seed", type=_at_least(0), default=Setup.seed, help="folds and bootstrap resamples")
+    p.add_argument(
+        "--bootstrap", type=_at_least(0), default=Setup.bootstrap, help="resamples per 95%% interval"
+    )
+    p.add_argument("--no-store", action="store_true", help="do not save to the database")
+    return p

@@ -1,0 +1,201 @@
+"""`vrollout pedagogical FILE --out DIR`: a pedagogical job without a server.
+
+The file is read as `vrollout analyze` reads it (JSONL, a JSON array, Parquet, a `save_to_disk`
+folder or hf://; `--map`, `--from`), each line runs as a pedagogical job's line runs
+(`pedagogy_jobs`: the student's own rollout analysed, the pedagogical rollout on the same
+contexts), and the records go, as they come, to `report.pedagogical.write_pedagogical`:
+rollouts.jsonl, comparison.csv and report.html. The analyses are stored in the database unless
+`--no-store` (a record's `student.analysis_id` names one).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from vrollout.config import Settings
+from vrollout.errors import VRError
+from vrollout.inputs.teacher_context import SiblingIndex
+from vrollout.inputs.trajectories import LineError
+from vrollout.jobs.pedagogical import (
+    PreparedLine,
+    end_ids,
+    line_options,
+    parse_sweep,
+    pedagogical_options,
+    run_line,
+    run_lines,
+    with_rollout,
+)
+from vrollout.jobs.runner import WINDOW
+from vrollout.pipeline.analyzer import Analyzer
+
+
+def add_parser(sub: Any, model_flags: Callable[[Any], None], context_flags: Callable[[Any], None]) -> Any:
+    """`vrollout pedagogical`'s parser and flags (the CLI's subparsers, its shared model flags and
+    teacher-context flags)."""
+    p = sub.add_parser("pedagogical", help="pedagogical rollouts for a file of prompts, compared with OPD")
+    model_flags(p)
+    p.add_argument(
+        "file",
+        help="prompts in any trajectory format (+ privileged, reference_answer; a response is the "
+        "student's own rollout, else it generates one): JSONL, JSON, Parquet, a datasets folder, hf://",
+    )
+    p.add_argument("--split", help="the split of a datasets folder or an hf:// dataset")
+    p.add_argument("--map", help="where the fields are: field=column,... e.g. prompt=question")
+    p.add_argument("--from", dest="preset", help="a training framework's log: verl | trl | tinker | auto")
+    p.add_argument("--out", required=True, help="a folder: rollouts.jsonl, comparison.csv and report.html")
+    p.add_argument("--privileged", help="privileged text for lines that carry none")
+    context_flags(p)
+    p.add_argument("--threshold", type=float, help="the teacher steps in below this probability (0.05)")
+    p.add_argument("--max-rank", dest="max_rank", type=int, help="... or above this teacher rank")
+    p.add_argument("--temperature", type=float, help="the student's sampling (default 0: greedy)")
+    p.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling (default 1)")
+    p.add_argument("--seed", type=int, help="sampling seed (default 0)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="rollout length bound (128)")
+    p.add_argument("--sweep", help="thresholds for the interventions-vs-success curve, e.g. 0.01,0.05,0.2")
+    p.add_argument("--top-k", dest="top_k", type=int, help="alternatives kept per step of the analyses (5)")
+    p.add_argument(
+        "--include",
+        choices=("successful", "all"),
+        default="successful",
+        help="which rollouts rollouts.jsonl keeps: those that reached the reference (default) or all",
+    )
+    p.add_argument("--no-store", action="store_true", help="do not save the analyses to the database")
+    return p
+
+
+def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = None) -> int:
+    """The command: 0 when every line ran, 1 when some failed, 2 when none could."""
+    from tqdm import tqdm
+    from vrollout.inputs.sources import iter_rows
+    from vrollout.inputs.teacher_context import teacher_options
+    from vrollout.report.pedagogical import write_pedagogical
+
+    def read() -> Iterator[tuple[int, Any]]:
+        name = Path(args.file).name
+        return iter_rows(
+            args.file, name=name, settings=settings, split=args.split, mapping=args.map, preset=args.preset
+        )
+
+    try:
+        rows = read()
+        first = next(rows, None)  # an unreadable or empty file: said now, before the models load
+        context = teacher_options(
+            getattr(args, "teacher_context", None), getattr(args, "teacher_template", None)
+        )
+    except (OSError, VRError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    analyzer = analyzer or Analyzer.from_settings(settings, store=not args.no_store)
+    try:
+        flags = ("threshold", "max_rank", "temperature", "top_p", "seed", "max_new_tokens")
+        options = pedagogical_options(
+            analyzer, sweep=parse_sweep(args.sweep), **{f: getattr(args, f) for f in flags}
+        )
+    except VRError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    siblings = None
+    if context.get("teacher_context") == "sibling":  # a first pass over the file (core.teacher_context)
+        siblings = analyzer.index_siblings(read(), {**context, **line_options(options)}, args.privileged)
+    everything = iter(()) if first is None else _chain(first, rows)
+    errors: list[tuple[int, str]] = []
+    stopped: list[str] = []
+    done = 0
+    with tqdm(unit="line", file=sys.stderr) as bar:
+
+        def records() -> Iterator[dict[str, Any]]:
+            nonlocal done
+            lines = run_all(analyzer, everything, options, args, errors, context, siblings, stopped)
+            for number, result in lines:
+                bar.update(1)
+                if isinstance(result, VRError):
+                    errors.append((number, result.message))
+                    continue
+                analysis, record = result
+                if analyzer.store is not None:
+                    analyzer.store.save(analysis)
+                done += 1
+                yield record
+
+        student, teacher = analyzer.pair.student.name, analyzer.pair.teacher.name
+        summary = write_pedagogical(
+            records(), Path(args.out), include=args.include, end_ids=end_ids(analyzer),
+            name=Path(args.file).name, student=student, teacher=teacher, settings=settings,
+        )  # fmt: skip
+    for number, message in sorted(errors):
+        print(f"{args.file}:{number}: {message}", file=sys.stderr)
+    if as_text := summary["prompts_as_text"]:
+        print(
+            f"{as_text} prompt{'s' if as_text > 1 else ''} (given rendered or as token ids) could not "
+            "be given as chat messages of the student's template: their rows in rollouts.jsonl have "
+            "prompt null and the exact text in prompt_text (filter them out for a trainer that "
+            "applies the chat template)",
+            file=sys.stderr,
+        )
+    print(f"{done} lines -> {args.out}", file=sys.stderr)
+    if stopped:
+        print(f"error: {args.file}: {stopped[0]}; the lines before it were run", file=sys.stderr)
+        return 2
+    return 0 if not errors else (1 if done else 2)
+
+
+def run_all(
+    analyzer: Analyzer,
+    rows: Iterator[tuple[int, Any]],
+    options: dict[str, Any],
+    args: Any,
+    errors: list[tuple[int, str]],
+    context: dict[str, str],
+    siblings: SiblingIndex | None,
+    stopped: list[str],
+) -> Iterator[tuple[int, tuple[dict[str, Any], dict[str, Any]] | VRError]]:
+    """Each line's (analysis, record) or error, in line order; lines that cannot be read or
+    checked go to `errors`, and a file that goes wrong part way to `stopped` (after its earlier
+    lines). `context`: the file's teacher context and template for lines that
+    set none; `siblings`: the file's sibling index, where they ask for one. On vLLM,
+    `lines_in_flight` lines run at once."""
+    line_opts = {"top_k": args.top_k, **context, **line_options(options)}
+
+    def prepared() -> Iterator[tuple[int, PreparedLine]]:
+        try:
+            for number, obj in rows:
+                if isinstance(obj, LineError):
+                    errors.append((number, obj.error))
+                    continue
+                try:
+                    where = None if siblings is None else (number, siblings)
+                    prep, _, _ = analyzer.prepare_line(obj, line_opts, args.privileged, where)
+                    yield number, with_rollout(analyzer, prep, options)
+                except VRError as exc:
+                    errors.append((number, exc.message))
+        except VRError as exc:  # the file itself goes wrong part way: the lines before it still run
+            stopped.append(exc.message)
+
+    def one(item: tuple[int, PreparedLine]) -> tuple[int, Any]:
+        number, line = item
+        try:
+            return number, run_line(analyzer, number, line, {"job": {"id": None, "line": number}})
+        except VRError as exc:
+            return number, exc
+
+    if analyzer.lines_in_flight() == 1:  # local: a group's rollouts decode together
+        lines = prepared()
+        while group := list(islice(lines, analyzer.settings.pedagogical_batch)):
+            extras = [{"job": {"id": None, "line": number}} for number, _ in group]
+            yield from zip([number for number, _ in group], run_lines(analyzer, group, extras), strict=True)
+        return
+    with ThreadPoolExecutor(analyzer.lines_in_flight(), thread_name_prefix="vrollout-line") as pool:
+        lines = prepared()
+        while window := list(islice(lines, WINDOW)):  # a window at a time, never the whole file
+            yield from pool.map(one, window)
+
+
+def _chain(first: tuple[int, Any], rest: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    yield first
+    yield from rest

@@ -1,0 +1,280 @@
+"""Presets: rows of what a training framework logs, renamed to this project's line fields.
+
+Each preset was written from the framework's own writer code (docs/formats.md, "Presets", names
+the file and version): verl's rollout dumps (`trainer.rollout_data_dir`), TRL's completions tables
+(`log_completions=True`) and tinker-cookbook's logtree traces (`tinker_rows` turns a trace into
+rows). `apply_preset` turns one row into a line: `prompt` (+ `rendered`), `response` (or, after a
+prompt of messages, a one-message `completion`), `reference_answer`, `score`, `correct`, `step`,
+`id`, and everything else in `meta`; validation happens afterwards, as for any line. This module
+knows nothing about files: the readers (app/inputs/sources.py) hand it rows one at a time.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+from vrollout.errors import BadTrajectory
+
+PRESETS = ("verl", "trl", "tinker")
+
+# The columns that the framework's writer always emits: a row is that framework's when it has them.
+VERL_COLUMNS = frozenset({"input", "output", "gts", "score", "step"})
+TRL_COLUMNS = frozenset({"step", "prompt", "completion", "advantage"})
+TINKER_COLUMNS = frozenset({"tinker_prompt", "tinker_response", "tinker_reward"})
+
+VERL_LOST = (
+    "verl decodes prompts with skip_special_tokens=True: the chat template's special tokens "
+    "(e.g. <|im_start|>, <|im_end|>, BOS) are missing from `input`, so it is the rendered prompt "
+    "without them, not the exact text the model saw"
+)
+# A verl reward function that returns a dict adds its keys as columns; these mean the verdict.
+VERL_CORRECT_KEYS = ("acc", "correct", "is_correct")
+# TRL's built-in rewards that are a verdict (1.0 right, 0.0 wrong), trl/rewards/accuracy_rewards.py.
+TRL_CORRECT_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward")
+# Columns of a TRL table that are not reward functions (grpo_trainer.py, `log`).
+TRL_FIXED = frozenset({"step", "prompt", "completion", "advantage", "image"})
+
+
+def detect_preset(columns: set[str]) -> str | None:
+    """The preset whose writer's columns are all in `columns`; None when none or several match."""
+    found = [
+        name
+        for name, needed in (("verl", VERL_COLUMNS), ("trl", TRL_COLUMNS), ("tinker", TINKER_COLUMNS))
+        if needed <= set(columns)
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def apply_preset(row: dict[str, Any], name: str) -> dict[str, Any]:
+    """One row of framework `name`'s log as a line of our format (BadTrajectory names what is wrong)."""
+    if name not in PRESETS:
+        raise BadTrajectory(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    if not isinstance(row, dict):
+        raise BadTrajectory(f"a {name} row must be an object, got {type(row).__name__}")
+    plain = {key: _as_list(value) for key, value in row.items()}
+    return {"verl": _verl, "trl": _trl, "tinker": _tinker}[name](plain)
+
+
+def _require(row: dict[str, Any], columns: frozenset[str], name: str) -> None:
+    missing = sorted(columns - row.keys())
+    if missing:
+        raise BadTrajectory(f"not a {name} row: missing column(s) {', '.join(missing)}")
+
+
+def _number(value: Any, column: str) -> float | None:
+    """A finite float, None for a missing or NaN value (TRL logs NaN where a reward gave None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadTrajectory(f"column {column!r} must be a number, got {value!r}")
+    return float(value) if math.isfinite(value) else None
+
+
+def _step(value: Any) -> int | str | None:
+    if value is None or isinstance(value, int | str) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise BadTrajectory(f"column 'step' must be an integer or a name, got {value!r}")
+
+
+def _scalar_answer(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _verl(row: dict[str, Any]) -> dict[str, Any]:
+    _require(row, VERL_COLUMNS, "verl")
+    extras = {k: v for k, v in row.items() if k not in VERL_COLUMNS}
+    line: dict[str, Any] = {"prompt": row["input"], "rendered": True, "response": row["output"]}
+    gts = row["gts"]
+    if _scalar_answer(gts):
+        line["reference_answer"] = gts
+    elif gts is not None:  # a list or dict of ground truths: kept whole, not guessed from
+        extras["gts"] = gts
+    if (score := _number(row["score"], "score")) is not None:
+        line["score"] = score
+    for key in VERL_CORRECT_KEYS:
+        if isinstance(extras.get(key), bool | int | float) and extras[key] in (0, 1):
+            line["correct"] = bool(extras.pop(key))
+            break
+    line["step"] = _step(row["step"])
+    if isinstance(extras.get("request_id"), str):
+        line["id"] = extras.pop("request_id")
+    line["meta"] = {**extras, "preset": "verl", "preset_note": VERL_LOST}
+    return line
+
+
+def _message_text(content: Any) -> str:
+    """A message's text: TRL keeps multimodal content as parts; the images are not in the table."""
+    if isinstance(content, str):
+        return content
+    if isinstance(_as_list(content), list):
+        parts = _as_list(content)
+        return "".join(p.get("text", "") for p in parts if isinstance(p, dict) and p.get("type") == "text")
+    raise BadTrajectory(f"a message's content must be text or a list of parts, got {content!r}")
+
+
+def _as_list(value: Any) -> Any:
+    """numpy values as Python ones: pandas reads Parquet lists as arrays and numbers as numpy
+    scalars (pyarrow's `to_pylist` gives Python values already)."""
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _messages(value: Any, column: str) -> list[dict[str, str]]:
+    if not all(isinstance(m, dict) and "role" in m for m in value):
+        raise BadTrajectory(f"column {column!r} must be text or a list of messages with a role")
+    return [{"role": m["role"], "content": _message_text(m.get("content", ""))} for m in value]
+
+
+def _reply(line: dict[str, Any], text: str) -> None:
+    """The response in the field our formats pair with the prompt's shape: `response` after a
+    text prompt, a one-message `completion` after messages (TRL's prompt-completion)."""
+    if isinstance(line["prompt"], list):
+        line["completion"] = [{"role": "assistant", "content": text}]
+    else:
+        line["response"] = text
+
+
+def _trl(row: dict[str, Any]) -> dict[str, Any]:
+    _require(row, TRL_COLUMNS, "trl")
+    prompt, completion = _as_list(row["prompt"]), _as_list(row["completion"])
+    line: dict[str, Any] = {}
+    if isinstance(prompt, str):
+        # A standard (not conversational) prompt: TRL generates from this text without a template.
+        line.update(prompt=prompt, rendered=True)
+    elif isinstance(prompt, list):
+        line["prompt"] = _messages(prompt, "prompt")
+    else:
+        raise BadTrajectory(f"column 'prompt' must be text or a list of messages, got {prompt!r}")
+    if isinstance(completion, str):
+        _reply(line, completion)
+    elif isinstance(completion, list):
+        turns = _messages(completion, "completion")
+        if len(turns) != 1:
+            raise BadTrajectory(
+                f"column 'completion' has {len(turns)} messages (tool calls): "
+                "only a single assistant message replays"
+            )
+        _reply(line, turns[0]["content"])
+    else:
+        raise BadTrajectory(f"column 'completion' must be text or a list of messages, got {completion!r}")
+    others = {k: v for k, v in row.items() if k not in TRL_FIXED}
+    rewards = {k: v for k, v in others.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    # The table has one column per reward function and not their weights: the sum is the
+    # trainer's reward only with one function, so a score is given only then.
+    if len(rewards) == 1:
+        ((column, value),) = rewards.items()
+        if (score := _number(value, column)) is not None:
+            line["score"] = score
+    for key in TRL_CORRECT_REWARDS:
+        if rewards.get(key) in (0, 1):
+            line["correct"] = bool(rewards[key])
+            break
+    line["step"] = _step(row["step"])
+    meta = {**others, "advantage": row["advantage"], "preset": "trl"}
+    line["meta"] = {k: v for k, v in meta.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    return line
+
+
+def tinker_rows(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """The episodes of a tinker-cookbook logtree trace (`iteration_NNNNNN/train_logtree.json`) as
+    rows for the `tinker` preset: each "Prompt" section (a conversation), the "Policy Response"
+    section after it and the "Reward" table after that, as `ProblemEnv.step` logs them. A trace
+    with no such episode (an environment that logs otherwise) gives no rows."""
+    if not isinstance(trace, dict) or not isinstance(trace.get("root"), dict):
+        raise BadTrajectory("not a tinker-cookbook logtree trace: no 'root' node")
+    title = str(trace.get("title", ""))
+    iteration = title.rsplit(" ", 1)[-1]  # "RL Iteration 3" (rl/train.py)
+    rows: list[dict[str, Any]] = []
+    _collect(trace["root"], int(iteration) if iteration.isdigit() else None, rows)
+    return rows
+
+
+def _header(node: Any) -> str | None:
+    """The title of a logtree section (a `section` whose first child is its `hN` header)."""
+    if not isinstance(node, dict) or node.get("tag") != "section" or not node.get("children"):
+        return None
+    first = node["children"][0]
+    if isinstance(first, dict) and str(first.get("tag", "")).startswith("h"):
+        return html.unescape("".join(c for c in first.get("children", []) if isinstance(c, str)))
+    return None
+
+
+def _find(node: Any, match: Any) -> Any:
+    """The first node under `node` (itself included, depth first) for which `match` is true."""
+    if not isinstance(node, dict):
+        return None
+    if match(node):
+        return node
+    for child in node.get("children", []):
+        if (found := _find(child, match)) is not None:
+            return found
+    return None
+
+
+def _conversation(section: Any) -> list[Any]:
+    found = _find(
+        section, lambda n: isinstance(n.get("data"), dict) and n["data"].get("type") == "conversation"
+    )
+    return list(found["data"].get("messages", [])) if found else []
+
+
+def _table(section: Any) -> dict[str, str]:
+    """A logtree key/value table (`table_from_dict`) as a dict of its cells' text."""
+    table = _find(section, lambda n: n.get("tag") == "table")
+    cells: dict[str, str] = {}
+    body = _find(table, lambda n: n.get("tag") == "tbody") if table else None
+    for tr in body.get("children", []) if body else []:
+        texts = [
+            html.unescape("".join(c for c in td.get("children", []) if isinstance(c, str)))
+            for td in tr.get("children", [])
+            if isinstance(td, dict)
+        ]
+        if len(texts) == 2:
+            cells[texts[0]] = texts[1]
+    return cells
+
+
+def _collect(node: dict[str, Any], iteration: int | None, rows: list[dict[str, Any]]) -> None:
+    children = [c for c in node.get("children", []) if isinstance(c, dict)]
+    titles = [_header(c) for c in children]
+    for i, title in enumerate(titles):
+        if title == "Prompt" and titles[i + 1 : i + 3] == ["Policy Response", "Reward"]:
+            reply = _conversation(children[i + 1])
+            reward = _table(children[i + 2])
+            row: dict[str, Any] = {
+                "tinker_prompt": _conversation(children[i]),
+                "tinker_response": _message_text(reply[0].get("content", "")) if reply else "",
+                "tinker_reward": float(reward["reward"]) if "reward" in reward else None,
+            }
+            if "reference_answer" in reward:
+                row["reference_answer"] = reward["reference_answer"]
+            for key in ("correct", "format_valid"):
+                if reward.get(key) in ("True", "False"):
+                    row[key] = reward[key] == "True"
+            if iteration is not None:
+                row["iteration"] = iteration
+            rows.append(row)
+    for child in children:
+        _collect(child, iteration, rows)
+
+
+def _tinker(row: dict[str, Any]) -> dict[str, Any]:
+    _require(row, TINKER_COLUMNS, "tinker")
+    line: dict[str, Any] = {"prompt": _messages(row["tinker_prompt"], "tinker_prompt")}
+    if not isinstance(row["tinker_response"], str):
+        raise BadTrajectory(f"column 'tinker_response' must be text, got {row['tinker_response']!r}")
+    _reply(line, row["tinker_response"])
+    extras = {k: v for k, v in row.items() if k not in TINKER_COLUMNS}
+    if _scalar_answer(extras.get("reference_answer")):
+        line["reference_answer"] = extras.pop("reference_answer")
+    if (score := _number(row["tinker_reward"], "tinker_reward")) is not None:
+        line["score"] = score
+    if isinstance(extras.get("correct"), bool):
+        line["correct"] = extras.pop("correct")
+    if "iteration" in extras:
+        line["step"] = _step(extras.pop("iteration"))
+    line["meta"] = {**extras, "preset": "tinker"}
+    return line

@@ -1,0 +1,311 @@
+"""Trajectory parsing: the four formats of docs/formats.md into one `Trajectory`.
+
+Knows nothing about models, tokenizers or HTTP. Every problem is a `BadTrajectory` whose
+message names the field (and, for files, the line).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vrollout.errors import BadTrajectory, TooLong
+
+if TYPE_CHECKING:
+    from vrollout.schema.requests import AnalyzeRequest, Message, PedagogicalRequest
+
+
+@dataclass
+class Trajectory:
+    """One trajectory, normalised. Either text (`messages`) or token ids (`prompt_ids`)."""
+
+    format: str  # prompt_response | messages | prompt_completion | token_ids
+    messages: list[dict[str, str]] | None = None  # the prompt as chat messages
+    response_text: str | None = None
+    prompt_ids: list[int] | None = None
+    teacher_prompt_ids: list[int] | None = None
+    response_ids: list[int] | None = None
+    privileged: str | None = None
+    id: str | None = None
+    reference_answer: str | None = None
+    score: float | None = None  # from a training log, kept as given (docs/metrics.md)
+    correct: bool | None = None  # the log's own verdict: used as is, never re-checked
+    step: int | str | None = None  # training step or checkpoint name: the drift views group by it
+    meta: dict[str, Any] = field(default_factory=dict)
+    # The prompt (one user message holding it) is the text the model saw, template applied:
+    # tokenized as it is, never templated again (core.rendered).
+    rendered: bool = False
+    # Which text the teacher is given (core.teacher_context.resolve sets privileged from these).
+    teacher_context: str = "privileged"
+    feedback: str | None = None
+    teacher_template: str | None = None  # None: the settings' template
+    sibling: dict[str, Any] | None = None  # {"response", "line", "id"}
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_response(self) -> bool:
+        return self.response_text is not None or self.response_ids is not None
+
+
+def _messages(messages: list[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
+    """The trajectory of a validated request (`core.validation`): which of the four formats it
+    is, and the rules across fields. Types, roles and sizes were checked by the model."""
+    reference = request.reference_answer  # a numeric answer is compared numerically later
+    sibling = getattr(request, "sibling", None)
+    extras: dict[str, Any] = {
+        "privileged": request.privileged,
+        "id": request.id,
+        "reference_answer": None if reference is None else str(reference),
+        # A pedagogical request has none of these three
+        "score": getattr(request, "score", None),
+        "correct": getattr(request, "correct", None),
+        "step": getattr(request, "step", None),
+        "meta": request.meta or {},
+        # A pedagogical request has none of these four (its teacher context is the privileged one)
+        "teacher_context": getattr(request, "teacher_context", None) or "privileged",
+        "feedback": getattr(request, "feedback", None),
+        "teacher_template": getattr(request, "teacher_template", None),
+        "sibling": None if sibling is None else sibling.model_dump(),
+    }
+    response = getattr(request, "response", None)  # a pedagogical request has no response
+    response_ids = getattr(request, "response_ids", None)
+    completion = getattr(request, "completion", None)
+    if getattr(request, "rendered", False):
+        return _rendered(request, extras)
+    if response_ids is not None or request.prompt_ids is not None:
+        return _token_level(request.prompt_ids, response_ids, request.teacher_prompt_ids, extras)
+    if request.messages is not None:
+        msgs = _messages(request.messages)
+        if completion is not None:
+            raise BadTrajectory("completion goes with prompt as a list of messages, not with messages")
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if response is not None:  # the conversation so far, and the response as text
+            if last == len(msgs) - 1:
+                raise BadTrajectory(
+                    "response: the messages end with an assistant message already (give one response)",
+                    field="response",
+                )
+            return Trajectory("messages", messages=msgs, response_text=response, **extras)
+        if last is None:  # no answer yet: the student will generate one
+            return Trajectory("messages", messages=msgs, **extras)
+        if last != len(msgs) - 1:
+            raise BadTrajectory("messages: the last assistant message must be the last message")
+        if last == 0:
+            raise BadTrajectory("messages: no prompt before the assistant's response")
+        return Trajectory("messages", messages=msgs[:last], response_text=msgs[last]["content"], **extras)
+    prompt = request.prompt
+    if prompt is None:
+        raise BadTrajectory(
+            "no trajectory found: give 'prompt' (+ 'response'), 'messages', "
+            "'prompt' + 'completion', or 'prompt_ids' + 'response_ids'"
+        )
+    if isinstance(prompt, list):
+        if not prompt:
+            raise BadTrajectory("prompt must be a non-empty string or a list of messages")
+        if completion is not None and response is not None:
+            raise BadTrajectory("give the response once: completion or response, not both", field="response")
+        if completion is None:  # the response as text, or none: the student will generate one
+            return Trajectory(
+                "prompt_completion", messages=_messages(prompt), response_text=response, **extras
+            )
+        if len(completion) != 1 or completion[0].role != "assistant":
+            raise BadTrajectory("completion must hold exactly one assistant message")
+        return Trajectory(
+            "prompt_completion", messages=_messages(prompt), response_text=completion[0].content, **extras
+        )
+    if not prompt.strip():
+        raise BadTrajectory("prompt must be a non-empty string or a list of messages")
+    if completion is not None:
+        raise BadTrajectory("completion needs prompt as a list of messages (TRL format)")
+    return Trajectory(
+        "prompt_response", messages=[{"role": "user", "content": prompt}], response_text=response, **extras
+    )
+
+
+def _rendered(request: AnalyzeRequest | PedagogicalRequest, extras: dict[str, Any]) -> Trajectory:
+    """A prompt given as the text the model saw (`rendered: true`): only a string prompt, with
+    the response as text (or none, to generate)."""
+    if getattr(request, "response_ids", None) is not None or request.prompt_ids is not None:
+        raise BadTrajectory(
+            "rendered applies to a prompt given as text; token ids (prompt_ids, response_ids) are "
+            "exact already: drop rendered",
+            field="rendered",
+        )
+    if request.messages is not None or isinstance(request.prompt, list):
+        raise BadTrajectory(
+            "rendered: true needs prompt as one string, the text the model saw (chat template "
+            "applied); messages are rendered by the chat template: drop rendered",
+            field="rendered",
+        )
+    if getattr(request, "completion", None) is not None:
+        raise BadTrajectory(
+            "rendered: give the response as the string response, not completion", field="rendered"
+        )
+    prompt = request.prompt
+    if prompt is None or not prompt.strip():
+        raise BadTrajectory("rendered: true needs prompt, a non-empty string", field="prompt")
+    return Trajectory(
+        "prompt_response",
+        messages=[{"role": "user", "content": prompt}],
+        response_text=getattr(request, "response", None),
+        rendered=True,
+        **extras,
+    )
+
+
+def _token_level(
+    prompt_ids: list[int] | None,
+    response_ids: list[int] | None,
+    teacher_ids: list[int] | None,
+    extras: dict[str, Any],
+) -> Trajectory:
+    if prompt_ids is None:
+        raise BadTrajectory("response_ids needs prompt_ids (the student's whole context)")
+    if not prompt_ids:
+        raise BadTrajectory("prompt_ids is empty")
+    if teacher_ids is not None and not teacher_ids:
+        raise BadTrajectory("teacher_prompt_ids is empty")
+    if extras["privileged"] and teacher_ids is None:
+        raise BadTrajectory(
+            "privileged text cannot be spliced into token ids: give teacher_prompt_ids "
+            "(the teacher's context with the privileged info already in it)"
+        )
+    return Trajectory(
+        "token_ids",
+        prompt_ids=prompt_ids,
+        response_ids=response_ids,
+        teacher_prompt_ids=teacher_ids,
+        **extras,
+    )
+
+
+@dataclass
+class LineError:
+    line: int
+    error: str
+
+
+def parse_file(
+    data: bytes, max_lines: int, max_line_bytes: int | None = None
+) -> tuple[list[tuple[int, Any]], list[LineError]]:
+    """Split an upload (JSONL, or one JSON array) into (line number, object) pairs and errors.
+
+    Only decoding happens here; each object is validated (`core.validation`) by the caller so
+    that a bad line never drops a good neighbour. A JSONL line that is not UTF-8 or not JSON
+    (or nested too deeply to parse), or longer than `max_line_bytes` (measured, never parsed),
+    is an error of that line. Lines are read one at a time, so a file with more than
+    `max_lines` is refused as soon as the limit is passed.
+    """
+    check_encoding(data)
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    if not data.strip():
+        raise BadTrajectory("the file is empty")
+    if data.lstrip().startswith(b"["):
+        return _json_array(data, max_lines, max_line_bytes)
+    good: list[tuple[int, Any]] = []
+    bad: list[LineError] = []
+    for number, raw in enumerate(io.BytesIO(data), start=1):
+        if not raw.strip():
+            continue
+        if len(good) + len(bad) >= max_lines:
+            raise TooLong(f"more than the limit of {max_lines} lines (VROLLOUT_MAX_LINES_PER_JOB)")
+        decoded = decode_line(number, raw, max_line_bytes)
+        if isinstance(decoded, LineError):
+            bad.append(decoded)
+        else:
+            good.append((number, decoded))
+    return good, bad
+
+
+def decode_line(number: int, raw: bytes, max_line_bytes: int | None) -> Any:
+    """One JSONL line (`raw`, not blank) as its object, or the `LineError` that says why not:
+    longer than `max_line_bytes` (measured, never parsed), not UTF-8, or not JSON."""
+    if max_line_bytes is not None and len(raw.rstrip(b"\r\n")) > max_line_bytes:
+        return LineError(number, _over(len(raw.rstrip(b"\r\n")), max_line_bytes, "line"))
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return LineError(number, f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return LineError(number, f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except (ValueError, RecursionError) as exc:  # e.g. too many digits, or nested too deeply
+        return LineError(number, f"invalid JSON: {_json_problem(exc)}")
+
+
+def check_encoding(head: bytes) -> None:
+    """Refuse a file (given by its first bytes) that is UTF-16 or UTF-32 text."""
+    encoding = next((name for bom, name in BOMS if head.startswith(bom)), None)
+    if encoding:
+        raise BadTrajectory(f"the file is {encoding} text: save it as UTF-8")
+
+
+BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_problem(exc: Exception) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
+def _over(size: int, limit: int, what: str) -> str:
+    return f"the {what} is {size} bytes, over the limit of {limit} (VROLLOUT_MAX_LINE_BYTES)"
+
+
+def _json_array(
+    data: bytes, max_lines: int, max_line_bytes: int | None
+) -> tuple[list[tuple[int, Any]], list[LineError]]:
+    """A JSON array's items one by one (numbered from 1), refused once past `max_lines`. An item
+    longer than `max_line_bytes` is that item's error."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BadTrajectory(f"the file is not UTF-8 text (byte {exc.start}, line {line})") from None
+    decoder = json.JSONDecoder()
+    items: list[tuple[int, Any]] = []
+    bad: list[LineError] = []
+    pos = _SPACE.match(text, text.index("[") + 1).end()
+    try:
+        if text.startswith("]", pos):
+            pos += 1
+        else:
+            while True:
+                start = pos
+                item, pos = decoder.raw_decode(text, pos)
+                number = len(items) + len(bad) + 1
+                if max_line_bytes is not None and (size := len(text[start:pos].encode())) > max_line_bytes:
+                    bad.append(LineError(number, _over(size, max_line_bytes, "trajectory")))
+                else:
+                    items.append((number, item))
+                if number > max_lines:
+                    raise TooLong(
+                        f"more than the limit of {max_lines} trajectories (VROLLOUT_MAX_LINES_PER_JOB)"
+                    )
+                pos = _SPACE.match(text, pos).end()
+                if text.startswith("]", pos):
+                    pos += 1
+                    break
+                if not text.startswith(",", pos):
+                    raise json.JSONDecodeError("expected ',' or ']'", text, pos)
+                pos = _SPACE.match(text, pos + 1).end()
+    except json.JSONDecodeError as exc:
+        raise BadTrajectory(f"invalid JSON array: {exc.msg} (line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadTrajectory(f"invalid JSON array: {_json_problem(exc)}") from None
+    if text[pos:].strip():
+        raise BadTrajectory("invalid JSON array: extra data after the closing ']'")
+    return items, bad

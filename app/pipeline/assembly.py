@@ -1,0 +1,250 @@
+"""Assemble one analysis (the JSON of `POST /api/analyze`, docs/metrics.md) from contexts and replay arrays.
+
+Decoding token strings and the summary live here; no tensors, no HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from vrollout.inputs.trajectories import Trajectory
+from vrollout.metrics.signal import MIN_WINDOW, concentration, divergence_kind, fork_matters
+from vrollout.pipeline.contexts import Contexts
+from vrollout.pipeline.replay import ReplayResult
+from vrollout.verdicts.answers import verdict
+
+if TYPE_CHECKING:  # the core never imports torch
+    from vrollout.local.models import ModelPair
+
+LN2 = math.log(2.0)
+
+
+def token_strings(tokenizer: Any, ids: set[int]) -> dict[int, str]:
+    """Each distinct id decoded alone, once (special tokens kept visible)."""
+    order = sorted(ids)
+    texts = tokenizer.batch_decode([[i] for i in order], skip_special_tokens=False)
+    return dict(zip(order, texts, strict=True))
+
+
+def _count(steps: list[dict[str, Any]], name: str, value: Any) -> int:
+    return sum(1 for s in steps if s.get(name) == value)
+
+
+def summarize(
+    steps: list[dict[str, Any]], *, classified: bool = False, recovered: bool = False
+) -> dict[str, Any]:
+    """Dataset-free numbers for one trajectory. Positions are 0-based indices into the response.
+    `classified`: the divergences carry `divergence_kind` (continuations were asked for);
+    `recovered`: their forks carry `fork_matters` (recovery ran too)."""
+    n = len(steps)
+    rkl = [s["reverse_kl"] for s in steps]
+    total = sum(rkl)
+    divergent = [s["position"] for s in steps if not s["agree"]]
+    at_divergences = sum(s["reverse_kl"] for s in steps if not s["agree"])
+    return {
+        "tokens": n,
+        "agreement_rate": (n - len(divergent)) / n if n else None,
+        "divergences": len(divergent),
+        "first_divergence": divergent[0] if divergent else None,
+        "reverse_kl_total": total,
+        "reverse_kl_mean": total / n if n else None,
+        "reverse_kl_total_bits": total / LN2,
+        "reverse_kl_mean_bits": total / n / LN2 if n else None,
+        "reverse_kl_max": max(rkl) if rkl else None,
+        "reverse_kl_share_at_divergences": at_divergences / total if total > 0 else None,
+        "forward_kl_total": sum(s["forward_kl"] for s in steps),
+        "advantage_total": sum(s["advantage"] for s in steps),
+        "advantage_mean": sum(s["advantage"] for s in steps) / n if n else None,
+        "student_logprob_total": sum(s["student_logprob"] for s in steps),
+        "teacher_logprob_total": sum(s["teacher_logprob"] for s in steps),
+        "concentration": concentration(rkl),
+        "concentration_abs_advantage": concentration([abs(s["advantage"]) for s in steps]),
+        **teachability_summary(steps),
+        **divergence_summary(steps, len(divergent), classified, recovered),
+    }
+
+
+def teachability_summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean teacher mass on the student's top-k, and the divergences whose correction is in
+    it; null where the steps do not carry them (top_k = 0, or stored before they existed)."""
+    masses = [m for s in steps if (m := s.get("teacher_mass_on_student_topk")) is not None]
+    return {
+        "teacher_mass_on_student_topk_mean": sum(masses) / len(masses) if masses else None,
+        "divergences_in_student_topk": _count(steps, "correction_in_student_topk", True) if masses else None,
+    }
+
+
+def divergence_summary(
+    steps: list[dict[str, Any]], divergences: int, classified: bool, recovered: bool
+) -> dict[str, Any]:
+    """Counts of surface and fork divergences (null without continuations) and of forks that
+    matter (null without recovery as well)."""
+    if not classified:
+        return dict.fromkeys(
+            ("divergences_classified", "divergences_surface", "divergences_fork", "forks_that_matter")
+        )
+    surface, fork = _count(steps, "divergence_kind", "surface"), _count(steps, "divergence_kind", "fork")
+    return {
+        "divergences_classified": surface + fork,
+        "divergences_surface": surface,
+        "divergences_fork": fork,
+        "forks_that_matter": _count(steps, "fork_matters", True) if recovered else None,
+    }
+
+
+def classify_steps(
+    steps: list[dict[str, Any]],
+    response_ids: list[int],
+    top_k: int,
+    continuation_tokens: int,
+    recovery: dict[str, Any] | None,
+) -> tuple[bool, bool]:
+    """Add the teachability and surface-or-fork fields to each step (docs/metrics.md); returns
+    whether the divergences were classified and whether forks were checked against recovery."""
+    classified = continuation_tokens >= MIN_WINDOW
+    recovered = classified and recovery is not None
+    success = {p["position"]: p["success"] for p in recovery["points"]} if recovery else {}
+    for t, step in enumerate(steps):
+        divergent = not step["agree"]
+        continuation = step["teacher_continuation"]
+        kind = None
+        if divergent and classified and continuation is not None:
+            kind = divergence_kind(continuation["token_ids"], response_ids, t, continuation_tokens)
+        in_topk = None
+        if divergent and top_k > 0:
+            in_topk = any(alt["token_id"] == step["teacher_top1_id"] for alt in step["student_topk"])
+        step["correction_in_student_topk"] = in_topk
+        step["divergence_kind"] = kind
+        step["fork_matters"] = (
+            fork_matters(t, len(steps), success, recovery["student_success"])
+            if kind == "fork" and recovered and recovery is not None
+            else None
+        )
+    return classified, recovered
+
+
+def model_sides(pair: ModelPair, ctx: Contexts) -> dict[str, Any]:
+    """An analysis's `student` and `teacher`: each model and its context as it saw it."""
+    return {
+        "student": {
+            "model": pair.student.name,
+            "context_ids": ctx.student_ids,
+            "context_text": ctx.student_text,
+        },
+        "teacher": {
+            "model": pair.teacher.name,
+            "context_ids": ctx.teacher_ids,
+            "context_text": ctx.teacher_text,
+            "privileged": ctx.privileged,
+            "context_kind": ctx.context_kind,  # which text `privileged` is (core.teacher_context)
+            "sibling": ctx.sibling,
+            "shared_weights": pair.shared,
+        },
+    }
+
+
+def trajectory_record(traj: Trajectory) -> dict[str, Any]:
+    """What an analysis keeps of the line beyond its ids: format, id, verdict inputs, meta."""
+    return {
+        "format": traj.format,
+        "id": traj.id,
+        "reference_answer": traj.reference_answer,
+        "score": traj.score,
+        "correct": traj.correct,
+        "step": traj.step,
+        "meta": traj.meta,
+        "prompt": traj.messages,
+        "rendered": traj.rendered,
+    }
+
+
+def build_analysis(
+    *,
+    analysis_id: str,
+    created_at: str,
+    pair: ModelPair,
+    traj: Trajectory,
+    ctx: Contexts,
+    response_ids: list[int],
+    result: ReplayResult,
+    top_k: int,
+    generation: dict[str, Any] | None,
+    continuations: list[list[int]] | None = None,
+    continuation_tokens: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    tok = pair.student.tokenizer
+    wanted = set(response_ids) | set(result.teacher_top1_id)
+    for row in result.teacher_topk_ids + result.student_topk_ids:
+        wanted.update(row)
+    text_of = token_strings(tok, wanted)
+
+    def topk(ids: list[int], logprobs: list[float]) -> list[dict[str, Any]]:
+        return [
+            {"token_id": i, "token": text_of[i], "logprob": lp} for i, lp in zip(ids, logprobs, strict=True)
+        ]
+
+    masses = result.teacher_mass_on_student_topk()
+    steps = []
+    for t, token in enumerate(response_ids):
+        top1 = result.teacher_top1_id[t]
+        continuation = None
+        if continuations is not None:
+            ids = continuations[t]
+            continuation = {"token_ids": ids, "text": tok.decode(ids, skip_special_tokens=False)}
+        steps.append(
+            {
+                "position": t,
+                "token_id": token,
+                "token": text_of[token],
+                "student_logprob": result.student_logprob[t],
+                "teacher_logprob": result.teacher_logprob[t],
+                "advantage": result.teacher_logprob[t] - result.student_logprob[t],
+                "reverse_kl": result.reverse_kl[t],
+                "forward_kl": result.forward_kl[t],
+                "student_entropy": result.student_entropy[t],
+                "teacher_entropy": result.teacher_entropy[t],
+                "teacher_top1_id": top1,
+                "teacher_top1": text_of[top1],
+                "agree": top1 == token,
+                "teacher_rank": result.teacher_rank[t],
+                "teacher_topk": topk(result.teacher_topk_ids[t], result.teacher_topk_logprobs[t]),
+                "student_topk": topk(result.student_topk_ids[t], result.student_topk_logprobs[t]),
+                "teacher_continuation": continuation,
+                "teacher_mass_on_student_topk": masses[t] if top_k > 0 else None,
+            }
+        )
+    extra = dict(extra or {})
+    for name, values in extra.pop("per_step", {}).items():  # a server's noise (vllm/intervals.py)
+        for step, value in zip(steps, values, strict=True):
+            step[name] = value
+    if continuations is None:
+        continuation_tokens = 0
+    flags = classify_steps(steps, response_ids, top_k, continuation_tokens, (extra or {}).get("recovery"))
+    rollout = result.teacher_top1_id
+    return {
+        "id": analysis_id,
+        "created_at": created_at,
+        **model_sides(pair, ctx),
+        "response_ids": response_ids,
+        "response_text": tok.decode(response_ids, skip_special_tokens=False),
+        "retokenized": ctx.retokenized,
+        "steps": steps,
+        "virtual_rollout": {
+            "token_ids": rollout,
+            "text": tok.decode(rollout, skip_special_tokens=False),
+        },
+        "summary": summarize(steps, classified=flags[0], recovered=flags[1]),
+        # Is the response right (docs/metrics.md, "Verdicts"): the line's own `correct`, else checked
+        "verdict": verdict(
+            tok.decode(response_ids, skip_special_tokens=True), traj.reference_answer, traj.correct
+        ),
+        "trajectory": trajectory_record(traj),
+        "top_k": top_k,
+        "continuation_tokens": continuation_tokens,
+        "generation": generation,
+        "backend": "local",
+        "notes": ctx.notes,
+        **(extra or {}),
+    }

@@ -1,0 +1,168 @@
+"""The one interface between the analysis pipeline and wherever the models run.
+
+`Analyzer` (service.py) holds a `Backend` and never asks which one it is. Two implementations:
+`local.backend.LocalBackend` (torch, in this process) and `vllm.backend.VLLMBackend` (vLLM
+servers). What they must agree on (end-of-sequence ids, the intervention rule, the teacher
+template) is stated once in `core.rules`; the pedagogical loop in `core.pedagogical`; which
+recovery prefixes to try in `core.recovery`. No torch, no HTTP here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from vrollout.errors import ModelLoadError
+from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
+
+if TYPE_CHECKING:
+    from vrollout.config import Settings
+    from vrollout.local.models import ModelPair
+    from vrollout.rules import Policy
+
+# (student context, teacher context, response) ids of one line of a padded batch
+BatchItem = tuple[list[int], list[int], list[int]]
+
+
+class ContinueFrom(Protocol):
+    """The teacher's greedy continuations from prefixes of a response (recovery's source)."""
+
+    def __call__(
+        self,
+        context: list[int],
+        response: list[int],
+        k: int,
+        progress: Progress = _no_progress,
+        *,
+        positions: list[int] | None = None,
+        stage: str = "continuations",
+    ) -> list[list[int]]: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where the student and the teacher run. Every method takes and returns token ids and
+    plain numbers; `ReplayResult` holds the per-step arrays of docs/metrics.md."""
+
+    name: str  # "local" or "vllm": what /api/models and each analysis say
+    pair: ModelPair  # the models (tokenizers, names, vocabulary, teacher template)
+
+    @property
+    def padded_batches(self) -> bool:
+        """Whether short lines may share one padded pass (`replay_batch`) to go faster."""
+        ...
+
+    @property
+    def remote(self) -> bool:
+        """Whether the model work happens elsewhere (servers), so that lines may run on threads
+        of their own instead of the one model worker."""
+        ...
+
+    @property
+    def lines_in_flight(self) -> int:
+        """Lines a job or the CLI runs at once."""
+        ...
+
+    def check_top_k(self, top_k: int) -> None:
+        """Refuse (`BadTrajectory`) a top-k this backend cannot give."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What /api/models shows about the backend (at least {"backend": name})."""
+        ...
+
+    def status(self, since: float) -> dict[str, Any]:
+        """What a job's state shows about the backend during a run started at `since` (wall
+        clock): on vLLM each replica and its failures since then; locally nothing."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads (nothing to release locally)."""
+        ...
+
+    def generate(
+        self,
+        context: list[int],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        progress: Progress = _no_progress,
+    ) -> list[int]:
+        """The student's response to `context` (greedy at temperature 0, else seeded); an
+        end-of-sequence token, when produced, stays in it."""
+        ...
+
+    def replay(
+        self,
+        student_context: list[int],
+        teacher_context: list[int],
+        response: list[int],
+        top_k: int,
+        progress: Progress = _no_progress,
+        keep_for_continuations: bool = False,
+        keep_student_pass: bool = False,
+    ) -> tuple[ReplayResult, dict[str, Any]]:
+        """Score `response` under both models: the per-step arrays, and fields the analysis
+        gets from this backend (e.g. which metrics are estimates). `keep_for_continuations`:
+        continuations follow, so keep what lets them skip work (`ReplayResult.teacher_cache`).
+        `keep_student_pass`: a noise floor follows; a backend that can score the bare teacher
+        against this student pass (an optional `bare_replays` method) keeps it
+        (`ReplayResult.student_hidden`), any other ignores it."""
+        ...
+
+    def replay_batch(
+        self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False
+    ) -> list[tuple[ReplayResult, dict[str, Any]]]:
+        """`replay` of several lines at once; each result equals its own `replay` within float
+        tolerance."""
+        ...
+
+    def continuations(
+        self,
+        context: list[int],
+        response: list[int],
+        k: int,
+        progress: Progress = _no_progress,
+        *,
+        positions: list[int] | None = None,
+        stage: str = "continuations",
+        replayed: ReplayResult | None = None,
+    ) -> list[list[int]]:
+        """The teacher's greedy k-token continuation of context + response[:t] for each t in
+        `positions` (default every t), cut after the first end-of-sequence token. `replayed`:
+        this response's replay, whose teacher top-1 (and cache, if kept) saves work. With
+        `replayed` bound, this is recovery's continuation source (`ContinueFrom`)."""
+        ...
+
+    def pedagogical_rollout(
+        self,
+        student_context: list[int],
+        teacher_context: list[int],
+        policy: Policy,
+        reference: str | None = None,
+        progress: Progress = _no_progress,
+    ) -> dict[str, Any]:
+        """One pedagogical rollout under `policy` (`core.pedagogical`), summarized."""
+        ...
+
+
+IMPLEMENTATIONS = {
+    "local": "vrollout.local.backend:LocalBackend",
+    "vllm": "vrollout.vllm.backend:VLLMBackend",
+}
+
+
+def load_backend(settings: Settings) -> Backend:
+    """The backend `settings.backend` names, with its models loaded and checked. Imported only
+    here, so that the one not used (and its dependencies) is never imported."""
+    module, name = IMPLEMENTATIONS[settings.backend].split(":")
+    try:
+        return getattr(importlib.import_module(module), name).from_settings(settings)
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:  # VRErrors say their own
+        student = settings.student
+        teacher = settings.teacher or "the student's weights"
+        raise ModelLoadError(
+            f"the models could not be loaded (backend {settings.backend}, student {student}, "
+            f"teacher {teacher}): {type(exc).__name__}: {exc}"
+        ) from exc

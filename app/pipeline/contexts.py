@@ -1,0 +1,266 @@
+"""Contexts: the student's and the teacher's rendered prompts, as exact token ids and text.
+
+Applies each model's chat template and the teacher template (privileged info). Both models
+later see the *same* response ids after their context: nothing is re-tokenized across the
+boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from vrollout.errors import BadTrajectory, TooLong
+from vrollout.inputs.rendered import teacher_text
+from vrollout.inputs.trajectories import Trajectory
+from vrollout.rules import fill_teacher_template
+
+if TYPE_CHECKING:  # the core never imports torch
+    from vrollout.local.models import LoadedModel, ModelPair
+
+
+@dataclass
+class Contexts:
+    student_ids: list[int]
+    student_text: str
+    teacher_ids: list[int]
+    teacher_text: str
+    privileged: str | None
+    response_ids: list[int] | None  # None: the student must generate
+    retokenized: bool  # the response came as text and was tokenized with the student's tokenizer
+    notes: list[str]
+    context_kind: str = "privileged"  # which text the teacher was given (core.teacher_context)
+    sibling: dict[str, Any] | None = None  # the sibling's {"line", "id"} (kind sibling)
+
+
+def teacher_messages(messages: list[dict[str, str]], privileged: str, template: str) -> list[dict[str, str]]:
+    """The prompt with the privileged info inserted into the last user message."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise BadTrajectory("privileged info needs a user message in the prompt to attach to")
+    out = [dict(m) for m in messages]
+    out[last_user]["content"] = fill_teacher_template(template, messages[last_user]["content"], privileged)
+    return out
+
+
+@dataclass(frozen=True)
+class TokenLimit:
+    """At most `tokens` for what `name` says (e.g. "student context"), set by `setting`."""
+
+    name: str
+    tokens: int
+    setting: str
+
+    def check(self, count: int) -> None:
+        if count > self.tokens:
+            raise TooLong(
+                f"the {self.name} has {count} tokens, over the limit of {self.tokens} ({self.setting})"
+            )
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """`text` in pieces of about `size` characters, cut at a space or a newline where one is near
+    (a cut there changes how the pieces tokenize little or not at all)."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", start + size // 2, end), text.rfind("\n", start + size // 2, end))
+            end = cut if cut > start else end
+        yield text[start:end]
+        start = end
+
+
+def tokenize_within(tokenizer: Any, text: str, limit: TokenLimit) -> list[int]:
+    """The ids of `text`, or `TooLong` as soon as it is clearly over the limit. A text longer
+    than a piece is counted piece by piece first (each piece about `limit.tokens` characters),
+    so a text far over the limit costs a few pieces, not the whole text; one that passes is
+    then tokenized whole (its exact ids), at most about the limit's worth of tokens."""
+
+    def encode(piece: str) -> list[int]:
+        return list(tokenizer(piece, add_special_tokens=False)["input_ids"])
+
+    size = max(limit.tokens, 1024)
+    if len(text) > size:
+        counted = 0
+        for cuts, piece in enumerate(_pieces(text, size)):
+            counted += len(encode(piece))
+            if counted > limit.tokens + 2 * cuts:  # a cut may add a token or two
+                raise TooLong(
+                    f"the {limit.name} is over the limit of {limit.tokens} tokens ({limit.setting})"
+                )
+    ids = encode(text)
+    limit.check(len(ids))
+    return ids
+
+
+def render(
+    model: LoadedModel,
+    messages: list[dict[str, str]],
+    limit: TokenLimit,
+    template_kwargs: dict[str, Any] | None = None,
+    prompt_format: str | None = None,
+) -> tuple[list[int], str, bool]:
+    """(ids, text, templated): the messages through the model's chat template, generation prompt
+    added and `template_kwargs` passed on (e.g. enable_thinking), refused once over `limit`. A
+    tokenizer without a chat template gets the contents joined by blank lines, placed by
+    `prompt_format` ({prompt}) where one is given, else followed by a blank line."""
+    tok = model.tokenizer
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+        )
+        templated = True
+    else:
+        joined = "\n\n".join(m["content"] for m in messages)
+        text = prompt_format.format(prompt=joined) if prompt_format else joined + "\n\n"
+        templated = False
+    return tokenize_within(tok, text, limit), text, templated
+
+
+@lru_cache(maxsize=16)
+def _template_variables(template: str) -> frozenset[str] | None:
+    """The variables a chat template reads (None: it does not parse as Jinja here)."""
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        return frozenset(meta.find_undeclared_variables(jinja2.Environment().parse(template)))
+    except jinja2.TemplateError:
+        return None
+
+
+def unread_arguments(model: LoadedModel, template_kwargs: dict[str, Any]) -> list[str]:
+    """The chat template arguments `model`'s template never reads (they change nothing: a user
+    who sets enable_thinking for a model without that switch should hear of it)."""
+    template = getattr(model.tokenizer, "chat_template", None)
+    if not template_kwargs or not isinstance(template, str):
+        return []
+    names = _template_variables(template)
+    return [] if names is None else sorted(set(template_kwargs) - names)
+
+
+def render_role(
+    pair: ModelPair, role: str, messages: list[dict[str, str]], limit: TokenLimit
+) -> tuple[list[int], str, bool]:
+    """`render` for the pair's student or teacher, with that role's chat template arguments (and,
+    for the teacher, its prompt format): the settings `{role}_chat_template_kwargs` and
+    `teacher_prompt_format`."""
+    if role == "student":
+        return render(pair.student, messages, limit, pair.student_chat_template_kwargs)
+    return render(
+        pair.teacher, messages, limit, pair.teacher_chat_template_kwargs, pair.teacher_prompt_format
+    )
+
+
+def _decode(model: LoadedModel, ids: list[int]) -> str:
+    return model.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _rendered(
+    prompt: str,
+    privileged: str | None,
+    pair: ModelPair,
+    notes: list[str],
+    limits: tuple[TokenLimit, TokenLimit],
+    template: str,
+) -> tuple[list[int], str, list[int], str]:
+    """Both contexts of a prompt given rendered: its text as it is for the student, the same with
+    the privileged info placed by the student's template for the teacher (`core.rendered`), each
+    tokenized as-is (no special tokens added: the text holds those the template wrote)."""
+    t_text, found = teacher_text(pair.student.tokenizer, prompt, privileged, template)
+    notes.append(
+        "the prompt was given rendered (rendered: true): tokenized as it is, no chat template "
+        "applied and no special tokens added"
+    )
+    notes.extend(found)
+    if pair.teacher.tokenizer is not pair.student.tokenizer and getattr(
+        pair.teacher.tokenizer, "chat_template", None
+    ) != getattr(pair.student.tokenizer, "chat_template", None):
+        notes.append(
+            "the teacher's chat template differs from the student's: its context is the student's "
+            "rendering (with the privileged info), not rendered again with its own template"
+        )
+    s_ids = tokenize_within(pair.student.tokenizer, prompt, limits[0])
+    t_ids = tokenize_within(pair.teacher.tokenizer, t_text, limits[1])
+    return s_ids, prompt, t_ids, t_text
+
+
+def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: int) -> Contexts:
+    """Both contexts and the response ids for one trajectory (no model forward pass), each
+    refused as soon as it is over its limit: `context` tokens for each context (as
+    VROLLOUT_MAX_CONTEXT_TOKENS), `response` for the response (VROLLOUT_MAX_RESPONSE_TOKENS)."""
+    student_limit = TokenLimit("student context", context, "VROLLOUT_MAX_CONTEXT_TOKENS")
+    teacher_limit = TokenLimit("teacher context", context, "VROLLOUT_MAX_CONTEXT_TOKENS")
+    response_limit = TokenLimit("response", response, "VROLLOUT_MAX_RESPONSE_TOKENS")
+    notes: list[str] = list(traj.notes)
+    privileged = traj.privileged or None
+    template = traj.teacher_template or pair.teacher_template
+    if traj.format == "token_ids":
+        assert traj.prompt_ids is not None
+        s_ids = traj.prompt_ids
+        t_ids = traj.teacher_prompt_ids or traj.prompt_ids
+        student_limit.check(len(s_ids))
+        teacher_limit.check(len(t_ids))
+        s_text, t_text = _decode(pair.student, s_ids), _decode(pair.teacher, t_ids)
+    elif traj.rendered:
+        assert traj.messages is not None
+        s_ids, s_text, t_ids, t_text = _rendered(
+            traj.messages[0]["content"], privileged, pair, notes, (student_limit, teacher_limit), template
+        )
+    else:
+        assert traj.messages is not None
+        s_ids, s_text, templated = render_role(pair, "student", traj.messages, student_limit)
+        t_msgs = teacher_messages(traj.messages, privileged, template) if privileged else traj.messages
+        t_ids, t_text, t_templated = render_role(pair, "teacher", t_msgs, teacher_limit)
+        if not templated:
+            notes.append("the student's tokenizer has no chat template: contents joined as text")
+        for role, model, kwargs in (
+            ("student", pair.student, pair.student_chat_template_kwargs),
+            ("teacher", pair.teacher, pair.teacher_chat_template_kwargs),
+        ):
+            if unread := unread_arguments(model, kwargs):
+                notes.append(
+                    f"the {role}'s chat template does not read {', '.join(unread)} "
+                    f"({role}_chat_template_kwargs): it changes nothing there"
+                )
+        if t_templated and pair.teacher_prompt_format:
+            notes.append("teacher_prompt_format is not used: the teacher has a chat template")
+        elif not t_templated and pair.teacher_prompt_format:
+            notes.append("the teacher has no chat template: its context is teacher_prompt_format")
+    retokenized = False
+    response_ids = traj.response_ids
+    if response_ids is None and traj.response_text is not None:
+        response_ids = tokenize_within(pair.student.tokenizer, traj.response_text, response_limit)
+        retokenized = True
+        notes.append("the response was given as text and tokenized with the student's tokenizer")
+    if response_ids is not None and not response_ids:
+        raise BadTrajectory("the response is empty: there is nothing to replay")
+    if response_ids is not None:
+        response_limit.check(len(response_ids))
+    sibling = None if traj.sibling is None else {k: traj.sibling.get(k) for k in ("line", "id")}
+    return Contexts(
+        s_ids,
+        s_text,
+        t_ids,
+        t_text,
+        privileged,
+        response_ids,
+        retokenized,
+        notes,
+        traj.teacher_context,
+        sibling,
+    )
+
+
+def check_ids(name: str, ids: list[int], vocab_size: int) -> None:
+    """Token ids must index the shared vocabulary."""
+    for i, token in enumerate(ids):
+        if not 0 <= token < vocab_size:
+            raise BadTrajectory(
+                f"{name}[{i}] = {token} is outside the vocabulary (0..{vocab_size - 1})",
+                field=name,
+                index=i,
+            )
