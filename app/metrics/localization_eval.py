@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from vrollout.errors import BadTrajectory
 
 METRICS = ("f1", "acc_error", "acc_correct", "auroc")
 Scores = Sequence[Sequence[float | None]]  # per line, per step
+CHUNK_CELLS = 1 << 20  # resamples x lines (or x scored steps) held at once: about 8 MB per array
 
 
 @dataclass(frozen=True)
@@ -124,43 +125,58 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 @dataclass
 class AurocPairs:
-    """The label steps against the steps before them, pooled over lines, as a matrix over the
-    lines with an error (`lines`): `wins[i, j]` counts the pairs of line i's label step and a
-    step of line j before its label where the label step scores higher (ties count one half);
-    `positives[i]`, `negatives[j]`: the label steps and earlier steps that have a score."""
+    """The label steps (positives) against the steps before them (negatives), pooled over the
+    lines with an error: for a row of line weights, AUROC = the weighted share of (positive,
+    negative) pairs where the positive scores higher, ties counting one half (Mann-Whitney with
+    midranks). Cost: one sort of the negatives, then per resample a cumulative sum over them and
+    a look-up per positive, so n log n once and linear per resample (never a lines x lines matrix).
+    `pos_owner`, `neg_owner`: the line of each positive and each negative (negatives sorted by
+    score); `below[k]`, `upto[k]`: how many negatives score < and <= positive k."""
 
-    lines: np.ndarray
-    wins: np.ndarray
-    positives: np.ndarray
-    negatives: np.ndarray
+    pos_owner: np.ndarray
+    neg_owner: np.ndarray
+    below: np.ndarray
+    upto: np.ndarray
 
     @classmethod
     def of(cls, labels: Sequence[int], scores: Scores) -> AurocPairs:
-        lines = np.array([i for i, label in enumerate(labels) if label >= 0], dtype=int)
-        m = len(lines)
-        pos = np.full(m, np.nan)
-        neg_values, neg_owners = [], []
-        for k, i in enumerate(lines):
-            label, line = labels[i], scores[i]
+        pos_values, pos_owner, neg_values, neg_owner = [], [], [], []
+        for i, label in enumerate(labels):
+            if label < 0:
+                continue
+            line = scores[i]
             if line[label] is not None:
-                pos[k] = line[label]
+                pos_values.append(line[label])
+                pos_owner.append(i)
             for s in line[:label]:
                 if s is not None:
                     neg_values.append(s)
-                    neg_owners.append(k)
-        negs, owners = np.array(neg_values, dtype=float), np.array(neg_owners, dtype=int)
-        wins = np.zeros((m, m))
-        for k in np.flatnonzero(~np.isnan(pos)):
-            credit = (negs < pos[k]) + 0.5 * (negs == pos[k])
-            wins[k] = np.bincount(owners, weights=credit, minlength=m)
-        negatives = np.bincount(owners, minlength=m).astype(float)
-        return cls(lines, wins, (~np.isnan(pos)).astype(float), negatives)
+                    neg_owner.append(i)
+        negs = np.array(neg_values, dtype=float)
+        order = np.argsort(negs, kind="stable")
+        negs = negs[order]
+        pos = np.array(pos_values, dtype=float)
+        return cls(
+            np.array(pos_owner, dtype=int),
+            np.array(neg_owner, dtype=int)[order],
+            np.searchsorted(negs, pos, side="left"),
+            np.searchsorted(negs, pos, side="right"),
+        )
 
     def auroc(self, weights: np.ndarray) -> np.ndarray:
         """For each row of line weights (resamples x lines): the weighted share of won pairs."""
-        w = weights[:, self.lines]
-        num = np.einsum("bi,ij,bj->b", w, self.wins, w)
-        den = (w @ self.positives) * (w @ self.negatives)
+        rows = max(1, CHUNK_CELLS // (len(self.neg_owner) + 1))
+        parts = [self._auroc(weights[i : i + rows]) for i in range(0, len(weights), rows)]
+        return np.concatenate([np.zeros(0), *parts])
+
+    def _auroc(self, weights: np.ndarray) -> np.ndarray:
+        w_pos, w_neg = weights[:, self.pos_owner], weights[:, self.neg_owner]
+        # cum[:, c]: the weight of the c lowest-scoring negatives (cum[:, 0] = 0)
+        cum = np.zeros((len(weights), len(self.neg_owner) + 1))
+        np.cumsum(w_neg, axis=1, out=cum[:, 1:])
+        lower, tied = cum[:, self.below], cum[:, self.upto] - cum[:, self.below]
+        num = (w_pos * (lower + 0.5 * tied)).sum(1)
+        den = w_pos.sum(1) * w_neg.sum(1)
         return _ratio(num, den)
 
 
@@ -191,27 +207,38 @@ def _interval(values: np.ndarray) -> list[float | None]:
 
 def resamples(lines: int, setup: Setup) -> np.ndarray:
     """Bootstrap weights (resamples x lines): how often each line is drawn, seeded."""
+    return np.concatenate([*resample_chunks(lines, setup), np.zeros((0, lines))])
+
+
+def resample_chunks(lines: int, setup: Setup) -> Iterator[np.ndarray]:
+    """`resamples`, a block of rows at a time (the same rows: each row is one draw of the seeded
+    generator), so that no resamples x lines matrix is ever held whole."""
     rng = np.random.default_rng(setup.seed)
-    return rng.multinomial(lines, np.full(lines, 1.0 / lines), size=setup.bootstrap).astype(float)
+    rows = max(1, CHUNK_CELLS // max(lines, 1))
+    for start in range(0, setup.bootstrap, rows):
+        size = min(rows, setup.bootstrap - start)
+        yield rng.multinomial(lines, np.full(lines, 1.0 / lines), size=size).astype(float)
 
 
 def evaluate(
     labels: Sequence[int],
     predicted: Sequence[int],
     scores: Scores | None,
-    weights: np.ndarray,
+    weights: Iterable[np.ndarray],
 ) -> dict[str, Any]:
     """The four metrics of these predictions, each with its bootstrap 95% interval
-    (`<metric>_interval`: the 2.5th and 97.5th percentiles over the resamples)."""
+    (`<metric>_interval`: the 2.5th and 97.5th percentiles over the resamples). `weights`: the
+    resamples' line weights, in blocks of rows (`resample_chunks`)."""
     lab = np.array(labels)
     hits = (np.array(predicted) == lab).astype(float)
     pairs = AurocPairs.of(labels, scores) if scores is not None else None
     point = _metrics(np.ones((1, len(lab))), lab, hits, pairs)
-    boot = _metrics(weights, lab, hits, pairs)
+    blocks = [_metrics(block, lab, hits, pairs) for block in weights]
     out: dict[str, Any] = {}
     for name in METRICS:
+        boot = np.concatenate([np.zeros(0), *(block[name] for block in blocks)])
         out[name] = _number(point[name][0])
-        out[f"{name}_interval"] = _interval(boot[name])
+        out[f"{name}_interval"] = _interval(boot)
     return out
 
 
@@ -238,19 +265,19 @@ def localization_metrics(
 ) -> tuple[dict[str, Any], dict[str, list[int]], list[int]]:
     """(metrics.json, each scorer's predictions, each line's fold). Every scorer and the
     position-only baseline (score = the step's index) go through the same folds; the intervals
-    of all come from the same resamples."""
+    of all come from the same resamples (drawn again per scorer from the same seed, a block at
+    a time)."""
     for i, (label, line) in enumerate(zip(labels, next(iter(scores.values())), strict=True)):
         if not -1 <= label < len(line):
             raise BadTrajectory(f"line {i + 1}: label {label} is outside -1..{len(line) - 1}")
     folds = fold_of(problems, setup.folds, setup.seed)
-    weights = resamples(len(labels), setup)
     steps = [len(line) for line in next(iter(scores.values()))]
     position = [[float(j) for j in range(n)] for n in steps]
     metrics: dict[str, Any] = {}
     predictions: dict[str, list[int]] = {}
     for name, per_line in [*scores.items(), ("position", position)]:
         predicted, thresholds = cross_validate(labels, per_line, folds)
-        entry = evaluate(labels, predicted, per_line, weights)
+        entry = evaluate(labels, predicted, per_line, resample_chunks(len(labels), setup))
         entry["threshold"] = _number(choose_threshold(labels, per_line))
         entry["fold_thresholds"] = [_number(t) for t in thresholds]
         predictions[name] = predicted
