@@ -33,21 +33,50 @@ def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
 TEMPLATE_FIELDS = ("prompt", "privileged", "feedback")  # {feedback}: another name for {privileged}
 
 
-def _fields(template: str, what: str, allowed: tuple[str, ...]) -> set[str]:
-    """The placeholders of a format string, refused when it does not parse or names another."""
+def _pieces(template: str, what: str, allowed: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    """A template as (literal text, placeholder name or None) pieces, refused unless every field is
+    exactly one of `allowed`: no conversion (`!r`), no format spec (`:>400000000`), no attribute or
+    index (`.x`, `[0]`). The one parser behind both the check and the fill, so what is checked is
+    what is filled, and filling never runs str.format's formatting machinery on a user's template
+    (a spec can ask for gigabytes of padding, or raise on a string)."""
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:  # e.g. a lone "{": literal braces are written {{ and }}
         raise ValueError(
             f"the {what} is not a valid format string ({exc}; write a literal brace twice)"
         ) from None
-    other = sorted(names - set(allowed))
+    only = " ".join("{" + n + "}" for n in allowed)
+    pieces: list[tuple[str, str | None]] = []
+    other: list[str] = []
+    for literal, name, spec, conversion in parsed:
+        if name is None:
+            pieces.append((literal, None))
+            continue
+        if conversion is not None or spec:
+            written = (
+                "{" + name + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
+            )
+            raise ValueError(
+                f"the {what} has {written}: a placeholder is written plainly, with no conversion "
+                f"or format spec ({only})"
+            )
+        if name not in allowed:
+            other.append(name)
+        pieces.append((literal, name))
     if other:
-        shown = ", ".join("{" + n + "}" for n in other)
-        raise ValueError(
-            f"the {what} has {shown}: only " + " ".join("{" + n + "}" for n in allowed) + " may be used"
-        )
-    return names
+        shown = ", ".join("{" + n + "}" for n in sorted(set(other)))
+        raise ValueError(f"the {what} has {shown}: only {only} may be used")
+    return pieces
+
+
+def _fill(pieces: list[tuple[str, str | None]], values: dict[str, str]) -> str:
+    """The pieces joined, each placeholder replaced by its value as it is."""
+    return "".join(literal + (values[name] if name is not None else "") for literal, name in pieces)
+
+
+def _fields(template: str, what: str, allowed: tuple[str, ...]) -> set[str]:
+    """The placeholders of a template, refused when it is not exactly `allowed` fields."""
+    return {name for _, name in _pieces(template, what, allowed) if name is not None}
 
 
 def check_teacher_template(template: str) -> None:
@@ -59,14 +88,20 @@ def check_teacher_template(template: str) -> None:
 
 
 def fill_teacher_template(template: str, prompt: str, privileged: str) -> str:
-    """A checked teacher template filled in."""
-    return template.format(prompt=prompt, privileged=privileged, feedback=privileged)
+    """A teacher template filled in (refused, as by the check, unless its fields are plain)."""
+    pieces = _pieces(template, "teacher template", TEMPLATE_FIELDS)
+    return _fill(pieces, {"prompt": prompt, "privileged": privileged, "feedback": privileged})
 
 
 def check_prompt_format(fmt: str) -> None:
     """A prompt format (for a model without a chat template) must place the prompt, and only it."""
     if "prompt" not in _fields(fmt, "prompt format", ("prompt",)):
         raise ValueError("the prompt format must contain {prompt}")
+
+
+def fill_prompt_format(fmt: str, prompt: str) -> str:
+    """A prompt format filled in (refused, as by the check, unless its one field is plain)."""
+    return _fill(_pieces(fmt, "prompt format", ("prompt",)), {"prompt": prompt})
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vrollout.errors import BadTrajectory
+from vrollout.rules import fill_teacher_template
 
 PROBE = "VROLLOUT-PROBE-5f1c9a"  # a marker no template writes and no tokenizer splits around
 AS_MESSAGES = "give the prompt as messages instead (or its token ids as prompt_ids)"
@@ -119,7 +120,7 @@ def insertion_point(tokenizer: Any, prompt: str) -> tuple[int, list[str]]:
 
 def privileged_parts(template: str, privileged: str) -> tuple[str, str]:
     """The text the teacher template puts before and after the original prompt (`{prompt}`)."""
-    full = template.format(prompt=PROBE, privileged=privileged, feedback=privileged)
+    full = fill_teacher_template(template, PROBE, privileged)
     if full.count(PROBE) != 1:
         raise BadTrajectory("the privileged info contains the probe marker", field="privileged")
     before, _, after = full.partition(PROBE)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from vrollout.errors import BadTrajectory, TooLong
 from vrollout.inputs.rendered import teacher_text
 from vrollout.inputs.trajectories import Trajectory
-from vrollout.rules import fill_teacher_template
+from vrollout.rules import fill_prompt_format, fill_teacher_template
 
 if TYPE_CHECKING:  # the core never imports torch
     from vrollout.local.models import LoadedModel, ModelPair
@@ -115,7 +115,7 @@ def render(
         templated = True
     else:
         joined = "\n\n".join(m["content"] for m in messages)
-        text = prompt_format.format(prompt=joined) if prompt_format else joined + "\n\n"
+        text = fill_prompt_format(prompt_format, joined) if prompt_format else joined + "\n\n"
         templated = False
     return tokenize_within(tok, text, limit), text, templated
 

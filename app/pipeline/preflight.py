@@ -23,6 +23,7 @@ from vrollout.inputs.rendered import PROBE
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.pipeline.contexts import Contexts, TokenLimit, render_role, tokenize_within
 from vrollout.pipeline.replay import ReplayResult
+from vrollout.rules import fill_teacher_template
 
 if TYPE_CHECKING:  # the core never imports torch
     from vrollout.local.models import ModelPair
@@ -45,7 +46,7 @@ def privileged_chars(teacher_text: str, privileged: str | None, template: str) -
         return None
     candidates = []
     try:
-        full = template.format(prompt=PROBE, privileged=privileged, feedback=privileged)
+        full = fill_teacher_template(template, PROBE, privileged)
     except (KeyError, IndexError, ValueError):
         full = ""
     if full.count(PROBE) == 1:
