@@ -79,3 +79,59 @@ def test_jobs_without_steps_and_bad_options_are_clear_errors(tiny_client, job):
         tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=999999"), 422, "VROLLOUT_MAX_BOOTSTRAP"
     )
     assert_error(tiny_client.get(f"/api/jobs/{job}/localization?folds=1"), 422)
+
+
+def test_metrics_are_computed_once_per_job_contents_and_setup(tiny_client, job):
+    """The second GET (JSON or page) of the same job and settings is served from the cache; other
+    settings compute again; a deleted analysis changes the job's contents, so it computes again."""
+    lane_before = getattr(tiny_client.app.state, "localization_lane", None)
+    before = 0 if lane_before is None else lane_before.computed
+    first = tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=40").json()
+    lane = tiny_client.app.state.localization_lane
+    assert lane.computed == before + 1
+    assert tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=40").json() == first
+    assert tiny_client.get(f"/jobs/{job}/localization?bootstrap=40").status_code == 200
+    assert lane.computed == before + 1  # both from the cache
+    tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=40&seed=1")
+    assert lane.computed == before + 2
+    analysis = tiny_client.get(f"/api/jobs/{job}/items").json()[0]["analysis_id"]
+    assert tiny_client.delete(f"/api/analyses/{analysis}").status_code == 200
+    again = tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=40").json()
+    assert lane.computed == before + 3 and len(again["predictions"]) == len(first["predictions"]) - 1
+
+
+def test_the_lane_runs_one_computation_at_a_time_and_refuses_past_the_queue():
+    """Held computations (an Event, not a timer): the same key shares one computation, a fifth
+    distinct key is a 429 with Retry-After, and nothing runs two at once."""
+    import asyncio
+    import threading
+
+    from vrollout.errors import QueueFull
+    from vrollout.web.routes.localization import MAX_PENDING, LocalizationLane
+
+    release, running, most = threading.Event(), [0], [0]
+
+    def compute(value):
+        def run():
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            release.wait(30)
+            running[0] -= 1
+            return value
+
+        return run
+
+    async def scenario():
+        lane = LocalizationLane()
+        waits = [asyncio.ensure_future(lane.get((k,), compute(k))) for k in range(MAX_PENDING)]
+        shared = asyncio.ensure_future(lane.get((0,), compute("never")))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as refused:
+            await lane.get(("one more",), compute("x"))
+        release.set()
+        results = await asyncio.gather(*waits, shared)
+        return lane, refused.value, results
+
+    lane, refused, results = asyncio.run(scenario())
+    assert refused.status == 429 and refused.headers["Retry-After"]
+    assert results == [*range(MAX_PENDING), 0] and lane.computed == MAX_PENDING and most[0] == 1
