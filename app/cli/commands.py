@@ -4,115 +4,32 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from vrollout.cli import flags
 from vrollout.config import Settings
 from vrollout.errors import VRError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment (VROLLOUT_*), overridden by the flags that were given."""
-    names = ("student", "teacher", "device", "dtype", "database", "cache_dir", "host", "port", "api_token")
-    names += ("allowed_hosts",)
-    overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None)}
-    if getattr(args, "trust_remote_code", False):
-        overrides["trust_remote_code"] = True
-    if getattr(args, "no_noise_floor", False):
-        overrides["noise_floor"] = False
-    for name in RENDERING:  # how each context is rendered (docs/formats.md "Teacher context")
-        if getattr(args, name, None) is not None:
-            overrides[name] = getattr(args, name)
-    for name in PLACEMENT:  # models split across devices (docs/api.md "Large teachers")
-        if getattr(args, name, None):
-            overrides[name] = getattr(args, name)
-    for name in ("backend", "teacher_urls", "student_urls", "tokenizer", "vllm_logprobs", "vllm_concurrency"):
-        if getattr(args, name, None):  # the vllm backend (README "Running on vLLM")
-            overrides[name] = getattr(args, name)
+    overrides = flags.overrides(args)
     if overrides.get("teacher_urls"):
         overrides.setdefault("backend", "vllm")
     return Settings(**overrides)
 
 
-PLACEMENT = (
-    "teacher_device_map",
-    "teacher_max_memory",
-    "student_device_map",
-    "student_max_memory",
-    "offload_folder",
-)
-
-
-RENDERING = ("student_chat_template_kwargs", "teacher_chat_template_kwargs", "teacher_prompt_format")
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    """A flag's JSON object, e.g. '{"enable_thinking": false}'."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc.msg} (column {exc.colno})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("a JSON object is needed, e.g. '{\"enable_thinking\": false}'")
-    return value
-
-
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--student", help="HF id or local folder (default: embedded SmolLM2-135M)")
-    p.add_argument(
-        "--teacher",
-        help="HF id, folder or .gguf file; another tokenizer is aligned by spans of text "
-        "(default: the student's own weights)",
-    )
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--database", type=Path, help="SQLite file for stored analyses")
-    p.add_argument("--cache-dir", dest="cache_dir", type=Path, help="converted-model cache")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from repos")
-    p.add_argument(
-        "--no-noise-floor",
-        dest="no_noise_floor",
-        action="store_true",
-        help="skip the preflight's noise floor (one more replay per analysis with privileged info)",
-    )
-    for role in ("student", "teacher"):
-        p.add_argument(
-            f"--{role}-chat-template-kwargs",
-            dest=f"{role}_chat_template_kwargs",
-            type=_json_object,
-            help=f"the {role}'s chat template arguments, a JSON object, "
-            """e.g. '{"enable_thinking": false}'""",
-        )
-    p.add_argument(
-        "--teacher-prompt-format",
-        dest="teacher_prompt_format",
-        help="a teacher without a chat template (a base model): its prompt, with {prompt}, "
-        "e.g. 'Question: {prompt}\\nAnswer:'",
-    )
-    for role in ("teacher", "student"):
-        p.add_argument(
-            f"--{role}-device-map",
-            dest=f"{role}_device_map",
-            help=f"split the {role} across devices: auto | balanced | sequential | JSON module -> device",
-        )
-        p.add_argument(
-            f"--{role}-max-memory",
-            dest=f"{role}_max_memory",
-            help=f'the {role}\'s memory per device, JSON like {{"0": "20GiB", "cpu": "60GiB"}}',
-        )
-    p.add_argument(
-        "--offload-folder", dest="offload_folder", type=Path, help="weights a device map puts on disk"
-    )
-    p.add_argument("--backend", choices=("local", "vllm"), help="run the models here or on vLLM servers")
-    p.add_argument("--teacher-url", dest="teacher_urls", action="append", help="a vLLM teacher (repeatable)")
-    p.add_argument("--student-url", dest="student_urls", action="append", help="a vLLM student (repeatable)")
-    p.add_argument("--tokenizer", help="vllm: the served model's tokenizer folder (default: --student's)")
-    p.add_argument("--vllm-logprobs", dest="vllm_logprobs", type=int, help="vllm: top-K log-probs (K)")
-    p.add_argument("--vllm-concurrency", dest="vllm_concurrency", type=int, help="vllm: requests per replica")
+def _model_flags(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """The settings' flags (vrollout.cli.flags), made from Settings: by default those of the file
+    commands, every setting but the server's own. Added after a command's own options, which keep
+    their meaning where a name is shared (`--teacher-template`: the file's lines' template)."""
+    if names is None:
+        names = tuple(n for n in Settings.model_fields if n not in flags.SERVER_ONLY)
+    flags.add_settings_flags(p, names)
 
 
 def _context_flags(p: argparse.ArgumentParser) -> None:
@@ -157,7 +74,7 @@ def serve(args: argparse.Namespace) -> int:
     if warning := exposure_warning(settings):
         print(warning, file=sys.stderr)
     Store(settings.database)  # a damaged database: a clear message now, not a traceback at start-up
-    analyzer = Analyzer.from_settings(settings, store=False)  # models that do not load: the same
+    analyzer = Analyzer.from_settings(settings)  # models that do not load: the same
     uvicorn.run(create_app(settings, analyzer=analyzer), **uvicorn_options(settings))  # web/server.py
     return 0
 
@@ -190,7 +107,8 @@ def write_dataset(
     """The exports of the dataset page, and a self-contained HTML report that opens offline, from
     analyses held in memory (the streaming CLI writes the same views as it goes)."""
     from vrollout.cli.analyze import write_views
-    from vrollout.report.dataset import digest, step_rows, steps_parquet, summary_row
+    from vrollout.pipeline.digest import digest, summary_row
+    from vrollout.report.dataset import step_rows, steps_parquet
 
     (folder / "steps.parquet").write_bytes(steps_parquet(step_rows(analyses)))
     digests = [digest(a) for a in analyses]  # what the figures and the headline table read
@@ -198,30 +116,16 @@ def write_dataset(
     write_views(folder, name, lambda: digests, rows, errors, analyzer, settings)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def build_parser() -> argparse.ArgumentParser:
+    """The `vrollout` command's parser: its subcommands, their own options and the settings' flags."""
     parser = argparse.ArgumentParser(prog="vrollout", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="start the web app and JSON API")
-    _model_flags(p)
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument(
-        "--api-token",
-        dest="api_token",
-        help="ask every request for this token (prefer VROLLOUT_API_TOKEN: flags show in `ps`)",
-    )
-    p.add_argument(
-        "--allowed-host",
-        dest="allowed_hosts",
-        action="append",
-        help="a further Host name to answer to without a token (repeatable; VROLLOUT_ALLOWED_HOSTS)",
-    )
+    _model_flags(p, tuple(Settings.model_fields))  # every setting, the server's own included
     p.set_defaults(fn=serve)
 
     p = sub.add_parser("analyze", help="analyse a JSONL file of trajectories")
-    _model_flags(p)
     p.add_argument(
         "file",
         help="JSONL (one trajectory per line), a JSON array, Parquet, a folder written by datasets' "
@@ -257,17 +161,23 @@ def main(argv: list[str] | None = None) -> int:
         help="keep what --out holds from an earlier (killed or interrupted) run and skip its lines",
     )
     p.add_argument("--shard", help="I/N: only lines whose number is I modulo N, counting from 0 (N machines)")
+    _model_flags(p)
     p.set_defaults(fn=analyze)
 
     from vrollout.cli.localize import add_parser as add_localize
-
-    add_localize(sub, _model_flags).set_defaults(fn=localize)
-
     from vrollout.cli.pedagogical import add_parser as add_pedagogical
 
-    add_pedagogical(sub, _model_flags, _context_flags).set_defaults(fn=pedagogical)
+    # Their parsers take the settings' flags last, once their own options are in (see _model_flags).
+    add_localize(sub, lambda _: None).set_defaults(fn=localize)
+    add_pedagogical(sub, lambda _: None, _context_flags).set_defaults(fn=pedagogical)
+    for name in ("localize", "pedagogical"):
+        _model_flags(sub.choices[name])
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except VRError as exc:  # e.g. a damaged database: the message says which file and what to do
@@ -276,19 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:  # a flag's or VROLLOUT_* variable's value the settings refuse
         if exc.title != Settings.__name__:
             raise
-        print(f"error: {settings_error(exc, args, sub.choices[args.command])}", file=sys.stderr)
+        print(f"error: {settings_error(exc, args)}", file=sys.stderr)
         return 2
 
 
-def settings_error(exc: ValidationError, args: argparse.Namespace, command: argparse.ArgumentParser) -> str:
+def settings_error(exc: ValidationError, args: argparse.Namespace) -> str:
     """The settings' refusal in one line, each value named as it was given: its flag when the
     command line set it, else its environment variable."""
-    flags = {action.dest: action.option_strings[0] for action in command._actions if action.option_strings}
+    given = flags.overrides(args)
     parts = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else ""
-        given = name in flags and getattr(args, name, None) not in (None, False)
-        where = flags[name] if given else f"VROLLOUT_{name.upper()}"
+        where = flags.flag_name(name) if name in given else f"VROLLOUT_{name.upper()}"
         parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
