@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.installed-test
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install install-test browser run test lint format bench bench-vllm bench-abuse clean vllm
+.PHONY: install install-test browser run test lint format bench bench-vllm bench-abuse clean vllm docs
 
 # What running needs (`make run`, the Dockerfile): the package and its declared dependencies.
 $(STAMP): pyproject.toml
@@ -82,6 +82,10 @@ bench-vllm: install vllm
 # What hostile clients cost a real server (8 MiB prompts, slow connections, streams, exports).
 bench-abuse: install-test
 	$(BIN)/python benchmarks/abuse.py
+
+# The documentation site, offline, into site/: a broken link, anchor or a stale settings page fails it.
+docs: install-test
+	$(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache

@@ -1,13 +1,18 @@
-"""docs/ stays true as the code grows: every route the app registers is in docs/api.md, and every
-field an analysis (or a pedagogical rollout) emits is in docs/metrics.md."""
+"""docs/ stays true as the code grows: every route the app registers is in docs/api.md, every
+field an analysis (or a pedagogical rollout) emits is in docs/metrics.md, and the site builds with
+`mkdocs build --strict` (a broken link or anchor, or a stale settings page, fails it)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 from support import REPO
+from vrollout.schema.analysis import Analysis, field_names
 
 DOCS = REPO / "docs"
 
@@ -38,8 +43,9 @@ def mentions_route(text: str, method: str, path: str) -> bool:
 
 
 def documented(text: str, name: str) -> bool:
-    """A field counts as documented where the text names it as code or as a JSON key."""
-    return re.search(rf"[`\"]{re.escape(name)}[`\"]", text) is not None
+    """A field counts as documented where the text names it as code or as a JSON key: alone, as
+    the last part of a path (`alignment.spans`) or with its value (`privileged_source: "..."`)."""
+    return re.search(rf"[`\".]{re.escape(name)}[`\":]", text) is not None
 
 
 def undocumented(text: str, names: Any) -> list[str]:
@@ -61,6 +67,8 @@ def test_route_matching_is_exact():
     assert not mentions_route(text, "GET", "/api/jobs")
     assert not mentions_route(text, "POST", "/api/jobs")
     assert documented("| `agree` |", "agree") and not documented("agreement", "agree")
+    assert documented("`alignment.spans`", "spans") and documented('`source: "x"`', "source")
+    assert not documented("`agreement_rate`", "agree") and not documented("`disagree`", "agree")
 
 
 def test_every_analysis_field_is_in_metrics_docs(tiny_client):
@@ -97,6 +105,14 @@ def test_every_analysis_field_is_in_metrics_docs(tiny_client):
     assert not missing, f"fields missing from docs/metrics.md: {missing}"
 
 
+def test_every_field_of_the_analysis_type_is_in_metrics_docs():
+    """Every field the typed analysis declares (schema.analysis), also those the tiny run above
+    cannot emit: a vLLM server's, a teacher with another tokenizer's, a job's."""
+    text = (DOCS / "metrics.md").read_text()
+    missing = sorted(f"{where}.{name}" for where, name in field_names(Analysis) if not documented(text, name))
+    assert not missing, f"fields missing from docs/metrics.md: {missing}"
+
+
 def test_every_pedagogical_field_is_in_metrics_docs(tiny_client):
     body = {
         "prompt": "What is 2+2?",
@@ -120,3 +136,32 @@ def test_every_pedagogical_field_is_in_metrics_docs(tiny_client):
     }
     missing = {where: names for where, obj in fields.items() if (names := undocumented(text, obj))}
     assert not missing, f"fields missing from docs/metrics.md: {missing}"
+
+
+def test_the_site_builds_strict(tmp_path):
+    """What `make docs` runs: offline, every link and anchor resolved, the Python API rendered
+    from its docstrings."""
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    api = (tmp_path / "python-api" / "index.html").read_text()
+    for name in ("vrollout.notebook.load", "vrollout.notebook.Analysis", "VirtualRolloutCallback"):
+        assert f'id="{name}' in api or f'id="vrollout.integrations.trl.{name}' in api, name
+    # Nothing from a CDN or Google Fonts: the site opens offline.
+    assert "fonts.googleapis" not in (tmp_path / "index.html").read_text()
+
+
+def test_the_readme_is_a_front_door():
+    """At most about 250 lines, linking into docs/ (every link resolves), never to DESIGN.md."""
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 260
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert any(link.startswith("docs/") for link in local)
+    assert not [link for link in local if not (REPO / link).exists()]
+    assert "DESIGN.md" not in text and not any("DESIGN.md" in p.read_text() for p in DOCS.glob("*.md"))
