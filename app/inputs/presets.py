@@ -178,87 +178,150 @@ def _trl(row: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
+MAX_TRACE_DEPTH = 100  # nodes nested in a trace: logtree's scopes nest a handful deep
+MAX_TRACE_NODES = 1_000_000  # nodes in a trace: about 50 per episode at the 20,000-line job limit
+
+
 def tinker_rows(trace: dict[str, Any]) -> list[dict[str, Any]]:
     """The episodes of a tinker-cookbook logtree trace (`iteration_NNNNNN/train_logtree.json`) as
     rows for the `tinker` preset: each "Prompt" section (a conversation), the "Policy Response"
     section after it and the "Reward" table after that, as `ProblemEnv.step` logs them. A trace
-    with no such episode (an environment that logs otherwise) gives no rows."""
+    with no such episode (an environment that logs otherwise) gives no rows. A trace nested
+    deeper than MAX_TRACE_DEPTH or with more than MAX_TRACE_NODES nodes is refused; the work
+    is linear in its size (each node visited a bounded number of times, no recursion)."""
     if not isinstance(trace, dict) or not isinstance(trace.get("root"), dict):
         raise BadTrajectory("not a tinker-cookbook logtree trace: no 'root' node")
     title = str(trace.get("title", ""))
     iteration = title.rsplit(" ", 1)[-1]  # "RL Iteration 3" (rl/train.py)
-    rows: list[dict[str, Any]] = []
-    _collect(trace["root"], int(iteration) if iteration.isdigit() else None, rows)
-    return rows
+    return _Trace(trace["root"]).episodes(int(iteration) if iteration.isdigit() else None)
 
 
-def _header(node: Any) -> str | None:
-    """The title of a logtree section (a `section` whose first child is its `hN` header)."""
-    if not isinstance(node, dict) or node.get("tag") != "section" or not node.get("children"):
-        return None
-    first = node["children"][0]
-    if isinstance(first, dict) and str(first.get("tag", "")).startswith("h"):
-        return html.unescape("".join(c for c in first.get("children", []) if isinstance(c, str)))
-    return None
+def _kids(node: dict[str, Any]) -> list[dict[str, Any]]:
+    children = node.get("children")
+    return [c for c in children if isinstance(c, dict)] if isinstance(children, list) else []
 
 
-def _find(node: Any, match: Any) -> Any:
-    """The first node under `node` (itself included, depth first) for which `match` is true."""
-    if not isinstance(node, dict):
-        return None
-    if match(node):
-        return node
-    for child in node.get("children", []):
-        if (found := _find(child, match)) is not None:
-            return found
-    return None
-
-
-def _conversation(section: Any) -> list[Any]:
-    found = _find(
-        section, lambda n: isinstance(n.get("data"), dict) and n["data"].get("type") == "conversation"
+def _text(node: dict[str, Any]) -> str:
+    children = node.get("children")
+    return (
+        html.unescape("".join(c for c in children if isinstance(c, str)))
+        if isinstance(children, list)
+        else ""
     )
-    return list(found["data"].get("messages", [])) if found else []
 
 
-def _table(section: Any) -> dict[str, str]:
-    """A logtree key/value table (`table_from_dict`) as a dict of its cells' text."""
-    table = _find(section, lambda n: n.get("tag") == "table")
-    cells: dict[str, str] = {}
-    body = _find(table, lambda n: n.get("tag") == "tbody") if table else None
-    for tr in body.get("children", []) if body else []:
-        texts = [
-            html.unescape("".join(c for c in td.get("children", []) if isinstance(c, str)))
-            for td in tr.get("children", [])
-            if isinstance(td, dict)
-        ]
-        if len(texts) == 2:
-            cells[texts[0]] = texts[1]
-    return cells
+def _header(node: dict[str, Any]) -> str | None:
+    """The title of a logtree section (a `section` whose first child is its `hN` header)."""
+    children = node.get("children")
+    if node.get("tag") != "section" or not isinstance(children, list) or not children:
+        return None
+    first = children[0]
+    if isinstance(first, dict) and str(first.get("tag", "")).startswith("h"):
+        return _text(first)
+    return None
 
 
-def _collect(node: dict[str, Any], iteration: int | None, rows: list[dict[str, Any]]) -> None:
-    children = [c for c in node.get("children", []) if isinstance(c, dict)]
-    titles = [_header(c) for c in children]
-    for i, title in enumerate(titles):
-        if title == "Prompt" and titles[i + 1 : i + 3] == ["Policy Response", "Reward"]:
-            reply = _conversation(children[i + 1])
-            reward = _table(children[i + 2])
-            row: dict[str, Any] = {
-                "tinker_prompt": _conversation(children[i]),
-                "tinker_response": _message_text(reply[0].get("content", "")) if reply else "",
-                "tinker_reward": float(reward["reward"]) if "reward" in reward else None,
-            }
-            if "reference_answer" in reward:
-                row["reference_answer"] = reward["reference_answer"]
-            for key in ("correct", "format_valid"):
-                if reward.get(key) in ("True", "False"):
-                    row[key] = reward[key] == "True"
-            if iteration is not None:
-                row["iteration"] = iteration
-            rows.append(row)
-    for child in children:
-        _collect(child, iteration, rows)
+def _is_conversation(node: dict[str, Any]) -> bool:
+    return isinstance(node.get("data"), dict) and node["data"].get("type") == "conversation"
+
+
+class _Trace:
+    """A trace's nodes, walked once: `first[kind][id(node)]`, the first node of each kind under
+    a node (itself included, depth first), is found bottom-up, so a section's conversation or
+    table is looked up, never searched for again (nested sections once made the search quadratic)."""
+
+    KINDS = {
+        "conversation": _is_conversation,
+        "table": lambda n: n.get("tag") == "table",
+        "tbody": lambda n: n.get("tag") == "tbody",
+    }
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.order: list[dict[str, Any]] = []  # depth-first pre-order; keeps every id() alive
+        stack = [(root, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_TRACE_DEPTH:
+                raise BadTrajectory(
+                    f"the logtree trace is nested more than {MAX_TRACE_DEPTH} nodes deep: "
+                    "not a tinker-cookbook trace"
+                )
+            self.order.append(node)
+            if len(self.order) > MAX_TRACE_NODES:
+                raise BadTrajectory(f"the logtree trace has more than {MAX_TRACE_NODES:,} nodes")
+            stack.extend((kid, depth + 1) for kid in reversed(_kids(node)))
+        self.first: dict[str, dict[int, dict[str, Any]]] = {kind: {} for kind in self.KINDS}
+        for node in reversed(self.order):  # children before their parent
+            kids = _kids(node)
+            for kind, match in self.KINDS.items():
+                found = self.first[kind]  # only nodes with a match below them: most have none
+                here = node if match(node) else next((found[id(k)] for k in kids if id(k) in found), None)
+                if here is not None:
+                    found[id(node)] = here
+        self.cells: dict[int, dict[str, str]] = {}
+        self.messages: dict[int, Any] = {}
+
+    def conversation(self, section: dict[str, Any]) -> Any:
+        found = self.first["conversation"].get(id(section))
+        if found is None:
+            return []
+        if id(found) not in self.messages:
+            messages = found["data"].get("messages", [])
+            self.messages[id(found)] = list(messages) if isinstance(messages, list) else messages
+        return self.messages[id(found)]
+
+    def table(self, section: dict[str, Any]) -> dict[str, str]:
+        """A logtree key/value table (`table_from_dict`) as a dict of its cells' text."""
+        table = self.first["table"].get(id(section))
+        body = self.first["tbody"].get(id(table)) if table is not None else None
+        if body is None:
+            return {}
+        if id(body) not in self.cells:
+            cells: dict[str, str] = {}
+            for tr in _kids(body):
+                texts = [_text(td) for td in _kids(tr)]
+                if len(texts) == 2:
+                    cells[texts[0]] = texts[1]
+            self.cells[id(body)] = cells
+        return self.cells[id(body)]
+
+    def episodes(self, iteration: int | None) -> list[dict[str, Any]]:
+        """The rows, in the order of their sections' parents, depth first."""
+        rows: list[dict[str, Any]] = []
+        for node in self.order:
+            children = _kids(node)
+            titles = [_header(c) for c in children]
+            for i, title in enumerate(titles):
+                if title == "Prompt" and titles[i + 1 : i + 3] == ["Policy Response", "Reward"]:
+                    rows.append(self._row(children[i : i + 3], iteration))
+        return rows
+
+    def _row(self, sections: list[dict[str, Any]], iteration: int | None) -> dict[str, Any]:
+        prompt, response, reward_section = sections
+        reply = self.conversation(response)
+        reward = self.table(reward_section)
+        first = reply[0] if isinstance(reply, list) and reply else None
+        row: dict[str, Any] = {
+            "tinker_prompt": self.conversation(prompt),
+            "tinker_response": _message_text(first.get("content", "")) if isinstance(first, dict) else "",
+            "tinker_reward": _reward(reward["reward"]) if "reward" in reward else None,
+        }
+        if "reference_answer" in reward:
+            row["reference_answer"] = reward["reference_answer"]
+        for key in ("correct", "format_valid"):
+            if reward.get(key) in ("True", "False"):
+                row[key] = reward[key] == "True"
+        if iteration is not None:
+            row["iteration"] = iteration
+        return row
+
+
+def _reward(text: str) -> float | str:
+    """The reward cell as a number; text that is not one stays text (the line's error says so)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _tinker(row: dict[str, Any]) -> dict[str, Any]:

@@ -84,6 +84,10 @@ def _logtree_rows(source: str | os.PathLike[str] | bytes) -> list[dict[str, Any]
         trace = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError):  # JSONL, or not JSON: read as before
         return None
+    except RecursionError:  # nested past what the JSON reader follows (a trace is a few levels)
+        raise BadTrajectory(
+            "the file is nested too deep to read as a tinker-cookbook logtree trace"
+        ) from None
     if not isinstance(trace, dict) or not isinstance(trace.get("root"), dict):
         return None
     from vrollout.inputs.presets import tinker_rows
