@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 Row = tuple[int, "dict[str, Any] | LineError"]
 HUB = "hf://datasets/"
 PARQUET_MAGIC = b"PAR1"
-BATCH_ROWS = 256  # rows decoded from Parquet/Arrow at a time: bounded memory, few Python calls
+PARQUET_ROWS = 64  # rows a Parquet batch reads at a time (text as dictionaries: their sizes first)
+DECODED_AT_ONCE = 16 << 20  # bytes of rows turned into Python values at once (a bigger row: alone)
 MAP_FIELDS = (  # what a column can be mapped to: the line fields of docs/formats.md
     "prompt", "response", "messages", "completion", "prompt_ids", "response_ids",
     "teacher_prompt_ids", "privileged", "id", "reference_answer", "meta", "rendered", "score",
@@ -102,7 +103,9 @@ def _read(
         if split is not None:
             raise BadTrajectory("split applies to a datasets folder or an hf:// dataset", field="split")
         if source.startswith(PARQUET_MAGIC):
-            return _parquet(source, name, settings.max_lines_per_job)
+            return _parquet(
+                source, name, settings.max_lines_per_job, settings.max_line_bytes, settings.max_upload_bytes
+            )
         return _parsed(source, settings)
     text = os.fspath(source)
     if text.startswith("hf://"):
@@ -115,7 +118,7 @@ def _read(
     with path.open("rb") as f:  # OSError (missing, unreadable) goes to the caller as it is
         head = f.read(4)
     if head == PARQUET_MAGIC:
-        return _parquet(path, name, None)
+        return _parquet(path, name, None, settings.max_line_bytes, None)
     return _lines(path, settings)
 
 
@@ -159,28 +162,112 @@ def _jsonl(path: Path, max_line_bytes: int, bom: bool) -> Iterator[Row]:
                 yield number, decode_line(number, raw, max_line_bytes)
 
 
-def _parquet(source: Path | bytes, name: str, max_rows: int | None) -> Iterator[Row]:
-    """A Parquet file a batch of rows at a time; a row's number is its 1-based index."""
+def _parquet(
+    source: Path | bytes, name: str, max_rows: int | None, max_row_bytes: int, max_file_bytes: int | None
+) -> Iterator[Row]:
+    """A Parquet file a batch of rows at a time; a row's number is its 1-based index. Decoded
+    bytes are capped before anything is decoded into Python values: the file's uncompressed
+    size from its metadata against `max_file_bytes` (uploads), then per batch each row's size
+    as decoded (`row_sizes`, from the lengths of its values: a dictionary value repeated over
+    many rows counts once per row, and is never copied out to measure it). A row over
+    `max_row_bytes` is that row's error; decoded rows past `max_file_bytes` end the file (413)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    reader = pa.BufferReader(source) if isinstance(source, bytes) else source
     try:
-        file = pq.ParquetFile(pa.BufferReader(source) if isinstance(source, bytes) else source)
+        file = pq.ParquetFile(reader)
+        texts = [c.path for c in file.schema if c.physical_type == "BYTE_ARRAY" and _text_leaf(c)]
+        if texts:  # text read as dictionaries: a repeated value is held once, not once per row
+            file = pq.ParquetFile(pa.BufferReader(source) if isinstance(source, bytes) else source,
+                                  read_dictionary=texts)  # fmt: skip
     except (pa.ArrowException, OSError) as exc:
         raise BadTrajectory(f"{name}: not a readable Parquet file ({exc})") from None
-    if max_rows is not None and file.metadata.num_rows > max_rows:
+    meta = file.metadata
+    if max_rows is not None and meta.num_rows > max_rows:
         raise TooLong(f"more than the limit of {max_rows} lines (VROLLOUT_MAX_LINES_PER_JOB)")
+    if max_file_bytes is not None:
+        stored = sum(
+            meta.row_group(i).column(j).total_uncompressed_size
+            for i in range(meta.num_row_groups)
+            for j in range(meta.num_columns)
+        )
+        if stored > max_file_bytes:
+            raise TooLong(_decoded_over(name, stored, max_file_bytes, "uncompressed"))
     # Row group by row group, so that a damaged one is named by the row it starts at
-    groups = (file.iter_batches(batch_size=BATCH_ROWS, row_groups=[i]) for i in range(file.num_row_groups))
-    return _batches((batch for group in groups for batch in group), f"{name}: Parquet")
+    groups = (file.iter_batches(batch_size=PARQUET_ROWS, row_groups=[i]) for i in range(file.num_row_groups))
+    batches = (batch for group in groups for batch in group)
+    return _batches(batches, f"{name}: Parquet", max_row_bytes, (name, max_file_bytes))
 
 
-def _batches(batches: Iterable[Any], what: str) -> Iterator[Row]:
+def _text_leaf(column: Any) -> bool:
+    """A BYTE_ARRAY column that Arrow reads as text or bytes (not, say, a decimal)."""
+    return str(column.logical_type) in ("None", "String", "Json", "Enum", "BSON")
+
+
+def _decoded_over(name: str, size: int, limit: int, how: str) -> str:
+    return (
+        f"{name}: the Parquet file is over {size if how == 'uncompressed' else limit} bytes "
+        f"{how}, over the limit of {limit} (VROLLOUT_MAX_UPLOAD_BYTES)"
+    )
+
+
+def row_sizes(array: Any) -> Any:
+    """Each row's size as decoded, in bytes (a numpy array): text and bytes by length, a list
+    by its elements, a struct by its fields, a dictionary by the size of the value each row
+    points at; others by their width. Computed from lengths and offsets: nothing is copied out."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_dictionary(kind):
+        values = row_sizes(array.dictionary)
+        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        sizes = values[indices] if len(values) else np.zeros(len(array))
+        return np.where(array.is_null().to_numpy(zero_copy_only=False), 0, sizes)
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_string(kind)
+        or (pa.types.is_large_binary(kind))
+    ):
+        return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
+    if (
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or (pa.types.is_map(kind))
+    ):
+        flat = array.flatten()
+        parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
+        return np.bincount(parents, weights=row_sizes(flat), minlength=len(array)) + 8
+    if pa.types.is_struct(kind):
+        fields = [row_sizes(field) for field in array.flatten()]
+        return np.sum(fields, axis=0) if fields else np.zeros(len(array))
+    width = kind.bit_width // 8 if pa.types.is_primitive(kind) and kind.bit_width >= 8 else 8
+    return np.full(len(array), float(width))
+
+
+def _batches(
+    batches: Iterable[Any],
+    what: str,
+    max_row_bytes: int | None = None,
+    file_cap: tuple[str, int | None] = ("", None),
+) -> Iterator[Row]:
     """Rows of Arrow record batches, numbered from 1, as plain JSON values. A batch that
-    cannot be decoded (a damaged file) stops the read with the rows it starts at."""
+    cannot be decoded (a damaged file) stops the read with the rows it starts at. With
+    `max_row_bytes`, a row over it (as decoded, `row_sizes`) is that row's error and is never
+    decoded; `file_cap` (name, bytes): decoded rows past it end the file (413). Rows become
+    Python values a slice at a time (at most DECODED_AT_ONCE bytes)."""
+    import numpy as np
     import pyarrow as pa
 
+    name, max_file_bytes = file_cap
     number = 0
+    total = 0.0
     it = iter(batches)
     while True:
         try:
@@ -189,9 +276,42 @@ def _batches(batches: Iterable[Any], what: str) -> Iterator[Row]:
             return
         except (pa.ArrowException, OSError) as exc:
             raise BadTrajectory(f"{what}: cannot read the rows from row {number + 1} on ({exc})") from None
-        for row in batch.to_pylist():
-            number += 1
-            yield number, plain(row)
+        if max_row_bytes is None:
+            for row in batch.to_pylist():
+                number += 1
+                yield number, plain(row)
+            continue
+        sizes = (
+            np.sum([row_sizes(column) for column in batch.columns], axis=0)
+            if batch.num_columns
+            else (np.zeros(batch.num_rows))
+        )
+        start = 0
+        while start < batch.num_rows:
+            end, held = start, 0.0
+            while end < batch.num_rows and (end == start or held + sizes[end] <= DECODED_AT_ONCE):
+                held += sizes[end] if sizes[end] <= max_row_bytes else 0
+                end += 1
+            total += held
+            if max_file_bytes is not None and total > max_file_bytes:
+                raise TooLong(_decoded_over(name, 0, max_file_bytes, "decoded"))
+            for offset, row in enumerate(_slice_rows(batch, start, end, sizes, max_row_bytes)):
+                number += 1
+                if row is None:
+                    size = int(sizes[start + offset])
+                    yield number, LineError(number, _over(size, max_row_bytes, "row (decoded)"))
+                else:
+                    yield number, plain(row)
+            start = end
+
+
+def _slice_rows(batch: Any, start: int, end: int, sizes: Any, limit: int) -> list[Any]:
+    """Rows start..end of the batch as Python values; None for a row over `limit` (not decoded)."""
+    keep = [i for i in range(start, end) if sizes[i] <= limit]
+    if len(keep) == end - start:
+        return batch.slice(start, end - start).to_pylist()
+    decoded = iter(batch.take(keep).to_pylist()) if keep else iter(())
+    return [next(decoded) if sizes[i] <= limit else None for i in range(start, end)]
 
 
 def _saved(folder: Path, split: str | None) -> Iterator[Row]:
