@@ -8,6 +8,9 @@ the other, while a probe asks `/api/health` every 50 ms:
 - 300 slow connections that send half a request head and wait: health p99 while they hang on
   (target < 200 ms), and open file descriptors once the header deadline has closed them
   (VROLLOUT_HEADER_TIMEOUT_S; target: back to idle);
+- 3 concurrent uploads of a Parquet decompression bomb (a 1 KB file: 600 rows that all point at
+  one 5 MB dictionary value, 3 GB decoded): peak RSS against idle (target: under idle + 300 MiB),
+  the time to refuse each from the last byte sent (target < 100 ms), health p99 meanwhile;
 - from benchmarks/abuse_storage.py, when present: open file descriptors after 400 event-stream
   clients come and go (target: back to idle), and peak RSS of a summaries export of a 1,000-line
   job of 1,000-token analyses (target: under idle + 300 MiB).
@@ -124,6 +127,36 @@ async def big_prompts(url: str, clients: int, size: int) -> tuple[list[float], l
     return [t for t, _ in results], [s for _, s in results]
 
 
+def parquet_bomb(rows: int = 600, size: int = 5_000_000) -> bytes:
+    """`rows` rows whose prompt all point at one `size`-byte dictionary value (issue #24, item 4)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prompt = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * size]))
+    buf = io.BytesIO()
+    pq.write_table(
+        pa.table({"prompt": prompt, "response": ["y"] * rows}), buf, compression="zstd", store_schema=False
+    )
+    return buf.getvalue()
+
+
+async def bomb_uploads(url: str, clients: int) -> tuple[list[float], list[int]]:
+    """`clients` uploads of the Parquet bomb at once: milliseconds from sending to the answer
+    (the file is about 1 KB: sending is instant), and the statuses."""
+    data = parquet_bomb()
+
+    async def one(http: httpx.AsyncClient) -> tuple[float, int]:
+        start = time.perf_counter()
+        r = await http.post("/api/jobs", files={"file": ("bomb.parquet", data)})
+        return (time.perf_counter() - start) * 1000, r.status_code
+
+    async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+        results = await asyncio.gather(*(one(http) for _ in range(clients)))
+    return [t for t, _ in results], [s for _, s in results]
+
+
 def slow_connections(url: str, count: int) -> list[socket.socket]:
     host, port = url.removeprefix("http://").split(":")
     held = []
@@ -164,6 +197,21 @@ def run(args: argparse.Namespace) -> list[Row]:
         health = f"{p99:.0f} ms ({len(probe.times)} probes, {len(probe.errors)} errors)"
         rows.append(("  health p99 meanwhile", health, "< 200 ms", p99 < 200 and not probe.errors))
 
+        with Probe(server.url) as probe, peak_rss(server) as rss:
+            refuse_ms, statuses = asyncio.run(bomb_uploads(server.url, args.bombs))
+        over = rss["peak"] - idle_rss
+        name = f"peak RSS, {args.bombs} concurrent Parquet bombs (1 KB, 3 GB decoded)"
+        rows.append((name, f"idle + {over:.0f} MiB", "< idle + 300 MiB", over < 300))
+        refused = sum(400 <= s < 500 for s in statuses)
+        rows.append(("  answers", f"{refused}/{len(statuses)} refused, {sorted(set(statuses))}", "all 4xx",
+                     refused == len(statuses)))  # fmt: skip
+        worst = max(refuse_ms)
+        spread = f"p50 {percentile(refuse_ms, 50):.0f} ms, max {worst:.0f} ms"
+        rows.append(("  time to refuse each", spread, "< 100 ms", worst < 100))
+        p99 = percentile(probe.times, 99)
+        health = f"{p99:.0f} ms ({len(probe.times)} probes, {len(probe.errors)} errors)"
+        rows.append(("  health p99 meanwhile", health, "< 200 ms", p99 < 200 and not probe.errors))
+
         with Probe(server.url) as probe:
             held = slow_connections(server.url, args.slow)
             time.sleep(min(args.header_timeout / 2, 3))
@@ -196,6 +244,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clients", type=int, default=30, help="concurrent 8 MiB prompts")
+    parser.add_argument("--bombs", type=int, default=3, help="concurrent Parquet bomb uploads")
     parser.add_argument("--slow", type=int, default=300, help="slow connections held")
     parser.add_argument(
         "--header-timeout",
