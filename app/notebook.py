@@ -92,9 +92,9 @@ class Analysis:
         if self.steps:
             columns = list(self.steps[0])
         else:
-            from vrollout.schema.requests import Step
+            from vrollout.schema.analysis import Step
 
-            columns = list(Step.model_fields)
+            columns = list(Step.__annotations__)
         return pd.DataFrame(self.steps, columns=columns)
 
     def figure(self) -> go.Figure:

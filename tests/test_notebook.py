@@ -14,7 +14,7 @@ import vrollout
 from support import REAL_CACHE, tiny_settings
 from vrollout.errors import BadTrajectory
 from vrollout.pipeline.analyzer import Analyzer
-from vrollout.schema.requests import Step
+from vrollout.schema.analysis import Step
 
 EXAMPLE = {"prompt": "What is 17*23?", "response": "17*23 = 381.", "privileged": "17*23 = 391"}
 XSS = '<script>alert(1)</script> "><img src=x onerror=alert(2)> & done'
@@ -85,8 +85,8 @@ def test_to_pandas_has_one_row_per_step(vr):
     # Every documented step field, less those only a vLLM analysis carries (its noise bounds)
     # and those only a teacher with another tokenizer carries (its spans).
     elsewhere = {"uncertain", "span", "span_start"}
-    server_only = {name for name in Step.model_fields if name in elsewhere or name.endswith("_interval")}
-    assert list(df.columns) == [name for name in Step.model_fields if name not in server_only]
+    server_only = {name for name in Step.__annotations__ if name in elsewhere or name.endswith("_interval")}
+    assert list(df.columns) == [name for name in Step.__annotations__ if name not in server_only]
     assert len(df) == a.summary["tokens"] == len(a.steps)
     for name in ("position", "token", "reverse_kl", "teacher_logprob", "advantage", "agree", "teacher_rank"):
         assert df[name].tolist() == [s[name] for s in a.steps], name

@@ -12,6 +12,7 @@ from vrollout.inputs.trajectories import Trajectory
 from vrollout.metrics.signal import MIN_WINDOW, concentration, divergence_kind, fork_matters
 from vrollout.pipeline.contexts import Contexts
 from vrollout.pipeline.replay import ReplayResult
+from vrollout.schema.analysis import Analysis, Side, Step, Summary, TeacherSide, TopToken, TrajectoryRecord
 from vrollout.verdicts.answers import verdict
 
 if TYPE_CHECKING:  # the core never imports torch
@@ -27,13 +28,11 @@ def token_strings(tokenizer: Any, ids: set[int]) -> dict[int, str]:
     return dict(zip(order, texts, strict=True))
 
 
-def _count(steps: list[dict[str, Any]], name: str, value: Any) -> int:
+def _count(steps: list[Step], name: str, value: Any) -> int:
     return sum(1 for s in steps if s.get(name) == value)
 
 
-def summarize(
-    steps: list[dict[str, Any]], *, classified: bool = False, recovered: bool = False
-) -> dict[str, Any]:
+def summarize(steps: list[Step], *, classified: bool = False, recovered: bool = False) -> Summary:
     """Dataset-free numbers for one trajectory. Positions are 0-based indices into the response.
     `classified`: the divergences carry `divergence_kind` (continuations were asked for);
     `recovered`: their forks carry `fork_matters` (recovery ran too)."""
@@ -65,7 +64,7 @@ def summarize(
     }
 
 
-def teachability_summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
+def teachability_summary(steps: list[Step]) -> dict[str, Any]:
     """The mean teacher mass on the student's top-k, and the divergences whose correction is in
     it; null where the steps do not carry them (top_k = 0, or stored before they existed)."""
     masses = [m for s in steps if (m := s.get("teacher_mass_on_student_topk")) is not None]
@@ -76,7 +75,7 @@ def teachability_summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def divergence_summary(
-    steps: list[dict[str, Any]], divergences: int, classified: bool, recovered: bool
+    steps: list[Step], divergences: int, classified: bool, recovered: bool
 ) -> dict[str, Any]:
     """Counts of surface and fork divergences (null without continuations) and of forks that
     matter (null without recovery as well)."""
@@ -94,7 +93,7 @@ def divergence_summary(
 
 
 def classify_steps(
-    steps: list[dict[str, Any]],
+    steps: list[Step],
     response_ids: list[int],
     top_k: int,
     continuation_tokens: int,
@@ -124,7 +123,7 @@ def classify_steps(
     return classified, recovered
 
 
-def model_sides(pair: ModelPair, ctx: Contexts) -> dict[str, Any]:
+def model_sides(pair: ModelPair, ctx: Contexts) -> dict[str, Side | TeacherSide]:
     """An analysis's `student` and `teacher`: each model and its context as it saw it."""
     return {
         "student": {
@@ -144,7 +143,7 @@ def model_sides(pair: ModelPair, ctx: Contexts) -> dict[str, Any]:
     }
 
 
-def trajectory_record(traj: Trajectory) -> dict[str, Any]:
+def trajectory_record(traj: Trajectory) -> TrajectoryRecord:
     """What an analysis keeps of the line beyond its ids: format, id, verdict inputs, meta."""
     return {
         "format": traj.format,
@@ -173,20 +172,22 @@ def build_analysis(
     continuations: list[list[int]] | None = None,
     continuation_tokens: int = 0,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Analysis:
+    """The analysis (schema.analysis.Analysis) of one replayed response; `extra` adds the
+    backend's keys (a server's `noise`, ...), `recovery` and `job`."""
     tok = pair.student.tokenizer
     wanted = set(response_ids) | set(result.teacher_top1_id)
     for row in result.teacher_topk_ids + result.student_topk_ids:
         wanted.update(row)
     text_of = token_strings(tok, wanted)
 
-    def topk(ids: list[int], logprobs: list[float]) -> list[dict[str, Any]]:
+    def topk(ids: list[int], logprobs: list[float]) -> list[TopToken]:
         return [
             {"token_id": i, "token": text_of[i], "logprob": lp} for i, lp in zip(ids, logprobs, strict=True)
         ]
 
     masses = result.teacher_mass_on_student_topk()
-    steps = []
+    steps: list[Step] = []
     for t, token in enumerate(response_ids):
         top1 = result.teacher_top1_id[t]
         continuation = None

@@ -1,5 +1,5 @@
-"""Response bodies of the JSON API, as `/docs` shows them (the analysis itself is
-`schemas.Analysis`). They describe the dicts the core and storage build; they add nothing.
+"""Response bodies of the JSON API, as `/docs` shows them (the analysis itself is typed once, in
+`schema.analysis`). They describe the dicts the core and storage build; they add nothing.
 
 Every model lets unlisted keys through (`extra="allow"`) and the routes serialise with
 `response_model_exclude_unset`, so a response is exactly the dict that was built: a key that is
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from vrollout.schema.requests import Noise
+from vrollout.schema.analysis import Noise
 
 
 class Open(BaseModel):
@@ -425,6 +425,29 @@ class Comparison(Open):
     headlines: list[HeadlineText]
     figures: dict[str, Figure]
     rows: list[ComparisonRow]
+
+
+class AnalysisListItem(BaseModel):
+    id: str
+    created_at: str
+    student: str
+    teacher: str
+    tokens: int
+    summary: dict[str, Any]
+    preview: str
+
+
+class AnalysisList(BaseModel):
+    items: list[AnalysisListItem]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorBody(BaseModel):
+    ok: bool = False
+    error: str
+    status: int
 
 
 def media(description: str, types: dict[str, str]) -> dict[int | str, dict[str, Any]]:

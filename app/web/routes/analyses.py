@@ -20,16 +20,12 @@ from vrollout.jobs.tasks import Task, Tasks
 from vrollout.jobs.worker import ModelWorker
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.report.figures import figure_dict
-from vrollout.schema.requests import (
-    Analysis,
-    AnalysisList,
-    AnalyzeRequest,
-    ErrorBody,
-    Noise,
-    PedagogicalRequest,
-)
+from vrollout.schema.analysis import Analysis, Noise
+from vrollout.schema.requests import AnalyzeRequest, PedagogicalRequest
 from vrollout.schema.responses import (
+    AnalysisList,
     Deleted,
+    ErrorBody,
     Figure,
     Health,
     Models,
