@@ -29,6 +29,8 @@ SERVER_ONLY = frozenset(
         "allowed_hosts",
         "login_max_failures",
         "login_window_s",
+        "session_max_age_s",
+        "forwarded_allow_ips",
         "max_request_bytes",
         "max_queued_requests",
         "header_timeout_s",
@@ -48,23 +50,16 @@ SERVER_ONLY = frozenset(
 GIVEN = "settings_flags"  # the namespace attribute listing the fields a parser has flags for
 
 
-def _strip_optional(annotation: Any) -> tuple[Any, bool]:
-    """(the annotation without `None` and `Annotated`, whether the env/flag text is parsed by the
-    field's own validator: a `NoDecode` field takes its raw text)."""
-    raw = False
-    if typing.get_origin(annotation) is typing.Annotated:
-        base, *extras = typing.get_args(annotation)
-        raw = any(e is NoDecode or isinstance(e, NoDecode) for e in extras)
-        annotation = base
+def _strip_optional(annotation: Any) -> Any:
+    """The annotation without `None`."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
         annotation = kinds[0] if len(kinds) == 1 else typing.Union[tuple(kinds)]  # noqa: UP007
-    return annotation, raw
+    return annotation
 
 
 def _is_list(name: str) -> bool:
-    annotation, _ = _strip_optional(Settings.model_fields[name].annotation)
-    return typing.get_origin(annotation) is list
+    return typing.get_origin(_strip_optional(Settings.model_fields[name].annotation)) is list
 
 
 def flag_name(name: str) -> str:
@@ -94,8 +89,10 @@ def _argument(name: str) -> dict[str, Any]:
     field = Settings.model_fields[name]
     help_text = f"{field.description} (VROLLOUT_{name.upper()})".replace("%", "%%")
     options: dict[str, Any] = {"dest": name, "help": help_text}
-    annotation, raw = _strip_optional(field.annotation)
+    annotation = _strip_optional(field.annotation)
     origin = typing.get_origin(annotation)
+    # A `NoDecode` field reads its raw text itself (pydantic keeps `Annotated` extras as metadata).
+    raw = any(m is NoDecode or isinstance(m, NoDecode) for m in field.metadata)
     if annotation is bool:
         return {**options, "action": "store_const", "const": not field.default}
     if origin is list:
