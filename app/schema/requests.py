@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 # The roles chat templates render (OpenAI's, and the Hugging Face templates of Llama 3, Qwen,
 # SmolLM, gpt-oss): `tool` is the result of a call (Llama 3.1's templates also take it as
@@ -24,6 +25,44 @@ REQUEST = ConfigDict(strict=True, extra="forbid")
 CONTEXT_CAP = "at most VROLLOUT_MAX_CONTEXT_TOKENS x VROLLOUT_CHARS_PER_TOKEN characters"
 RESPONSE_CAP = "at most VROLLOUT_MAX_RESPONSE_TOKENS x VROLLOUT_CHARS_PER_TOKEN characters"
 TokenId = Annotated[int, Field(ge=0)]
+# Levels of objects and arrays in `meta`, itself the first. It is kept as given in the analysis,
+# stored and served as JSON, and the JSON encoder stops at 254 levels: deeper is refused here.
+MAX_META_DEPTH = 32
+
+
+def storable_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`meta` unchanged, or an error when it could not be served back as JSON: nested deeper than
+    MAX_META_DEPTH, or a string (key or value) that is not Unicode (a lone surrogate, which JSON's
+    `\\ud800` escape can carry). Walked without recursion, stopping at the first problem."""
+    stack: list[tuple[Any, int]] = [(meta, 1)] if meta is not None else []
+    while stack:
+        value, depth = stack.pop()
+        for inner in (*value.keys(), *value.values()) if isinstance(value, dict) else value:
+            if isinstance(inner, str):
+                _unicode(inner)
+            elif isinstance(inner, dict | list | tuple):
+                if depth == MAX_META_DEPTH:
+                    raise PydanticCustomError(
+                        "meta_too_deep",
+                        "nested deeper than the limit of {limit} levels of objects and arrays",
+                        {"limit": MAX_META_DEPTH},
+                    )
+                stack.append((inner, depth + 1))
+    return meta
+
+
+def _unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("meta_not_unicode", "a string in it is not valid Unicode") from None
+
+
+Meta = Annotated[
+    dict[str, Any] | None,
+    AfterValidator(storable_meta),
+    Field(description=f"kept as given (at most {MAX_META_DEPTH} levels of objects and arrays)"),
+]
 
 
 class Message(BaseModel):
@@ -111,7 +150,7 @@ class AnalyzeRequest(BaseModel):
     step: int | Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
         None, description="training step or checkpoint name (the dataset's drift views group by it)"
     )
-    meta: dict[str, Any] | None = None
+    meta: Meta = None
     top_k: int | None = Field(
         None, ge=0, description="alternatives kept per step: default 5 (limit: VROLLOUT_MAX_TOP_K)"
     )
@@ -172,7 +211,7 @@ class PedagogicalRequest(BaseModel):
     )
     reference_answer: str | int | float | None = Field(None, description=f"text: {RESPONSE_CAP}")
     id: str | None = Field(None, description=CONTEXT_CAP)
-    meta: dict[str, Any] | None = None
+    meta: Meta = None
     threshold: float = Field(
         0.05,
         gt=0.0,

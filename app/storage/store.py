@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
 from vrollout.errors import NotFound, StorageError, StorageFull
 from vrollout.report.dataset import digest, is_current
 
@@ -120,7 +121,9 @@ class Store:
     @staticmethod
     def insert(db: sqlite3.Connection, analysis: dict[str, Any]) -> None:
         """Insert inside the caller's transaction (a job marks its line done in the same one)."""
-        blob = zlib.compress(json.dumps(analysis, separators=(",", ":")).encode(), 6)
+        # Encoded as the routes serve it (NaN kept, as json.loads reads it): what cannot be served
+        # back is refused here, before anything is stored.
+        blob = zlib.compress(to_json(analysis, inf_nan_mode="constants"), 6)
         row = (
             analysis["id"],
             analysis["created_at"],
