@@ -7,6 +7,7 @@ trajectory, so a large job's table is cheap. Pure functions: no database, no HTT
 from __future__ import annotations
 
 import csv
+import html
 import io
 import re
 import statistics
@@ -138,7 +139,9 @@ def drift_figures(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     if not rows:
         return {}
     numeric = all(isinstance(r["step"], int) for r in rows)
-    x = [r["step"] if numeric else str(r["step"]) for r in rows]
+    # A step name is the line's own text: escaped, as Plotly draws tick labels and hover text as
+    # HTML (a `<b>` or `<a href>` in it would be bold text or a link on the job page).
+    x = [r["step"] if numeric else html.escape(str(r["step"])) for r in rows]
     figures = {}
     for key, (title, tick, traces) in DRIFT_FIGURES.items():
         data = [

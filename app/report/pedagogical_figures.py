@@ -5,6 +5,7 @@ verdicts) is left out rather than drawn empty."""
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -92,7 +93,7 @@ def scatter_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "name": f"pedagogical {name} ({len(members)})",
             "x": [r["opd_divergences"] for r in members],
             "y": [r["interventions"] for r in members],
-            "text": [str(r["id"]) for r in members],
+            "text": [html.escape(str(r["id"])) for r in members],  # the line's id: HTML to Plotly
             "marker": {"color": COLORS[name], "size": 7},
         }
         for name, members in groups.items()
