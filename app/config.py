@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -163,6 +164,20 @@ class Settings(BaseSettings):
         default=10, ge=1, description="wrong tokens per client address per window before 429"
     )
     login_window_s: float = Field(default=60.0, gt=0, description="the window of login_max_failures")
+    session_max_age_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="how long a login lasts: the session cookie carries its signed issue time and "
+        "the server refuses an older one (default 7 days)",
+    )
+    # Reverse proxies: uvicorn would trust X-Forwarded-For from loopback by default, so any local
+    # client could pick its own address and escape (or aim) the wrong-token limit.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="the reverse proxies (addresses or networks, `*` any) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: none, each connection is its own client "
+        "(docs/deployment-proxy.md)",
+    )
 
     # Engine.
     chunk_size: int = Field(default=256, ge=1, description="positions per metrics chunk")
@@ -358,6 +373,25 @@ class Settings(BaseSettings):
                     raise ValueError(f"max memory: {key!r} is not a device (a GPU index, cpu, disk or mps)")
             return out
         return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _proxy_list(cls, proxies: object) -> object:
+        """`10.0.0.5,10.1.0.0/16` or a JSON list; each an address, a network or `*`."""
+        if isinstance(proxies, str):
+            proxies = json.loads(proxies) if proxies.strip().startswith("[") else proxies.split(",")
+        if not isinstance(proxies, list):
+            return proxies
+        found = [p.strip() for p in proxies if isinstance(p, str) and p.strip()]
+        for proxy in found:
+            if proxy != "*":
+                try:
+                    ipaddress.ip_network(proxy, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"forwarded_allow_ips: {proxy!r} is not an address, a network (10.0.0.0/8) or *"
+                    ) from None
+        return found
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

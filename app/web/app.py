@@ -239,7 +239,12 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         max_text_chars=Limits.of(settings).longest_text,
     )
     app.state.guesses = GuessLimit(settings.login_max_failures, settings.login_window_s)
-    app.add_middleware(TokenGate, token=settings.api_token, guesses=app.state.guesses)
+    app.add_middleware(
+        TokenGate,
+        token=settings.api_token,
+        guesses=app.state.guesses,
+        session_max_age_s=settings.session_max_age_s,
+    )
     hosts = answered_hosts(settings.host, settings.allowed_hosts, settings.api_token)
     app.add_middleware(HostGuard, hosts=hosts)
     app.add_middleware(SecurityHeaders)

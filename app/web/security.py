@@ -21,7 +21,8 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SESSION_COOKIE = "vrollout_session"
-PUBLIC_PATHS = frozenset({"/login", "/static/app.css"})  # the login page and its style
+PUBLIC_PATHS = frozenset({"/login", "/logout", "/static/app.css"})  # the login page and its style
+CLOCK_SKEW_S = 60  # a session issued this far "in the future" still passes (the clock was set back)
 
 # The app's pages run only its own scripts. Plotly sets inline styles, hence 'unsafe-inline'
 # for styles only.
@@ -165,9 +166,28 @@ def too_many(wait: int) -> str:
     return f"too many wrong API tokens from this address: try again in {wait} s (VROLLOUT_LOGIN_MAX_FAILURES)"
 
 
-def session_value(token: str) -> str:
-    """What the login cookie holds: an HMAC of the token, not the token itself."""
-    return hmac.new(token.encode(), b"vrollout-session", hashlib.sha256).hexdigest()
+def session_value(token: str, issued: int | None = None) -> str:
+    """What the login cookie holds: when it was issued (Unix seconds) and an HMAC, keyed by the
+    token, of that time; never the token itself. Changing the token logs everyone out."""
+    issued = int(time.time()) if issued is None else issued
+    mac = hmac.new(token.encode(), f"vrollout-session:{issued}".encode(), hashlib.sha256).hexdigest()
+    return f"{issued}.{mac}"
+
+
+def session_age(value: str | None, token: str) -> float | None:
+    """The seconds since a session cookie was issued, if this server issued it with `token`
+    (its HMAC matches); else None."""
+    issued, _, _ = (value or "").partition(".")
+    if not (issued.isascii() and issued.isdigit() and len(issued) <= 12):
+        return None
+    return time.time() - int(issued) if same(value, session_value(token, int(issued))) else None
+
+
+def session_valid(value: str | None, token: str, max_age_s: float) -> bool:
+    """`value` is a session cookie this server issued with `token`, less than `max_age_s` ago.
+    The age is checked here, not left to the browser's Max-Age: a copied cookie expires too."""
+    age = session_age(value, token)
+    return age is not None and -CLOCK_SKEW_S <= age <= max_age_s
 
 
 def same(given: str | None, expected: str) -> bool:
@@ -192,13 +212,23 @@ class TokenGate:
     browser's cross-site request may change nothing (CSRF: a form on another site posting a file
     to /api/jobs needs no cookie when there is no token)."""
 
-    def __init__(self, app: ASGIApp, token: str | None, guesses: GuessLimit) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str | None, guesses: GuessLimit, session_max_age_s: float = 7 * 86400
+    ) -> None:
         self.app, self.token, self.guesses = app, token, guesses
+        self.session_max_age_s = session_max_age_s
 
     def presented(self, conn: HTTPConnection) -> bool:
-        return (
-            any(k in conn.headers for k in ("authorization", "x-api-token")) or SESSION_COOKIE in conn.cookies
-        )
+        """A credential was sent: a header, or a session cookie other than one of ours that has
+        expired (a login that ran out is not a guess; it is sent back to the login page)."""
+        if any(k in conn.headers for k in ("authorization", "x-api-token")):
+            return True
+        cookie = conn.cookies.get(SESSION_COOKIE)
+        if cookie is None:
+            return False
+        assert self.token is not None
+        age = session_age(cookie, self.token)
+        return age is None or age <= self.session_max_age_s
 
     def authorised(self, conn: HTTPConnection) -> bool:
         assert self.token is not None
@@ -206,7 +236,7 @@ class TokenGate:
         return (
             (scheme.lower() == "bearer" and same(credentials.strip(), self.token))
             or same(conn.headers.get("x-api-token"), self.token)
-            or same(conn.cookies.get(SESSION_COOKIE), session_value(self.token))
+            or session_valid(conn.cookies.get(SESSION_COOKIE), self.token, self.session_max_age_s)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -303,8 +333,20 @@ async def login(
         response.set_cookie(
             SESSION_COOKIE,
             session_value(expected),
+            max_age=request.app.state.settings.session_max_age_s,
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
         )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    """Drop the session cookie and show the login page. Open without a token (there may be
+    nothing left to log out of); a cross-site POST is refused before it gets here (TokenGate)."""
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(
+        SESSION_COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
     return response

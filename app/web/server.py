@@ -92,6 +92,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.keep_alive_s,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         "backlog": settings.backlog,
+        # X-Forwarded-For is believed only from the proxies named: uvicorn's default (loopback)
+        # would let any local client choose its address, and so its wrong-token count.
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
         "log_level": "info",
     }
 

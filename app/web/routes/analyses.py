@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -68,11 +69,30 @@ async def health(request: Request) -> dict[str, Any]:
     }
 
 
+def source_kind(source: str | None) -> str | None:
+    """Where a model came from, as a kind only (`gguf`, `folder`, `hub`, `vllm`): the server's
+    paths and addresses are not shown to whoever can reach it without a token."""
+    if source is None:
+        return None
+    if source.startswith(("http://", "https://")):
+        return "vllm"
+    if source.endswith(".gguf"):
+        return "gguf"
+    if source.startswith(("/", "~", ".")) or "\\" in source or Path(source).exists():
+        return "folder"
+    return "hub"
+
+
 @router.get("/models", response_model=Models, response_model_exclude_unset=True)
-async def models(analyzer: AnalyzerDep) -> dict[str, Any]:
+async def models(request: Request, analyzer: AnalyzerDep) -> dict[str, Any]:
     """Student and teacher: name, source, vocabulary, device, dtype, shared weights, template;
-    the backend (on vLLM: K and each replica's state)."""
-    return {**analyzer.pair.describe(), **analyzer.backend.describe()}
+    the backend (on vLLM: K and each replica's state). Without an API token, each model's
+    source is its kind only (`source_kind`)."""
+    described = {**analyzer.pair.describe(), **analyzer.backend.describe()}
+    if request.app.state.settings.api_token is None:
+        for role in ("student", "teacher"):
+            described[role] = {**described[role], "source": source_kind(described[role].get("source"))}
+    return described
 
 
 @router.post("/models/noise", response_model=Noise)
