@@ -16,7 +16,6 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from vrollout.metrics.signal import headline
@@ -24,7 +23,6 @@ from vrollout.metrics.signal import headline
 if TYPE_CHECKING:
     import pandas as pd
     import plotly.graph_objects as go
-    from vrollout.inputs.teacher_context import SiblingIndex
     from vrollout.pipeline.analyzer import Analyzer
 
 STRIP_TOKENS = 2000  # the inline view shows this many tokens; a notebook chokes on megabytes of HTML
@@ -180,7 +178,7 @@ def _strip(steps: list[dict[str, Any]]) -> str:
 
 
 def _headline(a: dict[str, Any]) -> str:
-    """The analysis page's headline (core/signal.py), and what to ask for to complete it."""
+    """The analysis page's headline (metrics/signal.py), and what to ask for to complete it."""
     text, missing = headline(a["summary"])
     hints = "".join(f'<p class="vr-note">{html.escape(m)}</p>' for m in missing)
     return f'<p class="vr-headline">{html.escape(text)}</p>{hints}'
@@ -266,11 +264,10 @@ class VirtualRollout:
         read first, an iterable into memory, to index its successful responses). A bad trajectory
         raises its error, naming its index; `errors="skip"` leaves it out with a warning."""
         from tqdm import tqdm
-        from vrollout.errors import BadTrajectory
+        from vrollout.errors import VRError
         from vrollout.inputs.sources import check_preset, iter_rows, map_rows, parse_mapping
         from vrollout.inputs.teacher_context import teacher_options
-        from vrollout.inputs.trajectories import LineError
-        from vrollout.jobs.runner import WINDOW
+        from vrollout.pipeline.lines import file_lines, run_lines
 
         if errors not in ("raise", "skip"):
             raise ValueError(f'errors must be "raise" or "skip", got {errors!r}')
@@ -295,28 +292,33 @@ class VirtualRollout:
             total = len(trajectories) if hasattr(trajectories, "__len__") else None
             check_preset(preset)
             rows = map_rows(self._numbered(trajectories), parse_mapping(mapping), preset)
-        unknown: set[str] = set()  # keys already warned about
         teacher_options(options.get("teacher_context"), options.get("teacher_template"))
         siblings = None
-        if options.get("teacher_context") == "sibling":  # the whole input first (core.teacher_context)
+        if options.get("teacher_context") == "sibling":  # the whole input first (inputs.teacher_context)
             listed = list(rows)
             siblings = self.analyzer.index_siblings(listed, options, privileged)
             rows = iter(listed)
-        run = partial(self._run_window, siblings=siblings)
+        unknown: dict[str, list[int]] = {}  # keys kept in meta: line numbers
+        warned: set[str] = set()
+        prepare = file_lines(self.analyzer, options, privileged, unknown, siblings)
         with tqdm(total=total, unit="traj", disable=not progress, file=sys.stderr) as bar:
-            window: list[tuple[int, Any]] = []
-            for index, item in rows:
-                if isinstance(item, LineError):  # in order: what comes before it first
-                    yield from run(window, options, privileged, errors, bar, unknown)
-                    window = []
-                    self._failed(index, BadTrajectory(item.error), errors)
-                    bar.update(1)
-                    continue
-                window.append((index, item))
-                if len(window) == WINDOW:
-                    yield from run(window, options, privileged, errors, bar, unknown)
-                    window = []
-            yield from run(window, options, privileged, errors, bar, unknown)
+            for index, result in run_lines(rows, prepare, self.analyzer.run_prepared, progress=bar.update):
+                if len(unknown) > len(warned):  # a window brought new keys: said once each
+                    self._warn_keys({k: v for k, v in unknown.items() if k not in warned})
+                    warned.update(unknown)
+                if isinstance(result, VRError):
+                    self._failed(index, result, errors)
+                else:
+                    yield Analysis(result)
+
+    @staticmethod
+    def _warn_keys(unknown: dict[str, list[int]]) -> None:
+        """Keys that are not fields, kept in `meta`, as the CLI words them (a near miss of a field
+        is the line's error instead)."""
+        from vrollout.pipeline.lines import key_warnings
+
+        for warning in key_warnings(unknown):
+            warnings.warn(f"trajectory {warning['lines'][0]}: {warning['warning']}", stacklevel=3)
 
     def _numbered(self, trajectories: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         for index, item in enumerate(trajectories):
@@ -335,48 +337,6 @@ class VirtualRollout:
         except json.JSONDecodeError as exc:
             raise BadTrajectory(f"trajectory {index}: not valid JSON ({exc.msg})") from exc
 
-    def _run_window(
-        self,
-        window: list[tuple[int, Any]],
-        options: dict[str, Any],
-        privileged: str | None,
-        errors: str,
-        bar: Any,
-        unknown: set[str],
-        siblings: SiblingIndex | None = None,
-    ) -> Iterator[Analysis]:
-        """Prepare a window of trajectories as lines of a file (keys that are not fields are kept
-        in `meta`, with a warning; a near miss of a field is an error), run it in the analyzer's
-        planned batches, and yield each analysis as soon as every one before it is done."""
-        seen: dict[str, list[int]] = {}  # this window's keys kept in meta, with their lines
-        prepared, failed = self.analyzer.prepare_lines(window, options, privileged, seen, siblings)
-        for index, exc in failed:
-            self._failed(index, exc, errors)
-        bar.update(len(failed))
-        first_lines: dict[int, list[str]] = {}  # keys not warned about yet, by their first line
-        for key, indices in seen.items():
-            if key not in unknown:
-                unknown.add(key)
-                first_lines.setdefault(indices[0], []).append(key)
-        for index, keys in sorted(first_lines.items()):
-            keys_text = ", ".join(repr(k) for k in keys)
-            warnings.warn(f"trajectory {index}: not fields, kept in meta: {keys_text}", stacklevel=4)
-        done: dict[int, Analysis | None] = dict.fromkeys(index for index, _ in failed)
-        order = iter([index for index, _ in window])
-        upcoming = next(order, None)
-        for group in self.analyzer.run_prepared(prepared):
-            for index, result in group:
-                if isinstance(result, dict):
-                    done[index] = Analysis(result)
-                else:
-                    self._failed(index, result, errors)
-                    done[index] = None
-            bar.update(len(group))
-            while upcoming is not None and upcoming in done:
-                if (analysis := done.pop(upcoming)) is not None:
-                    yield analysis
-                upcoming = next(order, None)
-
     @staticmethod
     def _failed(index: int, exc: Exception, errors: str) -> None:
         from vrollout.errors import VRError
@@ -384,7 +344,7 @@ class VirtualRollout:
         assert isinstance(exc, VRError)
         if errors == "raise":
             raise type(exc)(f"trajectory {index}: {exc.message}", **exc.details) from exc
-        warnings.warn(f"trajectory {index} skipped: {exc.message}", stacklevel=4)
+        warnings.warn(f"trajectory {index} skipped: {exc.message}", stacklevel=3)
 
 
 def load(

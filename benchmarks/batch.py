@@ -21,9 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vrollout.config import Settings  # noqa: E402
-from vrollout.jobs.runner import JobRunner, Jobs  # noqa: E402
+from vrollout.jobs.runner import JobRunner  # noqa: E402
 from vrollout.jobs.worker import ModelWorker  # noqa: E402
 from vrollout.pipeline.analyzer import Analyzer  # noqa: E402
+from vrollout.storage.jobs import Jobs  # noqa: E402
 from vrollout.storage.store import Store  # noqa: E402
 
 WORDS = ["the", "student", "multiplies", "seventeen", "by", "twenty", "three", "and", "carries", "one"]

@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from batch import trajectories  # noqa: E402
 from vrollout.config import Settings  # noqa: E402
-from vrollout.jobs.runner import JobRunner, Jobs  # noqa: E402
+from vrollout.jobs.runner import JobRunner  # noqa: E402
 from vrollout.jobs.worker import ModelWorker  # noqa: E402
 from vrollout.pipeline.analyzer import Analyzer  # noqa: E402
+from vrollout.storage.jobs import Jobs  # noqa: E402
 from vrollout.storage.store import Store  # noqa: E402
 from vrollout.vllm import server as vllm_server  # noqa: E402
 

@@ -150,7 +150,7 @@ def test_analyze_many_names_a_bad_trajectory(vr):
 def test_lines_are_checked_as_file_lines(vr):
     with pytest.raises(BadTrajectory, match="did you mean `privileged`"):
         list(vr.analyze_many([{**EXAMPLE, "privilged": "391"}], progress=False))
-    with pytest.warns(UserWarning, match="trajectory 0: not fields, kept in meta: 'epoch'"):
+    with pytest.warns(UserWarning, match="trajectory 0: `epoch` is not a field: kept in meta"):
         (a,) = vr.analyze_many([{**EXAMPLE, "epoch": 7}], progress=False)
     assert a["trajectory"]["meta"] == {"epoch": 7}
     with pytest.raises(BadTrajectory, match="privilged"):

@@ -1,7 +1,7 @@
 """`vrollout analyze`, streamed: lines are read one at a time and results written as they come.
 
-Memory stays bounded whatever the file's size: rows come lazily from `core.sources.iter_rows`
-(JSONL a line at a time, Parquet a batch at a time), a window of them (storage.jobs.WINDOW) is held at
+Memory stays bounded whatever the file's size: rows come lazily from `inputs.sources.iter_rows`
+(JSONL a line at a time, Parquet a batch at a time), a window of them (pipeline.lines.WINDOW) is held at
 once, analyses.jsonl is appended and flushed per window, steps.parquet is written a row group at a
 time, and the dataset views (summaries, figures, headline, report) are built at the end from
 digests (a few hundred bytes per line, report/dataset.py) kept in a temporary file, never from
@@ -18,6 +18,7 @@ Parquet file with the steps so far, and the summaries of what was done.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
@@ -30,7 +31,6 @@ from typing import IO, Any
 
 from vrollout.config import Settings
 from vrollout.errors import BadTrajectory, VRError
-from vrollout.inputs.trajectories import LineError
 
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C, as shells report SIGINT
 
@@ -308,35 +308,13 @@ def no_interrupts() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def windows(rows: Iterator[tuple[int, Any]], size: int, keep: Any) -> Iterator[list[tuple[int, Any]]]:
-    """The rows that `keep(number)` accepts, `size` objects at a time (errors ride along free)."""
-    window: list[tuple[int, Any]] = []
-    objects = 0
-    try:
-        for number, item in rows:
-            if not keep(number):
-                continue
-            window.append((number, item))
-            objects += not isinstance(item, LineError)
-            if objects >= size:
-                yield window
-                window, objects = [], 0
-    except VRError:
-        if window:  # the file went wrong part way: the rows read before it still run
-            yield window
-        raise
-    if window:
-        yield window
-
-
 def analyze_file(args: Any, settings: Settings) -> int:
     """`vrollout analyze FILE --out OUT [--resume] [--shard I/N]`; the exit status."""
     from tqdm import tqdm
     from vrollout.inputs.sources import iter_rows
     from vrollout.inputs.teacher_context import teacher_options
-    from vrollout.inputs.validation import unknown_key_warnings
-    from vrollout.jobs.runner import WINDOW
     from vrollout.pipeline.analyzer import Analyzer
+    from vrollout.pipeline.lines import file_lines, run_lines, say_warnings
 
     source = Path(args.file)
 
@@ -385,29 +363,25 @@ def analyze_file(args: Any, settings: Settings) -> int:
     errors: list[tuple[int, str]] = []
     unknown: dict[str, list[int]] = {}  # keys that are not fields, kept in meta: line numbers
     done, interrupted, broken = 0, False, None
-    everything = iter(()) if first is None else _chain(first, rows)
+    everything = iter(()) if first is None else itertools.chain([first], rows)
+    prepare = file_lines(analyzer, options, args.privileged, unknown, siblings)
+
+    def run(prepared: list[tuple[int, Any]]) -> Iterator[list[tuple[int, Any]]]:
+        return analyzer.run_prepared(prepared, lambda n: {"job": {**job, "line": n}})
+
     try:
         with stop_signals(), tqdm(unit="traj", file=sys.stderr) as bar:
-            for window in windows(everything, WINDOW, keep):
-                errors.extend((n, item.error) for n, item in window if isinstance(item, LineError))
-                lines = [(n, item) for n, item in window if not isinstance(item, LineError)]
-                prepared, failed = analyzer.prepare_lines(lines, options, args.privileged, unknown, siblings)
-                errors.extend((number, exc.message) for number, exc in failed)
-                bar.update(len(window) - len(prepared))
-                finished = []
-                for group in analyzer.run_prepared(prepared, lambda n: {"job": {**job, "line": n}}):
-                    for number, result in group:
-                        if isinstance(result, VRError):
-                            errors.append((number, result.message))
-                        else:
-                            finished.append((number, result))
-                    bar.update(len(group))
-                for _, analysis in sorted(finished, key=lambda x: x[0]):  # output in line order
-                    if analyzer.store is not None:
-                        analyzer.store.save(analysis)
-                    outputs.add(analysis)
-                    done += 1
-                outputs.flush()
+            lines = run_lines(
+                everything, prepare, run, keep=keep, progress=bar.update, window_done=outputs.flush
+            )  # whole lines on disk after each window: a killed run loses at most one window
+            for number, result in lines:
+                if isinstance(result, VRError):
+                    errors.append((number, result.message))
+                    continue
+                if analyzer.store is not None:
+                    analyzer.store.save(result)
+                outputs.add(result)
+                done += 1
     except KeyboardInterrupt:
         interrupted = True
     except VRError as exc:  # the file itself goes wrong part way (an array's JSON, a Parquet page)
@@ -418,11 +392,8 @@ def analyze_file(args: Any, settings: Settings) -> int:
     with no_interrupts():
         for number, message in sorted(errors):
             print(f"{args.file}:{number}: {message}", file=sys.stderr)
-        for warning in unknown_key_warnings(unknown):
-            where = f"{warning['count']} line{'s' if warning['count'] != 1 else ''}"
-            print(
-                f"{args.file}:{warning['lines'][0]}: warning: {warning['warning']} ({where})", file=sys.stderr
-            )
+        for warning in say_warnings(args.file, unknown):
+            print(warning, file=sys.stderr)
         name = source.name if tag is None else f"{source.name} (shard {tag})"
         outputs.finish(name, sorted(errors), analyzer, settings)
     where = outputs.folder or outputs.path
@@ -442,8 +413,3 @@ def analyze_file(args: Any, settings: Settings) -> int:
         return 2
     print(f"{total} -> {where}" + (f" (shard {tag})" if tag else ""), file=sys.stderr)
     return 1 if errors else 0
-
-
-def _chain(first: tuple[int, Any], rest: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
-    yield first
-    yield from rest

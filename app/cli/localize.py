@@ -1,7 +1,7 @@
 """`vrollout localize FILE --out DIR`: replay ProcessBench-shaped lines, score every step, and
 measure how well each scorer finds the first wrong step (docs/metrics.md, "Error localization").
 
-The replays are the ordinary analyses (`Analyzer.prepare_lines` / `run_prepared`, batched); the
+The replays are the ordinary analyses (`pipeline.lines.run_lines`, batched); the
 scoring and the metrics add no forward pass. Recovery (a teacher run to the end from many
 prefixes) is the one costly extra, run only when its scorer is asked for.
 """
@@ -11,15 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vrollout.errors import TooLong, VRError
+from vrollout.errors import BadTrajectory, TooLong, VRError
 from vrollout.inputs.trajectories import parse_file
 from vrollout.metrics.localization import is_localization_line
 from vrollout.metrics.localization_eval import Setup
+from vrollout.pipeline.lines import file_lines, run_lines, say_warnings
+
+NOT_LOCALIZATION = 'not a localization line: give "steps": [str] and "label": int'
 
 if TYPE_CHECKING:
     from vrollout.config import Settings
@@ -54,31 +57,28 @@ def replay(
     advance: Callable[[int], None] = lambda n: None,
 ) -> Replayed:
     """The analyses of the lines that carry steps (`Analyzer.prepare_line` makes each the
-    trajectory of its joined steps), window by window in planned batches. `advance(n)`: n more
-    lines finished (a progress bar)."""
-    from vrollout.jobs.runner import WINDOW
-
+    trajectory of its joined steps), through the pipeline of files of lines (`pipeline.lines`:
+    windows, planned batches, line order). `advance(n)`: n more lines finished (a progress bar)."""
     out = Replayed()
-    converted = []  # `prepare_line` turns each into the trajectory of its joined steps
-    for number, obj in lines:
-        if is_localization_line(obj):
-            converted.append((number, obj))
+    files = file_lines(analyzer, options, privileged, out.unknown)
+
+    def prepare(window: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        steps = [(number, obj) for number, obj in window if is_localization_line(obj)]
+        others = [
+            (number, BadTrajectory(NOT_LOCALIZATION))
+            for number, obj in window
+            if not is_localization_line(obj)
+        ]
+        return others + (files(steps) if steps else [])
+
+    def run(prepared: list[tuple[int, Any]]) -> Iterator[list[tuple[int, Any]]]:
+        return analyzer.run_prepared(prepared, lambda n: {"job": {"id": None, "line": n}})
+
+    for number, result in run_lines(lines, prepare, run, progress=advance):
+        if isinstance(result, VRError):
+            out.errors.append((number, result.message))
         else:
-            out.errors.append((number, 'not a localization line: give "steps": [str] and "label": int'))
-            advance(1)
-    for w in range(0, len(converted), WINDOW):  # bounded memory
-        prepared, failed = analyzer.prepare_lines(converted[w : w + WINDOW], options, privileged, out.unknown)
-        out.errors.extend((number, exc.message) for number, exc in failed)
-        advance(len(failed))
-        for group in analyzer.run_prepared(prepared, lambda n: {"job": {"id": None, "line": n}}):
-            for number, result in group:
-                if isinstance(result, VRError):
-                    out.errors.append((number, result.message))
-                else:
-                    out.analyses.append((number, result))
-            advance(len(group))
-    out.analyses.sort(key=lambda x: x[0])
-    out.errors.sort()
+            out.analyses.append((number, result))
     return out
 
 
@@ -86,7 +86,6 @@ def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = Non
     """The command: 0 when every line was scored, 1 when some failed, 2 when nothing could be.
     `analyzer`: the models to use (default: load the ones `settings` name)."""
     from tqdm import tqdm
-    from vrollout.inputs.validation import unknown_key_warnings
     from vrollout.pipeline.analyzer import Analyzer
     from vrollout.report.localization import localization_result, write_folder
 
@@ -106,8 +105,8 @@ def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = Non
     errors = sorted(errors + done.errors)
     for number, message in errors:
         print(f"{args.file}:{number}: {message}", file=sys.stderr)
-    for warning in unknown_key_warnings(done.unknown):
-        print(f"{args.file}:{warning['lines'][0]}: warning: {warning['warning']}", file=sys.stderr)
+    for warning in say_warnings(args.file, done.unknown):
+        print(warning, file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "analyses.jsonl").open("w") as f:  # first: the costly part is kept whatever follows

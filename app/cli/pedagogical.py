@@ -2,7 +2,7 @@
 
 The file is read as `vrollout analyze` reads it (JSONL, a JSON array, Parquet, a `save_to_disk`
 folder or hf://; `--map`, `--from`), each line runs as a pedagogical job's line runs
-(`pedagogy_jobs`: the student's own rollout analysed, the pedagogical rollout on the same
+(`jobs.pedagogical`: the student's own rollout analysed, the pedagogical rollout on the same
 contexts), and the records go, as they come, to `report.pedagogical.write_pedagogical`:
 rollouts.jsonl, comparison.csv and report.html. The analyses are stored in the database unless
 `--no-store` (a record's `student.analysis_id` names one).
@@ -10,17 +10,16 @@ rollouts.jsonl, comparison.csv and report.html. The analyses are stored in the d
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from vrollout.config import Settings
 from vrollout.errors import VRError
 from vrollout.inputs.teacher_context import SiblingIndex
-from vrollout.inputs.trajectories import LineError
 from vrollout.jobs.pedagogical import (
     PreparedLine,
     end_ids,
@@ -31,8 +30,9 @@ from vrollout.jobs.pedagogical import (
     run_lines,
     with_rollout,
 )
-from vrollout.jobs.runner import WINDOW
 from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.lines import file_lines, say_warnings
+from vrollout.pipeline.lines import run_lines as each_line
 
 
 def add_parser(sub: Any, model_flags: Callable[[Any], None], context_flags: Callable[[Any], None]) -> Any:
@@ -101,27 +101,30 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     siblings = None
-    if context.get("teacher_context") == "sibling":  # a first pass over the file (core.teacher_context)
+    if context.get("teacher_context") == "sibling":  # a first pass over the file (inputs.teacher_context)
         siblings = analyzer.index_siblings(read(), {**context, **line_options(options)}, args.privileged)
-    everything = iter(()) if first is None else _chain(first, rows)
+    everything = iter(()) if first is None else itertools.chain([first], rows)
     errors: list[tuple[int, str]] = []
+    unknown: dict[str, list[int]] = {}  # keys that are not fields, kept in meta: line numbers
     stopped: list[str] = []
     done = 0
     with tqdm(unit="line", file=sys.stderr) as bar:
 
         def records() -> Iterator[dict[str, Any]]:
             nonlocal done
-            lines = run_all(analyzer, everything, options, args, errors, context, siblings, stopped)
-            for number, result in lines:
-                bar.update(1)
-                if isinstance(result, VRError):
-                    errors.append((number, result.message))
-                    continue
-                analysis, record = result
-                if analyzer.store is not None:
-                    analyzer.store.save(analysis)
-                done += 1
-                yield record
+            lines = run_all(analyzer, everything, options, args, unknown, context, siblings, bar.update)
+            try:
+                for number, result in lines:
+                    if isinstance(result, VRError):
+                        errors.append((number, result.message))
+                        continue
+                    analysis, record = result
+                    if analyzer.store is not None:
+                        analyzer.store.save(analysis)
+                    done += 1
+                    yield record
+            except VRError as exc:  # the file itself goes wrong part way: the lines before it ran
+                stopped.append(exc.message)
 
         student, teacher = analyzer.pair.student.name, analyzer.pair.teacher.name
         summary = write_pedagogical(
@@ -130,6 +133,8 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
         )  # fmt: skip
     for number, message in sorted(errors):
         print(f"{args.file}:{number}: {message}", file=sys.stderr)
+    for warning in say_warnings(args.file, unknown):
+        print(warning, file=sys.stderr)
     if as_text := summary["prompts_as_text"]:
         print(
             f"{as_text} prompt{'s' if as_text > 1 else ''} (given rendered or as token ids) could not "
@@ -150,52 +155,46 @@ def run_all(
     rows: Iterator[tuple[int, Any]],
     options: dict[str, Any],
     args: Any,
-    errors: list[tuple[int, str]],
+    unknown: dict[str, list[int]],
     context: dict[str, str],
     siblings: SiblingIndex | None,
-    stopped: list[str],
+    progress: Callable[[int], None] = lambda n: None,
 ) -> Iterator[tuple[int, tuple[dict[str, Any], dict[str, Any]] | VRError]]:
-    """Each line's (analysis, record) or error, in line order; lines that cannot be read or
-    checked go to `errors`, and a file that goes wrong part way to `stopped` (after its earlier
-    lines). `context`: the file's teacher context and template for lines that
-    set none; `siblings`: the file's sibling index, where they ask for one. On vLLM,
-    `lines_in_flight` lines run at once."""
+    """Each line's (analysis, record) or its error, in line order, through the pipeline of files
+    of lines (`pipeline.lines`); a file that goes wrong part way raises its error after its
+    earlier lines. `unknown`: the keys kept in meta are added (key -> line numbers). `context`:
+    the file's teacher context and template for lines that set none; `siblings`: the file's
+    sibling index, where they ask for one. Locally a group's rollouts decode together
+    (VROLLOUT_PEDAGOGICAL_BATCH); on vLLM, `lines_in_flight` lines run at once."""
     line_opts = {"top_k": args.top_k, **context, **line_options(options)}
+    prepare = file_lines(
+        analyzer,
+        line_opts,
+        args.privileged,
+        unknown,
+        siblings,
+        lambda prep: with_rollout(analyzer, prep, options),
+    )
 
-    def prepared() -> Iterator[tuple[int, PreparedLine]]:
-        try:
-            for number, obj in rows:
-                if isinstance(obj, LineError):
-                    errors.append((number, obj.error))
-                    continue
-                try:
-                    where = None if siblings is None else (number, siblings)
-                    prep, _, _ = analyzer.prepare_line(obj, line_opts, args.privileged, where)
-                    yield number, with_rollout(analyzer, prep, options)
-                except VRError as exc:
-                    errors.append((number, exc.message))
-        except VRError as exc:  # the file itself goes wrong part way: the lines before it still run
-            stopped.append(exc.message)
+    def extra(number: int) -> dict[str, Any]:
+        return {"job": {"id": None, "line": number}}
 
-    def one(item: tuple[int, PreparedLine]) -> tuple[int, Any]:
+    def one(item: tuple[int, PreparedLine]) -> list[tuple[int, Any]]:
         number, line = item
         try:
-            return number, run_line(analyzer, number, line, {"job": {"id": None, "line": number}})
+            return [(number, run_line(analyzer, number, line, extra(number)))]
         except VRError as exc:
-            return number, exc
+            return [(number, exc)]
 
-    if analyzer.lines_in_flight() == 1:  # local: a group's rollouts decode together
-        lines = prepared()
-        while group := list(islice(lines, analyzer.settings.pedagogical_batch)):
-            extras = [{"job": {"id": None, "line": number}} for number, _ in group]
-            yield from zip([number for number, _ in group], run_lines(analyzer, group, extras), strict=True)
-        return
-    with ThreadPoolExecutor(analyzer.lines_in_flight(), thread_name_prefix="vrollout-line") as pool:
-        lines = prepared()
-        while window := list(islice(lines, WINDOW)):  # a window at a time, never the whole file
-            yield from pool.map(one, window)
+    def run(prepared: list[tuple[int, PreparedLine]]) -> Iterator[list[tuple[int, Any]]]:
+        if analyzer.lines_in_flight() == 1:  # local: a group's rollouts decode together
+            size = analyzer.settings.pedagogical_batch
+            for i in range(0, len(prepared), size):
+                group = prepared[i : i + size]
+                results = run_lines(analyzer, group, [extra(number) for number, _ in group])
+                yield list(zip([number for number, _ in group], results, strict=True))
+            return
+        with ThreadPoolExecutor(analyzer.lines_in_flight(), thread_name_prefix="vrollout-line") as pool:
+            yield from pool.map(one, prepared)
 
-
-def _chain(first: tuple[int, Any], rest: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
-    yield first
-    yield from rest
+    return each_line(rows, prepare, run, progress=progress)

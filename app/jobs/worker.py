@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, Literal, TypeVar
 
 from vrollout.errors import Cancelled, QueueFull, TooLong
@@ -135,6 +135,20 @@ class ModelWorker:
             result.cancel()  # nobody will read it: no "exception never retrieved" later
             raise Cancelled("the client went away")
         return result.result()
+
+    def call(self, fn: Callable[..., T], *args: Any, lane: Lane = "jobs") -> T:
+        """`fn(*args)` on the worker thread, waited for from another thread (the job runner's):
+        `Cancelled` if the worker closes first."""
+        work = self.submit(fn, *args, lane=lane)
+        try:
+            return work.future.result()
+        except CancelledError:
+            raise Cancelled("the server is shutting down") from None
+
+    @property
+    def closed(self) -> bool:
+        """Closed (the server is stopping): nothing more runs."""
+        return self._closed
 
     def describe(self) -> dict[str, Any]:
         """What waits and what runs, for health checks."""

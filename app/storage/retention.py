@@ -10,7 +10,7 @@ import logging
 import sqlite3
 
 from vrollout.errors import StorageError
-from vrollout.jobs.runner import Jobs
+from vrollout.storage.jobs import Jobs
 from vrollout.storage.store import storage_error
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,11 @@ from vrollout import __version__
 from vrollout.config import Settings
 from vrollout.errors import Cancelled, VRError
 from vrollout.inputs.validation import Limits, describe, request_models
-from vrollout.jobs.runner import JobRunner, Jobs
+from vrollout.jobs.runner import JobRunner
 from vrollout.jobs.tasks import Tasks
 from vrollout.jobs.worker import ModelWorker
 from vrollout.pipeline.analyzer import Analyzer
+from vrollout.storage.jobs import Jobs
 from vrollout.storage.retention import keep_retention
 from vrollout.storage.store import Store, storage_error
 from vrollout.web.bodies import bind_request_models, body_model

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from support import assert_error, upload, wait_done
-from vrollout.jobs import runner as jobs_module
+from vrollout.storage import jobs as jobs_module
 
 LINES = [
     {"id": "sum", "prompt": "What is 2+2?", "privileged": "2+2 = 4", "reference_answer": "4"},

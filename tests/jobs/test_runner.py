@@ -177,3 +177,48 @@ def test_a_failed_batch_is_retried_line_by_line(tiny_client, monkeypatch):
     job_id = upload(tiny_client, "\n".join(lines)).json()["job"]["id"]
     job = wait_done(tiny_client, job_id)
     assert (job["done"], job["failed"]) == (4, 0)
+
+
+def test_a_job_deleted_as_it_starts_is_skipped_and_the_runner_goes_on(tiny_client, monkeypatch):
+    # A client's DELETE that lands after the runner loaded the job's lines and before it ran them
+    # (the seam: right after `Jobs.pending`). The runner once died of the job's 404 there, and
+    # every later job stayed queued until a restart.
+    jobs, deleted = tiny_client.app.state.jobs, []
+    pending = jobs.pending
+
+    def pending_then_deleted(job_id: str) -> list:
+        lines = pending(job_id)
+        if not deleted:
+            deleted.append(job_id)
+            assert tiny_client.delete(f"/api/jobs/{job_id}").status_code == 200
+        return lines
+
+    monkeypatch.setattr(jobs, "pending", pending_then_deleted)
+    first = upload(tiny_client, json.dumps(GOOD)).json()["job"]["id"]
+    second = upload(tiny_client, json.dumps(GOOD)).json()["job"]["id"]
+    job = wait_done(tiny_client, second)
+    assert deleted == [first] and (job["state"], job["done"]) == ("done", 1)
+    assert tiny_client.get(f"/api/jobs/{first}").status_code == 404
+
+
+def test_a_job_that_fails_unexpectedly_stops_and_the_next_one_runs(tiny_client, monkeypatch):
+    analyzer, calls = tiny_client.app.state.analyzer, []
+    plan = analyzer.plan_batches
+
+    def a_bug_the_first_time(prepared):
+        calls.append(len(prepared))
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return plan(prepared)
+
+    monkeypatch.setattr(analyzer, "plan_batches", a_bug_the_first_time)
+    first = upload(tiny_client, json.dumps(GOOD)).json()["job"]["id"]
+    second = upload(tiny_client, json.dumps(GOOD)).json()["job"]["id"]
+    job = wait_done(tiny_client, second)
+    assert (job["state"], job["done"]) == ("done", 1)
+    stopped = tiny_client.get(f"/api/jobs/{first}").json()
+    assert (stopped["state"], stopped["pending"]) == ("cancelled", 1)
+    assert stopped["error"].startswith("stopped: internal error")
+    tiny_client.post(f"/api/jobs/{first}/resume")  # its lines were kept: it runs whole
+    time.sleep(0.2)
+    assert wait_done(tiny_client, first)["done"] == 1

@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 from support.synthetic import synthetic_analysis, synthetic_job
 from vrollout.errors import NotFound
-from vrollout.jobs.runner import Jobs
 from vrollout.report.dataset import (
     SUMMARY_COLUMNS,
     digest,
@@ -32,6 +31,7 @@ from vrollout.report.dataset import (
     summary_row,
 )
 from vrollout.storage import store as store_module
+from vrollout.storage.jobs import Jobs
 from vrollout.storage.retention import purge_older_than
 from vrollout.storage.store import Store
 

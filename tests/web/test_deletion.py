@@ -9,8 +9,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from support import GOOD, assert_error, tiny_settings, upload, wait_done
-from vrollout.jobs.runner import Jobs
 from vrollout.pipeline.analyzer import Analyzer
+from vrollout.storage.jobs import Jobs
 from vrollout.storage.store import Store
 from vrollout.web.app import create_app
 

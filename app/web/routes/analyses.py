@@ -16,7 +16,6 @@ from pydantic_core import to_json
 from vrollout import __version__
 from vrollout.errors import Cancelled, VRError
 from vrollout.ids import new_id
-from vrollout.jobs.runner import Jobs
 from vrollout.jobs.tasks import Task, Tasks
 from vrollout.jobs.worker import ModelWorker
 from vrollout.pipeline.analyzer import Analyzer
@@ -34,6 +33,7 @@ from vrollout.schema.responses import (
     TaskStarted,
     TaskState,
 )
+from vrollout.storage.jobs import Jobs
 from vrollout.storage.store import SQLITE_MAX_INT, Store
 
 log = logging.getLogger(__name__)

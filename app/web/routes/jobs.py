@@ -16,11 +16,11 @@ from vrollout.errors import BadTrajectory, TooLong, VRError
 from vrollout.inputs.sources import iter_rows
 from vrollout.inputs.teacher_context import teacher_options, wants_sibling
 from vrollout.inputs.trajectories import LineError
-from vrollout.inputs.validation import unknown_key_warnings
 from vrollout.jobs.pedagogical import MODES, line_options, parse_sweep, pedagogical_options
 from vrollout.jobs.progress import Follower
-from vrollout.jobs.runner import FINAL, JobRunner, Jobs
+from vrollout.jobs.runner import JobRunner
 from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.lines import key_warnings
 from vrollout.pipeline.preflight import job_preflight
 from vrollout.report.dataset import (
     figures_of,
@@ -46,6 +46,7 @@ from vrollout.schema.responses import (
     SummaryRow,
     media,
 )
+from vrollout.storage.jobs import FINAL, Jobs
 from vrollout.web.routes.analyses import ERRORS, AnalyzerDep, from_state
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
@@ -128,7 +129,7 @@ def validate_lines(
         except VRError as exc:
             rejected.append({"line": number, "error": exc.message})
     rejected.sort(key=lambda r: r["line"])
-    return good, rejected, unknown_key_warnings(unknown)
+    return good, rejected, key_warnings(unknown)
 
 
 @router.post("", status_code=201, response_model=JobCreated, response_model_exclude_unset=True)

@@ -13,7 +13,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from vrollout.errors import BadTrajectory
 from vrollout.jobs.pedagogical import end_ids
-from vrollout.jobs.runner import Jobs
 from vrollout.report.dataset import jsonl_chunks
 from vrollout.report.pedagogical import (
     INCLUDE,
@@ -27,6 +26,7 @@ from vrollout.report.pedagogical import (
 )
 from vrollout.report.pedagogical_figures import comparison_figures
 from vrollout.schema.responses import Comparison, media
+from vrollout.storage.jobs import Jobs
 from vrollout.web.routes.analyses import ERRORS, AnalyzerDep
 from vrollout.web.routes.jobs import JobsDep
 
