@@ -93,6 +93,9 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.connect() as db:
+                # Before the first table: a new database can then give deleted rows' pages back
+                # (`compact`); an older one is converted by its first compaction.
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
                 migrate(db)
@@ -110,6 +113,26 @@ class Store:
         """A new connection; `with store.connect() as db:` is one transaction, then it closes.
         Never hold one across a `yield` or an `await`: open, read a chunk, close."""
         return sqlite3.connect(self.path, timeout=30, factory=ClosingConnection)
+
+    def compact(self) -> int:
+        """Give the pages of deleted rows back to the file system (SQLite only reuses them):
+        the bytes they held. An incremental vacuum; a database made before auto_vacuum was set
+        gets one full VACUUM instead, which converts it. Then the WAL is checkpointed, so the
+        files shrink now. executescript: it steps a pragma to the end, execute() steps it once."""
+        with self.connect() as db:
+            mode, pages, size = (
+                db.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("auto_vacuum", "freelist_count", "page_size")
+            )
+            if not pages:
+                return 0
+            if mode == 2:  # INCREMENTAL
+                db.executescript("PRAGMA incremental_vacuum;")
+            else:
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                db.executescript("VACUUM;")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return pages * size
 
     def save(self, analysis: dict[str, Any]) -> None:
         try:

@@ -207,9 +207,9 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         app.state.runner = JobRunner(app.state.jobs, app.state.analyzer, app.state.worker)
         runner = asyncio.get_running_loop().create_task(app.state.runner.run_forever())
         background = [runner]
-        if settings.retention_days is not None:
-            sweep = keep_retention(app.state.jobs, settings.retention_days)
-            background.append(asyncio.get_running_loop().create_task(sweep))
+        # Retention (where set) and compaction of what was deleted, hourly (storage/retention.py).
+        sweep = keep_retention(app.state.jobs, settings.retention_days)
+        background.append(asyncio.get_running_loop().create_task(sweep))
         try:
             yield
         finally:
