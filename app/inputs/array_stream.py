@@ -1,6 +1,6 @@
 """A JSON array file (`[ {...}, {...} ]`) read a piece at a time, one item at a time.
 
-`iter_array` yields what `core.trajectories.parse_file` gives for the same bytes (the same
+`iter_array` yields what `inputs.trajectories.parse_file` gives for the same bytes (the same
 numbers, objects and messages), but never holds more than a piece of the file and one item:
 an item over VROLLOUT_MAX_LINE_BYTES is scanned to its end by a small state machine (strings,
 escapes, brackets) and skipped, never kept whole. A problem of the whole file (invalid JSON,

@@ -4,7 +4,7 @@ mapping (`--map`) and a framework preset (`--from`) before the usual validation.
 
 `iter_rows` yields `(row number, dict)` or `(row number, LineError)`, one row at a time: a
 Parquet file is read a batch at a time, a JSONL file a line at a time and a JSON array an
-item at a time (`core.array_stream`), so memory stays bounded whatever the size. Knows nothing
+item at a time (`inputs.array_stream`), so memory stays bounded whatever the size. Knows nothing
 about models or HTTP; pyarrow and `datasets` are imported only when such a source is read.
 """
 
@@ -69,7 +69,7 @@ def iter_rows(
 def _logtree_rows(source: str | os.PathLike[str] | bytes) -> list[dict[str, Any]] | None:
     """The episodes of a tinker-cookbook logtree trace (`train_logtree.json`: one JSON object
     whose first keys are `title`, `started_at`, `path`, `root`), as the `tinker` preset's rows
-    (`core.presets.tinker_rows`); None for any other source."""
+    (`inputs.presets.tinker_rows`); None for any other source."""
     if isinstance(source, bytes):
         head = source[: 1 << 16]
     else:
@@ -132,7 +132,7 @@ def _parsed(data: bytes, settings: Settings) -> Iterator[Row]:
 
 def _lines(path: Path, settings: Settings) -> Iterator[Row]:
     """A JSONL file one line at a time (a line over the limit is skipped unread, so one huge
-    line never fills memory); a JSON array a piece at a time too (`core.array_stream`: one
+    line never fills memory); a JSON array a piece at a time too (`inputs.array_stream`: one
     item per number, an item over the limit scanned past, never held whole)."""
     with path.open("rb") as f:
         head = f.read(1 << 16)
@@ -469,7 +469,7 @@ def _near(field: str) -> str | None:
 
 
 def check_preset(preset: str | None) -> None:
-    """`--from`: one of the presets of `core.presets`, or `auto`."""
+    """`--from`: one of the presets of `inputs.presets`, or `auto`."""
     if preset is None or preset == "auto":
         return
     names = _presets()[0]

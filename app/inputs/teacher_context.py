@@ -10,7 +10,7 @@ info is, so the rest of the pipeline (contexts, replay, the analysis) does not c
 The sibling rule (docs/metrics.md, "Sibling teachers"), stated once here: lines share a prompt
 when the student's prompt is identical (the same messages, roles and text exactly, or the same
 rendered text); a line's response is successful when its own `correct` says so, else when it
-matches its `reference_answer` (`core.answers.verdict`, the verdict of the analysis); a line's
+matches its `reference_answer` (`verdicts.answers.verdict`, the verdict of the analysis); a line's
 sibling is the FIRST successful response in file order, among the other lines with its prompt,
 whose text differs from the line's own response. First in file order because it is stable (adding
 lines later in the file never changes an earlier choice), deterministic, and needs one pass that
@@ -29,6 +29,7 @@ from vrollout.errors import BadTrajectory
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.rules import check_teacher_template
 from vrollout.verdicts.answers import verdict
+from vrollout.verdicts.math_check import DEADLINE_S
 
 Kind = Literal["privileged", "sibling", "feedback"]
 KINDS: tuple[str, ...] = ("privileged", "sibling", "feedback")
@@ -100,11 +101,12 @@ def prompt_key(traj: Trajectory) -> str | None:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def successful(traj: Trajectory) -> bool:
-    """The line's response is right: its own `correct`, else checked against its reference."""
+def successful(traj: Trajectory, deadline_s: float = DEADLINE_S) -> bool:
+    """The line's response is right: its own `correct`, else checked against its reference
+    (math-verify within `deadline_s`)."""
     if traj.response_text is None:
         return False  # no response yet (the student will generate one), or one given as ids
-    found = verdict(traj.response_text, traj.reference_answer, traj.correct)
+    found = verdict(traj.response_text, traj.reference_answer, traj.correct, deadline_s)
     return bool(found and found["correct"])
 
 
@@ -126,6 +128,7 @@ class SiblingIndex:
 
     seen: dict[str, int] = field(default_factory=dict)
     kept: dict[str, list[Sibling]] = field(default_factory=dict)
+    verdict_deadline_s: float = DEADLINE_S  # Settings.math_verify_timeout_s
 
     def add(self, number: int, traj: Trajectory) -> None:
         key = prompt_key(traj)
@@ -133,7 +136,8 @@ class SiblingIndex:
             return
         self.seen[key] = self.seen.get(key, 0) + 1
         kept = self.kept.setdefault(key, [])
-        if len(kept) < KEPT and successful(traj) and all(s.response != traj.response_text for s in kept):
+        new = all(s.response != traj.response_text for s in kept)
+        if len(kept) < KEPT and new and successful(traj, self.verdict_deadline_s):
             assert traj.response_text is not None
             kept.append(Sibling(number, traj.id, traj.response_text))
 

@@ -36,9 +36,9 @@ class Trajectory:
     step: int | str | None = None  # training step or checkpoint name: the drift views group by it
     meta: dict[str, Any] = field(default_factory=dict)
     # The prompt (one user message holding it) is the text the model saw, template applied:
-    # tokenized as it is, never templated again (core.rendered).
+    # tokenized as it is, never templated again (inputs.rendered).
     rendered: bool = False
-    # Which text the teacher is given (core.teacher_context.resolve sets privileged from these).
+    # Which text the teacher is given (inputs.teacher_context.resolve sets privileged from these).
     teacher_context: str = "privileged"
     feedback: str | None = None
     teacher_template: str | None = None  # None: the settings' template
@@ -55,7 +55,7 @@ def _messages(messages: list[Message]) -> list[dict[str, str]]:
 
 
 def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
-    """The trajectory of a validated request (`core.validation`): which of the four formats it
+    """The trajectory of a validated request (`inputs.validation`): which of the four formats it
     is, and the rules across fields. Types, roles and sizes were checked by the model."""
     reference = request.reference_answer  # a numeric answer is compared numerically later
     sibling = getattr(request, "sibling", None)
@@ -197,7 +197,7 @@ def parse_file(
 ) -> tuple[list[tuple[int, Any]], list[LineError]]:
     """Split an upload (JSONL, or one JSON array) into (line number, object) pairs and errors.
 
-    Only decoding happens here; each object is validated (`core.validation`) by the caller so
+    Only decoding happens here; each object is validated (`inputs.validation`) by the caller so
     that a bad line never drops a good neighbour. A JSONL line that is not UTF-8 or not JSON
     (or nested too deeply to parse), or longer than `max_line_bytes` (measured, never parsed),
     is an error of that line. Lines are read one at a time, so a file with more than

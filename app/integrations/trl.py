@@ -28,7 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from vrollout.config import Settings
 from vrollout.errors import ModelMismatch, VRError
 from vrollout.local import engine
-from vrollout.local.models import LoadedModel, ModelPair, pair_from_models, with_rendering
+from vrollout.models import LoadedModel, ModelPair, pair_from_models, with_rendering
 from vrollout.notebook import Analysis
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.storage.store import Store

@@ -2,7 +2,7 @@
 it (an analysis, as any job stores) and the pedagogical rollout on the same contexts, kept as one
 ROLLOUT RECORD (docs/formats.md, "Rollout records").
 
-The job runner (storage/jobs.py) and `vrollout pedagogical` both call `prepare_line` and
+The job runner (jobs/runner.py) and `vrollout pedagogical` both call `prepare_line` and
 `run_line`; what to store or write is theirs. No HTTP, no storage here.
 """
 
@@ -18,6 +18,7 @@ from vrollout.pipeline.analyzer import Analyzer, Prepared, PreparedRollout
 from vrollout.pipeline.replay import Progress, _no_progress
 from vrollout.rules import eos_set
 from vrollout.verdicts.answers import verdict
+from vrollout.verdicts.math_check import DEADLINE_S
 
 MODES = ("analysis", "pedagogical")
 # The fields of a pedagogical request that a job's options may hold (the rest comes from each line).
@@ -135,7 +136,8 @@ def run_line(
         tok.decode(ids, skip_special_tokens=True)
         for ids in (analysis["response_ids"], rollout["response_ids"])
     ]
-    return analysis, rollout_record(line, item, analysis, rollout, *words, tok)
+    deadline_s = analyzer.settings.math_verify_timeout_s
+    return analysis, rollout_record(line, item, analysis, rollout, *words, tok, deadline_s)
 
 
 def run_lines(
@@ -167,23 +169,25 @@ def run_lines(
             tok.decode(ids, skip_special_tokens=True)
             for ids in (analysis["response_ids"], rollout["response_ids"])
         ]
-        results[i] = (analysis, rollout_record(group[i][0], group[i][1], analysis, rollout, *words, tok))
+        deadline_s = analyzer.settings.math_verify_timeout_s
+        record = rollout_record(*group[i], analysis, rollout, *words, tok, deadline_s)
+        results[i] = (analysis, record)
     return results  # type: ignore[return-value]
 
 
 def rollout_record(
     line: int, item: PreparedLine, analysis: dict[str, Any], rollout: dict[str, Any],
-    student_words: str, rollout_words: str, tokenizer: Any,
+    student_words: str, rollout_words: str, tokenizer: Any, deadline_s: float = DEADLINE_S,
 ) -> dict[str, Any]:  # fmt: skip
     """The ROLLOUT RECORD of a line (docs/formats.md): the student alone, OPD's view of its
     rollout, and the pedagogical rollout (+ sweep). `correct` is one reference check for both
     (`answers.verdict` of each response's words, without special tokens, as an analysis reads
     its response; a log's own `correct` is not used), null without a reference. `tokenizer`: the
-    student's (`record_prompt`)."""
+    student's (`record_prompt`); `deadline_s`: math-verify's (Settings.math_verify_timeout_s)."""
     traj, summary = item.prep.traj, analysis["summary"]
     reference = item.rollout.reference
     pedagogical = {k: v for k, v in rollout.items() if k not in NOT_ROLLOUT}
-    pedagogical["correct"] = _correct(rollout_words, reference)
+    pedagogical["correct"] = _correct(rollout_words, reference, deadline_s)
     prompt, prompt_text = record_prompt(tokenizer, item)
     return {
         "id": traj.id if traj.id is not None else str(line),
@@ -195,7 +199,7 @@ def rollout_record(
             "analysis_id": analysis["id"],
             "response_ids": analysis["response_ids"],
             "response_text": analysis["response_text"],
-            "correct": _correct(student_words, reference),
+            "correct": _correct(student_words, reference, deadline_s),
             "generated": analysis.get("generation") is not None,
         },
         "opd": {
@@ -211,7 +215,7 @@ def rollout_record(
 def record_prompt(tokenizer: Any, item: PreparedLine) -> tuple[list[dict[str, str]] | None, str | None]:
     """The record's `prompt` (chat messages, TRL's `prompt`) and `prompt_text` (docs/formats.md,
     "Rollout records"): a line given as messages keeps them; one given rendered (`rendered: true`)
-    or as token ids gives the messages its rendering comes from (`core.rendered.as_messages`: the
+    or as token ids gives the messages its rendering comes from (`inputs.rendered.as_messages`: the
     student's template renders them back to exactly the student's context, so a trainer applying
     it does not template the prompt twice). Where none do, `prompt` is null and `prompt_text` the
     exact text the student saw; otherwise `prompt_text` is null."""
@@ -225,6 +229,6 @@ def record_prompt(tokenizer: Any, item: PreparedLine) -> tuple[list[dict[str, st
     return (messages, None) if messages is not None else (None, ctx.student_text)
 
 
-def _correct(words: str, reference: str | None) -> bool | None:
-    found = verdict(words, reference)
+def _correct(words: str, reference: str | None, deadline_s: float) -> bool | None:
+    found = verdict(words, reference, deadline_s=deadline_s)
     return None if found is None else found["correct"]

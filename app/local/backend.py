@@ -1,6 +1,6 @@
 """The local backend: the models run here, with torch, on the configured device.
 
-`core.backend.Backend` over the engine (`engine.py`), the continuations (`continuations.py`)
+`pipeline.backend.Backend` over the engine (`engine.py`), the continuations (`continuations.py`)
 and the pedagogical rollout (`pedagogical.py`). It owns the `ModelPair` and the engine's
 settings (the metrics chunk size); the functions it wraps stay callable on their own (tests,
 benchmarks, the naive reference). Knows nothing about HTTP or storage.
@@ -8,16 +8,40 @@ benchmarks, the naive reference). Knows nothing about HTTP or storage.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import torch
 from vrollout.config import Settings
+from vrollout.errors import ModelOutOfMemory
 from vrollout.local import engine
 from vrollout.local.continuations import continuations_from_every_prefix
-from vrollout.local.models import ModelPair, load_pair
 from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
+from vrollout.models import ModelPair, load_pair
 from vrollout.pipeline.backend import BatchItem
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy
+
+Work = TypeVar("Work", bound=Callable[..., Any])
+
+
+def out_of_memory_freed(method: Work) -> Work:
+    """Model work that runs out of memory (the accelerator's: `torch.OutOfMemoryError`, or the
+    host's) frees the accelerator's cache and raises the project's own `ModelOutOfMemory`, which
+    the pipeline turns into a clear 503 (`pipeline.analyzer.out_of_memory`): torch stays here."""
+
+    @functools.wraps(method)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (torch.OutOfMemoryError, MemoryError):
+            pass  # leave the except block first: its traceback holds the request's tensors
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ModelOutOfMemory("the model ran out of memory")
+
+    return guarded  # type: ignore[return-value]
 
 
 class LocalBackend:
@@ -53,6 +77,7 @@ class LocalBackend:
     def close(self) -> None:
         pass  # the models are freed with the object
 
+    @out_of_memory_freed
     def generate(
         self,
         context: list[int],
@@ -64,6 +89,7 @@ class LocalBackend:
     ) -> list[int]:
         return engine.generate(self.pair.student, context, max_new_tokens, temperature, top_p, seed, progress)
 
+    @out_of_memory_freed
     def replay(
         self,
         student_context: list[int],
@@ -89,6 +115,7 @@ class LocalBackend:
         )
         return result, {}  # the analysis says "backend": "local" by default
 
+    @out_of_memory_freed
     def cross_replay(
         self,
         student_context: list[int],
@@ -113,6 +140,7 @@ class LocalBackend:
             progress=progress,
         )
 
+    @out_of_memory_freed
     def replay_batch(
         self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False
     ) -> list[tuple[ReplayResult, dict[str, Any]]]:
@@ -121,6 +149,7 @@ class LocalBackend:
         )
         return [(result, {}) for result in results]
 
+    @out_of_memory_freed
     def bare_replays(
         self, mains: list[ReplayResult], items: list[tuple[list[int], list[int]]]
     ) -> list[ReplayResult]:
@@ -137,6 +166,7 @@ class LocalBackend:
             ]
         return engine.replay_teacher_batch(self.pair, hiddens, items, top_k=1, chunk_size=self.chunk_size)
 
+    @out_of_memory_freed
     def continuations(
         self,
         context: list[int],
@@ -165,6 +195,7 @@ class LocalBackend:
             forced=forced,
         )
 
+    @out_of_memory_freed
     def pedagogical_rollout(
         self,
         student_context: list[int],
@@ -175,6 +206,7 @@ class LocalBackend:
     ) -> dict[str, Any]:
         return pedagogical_rollout(self.pair, student_context, teacher_context, policy, reference, progress)
 
+    @out_of_memory_freed
     def pedagogical_rollouts(
         self,
         items: list[tuple[list[int], list[int], Policy, str | None]],

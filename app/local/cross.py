@@ -5,7 +5,7 @@ tokenizer").
 Each side's per-token numbers come from `metrics.step_stats` over that side's own logits, chunk
 by chunk as the engine makes them, so a same-tokenizer teacher forced through here gives the
 engine's numbers exactly. The distributions are compared only over the spellings both
-vocabularies have (`core.align.shared_tokens`), the rest of each side's mass as one bucket.
+vocabularies have (`pipeline.align.shared_tokens`), the rest of each side's mass as one bucket.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from vrollout.local.engine import forced_pass, head_logits
 from vrollout.local.metrics import step_stats
-from vrollout.local.models import LoadedModel, ModelPair
+from vrollout.models import LoadedModel, ModelPair
 from vrollout.pipeline.align import Alignment, shared_tokens, token_keys
 from vrollout.pipeline.cross import CrossResult, SideNumbers
 from vrollout.pipeline.replay import Progress, _no_progress

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from vrollout.local.metrics import step_stats
-from vrollout.local.models import LoadedModel, ModelPair
+from vrollout.models import LoadedModel, ModelPair
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 
 

@@ -4,7 +4,7 @@ it must.
 The student proposes each token (greedy or sampled, seeded). Where the teacher finds the
 proposal unacceptable (`rules.unacceptable`), the teacher substitutes its own top-1 token and
 the student continues from there. Both models decode incrementally with key/value caches; the
-summary is `core.pedagogical`'s. `reference.naive_pedagogical` is the same loop with a full
+summary is `pipeline.pedagogical`'s. `reference.naive_pedagogical` is the same loop with a full
 forward pass per step.
 
 Several rollouts decode in lock step (`pedagogical_rollouts`): every row (a rollout's student
@@ -29,7 +29,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 from vrollout.local.continuations import eos_ids
 from vrollout.local.engine import finish_logits, head_logits
-from vrollout.local.models import LoadedModel, ModelPair
+from vrollout.models import LoadedModel, ModelPair
 from vrollout.pipeline.pedagogical import summarize_rollout
 from vrollout.pipeline.replay import Progress, _no_progress
 from vrollout.rules import Policy, pedagogical_step
@@ -227,7 +227,7 @@ def pedagogical_rollouts(
     """Several rollouts decoded together, each as `pedagogical_rollout` would run it alone (its
     own policy and seeded generator), in the order given. Progress counts the longest one's steps.
 
-    The loop is `core.pedagogical.rollout_steps` for every rollout at once: a rollout ends once it
+    The loop is `pipeline.pedagogical.rollout_steps` for every rollout at once: a rollout ends once it
     takes an end-of-sequence token (kept) or its `max_new_tokens`; its rows then leave the batch.
     """
     if not items:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from vrollout.local.models import LoadedModel, ModelPair
+from vrollout.models import LoadedModel, ModelPair
 
 
 @torch.inference_mode()

@@ -6,7 +6,7 @@ right (docs/formats.md, "Localization lines"). `localization_line` turns one int
 analysis request (the one validation path does the rest) and keeps the steps and the label in
 its `meta`, so that an analysis alone is enough to score it again. The scorers read an
 analysis's per-token signals and give each step one number, higher = more suspect. The metrics
-live in `core.localize_metrics`. No torch, no HTTP.
+live in `metrics.localization_eval`. No torch, no HTTP.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The analysis pipeline: validate, build contexts, generate if needed, replay, store.
 
 `Analyzer` is what the API, the CLI and notebooks call. It is synchronous; the web app runs it
-on `worker.ModelWorker`, one job at a time, off the event loop. No HTTP here.
+on `jobs.worker.ModelWorker`, one job at a time, off the event loop. No HTTP here.
 """
 
 from __future__ import annotations
@@ -11,20 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import torch
 from vrollout.config import Settings
-from vrollout.errors import BadTrajectory, ModelOutOfMemory, VRError
+from vrollout.errors import BadTrajectory, ModelOutOfMemory, TooLong, VRError
 from vrollout.ids import new_id, now
 from vrollout.inputs.teacher_context import SiblingIndex, wants_sibling
 from vrollout.inputs.teacher_context import resolve as resolve_teacher_context
 from vrollout.inputs.trajectories import LineError, Trajectory, to_trajectory
 from vrollout.inputs.validation import RequestModels, check_lengths, open_keys, request_models, validate
-from vrollout.jobs.worker import check_budget
 from vrollout.metrics.localization import is_localization_line, localization_line
 from vrollout.pipeline.assembly import build_analysis
-from vrollout.pipeline.backend import Backend, load_backend
+from vrollout.pipeline.backend import Backend, Models, load_backend, local_backend
 from vrollout.pipeline.contexts import Contexts, TokenLimit, build_contexts, check_ids
 from vrollout.pipeline.cross import check_cross_request, cross_analysis, refuse_across
 from vrollout.pipeline.pedagogical import threshold_sweep
@@ -41,11 +39,6 @@ from vrollout.pipeline.recovery import recovery
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy
 from vrollout.schema.requests import AnalyzeRequest, GenerationOptions, PedagogicalRequest
-from vrollout.storage.store import Store
-from vrollout.verdicts import math_check
-
-if TYPE_CHECKING:
-    from vrollout.local.models import ModelPair
 
 
 @dataclass
@@ -129,59 +122,71 @@ def with_defaults(obj: Any, options: dict[str, Any], privileged: str | None) -> 
     return obj
 
 
+def check_budget(cost: int, limit: int, setting: str, formula: str) -> None:
+    """Refuse, before any model work, a request that could ask for more than its budget."""
+    if cost > limit:
+        raise TooLong(
+            f"this request could decode up to {cost} tokens ({formula}), over the budget of "
+            f"{limit} ({setting}); ask for fewer tokens",
+            cost=cost,
+            limit=limit,
+        )
+
+
 @contextmanager
 def out_of_memory(what: str) -> Iterator[None]:
-    """Out of memory (the accelerator's or the host's) in the middle of model work: the request
-    fails with a clear 503, its memory is released, and the server goes on."""
+    """Out of memory in the middle of model work (the backend's `ModelOutOfMemory`: the local
+    one frees the accelerator's cache first; or the host's `MemoryError`): the request fails with
+    a clear 503 that says what ran out, and the server goes on."""
     try:
         yield
         return
-    except (torch.OutOfMemoryError, MemoryError):
+    except (ModelOutOfMemory, MemoryError):
         pass  # leave the except block first: its traceback holds the request's tensors
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     raise ModelOutOfMemory(
         f"the model ran out of memory on {what}; retry with a shorter input "
         "(fewer tokens, a smaller top_k, fewer continuation tokens)"
     )
 
 
-def local_backend(pair: ModelPair, settings: Settings) -> Backend:
-    """`pair` run here, with the settings' chunk size (imported late: it needs torch)."""
-    from vrollout.local.backend import LocalBackend
+class AnalysisStore(Protocol):
+    """Where analyses are kept (`storage.store.Store` is one): the pipeline saves each analysis
+    it makes and reads one back for a pedagogical rollout from its `analysis_id`."""
 
-    return LocalBackend(pair, settings.chunk_size)
+    def save(self, analysis: dict[str, Any]) -> None: ...
+
+    def get(self, analysis_id: str) -> dict[str, Any]: ...
 
 
 class Analyzer:
     """A backend (its models) + settings + (optionally) a store: turns trajectories into
-    analyses. Which backend runs the models is `backend`'s business alone (`core.backend`)."""
+    analyses. Which backend runs the models is `backend`'s business alone (`pipeline.backend`)."""
 
     def __init__(
         self,
-        pair: ModelPair,
+        pair: Models,
         settings: Settings,
-        store: Store | None = None,
+        store: AnalysisStore | None = None,
         backend: Backend | None = None,
     ) -> None:
-        """`backend`: where `pair` runs; by default here (`LocalBackend`)."""
+        """`backend`: where `pair` runs; by default here (`LocalBackend`). `store`: where each
+        analysis is saved (None: nowhere)."""
         self.pair, self.settings, self.store = pair, settings, store
         self.backend: Backend = backend or local_backend(pair, settings)
-        math_check.set_deadline(settings.math_verify_timeout_s)  # verdicts read it (core/answers.py)
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, store: bool = True) -> Analyzer:
-        """Load the configured models (once, on the backend `settings.backend` names) and open
-        the database; for notebooks and the CLI."""
+    def from_settings(cls, settings: Settings | None = None, store: AnalysisStore | None = None) -> Analyzer:
+        """Load the configured models (once, on the backend `settings.backend` names); for
+        notebooks, the CLI and the server. `store`: where analyses are saved (the caller opens
+        it first, so that a damaged database fails before any loading)."""
         settings = settings or Settings()
-        database = Store(settings.database) if store else None  # a damaged one fails before any loading
         backend = load_backend(settings)
-        return cls(backend.pair, settings, database, backend)
+        return cls(backend.pair, settings, store, backend)
 
     @property
     def models(self) -> RequestModels:
         """The request models with this analyzer's limits: the one validation path of the API,
-        files, the CLI and notebooks (`core.validation`)."""
+        files, the CLI and notebooks (`inputs.validation`)."""
         return request_models(self.settings)
 
     def prepare(self, obj: Any) -> Prepared:
@@ -216,7 +221,7 @@ class Analyzer:
         one. Returns the prepared line, the line as a job stores it, and its unknown keys. A line
         in ProcessBench's shape (`steps`, `label`) becomes the trajectory of its joined steps.
         `siblings`: the line's number and its file's index; a line asking for a sibling gets the
-        one the rule picks written into its `sibling` field (core.teacher_context)."""
+        one the rule picks written into its `sibling` field (inputs.teacher_context)."""
         line, unknown = self._file_line(obj, options, privileged)
         if wants_sibling(line):
             if siblings is None:
@@ -240,10 +245,10 @@ class Analyzer:
     def index_siblings(
         self, lines: Iterable[tuple[int, Any]], options: dict[str, Any], privileged: str | None
     ) -> SiblingIndex:
-        """A file's sibling index (core.teacher_context): its valid lines' prompts and successful
+        """A file's sibling index (inputs.teacher_context): its valid lines' prompts and successful
         responses, in one pass (validation only: nothing is tokenized). Bad lines are skipped here;
         they are refused with their reason when they are prepared."""
-        index = SiblingIndex()
+        index = SiblingIndex(verdict_deadline_s=self.settings.math_verify_timeout_s)
         for number, obj in lines:
             if isinstance(obj, LineError):
                 continue
@@ -333,9 +338,18 @@ class Analyzer:
             )
             if not response:
                 raise BadTrajectory("the student generated an empty response")
-        if self.pair.cross_tokenizer:  # a teacher with another tokenizer: spans of text (core/cross.py)
+        if self.pair.cross_tokenizer:  # a teacher with another tokenizer: spans of text (pipeline/cross.py)
             analysis = cross_analysis(
-                self.pair, self.backend, prep.traj, ctx, response, opts.top_k, generation, progress, extra
+                self.pair,
+                self.backend,
+                prep.traj,
+                ctx,
+                response,
+                opts.top_k,
+                generation,
+                progress,
+                extra,
+                self.settings.math_verify_timeout_s,
             )
             floor = noise_floor_skipped("the teacher has another tokenizer: no per-token KL to compare")
             add_preflight(analysis, build_preflight(prep.traj, ctx, self.pair, analysis, floor))
@@ -406,6 +420,7 @@ class Analyzer:
             continuations=continuations,
             continuation_tokens=opts.continuation_tokens,
             extra=extra,
+            verdict_deadline_s=self.settings.math_verify_timeout_s,
         )
         if "recovery" in extra:
             rec = extra["recovery"]
@@ -436,7 +451,7 @@ class Analyzer:
         mains: list[ReplayResult],
         progress: Progress,
     ) -> list[dict[str, Any]]:
-        """Each line's noise floor (core.preflight): its response replayed once more with the
+        """Each line's noise floor (pipeline.preflight): its response replayed once more with the
         teacher's context stripped of the privileged info (one padded batch for several lines on
         a backend that pads), against its analysis's replay `mains`. Frees the student passes
         the replays kept for it (`_keep_student_pass`)."""
@@ -638,7 +653,7 @@ class Analyzer:
             sweep = None
             if prep.sweep:
                 # Each step of a sweep's rollouts repeats the sweep's last report: a step boundary
-                # where a cancelled request stops (see worker.py), without a stage of its own.
+                # where a cancelled request stops (see jobs/worker.py), without a stage of its own.
                 last = ("sweep", 0, len(prep.sweep))
 
                 def sweep_progress(stage: str, done: int, total: int) -> None:

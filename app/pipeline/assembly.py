@@ -6,17 +6,16 @@ Decoding token strings and the summary live here; no tensors, no HTTP.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.metrics.signal import MIN_WINDOW, concentration, divergence_kind, fork_matters
+from vrollout.pipeline.backend import Models
 from vrollout.pipeline.contexts import Contexts
 from vrollout.pipeline.replay import ReplayResult
 from vrollout.schema.analysis import Analysis, Side, Step, Summary, TeacherSide, TopToken, TrajectoryRecord
 from vrollout.verdicts.answers import verdict
-
-if TYPE_CHECKING:  # the core never imports torch
-    from vrollout.local.models import ModelPair
+from vrollout.verdicts.math_check import DEADLINE_S
 
 LN2 = math.log(2.0)
 
@@ -123,7 +122,7 @@ def classify_steps(
     return classified, recovered
 
 
-def model_sides(pair: ModelPair, ctx: Contexts) -> dict[str, Side | TeacherSide]:
+def model_sides(pair: Models, ctx: Contexts) -> dict[str, Side | TeacherSide]:
     """An analysis's `student` and `teacher`: each model and its context as it saw it."""
     return {
         "student": {
@@ -136,7 +135,7 @@ def model_sides(pair: ModelPair, ctx: Contexts) -> dict[str, Side | TeacherSide]
             "context_ids": ctx.teacher_ids,
             "context_text": ctx.teacher_text,
             "privileged": ctx.privileged,
-            "context_kind": ctx.context_kind,  # which text `privileged` is (core.teacher_context)
+            "context_kind": ctx.context_kind,  # which text `privileged` is (inputs.teacher_context)
             "sibling": ctx.sibling,
             "shared_weights": pair.shared,
         },
@@ -162,7 +161,7 @@ def build_analysis(
     *,
     analysis_id: str,
     created_at: str,
-    pair: ModelPair,
+    pair: Models,
     traj: Trajectory,
     ctx: Contexts,
     response_ids: list[int],
@@ -172,6 +171,7 @@ def build_analysis(
     continuations: list[list[int]] | None = None,
     continuation_tokens: int = 0,
     extra: dict[str, Any] | None = None,
+    verdict_deadline_s: float = DEADLINE_S,
 ) -> Analysis:
     """The analysis (schema.analysis.Analysis) of one replayed response; `extra` adds the
     backend's keys (a server's `noise`, ...), `recovery` and `job`."""
@@ -239,7 +239,10 @@ def build_analysis(
         "summary": summarize(steps, classified=flags[0], recovered=flags[1]),
         # Is the response right (docs/metrics.md, "Verdicts"): the line's own `correct`, else checked
         "verdict": verdict(
-            tok.decode(response_ids, skip_special_tokens=True), traj.reference_answer, traj.correct
+            tok.decode(response_ids, skip_special_tokens=True),
+            traj.reference_answer,
+            traj.correct,
+            verdict_deadline_s,
         ),
         "trajectory": trajectory_record(traj),
         "top_k": top_k,

@@ -1,10 +1,10 @@
 """The one interface between the analysis pipeline and wherever the models run.
 
-`Analyzer` (service.py) holds a `Backend` and never asks which one it is. Two implementations:
+`Analyzer` (pipeline/analyzer.py) holds a `Backend` and never asks which one it is. Two implementations:
 `local.backend.LocalBackend` (torch, in this process) and `vllm.backend.VLLMBackend` (vLLM
 servers). What they must agree on (end-of-sequence ids, the intervention rule, the teacher
-template) is stated once in `core.rules`; the pedagogical loop in `core.pedagogical`; which
-recovery prefixes to try in `core.recovery`. No torch, no HTTP here.
+template) is stated once in `rules`; the pedagogical loop in `pipeline.pedagogical`; which
+recovery prefixes to try in `pipeline.recovery`. No torch, no HTTP here.
 """
 
 from __future__ import annotations
@@ -17,11 +17,39 @@ from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 
 if TYPE_CHECKING:
     from vrollout.config import Settings
-    from vrollout.local.models import ModelPair
     from vrollout.rules import Policy
 
 # (student context, teacher context, response) ids of one line of a padded batch
 BatchItem = tuple[list[int], list[int], list[int]]
+
+
+class Model(Protocol):
+    """What the pipeline reads of one model: its name and its tokenizer (a transformers one:
+    `__call__`, `decode`, `apply_chat_template`, `eos_token_id`). `vrollout.models.LoadedModel`
+    is one, and so is the vLLM backend's `RemoteModel`."""
+
+    name: str
+    tokenizer: Any
+    model: Any  # the weights (or what stands for them remotely): their `generation_config`
+
+
+class Models(Protocol):
+    """What the pipeline needs of a student and a teacher, wherever they run
+    (`vrollout.models.ModelPair` is one). The pipeline sits below the model loading: it never
+    imports torch, so it names the pair by what it reads of it."""
+
+    student: Model
+    teacher: Model
+    shared: bool  # one set of weights serves both
+    vocab_size: int
+    teacher_template: str
+    student_chat_template_kwargs: dict[str, Any]
+    teacher_chat_template_kwargs: dict[str, Any]
+    teacher_prompt_format: str | None
+    cross_tokenizer: bool
+    teacher_vocab_size: int | None
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class ContinueFrom(Protocol):
@@ -45,7 +73,7 @@ class Backend(Protocol):
     plain numbers; `ReplayResult` holds the per-step arrays of docs/metrics.md."""
 
     name: str  # "local" or "vllm": what /api/models and each analysis say
-    pair: ModelPair  # the models (tokenizers, names, vocabulary, teacher template)
+    pair: Models  # the models (tokenizers, names, vocabulary, teacher template)
 
     @property
     def padded_batches(self) -> bool:
@@ -143,7 +171,7 @@ class Backend(Protocol):
         reference: str | None = None,
         progress: Progress = _no_progress,
     ) -> dict[str, Any]:
-        """One pedagogical rollout under `policy` (`core.pedagogical`), summarized."""
+        """One pedagogical rollout under `policy` (`pipeline.pedagogical`), summarized."""
         ...
 
 
@@ -153,12 +181,24 @@ IMPLEMENTATIONS = {
 }
 
 
+def implementation(name: str) -> Any:
+    """The backend class `name` names. The backends sit above the pipeline (they import torch or
+    HTTP clients): the pipeline names them here and imports one only when it is asked for, so the
+    one not used (and its dependencies) is never imported."""
+    module, attribute = IMPLEMENTATIONS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def local_backend(pair: Models, settings: Settings) -> Backend:
+    """A pair already in memory (tests, notebooks, training loops) run in this process, with the
+    settings' metrics chunk size."""
+    return implementation("local")(pair, settings.chunk_size)
+
+
 def load_backend(settings: Settings) -> Backend:
-    """The backend `settings.backend` names, with its models loaded and checked. Imported only
-    here, so that the one not used (and its dependencies) is never imported."""
-    module, name = IMPLEMENTATIONS[settings.backend].split(":")
+    """The backend `settings.backend` names, with its models loaded and checked."""
     try:
-        return getattr(importlib.import_module(module), name).from_settings(settings)
+        return implementation(settings.backend).from_settings(settings)
     except (OSError, ValueError, RuntimeError, ImportError) as exc:  # VRErrors say their own
         student = settings.student
         teacher = settings.teacher or "the student's weights"

@@ -10,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vrollout.errors import BadTrajectory, TooLong
 from vrollout.inputs.rendered import teacher_text
 from vrollout.inputs.trajectories import Trajectory
+from vrollout.pipeline.backend import Model, Models
 from vrollout.rules import fill_prompt_format, fill_teacher_template
-
-if TYPE_CHECKING:  # the core never imports torch
-    from vrollout.local.models import LoadedModel, ModelPair
 
 
 @dataclass
@@ -31,7 +29,7 @@ class Contexts:
     response_ids: list[int] | None  # None: the student must generate
     retokenized: bool  # the response came as text and was tokenized with the student's tokenizer
     notes: list[str]
-    context_kind: str = "privileged"  # which text the teacher was given (core.teacher_context)
+    context_kind: str = "privileged"  # which text the teacher was given (inputs.teacher_context)
     sibling: dict[str, Any] | None = None  # the sibling's {"line", "id"} (kind sibling)
 
 
@@ -97,7 +95,7 @@ def tokenize_within(tokenizer: Any, text: str, limit: TokenLimit) -> list[int]:
 
 
 def render(
-    model: LoadedModel,
+    model: Model,
     messages: list[dict[str, str]],
     limit: TokenLimit,
     template_kwargs: dict[str, Any] | None = None,
@@ -132,7 +130,7 @@ def _template_variables(template: str) -> frozenset[str] | None:
         return None
 
 
-def unread_arguments(model: LoadedModel, template_kwargs: dict[str, Any]) -> list[str]:
+def unread_arguments(model: Model, template_kwargs: dict[str, Any]) -> list[str]:
     """The chat template arguments `model`'s template never reads (they change nothing: a user
     who sets enable_thinking for a model without that switch should hear of it)."""
     template = getattr(model.tokenizer, "chat_template", None)
@@ -143,7 +141,7 @@ def unread_arguments(model: LoadedModel, template_kwargs: dict[str, Any]) -> lis
 
 
 def render_role(
-    pair: ModelPair, role: str, messages: list[dict[str, str]], limit: TokenLimit
+    pair: Models, role: str, messages: list[dict[str, str]], limit: TokenLimit
 ) -> tuple[list[int], str, bool]:
     """`render` for the pair's student or teacher, with that role's chat template arguments (and,
     for the teacher, its prompt format): the settings `{role}_chat_template_kwargs` and
@@ -155,20 +153,20 @@ def render_role(
     )
 
 
-def _decode(model: LoadedModel, ids: list[int]) -> str:
+def _decode(model: Model, ids: list[int]) -> str:
     return model.tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def _rendered(
     prompt: str,
     privileged: str | None,
-    pair: ModelPair,
+    pair: Models,
     notes: list[str],
     limits: tuple[TokenLimit, TokenLimit],
     template: str,
 ) -> tuple[list[int], str, list[int], str]:
     """Both contexts of a prompt given rendered: its text as it is for the student, the same with
-    the privileged info placed by the student's template for the teacher (`core.rendered`), each
+    the privileged info placed by the student's template for the teacher (`inputs.rendered`), each
     tokenized as-is (no special tokens added: the text holds those the template wrote)."""
     t_text, found = teacher_text(pair.student.tokenizer, prompt, privileged, template)
     notes.append(
@@ -188,7 +186,7 @@ def _rendered(
     return s_ids, prompt, t_ids, t_text
 
 
-def build_contexts(traj: Trajectory, pair: ModelPair, context: int, response: int) -> Contexts:
+def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) -> Contexts:
     """Both contexts and the response ids for one trajectory (no model forward pass), each
     refused as soon as it is over its limit: `context` tokens for each context (as
     VROLLOUT_MAX_CONTEXT_TOKENS), `response` for the response (VROLLOUT_MAX_RESPONSE_TOKENS)."""

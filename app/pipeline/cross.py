@@ -1,25 +1,24 @@
 """The analysis JSON of a teacher with another tokenizer (docs/metrics.md, "Teachers with another
-tokenizer"), from an alignment (`core.align`) and each model's numbers over its own tokens.
+tokenizer"), from an alignment (`pipeline.align`) and each model's numbers over its own tokens.
 
 Torch-free: `local/cross.py` computes the numbers, this module attributes them to the student's
-tokens and builds the same analysis object as `core.analysis.build_analysis`, plus `alignment`.
+tokens and builds the same analysis object as `pipeline.assembly.build_analysis`, plus `alignment`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vrollout.errors import BadTrajectory
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.pipeline.align import Alignment, align
 from vrollout.pipeline.assembly import model_sides, summarize, token_strings, trajectory_record
+from vrollout.pipeline.backend import Models
 from vrollout.pipeline.contexts import Contexts
 from vrollout.verdicts.answers import verdict
-
-if TYPE_CHECKING:  # the core never imports torch
-    from vrollout.local.models import ModelPair
+from vrollout.verdicts.math_check import DEADLINE_S
 
 ESTIMATED = ["reverse_kl", "forward_kl", "teacher_mass_on_student_topk"]
 NOT_ACROSS = (
@@ -29,7 +28,7 @@ NOT_ACROSS = (
 )
 
 
-def refuse_across(pair: ModelPair, what: str, field_name: str | None = None) -> None:
+def refuse_across(pair: Models, what: str, field_name: str | None = None) -> None:
     """A clear 422 for an option that needs one shared vocabulary, on a cross-tokenizer pair."""
     if pair.cross_tokenizer:
         message = f"{what} " + NOT_ACROSS.format(teacher=pair.teacher.name, student=pair.student.name)
@@ -69,7 +68,7 @@ def build_cross_analysis(
     *,
     analysis_id: str,
     created_at: str,
-    pair: ModelPair,
+    pair: Models,
     traj: Trajectory,
     ctx: Contexts,
     alignment: Alignment,
@@ -77,6 +76,7 @@ def build_cross_analysis(
     top_k: int,
     generation: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
+    verdict_deadline_s: float = DEADLINE_S,
 ) -> dict[str, Any]:
     """The analysis: per student token, its own numbers exactly, the teacher's attributed at span
     ends, the comparisons (estimates) at span starts; `alignment` holds the spans."""
@@ -178,7 +178,10 @@ def build_cross_analysis(
         "virtual_rollout": {"token_ids": rollout_ids, "text": "".join(t_text[i] for i in rollout_ids)},
         "summary": summary,
         "verdict": verdict(
-            decode(response_ids, skip_special_tokens=True), traj.reference_answer, traj.correct
+            decode(response_ids, skip_special_tokens=True),
+            traj.reference_answer,
+            traj.correct,
+            verdict_deadline_s,
         ),
         "trajectory": trajectory_record(traj),
         "top_k": top_k,
@@ -205,7 +208,7 @@ def build_cross_analysis(
     }
 
 
-def check_cross_request(pair: ModelPair, traj: Trajectory, continuation_tokens: int, recovery: bool) -> None:
+def check_cross_request(pair: Models, traj: Trajectory, continuation_tokens: int, recovery: bool) -> None:
     """Refuse, before any model work, what a cross-tokenizer pair cannot do: continuations and
     recovery (teacher tokens spliced into the student's sequence), and a prompt of token ids
     without the teacher's own (`teacher_prompt_ids`, in the teacher's vocabulary)."""
@@ -237,7 +240,7 @@ def eos_ids(model: Any) -> set[int]:
 
 
 def cross_analysis(
-    pair: ModelPair,
+    pair: Models,
     backend: Any,
     traj: Trajectory,
     ctx: Contexts,
@@ -246,6 +249,7 @@ def cross_analysis(
     generation: dict[str, Any] | None,
     progress: Any,
     extra: dict[str, Any],
+    verdict_deadline_s: float = DEADLINE_S,
 ) -> dict[str, Any]:
     """One analysis with a teacher of another tokenizer: align, replay both sides on `backend`
     (its `cross_replay`), assemble."""
@@ -264,4 +268,5 @@ def cross_analysis(
         top_k=top_k,
         generation=generation,
         extra=extra,
+        verdict_deadline_s=verdict_deadline_s,
     )

@@ -9,14 +9,12 @@ torch, no HTTP.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from vrollout.pipeline.backend import Models
 from vrollout.pipeline.replay import Progress, _no_progress
 from vrollout.rules import Policy
 from vrollout.verdicts.answers import answer_matches
-
-if TYPE_CHECKING:
-    from vrollout.local.models import ModelPair
 
 
 class Stepper(Protocol):
@@ -47,7 +45,7 @@ def rollout_steps(
 
 
 def summarize_rollout(
-    pair: ModelPair, steps: list[dict[str, Any]], policy: Policy, reference: str | None
+    pair: Models, steps: list[dict[str, Any]], policy: Policy, reference: str | None
 ) -> dict[str, Any]:
     """The rollout's JSON: the tokens taken, who chose each, the interventions, the answer."""
     tok = pair.student.tokenizer

@@ -17,16 +17,14 @@ from __future__ import annotations
 import math
 import re
 from difflib import SequenceMatcher
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vrollout.inputs.rendered import PROBE
 from vrollout.inputs.trajectories import Trajectory
+from vrollout.pipeline.backend import Models
 from vrollout.pipeline.contexts import Contexts, TokenLimit, render_role, tokenize_within
 from vrollout.pipeline.replay import ReplayResult
 from vrollout.rules import fill_teacher_template
-
-if TYPE_CHECKING:  # the core never imports torch
-    from vrollout.local.models import ModelPair
 
 LEAK_N = 4  # words per n-gram of the leak score
 MAX_FLAGS = 20  # flags kept per analysis (the count of all of them is kept too)
@@ -94,7 +92,7 @@ def special_ids(tokenizer: Any) -> set[int]:
     return ids | {i for i, t in added.items() if getattr(t, "special", False)}
 
 
-def same_vocabulary(pair: ModelPair) -> bool:
+def same_vocabulary(pair: Models) -> bool:
     """Whether ids mean the same tokens for both models (a token diff is meaningful)."""
     s, t = pair.student.tokenizer, pair.teacher.tokenizer
     return s is t or s.get_vocab() == t.get_vocab()
@@ -131,7 +129,7 @@ def _first_user_at(text: str, messages: list[dict[str, str]] | None) -> int:
     return text.find(head)
 
 
-def context_diff(traj: Trajectory, ctx: Contexts, pair: ModelPair, template: str) -> dict[str, Any]:
+def context_diff(traj: Trajectory, ctx: Contexts, pair: Models, template: str) -> dict[str, Any]:
     """The two contexts diffed token by token (difflib over ids), every difference outside the
     privileged block flagged by kind. For token ids given without the privileged text, the
     largest difference is taken as the privileged block (`privileged_source`)."""
@@ -199,7 +197,7 @@ def context_diff(traj: Trajectory, ctx: Contexts, pair: ModelPair, template: str
 # ----- the noise floor -----------------------------------------------------------------------
 
 
-def bare_teacher_ids(traj: Trajectory, ctx: Contexts, pair: ModelPair, limit: TokenLimit) -> list[int]:
+def bare_teacher_ids(traj: Trajectory, ctx: Contexts, pair: Models, limit: TokenLimit) -> list[int]:
     """The teacher's context without the privileged info, on the teacher's own path: the prompt's
     messages through the teacher's chat template and its arguments (`contexts.render_role`), a
     rendered prompt tokenized by the teacher's tokenizer, token ids as the student's. Without
@@ -376,7 +374,7 @@ def job_preflight(compacts: list[dict[str, Any] | None]) -> dict[str, Any]:
 
 
 def build_preflight(
-    traj: Trajectory, ctx: Contexts, pair: ModelPair, analysis: dict[str, Any], floor: dict[str, Any]
+    traj: Trajectory, ctx: Contexts, pair: Models, analysis: dict[str, Any], floor: dict[str, Any]
 ) -> dict[str, Any]:
     """An analysis's `preflight`: its context diff, its noise floor (`floor`, computed by the
     caller's backend) and the leak score of its virtual rollout and continuations."""

@@ -9,14 +9,11 @@ judges the texts. No torch, no HTTP, no storage.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from vrollout.pipeline.backend import ContinueFrom, Models
 from vrollout.pipeline.replay import Progress, _no_progress
 from vrollout.verdicts.answers import answer_matches
-
-if TYPE_CHECKING:
-    from vrollout.local.models import ModelPair
-    from vrollout.pipeline.backend import ContinueFrom
 
 ALL_PREFIXES_UP_TO = 64  # responses up to this many tokens: every prefix is tried
 TARGET_POINTS = 64  # longer ones: a stride giving about this many, plus every divergence d and d + 1
@@ -34,7 +31,7 @@ def recovery_positions(T: int, divergences: list[int]) -> tuple[list[int], int]:
 
 
 def recovery(
-    pair: ModelPair,
+    pair: Models,
     teacher_context: list[int],
     response: list[int],
     reverse_kl: list[float],

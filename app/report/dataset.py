@@ -8,43 +8,16 @@ digests, and the step tables are written one analysis at a time (`steps_parquet_
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from vrollout.metrics.signal import concentration
-from vrollout.pipeline.preflight import compact
+from vrollout.pipeline.digest import KL_BINS, SUMMARY_COLUMNS, kl_bin_counts
 from vrollout.report.drift import Drift, drift_figures
-from vrollout.verdicts.answers import verdict
+from vrollout.report.tables import Pieces, csv_chunks
 
-# How the signal is spread over a trajectory's tokens (summary.concentration, core/signal.py):
-# flattened into the row as kl_<field> (reverse KL) and abs_advantage_<field> (|advantage|).
-CONCENTRATION_FIELDS = ("top_1pct", "top_5pct", "top_10pct", "top_20pct", "tokens_for_80pct", "gini")
-SIGNAL_COLUMNS = tuple(
-    f"{prefix}_{field}" for prefix in ("kl", "abs_advantage") for field in CONCENTRATION_FIELDS
-)
-# Teachability and surface/fork counts, copied from the summary (null in analyses made before
-# them, or where they were not computed: no continuations, no recovery).
-TEACHING_COLUMNS = (
-    "teacher_mass_on_student_topk_mean", "divergences_in_student_topk", "divergences_classified",
-    "divergences_surface", "divergences_fork", "forks_that_matter",
-)  # fmt: skip
-# The preflight's headline numbers (core/preflight.py `add_preflight`; null before it existed).
-PREFLIGHT_COLUMNS = ("preflight_ok", "noise_floor_reverse_kl_mean", "leak_share")
-SUMMARY_COLUMNS = (
-    "analysis_id", "line", "trajectory_id", "tokens", "agreement_rate", "divergences",
-    "first_divergence", "reverse_kl_total", "reverse_kl_mean", "forward_kl_total",
-    "advantage_total", *SIGNAL_COLUMNS, *TEACHING_COLUMNS, "correct", "verdict_method", "score",
-    "step", "teacher_context", *PREFLIGHT_COLUMNS, "preview",
-)  # fmt: skip
-# Digests stored with an older version (or none) are made again from the stored analysis when a
-# dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
-# 6: preflight columns in the summary row; 5: preflight; 4: teacher_context;
-# 3: step, score, verdict_method, reverse_kl_at_divergences
-DIGEST_VERSION = 6
 STEP_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "position", "token_id", "token", "student_logprob",
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
@@ -64,91 +37,6 @@ STEP_TYPES = {
 }  # fmt: skip
 ROW_GROUP_ROWS = 32_768  # steps per Parquet row group: what an export holds in memory at once
 GROUP_COLORS = {"all": "#2c6fbb", "correct": "#27ae60", "incorrect": "#c0392b"}
-# Spreadsheet tools run a cell that starts with one of these as a formula (CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def verdict_of(analysis: dict[str, Any]) -> dict[str, Any] | None:
-    """The analysis's verdict (docs/metrics.md, "Verdicts"); one stored before verdicts existed
-    gets it now, from its line's `correct` or its reference answer (None: neither)."""
-    if "verdict" in analysis:
-        return analysis["verdict"]
-    traj = analysis.get("trajectory", {})
-    return verdict(analysis["response_text"], traj.get("reference_answer"), traj.get("correct"))
-
-
-def correct(analysis: dict[str, Any]) -> bool | None:
-    """Whether the student's response is right (None: no verdict, as without a reference)."""
-    found = verdict_of(analysis)
-    return None if found is None else found["correct"]
-
-
-def signal_columns(analysis: dict[str, Any]) -> dict[str, Any]:
-    """The concentration of reverse KL and of |advantage|, flattened (`kl_top_5pct`, ...). An
-    analysis stored before its summary carried them gets them from its steps."""
-    s, out = analysis["summary"], {}
-    for prefix, key, value in (
-        ("kl", "concentration", lambda step: step["reverse_kl"]),
-        ("abs_advantage", "concentration_abs_advantage", lambda step: abs(step["advantage"])),
-    ):
-        spread = s.get(key) or concentration([value(step) for step in analysis["steps"]])
-        out.update({f"{prefix}_{field}": spread.get(field) for field in CONCENTRATION_FIELDS})
-    return out
-
-
-def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
-    s, traj, found = analysis["summary"], analysis.get("trajectory", {}), verdict_of(analysis)
-    text = " ".join(analysis["response_text"].split())
-    return {
-        "analysis_id": analysis["id"],
-        "line": analysis.get("job", {}).get("line"),
-        "trajectory_id": analysis.get("trajectory", {}).get("id"),
-        "tokens": s["tokens"],
-        "agreement_rate": s["agreement_rate"],
-        "divergences": s["divergences"],
-        "first_divergence": s["first_divergence"],
-        "reverse_kl_total": s["reverse_kl_total"],
-        "reverse_kl_mean": s["reverse_kl_mean"],
-        "forward_kl_total": s["forward_kl_total"],
-        "advantage_total": s["advantage_total"],
-        **signal_columns(analysis),
-        **{name: s.get(name) for name in TEACHING_COLUMNS},
-        "correct": None if found is None else found["correct"],
-        "verdict_method": None if found is None else found["method"],
-        "score": traj.get("score"),
-        "step": traj.get("step"),
-        # which text the teacher was given (core.teacher_context); older analyses: privileged
-        "teacher_context": analysis["teacher"].get("context_kind") or "privileged",
-        **{name: s.get(name) for name in PREFLIGHT_COLUMNS},
-        "preview": text[:120],
-    }
-
-
-def digest(analysis: dict[str, Any]) -> dict[str, Any]:
-    """All that the summaries and the figures need of one analysis (a few hundred bytes, stored
-    beside it): its summary row, the counts of its per-step reverse KL in the figure's bins, and
-    the share of its KL in each tenth of the response."""
-    kl = [s["reverse_kl"] for s in analysis["steps"]]
-    return {
-        **summary_row(analysis),
-        "kl_bins": kl_bin_counts(kl),
-        "deciles": decile_shares(analysis),
-        # the drift views' "share of reverse KL at divergences" (report/drift.py)
-        "reverse_kl_at_divergences": sum(s["reverse_kl"] for s in analysis["steps"] if not s["agree"]),
-        "preflight": compact(analysis.get("preflight")),  # the job's preflight (core/preflight.py)
-        "version": DIGEST_VERSION,
-    }
-
-
-def is_current(digest: dict[str, Any] | None) -> bool:
-    """Whether a stored digest has every key this version's views read."""
-    return digest is not None and digest.get("version") == DIGEST_VERSION
-
-
-def summary_of(digest: dict[str, Any]) -> dict[str, Any]:
-    """The summary row held in a digest, in the export's columns (null for a column that a
-    digest made by an older version lacks)."""
-    return {k: digest.get(k) for k in SUMMARY_COLUMNS}
 
 
 def step_rows(analyses: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -165,27 +53,6 @@ def steps_of(analysis: dict[str, Any]) -> list[dict[str, Any]]:
         "trajectory_id": analysis.get("trajectory", {}).get("id"),
     }
     return [{**head, **{k: s.get(k) for k in STEP_COLUMNS if k not in head}} for s in analysis["steps"]]
-
-
-def csv_cell(value: Any) -> Any:
-    """A text cell that a spreadsheet would run as a formula gets a leading quote, as those
-    tools expect; numbers (-0.5) stay numbers."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
-
-
-def csv_chunks(rows: Iterable[dict[str, Any]], columns: list[str], chunk_rows: int = 500) -> Iterator[str]:
-    """Rows as CSV under `columns`, a few hundred rows per piece, every cell formula-safe."""
-    out = io.StringIO()
-    # RFC 4180 line ends: with them the writer also quotes a cell that holds a lone CR.
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
-    writer.writeheader()
-    for n, row in enumerate(rows, 1):
-        writer.writerow({k: csv_cell(row[k]) for k in columns})
-        if n % chunk_rows == 0:
-            yield out.getvalue()
-            out.seek(0)
-            out.truncate()
-    yield out.getvalue()
 
 
 def summaries_csv_chunks(rows: Iterable[dict[str, Any]], chunk_rows: int = 500) -> Iterator[str]:
@@ -230,30 +97,6 @@ def step_schema() -> Any:
     return pa.schema([(name, pa.type_for_alias(kind)) for name, kind in STEP_TYPES.items()])
 
 
-class _Pieces(io.RawIOBase):
-    """A write-only file that keeps what is written until it is taken: Parquet pieces to send."""
-
-    def __init__(self) -> None:
-        self.pieces: list[bytes] = []
-        self.position = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        piece = bytes(data)
-        self.pieces.append(piece)
-        self.position += len(piece)
-        return len(piece)
-
-    def tell(self) -> int:
-        return self.position
-
-    def take(self) -> bytes:
-        data, self.pieces = b"".join(self.pieces), []
-        return data
-
-
 def steps_parquet_chunks(
     analyses: Iterable[dict[str, Any]], group_rows: int = ROW_GROUP_ROWS
 ) -> Iterator[bytes]:
@@ -263,7 +106,7 @@ def steps_parquet_chunks(
     import pyarrow.parquet as pq
 
     schema = step_schema()
-    sink = _Pieces()
+    sink = Pieces()
     writer = pq.ParquetWriter(sink, schema)
     columns: dict[str, list[Any]] = {name: [] for name in STEP_COLUMNS}
 
@@ -295,31 +138,6 @@ def steps_parquet(rows: list[dict[str, Any]]) -> bytes:
     out = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=step_schema()), out)
     return out.getvalue()
-
-
-def decile_shares(analysis: dict[str, Any]) -> list[float] | None:
-    """Share of the trajectory's total reverse KL in each tenth of the response."""
-    kl = [s["reverse_kl"] for s in analysis["steps"]]
-    total = sum(kl)
-    if total <= 0:
-        return None
-    shares = [0.0] * 10
-    for t, value in enumerate(kl):
-        shares[min(9, t * 10 // len(kl))] += value / total
-    return shares
-
-
-KL_BINS = (-6.0, 2.0, 4)  # log10 of the lowest and highest edges, bins per decade
-
-
-def kl_bin_counts(values: list[float]) -> list[int]:
-    """How many of `values` fall in each bin of the signal figure (log-spaced)."""
-    lo, hi, per_decade = KL_BINS
-    counts = [0] * int((hi - lo) * per_decade)
-    for v in values:
-        x = math.log10(max(v, 10**lo))
-        counts[min(len(counts) - 1, max(0, int((x - lo) * per_decade)))] += 1
-    return counts
 
 
 def kl_bin_centers() -> list[float]:

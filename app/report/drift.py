@@ -14,6 +14,8 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
+from vrollout.report.tables import csv_cell
+
 DRIFT_COLUMNS = (
     "step", "trajectories", "tokens", "tokens_mean", "agreement_rate", "reverse_kl_mean",
     "reverse_kl_share_at_divergences", "diverged_share", "first_divergence_mean",
@@ -99,13 +101,11 @@ def drift_rows(digests: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def drift_csv(rows: list[dict[str, Any]]) -> str:
-    from vrollout.report.dataset import csv_cell  # a step name may look like a formula
-
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=DRIFT_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: csv_cell(row[k]) for k in DRIFT_COLUMNS})
+        writer.writerow({k: csv_cell(row[k]) for k in DRIFT_COLUMNS})  # a step name may look like a formula
     return out.getvalue()
 
 

@@ -206,7 +206,7 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
 
 def add_lorenz(data: list[dict[str, Any]], layout: dict[str, Any], steps: list[dict[str, Any]]) -> None:
     """A panel beside the reverse KL: the Lorenz curves of the reverse KL and of |advantage|
-    (core/signal.py `lorenz`): the share of the total (y) carried by the largest share of tokens
+    (metrics/signal.py `lorenz`): the share of the total (y) carried by the largest share of tokens
     (x). The diagonal is a signal spread evenly; the higher the curve, the fewer tokens carry it."""
     layout["xaxis2"] = {
         "domain": LORENZ_X,

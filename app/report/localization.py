@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from vrollout.errors import BadTrajectory
 from vrollout.metrics.localization import SCORERS, TOKEN_SCORERS, localization_of, problem_key, score_analysis
 from vrollout.metrics.localization_eval import METRICS, Setup, localization_metrics
+from vrollout.report.pages import standalone_assets, template_env
 
 if TYPE_CHECKING:
     from vrollout.config import Settings
@@ -198,14 +199,13 @@ def write_folder(
 ) -> None:
     """metrics.json, predictions.jsonl and a one-file report.html (offline) into `out` (the
     command writes analyses.jsonl there first)."""
-    from vrollout.web.pages import make_templates, standalone_assets
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
     with (out / "predictions.jsonl").open("w") as f:
         for row in result.predictions:
             f.write(json.dumps(row) + "\n")
-    env = make_templates(settings.templates_dir).env  # autoescaped, the pages' filters
+    env = template_env(settings.templates_dir)  # autoescaped, the pages' filters
     inline, csp = standalone_assets(settings.static_dir, "report.js")
     page = env.get_template("localize.html").render(
         name=name,

@@ -17,8 +17,9 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vrollout.report.dataset import _Pieces, csv_chunks
+from vrollout.report.pages import standalone_assets, template_env
 from vrollout.report.pedagogical_figures import comparison_figures
+from vrollout.report.tables import Pieces, csv_chunks
 
 # comparison.csv: DESIGN's six columns first (a contract), then what helps to read them.
 COMPARISON_COLUMNS = (
@@ -249,7 +250,7 @@ def comparison_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def completion_text(ped: dict[str, Any], end_ids: Collection[int]) -> str:
     """The pedagogical response as a completion message's text: without the end-of-sequence
     token that ended the rollout (a chat template adds its own; `completion_ids` keep it). A
-    rollout that stopped before `max_new_tokens` stopped on one (core.pedagogical.rollout_steps)."""
+    rollout that stopped before `max_new_tokens` stopped on one (pipeline.pedagogical.rollout_steps)."""
     ids, text = ped["response_ids"], ped["response_text"]
     if not ids:
         return text
@@ -352,7 +353,7 @@ def rollouts_parquet_chunks(
     import pyarrow.parquet as pq
 
     schema = rollout_schema(style)
-    sink = _Pieces()
+    sink = Pieces()
     writer = pq.ParquetWriter(sink, schema)
     batch: list[dict[str, Any]] = []
     try:
@@ -385,7 +386,6 @@ def write_pedagogical(
     lines that failed, listed in the report; read once the records are, so a list the records'
     iterator fills as it goes is complete by then. Returns the summary."""
     from vrollout.config import Settings
-    from vrollout.web.pages import make_templates, standalone_assets
 
     check_export(include, "prompt-completion")
     out = Path(out_dir)
@@ -400,7 +400,7 @@ def write_pedagogical(
         f.writelines(comparison_csv_chunks(comparison.rows))
     summary = comparison.summary()
     settings = settings or Settings()
-    env = make_templates(settings.templates_dir).env  # autoescaped: ids and model text are untrusted
+    env = template_env(settings.templates_dir)  # autoescaped: ids and model text are untrusted
     inline, csp = standalone_assets(settings.static_dir, "report.js")
     page = env.get_template("pedagogical_report.html").generate(
         name=name,

@@ -46,17 +46,27 @@ GLOSS_LEADS = ("i e ", "ie ", "e g ", "eg ", "that is ", "namely ", "or ")
 WORD_CHARS = re.compile(r"[^\w]+")
 
 
-def verdict(text: str, reference: str | None, given: bool | None = None) -> dict[str, Any] | None:
+def verdict(
+    text: str,
+    reference: str | None,
+    given: bool | None = None,
+    deadline_s: float = math_check.DEADLINE_S,
+) -> dict[str, Any] | None:
     """Whether `text` reaches `reference`, and how that was decided (None: neither a given
     verdict nor a reference). In order: a `given` verdict (the log's own `correct`) is taken as
     is; math-verify equal -> right; a textual form of the reference inside the text -> right;
-    math-verify parsed both and they differ -> wrong; else wrong by the text rule."""
+    math-verify parsed both and they differ -> wrong; else wrong by the text rule. `deadline_s`:
+    math-verify's wall-clock limit (Settings.math_verify_timeout_s)."""
     if given is not None:
         return {"correct": given, "method": "given", "parsed_answer": None, "parsed_reference": None}
     if reference is None or not str(reference).strip():
         return None
     reference = str(reference)
-    checked = math_check.check(text, reference) or {"answer": None, "reference": None, "both": False}
+    checked = math_check.check(text, reference, deadline_s) or {
+        "answer": None,
+        "reference": None,
+        "both": False,
+    }
     parsed = {"parsed_answer": checked["answer"], "parsed_reference": checked["reference"]}
     if checked["both"] and checked["equal"]:
         return {"correct": True, "method": "math-verify", **parsed}

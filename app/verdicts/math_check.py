@@ -34,26 +34,18 @@ SHOWN_CHARS = 200
 POOL_SIZE = 2
 CPU_GRACE_S = 10.0  # a helper's CPU cap per check: the deadline + this (see `_cpu_cap`)
 START_TIMEOUT_S = 120.0  # a helper's interpreter start and sympy import, on a loaded machine
-_deadline_s = 3.0  # Settings.math_verify_timeout_s, set by `set_deadline` at start-up
+# The wall-clock limit of one check where no setting is at hand (the default of
+# Settings.math_verify_timeout_s, which the analyzer passes with every verdict it asks for).
+DEADLINE_S = 3.0
 
 
-def set_deadline(seconds: float) -> None:
-    """The wall-clock limit of one check (`Settings.math_verify_timeout_s`; the Analyzer sets it)."""
-    global _deadline_s
-    _deadline_s = float(seconds)
-
-
-def deadline() -> float:
-    """The wall-clock limit of one check, in seconds."""
-    return _deadline_s
-
-
-def check(text: str, reference: str) -> dict[str, Any] | None:
-    """math-verify's reading of `text` against `reference`, within the deadline: `{"answer",
-    "reference"}` (what it extracted, at most 200 characters, None when nothing) and `"equal"`
-    (both parsed and found equal); None when it did not finish in time or no helper could run."""
+def check(text: str, reference: str, deadline_s: float = DEADLINE_S) -> dict[str, Any] | None:
+    """math-verify's reading of `text` against `reference`, within `deadline_s` seconds of wall
+    clock: `{"answer", "reference"}` (what it extracted, at most 200 characters, None when
+    nothing) and `"equal"` (both parsed and found equal); None when it did not finish in time or
+    no helper could run."""
     request = {"text": text[-TAIL_CHARS:], "reference": reference[-TAIL_CHARS:]}
-    return _POOL.run({**request, "deadline": _deadline_s}, _deadline_s)
+    return _POOL.run({**request, "deadline": deadline_s}, deadline_s)
 
 
 # --- The helper process's side -------------------------------------------------------------------

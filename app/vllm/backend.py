@@ -6,8 +6,8 @@ Generation (the student's response, teacher continuations, recovery, the pedagog
 goes to the same servers, greedy where the local engine is greedy. Tokenization stays local
 (the model's own tokenizer, from a folder), checked against every server at start-up
 (`remote.py`).
-`VLLMBackend` is a `core.backend.Backend`; the rules it shares with the local engine are
-`core.rules`'. Knows nothing about HTTP routes or storage; `client.py` does the transport.
+`VLLMBackend` is a `pipeline.backend.Backend`; the rules it shares with the local engine are
+`rules`'. Knows nothing about HTTP routes or storage; `client.py` does the transport.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 from vrollout.config import Settings
 from vrollout.errors import BadTrajectory
-from vrollout.local.continuations import from_divergences
-from vrollout.local.models import ModelPair, with_rendering
+from vrollout.models import ModelPair, with_rendering
 from vrollout.pipeline.backend import BatchItem
+from vrollout.pipeline.branches import from_divergences
 from vrollout.pipeline.pedagogical import rollout_steps, summarize_rollout
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy, check_teacher_template, cut_at_eos, pedagogical_step
@@ -90,7 +90,7 @@ def load_remote_pair(settings: Settings) -> tuple[ModelPair, VLLMBackend]:
 
 
 class VLLMBackend:
-    """`core.backend.Backend` for a remote `ModelPair`. Thread-safe; requests that do not
+    """`pipeline.backend.Backend` for a remote `ModelPair`. Thread-safe; requests that do not
     depend on each other (student and teacher scoring, one continuation per prefix) are sent
     concurrently, bounded by each pool's per-replica limit."""
 
@@ -284,7 +284,7 @@ class VLLMBackend:
         """`continuations.continuations_from_every_prefix` on the teacher's server: one greedy
         request per prefix, all sent at once (the server's prefix cache shares the context).
         With the replay (the server's top-1 at every step), only the prefixes where the response
-        leaves it are requested; the others follow from them (`continuations.from_divergences`)."""
+        leaves it are requested; the others follow from them (`pipeline.branches.from_divergences`)."""
         model: RemoteModel = self.pair.teacher  # type: ignore[assignment]
         positions = list(range(len(response))) if positions is None else positions
 
@@ -327,7 +327,7 @@ class VLLMBackend:
 
 
 class _Stepper:
-    """`core.pedagogical.Stepper` on the servers. Per step: the student's proposal (its sampler,
+    """`pipeline.pedagogical.Stepper` on the servers. Per step: the student's proposal (its sampler,
     greedy or seeded), then the teacher's log-prob and rank of the proposal and its top-1 (prompt
     log-probs of the prefix + proposal); one more student request where the teacher substitutes,
     for the student's log-prob of the substitute."""

@@ -18,15 +18,27 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from vrollout.config import DEFAULT_MODEL, Settings
+from vrollout.models import load_model
 from vrollout.vllm.topk import Position
 
 if TYPE_CHECKING:
-    from vrollout.vllm.backend import VLLMBackend
     from vrollout.vllm.remote import RemoteModel
+
+
+class Scorer(Protocol):
+    """What measuring needs of the servers (`backend.VLLMBackend` is one): their log-probs of a
+    text, k per position."""
+
+    k: int
+
+    def score(
+        self, model: RemoteModel, context: list[int], response: list[int], k: int
+    ) -> list[Position]: ...
+
 
 SAFETY = 2.0  # bound = SAFETY × the largest difference seen on the probe
 FLOOR_MARGIN = 10.0  # nats below the smallest log-prob seen on the probe: the tail's floor
@@ -139,14 +151,12 @@ def combine(noises: list[Noise]) -> Noise:
 @torch.inference_mode()
 def local_logprobs(spec: str, settings: Settings, ids: list[int]) -> torch.Tensor:
     """(L, V) float64 log-probs of `ids` under the local copy, fp32 weights on the CPU."""
-    from vrollout.local.models import load_model
-
     model = load_model(spec, settings.model_copy(update={"device": "cpu", "dtype": "float32"}))
     logits = model.model(input_ids=torch.tensor([ids])).logits[0]  # (L, V)
     return logits.double().log_softmax(dim=-1)
 
 
-def measure(backend: VLLMBackend, model: RemoteModel, spec: str | None, settings: Settings) -> Noise:
+def measure(backend: Scorer, model: RemoteModel, spec: str | None, settings: Settings) -> Noise:
     """The noise of the servers of `model` on the probe (`spec`: the setting naming its weights)."""
     ids = probe_ids(model.tokenizer)
     first = backend.score(model, ids[:1], ids[1:], backend.k)  # position i predicts ids[i + 1]
@@ -166,7 +176,7 @@ def measure(backend: VLLMBackend, model: RemoteModel, spec: str | None, settings
     return Noise(dtype, bound, "repeat", worst, len(first), None)
 
 
-def repeat_spread(backend: VLLMBackend, model: RemoteModel, ids: list[int], first: list[Position]) -> float:
+def repeat_spread(backend: Scorer, model: RemoteModel, ids: list[int], first: list[Position]) -> float:
     """The largest difference from `first` of the same log-probs in other requests of the same
     text: again, with more text after it, cut short, all at once (so batched together)."""
     tail = model.tokenizer("\n\nThat is the answer.", add_special_tokens=False)["input_ids"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from vrollout.config import DEFAULT_MODEL, Settings
 from vrollout.errors import ModelMismatch
-from vrollout.local.models import LoadedModel, default_model_folder
+from vrollout.models import LoadedModel, default_model_folder
 from vrollout.rules import eos_set
 from vrollout.vllm.client import ReplicaPool, ReplicasUnavailable
 

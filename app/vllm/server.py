@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 from vrollout.config import Settings
-from vrollout.local.models import default_model_folder
+from vrollout.models import default_model_folder
 
 # `make vllm` builds .venv-vllm at the top of the source tree; elsewhere name its Python.
 VLLM_PYTHON = Path(

@@ -1,8 +1,8 @@
 """Request bodies checked with this app's limits.
 
-A route declares its body with a base model of `core.schemas` (`body: AnalyzeRequest`);
+A route declares its body with a base model of `schema.requests` (`body: AnalyzeRequest`);
 `bind_request_models` gives the app a copy of the router whose routes take the bounded version
-built from the settings (`core.validation.request_models`) instead. FastAPI then validates each
+built from the settings (`inputs.validation.request_models`) instead. FastAPI then validates each
 body once, with the limits the rest of the app enforces, and `/docs` shows them.
 """
 

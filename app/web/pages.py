@@ -11,35 +11,19 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from vrollout.metrics.signal import headline
 from vrollout.report.figures import figure_dict
+from vrollout.report.pages import standalone_assets, template_env
 from vrollout.storage.store import SQLITE_MAX_INT
 from vrollout.web.routes.analyses import AnalyzerDep, StoreDep
 from vrollout.web.routes.jobs import JobsDep, RunnerDep
-from vrollout.web.security import standalone_csp
-
-# plotly.js "basic" (scatter, bar, pie), vendored: it must match the plotly.js major version
-# that the Python plotly package writes figures for (tests/test_pages.py checks).
-PLOTLY_BUNDLE = "vendor/plotly-basic-4.1.1.min.js"
-PLOTLY_URL = f"/static/{PLOTLY_BUNDLE}"
 
 router = APIRouter(include_in_schema=False)
 PER_PAGE = 50  # stored analyses per page of /analyses
 
 
-def show_token(token: str) -> str:
-    """Whitespace made visible for the token strip (the template escapes the result)."""
-    return token.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍") or "∅"
-
-
 def make_templates(folder: Path) -> Jinja2Templates:
-    templates = Jinja2Templates(directory=str(folder))  # autoescape on for .html
-    env = templates.env
-    env.filters["show_token"] = show_token
-    env.filters["bits"] = lambda nats: None if nats is None else nats / math.log(2)
-    env.globals["plotly_url"] = PLOTLY_URL
-    env.globals["headline"] = headline  # the analysis page's one-line answer (core/signal.py)
-    return templates
+    """The pages' templates: report/pages.py's environment, with Starlette's response helpers."""
+    return Jinja2Templates(env=template_env(folder))
 
 
 def templates_of(request: Request) -> Jinja2Templates:
@@ -112,15 +96,6 @@ async def analysis_page(request: Request, analysis_id: str, store: StoreDep) -> 
     context = await _analysis_context(store, analysis_id)
     limit = request.app.state.settings.max_new_tokens
     return await render(request, "analysis.html", {**context, "standalone": False, "max_new_tokens": limit})
-
-
-def standalone_assets(static: Path, script: str) -> tuple[dict[str, Any], str]:
-    """What a one-file page inlines (the CSS; plotly.js, common.js and the page's `script`, in
-    the order base.html runs them) and the policy that allows exactly those scripts (the file
-    carries it in a <meta> element: the header is gone once it is saved)."""
-    scripts = [(static / name).read_text() for name in (PLOTLY_BUNDLE, "common.js", script)]
-    inline = {"inline_css": (static / "app.css").read_text(), "inline_scripts": scripts}
-    return inline, standalone_csp(*scripts)
 
 
 @router.get("/analyses/{analysis_id}/download", response_class=HTMLResponse)

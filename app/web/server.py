@@ -7,6 +7,10 @@ connection after `header_timeout_s`; bodies have their own deadline (`BodyLimit`
 408). When the process runs out of file descriptors anyway, asyncio logs every failed accept()
 with a traceback, thousands a second; `quiet_accept_errors` turns that into one line per window
 with a count. Knows nothing about models.
+
+Both read past the documented API (uvicorn's h11 protocol's `conn`, `transport` and `loop`;
+an asyncio handle's `_callback` and `_args`): tests/web/test_server_pins.py pins what they rely
+on, and pyproject pins uvicorn's major version.
 """
 
 from __future__ import annotations

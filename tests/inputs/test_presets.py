@@ -20,7 +20,7 @@ from support.tiny import tiny_pair
 from vrollout.errors import BadTrajectory
 from vrollout.inputs.presets import PRESETS, apply_preset, detect_preset, tinker_rows
 from vrollout.inputs.sources import iter_rows
-from vrollout.local.models import ModelPair
+from vrollout.models import ModelPair
 from vrollout.pipeline.analyzer import Analyzer
 
 QUESTIONS = [("What is 2+2?", "4"), ("What is 3+3?", "6")]

@@ -86,15 +86,6 @@ def test_agreed_stretches_are_shared_not_decoded(tiny, k):
     assert decoded == [] and got == naive_all(teacher, t_ctx, resp, 1, tiny.vocab_size, [0, 1, 2])
 
 
-def test_shared_roots():
-    resp, top1 = [1, 2, 3, 4, 5, 6], [1, 9, 3, 4, 5, 6]  # leaves the teacher at 1 only
-    nxt = continuations.next_divergence(resp, top1)
-    assert nxt == [1, 1, 5, 5, 5, 5]
-    assert continuations.shared_roots(nxt, list(range(6)), k=2) == [1, 5]
-    assert continuations.shared_roots(nxt, [2], k=2) == []  # 3, 4 are all it needs
-    assert continuations.shared_roots(nxt, [2], k=4) == [5]
-
-
 def test_cut_at_eos():
     assert cut_at_eos([5, 2, 7], {2}) == [5, 2]
     assert cut_at_eos([5, 7], {2}) == [5, 7]

@@ -94,7 +94,7 @@ def test_shared_spellings_across_conventions():
 def test_the_pair_is_cross_tokenizer_only_where_allowed(pair):
     assert pair.cross_tokenizer and pair.describe()["teacher"]["vocab_size"] == len(sentencepiece_tokenizer())
     assert pair.describe()["student"]["vocab_size"] == len(tiny_tokenizer())
-    from vrollout.local.models import pair_from_models
+    from vrollout.models import pair_from_models
 
     with pytest.raises(ModelMismatch, match="different vocabularies"):
         pair_from_models(pair.student, pair.teacher, pair.teacher_template)

@@ -16,8 +16,8 @@ from support.tiny import tiny_model, tiny_tokenizer
 from vrollout.cli.commands import _model_flags, _settings
 from vrollout.config import Settings
 from vrollout.local.engine import replay_batch
-from vrollout.local.models import load_model, placement_options
 from vrollout.local.pedagogical import Policy, RolloutItem, pedagogical_rollouts
+from vrollout.models import load_model, placement_options
 from vrollout.pipeline.analyzer import Analyzer
 
 # Every layer of a 2-layer Llama named: the embedding, a layer and the head on disk.

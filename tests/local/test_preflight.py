@@ -11,7 +11,7 @@ from support import tiny_settings
 from support.cross import cross_pair
 from support.tiny import CHAT_TEMPLATE, tiny_pair
 from vrollout.config import DEFAULT_TEACHER_TEMPLATE
-from vrollout.local.models import LoadedModel, pair_from_models
+from vrollout.models import LoadedModel, pair_from_models
 from vrollout.notebook import Analysis
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.pipeline.preflight import compact, job_preflight, leak_score, privileged_chars, words

@@ -13,7 +13,7 @@ import pytest
 from support import assert_error, tiny_settings, upload, wait_done
 from support.tiny import tiny_pair
 from vrollout.errors import BadTrajectory
-from vrollout.local.models import ModelPair
+from vrollout.models import ModelPair
 from vrollout.pipeline.analyzer import Analyzer
 
 CONVERSATIONS = [

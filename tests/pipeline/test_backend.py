@@ -12,8 +12,8 @@ from vrollout.errors import BadTrajectory
 from vrollout.local import engine
 from vrollout.local.backend import LocalBackend
 from vrollout.local.continuations import continuations_from_every_prefix, eos_ids
-from vrollout.local.models import ModelPair
 from vrollout.local.pedagogical import pedagogical_rollout
+from vrollout.models import ModelPair
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.pipeline.backend import Backend
 from vrollout.pipeline.recovery import recovery

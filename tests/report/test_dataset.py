@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 from support.synthetic import synthetic_analysis
 from vrollout.pipeline.assembly import summarize
-from vrollout.report.dataset import (
+from vrollout.pipeline.digest import (
     SUMMARY_COLUMNS,
     decile_shares,
     digest,
-    figures_of,
-    histogram_bars,
     is_current,
-    summaries_csv,
     summary_of,
     summary_row,
 )
+from vrollout.report.dataset import figures_of, histogram_bars, summaries_csv
 from vrollout.report.headline import cell, headline, headline_csv, headline_latex, headline_markdown
 
 

@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers
 from transformers import PreTrainedTokenizerFast
 from vrollout.config import DEFAULT_TEACHER_TEMPLATE
-from vrollout.local.models import LoadedModel, ModelPair, pair_from_models
+from vrollout.models import LoadedModel, ModelPair, pair_from_models
 
 from support.tiny import tiny_model, tiny_pair
 

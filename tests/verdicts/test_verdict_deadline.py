@@ -40,11 +40,16 @@ ORDINARY = [
 
 
 @pytest.fixture
-def short_deadline():
-    before = math_check.deadline()
-    math_check.set_deadline(DEADLINE_S)
-    yield
-    math_check.set_deadline(before)
+def deadlines(monkeypatch):
+    """The deadline of every check the helpers are asked for (the checks run as ever)."""
+    asked, run = [], math_check._POOL.run
+
+    def recorded(request, deadline_s):
+        asked.append(deadline_s)
+        return run(request, deadline_s)
+
+    monkeypatch.setattr(math_check._POOL, "run", recorded)
+    return asked
 
 
 def in_thread(func):
@@ -56,18 +61,21 @@ def in_thread(func):
     return found[0]
 
 
-def test_a_slow_check_in_a_worker_thread_ends_at_the_deadline(short_deadline):
-    in_thread(lambda: verdict(r"\boxed{4}", "4"))  # a helper is up: its start-up is not timed
+def test_a_slow_check_in_a_worker_thread_ends_at_the_deadline():
+    # a helper is up: its start-up is not timed
+    in_thread(lambda: verdict(r"\boxed{4}", "4", deadline_s=DEADLINE_S))
     started = math_check._POOL.started
     begin = time.monotonic()
-    found = in_thread(lambda: verdict("It is a huge number: $\\boxed{5}$", SLOW_REFERENCE))
+    found = in_thread(
+        lambda: verdict("It is a huge number: $\\boxed{5}$", SLOW_REFERENCE, deadline_s=DEADLINE_S)
+    )
     assert time.monotonic() - begin < DEADLINE_S + MARGIN_S
     # math-verify did not decide: the text rule did ("a huge number" is a textual form)
     assert found == {"correct": True, "method": "text", "parsed_answer": None, "parsed_reference": None}
-    found = in_thread(lambda: verdict(SLOW_ANSWER, "5"))
+    found = in_thread(lambda: verdict(SLOW_ANSWER, "5", deadline_s=DEADLINE_S))
     assert (found["correct"], found["method"], found["parsed_answer"]) == (False, "text", None)
     # the killed helper is replaced by a fresh one, and the next ordinary check works
-    found = in_thread(lambda: verdict(r"The answer is \boxed{\frac{1}{2}}", "0.5"))
+    found = in_thread(lambda: verdict(r"The answer is \boxed{\frac{1}{2}}", "0.5", deadline_s=DEADLINE_S))
     assert (found["correct"], found["method"], found["parsed_answer"]) == (
         True,
         "math-verify",
@@ -87,7 +95,7 @@ def test_a_thread_gets_the_main_threads_verdicts_and_math_verifys_own_reading():
         )
 
 
-def test_a_slow_reference_does_not_hang_an_analysis_or_a_job(tiny, tmp_path, short_deadline):
+def test_a_slow_reference_does_not_hang_an_analysis_or_a_job(tiny, tmp_path, deadlines):
     settings = tiny_settings(tmp_path, math_verify_timeout_s=DEADLINE_S)
     with TestClient(create_app(settings, analyzer=Analyzer(tiny, settings))) as client:
         body = {
@@ -112,7 +120,9 @@ def test_a_slow_reference_does_not_hang_an_analysis_or_a_job(tiny, tmp_path, sho
         assert [i["state"] for i in items] == ["done", "done"], items
         found = [client.get(f"/api/analyses/{i['analysis_id']}").json()["verdict"] for i in items]
     assert [(v["correct"], v["method"]) for v in found] == [(False, "text"), (True, "math-verify")]
-    assert math_check.deadline() == DEADLINE_S  # the setting reached the verdicts
+    # the setting reached every verdict (the analysis's, each job line's), passed, not set globally
+    assert deadlines and set(deadlines) == {DEADLINE_S}
+    assert not hasattr(math_check, "set_deadline")
 
 
 def test_a_helper_whose_parent_died_is_ended_by_its_cpu_cap():

@@ -107,7 +107,7 @@ def test_analysis_page_renders_the_analysis(tiny_client, analysis):
 
 def test_vendored_plotly_matches_the_python_package():
     from plotly.offline import get_plotlyjs_version
-    from vrollout.web.pages import PLOTLY_BUNDLE
+    from vrollout.report.pages import PLOTLY_BUNDLE
 
     vendored = re.search(r"plotly-basic-(\d+)\.", PLOTLY_BUNDLE).group(1)
     assert vendored == get_plotlyjs_version().split(".")[0], "re-vendor plotly.js basic (npm)"

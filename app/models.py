@@ -72,13 +72,13 @@ class ModelPair:
     shared: bool
     vocab_size: int  # logits columns compared (padding rows beyond the tokenizer are dropped)
     teacher_template: str
-    # How each context is rendered (settings of the same names; core.contexts.render_role). They
+    # How each context is rendered (settings of the same names; pipeline.contexts.render_role). They
     # sit on the pair, not the model: a self-teacher's two roles share one LoadedModel.
     student_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     teacher_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     teacher_prompt_format: str | None = None
     # The teacher has another vocabulary: it reads the response text under its own tokenization
-    # and the two are aligned by spans (core/align.py, local/cross.py); `teacher_vocab_size` is
+    # and the two are aligned by spans (pipeline/align.py, local/cross.py); `teacher_vocab_size` is
     # then its own logit columns (else the shared `vocab_size`).
     cross_tokenizer: bool = False
     teacher_vocab_size: int | None = None

@@ -14,7 +14,7 @@ from support import REAL_CACHE
 from support.tiny import tiny_model, tiny_tokenizer
 from vrollout.config import DEFAULT_TEACHER_TEMPLATE
 from vrollout.errors import ModelMismatch
-from vrollout.local.models import (
+from vrollout.models import (
     DEFAULT_GGUF,
     DEFAULT_NAME,
     GGUF_SAMPLE_BYTES,
