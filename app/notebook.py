@@ -370,4 +370,4 @@ def load(
 
     given = {"student": student, "teacher": teacher, "device": device, "dtype": dtype, "backend": backend}
     overrides = {k: v for k, v in given.items() if v is not None} | settings
-    return VirtualRollout(Analyzer.from_settings(Settings(**overrides), store=False))
+    return VirtualRollout(Analyzer.from_settings(Settings(**overrides)))

@@ -36,7 +36,7 @@ from abuse import open_fds, peak_rss  # noqa: E402
 from load import Server  # noqa: E402
 from support.synthetic import synthetic_analysis  # noqa: E402
 from vrollout.ids import new_id  # noqa: E402
-from vrollout.report.dataset import digest  # noqa: E402
+from vrollout.pipeline.digest import digest  # noqa: E402
 from vrollout.storage.jobs import Jobs  # noqa: E402
 from vrollout.storage.store import Store, preview_of  # noqa: E402
 

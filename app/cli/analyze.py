@@ -135,7 +135,7 @@ class Outputs:
             f.truncate(keep)
 
     def _views(self, analysis: dict[str, Any]) -> None:
-        from vrollout.report.dataset import digest
+        from vrollout.pipeline.digest import digest
 
         if self.digests is not None and self.steps is not None:
             self.digests.write(json.dumps(digest(analysis)) + "\n")
@@ -214,10 +214,11 @@ def write_views(
     from the first, each time it is called) and the summary rows: summaries.csv/.jsonl,
     figures.json, headline.csv/.md/.tex, drift.csv (lines with a step) and report.html, written
     piece by piece. The streaming run and `cli.write_dataset` both write them here."""
-    from vrollout.report.dataset import figures_of, jsonl_chunks, summaries_csv_chunks, summary_of
+    from vrollout.pipeline.digest import summary_of
+    from vrollout.report.dataset import figures_of, jsonl_chunks, summaries_csv_chunks
     from vrollout.report.drift import drift_csv, drift_rows
     from vrollout.report.headline import FORMATS, headline
-    from vrollout.web.pages import make_templates, standalone_assets
+    from vrollout.report.pages import standalone_assets, template_env
 
     with (folder / "summaries.csv").open("w", encoding="utf-8", newline="") as f:
         f.writelines(summaries_csv_chunks(summary_of(d) for d in each_digest()))
@@ -231,7 +232,7 @@ def write_views(
     drift = drift_rows(each_digest())
     if drift:  # lines carry a training step
         (folder / "drift.csv").write_text(drift_csv(drift))
-    env = make_templates(settings.templates_dir).env  # the pages' filters, autoescaped
+    env = template_env(settings.templates_dir)  # the pages' filters, autoescaped
     inline, csp = standalone_assets(settings.static_dir, "report.js")
     page = env.get_template("report.html").generate(
         name=name,
@@ -272,7 +273,7 @@ class _Rows:
         return self.count
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from vrollout.report.dataset import summary_of
+        from vrollout.pipeline.digest import summary_of
 
         return (summary_of(d) for d in _each(self.digests))
 
@@ -343,7 +344,10 @@ def analyze_file(args: Any, settings: Settings) -> int:
         return 2
     if outputs.done:
         print(f"resuming: {len(outputs.done)} lines already in {outputs.path}", file=sys.stderr)
-    analyzer = Analyzer.from_settings(settings, store=not args.no_store)
+    from vrollout.storage.store import Store
+
+    store = None if args.no_store else Store(settings.database)  # a damaged one fails before loading
+    analyzer = Analyzer.from_settings(settings, store)
     options = {
         "top_k": args.top_k,
         "continuation_tokens": args.continuation_tokens,

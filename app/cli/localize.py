@@ -94,7 +94,11 @@ def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = Non
     except (OSError, VRError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
-    analyzer = analyzer or Analyzer.from_settings(settings, store=not args.no_store)
+    if analyzer is None:
+        from vrollout.storage.store import Store
+
+        store = None if args.no_store else Store(settings.database)  # a damaged one fails before loading
+        analyzer = Analyzer.from_settings(settings, store)
     options = {
         "top_k": args.top_k,
         "recovery": args.recovery,

@@ -91,7 +91,11 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
     except (OSError, VRError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
-    analyzer = analyzer or Analyzer.from_settings(settings, store=not args.no_store)
+    if analyzer is None:
+        from vrollout.storage.store import Store
+
+        store = None if args.no_store else Store(settings.database)  # a damaged one fails before loading
+        analyzer = Analyzer.from_settings(settings, store)
     try:
         flags = ("threshold", "max_rank", "temperature", "top_p", "seed", "max_new_tokens")
         options = pedagogical_options(

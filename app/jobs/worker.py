@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError, Future
 from typing import Any, Literal, TypeVar
 
-from vrollout.errors import Cancelled, QueueFull, TooLong
+from vrollout.errors import Cancelled, QueueFull
 from vrollout.pipeline.replay import Progress, _no_progress
 
 T = TypeVar("T")
@@ -200,14 +200,3 @@ class ModelWorker:
                 self._seconds_per_work = 0.8 * self._seconds_per_work + 0.2 * elapsed
             with self._wake:
                 self._running = None
-
-
-def check_budget(cost: int, limit: int, setting: str, formula: str) -> None:
-    """Refuse, before any model work, a request that could ask for more than its budget."""
-    if cost > limit:
-        raise TooLong(
-            f"this request could decode up to {cost} tokens ({formula}), over the budget of "
-            f"{limit} ({setting}); ask for fewer tokens",
-            cost=cost,
-            limit=limit,
-        )

@@ -1,6 +1,6 @@
 """Drift across training steps: when lines carry a `step` (a training step or a checkpoint name),
 one row per step of how the teacher's signal looks there (docs/metrics.md, "Drift across steps"),
-and its Plotly views. Built from digests (`report.dataset.digest`) in one pass, a few numbers per
+and its Plotly views. Built from digests (`pipeline.digest.digest`) in one pass, a few numbers per
 trajectory, so a large job's table is cheap. Pure functions: no database, no HTTP.
 """
 

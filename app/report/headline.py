@@ -3,7 +3,7 @@ reports it. Rows are measures of one trajectory (its concentration, agreement, t
 surface/fork counts), columns are the trajectories taken together (all, correct, incorrect), and
 each cell is the median across trajectories with its interquartile range and n.
 
-Pure functions over digests (`report.dataset.digest`): no database, no HTTP. One pass keeps a few
+Pure functions over digests (`pipeline.digest.digest`): no database, no HTTP. One pass keeps a few
 numbers per trajectory, so a large job's table is cheap. Renderings: JSON (the route and the
 pages), CSV, Markdown and LaTeX (the files to paste into a paper).
 """

@@ -13,7 +13,7 @@ from typing import Any
 
 from vrollout.errors import NotFound
 from vrollout.ids import new_id, now
-from vrollout.report.dataset import is_current
+from vrollout.pipeline.digest import is_current
 from vrollout.storage.store import Store
 
 SCHEMA = """
@@ -246,7 +246,7 @@ class Jobs:
             last = rows[-1][0]
 
     def digests(self, job_id: str) -> Iterator[dict[str, Any]]:
-        """The digest (`report.dataset.digest`) of each analysis of the job, in line order."""
+        """The digest (`pipeline.digest.digest`) of each analysis of the job, in line order."""
         for rows in self._analysis_ids(job_id):
             for _, analysis_id, stored in rows:
                 found = json.loads(stored) if stored else None

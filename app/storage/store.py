@@ -3,7 +3,7 @@
 Knows nothing about models or HTTP. Each call opens its own short-lived connection, so the
 store is safe to use from the model worker thread and the event loop alike; `with
 store.connect() as db:` is one transaction and closes the connection at its end. Beside each
-analysis sits its digest (`report.dataset.digest`): what dataset views need, so that they never
+analysis sits its digest (`pipeline.digest.digest`): what dataset views need, so that they never
 parse the analyses themselves.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic_core import to_json
 from vrollout.errors import NotFound, StorageError, StorageFull
-from vrollout.report.dataset import digest, is_current
+from vrollout.pipeline.digest import digest, is_current
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS analyses (
@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS analyses (
     summary TEXT NOT NULL,
     preview TEXT NOT NULL,
     data BLOB NOT NULL,
-    digest TEXT                   -- JSON, report.dataset.digest; NULL in databases made before it
+    digest TEXT                   -- JSON, pipeline.digest.digest; NULL in databases made before it
 );
 CREATE INDEX IF NOT EXISTS analyses_created ON analyses (created_at DESC);
 """

@@ -137,7 +137,7 @@ class BodyLimit:
 def _describe_validation(
     exc: RequestValidationError, model: type[BaseModel] | None = None
 ) -> tuple[int, str, list[dict[str, Any]]]:
-    """In the words files and the Python API get (`core.validation.describe`): 413 for text over
+    """In the words files and the Python API get (`inputs.validation.describe`): 413 for text over
     its character cap, else 422; a body's fields named as in the body (no `body.` prefix)."""
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.store = Store(settings.database)
-        app.state.analyzer = analyzer or Analyzer.from_settings(settings, store=False)
+        app.state.analyzer = analyzer or Analyzer.from_settings(settings)
         app.state.analyzer.store = app.state.store
         app.state.worker = ModelWorker(settings.max_queued_requests)
         loud_accept_errors = quiet_accept_errors(asyncio.get_running_loop())

@@ -5,7 +5,6 @@ event streams are covered too. Knows nothing about models or trajectories."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import math
@@ -37,21 +36,6 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": APP_CSP,
 }
-
-
-def script_hashes(*scripts: str) -> str:
-    """CSP sources that allow exactly these inline scripts (the text between the tags)."""
-    digests = (hashlib.sha256(s.encode()).digest() for s in scripts)
-    return " ".join(f"'sha256-{base64.b64encode(d).decode()}'" for d in digests)
-
-
-def standalone_csp(*scripts: str) -> str:
-    """A one-file page that opens offline (download, report): its own inline scripts run, nothing
-    is fetched. Fit for a <meta> element too (which ignores frame-ancestors, so it has none)."""
-    return (
-        f"default-src 'none'; script-src {script_hashes(*scripts)}; style-src 'unsafe-inline'; "
-        "img-src data: blob:; object-src 'none'; base-uri 'none'; form-action 'none'"
-    )
 
 
 class SecurityHeaders:

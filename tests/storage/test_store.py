@@ -18,17 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from support.synthetic import synthetic_analysis, synthetic_job
 from vrollout.errors import NotFound
+from vrollout.pipeline.digest import SUMMARY_COLUMNS, digest, is_current, summary_of, summary_row
 from vrollout.report.dataset import (
-    SUMMARY_COLUMNS,
-    digest,
     figures_of,
-    is_current,
     step_rows,
     steps_parquet,
     steps_parquet_chunks,
     summaries_csv_chunks,
-    summary_of,
-    summary_row,
 )
 from vrollout.storage import store as store_module
 from vrollout.storage.jobs import Jobs

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 from support import GOOD, assert_error, upload, wait_done
-from vrollout.report.dataset import DIGEST_VERSION
+from vrollout.pipeline.digest import DIGEST_VERSION
 
 # Steps out of order, as a shuffled log: 2 < 10 < 30 by number (not "10" < "2" as text).
 LINES = [

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 from support import GOOD, assert_error, upload, wait_done
-from vrollout.report.dataset import digest
+from vrollout.pipeline.digest import digest
 from vrollout.report.headline import headline
 
 

@@ -20,6 +20,7 @@ from vrollout.jobs.pedagogical import MODES, line_options, parse_sweep, pedagogi
 from vrollout.jobs.progress import Follower
 from vrollout.jobs.runner import JobRunner
 from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.digest import summary_of
 from vrollout.pipeline.lines import key_warnings
 from vrollout.pipeline.preflight import job_preflight
 from vrollout.report.dataset import (
@@ -29,7 +30,6 @@ from vrollout.report.dataset import (
     steps_of,
     steps_parquet_chunks,
     summaries_csv_chunks,
-    summary_of,
 )
 from vrollout.report.drift import drift_csv, drift_rows
 from vrollout.report.headline import FORMATS as HEADLINE_FORMATS
@@ -103,11 +103,11 @@ def validate_lines(
 ) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Each line checked on its own (nothing valid is dropped because a neighbour was bad):
     the good lines (as stored: unknown keys moved into `meta`), the rejected ones, and a
-    warning per unknown key. The file is JSONL, a JSON array or Parquet (core.sources), its
+    warning per unknown key. The file is JSONL, a JSON array or Parquet (inputs.sources), its
     columns renamed by `mapping` and `preset` first."""
     rows = list(iter_rows(data, name=name, settings=analyzer.settings, mapping=mapping, preset=preset))
     # Siblings need the whole file first: one validation pass indexes its successful responses
-    # (core.teacher_context), and each line asking for one gets it written into its `sibling`.
+    # (inputs.teacher_context), and each line asking for one gets it written into its `sibling`.
     index = (
         analyzer.index_siblings(rows, options, privileged)
         if any(wants_sibling({**options, **obj}) for _, obj in rows if isinstance(obj, dict))
