@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from vrollout.config import Settings  # noqa: E402
 from vrollout.local.continuations import continuations_from_every_prefix, cut_at_eos, eos_ids  # noqa: E402
 from vrollout.local.engine import final_hidden, forced_pass, generate, head_logits  # noqa: E402
-from vrollout.local.models import LoadedModel  # noqa: E402
+from vrollout.models import LoadedModel  # noqa: E402
 from vrollout.pipeline.analyzer import Analyzer  # noqa: E402
 
 K = 8
