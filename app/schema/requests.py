@@ -27,7 +27,7 @@ RESPONSE_CAP = "at most VROLLOUT_MAX_RESPONSE_TOKENS x VROLLOUT_CHARS_PER_TOKEN 
 TokenId = Annotated[int, Field(ge=0)]
 # Levels of objects and arrays in `meta`, itself the first. It is kept as given in the analysis,
 # stored and served as JSON, and the JSON encoder stops at 254 levels: deeper is refused here.
-MAX_META_DEPTH = 32
+MAX_META_DEPTH = 64
 
 
 def storable_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:

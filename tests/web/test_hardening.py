@@ -20,6 +20,7 @@ from vrollout.config import Settings
 from vrollout.errors import StorageError, TooLong
 from vrollout.inputs.trajectories import parse_file
 from vrollout.pipeline.analyzer import Analyzer
+from vrollout.schema.requests import MAX_META_DEPTH
 from vrollout.storage.store import Store
 from vrollout.web.app import create_app
 
@@ -74,10 +75,14 @@ def test_a_utf16_body_is_still_json(tiny_client):  # RFC 8259 allows it; json.lo
 
 
 def test_deeply_nested_meta_is_kept_or_refused_never_a_500(tiny_client):
-    meta = {"deep": json.loads("[" * 200 + "]" * 200)}
+    # Kept up to MAX_META_DEPTH levels (meta itself the first), refused past it (#24 item 9)
+    levels = MAX_META_DEPTH - 1
+    meta = {"deep": json.loads("[" * levels + "]" * levels)}
     r = tiny_client.post("/api/analyze", json={**GOOD, "meta": meta})
     assert r.status_code == 200, r.text
     assert tiny_client.get(f"/analyses/{r.json()['id']}").status_code == 200
+    meta = {"deep": json.loads("[" * 200 + "]" * 200)}
+    assert_error(tiny_client.post("/api/analyze", json={**GOOD, "meta": meta}), 422, "meta")
 
 
 @pytest.mark.parametrize(
