@@ -309,30 +309,103 @@ def no_interrupts() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def label(given: Any) -> str:
+    """A FILE argument (or several) as messages name it."""
+    return given if isinstance(given, str) else " ".join(map(str, given))
+
+
+def say_line_warnings(sources: Any, unknown: dict[str, list[int]]) -> list[str]:
+    """`FILE:LINE: warning: ...` for each unknown key, at the first line (of its own file) that has it."""
+    from vrollout.pipeline.lines import key_warnings
+
+    out = []
+    for warning in key_warnings(unknown):
+        count = f"{warning['count']} line{'s' if warning['count'] != 1 else ''}"
+        out.append(f"{sources.where(warning['lines'][0])}: warning: {warning['warning']} ({count})")
+    return out
+
+
+def cluster_of(args: Any) -> Any:
+    """The `--ray` flags as a `cluster.ray.Cluster` (Ray checked for now), None without `--ray`."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from vrollout.cluster.ray import cluster_of, require_ray
+
+    require_ray()
+    return cluster_of(args)
+
+
+def add_cluster_flags(p: Any) -> None:
+    """`--ray ADDRESS` and the sizes of its workers (docs/ray.md), for the file commands."""
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on a Ray cluster: auto (the one this machine belongs to), ray://HOST:PORT, or local "
+        "(start one here); needs pip install 'virtual-rollout[ray]'",
+    )
+    p.add_argument(
+        "--workers", type=int, help="with --ray: model workers (default 1), each loads the models once"
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        dest="gpus_per_worker",
+        type=float,
+        help="with --ray: GPUs per worker (fractions allowed; default 0)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        dest="cpus_per_worker",
+        type=float,
+        help="with --ray: CPUs per worker (default 1)",
+    )
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        help="with --ray: lines per batch handed to a worker (default 64)",
+    )
+
+
+def analyze_lines(
+    analyzer: Any, rows: list[tuple[int, Any]], unknown: dict[str, list[int]], params: dict[str, Any]
+) -> Iterator[tuple[int, Any]]:
+    """What a cluster worker runs for `analyze` (`cluster.ray.Task`): the plain run's pipeline
+    over its batch of lines."""
+    from vrollout.pipeline.lines import file_lines, run_lines
+
+    job = params["job"]
+    prepare = file_lines(analyzer, params["options"], params["privileged"], unknown, params["siblings"])
+
+    def run(prepared: list[tuple[int, Any]]) -> Iterator[list[tuple[int, Any]]]:
+        return analyzer.run_prepared(prepared, lambda n: {"job": {**job, "line": n}})
+
+    return run_lines(rows, prepare, run)
+
+
 def analyze_file(args: Any, settings: Settings) -> int:
-    """`vrollout analyze FILE --out OUT [--resume] [--shard I/N]`; the exit status."""
+    """`vrollout analyze FILE... --out OUT [--resume] [--shard I/N] [--ray ADDRESS]`; the exit status."""
     from tqdm import tqdm
-    from vrollout.inputs.sources import iter_rows
+    from vrollout.inputs.paths import Sources
     from vrollout.inputs.teacher_context import teacher_options
     from vrollout.pipeline.analyzer import Analyzer
-    from vrollout.pipeline.lines import file_lines, run_lines, say_warnings
+    from vrollout.pipeline.lines import file_lines, run_lines
 
-    source = Path(args.file)
-
-    def read() -> Iterator[tuple[int, Any]]:  # JSONL, JSON, Parquet, datasets folders, hf://
-        return iter_rows(
+    try:
+        cluster = cluster_of(args)
+    except VRError as exc:  # --ray without Ray, or a size below its bound
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        sources = Sources(  # JSONL, JSON, Parquet, datasets folders, hf://; folders and globs of them
             args.file,
-            name=source.name,
-            settings=settings,
+            settings,
             split=getattr(args, "split", None),
             mapping=getattr(args, "map", None),
             preset=getattr(args, "preset", None),
         )
-
-    try:
         shard = parse_shard(args.shard)
         tag = None if shard is None else f"{shard[0]}/{shard[1]}"
-        rows = read()
+        rows = sources.rows()
         first = next(rows, None)  # an unreadable or empty file: said now, before the models load
         teacher = teacher_options(
             getattr(args, "teacher_context", None),
@@ -340,7 +413,7 @@ def analyze_file(args: Any, settings: Settings) -> int:
         )
         outputs = Outputs(Path(args.out), args.resume, tag)
     except (OSError, VRError) as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        print(f"error: {label(args.file)}: {exc}", file=sys.stderr)
         return 2
     if outputs.done:
         print(f"resuming: {len(outputs.done)} lines already in {outputs.path}", file=sys.stderr)
@@ -358,7 +431,7 @@ def analyze_file(args: Any, settings: Settings) -> int:
     job = {"id": None} if tag is None else {"id": None, "shard": tag}
     siblings = None
     if teacher.get("teacher_context") == "sibling":  # a first pass: every line, every shard
-        siblings = analyzer.index_siblings(read(), options, args.privileged)
+        siblings = analyzer.index_siblings(sources.rows(), options, args.privileged)
 
     def keep(number: int) -> bool:
         mine = shard is None or (number - 1) % shard[1] == shard[0]
@@ -375,9 +448,19 @@ def analyze_file(args: Any, settings: Settings) -> int:
 
     try:
         with stop_signals(), tqdm(unit="traj", file=sys.stderr) as bar:
-            lines = run_lines(
-                everything, prepare, run, keep=keep, progress=bar.update, window_done=outputs.flush
-            )  # whole lines on disk after each window: a killed run loses at most one window
+            if cluster is None:
+                lines = run_lines(
+                    everything, prepare, run, keep=keep, progress=bar.update, window_done=outputs.flush
+                )  # whole lines on disk after each window: a killed run loses at most one window
+            else:
+                from vrollout.cluster.ray import Keep, Task, cluster_lines
+
+                params = {"options": options, "privileged": args.privileged, "job": job, "siblings": siblings}
+                lines = cluster_lines(
+                    sources, Task(analyze_lines, params), settings, cluster,
+                    keep=Keep(frozenset(outputs.done), shard), unknown=unknown,
+                    progress=bar.update, committed=outputs.flush,
+                )  # fmt: skip
             for number, result in lines:
                 if isinstance(result, VRError):
                     errors.append((number, result.message))
@@ -395,10 +478,10 @@ def analyze_file(args: Any, settings: Settings) -> int:
             outputs.close()
     with no_interrupts():
         for number, message in sorted(errors):
-            print(f"{args.file}:{number}: {message}", file=sys.stderr)
-        for warning in say_warnings(args.file, unknown):
+            print(f"{sources.where(number)}: {message}", file=sys.stderr)
+        for warning in say_line_warnings(sources, unknown):
             print(warning, file=sys.stderr)
-        name = source.name if tag is None else f"{source.name} (shard {tag})"
+        name = sources.name if tag is None else f"{sources.name} (shard {tag})"
         outputs.finish(name, sorted(errors), analyzer, settings)
     where = outputs.folder or outputs.path
     total = f"{done} analysed, {len(errors)} failed"
@@ -410,7 +493,7 @@ def analyze_file(args: Any, settings: Settings) -> int:
     if broken is not None:
         print(f"{total} -> {where}", file=sys.stderr)
         print(
-            f"error: {args.file}: {broken}; the lines before it were analysed (mend the file and run "
+            f"error: {sources.label}: {broken}; the lines before it were analysed (mend the file and run "
             "again with --resume to go on)",
             file=sys.stderr,
         )

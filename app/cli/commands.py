@@ -128,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse a JSONL file of trajectories")
     p.add_argument(
         "file",
+        nargs="+",
         help="JSONL (one trajectory per line), a JSON array, Parquet, a folder written by datasets' "
-        "save_to_disk, or hf://datasets/ORG/NAME (docs/formats.md)",
+        "save_to_disk, hf://datasets/ORG/NAME, or a folder or glob of such files, or several "
+        "(docs/formats.md)",
     )
     p.add_argument("--split", help="the split of a datasets folder or an hf:// dataset (e.g. train)")
     p.add_argument(
@@ -161,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep what --out holds from an earlier (killed or interrupted) run and skip its lines",
     )
     p.add_argument("--shard", help="I/N: only lines whose number is I modulo N, counting from 0 (N machines)")
+    from vrollout.cli.analyze import add_cluster_flags
+
+    add_cluster_flags(p)
     _model_flags(p)
     p.set_defaults(fn=analyze)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from vrollout.errors import BadTrajectory, TooLong, VRError
 from vrollout.inputs.trajectories import parse_file
 from vrollout.metrics.localization import is_localization_line
 from vrollout.metrics.localization_eval import Setup
-from vrollout.pipeline.lines import file_lines, run_lines, say_warnings
+from vrollout.pipeline.lines import file_lines, run_lines
 
 NOT_LOCALIZATION = 'not a localization line: give "steps": [str] and "label": int'
 
@@ -60,7 +60,29 @@ def replay(
     trajectory of its joined steps), through the pipeline of files of lines (`pipeline.lines`:
     windows, planned batches, line order). `advance(n)`: n more lines finished (a progress bar)."""
     out = Replayed()
-    files = file_lines(analyzer, options, privileged, out.unknown)
+    params = {"options": options, "privileged": privileged}
+    collect(out, replay_lines(analyzer, lines, out.unknown, params, advance))
+    return out
+
+
+def collect(out: Replayed, results: Iterable[tuple[int, Any]]) -> None:
+    for number, result in results:
+        if isinstance(result, VRError):
+            out.errors.append((number, result.message))
+        else:
+            out.analyses.append((number, result))
+
+
+def replay_lines(
+    analyzer: Analyzer,
+    lines: Iterable[tuple[int, Any]],
+    unknown: dict[str, list[int]],
+    params: dict[str, Any],
+    advance: Callable[[int], None] = lambda n: None,
+) -> Iterator[tuple[int, Any]]:
+    """Each line's (number, analysis or VRError), in line order; also what a cluster worker runs
+    for `localize` (`cluster.ray.Task`). `params`: options and privileged text."""
+    files = file_lines(analyzer, params["options"], params["privileged"], unknown)
 
     def prepare(window: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         steps = [(number, obj) for number, obj in window if is_localization_line(obj)]
@@ -74,25 +96,46 @@ def replay(
     def run(prepared: list[tuple[int, Any]]) -> Iterator[list[tuple[int, Any]]]:
         return analyzer.run_prepared(prepared, lambda n: {"job": {"id": None, "line": n}})
 
-    for number, result in run_lines(lines, prepare, run, progress=advance):
-        if isinstance(result, VRError):
-            out.errors.append((number, result.message))
+    return run_lines(lines, prepare, run, progress=advance)
+
+
+def read_sources(given: Any, settings: Settings) -> tuple[list[tuple[int, Any]], list[tuple[int, str]], Any]:
+    """The numbered lines of FILE... and the lines that do not decode, and the `Sources` that name
+    them: one JSONL file as before (`read_lines`: the upload's limits), else a folder, a glob or
+    several files, each read as `vrollout analyze` reads it."""
+    from vrollout.inputs.paths import Sources
+    from vrollout.inputs.trajectories import LineError
+
+    sources = Sources(given, settings)
+    if not sources.several and Path(sources.paths[0]).is_file():
+        lines, errors = read_lines(Path(sources.paths[0]), settings)
+        return lines, errors, sources
+    lines, errors = [], []
+    for number, row in sources.rows():
+        if isinstance(row, LineError):
+            errors.append((number, row.error))
         else:
-            out.analyses.append((number, result))
-    return out
+            lines.append((number, row))
+    return lines, errors, sources
 
 
 def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = None) -> int:
     """The command: 0 when every line was scored, 1 when some failed, 2 when nothing could be.
     `analyzer`: the models to use (default: load the ones `settings` name)."""
     from tqdm import tqdm
+    from vrollout.cli.analyze import cluster_of, label, say_line_warnings
     from vrollout.pipeline.analyzer import Analyzer
     from vrollout.report.localization import localization_result, write_folder
 
     try:
-        lines, errors = read_lines(Path(args.file), settings)
+        cluster = cluster_of(args)
+    except VRError as exc:  # --ray without Ray, or a size below its bound
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        lines, errors, sources = read_sources(args.file, settings)
     except (OSError, VRError) as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        print(f"error: {label(args.file)}: {exc}", file=sys.stderr)
         return 2
     if analyzer is None:
         from vrollout.storage.store import Store
@@ -105,11 +148,14 @@ def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = Non
         "recovery_max_new_tokens": args.recovery_max_new_tokens,
     }
     with tqdm(total=len(lines), unit="line", file=sys.stderr) as bar:
-        done = replay(analyzer, lines, options, args.privileged, bar.update)
+        if cluster is None:
+            done = replay(analyzer, lines, options, args.privileged, bar.update)
+        else:
+            done = replay_on_cluster(lines, options, args.privileged, settings, cluster, bar.update)
     errors = sorted(errors + done.errors)
     for number, message in errors:
-        print(f"{args.file}:{number}: {message}", file=sys.stderr)
-    for warning in say_warnings(args.file, done.unknown):
+        print(f"{sources.where(number)}: {message}", file=sys.stderr)
+    for warning in say_line_warnings(sources, done.unknown):
         print(warning, file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,10 +172,28 @@ def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = Non
     except VRError as exc:
         print(f"error: {args.file}: {exc.message}", file=sys.stderr)
         return 2
-    write_folder(out, Path(args.file).name, errors, result, analyzer, settings)
+    write_folder(out, sources.name, errors, result, analyzer, settings)
     print(result.headline(), file=sys.stderr)
     print(f"{len(done.analyses)} scored, {len(errors)} failed -> {out}", file=sys.stderr)
     return 1 if errors else 0
+
+
+def replay_on_cluster(
+    lines: list[tuple[int, Any]],
+    options: dict[str, Any],
+    privileged: str | None,
+    settings: Settings,
+    cluster: Any,
+    advance: Callable[[int], None],
+) -> Replayed:
+    """`replay` on a Ray cluster (`cluster.ray`): the lines, read here, go to the workers in
+    batches; the analyses come back in line order."""
+    from vrollout.cluster.ray import Task, run_rows
+
+    out = Replayed()
+    task = Task(replay_lines, {"options": options, "privileged": privileged})
+    collect(out, run_rows(lines, task, settings, cluster, unknown=out.unknown, progress=advance))
+    return out
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -146,7 +210,12 @@ def add_parser(sub: Any, model_flags: Callable[[Any], None]) -> Any:
     """`vrollout localize`'s parser and flags (the CLI's subparsers, and its shared model flags)."""
     p = sub.add_parser("localize", help="does the teacher's signal point at the first wrong step?")
     model_flags(p)
-    p.add_argument("file", help='JSONL of ProcessBench-shaped lines: a prompt, "steps": [str], "label": int')
+    p.add_argument(
+        "file",
+        nargs="+",
+        help='JSONL of ProcessBench-shaped lines: a prompt, "steps": [str], "label": int (or a folder, '
+        "a glob or several files of them)",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -169,4 +238,7 @@ def add_parser(sub: Any, model_flags: Callable[[Any], None]) -> Any:
         "--bootstrap", type=_at_least(0), default=Setup.bootstrap, help="resamples per 95%% interval"
     )
     p.add_argument("--no-store", action="store_true", help="do not save to the database")
+    from vrollout.cli.analyze import add_cluster_flags
+
+    add_cluster_flags(p)
     return p

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from vrollout.config import Settings
@@ -31,8 +32,10 @@ from vrollout.jobs.pedagogical import (
     with_rollout,
 )
 from vrollout.pipeline.analyzer import Analyzer
-from vrollout.pipeline.lines import file_lines, say_warnings
+from vrollout.pipeline.lines import file_lines
 from vrollout.pipeline.lines import run_lines as each_line
+
+PEDAGOGICAL_FLAGS = ("threshold", "max_rank", "temperature", "top_p", "seed", "max_new_tokens")
 
 
 def add_parser(sub: Any, model_flags: Callable[[Any], None], context_flags: Callable[[Any], None]) -> Any:
@@ -42,8 +45,10 @@ def add_parser(sub: Any, model_flags: Callable[[Any], None], context_flags: Call
     model_flags(p)
     p.add_argument(
         "file",
+        nargs="+",
         help="prompts in any trajectory format (+ privileged, reference_answer; a response is the "
-        "student's own rollout, else it generates one): JSONL, JSON, Parquet, a datasets folder, hf://",
+        "student's own rollout, else it generates one): JSONL, JSON, Parquet, a datasets folder, "
+        "hf://; or a folder or glob of such files, or several",
     )
     p.add_argument("--split", help="the split of a datasets folder or an hf:// dataset")
     p.add_argument("--map", help="where the fields are: field=column,... e.g. prompt=question")
@@ -66,30 +71,34 @@ def add_parser(sub: Any, model_flags: Callable[[Any], None], context_flags: Call
         help="which rollouts rollouts.jsonl keeps: those that reached the reference (default) or all",
     )
     p.add_argument("--no-store", action="store_true", help="do not save the analyses to the database")
+    from vrollout.cli.analyze import add_cluster_flags
+
+    add_cluster_flags(p)
     return p
 
 
 def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = None) -> int:
     """The command: 0 when every line ran, 1 when some failed, 2 when none could."""
     from tqdm import tqdm
-    from vrollout.inputs.sources import iter_rows
+    from vrollout.cli.analyze import cluster_of, label, say_line_warnings
+    from vrollout.inputs.paths import Sources
     from vrollout.inputs.teacher_context import teacher_options
     from vrollout.report.pedagogical import write_pedagogical
 
-    def read() -> Iterator[tuple[int, Any]]:
-        name = Path(args.file).name
-        return iter_rows(
-            args.file, name=name, settings=settings, split=args.split, mapping=args.map, preset=args.preset
-        )
-
     try:
-        rows = read()
+        cluster = cluster_of(args)
+    except VRError as exc:  # --ray without Ray, or a size below its bound
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        sources = Sources(args.file, settings, split=args.split, mapping=args.map, preset=args.preset)
+        rows = sources.rows()
         first = next(rows, None)  # an unreadable or empty file: said now, before the models load
         context = teacher_options(
             getattr(args, "teacher_context", None), getattr(args, "teacher_template", None)
         )
     except (OSError, VRError) as exc:
-        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        print(f"error: {label(args.file)}: {exc}", file=sys.stderr)
         return 2
     if analyzer is None:
         from vrollout.storage.store import Store
@@ -97,16 +106,17 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
         store = None if args.no_store else Store(settings.database)  # a damaged one fails before loading
         analyzer = Analyzer.from_settings(settings, store)
     try:
-        flags = ("threshold", "max_rank", "temperature", "top_p", "seed", "max_new_tokens")
         options = pedagogical_options(
-            analyzer, sweep=parse_sweep(args.sweep), **{f: getattr(args, f) for f in flags}
+            analyzer, sweep=parse_sweep(args.sweep), **{f: getattr(args, f) for f in PEDAGOGICAL_FLAGS}
         )
     except VRError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     siblings = None
     if context.get("teacher_context") == "sibling":  # a first pass over the file (inputs.teacher_context)
-        siblings = analyzer.index_siblings(read(), {**context, **line_options(options)}, args.privileged)
+        siblings = analyzer.index_siblings(
+            sources.rows(), {**context, **line_options(options)}, args.privileged
+        )
     everything = iter(()) if first is None else itertools.chain([first], rows)
     errors: list[tuple[int, str]] = []
     unknown: dict[str, list[int]] = {}  # keys that are not fields, kept in meta: line numbers
@@ -116,7 +126,20 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
 
         def records() -> Iterator[dict[str, Any]]:
             nonlocal done
-            lines = run_all(analyzer, everything, options, args, unknown, context, siblings, bar.update)
+            if cluster is None:
+                lines = run_all(analyzer, everything, options, args, unknown, context, siblings, bar.update)
+            else:
+                from vrollout.cluster.ray import Keep, Task, cluster_lines
+
+                flags = {f: getattr(args, f) for f in PEDAGOGICAL_FLAGS}
+                params = {
+                    "flags": flags, "sweep": args.sweep, "top_k": args.top_k,
+                    "privileged": args.privileged, "context": context, "siblings": siblings,
+                }  # fmt: skip
+                lines = cluster_lines(
+                    sources, Task(pedagogical_lines, params), settings, cluster,
+                    keep=Keep(), unknown=unknown, progress=bar.update,
+                )  # fmt: skip
             try:
                 for number, result in lines:
                     if isinstance(result, VRError):
@@ -133,11 +156,11 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
         student, teacher = analyzer.pair.student.name, analyzer.pair.teacher.name
         summary = write_pedagogical(
             records(), Path(args.out), include=args.include, end_ids=end_ids(analyzer),
-            name=Path(args.file).name, student=student, teacher=teacher, settings=settings,
+            name=sources.name, student=student, teacher=teacher, settings=settings,
         )  # fmt: skip
     for number, message in sorted(errors):
-        print(f"{args.file}:{number}: {message}", file=sys.stderr)
-    for warning in say_warnings(args.file, unknown):
+        print(f"{sources.where(number)}: {message}", file=sys.stderr)
+    for warning in say_line_warnings(sources, unknown):
         print(warning, file=sys.stderr)
     if as_text := summary["prompts_as_text"]:
         print(
@@ -149,9 +172,19 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
         )
     print(f"{done} lines -> {args.out}", file=sys.stderr)
     if stopped:
-        print(f"error: {args.file}: {stopped[0]}; the lines before it were run", file=sys.stderr)
+        print(f"error: {sources.label}: {stopped[0]}; the lines before it were run", file=sys.stderr)
         return 2
     return 0 if not errors else (1 if done else 2)
+
+
+def pedagogical_lines(
+    analyzer: Analyzer, rows: list[tuple[int, Any]], unknown: dict[str, list[int]], params: dict[str, Any]
+) -> Iterator[tuple[int, Any]]:
+    """What a cluster worker runs for `pedagogical` (`cluster.ray.Task`): `run_all` over its
+    batch, the options made from the command's flags with the worker's own models."""
+    options = pedagogical_options(analyzer, sweep=parse_sweep(params["sweep"]), **params["flags"])
+    args = SimpleNamespace(top_k=params["top_k"], privileged=params["privileged"])
+    return run_all(analyzer, iter(rows), options, args, unknown, params["context"], params["siblings"])
 
 
 def run_all(
