@@ -6,17 +6,21 @@ distribution, then computes each metric straight from its definition. Slow on pu
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+from vrollout.metrics.objectives import ObjectiveSpec
 from vrollout.models import LoadedModel, ModelPair
 
 
 @torch.inference_mode()
-def last_logprobs(model: LoadedModel, ids: list[int], vocab_size: int) -> torch.Tensor:
-    """log π(·|ids): a full forward pass over `ids`, last position, as float32 (V,)."""
+def last_logprobs(
+    model: LoadedModel, ids: list[int], vocab_size: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """log π(·|ids): a full forward pass over `ids`, last position, as `dtype` (V,)."""
     logits = model.model(input_ids=torch.tensor([ids], device=model.device)).logits
-    return torch.log_softmax(logits[0, -1, :vocab_size].float(), dim=-1)
+    return torch.log_softmax(logits[0, -1, :vocab_size].to(dtype), dim=-1)
 
 
 def naive_step(
@@ -37,7 +41,7 @@ def naive_step(
         "student_entropy": -torch.sum(p * logp).item(),
         "teacher_entropy": -torch.sum(q * logq).item(),
         "teacher_top1_id": int(torch.argmax(q)),
-        "agree": int(torch.argmax(q)) == token,
+        "agree": not bool(torch.any(q > q[token])),  # rank 1: a tie with the top-1 agrees
         "teacher_rank": 1 + int(torch.sum(q > q[token])),
         "teacher_topk_ids": t_ids.tolist(),
         "teacher_topk_logprobs": t_vals.tolist(),
@@ -93,4 +97,71 @@ def naive_pedagogical(
         tokens.append(step["token"])
         if step["token"] in eos:
             break
+    return steps
+
+
+def naive_objectives(
+    logp: torch.Tensor, logq: torch.Tensor, token: int, spec: ObjectiveSpec
+) -> dict[str, Any]:
+    """Every objective of docs/objectives.md at one step, in float64 from the two full
+    log-distributions (V,), each written out from its framework's own formula, one at a time."""
+    logp, logq = logp.double(), logq.double()
+    p, q = logp.exp(), logq.exp()
+    k, beta, tau = spec.k, spec.jsd_beta, spec.clip_tau
+    reverse = torch.sum(p * (logp - logq)).item()
+    forward = torch.sum(q * (logq - logp)).item()
+    # TRL GKDTrainer.generalized_jsd_loss: β = 0 forward KL, β = 1 reverse KL, else via the
+    # log-mixture log((1 − β) p + β q) (TRL takes a logsumexp of the two weighted log-probs)
+    if beta == 0.0:
+        jsd = forward
+    elif beta == 1.0:
+        jsd = reverse
+    else:
+        log_m = torch.logsumexp(torch.stack([logp + math.log1p(-beta), logq + math.log(beta)]), 0)
+        jsd = (beta * torch.sum(q * (logq - log_m)) + (1 - beta) * torch.sum(p * (logp - log_m))).item()
+    teacher_top = torch.topk(logq, k).indices
+    student_top = torch.topk(logp, k).indices
+    # verl forward_kl_topk: over the teacher's top-k, log-probs clamped at -10, result >= 0
+    cq, cp = logq[teacher_top].clamp(min=-10.0), logp[teacher_top].clamp(min=-10.0)
+    topk_forward = max(0.0, torch.sum(cq.exp() * (cq - cp)).item())
+    topk_reverse = max(0.0, torch.sum(cp.exp() * (cp - cq)).item())
+
+    def tail(support: torch.Tensor, logr: torch.Tensor) -> torch.Tensor:
+        # TRL _add_tail_bucket: append log(1 − Σ_support r), the support's log mass at most −1e-7
+        log_mass = min(torch.logsumexp(logr[support], 0).item(), -1e-7)
+        return torch.cat(
+            [logr[support], torch.tensor([math.log(-math.expm1(log_mass))], dtype=torch.float64)]
+        )
+
+    tp, tq = tail(teacher_top, logp), tail(teacher_top, logq)
+    log_r = (logq[token] - logp[token]).item()
+    return {
+        "k1": (logp[token] - logq[token]).item(),  # tinker-cookbook: sampled log p − log q
+        "k3": (math.exp(log_r) - 1) - log_r,
+        "jsd": jsd,
+        "topk_reverse_kl": topk_reverse,
+        "topk_forward_kl": topk_forward,
+        "student_topk_reverse_kl": torch.sum(p[student_top] * (logp - logq)[student_top]).item(),
+        "student_topk_forward_kl": torch.sum(q[student_top] * (logq - logp)[student_top]).item(),
+        "topk_tail_reverse_kl": torch.sum(tp.exp() * (tp - tq)).item(),
+        "topk_tail_forward_kl": torch.sum(tq.exp() * (tq - tp)).item(),
+        "clipped_reverse_kl": min(reverse, tau),
+        "clipped_jsd": min(jsd, tau),  # slime OPSD: min(JSD_β, --opsd-jsd-clip)
+        "clip_hit": reverse > tau,
+    }
+
+
+def naive_replay_objectives(
+    pair: ModelPair,
+    student_context: list[int],
+    teacher_context: list[int],
+    response: list[int],
+    spec: ObjectiveSpec,
+) -> list[dict[str, Any]]:
+    """`naive_objectives` at every step, each model run on each prefix alone."""
+    steps = []
+    for t, token in enumerate(response):
+        logp = last_logprobs(pair.student, student_context + response[:t], pair.vocab_size, torch.float64)
+        logq = last_logprobs(pair.teacher, teacher_context + response[:t], pair.vocab_size, torch.float64)
+        steps.append(naive_objectives(logp, logq, token, spec))
     return steps

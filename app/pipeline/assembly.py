@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from vrollout.inputs.trajectories import Trajectory
+from vrollout.metrics.objectives import ObjectiveSpec, quadrants, step_objectives, summarize_objectives
 from vrollout.metrics.signal import MIN_WINDOW, concentration, divergence_kind, fork_matters
 from vrollout.pipeline.backend import Models
 from vrollout.pipeline.contexts import Contexts
@@ -172,9 +173,12 @@ def build_analysis(
     continuation_tokens: int = 0,
     extra: dict[str, Any] | None = None,
     verdict_deadline_s: float = DEADLINE_S,
+    objectives: ObjectiveSpec | None = None,
 ) -> Analysis:
     """The analysis (schema.analysis.Analysis) of one replayed response; `extra` adds the
-    backend's keys (a server's `noise`, ...), `recovery` and `job`."""
+    backend's keys (a server's `noise`, ...), `recovery` and `job`. `objectives`: each step's
+    distillation objectives (those the backend did not compute are null), their summary and
+    TIP's quadrants (`add_objectives`)."""
     tok = pair.student.tokenizer
     wanted = set(response_ids) | set(result.teacher_top1_id)
     for row in result.teacher_topk_ids + result.student_topk_ids:
@@ -208,7 +212,9 @@ def build_analysis(
                 "teacher_entropy": result.teacher_entropy[t],
                 "teacher_top1_id": top1,
                 "teacher_top1": text_of[top1],
-                "agree": top1 == token,
+                # rank 1: no token above the student's (a tie with the top-1 agrees; the top-1 id
+                # is then the first tied one, maybe another token)
+                "agree": result.teacher_rank[t] == 1,
                 "teacher_rank": result.teacher_rank[t],
                 "teacher_topk": topk(result.teacher_topk_ids[t], result.teacher_topk_logprobs[t]),
                 "student_topk": topk(result.student_topk_ids[t], result.student_topk_logprobs[t]),
@@ -224,7 +230,7 @@ def build_analysis(
         continuation_tokens = 0
     flags = classify_steps(steps, response_ids, top_k, continuation_tokens, (extra or {}).get("recovery"))
     rollout = result.teacher_top1_id
-    return {
+    analysis: Analysis = {
         "id": analysis_id,
         "created_at": created_at,
         **model_sides(pair, ctx),
@@ -252,3 +258,26 @@ def build_analysis(
         "notes": ctx.notes,
         **(extra or {}),
     }
+    if objectives is not None:
+        add_objectives(analysis, result, objectives)
+    return analysis
+
+
+def add_objectives(analysis: Analysis, result: ReplayResult, spec: ObjectiveSpec) -> None:
+    """Each step's `objectives`, `summary.objectives`, `summary.quadrants` and the analysis's
+    `objective_options` (docs/objectives.md)."""
+    steps = analysis["steps"]
+    for t, step in enumerate(steps):
+        computed = {name: values[t] for name, values in result.objectives.items()}
+        step["objectives"] = step_objectives(  # type: ignore[typeddict-item]
+            spec, step["student_logprob"], step["teacher_logprob"], computed
+        )
+    summary = analysis["summary"]
+    summary["objectives"] = summarize_objectives(steps, spec)  # type: ignore[arg-type,typeddict-item]
+    summary["quadrants"] = quadrants(  # type: ignore[typeddict-item]
+        [s["student_entropy"] for s in steps],
+        [s["reverse_kl"] for s in steps],
+        spec.entropy_threshold,
+        spec.divergence_threshold,
+    )
+    analysis["objective_options"] = spec.record()  # type: ignore[typeddict-item]

@@ -99,7 +99,7 @@ def build_cross_analysis(
         s_total = math.fsum(s.logprob[s0:s1])
         t_total = sum(t.logprob[t0:t1]) if t1 - t0 == 1 else math.fsum(t.logprob[t0:t1])
         has_teacher = t1 > t0
-        agree = has_teacher and t.top1_id[t0] == alignment.teacher_ids[t0]
+        agree = has_teacher and t.rank[t0] == 1  # ties with the top-1 agree (as `assembly`)
         if has_teacher:
             rollout_ids.append(t.top1_id[t0])
         for k in range(s0, s1):

@@ -114,6 +114,15 @@ def entropy_bounds(position: Position, vocab_size: int) -> tuple[float, float]:
     return lower, max(lower, upper)
 
 
+def strict_rank(position: Position, token: int) -> int:
+    """1 + the number of tokens strictly more likely than `token`, as the local engine counts.
+    vLLM counts the tokens at least as likely (itself included), so a tie with its top-1 comes
+    back as rank 2: the tied tokens the server reported are taken off (docs/metrics.md, `agree`)."""
+    value = position.logprobs[token]
+    ties = sum(1 for v, lp in position.logprobs.items() if v != token and lp == value)
+    return max(1, position.ranks[token] - ties)
+
+
 def known_logprobs(q: dict[int, float], ids: list[int]) -> list[float]:
     """The teacher's log-probs at `ids` where the server told them (its top-K and the actual
     token), −inf elsewhere: their exps sum to a lower bound of the teacher's mass on `ids`."""
@@ -138,7 +147,7 @@ def replay_from_positions(
         result.student_entropy.append(entropy_bounds(s, vocab_size)[0])
         result.teacher_entropy.append(entropy_bounds(t, vocab_size)[0])
         result.teacher_top1_id.append(t_top[0][0])
-        result.teacher_rank.append(t.ranks[y])
+        result.teacher_rank.append(strict_rank(t, y))
         result.teacher_topk_ids.append([i for i, _ in t_top[:top_k]])
         result.teacher_topk_logprobs.append([v for _, v in t_top[:top_k]])
         result.student_topk_ids.append([i for i, _ in s_top])
