@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from vrollout.config import DEFAULT_MODEL, Settings
-from vrollout.errors import ModelMismatch
+from vrollout.errors import ModelMismatch, TooLong
 from vrollout.rules import check_teacher_template
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,52 @@ class ModelPair:
             "teacher_chat_template_kwargs": self.teacher_chat_template_kwargs,
             "teacher_prompt_format": self.teacher_prompt_format,
         }
+
+
+EXTENDING_ROPE = ("linear", "dynamic", "yarn", "longrope", "llama3")  # rope types that stretch the window
+
+
+@dataclass(frozen=True)
+class Window:
+    """How many positions a model reads, and where that number comes from (for messages)."""
+
+    positions: int
+    source: str  # "max_position_embeddings", or that and the rope scaling that extends it
+
+
+def context_window(model: LoadedModel) -> Window | None:
+    """The model's window from its config: `max_position_embeddings`, extended by the factor of
+    a rope scaling that stretches it where the config has not already counted it (its
+    `original_max_position_embeddings` is the window itself: Qwen2.5's YaRN). None: unknown."""
+    config = model.model.config
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kind = rope.get("rope_type") or rope.get("type")
+    factor = rope.get("factor")
+    if kind in EXTENDING_ROPE and isinstance(factor, int | float) and factor > 1:
+        original = rope.get("original_max_position_embeddings") or positions
+        if original >= positions:  # the config's number is the unstretched window
+            return Window(
+                int(original * factor),
+                f"max_position_embeddings {positions} × {factor:g} by its rope scaling ({kind})",
+            )
+        return Window(positions, f"max_position_embeddings, extended by its rope scaling ({kind})")
+    return Window(positions, "max_position_embeddings")
+
+
+def check_window(model: LoadedModel, tokens: int, what: str) -> None:
+    """Refuse `tokens` positions (`what` says which: "context + response", ...) past the model's
+    window: a model run past it gives plausible-looking numbers that mean nothing."""
+    window = context_window(model)
+    if window is not None and tokens > window.positions:
+        raise TooLong(
+            f"{what} is {tokens} tokens, beyond the {window.positions}-position window of "
+            f"{model.name} ({window.source}): shorten it, or use a model with a longer window",
+            tokens=tokens,
+            window=window.positions,
+        )
 
 
 def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

@@ -18,7 +18,7 @@ from vrollout.errors import ModelOutOfMemory
 from vrollout.local import engine
 from vrollout.local.continuations import continuations_from_every_prefix
 from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
-from vrollout.models import ModelPair, load_pair
+from vrollout.models import LoadedModel, ModelPair, check_window, load_pair
 from vrollout.pipeline.backend import BatchItem
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy
@@ -69,6 +69,16 @@ class LocalBackend:
         pass  # every log-prob is at hand: the settings' VROLLOUT_MAX_TOP_K is the only limit
 
     def describe(self) -> dict[str, Any]:
+    def check_windows(self, student: int, teacher: int, what: str) -> None:
+        """Refuse (`TooLong`, naming both numbers) work that runs past either model's window."""
+        check_window(self.pair.student, student, f"the student's {what}")
+        if self.pair.teacher is not self.pair.student or teacher > student:
+            check_window(self.pair.teacher, teacher, f"the teacher's {what}")
+
+    def _check_one(self, model: LoadedModel, tokens: int, what: str) -> None:
+        role = "student" if model is self.pair.student else "teacher"
+        check_window(model, tokens, f"the {role}'s {what}")
+
         return {"backend": self.name}
 
     def status(self, since: float) -> dict[str, Any]:
@@ -88,6 +98,7 @@ class LocalBackend:
         progress: Progress = _no_progress,
     ) -> list[int]:
         return engine.generate(self.pair.student, context, max_new_tokens, temperature, top_p, seed, progress)
+        self._check_one(self.pair.student, len(context) + max_new_tokens, "context + max_new_tokens")
 
     @out_of_memory_freed
     def replay(
@@ -104,6 +115,8 @@ class LocalBackend:
         (T, H) for `bare_replays` (only this backend takes it: see `bare_replays`)."""
         result = engine.replay(
             self.pair,
+        n = len(response)
+        self.check_windows(len(student_context) + n, len(teacher_context) + n, "context + response")
             student_context,
             teacher_context,
             response,
@@ -130,6 +143,11 @@ class LocalBackend:
         if self._vocabularies is None:
             self._vocabularies = Vocabularies.of(self.pair)
         return cross_replay(
+        self.check_windows(
+            len(student_context) + len(alignment.student_ids),
+            len(teacher_context) + len(alignment.teacher_ids),
+            "context + response",
+        )
             self.pair,
             self._vocabularies,
             student_context,
@@ -142,12 +160,21 @@ class LocalBackend:
 
     @out_of_memory_freed
     def replay_batch(
-        self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False
+        self,
+        items: list[BatchItem],
+        top_k: int,
+        keep_student_pass: bool = False,
     ) -> list[tuple[ReplayResult, dict[str, Any]]]:
         results = engine.replay_batch(
-            self.pair, items, top_k=top_k, chunk_size=self.chunk_size, keep_student_hidden=keep_student_pass
+            self.pair,
+            items,
+            top_k=top_k,
+            chunk_size=self.chunk_size,
+            keep_student_hidden=keep_student_pass,
         )
         return [(result, {}) for result in results]
+        for s_ctx, t_ctx, response in items:  # a line past it fails the batch; each then runs alone
+            self.check_windows(len(s_ctx) + len(response), len(t_ctx) + len(response), "context + response")
 
     @out_of_memory_freed
     def bare_replays(
@@ -185,6 +212,9 @@ class LocalBackend:
             forced = (replayed.teacher_cache, replayed.teacher_top1_id)
         return continuations_from_every_prefix(
             self.pair.teacher,
+        self._check_one(
+            self.pair.teacher, len(context) + len(response) + k, "context + response + continuation tokens"
+        )
             context,
             response,
             k,
@@ -209,9 +239,14 @@ class LocalBackend:
     @out_of_memory_freed
     def pedagogical_rollouts(
         self,
+        n = policy.max_new_tokens
+        self.check_windows(len(student_context) + n, len(teacher_context) + n, "context + max_new_tokens")
         items: list[tuple[list[int], list[int], Policy, str | None]],
         progress: Progress = _no_progress,
     ) -> list[dict[str, Any]]:
         """Several rollouts, (student context, teacher context, policy, reference) each, decoded
         together (`pedagogical.pedagogical_rollouts`); each equals its own `pedagogical_rollout`."""
         return pedagogical_rollouts(self.pair, [RolloutItem(*item) for item in items], progress)
+        for s_ctx, t_ctx, policy, _ in items:
+            n = policy.max_new_tokens
+            self.check_windows(len(s_ctx) + n, len(t_ctx) + n, "context + max_new_tokens")
