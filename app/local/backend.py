@@ -68,7 +68,6 @@ class LocalBackend:
     def check_top_k(self, top_k: int) -> None:
         pass  # every log-prob is at hand: the settings' VROLLOUT_MAX_TOP_K is the only limit
 
-    def describe(self) -> dict[str, Any]:
     def check_windows(self, student: int, teacher: int, what: str) -> None:
         """Refuse (`TooLong`, naming both numbers) work that runs past either model's window."""
         check_window(self.pair.student, student, f"the student's {what}")
@@ -79,6 +78,7 @@ class LocalBackend:
         role = "student" if model is self.pair.student else "teacher"
         check_window(model, tokens, f"the {role}'s {what}")
 
+    def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
 
     def status(self, since: float) -> dict[str, Any]:
@@ -97,8 +97,8 @@ class LocalBackend:
         seed: int = 0,
         progress: Progress = _no_progress,
     ) -> list[int]:
-        return engine.generate(self.pair.student, context, max_new_tokens, temperature, top_p, seed, progress)
         self._check_one(self.pair.student, len(context) + max_new_tokens, "context + max_new_tokens")
+        return engine.generate(self.pair.student, context, max_new_tokens, temperature, top_p, seed, progress)
 
     @out_of_memory_freed
     def replay(
@@ -113,10 +113,10 @@ class LocalBackend:
     ) -> tuple[ReplayResult, dict[str, Any]]:
         """`keep_student_pass`: the noise floor follows, so keep the student's hidden states
         (T, H) for `bare_replays` (only this backend takes it: see `bare_replays`)."""
-        result = engine.replay(
-            self.pair,
         n = len(response)
         self.check_windows(len(student_context) + n, len(teacher_context) + n, "context + response")
+        result = engine.replay(
+            self.pair,
             student_context,
             teacher_context,
             response,
@@ -140,14 +140,14 @@ class LocalBackend:
         """A teacher with another tokenizer: `local.cross.cross_replay` over an alignment."""
         from vrollout.local.cross import Vocabularies, cross_replay
 
-        if self._vocabularies is None:
-            self._vocabularies = Vocabularies.of(self.pair)
-        return cross_replay(
         self.check_windows(
             len(student_context) + len(alignment.student_ids),
             len(teacher_context) + len(alignment.teacher_ids),
             "context + response",
         )
+        if self._vocabularies is None:
+            self._vocabularies = Vocabularies.of(self.pair)
+        return cross_replay(
             self.pair,
             self._vocabularies,
             student_context,
@@ -165,6 +165,8 @@ class LocalBackend:
         top_k: int,
         keep_student_pass: bool = False,
     ) -> list[tuple[ReplayResult, dict[str, Any]]]:
+        for s_ctx, t_ctx, response in items:  # a line past it fails the batch; each then runs alone
+            self.check_windows(len(s_ctx) + len(response), len(t_ctx) + len(response), "context + response")
         results = engine.replay_batch(
             self.pair,
             items,
@@ -173,8 +175,6 @@ class LocalBackend:
             keep_student_hidden=keep_student_pass,
         )
         return [(result, {}) for result in results]
-        for s_ctx, t_ctx, response in items:  # a line past it fails the batch; each then runs alone
-            self.check_windows(len(s_ctx) + len(response), len(t_ctx) + len(response), "context + response")
 
     @out_of_memory_freed
     def bare_replays(
@@ -207,14 +207,14 @@ class LocalBackend:
     ) -> list[list[int]]:
         """Decoded from the replay's teacher pass where it was kept (`keep_for_continuations`),
         else from a teacher pass of their own (recovery runs after that cache is freed)."""
+        self._check_one(
+            self.pair.teacher, len(context) + len(response) + k, "context + response + continuation tokens"
+        )
         forced = None
         if replayed is not None and replayed.teacher_cache is not None:
             forced = (replayed.teacher_cache, replayed.teacher_top1_id)
         return continuations_from_every_prefix(
             self.pair.teacher,
-        self._check_one(
-            self.pair.teacher, len(context) + len(response) + k, "context + response + continuation tokens"
-        )
             context,
             response,
             k,
@@ -234,19 +234,19 @@ class LocalBackend:
         reference: str | None = None,
         progress: Progress = _no_progress,
     ) -> dict[str, Any]:
+        n = policy.max_new_tokens
+        self.check_windows(len(student_context) + n, len(teacher_context) + n, "context + max_new_tokens")
         return pedagogical_rollout(self.pair, student_context, teacher_context, policy, reference, progress)
 
     @out_of_memory_freed
     def pedagogical_rollouts(
         self,
-        n = policy.max_new_tokens
-        self.check_windows(len(student_context) + n, len(teacher_context) + n, "context + max_new_tokens")
         items: list[tuple[list[int], list[int], Policy, str | None]],
         progress: Progress = _no_progress,
     ) -> list[dict[str, Any]]:
         """Several rollouts, (student context, teacher context, policy, reference) each, decoded
         together (`pedagogical.pedagogical_rollouts`); each equals its own `pedagogical_rollout`."""
-        return pedagogical_rollouts(self.pair, [RolloutItem(*item) for item in items], progress)
         for s_ctx, t_ctx, policy, _ in items:
             n = policy.max_new_tokens
             self.check_windows(len(s_ctx) + n, len(t_ctx) + n, "context + max_new_tokens")
+        return pedagogical_rollouts(self.pair, [RolloutItem(*item) for item in items], progress)
