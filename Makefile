@@ -1,4 +1,5 @@
-# Two commands do all set-up: `make run` (start the app) and `make test` (the whole suite).
+# Each command does its own set-up: `make run` (start the app), `make test` (lint and the fast
+# tier, a few minutes), `make test-all` (lint and every test, in parallel: what CI runs).
 PYTHON ?= python3
 VENV   ?= .venv
 # torch is installed first, on its own. Here torch==2.13.0 resolves to the CPU wheel on this
@@ -10,8 +11,9 @@ STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+TEST_WORKERS ?= auto
 
-.PHONY: install install-test browser run test lint format bench bench-vllm bench-abuse clean vllm docs
+.PHONY: install install-test browser run test test-all lint format bench bench-vllm bench-abuse clean vllm docs
 
 # What running needs (`make run`, the Dockerfile): the package and its declared dependencies.
 $(STAMP): pyproject.toml
@@ -60,8 +62,17 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install-test browser lint
-	$(BIN)/pytest -q
+# The fast tier: tiny random models, the app in process, the naive references and one smoke run of
+# the real default model; no browser, no servers or training loops in subprocesses, no vLLM
+# (tests/support/tiers.py marks those `slow`). Installs no system packages. On every core
+# (pytest-xdist): --dist loadfile keeps a file's tests on one worker, in order, so its module
+# fixtures (servers, a browser, a training step) start once.
+test: install-test lint
+	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+
+# Every test, on every core, the 30 slowest printed at the end: what CI runs (.ci/run).
+test-all: install-test browser lint
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 format: install-test
 	$(BIN)/ruff format .

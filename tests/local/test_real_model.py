@@ -41,6 +41,7 @@ def test_real_model_equals_naive_reference(real_analyzer: Analyzer, prompt, resp
     assert result.teacher_topk_ids == [s["teacher_topk_ids"][:5] for s in ref]
 
 
+@pytest.mark.smoke  # the fast tier's one run of the real default model (tests/support/tiers.py)
 def test_wrong_student_diverges_where_the_answer_goes_wrong(real_analyzer: Analyzer):
     a = real_analyzer.analyze(
         {"prompt": "What is 17*23?", "response": "17*23 = 381.", "privileged": "17*23 = 391"}

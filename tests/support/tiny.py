@@ -1,12 +1,16 @@
-"""A tiny randomly initialised Llama and a byte-level tokenizer built in memory: no downloads."""
+"""A tiny randomly initialised Llama and a byte-level tokenizer built in memory: no downloads.
+
+torch, transformers and the model classes are imported by the functions that use them, so that a
+test module can import these names at its top and still be collected without importing torch."""
 
 from __future__ import annotations
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-from vrollout.config import DEFAULT_TEACHER_TEMPLATE
-from vrollout.local.models import LoadedModel, ModelPair, pair_from_models
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+    from vrollout.models import ModelPair
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -16,6 +20,9 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(alphabet))}
     merges = [("h", "e"), ("he", "l"), ("Ġ", "t"), ("Ġt", "h")]
@@ -35,7 +42,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype | None = None) -> LlamaForCausalLM:
+    """float32 unless `dtype` says otherwise."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -53,10 +64,13 @@ def tiny_model(vocab_size: int, seed: int = 0, dtype: torch.dtype = torch.float3
     # Random init gives nearly uniform distributions; sharpen them so top-1 and ranks mean something.
     with torch.no_grad():
         model.lm_head.weight.mul_(40.0)
-    return model.to(dtype).eval()
+    return model.to(dtype or torch.float32).eval()
 
 
-def tiny_pair(dtype: torch.dtype = torch.float32, teacher_seed: int | None = None) -> ModelPair:
+def tiny_pair(dtype: torch.dtype | None = None, teacher_seed: int | None = None) -> ModelPair:
+    from vrollout.config import DEFAULT_TEACHER_TEMPLATE
+    from vrollout.models import LoadedModel, pair_from_models
+
     tok = tiny_tokenizer()
     student = LoadedModel("tiny-student", "memory", tiny_model(len(tok), 0, dtype), tok)
     teacher = None
