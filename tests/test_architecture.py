@@ -46,9 +46,10 @@ LAYERS: dict[str, tuple[int, str]] = {
     "jobs": (9, "jobs"),
     "report": (10, "report"),
     "web": (11, "web"),
-    "cli": (12, "cli"),
-    "notebook": (13, "notebook"),
-    "integrations": (14, "integrations"),
+    "cluster": (12, "cluster"),
+    "cli": (13, "cli"),
+    "notebook": (14, "notebook"),
+    "integrations": (15, "integrations"),
 }
 PIPELINE_RANK = LAYERS["pipeline"][0]
 # What the pipeline and everything below it must not import: it runs without a model framework,

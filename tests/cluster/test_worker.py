@@ -1,0 +1,98 @@
+"""cluster.ray without Ray (the fast tier): the worker class run in process gives each line's
+analysis as the plain pipeline does, bad lines as their errors and unknown keys by line; the
+read task's blocks skip what is done and end with a file's error; the flags' bounds; without
+Ray installed --ray says how to install it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pyarrow as pa
+import pytest
+from support import tiny_settings
+from vrollout.cli.analyze import analyze_lines
+from vrollout.cli.commands import main
+from vrollout.cluster.ray import COLUMNS, Cluster, Keep, LineWorker, Task, _schema, read_blocks
+from vrollout.config import Settings
+from vrollout.errors import BadTrajectory, VRError
+from vrollout.inputs.paths import Sources
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.lines import file_lines, run_lines
+
+LINES = [
+    {"id": "a", "prompt": "What is 2+2?", "response": "It is 4.", "privileged": "4", "colour": "red"},
+    {"id": "b", "prompt": "Name a colour.", "response": "Blue."},
+]
+
+
+def batch(rows: list[tuple[int, object]]) -> pa.Table:
+    return pa.table(
+        {
+            "number": [n for n, _ in rows],
+            "row": [json.dumps(r) if not isinstance(r, str) else None for _, r in rows],
+            "error": [r if isinstance(r, str) else None for _, r in rows],
+            "fatal": [None] * len(rows),
+        },
+        schema=_schema(),
+    )
+
+
+def test_the_worker_gives_what_the_plain_pipeline_gives(tiny, tmp_path):
+    analyzer = Analyzer(tiny, tiny_settings(tmp_path))
+    options = {"top_k": 3}
+    params = {"options": options, "privileged": None, "job": {"id": None}, "siblings": None}
+    worker = LineWorker(analyzer.settings, Task(analyze_lines, params), analyzer=analyzer)
+    got = worker(batch([(4, LINES[0]), (7, "line 7: not JSON"), (9, {"prompt": 3}), (12, LINES[1])]))
+    assert got.column("number").to_pylist() == [4, 7, 9, 12]
+    results, errors = got.column("result").to_pylist(), got.column("error").to_pylist()
+    assert errors[1] == "line 7: not JSON" and "prompt" in errors[2] and results[1] is None
+    assert json.loads(got.column("keys").to_pylist()[0]) == ["colour"]
+
+    unknown: dict[str, list[int]] = {}
+    prepare = file_lines(analyzer, options, None, unknown)
+
+    def run(prepared):
+        return analyzer.run_prepared(prepared, lambda n: {"job": {"id": None, "line": n}})
+
+    plain = dict(run_lines([(4, LINES[0]), (12, LINES[1])], prepare, run))
+    for at, number in ((0, 4), (3, 12)):
+        mine, theirs = json.loads(results[at]), plain[number]
+        assert mine["job"] == {"id": None, "line": number}
+        assert [s["teacher_logprob"] for s in mine["steps"]] == pytest.approx(
+            [s["teacher_logprob"] for s in theirs["steps"]], abs=1e-5
+        )
+    assert unknown == {"colour": [4]}
+
+
+def test_read_blocks_skip_done_lines_and_end_with_a_files_error(tmp_path):
+    path = tmp_path / "runs.json"
+    path.write_text("[" + ", ".join(json.dumps(x) for x in LINES * 3) + ", {broken")
+    sources = Sources(str(path), Settings())
+    blocks = list(read_blocks(sources, 0, 0, Keep(frozenset({2, 3}), None)))
+    table = pa.concat_tables(blocks)
+    assert table.column_names == list(COLUMNS)
+    numbers, fatal = table.column("number").to_pylist(), table.column("fatal").to_pylist()
+    assert numbers[:-1] == [1, 4, 5, 6] and fatal[:-1] == [None] * 4
+    assert fatal[-1] is not None and "JSON" in fatal[-1]
+    assert Keep(frozenset(), (1, 2))(2) and not Keep(frozenset(), (1, 2))(3)
+
+
+def test_the_flags_bounds():
+    with pytest.raises(BadTrajectory, match="--workers must be at least 1"):
+        Cluster(workers=0)
+    with pytest.raises(VRError, match="--gpus-per-worker"):
+        Cluster(gpus=-1)
+
+
+def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without it
+    path = tmp_path / "runs.jsonl"
+    path.write_text(json.dumps(LINES[0]) + "\n")
+    code = main(["analyze", str(path), "--out", str(tmp_path / "out"), "--ray", "local", "--no-store"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        err.strip()
+        == "error: --ray needs Ray: pip install 'virtual-rollout[ray]' (or pip install 'ray[data]')"
+    )
