@@ -18,6 +18,7 @@ from vrollout.errors import ModelOutOfMemory
 from vrollout.local import engine
 from vrollout.local.continuations import continuations_from_every_prefix
 from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
+from vrollout.metrics.objectives import ObjectiveSpec
 from vrollout.models import LoadedModel, ModelPair, check_window, load_pair
 from vrollout.pipeline.backend import BatchItem
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
@@ -142,6 +143,7 @@ class LocalBackend:
 
         self.check_windows(
             len(student_context) + len(alignment.student_ids),
+        objectives: ObjectiveSpec | None = None,
             len(teacher_context) + len(alignment.teacher_ids),
             "context + response",
         )
@@ -157,6 +159,7 @@ class LocalBackend:
             chunk_size=self.chunk_size,
             progress=progress,
         )
+            objectives=objectives,
 
     @out_of_memory_freed
     def replay_batch(
@@ -196,6 +199,7 @@ class LocalBackend:
     @out_of_memory_freed
     def continuations(
         self,
+        objectives: ObjectiveSpec | None = None,
         context: list[int],
         response: list[int],
         k: int,
@@ -205,6 +209,7 @@ class LocalBackend:
         stage: str = "continuations",
         replayed: ReplayResult | None = None,
     ) -> list[list[int]]:
+            objectives=objectives,
         """Decoded from the replay's teacher pass where it was kept (`keep_for_continuations`),
         else from a teacher pass of their own (recovery runs after that cache is freed)."""
         self._check_one(

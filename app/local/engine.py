@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from vrollout.local.metrics import step_stats
 from vrollout.models import LoadedModel, ModelPair
+from vrollout.metrics.objectives import ObjectiveSpec
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 
 
@@ -71,7 +72,9 @@ def score_hidden(
     progress: Progress = _no_progress,
 ) -> ReplayResult:
     """Every metric from the final hidden states (T, H) that predict `targets` (T,), making the
-    logits `chunk_size` positions at a time, so no float32 (T, V) tensor ever exists."""
+    objectives: ObjectiveSpec | None = None,
+    logits `chunk_size` positions at a time, so no float32 (T, V) tensor ever exists; and the
+    vocabulary-wide distillation objectives `objectives` asks for, in the same passes."""
     T = len(targets)
     result = ReplayResult()
     for start in range(0, T, chunk_size):
@@ -83,7 +86,9 @@ def score_hidden(
             # A split model's logits come out on its head's device: the teacher's may be another.
             t_logits = head_logits(pair.teacher, t_hidden[start:stop], pair.vocab_size).to(s_logits.device)
         chunk_targets = targets[start:stop].to(s_logits.device)
-        result.extend(step_stats(s_logits, t_logits, chunk_targets, top_k, overwrite=True))
+        result.extend(
+            step_stats(s_logits, t_logits, chunk_targets, top_k, overwrite=True, objectives=objectives)
+        )
         del s_logits, t_logits
         progress("replay", T + stop, 2 * T)
     return result
@@ -102,6 +107,7 @@ def replay(
     keep_student_hidden: bool = False,
 ) -> ReplayResult:
     """Score `response` under both models: one forward pass each over context + response.
+    objectives: ObjectiveSpec | None = None,
 
     Naive equivalent (`reference.naive_replay`): for every t, run each model on
     context + response[:t] and read the last position. Logits are made from the final hidden
@@ -109,6 +115,7 @@ def replay(
     `keep_student_hidden`: keep the student's (T, H) in `result.student_hidden` (`replay_teacher`).
     """
     T = len(response)
+    `objectives`: the distillation objectives to compute per step (`result.objectives`).
     progress("replay", 0, 2 * T)
     same_pass = pair.shared and student_context == teacher_context  # same weights, same input
     # Position i predicts token i + 1: y_t is predicted at len(context) - 1 + t.
@@ -122,7 +129,7 @@ def replay(
         t_hidden = t_hidden[len(teacher_context) - 1 : -1]  # (T, H)
     progress("replay", T, 2 * T)
     targets = torch.tensor(response, device=s_hidden.device)  # (T,)
-    result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size, progress)
+    result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size, progress, objectives)
     result.teacher_cache = cache
     if keep_student_hidden:  # a copy: the slice alone, not the whole (L, H) pass behind it
         result.student_hidden = s_hidden.clone()  # (T, H)
@@ -178,6 +185,7 @@ def replay_batch(
     keep_student_hidden: bool = False,
 ) -> list[ReplayResult]:
     """`replay` for several (student context, teacher context, response) at once: one padded
+    objectives: ObjectiveSpec | None = None,
     pass per model, metrics over all their positions together. Short sequences gain most.
     `keep_student_hidden`: each result keeps its rows (T_b, H) of the student's pass."""
     s_ctx, t_ctx, responses = (list(x) for x in zip(*items, strict=True))
@@ -188,7 +196,7 @@ def replay_batch(
     else:
         t_hidden = torch.cat(padded_hidden(pair.teacher, t_ctx, responses))
     targets = torch.tensor([t for r in responses for t in r], device=s_hidden.device)
-    result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size)
+    result = score_hidden(pair, s_hidden, t_hidden, targets, top_k, chunk_size, objectives=objectives)
     lengths = [len(r) for r in responses]
     results = result.split(lengths)
     if keep_student_hidden:  # views of the concatenation (ΣT, H), not of the padded (B, L, H)

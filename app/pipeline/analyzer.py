@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from vrollout.inputs.teacher_context import resolve as resolve_teacher_context
 from vrollout.inputs.trajectories import LineError, Trajectory, to_trajectory
 from vrollout.inputs.validation import RequestModels, check_lengths, open_keys, request_models, validate
 from vrollout.metrics.localization import is_localization_line, localization_line
+from vrollout.metrics.objectives import ObjectiveSpec
 from vrollout.pipeline.assembly import build_analysis
 from vrollout.pipeline.backend import Backend, Models, load_backend, local_backend
 from vrollout.pipeline.contexts import Contexts, TokenLimit, build_contexts, check_ids
@@ -53,6 +54,7 @@ class Options:
     recovery_max_new_tokens: int = 64
     noise_floor: bool = True
 
+    objectives: ObjectiveSpec = field(default_factory=ObjectiveSpec)
 
 def _given(value: int | None, default: int) -> int:
     return default if value is None else value
@@ -77,6 +79,20 @@ def options_from(request: AnalyzeRequest, settings: Settings) -> Options:
         recovery_max_new_tokens=_given(request.recovery_max_new_tokens, min(64, settings.max_new_tokens)),
         noise_floor=settings.noise_floor if request.noise_floor is None else request.noise_floor,
     )
+        objectives=objective_spec(request),
+    )
+
+
+def objective_spec(request: AnalyzeRequest) -> ObjectiveSpec:
+    """The request's distillation objectives and their options, defaults filled in."""
+    default = ObjectiveSpec()
+    return ObjectiveSpec(
+        names=default.names if request.objectives is None else tuple(dict.fromkeys(request.objectives)),
+        k=_given(request.objective_k, default.k),
+        jsd_beta=default.jsd_beta if request.jsd_beta is None else float(request.jsd_beta),
+        clip_tau=default.clip_tau if request.clip_tau is None else float(request.clip_tau),
+        entropy_threshold=request.tip_entropy_threshold,
+        divergence_threshold=request.tip_divergence_threshold,
 
 
 def analysis_cost(options: Options, response_tokens: int | None) -> int:
@@ -372,6 +388,7 @@ class Analyzer:
         self,
         prep: Prepared,
         response: list[int],
+            objectives=opts.objectives,
         result: ReplayResult,
         generation: dict[str, Any] | None,
         progress: Progress,
@@ -428,6 +445,7 @@ class Analyzer:
             analysis["summary"]["reverse_kl_share_after_last_recoverable"] = rec[
                 "reverse_kl_share_after_last_recoverable"
             ]
+            objectives=opts.objectives,
         if floor is None:
             floor = self.noise_floors([prep], [response], [result], progress)[0]
         add_preflight(analysis, build_preflight(prep.traj, ctx, self.pair, analysis, floor))
@@ -572,9 +590,17 @@ class Analyzer:
         top_k = max(p.options.top_k for p in preps)
         with out_of_memory("a batch"):
             results = self.backend.replay_batch(
-                items, top_k, keep_student_pass=self._keep_student_pass(preps)
+                items, top_k, keep_student_pass=self._keep_student_pass(preps), objectives=specs.pop()
             )
             floors = self.noise_floors(
+        specs = {p.options.objectives for p in preps}
+        if len(specs) > 1:  # lines asking for other objectives: one batch per kind
+            by_line: dict[int, dict[str, Any]] = {}
+            for spec in specs:
+                picked = [i for i, p in enumerate(preps) if p.options.objectives == spec]
+                done = self.run_batch([preps[i] for i in picked], [extras[i] for i in picked])
+                by_line.update(zip(picked, done, strict=True))
+            return [by_line[i] for i in range(len(preps))]
                 preps, [item[2] for item in items], [result for result, _ in results], _no_progress
             )
         analyses = []

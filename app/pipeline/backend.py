@@ -17,6 +17,7 @@ from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 
 if TYPE_CHECKING:
     from vrollout.config import Settings
+    from vrollout.metrics.objectives import ObjectiveSpec
     from vrollout.rules import Policy
 
 # (student context, teacher context, response) ids of one line of a padded batch
@@ -130,17 +131,23 @@ class Backend(Protocol):
         progress: Progress = _no_progress,
         keep_for_continuations: bool = False,
         keep_student_pass: bool = False,
+        objectives: ObjectiveSpec | None = None,
     ) -> tuple[ReplayResult, dict[str, Any]]:
         """Score `response` under both models: the per-step arrays, and fields the analysis
         gets from this backend (e.g. which metrics are estimates). `keep_for_continuations`:
         continuations follow, so keep what lets them skip work (`ReplayResult.teacher_cache`).
         `keep_student_pass`: a noise floor follows; a backend that can score the bare teacher
         against this student pass (an optional `bare_replays` method) keeps it
-        (`ReplayResult.student_hidden`), any other ignores it."""
+        (`ReplayResult.student_hidden`), any other ignores it. `objectives`: the vocabulary-wide
+        distillation objectives to compute (`ReplayResult.objectives`), where the backend can."""
         ...
 
     def replay_batch(
-        self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False
+        self,
+        items: list[BatchItem],
+        top_k: int,
+        keep_student_pass: bool = False,
+        objectives: ObjectiveSpec | None = None,
     ) -> list[tuple[ReplayResult, dict[str, Any]]]:
         """`replay` of several lines at once; each result equals its own `replay` within float
         tolerance."""

@@ -36,6 +36,9 @@ class ReplayResult:
     # log q_t(v) at each of the student's top-k ids, in `student_topk_ids` order: teachability
     # (the teacher's mass on the student's top-k) is the sum of their exps, for any k' ≤ k.
     teacher_logprob_at_student_topk: list[list[float]] = field(default_factory=list)
+    # The vocabulary-wide distillation objectives the local engine computed (metrics.objectives):
+    # name -> one value per step; empty where none were asked for, or on vLLM.
+    objectives: dict[str, list[Any]] = field(default_factory=dict)
     # Not a per-step field: the teacher's key/value cache over context + response, kept when
     # continuations follow (`replay(keep_teacher_cache=True)`), so they need no pass of their own.
     teacher_cache: Any = field(default=None, repr=False, compare=False)
@@ -50,12 +53,15 @@ class ReplayResult:
 
     @classmethod
     def step_fields(cls) -> list[str]:
-        return [name for name in cls.__dataclass_fields__ if name not in ("teacher_cache", "student_hidden")]
+        skip = ("teacher_cache", "student_hidden", "objectives")
+        return [name for name in cls.__dataclass_fields__ if name not in skip]
 
     def extend(self, chunk: Any) -> None:
         """Append a chunk of per-step tensors (anything whose fields have `.tolist()`)."""
         for name in self.step_fields():
             getattr(self, name).extend(getattr(chunk, name).tolist())
+        for name, values in getattr(chunk, "objectives", {}).items():
+            self.objectives.setdefault(name, []).extend(values.tolist())
 
     def split(self, lengths: list[int]) -> list[ReplayResult]:
         """Consecutive pieces of `lengths` steps each (the inverse of concatenating replays)."""
@@ -64,6 +70,7 @@ class ReplayResult:
             piece = ReplayResult()
             for name in self.step_fields():
                 getattr(piece, name).extend(getattr(self, name)[start : start + n])
+            piece.objectives = {name: values[start : start + n] for name, values in self.objectives.items()}
             pieces.append(piece)
             start += n
         return pieces

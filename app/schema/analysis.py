@@ -24,6 +24,104 @@ CLOSED = ConfigDict(extra="forbid")
 Interval = list[float | None]  # [lo, hi]; hi null where the tail is unbounded
 
 
+# ----- the distillation objectives (docs/objectives.md) --------------------------------------
+
+# Each framework's per-token signal, by name (contracts). k1 and k3 need only the sampled token's
+# two log-probs; the others the whole vocabulary (the local engine's replay; null on vLLM).
+ObjectiveName = Literal[
+    "k1",
+    "k3",
+    "jsd",
+    "topk_reverse_kl",
+    "topk_forward_kl",
+    "student_topk_reverse_kl",
+    "student_topk_forward_kl",
+    "topk_tail_reverse_kl",
+    "topk_tail_forward_kl",
+    "clipped_reverse_kl",
+    "clipped_jsd",
+]
+OBJECTIVE_NAMES: tuple[str, ...] = get_args(ObjectiveName)
+
+
+@with_config(CLOSED)
+class Objectives(TypedDict, total=False):
+    """One step's value under each objective asked for (docs/objectives.md); null where the
+    backend cannot compute it (vLLM: all but k1 and k3)."""
+
+    k1: Annotated[float | None, Field(description="log p_s(y) − log p_t(y) at the sampled token")]
+    k3: Annotated[float | None, Field(description="(r − 1) − log r, r = p_t(y) / p_s(y)")]
+    jsd: Annotated[float | None, Field(description="TRL's generalised JSD at jsd_beta")]
+    topk_reverse_kl: Annotated[
+        float | None, Field(description="reverse KL over the teacher's top objective_k")
+    ]
+    topk_forward_kl: Annotated[float | None, Field(description="verl's forward KL over the teacher's top-k")]
+    student_topk_reverse_kl: Annotated[float | None, Field(description="reverse KL over the student's top-k")]
+    student_topk_forward_kl: Annotated[float | None, Field(description="forward KL over the student's top-k")]
+    topk_tail_reverse_kl: Annotated[
+        float | None, Field(description="TRL: reverse KL over the teacher's top-k plus a tail bucket")
+    ]
+    topk_tail_forward_kl: Annotated[
+        float | None, Field(description="TRL: forward KL over the teacher's top-k plus a tail bucket")
+    ]
+    clipped_reverse_kl: Annotated[float | None, Field(description="min(reverse KL, clip_tau)")]
+    clipped_jsd: Annotated[float | None, Field(description="slime's OPSD: min(jsd, clip_tau)")]
+    clip_hit: Annotated[bool | None, Field(description="the exact reverse KL is above clip_tau")]
+
+
+@with_config(CLOSED)
+class ObjectiveSummary(TypedDict):
+    """How one objective spreads its signal against the exact reverse KL (docs/objectives.md);
+    every field null where the per-step values are (vLLM)."""
+
+    total: float | None
+    bias: Annotated[float | None, Field(description="total − the exact reverse KL's total")]
+    spearman: Annotated[
+        float | None, Field(description="rank correlation with the exact per-step reverse KL")
+    ]
+    top5pct_overlap: Annotated[
+        float | None, Field(description="share of its |mass| on the exact signal's top 5% of tokens")
+    ]
+    gini: Annotated[float | None, Field(description="Gini coefficient of its |values|")]
+    clipped_share: NotRequired[
+        Annotated[float | None, Field(description="clipped objectives: share of the mass the clip removes")]
+    ]
+
+
+@with_config(CLOSED)
+class QuadrantShare(TypedDict):
+    tokens: Annotated[float | None, Field(description="share of the tokens in this quadrant")]
+    signal: Annotated[float | None, Field(description="share of the exact reverse KL in this quadrant")]
+
+
+@with_config(CLOSED)
+class Quadrants(TypedDict):
+    """TIP's two axes (arXiv 2604.14084): student entropy x teacher-student divergence (the
+    exact reverse KL); high means strictly above the threshold."""
+
+    entropy_threshold: float | None
+    divergence_threshold: float | None
+    split: Annotated[
+        Literal["median", "given"], Field(description="median: the thresholds are this analysis's medians")
+    ]
+    high_entropy_high_divergence: QuadrantShare
+    high_entropy_low_divergence: QuadrantShare
+    low_entropy_high_divergence: Annotated[QuadrantShare, Field(description="TIP's overconfident tokens")]
+    low_entropy_low_divergence: QuadrantShare
+
+
+@with_config(CLOSED)
+class ObjectiveOptions(TypedDict):
+    """The options the objectives were computed with (request options of the same names)."""
+
+    objectives: list[ObjectiveName]
+    objective_k: int
+    jsd_beta: float
+    clip_tau: float
+    tip_entropy_threshold: float | None
+    tip_divergence_threshold: float | None
+
+
 # ----- one step ------------------------------------------------------------------------------
 
 
@@ -121,6 +219,8 @@ class Step(TypedDict):
             bool, Field(description="cross-tokenizer: the step starts its span (its prediction is compared)")
         ]
     ]
+    # The distillation objectives asked for (docs/objectives.md); absent with another tokenizer
+    objectives: NotRequired[Objectives]
 
 
 # ----- the summary ---------------------------------------------------------------------------
@@ -175,6 +275,9 @@ class Summary(TypedDict):
     divergences_surface: NotRequired[int | None]
     divergences_fork: NotRequired[int | None]
     forks_that_matter: NotRequired[Annotated[int | None, Field(description="null without recovery")]]
+    # The distillation objectives against the exact reverse KL, and TIP's quadrants
+    objectives: NotRequired[dict[ObjectiveName, ObjectiveSummary]]
+    quadrants: NotRequired[Quadrants]
     # With recovery: copies of recovery's two headline numbers
     last_recoverable: NotRequired[int | None]
     reverse_kl_share_after_last_recoverable: NotRequired[float | None]
@@ -475,6 +578,9 @@ class Analysis(TypedDict):
     ]
     alignment: NotRequired[
         Annotated[Alignment, Field(description="only with a teacher of another tokenizer: the spans")]
+    ]
+    objective_options: NotRequired[
+        Annotated[ObjectiveOptions, Field(description="what the steps' objectives were computed with")]
     ]
     preflight: NotRequired[Annotated[Preflight, Field(description="added once the analysis is built")]]
 

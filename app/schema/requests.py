@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
+from vrollout.schema.analysis import ObjectiveName
 
 # The roles chat templates render (OpenAI's, and the Hugging Face templates of Llama 3, Qwen,
 # SmolLM, gpt-oss): `tool` is the result of a call (Llama 3.1's templates also take it as
@@ -175,6 +176,31 @@ class AnalyzeRequest(BaseModel):
         None,
         description="preflight: also score the response by the teacher without the privileged info "
         "(one more replay; default: VROLLOUT_NOISE_FLOOR)",
+    )
+    # The distillation objectives of training frameworks (docs/objectives.md)
+    objectives: list[ObjectiveName] | None = Field(
+        None, description="per-step distillation objectives to compute (default: all of them)"
+    )
+    objective_k: int | None = Field(
+        None, ge=1, le=4096, description="top-k of the top-k objectives (default 20, vLLM's cap)"
+    )
+    jsd_beta: float | None = Field(
+        None, ge=0.0, le=1.0, description="β of TRL's generalised JSD (default 0.5; 0 forward, 1 reverse KL)"
+    )
+    clip_tau: float | None = Field(
+        None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="per-token clip of the clipped objectives (default 0.05)",
+    )
+    tip_entropy_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="TIP quadrants: student entropy threshold (default: median)",
+    )
+    tip_divergence_threshold: float | None = Field(
+        None, ge=0.0, allow_inf_nan=False, description="TIP quadrants: reverse KL threshold (default: median)"
     )
 
 

@@ -209,6 +209,7 @@ class VLLMBackend:
         progress: Progress = _no_progress,
         keep_for_continuations: bool = False,  # nothing to keep: the servers cache prefixes
         keep_student_pass: bool = False,  # nothing kept: the floor's repeated request measures the spread
+        objectives: Any = None,  # none computed: top-K log-probs cannot give them (docs/objectives.md)
     ) -> tuple[ReplayResult, dict[str, Any]]:
         """`engine.replay` on the servers, and the estimator's record for the analysis."""
         pair, k = self.pair, max(self.k, top_k)
@@ -243,7 +244,7 @@ class VLLMBackend:
         return result, record
 
     def replay_batch(
-        self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False
+        self, items: list[BatchItem], top_k: int, keep_student_pass: bool = False, objectives: Any = None
     ) -> list[tuple[ReplayResult, dict[str, Any]]]:
         """Each line's `replay`, `lines_in_flight` at a time (the servers batch them)."""
         with ThreadPoolExecutor(
