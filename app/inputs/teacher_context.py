@@ -29,7 +29,7 @@ from vrollout.errors import BadTrajectory
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.rules import check_teacher_template
 from vrollout.verdicts.answers import verdict
-from vrollout.verdicts.math_check import DEADLINE_S
+from vrollout.verdicts.math_check import DEADLINE_S, Budget
 
 Kind = Literal["privileged", "sibling", "feedback"]
 KINDS: tuple[str, ...] = ("privileged", "sibling", "feedback")
@@ -101,12 +101,13 @@ def prompt_key(traj: Trajectory) -> str | None:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def successful(traj: Trajectory, deadline_s: float = DEADLINE_S) -> bool:
+def successful(traj: Trajectory, deadline_s: float = DEADLINE_S, budget: Budget | None = None) -> bool:
     """The line's response is right: its own `correct`, else checked against its reference
-    (math-verify within `deadline_s`)."""
+    (math-verify within `deadline_s`, on the requests' helpers: an index is built on a request's
+    thread; `budget`: what the file's checks may spend, past which the text rule alone decides)."""
     if traj.response_text is None:
         return False  # no response yet (the student will generate one), or one given as ids
-    found = verdict(traj.response_text, traj.reference_answer, traj.correct, deadline_s)
+    found = verdict(traj.response_text, traj.reference_answer, traj.correct, deadline_s, "requests", budget)
     return bool(found and found["correct"])
 
 
@@ -124,11 +125,15 @@ class Sibling:
 @dataclass
 class SiblingIndex:
     """A file's successful responses, by prompt: one pass over the file (`add` every line), then
-    `pick` per line. Memory: a count and at most two responses per distinct prompt."""
+    `pick` per line. Memory: two counts and at most two responses per distinct prompt.
+    `budget`: what the file's math-verify checks may spend (an upload's); past it a line's
+    response is judged by the text rule alone, and `pick` says so where no sibling was found."""
 
     seen: dict[str, int] = field(default_factory=dict)
     kept: dict[str, list[Sibling]] = field(default_factory=dict)
     verdict_deadline_s: float = DEADLINE_S  # Settings.math_verify_timeout_s
+    budget: Budget | None = None
+    unchecked: dict[str, int] = field(default_factory=dict)  # prompt -> lines math-verify skipped
 
     def add(self, number: int, traj: Trajectory) -> None:
         key = prompt_key(traj)
@@ -137,9 +142,13 @@ class SiblingIndex:
         self.seen[key] = self.seen.get(key, 0) + 1
         kept = self.kept.setdefault(key, [])
         new = all(s.response != traj.response_text for s in kept)
-        if len(kept) < KEPT and new and successful(traj, self.verdict_deadline_s):
-            assert traj.response_text is not None
-            kept.append(Sibling(number, traj.id, traj.response_text))
+        if len(kept) < KEPT and new:
+            skipped = self.budget.skipped if self.budget is not None else 0
+            if successful(traj, self.verdict_deadline_s, self.budget):
+                assert traj.response_text is not None
+                kept.append(Sibling(number, traj.id, traj.response_text))
+            elif self.budget is not None and self.budget.skipped > skipped:
+                self.unchecked[key] = self.unchecked.get(key, 0) + 1
 
     def pick(self, number: int, traj: Trajectory) -> Sibling:
         """The line's sibling (the rule above), or the line's error saying why there is none."""
@@ -160,6 +169,9 @@ class SiblingIndex:
             else f"{lines} this prompt, none with a successful response (correct: true, or one that "
             "matches its reference_answer) that differs from this line's own"
         )
+        if (unchecked := self.unchecked.get(key, 0)) and self.budget is not None:
+            lines = "1 line" if unchecked == 1 else f"{unchecked} lines"
+            where += f" ({self.budget.why()}: {lines} with this prompt judged by the text rule alone)"
         raise BadTrajectory(
             f"teacher_context sibling: no successful sibling: {where}", field="teacher_context"
         )

@@ -48,7 +48,10 @@ def verdict_of(analysis: dict[str, Any]) -> dict[str, Any] | None:
     if "verdict" in analysis:
         return analysis["verdict"]
     traj = analysis.get("trajectory", {})
-    return verdict(analysis["response_text"], traj.get("reference_answer"), traj.get("correct"))
+    # on a request's thread (a dataset view): the requests' math-verify helpers, not the model's
+    return verdict(
+        analysis["response_text"], traj.get("reference_answer"), traj.get("correct"), lane="requests"
+    )
 
 
 def correct(analysis: dict[str, Any]) -> bool | None:

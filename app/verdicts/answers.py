@@ -51,18 +51,21 @@ def verdict(
     reference: str | None,
     given: bool | None = None,
     deadline_s: float = math_check.DEADLINE_S,
+    lane: math_check.Lane = "model",
+    budget: math_check.Budget | None = None,
 ) -> dict[str, Any] | None:
     """Whether `text` reaches `reference`, and how that was decided (None: neither a given
-    verdict nor a reference). In order: a `given` verdict (the log's own `correct`) is taken as
-    is; math-verify equal -> right; a textual form of the reference inside the text -> right;
-    math-verify parsed both and they differ -> wrong; else wrong by the text rule. `deadline_s`:
-    math-verify's wall-clock limit (Settings.math_verify_timeout_s)."""
+    verdict nor a reference; no check runs then). In order: a `given` verdict (the log's own
+    `correct`) is taken as is; math-verify equal -> right; a textual form of the reference inside
+    the text -> right; math-verify parsed both and they differ -> wrong; else wrong by the text
+    rule. `deadline_s`: math-verify's wall-clock limit (Settings.math_verify_timeout_s); `lane`
+    and `budget`: whose helpers check and what the caller may spend (`math_check.check`)."""
     if given is not None:
         return {"correct": given, "method": "given", "parsed_answer": None, "parsed_reference": None}
     if reference is None or not str(reference).strip():
         return None
     reference = str(reference)
-    checked = math_check.check(text, reference, deadline_s) or {
+    checked = math_check.check(text, reference, deadline_s, lane, budget) or {
         "answer": None,
         "reference": None,
         "both": False,

@@ -10,8 +10,14 @@ and counts as math-verify not deciding; the next check starts a fresh helper. Th
 (the CLI) takes the same path, so a line gets the same verdict from the CLI and the server.
 
 Helpers start on first use (an interpreter importing sympy: 1-3 s, outside the deadline), serve
-one check at a time each, at most `POOL_SIZE` at once, and end with the process (atexit; a
-helper also ends when its stdin closes, and a check has a CPU-time cap in case its parent died)."""
+one check at a time each, and end with the process (atexit; a helper also ends when its stdin
+closes, and a check has a CPU-time cap in case its parent died).
+
+Two lanes of helpers, so that no client's checks can hold up another's model work: `model` (the
+verdicts of analyses: the model worker, a job's lines, the CLI; `POOL_SIZE` at once) and `requests`
+(checks a request thread makes, an upload's sibling index above all; `REQUEST_POOL_SIZE` at once).
+A request's checks also spend a `Budget`: past it the rest are skipped (math-verify not deciding,
+as past a deadline), so one upload's crafted answers cost a few deadlines, not one per line."""
 
 from __future__ import annotations
 
@@ -24,28 +30,75 @@ import select
 import subprocess
 import sys
 import threading
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
 # Only the end of a text (where the answer is) is parsed: bounded work and bounded messages.
 TAIL_CHARS = 2000
 SHOWN_CHARS = 200
-POOL_SIZE = 2
+POOL_SIZE = 2  # helpers of the `model` lane
+REQUEST_POOL_SIZE = 2  # helpers of the `requests` lane (two uploads validate at once, web/routes/jobs.py)
 CPU_GRACE_S = 10.0  # a helper's CPU cap per check: the deadline + this (see `_cpu_cap`)
 START_TIMEOUT_S = 120.0  # a helper's interpreter start and sympy import, on a loaded machine
 # The wall-clock limit of one check where no setting is at hand (the default of
 # Settings.math_verify_timeout_s, which the analyzer passes with every verdict it asks for).
 DEADLINE_S = 3.0
+# What one upload's checks may spend (`Budget`): deadlines missed, and seconds of checks in all.
+BUDGET_MISSES = 3
+BUDGET_SECONDS = 120.0
+
+Lane = Literal["model", "requests"]
 
 
-def check(text: str, reference: str, deadline_s: float = DEADLINE_S) -> dict[str, Any] | None:
+@dataclass
+class Budget:
+    """What the checks of one request (an upload) may spend: `misses` deadlines missed (a crafted
+    answer misses every one) and `seconds` of wall clock in all. Once spent, the request's
+    remaining checks are skipped and counted (`skipped`); `why` says so for the lines concerned."""
+
+    misses: int = BUDGET_MISSES
+    seconds: float = BUDGET_SECONDS
+    missed: int = 0
+    spent_s: float = 0.0
+    skipped: int = 0
+
+    @property
+    def spent(self) -> bool:
+        return self.missed >= self.misses or self.spent_s >= self.seconds
+
+    def why(self) -> str:
+        if self.missed >= self.misses:
+            cause = f"{self.missed} checks missed their deadline (VROLLOUT_MATH_VERIFY_TIMEOUT_S)"
+        else:
+            cause = f"its checks took {self.spent_s:.0f} s, the most one upload may spend"
+        return f"math-verify was skipped for the rest of the file: {cause}"
+
+
+def check(
+    text: str,
+    reference: str,
+    deadline_s: float = DEADLINE_S,
+    lane: Lane = "model",
+    budget: Budget | None = None,
+) -> dict[str, Any] | None:
     """math-verify's reading of `text` against `reference`, within `deadline_s` seconds of wall
     clock: `{"answer", "reference"}` (what it extracted, at most 200 characters, None when
-    nothing) and `"equal"` (both parsed and found equal); None when it did not finish in time or
-    no helper could run."""
+    nothing) and `"equal"` (both parsed and found equal); None when it did not finish in time, no
+    helper could run, or `budget` is spent (the check is skipped). `lane`: whose helpers run it
+    (the module docstring): `model` for an analysis's verdict, `requests` on a request's thread."""
+    if budget is not None and budget.spent:
+        budget.skipped += 1
+        return None
     request = {"text": text[-TAIL_CHARS:], "reference": reference[-TAIL_CHARS:]}
-    return _POOL.run({**request, "deadline": deadline_s}, deadline_s)
+    started = time.monotonic()
+    answer = _POOLS[lane].run({**request, "deadline": deadline_s}, deadline_s)
+    if budget is not None:
+        budget.spent_s += time.monotonic() - started
+        budget.missed += answer is None
+    return answer
 
 
 # --- The helper process's side -------------------------------------------------------------------
@@ -187,8 +240,11 @@ class _Pool:
             helper.kill()
 
 
-_POOL = _Pool(POOL_SIZE)
-atexit.register(_POOL.close)
+_POOL = _Pool(POOL_SIZE)  # the `model` lane
+_REQUEST_POOL = _Pool(REQUEST_POOL_SIZE)
+_POOLS: dict[str, _Pool] = {"model": _POOL, "requests": _REQUEST_POOL}
+for _pool in _POOLS.values():
+    atexit.register(_pool.close)
 
 if __name__ == "__main__":
     main()
