@@ -127,6 +127,9 @@ def branch_attention(
     Returns (1, B, H, d) like the library's kernels.
     """
     assert branch_blocks is not None, "branch_attention is only for branch decoding steps"
+    dtype = query.dtype
+    if dtype != torch.float32:  # scores and softmax in float32, as the fused kernels of the pass keep them
+        query, key, value = query.float(), key.float(), value.float()
     _, H, B, d = query.shape
     Hkv = key.shape[1]
     g = H // Hkv
@@ -136,7 +139,9 @@ def branch_attention(
     own_v = value[0, :, P:].view(Hkv, steps, B, d)
     out = query.new_empty(B, Hkv, g, d)
     for (lo, hi), bias in zip(branch_blocks.bounds, branch_blocks.bias, strict=True):
-        bias = bias.to(query.device)  # built on the input device; a split model's layer may be on another
+        bias = bias.to(
+            query.device, query.dtype
+        )  # built on the input device; a split model's layer may be on another
         S, seen = hi - lo, bias.shape[1]
         q = query[0, :, lo:hi].reshape(Hkv, g, S, d).contiguous()
         scores = torch.baddbmm(bias, q.view(Hkv, g * S, d), key[0, :, :seen].transpose(1, 2), alpha=scaling)
@@ -152,7 +157,7 @@ def branch_attention(
         )
         block /= total
         out[lo:hi] = block.view(Hkv, g, S, d).permute(2, 0, 1, 3)
-    return out.view(1, B, H, d), None
+    return out.view(1, B, H, d).to(dtype), None
 
 
 def _prefix_bias(starts: Tensor, prefix: int, groups: int, dtype: torch.dtype) -> Tensor:
@@ -167,13 +172,28 @@ def _prefix_bias(starts: Tensor, prefix: int, groups: int, dtype: torch.dtype) -
 AttentionInterface.register(BRANCH_ATTENTION, branch_attention)
 
 
-SCORES_BYTES = 512 * 2**20  # attention scores of one chunk of branches, at most (about)
+SCORES_BYTES = 512 * 2**20  # attention scores of one chunk of branches, at most (about), off CUDA
+SCORES_SHARE = 0.25  # on CUDA: the share of the free memory a chunk's attention scores may take
 
 
-def chunk_for(requested: int, heads: int, length: int, element_bytes: int) -> int:
-    """Branches per chunk: `requested`, fewer where a chunk's attention scores (three tensors of
-    heads x branches x length: scores, their softmax input and output) would pass SCORES_BYTES."""
-    return min(requested, max(16, SCORES_BYTES // (3 * heads * length * element_bytes)))
+def chunk_for(
+    requested: int, heads: int, length: int, element_bytes: int = 4, free_bytes: int | None = None
+) -> int:
+    """Branches per chunk: `requested`, fewer where a chunk's attention scores (three float32
+    tensors of heads x branches x length: scores, their softmax input and output) would pass
+    SCORES_BYTES, or on CUDA (`free_bytes`, from `torch.cuda.mem_get_info`) a quarter of the
+    free memory, where that is more."""
+    budget = SCORES_BYTES if free_bytes is None else max(SCORES_BYTES, int(free_bytes * SCORES_SHARE))
+    return min(requested, max(16, budget // (3 * heads * length * element_bytes)))
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device (`torch.cuda.mem_get_info`, what the caching allocator holds
+    but does not use counted as free); None elsewhere: the CPU sizes stay as they are."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
 @torch.inference_mode()
@@ -245,7 +265,7 @@ def _decode(
     eos_tensor = torch.tensor(sorted(eos), device=model.input_device, dtype=torch.long)
     results: list[list[int]] = []
     progress(stage, 0, len(positions))
-    branch_chunk = chunk_for(branch_chunk, config.num_attention_heads, L, model.dtype.itemsize)
+    branch_chunk = chunk_for(branch_chunk, config.num_attention_heads, L, 4, free_memory(model.input_device))
     for b0 in range(0, len(positions), branch_chunk):
         chunk = torch.tensor(positions[b0 : b0 + branch_chunk], device=model.input_device)  # (B,)
         B = len(chunk)

@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from vrollout.local.head import head_tolerance, projection
 from vrollout.local.metrics import step_stats
-from vrollout.models import LoadedModel, ModelPair
 from vrollout.metrics.objectives import ObjectiveSpec
+from vrollout.models import LoadedModel, ModelPair
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 
 
@@ -30,8 +31,9 @@ def forced_pass(model: LoadedModel, input_ids: list[int], keep_cache: bool) -> t
 
 
 def head_logits(model: LoadedModel, hidden: Tensor, vocab_size: int) -> Tensor:
-    """Logits (C, vocab_size) for a chunk of hidden states, as the model's own head makes them."""
-    return finish_logits(model, model.model.get_output_embeddings()(hidden), vocab_size)
+    """Logits (C, vocab_size) for a chunk of hidden states, as the model's own head makes them
+    but in float32 whatever the model's dtype (`local.head`: no bf16 rounding of the logits)."""
+    return finish_logits(model, projection(model, hidden, vocab_size), vocab_size)
 
 
 def finish_logits(model: LoadedModel, logits: Tensor, vocab_size: int) -> Tensor:
@@ -55,7 +57,7 @@ def check_head(model: LoadedModel, vocab_size: int) -> None:
     ours = head_logits(model, final_hidden(model, ids), vocab_size).to(
         full.device
     )  # split: the head's device
-    if not torch.allclose(full.float(), ours.float(), atol=1e-3, rtol=1e-3):
+    if not torch.allclose(full.float(), ours.float(), **head_tolerance(model.dtype, full.float())):
         raise RuntimeError(
             f"{model.name}: its output head is not a plain projection of the final hidden "
             "state; the chunked engine does not support this architecture"
@@ -72,7 +74,6 @@ def score_hidden(
     progress: Progress = _no_progress,
 ) -> ReplayResult:
     """Every metric from the final hidden states (T, H) that predict `targets` (T,), making the
-    objectives: ObjectiveSpec | None = None,
     logits `chunk_size` positions at a time, so no float32 (T, V) tensor ever exists; and the
     vocabulary-wide distillation objectives `objectives` asks for, in the same passes."""
     T = len(targets)
@@ -107,7 +108,6 @@ def replay(
     keep_student_hidden: bool = False,
 ) -> ReplayResult:
     """Score `response` under both models: one forward pass each over context + response.
-    objectives: ObjectiveSpec | None = None,
 
     Naive equivalent (`reference.naive_replay`): for every t, run each model on
     context + response[:t] and read the last position. Logits are made from the final hidden
@@ -115,7 +115,6 @@ def replay(
     `keep_student_hidden`: keep the student's (T, H) in `result.student_hidden` (`replay_teacher`).
     """
     T = len(response)
-    `objectives`: the distillation objectives to compute per step (`result.objectives`).
     progress("replay", 0, 2 * T)
     same_pass = pair.shared and student_context == teacher_context  # same weights, same input
     # Position i predicts token i + 1: y_t is predicted at len(context) - 1 + t.
@@ -185,7 +184,6 @@ def replay_batch(
     keep_student_hidden: bool = False,
 ) -> list[ReplayResult]:
     """`replay` for several (student context, teacher context, response) at once: one padded
-    objectives: ObjectiveSpec | None = None,
     pass per model, metrics over all their positions together. Short sequences gain most.
     `keep_student_hidden`: each result keeps its rows (T_b, H) of the student's pass."""
     s_ctx, t_ctx, responses = (list(x) for x in zip(*items, strict=True))

@@ -69,9 +69,11 @@ def few_rows_logits(model: LoadedModel, hidden: Tensor, vocab_size: int) -> Tens
     2-8 rows takes a GEMM path that repacks the head's weights on every call: for SmolLM2's
     49,152 x 576 head it costs 26 ms for 2 rows against 11 ms for 1. `weight @ hidden.T` reads
     the weights once as they lie (9-10 ms for 2 rows), the same product in another order. Only a
-    plain bias-free `Linear` that accelerate does not manage takes that path."""
+    plain bias-free float32 `Linear` that accelerate does not manage takes that path (a reduced-
+    precision head goes to `head_logits`, which makes its product in float32)."""
     head = model.model.get_output_embeddings()
     plain = type(head) is torch.nn.Linear and head.bias is None and not hasattr(head, "_hf_hook")
+    plain = plain and head.weight.dtype == torch.float32
     if not plain or not 1 < hidden.shape[0] <= FEW_ROWS or hidden.device.type != "cpu":
         return head_logits(model, hidden, vocab_size)
     return finish_logits(model, torch.matmul(head.weight, hidden.t()).t(), vocab_size)
