@@ -132,9 +132,14 @@ def iter_array(path: Path, max_line_bytes: int | None, chunk: int = CHUNK) -> It
     for an item longer than `max_line_bytes` (in bytes, as written in the file). The file
     must start (after a UTF-8 BOM and whitespace) with '['; `chunk` is the bytes read at a time."""
     with path.open("rb") as f:
-        if f.read(3) != b"\xef\xbb\xbf":
-            f.seek(0)
-        yield from _items(_Text(f, chunk), max_line_bytes)
+        yield from read_array(f, max_line_bytes, chunk)
+
+
+def read_array(f: IO[bytes], max_line_bytes: int | None, chunk: int = CHUNK) -> Iterator[tuple[int, Any]]:
+    """`iter_array` of an open binary file (an upload's bytes in a `BytesIO`)."""
+    if f.read(3) != b"\xef\xbb\xbf":
+        f.seek(0)
+    yield from _items(_Text(f, chunk), max_line_bytes)
 
 
 def _items(text: _Text, limit: int | None) -> Iterator[tuple[int, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import io
 import json
 import math
 import os
@@ -21,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vrollout.errors import BadTrajectory, TooLong, VRError
-from vrollout.inputs.array_stream import iter_array
-from vrollout.inputs.trajectories import LineError, _over, check_encoding, decode_line, parse_file
+from vrollout.inputs.array_stream import iter_array, read_array
+from vrollout.inputs.trajectories import LineError, _over, check_encoding, decode_line
 
 if TYPE_CHECKING:
     from vrollout.config import Settings
@@ -123,11 +124,28 @@ def _read(
 
 
 def _parsed(data: bytes, settings: Settings) -> Iterator[Row]:
-    """An upload: `parse_file` as before (its limits and messages), rows in line order."""
-    good, bad = parse_file(data, settings.max_lines_per_job, settings.max_line_bytes)
-    rows: list[Row] = [*good, *((e.line, e) for e in bad)]
-    rows.sort(key=lambda r: r[0])
-    return iter(rows)
+    """An upload, a row at a time (JSONL a line, a JSON array an item: `inputs.array_stream`), so
+    that no reader holds its rows: `parse_file`'s rows, limits and messages, in line order."""
+    check_encoding(data)
+    body = data.removeprefix(b"\xef\xbb\xbf")
+    if not body.strip():
+        raise BadTrajectory("the file is empty")
+    max_lines = settings.max_lines_per_job
+    if body.lstrip().startswith(b"["):
+        return _at_most(read_array(io.BytesIO(body), settings.max_line_bytes), max_lines, "trajectories")
+    lines = (
+        (number, decode_line(number, raw, settings.max_line_bytes))
+        for number, raw in enumerate(io.BytesIO(body), start=1)
+        if raw.strip()
+    )
+    return _at_most(lines, max_lines, "lines")
+
+
+def _at_most(rows: Iterator[Row], max_lines: int, what: str) -> Iterator[Row]:
+    for count, row in enumerate(rows, start=1):
+        if count > max_lines:
+            raise TooLong(f"more than the limit of {max_lines} {what} (VROLLOUT_MAX_LINES_PER_JOB)")
+        yield row
 
 
 def _lines(path: Path, settings: Settings) -> Iterator[Row]:

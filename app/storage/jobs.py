@@ -69,7 +69,7 @@ class Jobs:
         self,
         name: str,
         options: dict[str, Any],
-        items: list[tuple[int, dict[str, Any]]],
+        items: list[tuple[int, dict[str, Any] | str]],
         rejected: list[dict[str, Any]],
         warnings: list[dict[str, Any]] | None = None,
     ) -> str:
@@ -84,7 +84,8 @@ class Jobs:
             )
             db.executemany(
                 "INSERT INTO job_items VALUES (?, ?, ?, 'pending', NULL, NULL, NULL)",
-                [(job_id, line, json.dumps(obj)) for line, obj in items],
+                # a line as text is its JSON already (an upload keeps its lines so: smaller)
+                [(job_id, line, obj if isinstance(obj, str) else json.dumps(obj)) for line, obj in items],
             )
         return job_id
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -12,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
-from vrollout.errors import BadTrajectory, TooLong, VRError
+from vrollout.errors import BadTrajectory, Cancelled, QueueFull, TooLong, VRError
 from vrollout.inputs.sources import iter_rows
 from vrollout.inputs.teacher_context import teacher_options, wants_sibling
 from vrollout.inputs.trajectories import LineError
@@ -47,7 +50,8 @@ from vrollout.schema.responses import (
     media,
 )
 from vrollout.storage.jobs import FINAL, Jobs
-from vrollout.web.routes.analyses import ERRORS, AnalyzerDep, from_state
+from vrollout.verdicts.math_check import Budget
+from vrollout.web.routes.analyses import ERRORS, AnalyzerDep, client_gone, from_state
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], responses=ERRORS)
 
@@ -92,6 +96,41 @@ def display_name(filename: str | None) -> str:
     return re.sub(r"[^\w.\- ]", "_", name)[:100] or "upload"
 
 
+# Uploads validated at once (each on a thread of the shared pool, with the requests' math-verify
+# helpers, verdicts.math_check.REQUEST_POOL_SIZE); one more is refused with a 429.
+MAX_VALIDATIONS = 2
+VALIDATION_RETRY_S = 5  # the Retry-After of that 429: a typical upload's validation
+
+
+class Validations:
+    """The uploads being validated now: at most `size` at once (counted on the event loop)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.busy = size, 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.busy >= self.size:
+            raise QueueFull(
+                f"{self.busy} uploads are being validated, the most at once; retry in about "
+                f"{VALIDATION_RETRY_S} s",
+                retry_after=VALIDATION_RETRY_S,
+            )
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+
+
+def validations(request: Request) -> Validations:
+    """The app's `Validations` (made on first use)."""
+    found = getattr(request.app.state, "validations", None)
+    if found is None:
+        found = request.app.state.validations = Validations(MAX_VALIDATIONS)
+    return found
+
+
 def validate_lines(
     analyzer: Analyzer,
     data: bytes,
@@ -100,34 +139,45 @@ def validate_lines(
     mapping: str | None = None,
     preset: str | None = None,
     name: str = "upload",
-) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]], list[dict[str, Any]]]:
+    stop: threading.Event | None = None,
+) -> tuple[list[tuple[int, str]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Each line checked on its own (nothing valid is dropped because a neighbour was bad):
-    the good lines (as stored: unknown keys moved into `meta`), the rejected ones, and a
-    warning per unknown key. The file is JSONL, a JSON array or Parquet (inputs.sources), its
-    columns renamed by `mapping` and `preset` first."""
-    rows = list(iter_rows(data, name=name, settings=analyzer.settings, mapping=mapping, preset=preset))
+    the good lines (as stored, as JSON text: unknown keys moved into `meta`), the rejected ones,
+    and a warning per unknown key. The file is JSONL, a JSON array or Parquet (inputs.sources),
+    its columns renamed by `mapping` and `preset` first. Rows are read one at a time, again for
+    each pass, so no pass holds the file's rows (memory: about the file's size, as the kept lines).
+    `stop` (the client went away) ends it at the next row with `Cancelled`. The sibling index's
+    math-verify checks spend one `math_check.Budget` per upload."""
+
+    def rows() -> Iterator[tuple[int, Any]]:
+        for row in iter_rows(data, name=name, settings=analyzer.settings, mapping=mapping, preset=preset):
+            if stop is not None and stop.is_set():
+                raise Cancelled("the client went away")
+            yield row
+
     # Siblings need the whole file first: one validation pass indexes its successful responses
     # (inputs.teacher_context), and each line asking for one gets it written into its `sibling`.
     index = (
-        analyzer.index_siblings(rows, options, privileged)
-        if any(wants_sibling({**options, **obj}) for _, obj in rows if isinstance(obj, dict))
+        analyzer.index_siblings(rows(), options, privileged, Budget())
+        if any(wants_sibling({**options, **obj}) for _, obj in rows() if isinstance(obj, dict))
         else None
     )
-    good: list[tuple[int, dict[str, Any]]] = []
+    good: list[tuple[int, str]] = []
     rejected: list[dict[str, Any]] = []
+    said: dict[str, str] = {}  # each distinct error held once, however many lines it is of
     unknown: dict[str, list[int]] = {}
-    for number, obj in rows:
+    for number, obj in rows():
         if isinstance(obj, LineError):
-            rejected.append({"line": number, "error": obj.error})
+            rejected.append({"line": number, "error": said.setdefault(obj.error, obj.error)})
             continue
         try:
             where = None if index is None else (number, index)
             _, line, keys = analyzer.prepare_line(obj, options, privileged, where)
-            good.append((number, line))
+            good.append((number, json.dumps(line)))  # as Jobs.create stores it: no bigger than read
             for key in keys:
                 unknown.setdefault(key, []).append(number)
         except VRError as exc:
-            rejected.append({"line": number, "error": exc.message})
+            rejected.append({"line": number, "error": said.setdefault(exc.message, exc.message)})
     rejected.sort(key=lambda r: r["line"])
     return good, rejected, key_warnings(unknown)
 
@@ -166,13 +216,39 @@ async def create_job(
             "OPD's view of it and a pedagogical rollout (a rollout record, docs/formats.md)"
         ),
     ] = "analysis",
+    *,
+    request: Request,
 ) -> dict[str, Any]:
     """Validate the file line by line; the valid lines become a job that runs in the background.
     The invalid ones come back with their line numbers and reasons; keys that are not fields
     (and not near misses of one, which are errors) are kept in each line's `meta` and listed in
     `warnings`. With `mode=pedagogical` the pedagogical options are checked as
     `POST /api/pedagogical` checks its own, and a line without a response is answered by the
-    student with the same sampling settings and seed."""
+    student with the same sampling settings and seed. At most two uploads are validated at once
+    (429 with Retry-After past that); one whose client goes away stops and creates nothing."""
+    with validations(request).slot():  # 429 past MAX_VALIDATIONS
+        return await _create_job(
+            request, analyzer, jobs, runner, file, pedagogical, privileged, top_k,
+            continuation_tokens, map, from_, teacher_context, teacher_template, mode,
+        )  # fmt: skip
+
+
+async def _create_job(
+    request: Request,
+    analyzer: Analyzer,
+    jobs: Jobs,
+    runner: JobRunner,
+    file: UploadFile,
+    pedagogical: PedagogicalForm,
+    privileged: str | None,
+    top_k: int | None,
+    continuation_tokens: int,
+    map: str | None,
+    from_: str | None,
+    teacher_context: str | None,
+    teacher_template: str | None,
+    mode: str,
+) -> dict[str, Any]:
     limit = analyzer.settings.max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
@@ -189,22 +265,34 @@ async def create_job(
         given = pedagogical.given(analyzer)
         options = {**options, **line_options(given)}  # what each line is prepared with
         stored_options = {"mode": mode, **options, **given}
-    good, rejected, warnings = await run_in_threadpool(
-        validate_lines,
-        analyzer,
-        data,
-        options,
-        privileged,
-        map or None,
-        from_ or None,
-        display_name(file.filename),
-    )
-    if not good:
-        shown = "; ".join(f"line {r['line']}: {r['error']}" for r in rejected[:5])
-        raise BadTrajectory(f"no valid trajectory in the file ({shown})", rejected=rejected)
-    job_id = await run_in_threadpool(
-        jobs.create, display_name(file.filename), stored_options, good, rejected, warnings
-    )
+    # A client that goes away stops its validation at the next row, and gets no job.
+    stop = threading.Event()
+    watcher = asyncio.ensure_future(client_gone(request))
+    watcher.add_done_callback(lambda _: stop.set())
+    try:
+        good, rejected, warnings = await run_in_threadpool(
+            validate_lines,
+            analyzer,
+            data,
+            options,
+            privileged,
+            map or None,
+            from_ or None,
+            display_name(file.filename),
+            stop,
+        )
+        del data  # the kept lines are what the job needs now
+        if not good:
+            shown = "; ".join(f"line {r['line']}: {r['error']}" for r in rejected[:5])
+            raise BadTrajectory(f"no valid trajectory in the file ({shown})", rejected=rejected)
+        if stop.is_set():
+            raise Cancelled("the client went away")
+        job_id = await run_in_threadpool(
+            jobs.create, display_name(file.filename), stored_options, good, rejected, warnings
+        )
+    finally:
+        stop.set()  # also when this request is cancelled mid-validation: its thread stops too
+        watcher.cancel()
     runner.wake.set()
     job = await run_in_threadpool(runner.state, job_id)
     return {"job": job, "accepted": len(good), "rejected": rejected, "warnings": warnings}
