@@ -16,9 +16,8 @@ import torch
 from vrollout.config import Settings
 from vrollout.errors import ModelOutOfMemory
 from vrollout.local import engine
-from vrollout.local.continuations import continuations_from_every_prefix, free_memory
+from vrollout.local.continuations import continuations_from_every_prefix
 from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
-from vrollout.local.sizing import Sizes, fitted_sizes
 from vrollout.metrics.objectives import ObjectiveSpec
 from vrollout.models import LoadedModel, ModelPair, check_window, load_pair
 from vrollout.pipeline.backend import BatchItem
@@ -26,21 +25,6 @@ from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy
 
 Work = TypeVar("Work", bound=Callable[..., Any])
-
-
-def device_sizes(pair: ModelPair, settings: Settings) -> Sizes:
-    """The settings' chunk and batch sizes, fitted to a CUDA device's free memory (`sizing`)."""
-    defaults = Sizes(settings.chunk_size, settings.batch_tokens, settings.batch_max_sequence)
-    model = pair.teacher if pair.cross_tokenizer else pair.student
-    config = model.model.config
-    return fitted_sizes(
-        defaults,
-        free_memory(model.input_device),
-        pair.teacher_vocab_size or pair.vocab_size,
-        getattr(config, "hidden_size", 4096),
-        model.dtype.itemsize,
-        frozenset(settings.model_fields_set),
-    )
 
 
 def out_of_memory_freed(method: Work) -> Work:
@@ -72,7 +56,6 @@ class LocalBackend:
     def __init__(self, pair: ModelPair, chunk_size: int) -> None:
         self.pair, self.chunk_size = pair, chunk_size
         self._vocabularies: Any = None  # cross-tokenizer pairs: local.cross.Vocabularies, made once
-        self.sizes: Sizes | None = None  # `from_settings`: the batch and chunk sizes for the device
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
@@ -81,22 +64,7 @@ class LocalBackend:
         for model in {id(pair.student): pair.student, id(pair.teacher): pair.teacher}.values():
             own = pair.teacher_vocab_size if pair.cross_tokenizer and model is pair.teacher else None
             engine.check_head(model, own or pair.vocab_size)
-        backend = cls(pair, settings.chunk_size)
-        backend.sizes = device_sizes(pair, settings)
-        backend.chunk_size = backend.sizes.chunk_size
-        return backend
-
-    def fit_settings(self, settings: Settings) -> Settings:
-        """`settings` with the batch sizes that fit the device (`sizing.fitted_sizes`: the same on
-        a CPU), for the pipeline's batching of a file's lines."""
-        if self.sizes is None:
-            return settings
-        return settings.model_copy(
-            update={
-                "batch_tokens": self.sizes.batch_tokens,
-                "batch_max_sequence": self.sizes.batch_max_sequence,
-            }
-        )
+        return cls(pair, settings.chunk_size)
 
     def check_top_k(self, top_k: int) -> None:
         pass  # every log-prob is at hand: the settings' VROLLOUT_MAX_TOP_K is the only limit
@@ -143,6 +111,7 @@ class LocalBackend:
         progress: Progress = _no_progress,
         keep_for_continuations: bool = False,
         keep_student_pass: bool = False,
+        objectives: ObjectiveSpec | None = None,
     ) -> tuple[ReplayResult, dict[str, Any]]:
         """`keep_student_pass`: the noise floor follows, so keep the student's hidden states
         (T, H) for `bare_replays` (only this backend takes it: see `bare_replays`)."""
@@ -158,6 +127,7 @@ class LocalBackend:
             progress=progress,
             keep_teacher_cache=keep_for_continuations,
             keep_student_hidden=keep_student_pass,
+            objectives=objectives,
         )
         return result, {}  # the analysis says "backend": "local" by default
 
@@ -197,6 +167,7 @@ class LocalBackend:
         items: list[BatchItem],
         top_k: int,
         keep_student_pass: bool = False,
+        objectives: ObjectiveSpec | None = None,
     ) -> list[tuple[ReplayResult, dict[str, Any]]]:
         for s_ctx, t_ctx, response in items:  # a line past it fails the batch; each then runs alone
             self.check_windows(len(s_ctx) + len(response), len(t_ctx) + len(response), "context + response")
@@ -206,6 +177,7 @@ class LocalBackend:
             top_k=top_k,
             chunk_size=self.chunk_size,
             keep_student_hidden=keep_student_pass,
+            objectives=objectives,
         )
         return [(result, {}) for result in results]
 

@@ -40,7 +40,6 @@ from vrollout.pipeline.recovery import recovery
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy
 from vrollout.schema.requests import AnalyzeRequest, GenerationOptions, PedagogicalRequest
-from vrollout.verdicts.math_check import Budget
 
 
 @dataclass
@@ -54,8 +53,8 @@ class Options:
     recovery: bool = False
     recovery_max_new_tokens: int = 64
     noise_floor: bool = True
-
     objectives: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+
 
 def _given(value: int | None, default: int) -> int:
     return default if value is None else value
@@ -79,7 +78,6 @@ def options_from(request: AnalyzeRequest, settings: Settings) -> Options:
         recovery=request.recovery,
         recovery_max_new_tokens=_given(request.recovery_max_new_tokens, min(64, settings.max_new_tokens)),
         noise_floor=settings.noise_floor if request.noise_floor is None else request.noise_floor,
-    )
         objectives=objective_spec(request),
     )
 
@@ -94,6 +92,7 @@ def objective_spec(request: AnalyzeRequest) -> ObjectiveSpec:
         clip_tau=default.clip_tau if request.clip_tau is None else float(request.clip_tau),
         entropy_threshold=request.tip_entropy_threshold,
         divergence_threshold=request.tip_divergence_threshold,
+    )
 
 
 def analysis_cost(options: Options, response_tokens: int | None) -> int:
@@ -260,17 +259,12 @@ class Analyzer:
         return with_defaults(line, options, privileged), unknown
 
     def index_siblings(
-        self,
-        lines: Iterable[tuple[int, Any]],
-        options: dict[str, Any],
-        privileged: str | None,
-        budget: Budget | None = None,
+        self, lines: Iterable[tuple[int, Any]], options: dict[str, Any], privileged: str | None
     ) -> SiblingIndex:
         """A file's sibling index (inputs.teacher_context): its valid lines' prompts and successful
         responses, in one pass (validation only: nothing is tokenized). Bad lines are skipped here;
-        they are refused with their reason when they are prepared. `budget`: what the file's
-        math-verify checks may spend (an upload's, verdicts.math_check.Budget)."""
-        index = SiblingIndex(verdict_deadline_s=self.settings.math_verify_timeout_s, budget=budget)
+        they are refused with their reason when they are prepared."""
+        index = SiblingIndex(verdict_deadline_s=self.settings.math_verify_timeout_s)
         for number, obj in lines:
             if isinstance(obj, LineError):
                 continue
@@ -387,6 +381,7 @@ class Analyzer:
             progress,
             keep_for_continuations=bool(opts.continuation_tokens),
             keep_student_pass=self._keep_student_pass([prep]),
+            objectives=opts.objectives,
         )
         return self._assemble(prep, response, result, generation, progress, store, {**record, **extra})
 
@@ -394,7 +389,6 @@ class Analyzer:
         self,
         prep: Prepared,
         response: list[int],
-            objectives=opts.objectives,
         result: ReplayResult,
         generation: dict[str, Any] | None,
         progress: Progress,
@@ -444,6 +438,7 @@ class Analyzer:
             continuation_tokens=opts.continuation_tokens,
             extra=extra,
             verdict_deadline_s=self.settings.math_verify_timeout_s,
+            objectives=opts.objectives,
         )
         if "recovery" in extra:
             rec = extra["recovery"]
@@ -451,7 +446,6 @@ class Analyzer:
             analysis["summary"]["reverse_kl_share_after_last_recoverable"] = rec[
                 "reverse_kl_share_after_last_recoverable"
             ]
-            objectives=opts.objectives,
         if floor is None:
             floor = self.noise_floors([prep], [response], [result], progress)[0]
         add_preflight(analysis, build_preflight(prep.traj, ctx, self.pair, analysis, floor))
@@ -592,13 +586,6 @@ class Analyzer:
     def run_batch(self, preps: list[Prepared], extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Several batchable analyses in one padded pass per model (not stored: the job runner
         stores them with their lines). Each equals its own `run` within float tolerance."""
-        items = [(p.ctx.student_ids, p.ctx.teacher_ids, p.ctx.response_ids) for p in preps]
-        top_k = max(p.options.top_k for p in preps)
-        with out_of_memory("a batch"):
-            results = self.backend.replay_batch(
-                items, top_k, keep_student_pass=self._keep_student_pass(preps), objectives=specs.pop()
-            )
-            floors = self.noise_floors(
         specs = {p.options.objectives for p in preps}
         if len(specs) > 1:  # lines asking for other objectives: one batch per kind
             by_line: dict[int, dict[str, Any]] = {}
@@ -607,6 +594,13 @@ class Analyzer:
                 done = self.run_batch([preps[i] for i in picked], [extras[i] for i in picked])
                 by_line.update(zip(picked, done, strict=True))
             return [by_line[i] for i in range(len(preps))]
+        items = [(p.ctx.student_ids, p.ctx.teacher_ids, p.ctx.response_ids) for p in preps]
+        top_k = max(p.options.top_k for p in preps)
+        with out_of_memory("a batch"):
+            results = self.backend.replay_batch(
+                items, top_k, keep_student_pass=self._keep_student_pass(preps), objectives=specs.pop()
+            )
+            floors = self.noise_floors(
                 preps, [item[2] for item in items], [result for result, _ in results], _no_progress
             )
         analyses = []
