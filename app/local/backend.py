@@ -16,8 +16,9 @@ import torch
 from vrollout.config import Settings
 from vrollout.errors import ModelOutOfMemory
 from vrollout.local import engine
-from vrollout.local.continuations import continuations_from_every_prefix
+from vrollout.local.continuations import continuations_from_every_prefix, free_memory
 from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
+from vrollout.local.sizing import Sizes, fitted_sizes
 from vrollout.metrics.objectives import ObjectiveSpec
 from vrollout.models import LoadedModel, ModelPair, check_window, load_pair
 from vrollout.pipeline.backend import BatchItem
@@ -25,6 +26,21 @@ from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy
 
 Work = TypeVar("Work", bound=Callable[..., Any])
+
+
+def device_sizes(pair: ModelPair, settings: Settings) -> Sizes:
+    """The settings' chunk and batch sizes, fitted to a CUDA device's free memory (`sizing`)."""
+    defaults = Sizes(settings.chunk_size, settings.batch_tokens, settings.batch_max_sequence)
+    model = pair.teacher if pair.cross_tokenizer else pair.student
+    config = model.model.config
+    return fitted_sizes(
+        defaults,
+        free_memory(model.input_device),
+        pair.teacher_vocab_size or pair.vocab_size,
+        getattr(config, "hidden_size", 4096),
+        model.dtype.itemsize,
+        frozenset(settings.model_fields_set),
+    )
 
 
 def out_of_memory_freed(method: Work) -> Work:
@@ -56,6 +72,7 @@ class LocalBackend:
     def __init__(self, pair: ModelPair, chunk_size: int) -> None:
         self.pair, self.chunk_size = pair, chunk_size
         self._vocabularies: Any = None  # cross-tokenizer pairs: local.cross.Vocabularies, made once
+        self.sizes: Sizes | None = None  # `from_settings`: the batch and chunk sizes for the device
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
@@ -64,7 +81,22 @@ class LocalBackend:
         for model in {id(pair.student): pair.student, id(pair.teacher): pair.teacher}.values():
             own = pair.teacher_vocab_size if pair.cross_tokenizer and model is pair.teacher else None
             engine.check_head(model, own or pair.vocab_size)
-        return cls(pair, settings.chunk_size)
+        backend = cls(pair, settings.chunk_size)
+        backend.sizes = device_sizes(pair, settings)
+        backend.chunk_size = backend.sizes.chunk_size
+        return backend
+
+    def fit_settings(self, settings: Settings) -> Settings:
+        """`settings` with the batch sizes that fit the device (`sizing.fitted_sizes`: the same on
+        a CPU), for the pipeline's batching of a file's lines."""
+        if self.sizes is None:
+            return settings
+        return settings.model_copy(
+            update={
+                "batch_tokens": self.sizes.batch_tokens,
+                "batch_max_sequence": self.sizes.batch_max_sequence,
+            }
+        )
 
     def check_top_k(self, top_k: int) -> None:
         pass  # every log-prob is at hand: the settings' VROLLOUT_MAX_TOP_K is the only limit

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from vrollout.local.head import head_tolerance, projection
 from vrollout.local.metrics import step_stats
 from vrollout.metrics.objectives import ObjectiveSpec
 from vrollout.models import LoadedModel, ModelPair
@@ -30,8 +31,9 @@ def forced_pass(model: LoadedModel, input_ids: list[int], keep_cache: bool) -> t
 
 
 def head_logits(model: LoadedModel, hidden: Tensor, vocab_size: int) -> Tensor:
-    """Logits (C, vocab_size) for a chunk of hidden states, as the model's own head makes them."""
-    return finish_logits(model, model.model.get_output_embeddings()(hidden), vocab_size)
+    """Logits (C, vocab_size) for a chunk of hidden states, as the model's own head makes them
+    but in float32 whatever the model's dtype (`local.head`: no bf16 rounding of the logits)."""
+    return finish_logits(model, projection(model, hidden, vocab_size), vocab_size)
 
 
 def finish_logits(model: LoadedModel, logits: Tensor, vocab_size: int) -> Tensor:
@@ -55,7 +57,7 @@ def check_head(model: LoadedModel, vocab_size: int) -> None:
     ours = head_logits(model, final_hidden(model, ids), vocab_size).to(
         full.device
     )  # split: the head's device
-    if not torch.allclose(full.float(), ours.float(), atol=1e-3, rtol=1e-3):
+    if not torch.allclose(full.float(), ours.float(), **head_tolerance(model.dtype, full.float())):
         raise RuntimeError(
             f"{model.name}: its output head is not a plain projection of the final hidden "
             "state; the chunked engine does not support this architecture"
