@@ -197,6 +197,7 @@ class Analyzer:
         it first, so that a damaged database fails before any loading)."""
         settings = settings or Settings()
         backend = load_backend(settings)
+        settings = getattr(backend, "fit_settings", lambda given: given)(settings)  # sizes for the device
         return cls(backend.pair, settings, store, backend)
 
     @property
