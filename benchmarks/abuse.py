@@ -11,6 +11,13 @@ the other, while a probe asks `/api/health` every 50 ms:
 - 3 concurrent uploads of a Parquet decompression bomb (a 1 KB file: 600 rows that all point at
   one 5 MB dictionary value, 3 GB decoded): peak RSS against idle (target: under idle + 300 MiB),
   the time to refuse each from the last byte sent (target < 100 ms), health p99 meanwhile;
+- 2 concurrent uploads whose lines ask for siblings with answers math-verify takes minutes over
+  (`$9^{9^{9^{10}}}$`), while one analysis with a reference answer and one without run: each
+  analysis's time (target < 5 s: the model's math checks never wait behind an upload's), each
+  upload's time to answer (its math-check budget: a few deadlines), health p99 meanwhile;
+- 6 concurrent uploads of 20,000 lines each: peak RSS (target: under idle + 300 MiB), the time to
+  refuse those past the 2 validated at once (429, target < 100 ms), health p99; then an upload
+  whose client leaves mid-validation (target: no job created);
 - from benchmarks/abuse_storage.py, when present: open file descriptors after 400 event-stream
   clients come and go (target: back to idle), and peak RSS of a summaries export of a 1,000-line
   job of 1,000-token analyses (target: under idle + 300 MiB).
@@ -157,6 +164,80 @@ async def bomb_uploads(url: str, clients: int) -> tuple[list[float], list[int]]:
     return [t for t, _ in results], [s for _, s in results]
 
 
+CRAFTED = r"so the answer is $9^{9^{9^{10}}}$"  # sympy compares it with 5 for minutes (#24 item 2)
+
+
+def crafted_upload(lines: int = 200) -> bytes:
+    """Lines of one prompt that ask for a sibling, each needing a math check that misses its deadline."""
+    return "\n".join(
+        json.dumps({"prompt": "what is 2+3?", "response": f"{CRAFTED} ({i})", "reference_answer": "5"})
+        for i in range(lines)
+    ).encode()
+
+
+async def crafted_checks(url: str, uploads: int) -> tuple[list[float], list[int], list[float]]:
+    """`uploads` crafted uploads at once, and meanwhile two analyses (with and without a
+    reference answer): the uploads' times and statuses, and each analysis's time (ms)."""
+    data = crafted_upload()
+
+    async def up(http: httpx.AsyncClient) -> tuple[float, int]:
+        start = time.perf_counter()
+        r = await http.post("/api/jobs", files={"file": ("crafted.jsonl", data)},
+                            data={"teacher_context": "sibling"})  # fmt: skip
+        return (time.perf_counter() - start) * 1000, r.status_code
+
+    async def analysis(http: httpx.AsyncClient, body: dict[str, str]) -> float:
+        await asyncio.sleep(1.0)  # the uploads are in their checks by now
+        start = time.perf_counter()
+        r = await http.post("/api/analyze", json=body)
+        assert r.status_code == 200, r.text
+        return (time.perf_counter() - start) * 1000
+
+    with_reference = {"prompt": "What is 2+2?", "response": r"\boxed{4}", "reference_answer": "4"}
+    without = {"prompt": "What is 2+2?", "response": "It is 4."}
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        *ups, first, second = await asyncio.gather(
+            *(up(http) for _ in range(uploads)), analysis(http, with_reference), analysis(http, without)
+        )
+    return [t for t, _ in ups], [s for _, s in ups], [first, second]
+
+
+def big_upload(lines: int = 20_000) -> bytes:
+    line = {"prompt": "What is 17*23?", "response": "17*23 = 391. " * 20, "reference_answer": "391"}
+    return "\n".join(json.dumps({**line, "id": str(i)}) for i in range(lines)).encode()
+
+
+async def upload_flood(url: str, clients: int) -> tuple[list[float], list[int]]:
+    """`clients` uploads of 20,000 lines at once: milliseconds from sending to the answer (the
+    file is sent at once: a refusal's time is the server's), and the statuses."""
+    data = big_upload()
+
+    async def one(http: httpx.AsyncClient) -> tuple[float, int]:
+        start = time.perf_counter()
+        r = await http.post("/api/jobs", files={"file": ("big.jsonl", data)})
+        return (time.perf_counter() - start) * 1000, r.status_code
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        results = await asyncio.gather(*(one(http) for _ in range(clients)))
+    return [t for t, _ in results], [s for _, s in results]
+
+
+def upload_and_leave(url: str) -> int:
+    """An upload of 20,000 lines whose client closes its connection a second after sending: the
+    jobs there are once its validation would have ended (target: none more than before)."""
+    before = len(httpx.get(f"{url}/api/jobs", timeout=30).json())
+    request = httpx.Request("POST", f"{url}/api/jobs", files={"file": ("left.jsonl", big_upload())})
+    host, port = url.removeprefix("http://").split(":")
+    head = f"POST /api/jobs HTTP/1.1\r\nHost: {host}:{port}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host"
+    )
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode() + b"\r\n" + request.read())
+        time.sleep(1)
+    time.sleep(60)  # longer than validating 20,000 lines takes
+    return len(httpx.get(f"{url}/api/jobs", timeout=30).json()) - before
+
+
 def slow_connections(url: str, count: int) -> list[socket.socket]:
     host, port = url.removeprefix("http://").split(":")
     held = []
@@ -213,6 +294,35 @@ def run(args: argparse.Namespace) -> list[Row]:
         rows.append(("  health p99 meanwhile", health, "< 200 ms", p99 < 200 and not probe.errors))
 
         with Probe(server.url) as probe:
+            took_ms, statuses, analyses_ms = asyncio.run(crafted_checks(server.url, 2))
+        name = "2 concurrent uploads of crafted math answers (sibling)"
+        rows.append((name, f"answered in max {max(took_ms) / 1000:.1f} s, {sorted(set(statuses))}", "", None))
+        worst = max(analyses_ms)
+        spread = f"with a reference {analyses_ms[0]:.0f} ms, without {analyses_ms[1]:.0f} ms"
+        rows.append(("  an analysis meanwhile", spread, "< 5 s", worst < 5000))
+        p99 = percentile(probe.times, 99)
+        health = f"{p99:.0f} ms ({len(probe.times)} probes, {len(probe.errors)} errors)"
+        rows.append(("  health p99 meanwhile", health, "< 200 ms", p99 < 200 and not probe.errors))
+
+        with Probe(server.url) as probe, peak_rss(server) as rss:
+            took_ms, statuses = asyncio.run(upload_flood(server.url, args.uploads))
+        over = rss["peak"] - idle_rss
+        name = f"peak RSS, {args.uploads} concurrent uploads of 20,000 lines"
+        rows.append((name, f"idle + {over:.0f} MiB", "< idle + 300 MiB", over < 300))
+        refused = [t for t, s in zip(took_ms, statuses, strict=True) if s == 429]
+        answers = f"{len(refused)} refused (429), {sorted(set(statuses))}"
+        rows.append(("  answers", answers, f"{args.uploads - 2} refused", len(refused) == args.uploads - 2))
+        worst = max(refused, default=0.0)
+        rows.append(("  time to refuse each", f"max {worst:.0f} ms", "< 100 ms", worst < 100))
+        p99 = percentile(probe.times, 99)
+        health = f"{p99:.0f} ms ({len(probe.times)} probes, {len(probe.errors)} errors)"
+        rows.append(("  health p99 meanwhile", health, "< 200 ms", p99 < 200 and not probe.errors))
+        created = upload_and_leave(server.url)
+        rows.append(
+            ("an upload whose client left mid-validation", f"{created} jobs created", "0", created == 0)
+        )
+
+        with Probe(server.url) as probe:
             held = slow_connections(server.url, args.slow)
             time.sleep(min(args.header_timeout / 2, 3))
             during = open_fds(pid)
@@ -245,6 +355,7 @@ def main() -> None:
     )
     parser.add_argument("--clients", type=int, default=30, help="concurrent 8 MiB prompts")
     parser.add_argument("--bombs", type=int, default=3, help="concurrent Parquet bomb uploads")
+    parser.add_argument("--uploads", type=int, default=6, help="concurrent uploads of 20,000 lines")
     parser.add_argument("--slow", type=int, default=300, help="slow connections held")
     parser.add_argument(
         "--header-timeout",
