@@ -302,3 +302,64 @@ def ids_as_messages(tokenizer: Any, ids: list[int]) -> list[dict[str, str]] | No
         return None
     again = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return messages if tokenizer(again, add_special_tokens=False)["input_ids"] == list(ids) else None
+
+
+# --- A rendered prompt decoded without its special tokens ---------------------------------------
+# verl dumps `tokenizer.decode(prompt_ids, skip_special_tokens=True)`: the chat template's special
+# tokens are gone. The messages are recovered with the template's own framing (the probes above)
+# with those tokens taken out, rendered again, and accepted only when tokenizing that rendering and
+# decoding it as verl does gives back exactly the dumped text: then it is the text the model saw.
+
+RECONSTRUCTED = (
+    "the prompt was reconstructed: it was decoded without the chat template's special tokens "
+    "(skip_special_tokens=True, as verl dumps prompts); its messages were recovered from the "
+    "student's chat template and rendered again, which decodes back to exactly the text given"
+)
+
+
+def _without(text: str, specials: list[str]) -> str:
+    for special in specials:
+        text = text.replace(special, "")
+    return text
+
+
+def restore_specials(tokenizer: Any, prompt: str) -> tuple[str, list[str]]:
+    """The rendered prompt that `prompt` is the special-token-free decoding of, and a note saying
+    so; `prompt` itself, and no note, where it holds the template's closing sequence already,
+    the template has no special tokens to lose, or no conversation renders back to it exactly
+    (then the rendered checks refuse it with the reason, as before)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt, []
+    try:
+        end = turn_end(tokenizer)
+    except BadTrajectory:
+        return prompt, []
+    specials = sorted((s for s in _specials(tokenizer) if s), key=len, reverse=True)
+    if end.closing in prompt or not any(s in end.closing for s in specials):
+        return prompt, []
+    found = []
+    for grammar in _grammars(tokenizer):
+        bare = _Grammar(
+            grammar.first,
+            _without(grammar.head, specials),
+            {roles: _without(sep, specials) for roles, sep in grammar.between.items()},
+            _without(grammar.tail, specials),
+        )
+        messages = _parse(bare, prompt) if bare.tail else None
+        if messages is None:
+            continue
+        try:
+            again = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(again, add_special_tokens=False)["input_ids"]
+        except Exception:  # a template that refuses the recovered conversation
+            continue
+        if tokenizer.decode(ids, skip_special_tokens=True) == prompt:
+            found.append((grammar, messages, again))
+    if not found:
+        return prompt, []
+    if len(found) == 2 and found[0][2] != found[1][2]:
+        chosen = _likelier(found[0][:2], found[1][:2])
+        text = next(again for _, messages, again in found if messages is chosen)
+    else:
+        text = found[0][2]
+    return text, [RECONSTRUCTED]

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from vrollout.errors import BadTrajectory, TooLong
-from vrollout.inputs.rendered import teacher_text
+from vrollout.inputs.rendered import restore_specials, teacher_text
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.pipeline.backend import Model, Models
 from vrollout.rules import fill_prompt_format, fill_teacher_template
@@ -167,7 +167,10 @@ def _rendered(
 ) -> tuple[list[int], str, list[int], str]:
     """Both contexts of a prompt given rendered: its text as it is for the student, the same with
     the privileged info placed by the student's template for the teacher (`inputs.rendered`), each
-    tokenized as-is (no special tokens added: the text holds those the template wrote)."""
+    tokenized as-is (no special tokens added: the text holds those the template wrote). A prompt
+    decoded without its special tokens (verl's dumps) is first rendered back (`restore_specials`)."""
+    prompt, restored = restore_specials(pair.student.tokenizer, prompt)
+    notes.extend(restored)
     t_text, found = teacher_text(pair.student.tokenizer, prompt, privileged, template)
     notes.append(
         "the prompt was given rendered (rendered: true): tokenized as it is, no chat template "

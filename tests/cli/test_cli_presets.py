@@ -83,8 +83,12 @@ def test_a_verl_step_dump_is_detected_and_analysed(tmp_path, capsys):
 
 
 def test_a_verl_dump_without_special_tokens_is_refused_with_the_reason(tmp_path, capsys):
+    """Prompts that lost their special tokens and that no conversation renders back to (text before
+    the template's start here) are refused line by line; whole ones are rendered back (tests/inputs/test_reconstruct.py)."""
     tok = saved_student(tmp_path / "student", None)  # <|im_start|>...: special tokens, dropped by verl
     dump = verl_dump(tok, tmp_path / "rollout_data", step=1)
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    dump.write_text("".join(json.dumps({**r, "input": "Note: " + r["input"]}) + "\n" for r in rows))
     code, err = analyze(tmp_path / "student", dump, tmp_path / "out.jsonl", capsys)
     assert code == 1, err
     assert f"{dump}:1: " in err and "skip_special_tokens=True" in err

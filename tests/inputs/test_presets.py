@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from support import tiny_settings
@@ -20,8 +21,10 @@ from support.tiny import tiny_pair
 from vrollout.errors import BadTrajectory
 from vrollout.inputs.presets import PRESETS, apply_preset, detect_preset, tinker_rows
 from vrollout.inputs.sources import iter_rows
-from vrollout.models import ModelPair
 from vrollout.pipeline.analyzer import Analyzer
+
+if TYPE_CHECKING:
+    from vrollout.models import ModelPair  # imports torch: only the annotations need it
 
 QUESTIONS = [("What is 2+2?", "4"), ("What is 3+3?", "6")]
 # A chat template without special tokens, as a base model's.
@@ -73,10 +76,13 @@ def test_verl_dump_maps_to_our_fields(tiny: ModelPair, tmp_path: Path):
 
 
 def test_verl_prompt_without_its_special_tokens_is_refused_with_the_reason(tiny: ModelPair, tmp_path: Path):
-    """verl's `input` lost the template's special tokens: it is not the text the model saw, and
-    validation says so rather than replaying another context (the `rendered` checks)."""
+    """verl's `input` lost the template's special tokens and no conversation renders back to it
+    (here: text before the template's start, so it is not a whole rendering): it is not the text
+    the model saw, and validation says so rather than replaying another context (the `rendered`
+    checks). A whole one is rendered back (tests/inputs/test_reconstruct.py)."""
     analyzer = Analyzer(tiny, tiny_settings(tmp_path))
     rows = read_jsonl(write_verl_dump(tiny.student.tokenizer, tmp_path / "dump", step=1))
+    rows[0]["input"] = "Note: " + rows[0]["input"]
     with pytest.raises(BadTrajectory, match="skip_special_tokens=True"):
         analyzer.prepare_line(apply_preset(rows[0], "verl"), {}, None)
 

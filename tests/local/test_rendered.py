@@ -87,7 +87,9 @@ def stripped(pair: ModelPair, messages: list[dict[str, str]]) -> str:
 
 
 def test_prompt_without_special_tokens_is_refused_with_the_reason(analyzer: Analyzer):
-    prompt = stripped(analyzer.pair, CONVERSATIONS[1])
+    """Stripped and not rendered back by any conversation (text before the template's start): a
+    whole stripped prompt is rendered back instead (tests/inputs/test_reconstruct.py)."""
+    prompt = "Note: " + stripped(analyzer.pair, CONVERSATIONS[1])
     assert "<|im_end|>" not in prompt and "What is 17*23?" in prompt
     for privileged in (PRIVILEGED, None):  # either way it is not the text the model saw
         with pytest.raises(BadTrajectory, match="skip_special_tokens=True") as err:
@@ -178,7 +180,8 @@ def test_bad_combinations_are_clear_api_errors(tiny_client, body, words):
 
 def test_upload_lines_take_rendered(tiny_client, tiny: ModelPair):
     good = {"prompt": rendered_text(tiny, CONVERSATIONS[1]), "rendered": True, "response": RESPONSE}
-    bad = {"prompt": stripped(tiny, CONVERSATIONS[1]), "rendered": True, "response": RESPONSE}
+    # Stripped of its special tokens and not rendered back by any conversation (text before it)
+    bad = {"prompt": "Note: " + stripped(tiny, CONVERSATIONS[1]), "rendered": True, "response": RESPONSE}
     text = "\n".join(json.dumps(line) for line in (good, bad)) + "\n"
     created = upload(tiny_client, text, privileged=PRIVILEGED).json()
     assert [r["line"] for r in created["rejected"]] == [2]
