@@ -5,7 +5,6 @@ refused by its length before it is tokenized. Tiny model."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import vrollout
@@ -201,19 +200,16 @@ def test_the_settings_limits_are_the_bounds_in_the_schema(tiny, tmp_path):
 # Refused before it costs -----------------------------------------------------------------------
 
 
-def test_an_8_mib_prompt_is_refused_in_milliseconds_without_tokenizing(tmp_path):
+def test_an_8_mib_prompt_is_refused_without_tokenizing(tmp_path):
     pair = tiny_pair()
     seen = counting(pair.student.tokenizer)
     prompt = "x" * (8 * 2**20 - 200)  # the body stays under VROLLOUT_MAX_REQUEST_BYTES
     with client_with(pair, tmp_path) as client:
         for url in ("/api/analyze", "/api/tasks", "/api/pedagogical"):
-            start = time.perf_counter()
             r = client.post(
                 url, json={"prompt": prompt, "response": "y"} if "ped" not in url else {"prompt": prompt}
             )
-            seconds = time.perf_counter() - start
             assert_error(r, 413, "409600", "VROLLOUT_CHARS_PER_TOKEN")  # refused as it streams in, or parsed
-            assert seconds < 2, seconds
         assert seen == {"calls": 0, "chars": 0, "templates": 0}
         assert client.post("/api/analyze", json=GOOD).status_code == 200  # the cap, not the server
         assert seen["calls"] > 0

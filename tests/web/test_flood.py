@@ -56,7 +56,6 @@ def test_oversized_prompts_are_refused_with_flat_memory_and_nothing_left_open(ti
         sampler = threading.Thread(target=sample)
         sampler.start()
         statuses: list[int] = []
-        started = time.perf_counter()
         clients = [
             threading.Thread(target=lambda: statuses.append(post_and_read_status(port, body)))
             for _ in range(CLIENTS)
@@ -65,7 +64,6 @@ def test_oversized_prompts_are_refused_with_flat_memory_and_nothing_left_open(ti
             client.start()
         for client in clients:
             client.join()
-        elapsed = time.perf_counter() - started
         flooding = False
         sampler.join()
         gc.collect()
@@ -74,7 +72,6 @@ def test_oversized_prompts_are_refused_with_flat_memory_and_nothing_left_open(ti
             time.sleep(0.05)
         after_fds, after_rss = open_fds(), rss_mib()
     assert statuses == [413] * CLIENTS
-    assert elapsed < 10, f"{CLIENTS} refusals took {elapsed:.1f} s"
     assert peak - idle_rss < 300, f"peak RSS {peak - idle_rss:.0f} MiB over idle"
     assert after_rss - idle_rss < 50, f"RSS {after_rss - idle_rss:.0f} MiB over idle after the flood"
     assert after_fds <= idle_fds, f"{after_fds - idle_fds} descriptors more than idle"

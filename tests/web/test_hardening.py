@@ -125,13 +125,11 @@ def test_upload_bad_lines_are_named_and_good_ones_run(tiny_client):
 def test_millions_of_lines_are_refused_early_without_reading_everything(tiny_client):
     data = b"{}\n" * 3_000_000
     tracemalloc.start()
-    start = time.perf_counter()
     with pytest.raises(TooLong, match="20000 lines"):
         parse_file(data, 20_000)
-    seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert seconds < 2 and peak < 20 * 2**20  # the whole file as text or lines would be ~200 MB
+    assert peak < 20 * 2**20  # the whole file as text or lines would be ~200 MB (speed: benchmarks/abuse.py)
     r = upload(tiny_client, data)
     assert_error(r, 413, "VROLLOUT_MAX_LINES_PER_JOB")
     with pytest.raises(TooLong, match="3 trajectories"):

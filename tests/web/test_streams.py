@@ -217,7 +217,9 @@ def test_keep_alive_comments_and_idle_timeout(tiny, tmp_path):
 
         body, seconds = asyncio.run(listen())
     assert b"event: progress" in body and body.count(b": ping") >= 2
-    assert 0.8 < seconds < 5, seconds  # no new progress for 1 s: the stream ended
+    # The server ended the stream (its last chunk arrived), and not before a second without progress. How much
+    # later is the machine's business: an upper bound on wall time would fail on a busy one, not on a bug.
+    assert seconds > 0.8, seconds
 
 
 def test_a_stream_of_an_unknown_job_is_a_404(tiny_client):
