@@ -37,9 +37,9 @@ SUMMARY_COLUMNS = (
 
 # Digests stored with an older version (or none) are made again from the stored analysis when a
 # dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
-# 6: preflight columns in the summary row; 5: preflight; 4: teacher_context;
-# 3: step, score, verdict_method, reverse_kl_at_divergences
-DIGEST_VERSION = 6
+# 7: objectives and quadrants (docs/objectives.md); 6: preflight columns in the summary row;
+# 5: preflight; 4: teacher_context; 3: step, score, verdict_method, reverse_kl_at_divergences
+DIGEST_VERSION = 7
 
 
 def verdict_of(analysis: dict[str, Any]) -> dict[str, Any] | None:
@@ -113,6 +113,9 @@ def digest(analysis: dict[str, Any]) -> dict[str, Any]:
         # the drift views' "share of reverse KL at divergences" (report/drift.py)
         "reverse_kl_at_divergences": sum(s["reverse_kl"] for s in analysis["steps"] if not s["agree"]),
         "preflight": compact(analysis.get("preflight")),  # the job's preflight (pipeline/preflight.py)
+        # each distillation objective's summary and TIP's quadrants (report/headline.py rows)
+        "objectives": analysis["summary"].get("objectives"),
+        "quadrants": analysis["summary"].get("quadrants"),
         "version": DIGEST_VERSION,
     }
 

@@ -1,7 +1,8 @@
 """The dataset's headline table: how little signal each trajectory carries, as a researcher
 reports it. Rows are measures of one trajectory (its concentration, agreement, teachability,
-surface/fork counts), columns are the trajectories taken together (all, correct, incorrect), and
-each cell is the median across trajectories with its interquartile range and n.
+surface/fork counts; each distillation objective's total, bias, rank agreement and concentration
+against the exact reverse KL; TIP's quadrants), columns are the trajectories taken together (all,
+correct, incorrect), and each cell is the median across trajectories with its interquartile range and n.
 
 Pure functions over digests (`pipeline.digest.digest`): no database, no HTTP. One pass keeps a few
 numbers per trajectory, so a large job's table is cheap. Renderings: JSON (the route and the
@@ -16,6 +17,9 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from vrollout.metrics.objectives import QUADRANTS
+from vrollout.schema.analysis import OBJECTIVE_NAMES
 
 NOTE = (
     "Median [interquartile range] across trajectories; (n=…) where fewer trajectories than the "
@@ -73,6 +77,40 @@ MEASURES = (
     Measure("forks_that_matter", "forks that matter per trajectory", "count"),
 )  # fmt: skip
 GROUPS = ("all", "correct", "incorrect")
+# One row block per distillation objective (summary.objectives, docs/objectives.md), then TIP's
+# quadrants (summary.quadrants): read from the digest's `objectives` and `quadrants`.
+OBJECTIVE_FIELDS = (
+    ("total", "total (nats)", "number"),
+    ("bias", "bias against the exact reverse KL (nats)", "number"),
+    ("spearman", "Spearman with the exact reverse KL", "number"),
+    ("top5pct_overlap", "share on the exact top 5% of tokens", "share"),
+    ("gini", "Gini", "number"),
+    ("clipped_share", "share the clip removes", "share"),
+)
+QUADRANT_FIELDS = (("tokens", "share of tokens", "share"), ("signal", "share of reverse KL", "share"))
+
+
+def objective_measures(names: Iterable[str]) -> list[Measure]:
+    """The rows of each objective in `names`: `<name>_<field>`, read from the digest."""
+    return [
+        Measure(
+            f"{name}_{field}", f"{name}: {label}", unit,
+            lambda d, n=name, f=field: ((d.get("objectives") or {}).get(n) or {}).get(f),
+        )
+        for name in names
+        for field, label, unit in OBJECTIVE_FIELDS
+    ]  # fmt: skip
+
+
+def quadrant_measures() -> list[Measure]:
+    return [
+        Measure(
+            f"{q}_{field}", f"TIP {q.replace('_', ' ')}: {label}", unit,
+            lambda d, q=q, f=field: ((d.get("quadrants") or {}).get(q) or {}).get(f),
+        )
+        for q in QUADRANTS
+        for field, label, unit in QUADRANT_FIELDS
+    ]  # fmt: skip
 
 
 def quantile(ordered: list[float], q: float) -> float:
@@ -110,14 +148,15 @@ def headline(digests: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The headline table of a dataset. Columns: `all`, then `correct` and `incorrect` when any
     trajectory has a verdict (a reference answer). A measure with no value in any trajectory
     (e.g. surface/fork without continuations) is left out."""
-    values: dict[str, dict[str, list[float]]] = {g: {m.key: [] for m in MEASURES} for g in GROUPS}
+    measures = [*MEASURES, *objective_measures(OBJECTIVE_NAMES), *quadrant_measures()]
+    values: dict[str, dict[str, list[float]]] = {g: {m.key: [] for m in measures} for g in GROUPS}
     counts = dict.fromkeys(GROUPS, 0)
     for d in digests:
         verdict = d.get("correct")
         groups = ["all"] + ([] if verdict is None else ["correct" if verdict else "incorrect"])
         for g in groups:
             counts[g] += 1
-        for m in MEASURES:
+        for m in measures:
             if (v := m.of(d)) is not None:
                 for g in groups:
                     values[g][m.key].append(float(v))
@@ -129,7 +168,7 @@ def headline(digests: Iterable[dict[str, Any]]) -> dict[str, Any]:
             "unit": m.unit,
             "cells": {g: cell(values[g][m.key], m.unit, counts[g]) for g in shown},
         }
-        for m in MEASURES
+        for m in measures
         if values["all"][m.key]
     ]
     return {"groups": [{"name": g, "trajectories": counts[g]} for g in shown], "rows": rows, "note": NOTE}

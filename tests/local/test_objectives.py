@@ -172,3 +172,32 @@ def test_a_subset_of_objectives_and_bad_options(tiny, tmp_path):
         with pytest.raises(VRError) as err:
             analyzer.analyze({"prompt": "abc", "response": "the cat", **bad})
         assert next(iter(bad)) in str(err.value)
+
+
+def test_headline_has_a_row_block_per_objective_and_the_quadrants(tiny, tmp_path):
+    """The dataset headline (and so the CLI folder's headline.csv) gets each objective's rows and
+    TIP's quadrant shares, read from the analyses' digests."""
+    from support import tiny_settings
+    from vrollout.pipeline.analyzer import Analyzer
+    from vrollout.pipeline.digest import digest
+    from vrollout.report.headline import headline, headline_csv
+
+    analyzer = Analyzer(tiny, tiny_settings(tmp_path))
+    lines = [
+        {"prompt": "abc", "privileged": "a mat", "response": text, "objectives": ["k1", "clipped_reverse_kl"]}
+        for text in ("the cat sat", "a dog ran far away")
+    ]
+    analyses = [analyzer.analyze(line) for line in lines]
+    table = headline(digest(a) for a in analyses)
+    rows = {row["measure"]: row for row in table["rows"]}
+    for name in ("k1", "clipped_reverse_kl"):
+        for field in ("total", "bias", "spearman", "top5pct_overlap", "gini"):
+            # a row's n: the analyses where the field is not null (spearman: null for a constant side)
+            known = [a["summary"]["objectives"][name][field] for a in analyses]
+            assert rows[f"{name}_{field}"]["cells"]["all"]["n"] == sum(v is not None for v in known) > 0
+    assert "clipped_reverse_kl_clipped_share" in rows and "k1_clipped_share" not in rows
+    assert "jsd_total" not in rows  # not asked for: no row
+    want = sorted(a["summary"]["objectives"]["k1"]["total"] for a in analyses)
+    assert rows["k1_total"]["cells"]["all"]["median"] == pytest.approx(sum(want) / 2)
+    assert rows["low_entropy_high_divergence_signal"]["cells"]["all"]["n"] == 2
+    assert "k1_spearman" in headline_csv(table)
