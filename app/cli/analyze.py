@@ -426,6 +426,8 @@ def analyze_file(args: Any, settings: Settings) -> int:
         "continuation_tokens": args.continuation_tokens,
         "recovery": args.recovery,
         "recovery_max_new_tokens": args.recovery_max_new_tokens,
+        # the distillation objectives (docs/objectives.md): null = each line's own or the default
+        **{name: getattr(args, name, None) for name in ("objectives", "objective_k", "jsd_beta", "clip_tau")},
         **teacher,
     }
     job = {"id": None} if tag is None else {"id": None, "shard": tag}

@@ -156,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuation-tokens", dest="continuation_tokens", type=int, default=0)
     p.add_argument("--recovery", action="store_true", help="recovery curve (lines need reference_answer)")
     p.add_argument("--recovery-max-new-tokens", dest="recovery_max_new_tokens", type=int, default=64)
+    p.add_argument(
+        "--objectives",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help="distillation objectives per step, comma-separated (default: all; docs/objectives.md)",
+    )
+    p.add_argument(
+        "--objective-k", dest="objective_k", type=int, help="top-k of the top-k objectives (default 20)"
+    )
+    p.add_argument("--jsd-beta", dest="jsd_beta", type=float, help="β of TRL's generalised JSD (default 0.5)")
+    p.add_argument(
+        "--clip-tau", dest="clip_tau", type=float, help="clip of the clipped objectives (default 0.05)"
+    )
     p.add_argument("--no-store", action="store_true", help="do not save to the database")
     p.add_argument(
         "--resume",
