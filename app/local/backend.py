@@ -18,7 +18,9 @@ from vrollout.errors import ModelOutOfMemory
 from vrollout.local import engine
 from vrollout.local.continuations import continuations_from_every_prefix, free_memory
 from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
+from vrollout.local.precision import NOISE_K, dtype_name, measure_noise, noise_record, reduced
 from vrollout.local.sizing import Sizes, fitted_sizes
+from vrollout.metrics.noise import Noise, combine
 from vrollout.metrics.objectives import ObjectiveSpec
 from vrollout.models import LoadedModel, ModelPair, check_window, load_pair
 from vrollout.pipeline.backend import BatchItem
@@ -71,6 +73,11 @@ class LocalBackend:
 
     def __init__(self, pair: ModelPair, chunk_size: int) -> None:
         self.pair, self.chunk_size = pair, chunk_size
+        # A model below float32: its numbers' error bound, measured now on the probe (`precision`)
+        self.noise: Noise | None = None
+        models = [pair.teacher] if pair.shared else [pair.teacher, pair.student]
+        if not pair.cross_tokenizer and any(reduced(m) for m in models):
+            self.noise = combine([measure_noise(m, pair.vocab_size) for m in models])
         self._vocabularies: Any = None  # cross-tokenizer pairs: local.cross.Vocabularies, made once
         self.sizes: Sizes | None = None  # `from_settings`: the batch and chunk sizes for the device
 
@@ -112,7 +119,26 @@ class LocalBackend:
         check_window(model, tokens, f"the {role}'s {what}")
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
+        return {"backend": self.name, **self.computed_on()}
+
+    def computed_on(self) -> dict[str, Any]:
+        """What every analysis records of how it was computed: `device`, `dtype` (the teacher's
+        where the two differ: "student/teacher"), and `noise` below float32."""
+        pair = self.pair
+        devices = dict.fromkeys(str(m.device) for m in (pair.student, pair.teacher))
+        dtypes = dict.fromkeys(dtype_name(m.dtype) for m in (pair.student, pair.teacher))
+        record: dict[str, Any] = {"device": "/".join(devices), "dtype": "/".join(dtypes)}
+        if self.noise is not None:
+            record["noise"] = self.noise.as_dict()
+        return record
+
+    def _record(self, result: ReplayResult, response: list[int], top_k: int) -> dict[str, Any]:
+        """The analysis's keys from this backend: `computed_on`, and below float32 each step's
+        `uncertain` and intervals (`precision.noise_record`, which trims the top-k lists)."""
+        return {
+            **self.computed_on(),
+            **noise_record(self.noise, result, response, self.pair.vocab_size, top_k),
+        }
 
     def status(self, since: float) -> dict[str, Any]:
         return {}
@@ -154,14 +180,14 @@ class LocalBackend:
             student_context,
             teacher_context,
             response,
-            top_k=top_k,
+            top_k=max(top_k, NOISE_K) if self.noise else top_k,
             chunk_size=self.chunk_size,
             progress=progress,
             keep_teacher_cache=keep_for_continuations,
             keep_student_hidden=keep_student_pass,
             objectives=objectives,
         )
-        return result, {}  # the analysis says "backend": "local" by default
+        return result, self._record(result, response, top_k)  # "backend": "local" by default
 
     @out_of_memory_freed
     def cross_replay(
@@ -206,12 +232,15 @@ class LocalBackend:
         results = engine.replay_batch(
             self.pair,
             items,
-            top_k=top_k,
+            top_k=max(top_k, NOISE_K) if self.noise else top_k,
             chunk_size=self.chunk_size,
             keep_student_hidden=keep_student_pass,
             objectives=objectives,
         )
-        return [(result, {}) for result in results]
+        return [
+            (result, self._record(result, item[2], top_k))
+            for result, item in zip(results, items, strict=True)
+        ]
 
     @out_of_memory_freed
     def bare_replays(

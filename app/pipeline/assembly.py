@@ -223,7 +223,7 @@ def build_analysis(
             }
         )
     extra = dict(extra or {})
-    for name, values in extra.pop("per_step", {}).items():  # a server's noise (vllm/intervals.py)
+    for name, values in extra.pop("per_step", {}).items():  # a server's noise (metrics/intervals.py)
         for step, value in zip(steps, values, strict=True):
             step[name] = value
     if continuations is None:

@@ -402,7 +402,13 @@ class Noise(TypedDict):
     logprob_bound: Annotated[
         float, Field(description="nats: every reported log-prob is within this of the exact one")
     ]
-    method: Annotated[str, Field(description="local (against the local engine on a probe) or repeat")]
+    method: Annotated[
+        str,
+        Field(
+            description="vLLM: local (against the local engine on a probe) or repeat; local engine: "
+            "fp32-copy (against a float32 copy on the probe) or per-dtype"
+        ),
+    ]
     measured: float
     probe_tokens: int
     logprob_floor: float | None
@@ -564,6 +570,12 @@ class Analysis(TypedDict):
     ]
     backend: NotRequired[Literal["local", "vllm"]]
     notes: NotRequired[list[str]]
+    device: NotRequired[
+        Annotated[str, Field(description="where the models ran: cpu, cuda:0, mps; a vLLM server's: vllm")]
+    ]
+    dtype: NotRequired[
+        Annotated[str, Field(description="what the models computed in: float32, bfloat16 or float16")]
+    ]
     recovery: NotRequired[Annotated[Recovery, Field(description="only when recovery was asked for")]]
     job: NotRequired[Annotated[JobRef, Field(description="only for analyses made by a job or the CLI")]]
     top_k_logprobs: NotRequired[
@@ -574,7 +586,10 @@ class Analysis(TypedDict):
     ]
     estimator: NotRequired[Estimator]
     noise: NotRequired[
-        Annotated[Noise | None, Field(description="vLLM only: the servers' dtype and log-prob error bound")]
+        Annotated[
+            Noise | None,
+            Field(description="vLLM, or a local model below float32: the dtype and log-prob error bound"),
+        ]
     ]
     alignment: NotRequired[
         Annotated[Alignment, Field(description="only with a teacher of another tokenizer: the spans")]

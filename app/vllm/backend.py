@@ -19,6 +19,7 @@ from typing import Any
 
 from vrollout.config import Settings
 from vrollout.errors import BadTrajectory
+from vrollout.metrics.intervals import noise_fields
 from vrollout.models import ModelPair, with_rendering
 from vrollout.pipeline.backend import BatchItem
 from vrollout.pipeline.branches import from_divergences
@@ -26,7 +27,6 @@ from vrollout.pipeline.pedagogical import rollout_steps, summarize_rollout
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy, check_teacher_template, cut_at_eos, pedagogical_step
 from vrollout.vllm.client import ReplicaPool
-from vrollout.vllm.intervals import noise_fields
 from vrollout.vllm.noise import Noise, combine, measure
 from vrollout.vllm.remote import RemoteModel, check_server, eos_ids, load_tokenizer
 from vrollout.vllm.topk import (
@@ -228,6 +228,8 @@ class VLLMBackend:
         noise = self.noise
         record = {
             "backend": self.name,
+            "device": "vllm",  # the servers' own; their dtype read from their numbers (`noise.served_dtype`)
+            "dtype": noise.dtype if noise else "unknown",
             "top_k_logprobs": k,
             "estimated": list(ESTIMATED_FIELDS),
             "estimator": {

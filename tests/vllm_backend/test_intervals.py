@@ -1,4 +1,4 @@
-"""The noise arithmetic (`vllm/intervals.py`): uncertain steps and KL intervals that hold the
+"""The noise arithmetic (`metrics/intervals.py`): uncertain steps and KL intervals that hold the
 exact value when every reported log-prob is within the bound (no server)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 import random
 
 import pytest
-from vrollout.vllm.intervals import entropy_interval, is_uncertain, kl_interval, noise_fields, top2_gap
+from vrollout.metrics.intervals import entropy_interval, is_uncertain, kl_interval, noise_fields, top2_gap
 from vrollout.vllm.topk import Position, entropy_bounds, kl_lower_bound, parse_positions
 
 

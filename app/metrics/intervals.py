@@ -1,8 +1,9 @@
-"""How far a server's numbers can be off, step by step: which steps' top-1 could flip, and
-intervals [lo, hi] that hold the exact KL, given that every log-prob the server reported is
-within `bound` nats of the exact one (`noise.py` measures the bound).
+"""How far reduced-precision numbers can be off, step by step: which steps' top-1 could flip,
+and intervals [lo, hi] that hold the exact KL, given that every reported log-prob is within
+`bound` nats of the exact one. A vLLM server's numbers (`vllm/noise.py` measures its bound) and
+the local engine's for a model below float32 (`models.measure_noise`) alike.
 
-Pure Python, like `topk.py` whose estimate it brackets; docs/metrics.md ("Noise bounds") has
+Pure Python, like `topk_bounds.py` whose estimate it brackets; docs/metrics.md ("Noise bounds") has
 the derivation. Knows nothing about HTTP, tensors or storage.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vrollout.vllm.topk import REST_MARGIN, Position, _xlogy_ratio, entropy_bounds, kl_lower_bound
+from vrollout.metrics.topk_bounds import REST_MARGIN, Position, _xlogy_ratio, entropy_bounds, kl_lower_bound
 
 
 def top2_gap(position: Position) -> float:
