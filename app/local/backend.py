@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import torch
 from vrollout.config import Settings
-from vrollout.errors import ModelOutOfMemory
+from vrollout.errors import ModelMismatch, ModelOutOfMemory
 from vrollout.local import engine
 from vrollout.local.continuations import continuations_from_every_prefix, free_memory
 from vrollout.local.pedagogical import RolloutItem, pedagogical_rollout, pedagogical_rollouts
@@ -45,10 +45,20 @@ def device_sizes(pair: ModelPair, settings: Settings) -> Sizes:
     )
 
 
+# CUDA allocation failures that torch raises as a plain RuntimeError (cuBLAS's workspace, a
+# kernel's own allocation), not as torch.OutOfMemoryError.
+ALLOCATION_FAILURES = ("CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA out of memory")
+
+
+def allocation_failure(exc: BaseException) -> bool:
+    return any(text in str(exc) for text in ALLOCATION_FAILURES)
+
+
 def out_of_memory_freed(method: Work) -> Work:
-    """Model work that runs out of memory (the accelerator's: `torch.OutOfMemoryError`, or the
-    host's) frees the accelerator's cache and raises the project's own `ModelOutOfMemory`, which
-    the pipeline turns into a clear 503 (`pipeline.analyzer.out_of_memory`): torch stays here."""
+    """Model work that runs out of memory (the accelerator's: `torch.OutOfMemoryError` or another
+    CUDA allocation failure, `ALLOCATION_FAILURES`; or the host's) frees the accelerator's cache
+    and raises the project's own `ModelOutOfMemory`, which the pipeline turns into a clear 503
+    (`pipeline.analyzer.out_of_memory`): torch stays here."""
 
     @functools.wraps(method)
     def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -56,6 +66,9 @@ def out_of_memory_freed(method: Work) -> Work:
             return method(*args, **kwargs)
         except (torch.OutOfMemoryError, MemoryError):
             pass  # leave the except block first: its traceback holds the request's tensors
+        except RuntimeError as exc:
+            if not allocation_failure(exc):
+                raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         raise ModelOutOfMemory("the model ran out of memory")
@@ -206,6 +219,11 @@ class LocalBackend:
             len(teacher_context) + len(alignment.teacher_ids),
             "context + response",
         )
+        if "mps" in {self.pair.student.device.type, self.pair.teacher.device.type}:
+            raise ModelMismatch(
+                "a teacher with another tokenizer is aligned with float64 sums, which Apple's MPS "
+                "does not have: run these models on cpu or cuda (VROLLOUT_DEVICE)"
+            )
         if self._vocabularies is None:
             self._vocabularies = Vocabularies.of(self.pair)
         return cross_replay(
