@@ -39,8 +39,22 @@
     },
   };
 
+  // Each distillation objective the steps carry (menu value "objectives.NAME"): the same red
+  // scale as the reverse KL on its absolute value (k1 can be negative); grey where null (vLLM).
+  function objectiveMetric(name) {
+    const value = (s) => (s.objectives ? s.objectives[name] : null);
+    const max = Math.max(1e-9, ...steps.map((s) => Math.abs(value(s) ?? 0)));
+    return {
+      color: (s) =>
+        value(s) === null || value(s) === undefined
+          ? "#e0e0e0"
+          : `rgba(192, 57, 43, ${(0.85 * Math.sqrt(Math.abs(value(s)) / max)).toFixed(3)})`,
+      legend: [["0", "rgba(192,57,43,0)"], [`|${name}| ${fmt(max)}`, "rgba(192,57,43,0.85)"], ["not computed", "#e0e0e0"]],
+    };
+  }
+
   function paint(name) {
-    const metric = METRICS[name];
+    const metric = name.startsWith("objectives.") ? objectiveMetric(name.slice("objectives.".length)) : METRICS[name];
     cols.forEach((col, i) => {
       col.firstChild.style.backgroundColor = metric.color(steps[i]);
     });

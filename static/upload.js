@@ -16,7 +16,7 @@
     showError($("error"), "");
     $("upload").disabled = true;
     const form = new FormData($("upload-form"));
-    for (const name of ["privileged", "map", "from", "teacher_context", "teacher_template"]) if (!form.get(name)) form.delete(name);
+    for (const name of ["privileged", "map", "from", "teacher_context", "teacher_template", "objectives", "objective_k", "jsd_beta", "clip_tau"]) if (!form.get(name)) form.delete(name);
     // The pedagogical options given (the others take their defaults); none for an analysis job.
     for (const name of PEDAGOGICAL) if (!form.get(name)) form.delete(name);
     try {

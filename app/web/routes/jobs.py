@@ -37,6 +37,7 @@ from vrollout.report.dataset import (
 from vrollout.report.drift import drift_csv, drift_rows
 from vrollout.report.headline import FORMATS as HEADLINE_FORMATS
 from vrollout.report.headline import headline
+from vrollout.schema.analysis import OBJECTIVE_NAMES
 from vrollout.schema.responses import (
     Deleted,
     DriftRow,
@@ -88,6 +89,38 @@ class PedagogicalForm:
     def given(self, analyzer: Analyzer) -> dict[str, Any]:
         """Checked as POST /api/pedagogical checks its own (a 422 names the field)."""
         return pedagogical_options(analyzer, sweep=parse_sweep(self.sweep), **self.fields)
+
+
+class ObjectivesForm:
+    """The distillation objectives' options (docs/objectives.md) as form fields, the same as the
+    API body's and the CLI's flags: set for every line that sets none of its own."""
+
+    def __init__(
+        self,
+        objectives: Annotated[
+            str | None, Form(description="distillation objectives per step, comma-separated (default: all)")
+        ] = None,
+        objective_k: Annotated[int | None, Form(description="top-k of the top-k objectives (20)")] = None,
+        jsd_beta: Annotated[float | None, Form(description="β of TRL's generalised JSD (0.5)")] = None,
+        clip_tau: Annotated[float | None, Form(description="clip of the clipped objectives (0.05)")] = None,
+    ) -> None:
+        self.objectives = objectives
+        self.fields = {"objective_k": objective_k, "jsd_beta": jsd_beta, "clip_tau": clip_tau}
+
+    def options(self) -> dict[str, Any]:
+        """The line options; an unknown name is refused here, once, rather than on every line.
+        The numbers are checked per line as the API body's are (a line error naming the field)."""
+        names = None
+        if self.objectives is not None and self.objectives.strip():
+            names = [name.strip() for name in self.objectives.split(",") if name.strip()]
+            unknown = [name for name in names if name not in OBJECTIVE_NAMES]
+            if unknown:
+                raise BadTrajectory(
+                    f"unknown objective(s) {', '.join(unknown)}: choose from {', '.join(OBJECTIVE_NAMES)}",
+                    field="objectives",
+                )
+        given = {"objectives": names, **self.fields}
+        return {name: value for name, value in given.items() if value is not None}  # unset: none stored
 
 
 def display_name(filename: str | None) -> str:
@@ -191,6 +224,7 @@ async def create_job(
         UploadFile, File(description="JSONL (one trajectory per line), a JSON array, or Parquet")
     ],
     pedagogical: Annotated[PedagogicalForm, Depends()],
+    objectives: Annotated[ObjectivesForm, Depends()],
     privileged: Annotated[str | None, Form(description="for every line that has none")] = None,
     top_k: Annotated[int | None, Form(description="default 5 (limit: VROLLOUT_MAX_TOP_K)")] = None,
     continuation_tokens: Annotated[int, Form()] = 0,
@@ -228,7 +262,7 @@ async def create_job(
     (429 with Retry-After past that); one whose client goes away stops and creates nothing."""
     with validations(request).slot():  # 429 past MAX_VALIDATIONS
         return await _create_job(
-            request, analyzer, jobs, runner, file, pedagogical, privileged, top_k,
+            request, analyzer, jobs, runner, file, pedagogical, objectives, privileged, top_k,
             continuation_tokens, map, from_, teacher_context, teacher_template, mode,
         )  # fmt: skip
 
@@ -240,6 +274,7 @@ async def _create_job(
     runner: JobRunner,
     file: UploadFile,
     pedagogical: PedagogicalForm,
+    objectives: ObjectivesForm,
     privileged: str | None,
     top_k: int | None,
     continuation_tokens: int,
@@ -257,6 +292,7 @@ async def _create_job(
         "top_k": top_k,
         "continuation_tokens": continuation_tokens,
         **teacher_options(teacher_context or None, teacher_template or None),
+        **objectives.options(),
     }
     stored_options = options
     if mode not in MODES:
