@@ -257,6 +257,10 @@ def cross_analysis(
 
     alignment = align(pair.student.tokenizer, pair.teacher.tokenizer, response, eos_ids(pair.student))
     result = backend.cross_replay(ctx.student_ids, ctx.teacher_ids, alignment, top_k, progress)
+    # How it was computed, as every analysis says (issue #29). The noise object stays off: the
+    # cross path's spans carry no `uncertain` flags or KL intervals for it to stand behind.
+    described = backend.describe()
+    computed_on = {key: described[key] for key in ("device", "dtype") if key in described}
     return build_cross_analysis(
         analysis_id=new_id(),
         created_at=now(),
@@ -267,6 +271,6 @@ def cross_analysis(
         result=result,
         top_k=top_k,
         generation=generation,
-        extra=extra,
+        extra={**computed_on, **extra},
         verdict_deadline_s=verdict_deadline_s,
     )
