@@ -113,12 +113,18 @@ def tree(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+def run(tree: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """pytest on the small tree, in this process. importlib mode: its test_trl.py must not meet
+    the real tests/integrations/test_trl.py that this process (an xdist worker) may have imported."""
+    return tree.runpytest("-p", "no:cacheprovider", "--import-mode=importlib", *args)
+
+
 def collected(result: pytest.RunResult) -> set[str]:
     return {line for line in result.outlines if line.startswith("tests/")}
 
 
 def test_slow_is_what_uses_the_real_model_a_browser_vllm_or_a_listed_training_loop(tree):
-    result = tree.runpytest("--co", "-q", "-m", "slow", "-p", "no:cacheprovider")
+    result = run(tree, "--co", "-q", "-m", "slow")
     assert collected(result) == {
         "tests/test_kinds.py::test_real",
         "tests/test_kinds.py::test_through_another_fixture",
@@ -130,7 +136,7 @@ def test_slow_is_what_uses_the_real_model_a_browser_vllm_or_a_listed_training_lo
         "tests/integrations/test_trl.py::test_grpo_trainer[1]",
         "tests/integrations/test_trl.py::test_grpo_trainer[2]",
     }
-    fast = tree.runpytest("--co", "-q", "-m", "not slow", "-p", "no:cacheprovider")
+    fast = run(tree, "--co", "-q", "-m", "not slow")
     assert collected(fast) == {
         "tests/test_kinds.py::test_plain",
         "tests/test_kinds.py::test_smoke",
@@ -139,19 +145,25 @@ def test_slow_is_what_uses_the_real_model_a_browser_vllm_or_a_listed_training_lo
 
 
 def test_vllm_tests_get_a_longer_timeout(tree):
-    tree.runpytest("-q", "-p", "no:cacheprovider", "-k", "test_servers").assert_outcomes(passed=1)
+    run(tree, "-q", "-k", "test_servers").assert_outcomes(passed=1)
 
 
 def test_a_listed_test_that_is_gone_is_an_error(tree):
     (tree.path / "tests" / "integrations" / "test_trl.py").write_text("def test_clear_errors():\n    pass\n")
-    result = tree.runpytest("--co", "-q", "-p", "no:cacheprovider")
+    result = run(tree, "--co", "-q")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "SLOW_TESTS names no test: tests/integrations/test_trl.py::test_sft_logs" in result.stderr.str()
+
+
+def test_a_listed_file_narrowed_to_one_test_is_no_error(tree):
+    narrowed = run(tree, "--co", "-q", "tests/integrations/test_trl.py::test_clear_errors")
+    assert narrowed.ret == pytest.ExitCode.OK
+    assert collected(narrowed) == {"tests/integrations/test_trl.py::test_clear_errors"}
 
 
 def test_a_second_smoke_test_is_an_error(tree):
     smoke = "import pytest\n\n\n@pytest.mark.smoke\ndef test_also_smoke():\n    pass\n"
     (tree.path / "tests" / "test_more.py").write_text(smoke)
-    result = tree.runpytest("--co", "-q", "-p", "no:cacheprovider")
+    result = run(tree, "--co", "-q")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "one smoke test of the real model in the fast tier, not 2" in result.stderr.str()
