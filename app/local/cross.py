@@ -90,6 +90,18 @@ def _kl(lp: Tensor, lq: Tensor) -> Tensor:
     return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1).clamp(min=0.0)
 
 
+def _mass_at(logq: Tensor, mapped: list[list[int]]) -> list[float]:
+    """Per row of (R, V) log-probs, the float64 mass at its ids `mapped[row]` (0 for none), in
+    one gather: rows padded to the longest with id 0, masked out of the sum."""
+    width = max(map(len, mapped), default=0)
+    if width == 0:
+        return [0.0] * len(mapped)
+    index = torch.tensor([ids + [0] * (width - len(ids)) for ids in mapped], device=logq.device)
+    used = torch.tensor([[k < len(ids) for k in range(width)] for ids in mapped], device=logq.device)
+    at = logq.gather(1, index).double().exp()
+    return torch.where(used, at, torch.zeros_like(at)).sum(-1).tolist()
+
+
 @torch.inference_mode()
 def cross_replay(
     pair: ModelPair,
@@ -131,13 +143,17 @@ def cross_replay(
         lq, lq_rest = _log_masses(logq, vocab.teacher_shared.to(logq.device))
         lq, lq_rest = lq.to(lp.device), lq_rest.to(lp.device)
         lp_all, lq_all = torch.cat([lp, lp_rest[:, None]], 1), torch.cat([lq, lq_rest[:, None]], 1)
+        # Everything a row needs from the device, read once per chunk (no per-token syncs).
         reverse, forward = _kl(lp_all, lq_all).tolist(), _kl(lq_all, lp_all).tolist()
+        s_unmatched, t_unmatched = lp_rest.exp().tolist(), lq_rest.exp().tolist()
+        mapped = [
+            [t_of_s[v] for v in student.topk_ids[alignment.spans[i].student[0]] if v in t_of_s] for i in rows
+        ]
+        masses = _mass_at(logq, mapped)
         for j, i in enumerate(rows):
             k0, t0 = alignment.spans[i].student[0], alignment.spans[i].teacher[0]
             rkl[i], fkl[i] = reverse[j], forward[j]
-            s_rest[i], t_rest[i] = float(lp_rest[j].exp()), float(lq_rest[j].exp())
-            mapped = [t_of_s[v] for v in student.topk_ids[k0] if v in t_of_s]
-            mass[i] = float(logq[j, mapped].double().exp().sum()) if mapped else 0.0
+            s_rest[i], t_rest[i], mass[i] = s_unmatched[j], t_unmatched[j], masses[j]
             top1 = teacher.top1_id[t0]
             correction[i] = vocab.teacher_keys[top1] in {vocab.student_keys[v] for v in student.topk_ids[k0]}
         del logp, logq
