@@ -44,7 +44,9 @@ def analyses(path: Path) -> list[dict]:
 
 
 def comparable(found: list[dict]) -> list[tuple]:
-    return [(a["job"]["line"], a["trajectory"]["id"], [s["teacher_logprob"] for s in a["steps"]]) for a in found]
+    return [
+        (a["job"]["line"], a["trajectory"]["id"], [s["teacher_logprob"] for s in a["steps"]]) for a in found
+    ]
 
 
 def test_a_folder_of_step_files_analyses_as_their_lines_in_one_file(model, tmp_path, capsys):

@@ -84,7 +84,8 @@ def test_a_verl_step_dump_is_detected_and_analysed(tmp_path, capsys):
 
 def test_a_verl_dump_without_special_tokens_is_refused_with_the_reason(tmp_path, capsys):
     """Prompts that lost their special tokens and that no conversation renders back to (text before
-    the template's start here) are refused line by line; whole ones are rendered back (tests/inputs/test_reconstruct.py)."""
+    the template's start here) are refused line by line; whole ones are rendered back
+    (tests/inputs/test_reconstruct.py)."""
     tok = saved_student(tmp_path / "student", None)  # <|im_start|>...: special tokens, dropped by verl
     dump = verl_dump(tok, tmp_path / "rollout_data", step=1)
     rows = [json.loads(line) for line in dump.read_text().splitlines()]

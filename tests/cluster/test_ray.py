@@ -134,7 +134,8 @@ def test_a_driver_killed_mid_run_resumes(tiny_folder, tmp_path):
     some lines are committed, the last one perhaps half written."""
     if ray.is_initialized():
         ray.shutdown()
-    source = write_lines(tmp_path / "runs.jsonl", 30)
+    # Enough lines that the run cannot finish in the moment between 8 lines on disk and the kill.
+    source = write_lines(tmp_path / "runs.jsonl", 120)
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "vrollout.cli", "analyze", str(source), "--out", str(out), "--student",
             str(tiny_folder), *FLAGS, "--ray", "local", "--batch-size", "4"]  # fmt: skip
@@ -148,8 +149,8 @@ def test_a_driver_killed_mid_run_resumes(tiny_folder, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     first = len([raw for raw in written.read_bytes().splitlines(keepends=True) if raw.endswith(b"\n")])
-    assert 8 <= first < 31
+    assert 8 <= first < 121
     resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 1, resumed.stderr
     assert f"resuming: {first} lines" in resumed.stderr
-    assert [a["job"]["line"] for a in analyses(written)] == [n for n in range(1, 32) if n != 16]
+    assert [a["job"]["line"] for a in analyses(written)] == [n for n in range(1, 122) if n != 61]
