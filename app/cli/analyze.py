@@ -212,10 +212,17 @@ def write_views(
 ) -> None:
     """The dataset views of an --out folder, from the digests (`each_digest()` gives them again
     from the first, each time it is called) and the summary rows: summaries.csv/.jsonl,
-    figures.json, headline.csv/.md/.tex, drift.csv (lines with a step) and report.html, written
+    objectives.csv, figures.json, headline.csv/.md/.tex, drift.csv (lines with a step) and
+    report.html, written
     piece by piece. The streaming run and `cli.write_dataset` both write them here."""
     from vrollout.pipeline.digest import summary_of
-    from vrollout.report.dataset import figures_of, jsonl_chunks, summaries_csv_chunks
+    from vrollout.report.dataset import (
+        figures_of,
+        jsonl_chunks,
+        objective_rows,
+        objectives_csv_chunks,
+        summaries_csv_chunks,
+    )
     from vrollout.report.drift import drift_csv, drift_rows
     from vrollout.report.headline import FORMATS, headline
     from vrollout.report.pages import standalone_assets, template_env
@@ -224,6 +231,8 @@ def write_views(
         f.writelines(summaries_csv_chunks(summary_of(d) for d in each_digest()))
     with (folder / "summaries.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(jsonl_chunks(rows))
+    with (folder / "objectives.csv").open("w", encoding="utf-8", newline="") as f:
+        f.writelines(objectives_csv_chunks(objective_rows(each_digest())))  # docs/objectives.md
     figures = figures_of(each_digest())
     (folder / "figures.json").write_text(json.dumps(figures))
     table = headline(each_digest())

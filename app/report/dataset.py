@@ -60,6 +60,29 @@ def summaries_csv_chunks(rows: Iterable[dict[str, Any]], chunk_rows: int = 500) 
     return csv_chunks(rows, SUMMARY_COLUMNS, chunk_rows)
 
 
+# One row per analysis x objective (summary.objectives, docs/objectives.md): objectives.csv and
+# GET /api/jobs/{job_id}/objectives.
+OBJECTIVE_COLUMNS = (
+    "analysis_id", "line", "trajectory_id", "objective", "total", "bias", "spearman",
+    "top5pct_overlap", "gini", "clipped_share",
+)  # fmt: skip
+OBJECTIVE_FIELDS = OBJECTIVE_COLUMNS[4:]
+
+
+def objective_rows(digests: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each analysis's objectives table, from its digest, one row per objective it carries (in
+    the analysis's order; none for an analysis stored without objectives)."""
+    for d in digests:
+        head = {k: d.get(k) for k in OBJECTIVE_COLUMNS[:3]}
+        for name, summary in (d.get("objectives") or {}).items():
+            yield {**head, "objective": name, **{k: (summary or {}).get(k) for k in OBJECTIVE_FIELDS}}
+
+
+def objectives_csv_chunks(rows: Iterable[dict[str, Any]], chunk_rows: int = 500) -> Iterator[str]:
+    """The objectives table as CSV, a few hundred rows per piece."""
+    return csv_chunks(rows, OBJECTIVE_COLUMNS, chunk_rows)
+
+
 def summaries_csv(rows: Iterable[dict[str, Any]]) -> str:
     return "".join(summaries_csv_chunks(rows))
 

@@ -62,7 +62,7 @@ def test_cli_analyze_into_a_folder(tmp_path, capsys):
     assert main(argv + ["--privileged", "17*23 = 391"]) == 1
     assert {p.name for p in out.iterdir()} == {
         "analyses.jsonl", "summaries.csv", "summaries.jsonl", "steps.parquet", "figures.json", "report.html",
-        "headline.csv", "headline.md", "headline.tex",
+        "headline.csv", "headline.md", "headline.tex", "objectives.csv",
     }  # fmt: skip
     steps = pd.read_parquet(out / "steps.parquet")
     summaries = pd.read_csv(out / "summaries.csv")

@@ -23,7 +23,9 @@ from vrollout.inputs.sources import iter_rows
 from vrollout.inputs.trajectories import LineError
 from vrollout.pipeline.analyzer import Analyzer
 
-VIEWS = ("summaries.csv", "summaries.jsonl", "figures.json", "headline.csv", "headline.md", "headline.tex")
+VIEWS = (
+    "summaries.csv", "summaries.jsonl", "objectives.csv", "figures.json", "headline.csv", "headline.md", "headline.tex",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

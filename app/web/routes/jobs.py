@@ -30,6 +30,8 @@ from vrollout.report.dataset import (
     figures_of,
     json_array_chunks,
     jsonl_chunks,
+    objective_rows,
+    objectives_csv_chunks,
     steps_of,
     steps_parquet_chunks,
     summaries_csv_chunks,
@@ -448,6 +450,23 @@ async def job_summaries(job_id: str, jobs: JobsDep, format: str = "json") -> Res
         return _download(summaries_csv_chunks(rows), "text/csv", f"{job_id}-summaries.csv")
     if format == "jsonl":
         return _download(jsonl_chunks(rows), "application/x-ndjson", f"{job_id}-summaries.jsonl")
+    return StreamingResponse(json_array_chunks(rows), media_type="application/json")
+
+
+@router.get(
+    "/{job_id}/objectives",
+    responses=media("the rows", {"text/csv": "format=csv"}),
+)
+async def job_objectives(job_id: str, jobs: JobsDep, format: str = "json") -> Response:
+    """The distillation objectives' table (docs/objectives.md): one row per analysis x objective
+    with total, bias, spearman, top5pct_overlap, gini and clipped_share; `format=json` (default)
+    or `csv` (the CLI folder's objectives.csv). Built from the stored digests and streamed."""
+    if format not in ("json", "csv"):
+        raise BadTrajectory("format must be json or csv", field="format")
+    await _check(jobs, job_id)
+    rows = objective_rows(jobs.digests(job_id))
+    if format == "csv":
+        return _download(objectives_csv_chunks(rows), "text/csv", f"{job_id}-objectives.csv")
     return StreamingResponse(json_array_chunks(rows), media_type="application/json")
 
 
