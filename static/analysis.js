@@ -203,6 +203,9 @@
   paint("reverse_kl");
   performance.mark("vr-painted");
 
+  // TIP's quadrant scatter, where the analysis has one (docs/objectives.md)
+  if ($("quadrant-data")) plot($("quadrant-chart"), embedded("quadrant-data"));
+
   plot(chart, figure).then(() => {
     chart.on("plotly_click", (event) => {
       const point = event.points && event.points[0];

@@ -16,6 +16,7 @@ from itertools import accumulate
 from typing import Any
 
 import plotly.graph_objects as go
+from vrollout.metrics.objectives import QUADRANTS
 from vrollout.metrics.signal import lorenz
 
 KL_COLOR = "#c0392b"
@@ -311,6 +312,89 @@ def add_recovery(data: list[dict[str, Any]], layout: dict[str, Any], rec: dict[s
             }
         ]  # fmt: skip
     layout["xaxis"]["anchor"] = "y4"
+
+
+# TIP's quadrants (docs/objectives.md): the two "useful" ones warm, the others cool.
+QUADRANT_COLORS = {
+    "high_entropy_high_divergence": "#c0392b",
+    "high_entropy_low_divergence": "#e67e22",
+    "low_entropy_high_divergence": "#8e44ad",
+    "low_entropy_low_divergence": "#95a5a6",
+}
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def quadrant_figure(analysis: dict[str, Any]) -> dict[str, Any] | None:
+    """TIP's quadrants as a scatter: each step at (student entropy, exact reverse KL), coloured
+    by its quadrant (high = strictly above the threshold, as `summary.quadrants` counts them),
+    the thresholds as dashed lines, each quadrant's share of tokens and of signal in its legend
+    name. None where the analysis has no quadrants or its steps no student entropy."""
+    quads = analysis.get("summary", {}).get("quadrants")
+    steps = analysis["steps"]
+    if not quads or not steps or any(s.get("student_entropy") is None for s in steps):
+        return None
+    h, d = quads["entropy_threshold"], quads["divergence_threshold"]
+    if h is None or d is None:
+        return None
+    placed: dict[str, list[dict[str, Any]]] = {q: [] for q in QUADRANTS}
+    for step in steps:
+        high_e, high_d = step["student_entropy"] > h, step["reverse_kl"] > d
+        placed[f"{'high' if high_e else 'low'}_entropy_{'high' if high_d else 'low'}_divergence"].append(step)
+    data = []
+    for q in QUADRANTS:
+        share = quads.get(q) or {}
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "x": [s["student_entropy"] for s in placed[q]],
+                "y": [s["reverse_kl"] for s in placed[q]],
+                "name": f"{q.replace('_', ' ')}: {_share(share.get('tokens'))} of tokens, "
+                f"{_share(share.get('signal'))} of signal",
+                "marker": {"size": 6, "color": QUADRANT_COLORS[q], "opacity": 0.8},
+                "hovertext": [
+                    f"<b>#{s['position']} {_visible(s['token'])}</b><br>"
+                    f"student entropy {s['student_entropy']:.3f} · reverse KL {s['reverse_kl']:.3f}"
+                    for s in placed[q]
+                ],
+                "hoverinfo": "text",
+            }
+        )
+    threshold = {"color": "#34495e", "width": 1, "dash": "dash"}
+    layout = {
+        "height": 380,
+        "margin": {"t": 30, "r": 20, "b": 50, "l": 60},
+        "xaxis": {"title": {"text": "student entropy (nats)"}, "zeroline": False},
+        "yaxis": {"title": {"text": "reverse KL (nats)"}, "zeroline": False},
+        "legend": {"orientation": "h", "y": -0.25},
+        "hovermode": "closest",
+        "shapes": [
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": h,
+                "x1": h,
+                "y0": 0,
+                "y1": 1,
+                "line": threshold,
+            },
+            {
+                "type": "line",
+                "xref": "paper",
+                "yref": "y",
+                "x0": 0,
+                "x1": 1,
+                "y0": d,
+                "y1": d,
+                "line": threshold,
+            },
+        ],
+    }
+    return {"data": data, "layout": layout}
 
 
 def analysis_figure(analysis: dict[str, Any]) -> go.Figure:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from vrollout.report.figures import figure_dict
+from vrollout.report.figures import figure_dict, quadrant_figure
 from vrollout.report.pages import standalone_assets, template_env
 from vrollout.storage.store import SQLITE_MAX_INT
 from vrollout.web.routes.analyses import AnalyzerDep, StoreDep
@@ -88,7 +88,9 @@ async def analyses_page(
 async def _analysis_context(store: Any, analysis_id: str) -> dict[str, Any]:
     analysis = await run_in_threadpool(store.get, analysis_id)
     figure = await run_in_threadpool(figure_json, analysis)
-    return {"a": analysis, "s": analysis["summary"], "figure_json": figure}
+    quadrants = quadrant_figure(analysis)  # TIP's scatter (docs/objectives.md); None: not computed
+    quadrant_json = None if quadrants is None else script_json(json.dumps(quadrants))
+    return {"a": analysis, "s": analysis["summary"], "figure_json": figure, "quadrant_json": quadrant_json}
 
 
 @router.get("/analyses/{analysis_id}", response_class=HTMLResponse)
