@@ -58,12 +58,32 @@ METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
 }
 
 
+# Each distillation objective's per-analysis summary fields logged (docs/objectives.md), under
+# PREFIX + "objectives/NAME/FIELD": its total and its rank correlation with the exact reverse KL,
+# so a run shows each objective drift against the exact signal across training steps.
+OBJECTIVE_FIELDS = ("total", "spearman")
+
+
+def _objective_metrics(analyses: list[dict[str, Any]]) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    """A reader per objective field, for each objective some analysis carries (in first-seen order)."""
+    names = dict.fromkeys(name for a in analyses for name in (a["summary"].get("objectives") or {}))
+    return {
+        f"objectives/{name}/{field}": lambda a, n=name, f=field: (
+            (a["summary"].get("objectives") or {}).get(n) or {}
+        ).get(f)
+        for name in names
+        for field in OBJECTIVE_FIELDS
+    }
+
+
 def summarize_analyses(analyses: list[dict[str, Any]]) -> dict[str, float]:
-    """Each metric's mean over the analyses that define it, under PREFIX. A metric none of them
-    defines is left out rather than logged as a made-up number: `first_divergence` when no
-    answer diverged (`diverged` says how many did), `correct` without reference answers."""
+    """Each metric's mean over the analyses that define it, under PREFIX, then each objective's
+    mean total and Spearman (`objectives/NAME/total`, `objectives/NAME/spearman`). A metric none
+    of them defines is left out rather than logged as a made-up number: `first_divergence` when no
+    answer diverged (`diverged` says how many did), `correct` without reference answers, a
+    Spearman over a constant signal."""
     out: dict[str, float] = {}
-    for name, read in METRICS.items():
+    for name, read in {**METRICS, **_objective_metrics(analyses)}.items():
         values = [float(v) for a in analyses if (v := read(a)) is not None and math.isfinite(v)]
         if values:
             out[PREFIX + name] = sum(values) / len(values)
@@ -125,7 +145,9 @@ class VirtualRolloutCallback(TrainerCallback):
     first `num_prompts` rows are used at every evaluation, so the numbers compare across steps.
     `teacher`: a model sharing the policy's vocabulary, or "self"; by default the trainer's
     `teacher_model` (TRL's distillation trainers), else the policy with the privileged text.
-    `settings`: the analysis limits and the teacher template (`vrollout.config.Settings`)."""
+    `settings`: the analysis limits and the teacher template (`vrollout.config.Settings`).
+    `objectives`: the distillation objectives to compute and log (names as in
+    docs/objectives.md; default all), each as `vrollout/objectives/NAME/total` and `.../spearman`."""
 
     def __init__(
         self,
@@ -144,6 +166,7 @@ class VirtualRolloutCallback(TrainerCallback):
         database: str | Path | None = None,
         at_start: bool = False,
         settings: Settings | None = None,
+        objectives: Iterable[str] | None = None,
     ) -> None:
         if every_n_steps < 1 or num_prompts < 1 or max_new_tokens < 1:
             raise ValueError("every_n_steps, num_prompts and max_new_tokens must be at least 1")
@@ -161,8 +184,10 @@ class VirtualRolloutCallback(TrainerCallback):
         rows = list(itertools.islice(prompts, num_prompts))
         if not rows:
             raise ValueError("prompts is empty: the callback needs at least one prompt")
+        chosen = None if objectives is None else list(objectives)
         self.lines = [
             self._line(i, row, prompt_column, privileged_column, reference_column, max_new_tokens, top_k)
+            | ({} if chosen is None else {"objectives": chosen})  # an unknown name fails below, now
             for i, row in enumerate(rows)
         ]
         self.last: list[Analysis] = []  # the latest evaluation's analyses
