@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from vrollout.metrics.objectives import QUADRANTS
 from vrollout.metrics.signal import concentration
 from vrollout.pipeline.preflight import compact
 from vrollout.verdicts.answers import verdict
@@ -28,11 +29,14 @@ TEACHING_COLUMNS = (
 )  # fmt: skip
 # The preflight's headline numbers (pipeline/preflight.py `add_preflight`; null before it existed).
 PREFLIGHT_COLUMNS = ("preflight_ok", "noise_floor_reverse_kl_mean", "leak_share")
+# TIP's quadrant shares (summary.quadrants, docs/objectives.md): QUADRANT_tokens, QUADRANT_signal,
+# read from the digest's `quadrants` (null for an analysis without them).
+QUADRANT_COLUMNS = tuple(f"{q}_{f}" for q in QUADRANTS for f in ("tokens", "signal"))
 SUMMARY_COLUMNS = (
     "analysis_id", "line", "trajectory_id", "tokens", "agreement_rate", "divergences",
     "first_divergence", "reverse_kl_total", "reverse_kl_mean", "forward_kl_total",
     "advantage_total", *SIGNAL_COLUMNS, *TEACHING_COLUMNS, "correct", "verdict_method", "score",
-    "step", "teacher_context", *PREFLIGHT_COLUMNS, "preview",
+    "step", "teacher_context", *PREFLIGHT_COLUMNS, *QUADRANT_COLUMNS, "preview",
 )  # fmt: skip
 
 # Digests stored with an older version (or none) are made again from the stored analysis when a
@@ -97,6 +101,7 @@ def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
         # which text the teacher was given (inputs.teacher_context); older analyses: privileged
         "teacher_context": analysis["teacher"].get("context_kind") or "privileged",
         **{name: s.get(name) for name in PREFLIGHT_COLUMNS},
+        **quadrant_shares(s.get("quadrants")),
         "preview": text[:120],
     }
 
@@ -128,7 +133,14 @@ def is_current(digest: dict[str, Any] | None) -> bool:
 def summary_of(digest: dict[str, Any]) -> dict[str, Any]:
     """The summary row held in a digest, in the export's columns (null for a column that a
     digest made by an older version lacks)."""
-    return {k: digest.get(k) for k in SUMMARY_COLUMNS}
+    shares = quadrant_shares(digest.get("quadrants"))  # kept nested in digests of version 7
+    return {k: shares[k] if k in shares else digest.get(k) for k in SUMMARY_COLUMNS}
+
+
+def quadrant_shares(quadrants: dict[str, Any] | None) -> dict[str, Any]:
+    """summary.quadrants as the summary row's QUADRANT_COLUMNS (nulls without it)."""
+    found = quadrants or {}
+    return {f"{q}_{f}": (found.get(q) or {}).get(f) for q in QUADRANTS for f in ("tokens", "signal")}
 
 
 def decile_shares(analysis: dict[str, Any]) -> list[float] | None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import plotly.io as pio
+import pytest
 from vrollout.metrics.objectives import QUADRANTS, quadrants
 from vrollout.report.figures import quadrant_figure
 
@@ -60,3 +63,23 @@ def test_the_analysis_page_shows_the_scatter(tiny_client):
     assert embedded == json.loads(json.dumps(quadrant_figure(a)))
     download = tiny_client.get(f"/analyses/{a['id']}/download").text
     assert 'id="quadrant-data"' in download
+
+
+def test_the_summaries_carry_each_quadrants_shares(tiny_client):
+    from support import upload, wait_done
+    from vrollout.pipeline.digest import summary_of
+
+    line = {"prompt": "hi", "response": "hello the world, hello there", "privileged": "say hello"}
+    job = wait_done(tiny_client, upload(tiny_client, json.dumps(line)).json()["job"]["id"])
+    item = tiny_client.get(f"/api/jobs/{job['id']}/items").json()[0]
+    quads = tiny_client.get(f"/api/analyses/{item['analysis_id']}").json()["summary"]["quadrants"]
+    table = list(
+        csv.DictReader(io.StringIO(tiny_client.get(f"/api/jobs/{job['id']}/summaries?format=csv").text))
+    )
+    for q in QUADRANTS:
+        for share in ("tokens", "signal"):
+            assert float(table[0][f"{q}_{share}"]) == pytest.approx(quads[q][share], rel=1e-12, abs=1e-15)
+    # a digest stored before these columns (version 7 keeps summary.quadrants nested) gives them too
+    nested = summary_of({"analysis_id": "a", "quadrants": quads})
+    assert nested["low_entropy_high_divergence_tokens"] == quads["low_entropy_high_divergence"]["tokens"]
+    assert summary_of({"analysis_id": "b"})["high_entropy_high_divergence_signal"] is None
