@@ -62,7 +62,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def analyzer(tmp_path: Path, **settings: object) -> Analyzer:
-    return Analyzer.from_settings(Settings(cache_dir=tmp_path, device="cpu", **settings), store=False)
+    return Analyzer.from_settings(Settings(cache_dir=tmp_path, device="cpu", **settings))
 
 
 def numbers(analysis: dict) -> dict:
@@ -220,8 +220,8 @@ def test_default_model_split_with_disk_offload_gives_the_unsplit_numbers(tmp_pat
     the unsplit model's (recovery: the tiny test); the times are printed (README: split vs
     unsplit)."""
     base = {"cache_dir": REAL_CACHE, "device": "cpu", "offload_folder": tmp_path}
-    whole = Analyzer.from_settings(Settings(**base), store=False)
-    split = Analyzer.from_settings(Settings(**base, student_max_memory='{"cpu": "300MB"}'), store=False)
+    whole = Analyzer.from_settings(Settings(**base))
+    split = Analyzer.from_settings(Settings(**base, student_max_memory='{"cpu": "300MB"}'))
     placement = split.pair.student.placement()
     assert placement["offloaded"] is True and placement["modules"].get("disk", 0) > 0
     request = {

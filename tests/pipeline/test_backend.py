@@ -77,7 +77,8 @@ def test_the_analyzer_holds_a_local_backend_by_default(pair: ModelPair, tmp_path
     analyzer = Analyzer(pair, tiny_settings(tmp_path))
     assert isinstance(analyzer.backend, LocalBackend) and analyzer.backend.pair is pair
     assert analyzer.backend.chunk_size == CHUNK and analyzer.lines_in_flight() == 1
-    assert analyzer.backend.describe() == {"backend": "local"} and analyzer.backend.status(0.0) == {}
+    described = {"backend": "local", "device": "cpu", "dtype": "float32"}  # fp32: no noise object
+    assert analyzer.backend.describe() == described and analyzer.backend.status(0.0) == {}
 
 
 def test_local_backend_gives_the_engines_numbers(pair: ModelPair):
@@ -89,7 +90,8 @@ def test_local_backend_gives_the_engines_numbers(pair: ModelPair):
     assert generated == engine.generate(pair.student, s_ctx, 12, 0.9, 0.8, 4)
 
     result, record = backend.replay(s_ctx, t_ctx, resp, top_k=4)
-    assert record == {} and result == engine.replay(pair, s_ctx, t_ctx, resp, top_k=4, chunk_size=CHUNK)
+    assert record == {"device": "cpu", "dtype": "float32"}
+    assert result == engine.replay(pair, s_ctx, t_ctx, resp, top_k=4, chunk_size=CHUNK)
 
     items = [(s_ctx, t_ctx, resp), (s_ctx, s_ctx, resp[:7])]
     batch = backend.replay_batch(items, top_k=3)
