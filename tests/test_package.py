@@ -39,7 +39,13 @@ RUN_TIME_ONLY = {
     "accelerate": "transformers refuses to load a GGUF file without it",
     "python-multipart": "FastAPI's forms and file uploads",
 }
-TOOLS = {"ruff": "the linter, run by `make lint`"}
+TOOLS = {
+    "ruff": "the linter, run by `make lint`",
+    "pytest-xdist": "`make test` and `make test-all` run the tests on every core",
+    "pytest-timeout": "a hung test fails with a traceback",
+    "mkdocs-material": "the documentation site's theme (`make docs`, tests/test_docs.py)",
+    "mkdocstrings-python": "the Python API page rendered from docstrings",
+}
 
 
 def source_files(folder: str) -> set[str]:

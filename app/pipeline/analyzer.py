@@ -40,6 +40,7 @@ from vrollout.pipeline.recovery import recovery
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
 from vrollout.rules import Policy
 from vrollout.schema.requests import AnalyzeRequest, GenerationOptions, PedagogicalRequest
+from vrollout.verdicts.math_check import Budget
 
 
 @dataclass
@@ -260,12 +261,17 @@ class Analyzer:
         return with_defaults(line, options, privileged), unknown
 
     def index_siblings(
-        self, lines: Iterable[tuple[int, Any]], options: dict[str, Any], privileged: str | None
+        self,
+        lines: Iterable[tuple[int, Any]],
+        options: dict[str, Any],
+        privileged: str | None,
+        budget: Budget | None = None,
     ) -> SiblingIndex:
         """A file's sibling index (inputs.teacher_context): its valid lines' prompts and successful
         responses, in one pass (validation only: nothing is tokenized). Bad lines are skipped here;
-        they are refused with their reason when they are prepared."""
-        index = SiblingIndex(verdict_deadline_s=self.settings.math_verify_timeout_s)
+        they are refused with their reason when they are prepared. `budget`: what the file's
+        math-verify checks may spend (an upload's, verdicts.math_check.Budget)."""
+        index = SiblingIndex(verdict_deadline_s=self.settings.math_verify_timeout_s, budget=budget)
         for number, obj in lines:
             if isinstance(obj, LineError):
                 continue
