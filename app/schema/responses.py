@@ -206,6 +206,22 @@ class JobItem(Open):
     error: str | None
 
 
+class ObjectiveRow(BaseModel):
+    """One analysis x one distillation objective of a job (docs/objectives.md; objectives.csv has
+    the same columns)."""
+
+    analysis_id: str
+    line: int | None
+    trajectory_id: str | None
+    objective: str
+    total: float | None
+    bias: float | None
+    spearman: float | None
+    top5pct_overlap: float | None
+    gini: float | None
+    clipped_share: float | None
+
+
 class SummaryRow(Open):
     """One analysed line of a job (the CSV and JSONL exports have the same columns)."""
 

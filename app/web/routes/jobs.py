@@ -49,6 +49,7 @@ from vrollout.schema.responses import (
     JobCreated,
     JobItem,
     JobPreflight,
+    ObjectiveRow,
     SummaryRow,
     media,
 )
@@ -455,6 +456,7 @@ async def job_summaries(job_id: str, jobs: JobsDep, format: str = "json") -> Res
 
 @router.get(
     "/{job_id}/objectives",
+    response_model=list[ObjectiveRow],
     responses=media("the rows", {"text/csv": "format=csv"}),
 )
 async def job_objectives(job_id: str, jobs: JobsDep, format: str = "json") -> Response:
