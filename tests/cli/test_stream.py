@@ -24,7 +24,8 @@ from vrollout.inputs.trajectories import LineError
 from vrollout.pipeline.analyzer import Analyzer
 
 VIEWS = (
-    "summaries.csv", "summaries.jsonl", "objectives.csv", "figures.json", "headline.csv", "headline.md", "headline.tex",
+    "summaries.csv", "summaries.jsonl", "objectives.csv", "figures.json",
+    "headline.csv", "headline.md", "headline.tex",
 )  # fmt: skip
 
 
