@@ -70,9 +70,12 @@ lint: install-test
 test: install-test lint
 	$(BIN)/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
-# Every test, on every core, the 30 slowest printed at the end: what CI runs (.ci/run).
+# Every test, on every core, the 30 slowest printed at the end: what CI runs (.ci/run). The vLLM
+# tests run after the rest, one file at a time: each file starts two vLLM servers of a few GiB, and
+# two files at once on a small machine would compete for its memory and cores.
 test-all: install-test browser lint
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 -m "not vllm"
+	$(BIN)/pytest -q -m vllm --durations=10
 
 format: install-test
 	$(BIN)/ruff format .
