@@ -399,11 +399,7 @@ def analyze_file(args: Any, settings: Settings) -> int:
     from vrollout.pipeline.analyzer import Analyzer
     from vrollout.pipeline.lines import file_lines, run_lines
 
-    try:
-        cluster = cluster_of(args)
-    except VRError as exc:  # --ray without Ray, or a size below its bound
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    cluster = cluster_of(args)  # --ray without Ray, or a size below its bound: main's one-line error
     try:
         sources = Sources(  # JSONL, JSON, Parquet, datasets folders, hf://; folders and globs of them
             args.file,

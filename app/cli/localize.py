@@ -127,11 +127,7 @@ def localize_file(args: Any, settings: Settings, analyzer: Analyzer | None = Non
     from vrollout.pipeline.analyzer import Analyzer
     from vrollout.report.localization import localization_result, write_folder
 
-    try:
-        cluster = cluster_of(args)
-    except VRError as exc:  # --ray without Ray, or a size below its bound
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    cluster = cluster_of(args)  # --ray without Ray, or a size below its bound: main's one-line error
     try:
         lines, errors, sources = read_sources(args.file, settings)
     except (OSError, VRError) as exc:

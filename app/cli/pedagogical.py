@@ -85,11 +85,7 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
     from vrollout.inputs.teacher_context import teacher_options
     from vrollout.report.pedagogical import write_pedagogical
 
-    try:
-        cluster = cluster_of(args)
-    except VRError as exc:  # --ray without Ray, or a size below its bound
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+    cluster = cluster_of(args)  # --ray without Ray, or a size below its bound: main's one-line error
     try:
         sources = Sources(args.file, settings, split=args.split, mapping=args.map, preset=args.preset)
         rows = sources.rows()
