@@ -6,16 +6,15 @@ server paths without a token; a login expires (checked by the server) and can be
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from support import free_port, tiny_settings
+from support.live import running
 from vrollout.config import Settings
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
@@ -31,18 +30,8 @@ WEEK = 7 * 24 * 3600
 def served(app, settings: Settings) -> Iterator[str]:
     """The app on a real uvicorn, with the options `vrollout serve` gives it: its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
+    with running(uvicorn_config(app, settings, host="127.0.0.1", port=port, log_level="warning")):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def guess(base: str, forwarded_for: str, token: str = "wrong") -> int:
