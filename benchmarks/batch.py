@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
     settings = Settings(database=folder / "batch.sqlite3")
-    analyzer = Analyzer.from_settings(settings, store=False)
+    analyzer = Analyzer.from_settings(settings)
     lines = trajectories(args.n, args.seed, analyzer.pair.student.tokenizer)
     tokens = sum(len(analyzer.prepare(x).ctx.response_ids) for x in lines)
 

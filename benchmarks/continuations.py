@@ -70,7 +70,7 @@ def naive_generate(model: LoadedModel, prefix: list[int]) -> list[int]:
 
 def main() -> None:
     began = time.perf_counter()
-    analyzer = Analyzer.from_settings(Settings(database="/tmp/bench.sqlite3"), store=False)
+    analyzer = Analyzer.from_settings(Settings(database="/tmp/bench.sqlite3"))
     pair = analyzer.pair
     teacher, vocab = pair.teacher, pair.vocab_size
     context = analyzer.prepare({"prompt": PROMPT, "response": "-", "privileged": PRIVILEGED}).ctx.teacher_ids

@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
     settings = Settings(database=folder / "bench.sqlite3")
-    analyzer = Analyzer.from_settings(settings, store=False)
+    analyzer = Analyzer.from_settings(settings)
     rows = make_lines(args.problems, args.per_problem, 0.4, 0, 3, 5)
     numbered = list(enumerate(rows, start=1))
     setup = Setup(folds=5, seed=0, bootstrap=args.bootstrap)

@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS)
     args = parser.parse_args()
     began = time.perf_counter()
-    analyzer = Analyzer.from_settings(Settings(database="/tmp/bench-pedagogical.sqlite3"), store=False)
+    analyzer = Analyzer.from_settings(Settings(database="/tmp/bench-pedagogical.sqlite3"))
     pair = analyzer.pair
     ctx = analyzer.prepare({"prompt": PROMPT, "response": "-", "privileged": PRIVILEGED}).ctx
     s_ctx, t_ctx = ctx.student_ids, ctx.teacher_ids

@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Settings(database=Path(tmp) / "db.sqlite3")
-        self_teacher = Analyzer.from_settings(base, store=False).pair
+        self_teacher = Analyzer.from_settings(base).pair
         separate = dataclasses.replace(self_teacher, shared=False)  # the same weights, run apart
         print(
             "| teacher | line | tokens | off (s) | on (s) | overhead | noise floor (nats/token) "

@@ -53,7 +53,7 @@ PRIVILEGED = "It replays a student's trajectory through a teacher and shows the 
 
 def load() -> tuple[Analyzer, list[int], list[int], list[int]]:
     """The analyzer, both contexts (teacher with privileged info) and a long response's ids."""
-    analyzer = Analyzer.from_settings(Settings(database="/tmp/bench.sqlite3"), store=False)
+    analyzer = Analyzer.from_settings(Settings(database="/tmp/bench.sqlite3"))
     ctx = analyzer.prepare({"prompt": PROMPT, "response": "-", "privileged": PRIVILEGED}).ctx
     text = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "app").rglob("*.py"))])
     response = analyzer.pair.student.tokenizer(text, add_special_tokens=False)["input_ids"]

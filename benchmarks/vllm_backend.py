@@ -78,7 +78,7 @@ def main() -> None:
             vllm_server.wait_ready(server, timeout_s=900)
         urls = [s.url for s in servers]
     try:
-        local = Analyzer.from_settings(Settings(database=folder / "local.sqlite3"), store=False)
+        local = Analyzer.from_settings(Settings(database=folder / "local.sqlite3"))
         lines = trajectories(args.n, args.seed, local.pair.student.tokenizer)
         tokens = sum(len(local.prepare(x).ctx.response_ids) for x in lines)
         print(f"{args.n} trajectories, {tokens} response tokens (20-600 each), {os.cpu_count()} CPUs, "
@@ -90,7 +90,7 @@ def main() -> None:
                 backend="vllm", teacher_urls=urls[:replicas], vllm_concurrency=args.concurrency,
                 database=folder / f"vllm{replicas}.sqlite3",
             )  # fmt: skip
-            remote = Analyzer.from_settings(settings, store=False)
+            remote = Analyzer.from_settings(settings)
             seconds, out = run_job(remote, lines, folder, f"vllm{replicas}")
             remote.backend.close()
             print(

@@ -101,7 +101,20 @@ def test_streamed_views_equal_the_in_memory_ones(model, tiny, tmp_path, capsys):
 def spawn(model: Path, src: Path, out: Path, *flags: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     argv = [sys.executable, "-m", "vrollout.cli", *analyze(model, str(src), "--out", str(out), *flags)]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_as_a_terminal,
+    )
+
+
+def ctrl_c_as_a_terminal() -> None:
+    """Ctrl-C reaches the run as it does from a terminal. A pytest-xdist worker ignores SIGINT, and an
+    ignored signal stays ignored across exec: Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_lines(proc: subprocess.Popen, path: Path, count: int, timeout: float = 240) -> None:

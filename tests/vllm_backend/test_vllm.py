@@ -233,7 +233,7 @@ def test_a_vocabulary_mismatch_is_refused(vllm_servers, tmp_path: Path):
 def test_the_servers_tokenizer_gives_the_same_analyses(vllm_servers, remote: Analyzer, tmp_path: Path):
     """VROLLOUT_TOKENIZER=server: /tokenize and /detokenize instead of a local folder."""
     urls, _ = vllm_servers
-    served = Analyzer.from_settings(remote_settings(tmp_path, urls[:1], tokenizer="server"), store=False)
+    served = Analyzer.from_settings(remote_settings(tmp_path, urls[:1], tokenizer="server"))
     assert len(served.pair.student.tokenizer) == remote.pair.vocab_size == 49152
     for traj in TRAJECTORIES[:4]:
         a = served.run(served.prepare({**traj, "continuation_tokens": 2}), store=False)
@@ -270,7 +270,7 @@ def test_cli_analyze_on_vllm(vllm_servers, tmp_path: Path):
 def test_a_pedagogical_job_runs_its_lines_concurrently_on_the_replicas(vllm_servers, tmp_path: Path):
     """mode=pedagogical on vLLM: lines run at once across the replicas, each stored exactly once."""
     urls, _ = vllm_servers
-    analyzer = Analyzer.from_settings(remote_settings(tmp_path, urls, vllm_concurrency=2), store=False)
+    analyzer = Analyzer.from_settings(remote_settings(tmp_path, urls, vllm_concurrency=2))
     lock, running, most = threading.Lock(), [0], [0]
     real = analyzer.pedagogical
 
@@ -313,7 +313,7 @@ def test_a_job_survives_a_replica_killed_mid_job(vllm_servers, tmp_path: Path):
     if servers is None:
         pytest.skip("needs replicas this test started (VROLLOUT_TEST_VLLM_URLS is set)")
     settings = remote_settings(tmp_path, urls, vllm_concurrency=4, vllm_backoff_s=0.2)
-    analyzer = Analyzer.from_settings(settings, store=False)
+    analyzer = Analyzer.from_settings(settings)
     words = ["apples", "rivers", "stars", "trains", "clouds", "maps", "bees", "stones"]
     lines = [
         {
