@@ -227,7 +227,7 @@ def parse_file(
 # Objects and arrays one line may open. Each costs Python 56 bytes or more for its 2 bytes of
 # text: a line of 8 MB of `[],` would take about 25 times its size in memory once decoded. Counted
 # before decoding, as brackets (those inside strings too: an upper bound, generous for real lines).
-MAX_LINE_CONTAINERS = 100_000
+MAX_LINE_CONTAINERS = 200_000
 
 
 def decode_line(number: int, raw: bytes, max_line_bytes: int | None) -> Any:
