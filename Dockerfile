@@ -16,7 +16,7 @@ COPY templates ./templates
 COPY static ./static
 RUN make install TORCH="$TORCH"
 # Convert the embedded GGUF model once at build time, so the container starts in seconds.
-RUN .venv/bin/python -c "from vrollout.local.models import default_model_folder; from vrollout.config import Settings; default_model_folder(Settings().cache_dir)"
+RUN .venv/bin/python -c "from vrollout.models import default_model_folder; from vrollout.config import Settings; default_model_folder(Settings().cache_dir)"
 
 # expandable segments: a long response's growing tensors reuse freed blocks instead of fragmenting
 ENV VROLLOUT_HOST=0.0.0.0 VROLLOUT_DATABASE=/data/vrollout.sqlite3 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True

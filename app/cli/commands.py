@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import vrollout.cli.flags as flags
 from pydantic import ValidationError
-from vrollout.cli import flags
 from vrollout.config import Settings
 from vrollout.errors import VRError
 
