@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from support import assert_error, upload, wait_done
+from support import assert_error, job_events, upload, wait_done
 from vrollout.storage import jobs as jobs_module
 
 LINES = [
@@ -113,14 +113,7 @@ def test_progress_events(tiny_client):
     lines = [{"prompt": f"q{i}", "response": "hello"} for i in range(3)]
     r = upload(tiny_client, jsonl(lines), mode="pedagogical", max_new_tokens=3)
     job_id = r.json()["job"]["id"]
-    events = []
-    with tiny_client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
-        event = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                events.append((event, json.loads(line[6:])))
+    events = job_events(tiny_client, job_id)
     kinds = [e for e, _ in events]
     assert kinds[-1] == "end" and set(kinds[:-1]) == {"progress"}
     done = [state["done"] for _, state in events]

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from support import GOOD, tiny_settings, upload, wait_done
+from support import GOOD, job_events, tiny_settings, upload, wait_done
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.web.app import create_app
 
@@ -76,14 +76,7 @@ def test_json_array_file_and_progress_events(tiny_client):
     r = upload(tiny_client, json.dumps([GOOD, GOOD, GOOD]), name="../../etc/passwd")
     job_id = r.json()["job"]["id"]
     assert r.json()["job"]["name"] == "passwd"  # a display name, never a path
-    events = []
-    with tiny_client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
-        event = None
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                events.append((event, json.loads(line[6:])))
+    events = job_events(tiny_client, job_id)
     kinds = [e for e, _ in events]
     assert kinds[-1] == "end" and set(kinds[:-1]) == {"progress"}
     done = [state["done"] for _, state in events]

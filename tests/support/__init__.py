@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -48,6 +49,19 @@ def wait_done(client, job_id: str, timeout: float = 60) -> dict:
             return job
         time.sleep(0.05)
     raise TimeoutError(job)
+
+
+def job_events(client, job_id: str) -> list[tuple[str | None, dict]]:
+    """Every (event, data) of a job's progress stream, read until the server ends it."""
+    events = []
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line[6:])))
+    return events
 
 
 def contexts(pair):
