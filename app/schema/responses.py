@@ -39,7 +39,7 @@ class Replica(Open):
     """One vLLM server, as the job page shows it."""
 
     role: str = Field(description="student or teacher")
-    url: str
+    url: str | None = Field(description="the server's address; null without an API token")
     healthy: bool
     in_flight: int
     requests: int

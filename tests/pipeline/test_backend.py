@@ -8,6 +8,7 @@ import inspect
 import pytest
 from support import contexts, response, tiny_settings
 from support.tiny import tiny_pair
+from support.vllm import offline_vllm_backend as vllm_backend
 from vrollout.errors import BadTrajectory
 from vrollout.local import engine
 from vrollout.local.backend import LocalBackend
@@ -34,19 +35,6 @@ def methods(cls: type) -> dict[str, list[tuple[str, object, object]]]:
         for name, member in vars(cls).items()
         if inspect.isfunction(member) and not name.startswith("_")
     }
-
-
-def vllm_backend(pair: ModelPair):
-    """A `VLLMBackend` on the tiny tokenizer whose servers are never contacted (nothing listens
-    on the discard port): enough for its shape and its local answers."""
-    from vrollout.vllm.backend import VLLMBackend
-    from vrollout.vllm.client import ReplicaPool
-    from vrollout.vllm.remote import RemoteModel
-
-    pool = ReplicaPool("teacher", ["http://127.0.0.1:9", "http://127.0.0.1:10"], concurrency=3)
-    model = RemoteModel("tiny", "http://127.0.0.1:9", None, pair.student.tokenizer, pool, "tiny", {2})
-    remote = ModelPair(model, model, True, pair.vocab_size, pair.teacher_template)
-    return VLLMBackend(remote, k=20, concurrency=3)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,20 @@ from vrollout.vllm import server as vllm_server
 from support import free_port
 
 
+def offline_vllm_backend(pair):
+    """A `VLLMBackend` on the tiny tokenizer whose servers are never contacted (nothing listens
+    on the discard port): enough for its shape and its local answers."""
+    from vrollout.models import ModelPair
+    from vrollout.vllm.backend import VLLMBackend
+    from vrollout.vllm.client import ReplicaPool
+    from vrollout.vllm.remote import RemoteModel
+
+    pool = ReplicaPool("teacher", ["http://127.0.0.1:9", "http://127.0.0.1:10"], concurrency=3)
+    model = RemoteModel("tiny", "http://127.0.0.1:9", None, pair.student.tokenizer, pool, "tiny", {2})
+    remote = ModelPair(model, model, True, pair.vocab_size, pair.teacher_template)
+    return VLLMBackend(remote, k=20, concurrency=3)
+
+
 @contextmanager
 def started_servers(logs: Path, dtypes: list[str]) -> Iterator[list[vllm_server.Server]]:
     """One server per entry of `dtypes`, started together on free loopback ports and stopped

@@ -87,11 +87,18 @@ def source_kind(source: str | None) -> str | None:
 async def models(request: Request, analyzer: AnalyzerDep) -> dict[str, Any]:
     """Student and teacher: name, source, vocabulary, device, dtype, shared weights, template;
     the backend (on vLLM: K and each replica's state). Without an API token, each model's
-    source is its kind only (`source_kind`)."""
+    source is its kind only (`source_kind`), and a replica's address and last error (which names
+    it) are left out."""
     described = {**analyzer.pair.describe(), **analyzer.backend.describe()}
     if request.app.state.settings.api_token is None:
         for role in ("student", "teacher"):
-            described[role] = {**described[role], "source": source_kind(described[role].get("source"))}
+            model = described[role]
+            device = model.get("device")
+            if isinstance(device, str) and device.startswith("vllm "):  # "vllm URL URL...": the kind only
+                device = "vllm"
+            described[role] = {**model, "source": source_kind(model.get("source")), "device": device}
+        if "replicas" in described:
+            described["replicas"] = [{**r, "url": None, "last_error": None} for r in described["replicas"]]
     return described
 
 
