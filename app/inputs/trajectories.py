@@ -44,6 +44,12 @@ class Trajectory:
     teacher_template: str | None = None  # None: the settings' template
     sibling: dict[str, Any] | None = None  # {"response", "line", "id"}
     notes: list[str] = field(default_factory=list)
+    # A conversation (several assistant turns, or tool calls): every message as given, tool_calls
+    # and all (`messages` is then its prompt, the messages before the first assistant message).
+    conversation: list[dict[str, Any]] | None = None
+    tools: list[Any] | None = None  # the conversation-level tool schemas, for the chat template
+    response_mask: list[int] | None = None  # token-level: 1 where the policy wrote the token
+    final_answer: str | None = None  # the last assistant message's content: what verdicts check
 
     @property
     def has_response(self) -> bool:

@@ -31,6 +31,12 @@ class Contexts:
     notes: list[str]
     context_kind: str = "privileged"  # which text the teacher was given (inputs.teacher_context)
     sibling: dict[str, Any] | None = None  # the sibling's {"line", "id"} (kind sibling)
+    # Per response token: 1 where the student wrote it, 0 for context (tool, user turns, headers).
+    # None: all ones (a single response).
+    response_mask: list[int] | None = None
+    # Per response token: the index in the conversation's messages of its message (None: a
+    # token-level line, whose turns are unknown).
+    turns: list[int | None] | None = None
 
 
 def teacher_messages(messages: list[dict[str, str]], privileged: str, template: str) -> list[dict[str, str]]:
