@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vrollout.pipeline.digest import KL_BINS, SUMMARY_COLUMNS, kl_bin_counts
+from vrollout.report.chart import chart_layout, count_axis
 from vrollout.report.drift import Drift, drift_figures
 from vrollout.report.tables import Pieces, csv_chunks
 
@@ -222,7 +223,8 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     step-level ones, then the distributions across trajectories of SPREAD_FIGURES (surface_share
     only when some trajectory has classified divergences), then the drift views across training
     steps (report/drift.py; only when lines carry a `step`). One pass over the digests: every
-    group is added up as they come, then the split is chosen."""
+    group is added up as they come, then the split is chosen. Groups are drawn side by side
+    (bars in slots of their own), every axis is labelled and counts are whole numbers."""
     everything, right, wrong = _Group(), _Group(), _Group()
     drift = Drift()
     for d in digests:
@@ -234,7 +236,9 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     groups = {"correct": right, "incorrect": wrong} if verdicts else {"all": everything}
     signal, position, agreement, first = [], [], [], []
     spread: dict[str, list[dict[str, Any]]] = {key: [] for key in SPREAD_FIGURES}
-    for name, group in groups.items():
+    # One set of bins for every group's first divergences, so that their bars line up.
+    top = max((max(g.firsts, default=0) for g in groups.values()), default=0)
+    for slot, (name, group) in enumerate(groups.items()):
         color = GROUP_COLORS[name]
         label = f"{name} ({group.count})"
         total = max(1, sum(group.kl_counts))
@@ -270,69 +274,67 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "marker": {"color": color, "size": 7},
             }
         )
-        first.append(histogram_bars(group.firsts, label, color))
+        first.append(histogram_bars(group.firsts, label, color, top=top, slot=slot, slots=len(groups)))
         for key, values in group.spread.items():
             spread[key].append(share_bars(values, f"{name} ({len(values)})", color))
-    base = {
-        "height": 320,
-        "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
-        "plot_bgcolor": "white",
-        "legend": {"orientation": "h", "y": -0.25},
-    }
     shares = {
         key: {
             "data": traces,
-            "layout": {
-                **base,
-                "barmode": "group",
-                "title": {"text": SPREAD_FIGURES[key][0]},
-                "xaxis": {
-                    "title": {"text": SPREAD_FIGURES[key][1]},
-                    "tickformat": ".0%" if key != "kl_gini" else ".1f",
-                    "range": [0, 1],
-                },
-                "yaxis": {"title": {"text": "share of trajectories"}, "tickformat": ".0%"},
-            },
+            "layout": chart_layout(
+                SPREAD_FIGURES[key][0],
+                SPREAD_FIGURES[key][1],
+                "share of trajectories",
+                barmode="group",
+                xaxis={"tickformat": ".0%" if key != "kl_gini" else ".1f", "range": [0, 1]},
+                yaxis={"tickformat": ".0%", "rangemode": "tozero"},
+            ),
         }
         for key, traces in spread.items()
         # surface/fork needs continuations: without any, the figure is left out, not drawn empty
         if key != "surface_share" or any(group.spread[key] for group in groups.values())
     }
+    most = max((max(t["y"], default=0) for t in first), default=0)
     return {
         "signal": {
             "data": signal,
-            "layout": {
-                **base,
-                "title": {"text": "per-step reverse KL (share of steps)"},
-                "xaxis": {"type": "log", "title": {"text": "reverse KL (nats)"}},
-            },
+            "layout": chart_layout(
+                "per-step reverse KL (share of steps)",
+                "reverse KL (nats, log scale)",
+                "share of steps",
+                xaxis={"type": "log"},
+                yaxis={"tickformat": ".0%", "rangemode": "tozero"},
+            ),
         },
         "position": {
             "data": position,
-            "layout": {
-                **base,
-                "barmode": "group",
-                "title": {"text": "where the signal sits: mean share of total KL by relative position"},
-                "yaxis": {"tickformat": ".0%"},
-            },
+            "layout": chart_layout(
+                "where the signal sits: mean share of total KL by relative position",
+                "part of the response (by position)",
+                "mean share of the reverse KL",
+                barmode="group",
+                xaxis={"type": "category"},
+                yaxis={"tickformat": ".0%", "rangemode": "tozero"},
+            ),
         },
         "agreement": {
             "data": agreement,
-            "layout": {
-                **base,
-                "title": {"text": "agreement rate vs response length"},
-                "xaxis": {"title": {"text": "tokens"}},
-                "yaxis": {"tickformat": ".0%"},
-            },
+            "layout": chart_layout(
+                "agreement rate vs response length",
+                "response length (tokens)",
+                "agreement rate",
+                yaxis={"tickformat": ".0%"},
+            ),
         },
         "first_divergence": {
             "data": first,
-            "layout": {
-                **base,
-                "barmode": "group",
-                "title": {"text": "first divergence position"},
-                "xaxis": {"title": {"text": "token position"}},
-            },
+            "layout": chart_layout(
+                "first divergence position",
+                "first divergence (token position in the response)",
+                "trajectories",
+                barmode="group",
+                xaxis={"tickformat": "d", "rangemode": "tozero"},
+                yaxis=count_axis(most),
+            ),
         },
         **shares,
         **drift_figures(drift.rows()),  # only when lines carry a training step
@@ -354,20 +356,37 @@ def share_bars(values: list[float], name: str, color: str, bins: int = SPREAD_BI
     }
 
 
-def histogram_bars(values: list[int], name: str, color: str, bins: int = 20) -> dict[str, Any]:
+def histogram_bars(
+    values: list[int],
+    name: str,
+    color: str,
+    bins: int = 20,
+    top: int | None = None,
+    slot: int = 0,
+    slots: int = 1,
+) -> dict[str, Any]:
     """A histogram of non-negative integers as a bar trace (the page's plotly.js bundle has no
-    histogram trace): at most `bins` bins of equal integer width."""
-    top = max(values, default=0) + 1
+    histogram trace): at most `bins` bins of equal integer width, from 0 to `top` (default: the
+    largest value; give every group the same `top` so that their bins agree). `x` is each bin's
+    first value; the bars of `slots` groups share each bin side by side, this one in `slot`."""
+    top = (max(values, default=0) if top is None else max(top, *values, 0)) + 1
     width = max(1, math.ceil(top / bins))
     counts = [0] * math.ceil(top / width)
     for v in values:
         counts[v // width] += 1
+    bar = 0.9 * width / slots
     return {
         "type": "bar",
         "name": name,
         "x": [i * width for i in range(len(counts))],
         "y": counts,
-        "width": [width * 0.9] * len(counts),
-        "offset": 0,
+        "width": [bar] * len(counts),
+        # The bin's integers span [start - 0.5, start + width - 0.5]; the slots fill 90% of it.
+        "offset": (width - 1) / 2 - 0.45 * width + slot * bar,
+        "customdata": [
+            f"{i * width}" if width == 1 else f"{i * width}–{i * width + width - 1}"
+            for i in range(len(counts))
+        ],  # fmt: skip
+        "hovertemplate": "first divergence at %{customdata}: %{y}<extra>%{fullData.name}</extra>",
         "marker": {"color": color},
     }

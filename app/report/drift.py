@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
+from vrollout.report.chart import chart_layout
 from vrollout.report.tables import csv_cell
 
 DRIFT_COLUMNS = (
@@ -109,10 +110,10 @@ def drift_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-# The views: figure key -> (title, y axis format, [(column, trace name, colour)]).
+# The views: figure key -> (title, y axis title, y axis format, [(column, trace name, colour)]).
 DRIFT_FIGURES = {
     "drift_agreement": (
-        "across steps: agreement, correctness, KL at divergences", ".0%",
+        "across steps: agreement, correctness, KL at divergences", "share", ".0%",
         [
             ("agreement_rate", "agreement rate", "#2c6fbb"),
             ("correct_share", "share correct", "#27ae60"),
@@ -120,11 +121,11 @@ DRIFT_FIGURES = {
         ],
     ),
     "drift_reverse_kl": (
-        "across steps: reverse KL per token (nats)", "",
+        "across steps: reverse KL per token", "reverse KL per token (nats)", "",
         [("reverse_kl_mean", "reverse KL per token", "#8e44ad")],
     ),
     "drift_length": (
-        "across steps: length and first divergence (tokens)", "",
+        "across steps: length and first divergence", "tokens", "",
         [
             ("tokens_mean", "mean response length", "#7f8c8d"),
             ("first_divergence_median", "median first divergence", "#d35400"),
@@ -135,15 +136,16 @@ DRIFT_FIGURES = {
 
 def drift_figures(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Lines over the steps (none when no line carries a step); a trace whose values are all
-    null (e.g. correctness without verdicts) is left out."""
+    null (e.g. correctness without verdicts) is left out. The steps are categories, in the
+    table's order: a training step is a label (never 1.5), and checkpoints sit evenly apart."""
     if not rows:
         return {}
-    numeric = all(isinstance(r["step"], int) for r in rows)
     # A step name is the line's own text: escaped, as Plotly draws tick labels and hover text as
-    # HTML (a `<b>` or `<a href>` in it would be bold text or a link on the job page).
-    x = [r["step"] if numeric else html.escape(str(r["step"])) for r in rows]
+    # HTML (a `<b>` or `<a href>` in it would be bold text or a link on the job page). Numbers
+    # go as text too: a category axis of numbers would still be read as numbers by Plotly.
+    x = [html.escape(str(r["step"])) for r in rows]
     figures = {}
-    for key, (title, tick, traces) in DRIFT_FIGURES.items():
+    for key, (title, y_title, tick, traces) in DRIFT_FIGURES.items():
         data = [
             {
                 "type": "scatter",
@@ -158,14 +160,12 @@ def drift_figures(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ]
         figures[key] = {
             "data": data,
-            "layout": {
-                "height": 320,
-                "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
-                "plot_bgcolor": "white",
-                "legend": {"orientation": "h", "y": -0.25},
-                "title": {"text": title},
-                "xaxis": {"title": {"text": "training step"}, "type": "linear" if numeric else "category"},
-                "yaxis": {"tickformat": tick, **({"range": [0, 1]} if tick else {})},
-            },
+            "layout": chart_layout(
+                title,
+                "training step",
+                y_title,
+                xaxis={"type": "category"},
+                yaxis={"tickformat": tick, **({"range": [0, 1]} if tick else {"rangemode": "tozero"})},
+            ),
         }
     return figures

@@ -18,7 +18,9 @@ def test_checkpoint_names_keep_their_first_seen_order_and_numbers_sort_as_number
     assert drift_figures(names)["drift_length"]["layout"]["xaxis"]["type"] == "category"
     numbers = drift_rows([d(100), d("20"), d(3), d(20)])  # "20" and 20 are one step
     assert [(r["step"], r["trajectories"]) for r in numbers] == [(3, 1), (20, 2), (100, 1)]
-    assert drift_figures(numbers)["drift_length"]["layout"]["xaxis"]["type"] == "linear"
+    # integer steps are categories too (#28): no tick at step 1.5, and each step evenly apart
+    assert drift_figures(numbers)["drift_length"]["layout"]["xaxis"]["type"] == "category"
+    assert drift_figures(numbers)["drift_length"]["data"][0]["x"] == ["3", "20", "100"]
     assert drift_rows([d(None)]) == [] and drift_figures([]) == {}
 
 
