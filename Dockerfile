@@ -14,6 +14,7 @@ COPY pyproject.toml Makefile README.md ./
 COPY app ./app
 COPY templates ./templates
 COPY static ./static
+COPY docs ./docs
 RUN make install TORCH="$TORCH"
 # Convert the embedded GGUF model once at build time, so the container starts in seconds.
 RUN .venv/bin/python -c "from vrollout.models import default_model_folder; from vrollout.config import Settings; default_model_folder(Settings().cache_dir)"

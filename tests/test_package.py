@@ -30,7 +30,7 @@ from packaging.utils import canonicalize_name
 from support import REAL_CACHE, REPO, free_port
 
 TOKEN = "package-test-token"
-SOURCES = ("pyproject.toml", "README.md", "app", "templates", "static")
+SOURCES = ("pyproject.toml", "README.md", "app", "templates", "static", "docs")
 
 
 # Declared, never imported by our code: what another package needs from us at run time.
@@ -152,6 +152,7 @@ def test_the_wheel_holds_the_package_and_its_data(wheel):
     assert {f"vrollout/{f}" for f in modules} <= names
     assert {f"vrollout/templates/{f}" for f in source_files("templates")} <= names
     assert {f"vrollout/static/{f}" for f in source_files("static")} <= names
+    assert {f"vrollout/docs/{f}" for f in source_files("docs") if f.endswith(".md")} <= names  # /docs/PAGE.md
     assert any(n.startswith("vrollout/static/vendor/plotly-basic-") for n in names)
     assert "vrollout/notebook.py" in names
 

@@ -30,6 +30,7 @@ from vrollout.storage.store import Store, storage_error
 from vrollout.web.bodies import bind_request_models, body_model
 from vrollout.web.docs import install_docs
 from vrollout.web.json_scan import LongText
+from vrollout.web.manual import router as manual_router
 from vrollout.web.pages import make_templates
 from vrollout.web.pages import router as pages_router
 from vrollout.web.routes.analyses import router as api_router
@@ -256,6 +257,7 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
     app.include_router(localization_router)
     app.include_router(pedagogical_jobs_router)
     app.include_router(pages_router)
+    app.include_router(manual_router)  # /docs/PAGE.md: the manual, offline
     app.include_router(login_router)
     app.state.templates = make_templates(settings.templates_dir)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
