@@ -251,6 +251,11 @@ class VirtualRollout:
         mapping: str | Mapping[str, str] | None = None,
         preset: str | None = None,
         split: str | None = None,
+        ray: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float | None = None,
+        cpus_per_worker: float | None = None,
+        batch_size: int | None = None,
         **options: Any,
     ) -> Iterator[Analysis]:
         """Analyses of many trajectories (dicts, or JSON lines such as an open .jsonl file), yielded
@@ -262,7 +267,13 @@ class VirtualRollout:
         to trajectories that do not set their own (e.g. `teacher_context="sibling"`,
         `teacher_template=...`: docs/formats.md "Teacher context"; with sibling the whole input is
         read first, an iterable into memory, to index its successful responses). A bad trajectory
-        raises its error, naming its index; `errors="skip"` leaves it out with a warning."""
+        raises its error, naming its index; `errors="skip"` leaves it out with a warning.
+
+        `ray` (`"local"`, `"auto"`, `"ray://HOST:PORT"`) runs the lines on a Ray cluster as
+        `vrollout analyze --ray` does (docs/ray.md), with `workers`, `gpus_per_worker`,
+        `cpus_per_worker` and `batch_size` as its flags; the analyses are the same, yielded in the
+        same order. Each worker loads the models these settings name; a path is read by Ray Data's
+        read tasks, trajectories given here are sent from this process."""
         from tqdm import tqdm
         from vrollout.errors import VRError
         from vrollout.inputs.sources import check_preset, iter_rows, map_rows, parse_mapping
@@ -271,11 +282,21 @@ class VirtualRollout:
 
         if errors not in ("raise", "skip"):
             raise ValueError(f'errors must be "raise" or "skip", got {errors!r}')
+        sizes = {"workers": workers, "gpus_per_worker": gpus_per_worker}
+        sizes |= {"cpus_per_worker": cpus_per_worker, "batch_size": batch_size}
+        cluster = self._cluster(ray, sizes)
         total = None
         if isinstance(trajectories, os.PathLike) or (
             isinstance(trajectories, str) and not trajectories.lstrip().startswith(("{", "["))
         ):
             settings = self.analyzer.settings
+            if cluster is not None:
+                reading = {"split": split, "mapping": mapping, "preset": preset}
+                on = self._on_cluster(
+                    cluster, trajectories, None, privileged, progress, errors, reading, options
+                )
+                yield from on
+                return
             rows = iter_rows(
                 trajectories,
                 name=str(trajectories),
@@ -293,6 +314,9 @@ class VirtualRollout:
             check_preset(preset)
             rows = map_rows(self._numbered(trajectories), parse_mapping(mapping), preset)
         teacher_options(options.get("teacher_context"), options.get("teacher_template"))
+        if cluster is not None:
+            yield from self._on_cluster(cluster, None, list(rows), privileged, progress, errors, {}, options)
+            return
         siblings = None
         if options.get("teacher_context") == "sibling":  # the whole input first (inputs.teacher_context)
             listed = list(rows)
@@ -304,6 +328,63 @@ class VirtualRollout:
         with tqdm(total=total, unit="traj", disable=not progress, file=sys.stderr) as bar:
             for index, result in run_lines(rows, prepare, self.analyzer.run_prepared, progress=bar.update):
                 if len(unknown) > len(warned):  # a window brought new keys: said once each
+                    self._warn_keys({k: v for k, v in unknown.items() if k not in warned})
+                    warned.update(unknown)
+                if isinstance(result, VRError):
+                    self._failed(index, result, errors)
+                else:
+                    yield Analysis(result)
+
+    @staticmethod
+    def _cluster(address: str | None, sizes: dict[str, Any]) -> Any:
+        """The `ray=` arguments as a `cluster.ray.Cluster` (Ray checked now); None without `ray`."""
+        if address is None:
+            given = [name for name, value in sizes.items() if value is not None]
+            if given:
+                raise TypeError(f"{', '.join(given)} apply with ray= only")
+            return None
+        from vrollout.cluster.ray import cluster_of, require_ray
+
+        require_ray()
+        from types import SimpleNamespace
+
+        return cluster_of(SimpleNamespace(ray=address, **sizes))
+
+    def _on_cluster(
+        self,
+        cluster: Any,
+        path: str | os.PathLike[str] | None,
+        rows: list[tuple[int, Any]] | None,
+        privileged: str | None,
+        progress: bool,
+        errors: str,
+        reading: dict[str, Any],
+        options: dict[str, Any],
+    ) -> Iterator[Analysis]:
+        """`analyze_many` on a Ray cluster: a path read by Ray Data, or numbered `rows` sent from here."""
+        from tqdm import tqdm
+        from vrollout.cluster.ray import Keep, SiblingPass, Task, cluster_lines, run_rows
+        from vrollout.errors import VRError
+        from vrollout.inputs.paths import Sources
+
+        settings = self.analyzer.settings
+        sibling = SiblingPass(options, privileged) if options.get("teacher_context") == "sibling" else None
+        task = Task(notebook_lines, {"options": options, "privileged": privileged, "siblings": None})
+        unknown: dict[str, list[int]] = {}
+        warned: set[str] = set()
+        with tqdm(
+            total=None if rows is None else len(rows), unit="traj", disable=not progress, file=sys.stderr
+        ) as bar:
+            if rows is None:
+                sources = Sources(os.fspath(path), settings, **reading)  # type: ignore[arg-type]
+                lines = cluster_lines(sources, task, settings, cluster, keep=Keep(), unknown=unknown,
+                                      progress=bar.update, siblings=sibling)  # fmt: skip
+            else:
+                lines = run_rows(
+                    rows, task, settings, cluster, unknown=unknown, progress=bar.update, siblings=sibling
+                )
+            for index, result in lines:
+                if len(unknown) > len(warned):
                     self._warn_keys({k: v for k, v in unknown.items() if k not in warned})
                     warned.update(unknown)
                 if isinstance(result, VRError):
@@ -345,6 +426,17 @@ class VirtualRollout:
         if errors == "raise":
             raise type(exc)(f"trajectory {index}: {exc.message}", **exc.details) from exc
         warnings.warn(f"trajectory {index} skipped: {exc.message}", stacklevel=3)
+
+
+def notebook_lines(
+    analyzer: Analyzer, rows: list[tuple[int, Any]], unknown: dict[str, list[int]], params: dict[str, Any]
+) -> Iterator[tuple[int, Any]]:
+    """What a cluster worker runs for `analyze_many(..., ray=...)` (`cluster.ray.Task`): the
+    pipeline `analyze_many` runs here, over its batch of lines."""
+    from vrollout.pipeline.lines import file_lines, run_lines
+
+    prepare = file_lines(analyzer, params["options"], params["privileged"], unknown, params["siblings"])
+    return run_lines(rows, prepare, analyzer.run_prepared)
 
 
 def load(

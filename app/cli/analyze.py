@@ -436,8 +436,8 @@ def analyze_file(args: Any, settings: Settings) -> int:
         **teacher,
     }
     job = {"id": None} if tag is None else {"id": None, "shard": tag}
-    siblings = None
-    if teacher.get("teacher_context") == "sibling":  # a first pass: every line, every shard
+    siblings, sibling = None, teacher.get("teacher_context") == "sibling"
+    if sibling and cluster is None:  # a first pass: every line, every shard (on a cluster, its own)
         siblings = analyzer.index_siblings(sources.rows(), options, args.privileged)
 
     def keep(number: int) -> bool:
@@ -460,13 +460,14 @@ def analyze_file(args: Any, settings: Settings) -> int:
                     everything, prepare, run, keep=keep, progress=bar.update, window_done=outputs.flush
                 )  # whole lines on disk after each window: a killed run loses at most one window
             else:
-                from vrollout.cluster.ray import Keep, Task, cluster_lines
+                from vrollout.cluster.ray import Keep, SiblingPass, Task, cluster_lines
 
-                params = {"options": options, "privileged": args.privileged, "job": job, "siblings": siblings}
+                params = {"options": options, "privileged": args.privileged, "job": job, "siblings": None}
                 lines = cluster_lines(
                     sources, Task(analyze_lines, params), settings, cluster,
                     keep=Keep(frozenset(outputs.done), shard), unknown=unknown,
                     progress=bar.update, committed=outputs.flush,
+                    siblings=SiblingPass(options, args.privileged) if sibling else None,
                 )  # fmt: skip
             for number, result in lines:
                 if isinstance(result, VRError):

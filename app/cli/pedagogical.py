@@ -108,11 +108,10 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
     except VRError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    siblings = None
-    if context.get("teacher_context") == "sibling":  # a first pass over the file (inputs.teacher_context)
-        siblings = analyzer.index_siblings(
-            sources.rows(), {**context, **line_options(options)}, args.privileged
-        )
+    siblings, sibling = None, context.get("teacher_context") == "sibling"
+    sibling_options = {**context, **line_options(options)}
+    if sibling and cluster is None:  # a first pass over the file (inputs.teacher_context); a cluster's own
+        siblings = analyzer.index_siblings(sources.rows(), sibling_options, args.privileged)
     everything = iter(()) if first is None else itertools.chain([first], rows)
     errors: list[tuple[int, str]] = []
     unknown: dict[str, list[int]] = {}  # keys that are not fields, kept in meta: line numbers
@@ -125,7 +124,7 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
             if cluster is None:
                 lines = run_all(analyzer, everything, options, args, unknown, context, siblings, bar.update)
             else:
-                from vrollout.cluster.ray import Keep, Task, cluster_lines
+                from vrollout.cluster.ray import Keep, SiblingPass, Task, cluster_lines
 
                 flags = {f: getattr(args, f) for f in PEDAGOGICAL_FLAGS}
                 params = {
@@ -135,6 +134,7 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
                 lines = cluster_lines(
                     sources, Task(pedagogical_lines, params), settings, cluster,
                     keep=Keep(), unknown=unknown, progress=bar.update,
+                    siblings=SiblingPass(sibling_options, args.privileged) if sibling else None,
                 )  # fmt: skip
             try:
                 for number, result in lines:

@@ -142,6 +142,15 @@ class LineWorker:
 
 
 @dataclass(frozen=True)
+class SiblingPass:
+    """`--teacher-context sibling`: the file's options and privileged text, with which a first
+    pass over the whole file builds its sibling index (cluster.siblings)."""
+
+    options: dict[str, Any]
+    privileged: str | None = None
+
+
+@dataclass(frozen=True)
 class Keep:
     """Which line numbers to run: of this shard (`I/N`), not already in the output (`--resume`)."""
 
@@ -240,20 +249,28 @@ def cluster_lines(
     unknown: dict[str, list[int]],
     progress: Callable[[int], None] = lambda n: None,
     committed: Callable[[], None] = lambda: None,
+    siblings: SiblingPass | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Each kept line's (number, result) or (number, VRError), in line order, run on the cluster.
     `unknown` gets the keys kept in meta (key -> line numbers), as a plain run's `file_lines` adds
     them; `progress(n)`: n more lines done; `committed()`: the lines yielded so far are handled
-    (the driver flushes its files). A file that goes wrong part way raises its error after the
-    lines before it."""
+    (the driver flushes its files); `siblings`: the file's options and privileged text, for a
+    first pass over every line (every shard, done or not) that gives the task its sibling index
+    (`params["siblings"]`). A file that goes wrong part way raises its error after the lines
+    before it."""
     ray = require_ray()
     started = connect(cluster)
     try:
         offsets = sources.offsets() if sources.several else [0]
         _order(ray)
-        lines = ray.data.read_datasource(
-            _source(sources, offsets, keep, cluster.batch_size), override_num_blocks=len(offsets)
-        )
+
+        def read(which: Keep) -> Any:
+            source = _source(sources, offsets, which, cluster.batch_size)
+            return ray.data.read_datasource(source, override_num_blocks=len(offsets))
+
+        if siblings is not None:
+            task = _with_siblings(ray, task, read(Keep()), settings, cluster, siblings)
+        lines = read(keep)
         yield from _through_workers(ray, lines, task, settings, cluster, unknown, progress, committed)
     finally:
         if started:
@@ -268,9 +285,10 @@ def run_rows(
     *,
     unknown: dict[str, list[int]],
     progress: Callable[[int], None] = lambda n: None,
+    siblings: SiblingPass | None = None,
 ) -> Iterator[tuple[int, Any]]:
-    """`cluster_lines` for lines already read on the driver (a command that holds its file whole:
-    `localize`)."""
+    """`cluster_lines` for lines already read on the driver (a command that holds its file whole,
+    `localize`; `analyze_many` given trajectories rather than a path)."""
     import pyarrow as pa
     from vrollout.inputs.trajectories import LineError
 
@@ -289,10 +307,22 @@ def run_rows(
         )
         size = cluster.batch_size
         lines = ray.data.from_arrow([table.slice(i, size) for i in range(0, max(len(rows), 1), size)])
+        if siblings is not None:
+            task = _with_siblings(ray, task, lines, settings, cluster, siblings)
         yield from _through_workers(ray, lines, task, settings, cluster, unknown, progress, lambda: None)
     finally:
         if started:
             ray.shutdown()
+
+
+def _with_siblings(
+    ray: Any, task: Task, lines: Any, settings: Settings, cluster: Cluster, siblings: SiblingPass
+) -> Task:
+    """`task` with the sibling index of `lines` (every line), built by a Ray Data pass."""
+    from vrollout.cluster.siblings import index_on_cluster
+
+    index = index_on_cluster(ray, lines, settings, cluster.batch_size, siblings.options, siblings.privileged)
+    return Task(task.lines, {**task.params, "siblings": index})
 
 
 def _schema() -> Any:

@@ -4,8 +4,6 @@ mid-batch, and a driver stopped mid-run that continues with --resume."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import signal
 import subprocess
@@ -13,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.ray_runs import FLAGS, analyses, same, write_lines
 
 ray = pytest.importorskip("ray")
 
@@ -23,50 +22,6 @@ from vrollout.config import Settings  # noqa: E402
 from vrollout.inputs.paths import Sources  # noqa: E402
 
 pytestmark = pytest.mark.slow
-FLAGS = ("--device", "cpu", "--dtype", "float32", "--no-store")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray.cloudpickle
-
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the crashing task, by value
-    yield
-    ray.shutdown()
-
-
-def write_lines(path: Path, count: int) -> Path:
-    rows = [
-        json.dumps(
-            {"id": f"t{i}", "prompt": f"What is {i}+{i}?", "response": f"It is {2 * i + i % 3}.", "tag": i}
-        )
-        for i in range(count)
-    ]
-    rows.insert(count // 2, '{"prompt": 3}')  # a bad line, reported as today
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def analyses(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def same(x, y, where="") -> None:
-    """Equal analyses: floats within 1e-5, ids and times aside."""
-    if isinstance(x, dict):
-        assert x.keys() == y.keys(), where
-        for key in x:
-            if key not in ("id", "created_at"):
-                same(x[key], y[key], f"{where}.{key}")
-    elif isinstance(x, list):
-        assert len(x) == len(y), where
-        for i, (a, b) in enumerate(zip(x, y, strict=True)):
-            same(a, b, f"{where}[{i}]")
-    elif isinstance(x, float) and isinstance(y, float):
-        assert (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-5, (where, x, y)
-    else:
-        assert x == y, (where, x, y)
 
 
 def test_ray_writes_the_folder_the_plain_run_writes(local_ray, tiny_folder, tmp_path, capsys):

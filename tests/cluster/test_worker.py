@@ -11,12 +11,15 @@ import sys
 import pyarrow as pa
 import pytest
 from support import tiny_settings
+from support.ray_runs import sibling_lines
 from vrollout.cli.analyze import analyze_lines
 from vrollout.cli.commands import main
 from vrollout.cluster.ray import COLUMNS, Cluster, Keep, LineWorker, Task, _schema, read_blocks
+from vrollout.cluster.siblings import JUDGED, fold, judge
 from vrollout.config import Settings
 from vrollout.errors import BadTrajectory, VRError
 from vrollout.inputs.paths import Sources
+from vrollout.notebook import VirtualRollout
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.pipeline.lines import file_lines, run_lines
 
@@ -96,3 +99,26 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch, caps
         err.strip()
         == "error: --ray needs Ray: pip install 'virtual-rollout[ray]' (or pip install 'ray[data]')"
     )
+
+
+def test_the_sibling_pass_of_a_cluster_builds_the_plain_runs_index(tiny, tmp_path):
+    """`judge` (a Ray Data task's work, here on one batch) folded in line order gives the index
+    `Analyzer.index_siblings` builds from the same lines, bad lines skipped."""
+    source = sibling_lines(tmp_path / "runs.jsonl", prompts=4)
+    rows = [(n + 1, json.loads(line)) for n, line in enumerate(source.read_text().splitlines())]
+    rows.insert(3, (99, {"prompt": 3}))
+    analyzer = Analyzer(tiny, tiny_settings(tmp_path))
+    options = {"teacher_context": "sibling"}
+    plain = analyzer.index_siblings(rows, options, None)
+    table = batch([(n, row) for n, row in rows] + [(100, "line 100: not JSON")])
+    judged = judge(table, analyzer.settings, options, None)
+    assert 99 not in judged.column("number").to_pylist()
+    folded = fold(zip(*(judged.column(n).to_pylist() for n in JUDGED), strict=True), 10.0)
+    assert folded.seen == plain.seen and folded.kept == plain.kept
+    assert sum(len(kept) for kept in folded.kept.values()) == 6  # every correct response: 2, 1, 2, 1
+
+
+def test_analyze_many_sizes_without_ray_are_refused(tiny, tmp_path):
+    vr = VirtualRollout(Analyzer(tiny, tiny_settings(tmp_path)))
+    with pytest.raises(TypeError, match="workers, batch_size apply with ray= only"):
+        list(vr.analyze_many([LINES[0]], progress=False, workers=2, batch_size=3))
