@@ -28,7 +28,7 @@ from typing import Any, Literal
 from vrollout.errors import BadTrajectory
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.rules import check_teacher_template
-from vrollout.verdicts.answers import verdict
+from vrollout.verdicts.answers import question_of, verdict
 from vrollout.verdicts.math_check import DEADLINE_S, Budget
 
 Kind = Literal["privileged", "sibling", "feedback"]
@@ -107,7 +107,10 @@ def successful(traj: Trajectory, deadline_s: float = DEADLINE_S, budget: Budget 
     thread; `budget`: what the file's checks may spend, past which the text rule alone decides)."""
     if traj.response_text is None:
         return False  # no response yet (the student will generate one), or one given as ids
-    found = verdict(traj.response_text, traj.reference_answer, traj.correct, deadline_s, "requests", budget)
+    found = verdict(
+        traj.response_text, traj.reference_answer, traj.correct, deadline_s, "requests", budget,
+        question=question_of(traj.messages),
+    )  # fmt: skip
     return bool(found and found["correct"])
 
 

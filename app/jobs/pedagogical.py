@@ -182,12 +182,16 @@ def rollout_record(
     """The ROLLOUT RECORD of a line (docs/formats.md): the student alone, OPD's view of its
     rollout, and the pedagogical rollout (+ sweep). `correct` is one reference check for both
     (`answers.verdict` of each response's words, without special tokens, as an analysis reads
-    its response; a log's own `correct` is not used), null without a reference. `tokenizer`: the
+    its response, the prompt as its question; a log's own `correct` is not used), null without a
+    reference; `verdict` beside it says what was parsed and how. `tokenizer`: the
     student's (`record_prompt`); `deadline_s`: math-verify's (Settings.math_verify_timeout_s)."""
     traj, summary = item.prep.traj, analysis["summary"]
     reference = item.rollout.reference
     pedagogical = {k: v for k, v in rollout.items() if k not in NOT_ROLLOUT}
-    pedagogical["correct"] = _correct(rollout_words, reference, deadline_s)
+    question = item.prep.ctx.student_text  # an answer copied from it is no answer (answers.restates)
+    pedagogical["verdict"] = verdict(rollout_words, reference, deadline_s=deadline_s, question=question)
+    pedagogical["correct"] = _correct(pedagogical["verdict"])
+    student_verdict = verdict(student_words, reference, deadline_s=deadline_s, question=question)
     prompt, prompt_text = record_prompt(tokenizer, item)
     return {
         "id": traj.id if traj.id is not None else str(line),
@@ -199,7 +203,8 @@ def rollout_record(
             "analysis_id": analysis["id"],
             "response_ids": analysis["response_ids"],
             "response_text": analysis["response_text"],
-            "correct": _correct(student_words, reference, deadline_s),
+            "correct": _correct(student_verdict),
+            "verdict": student_verdict,
             "generated": analysis.get("generation") is not None,
         },
         "opd": {
@@ -229,6 +234,5 @@ def record_prompt(tokenizer: Any, item: PreparedLine) -> tuple[list[dict[str, st
     return (messages, None) if messages is not None else (None, ctx.student_text)
 
 
-def _correct(words: str, reference: str | None, deadline_s: float) -> bool | None:
-    found = verdict(words, reference, deadline_s=deadline_s)
+def _correct(found: dict[str, Any] | None) -> bool | None:
     return None if found is None else found["correct"]

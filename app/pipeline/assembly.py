@@ -249,6 +249,7 @@ def build_analysis(
             traj.reference_answer,
             traj.correct,
             verdict_deadline_s,
+            question=ctx.student_text,
         ),
         "trajectory": trajectory_record(traj),
         "top_k": top_k,

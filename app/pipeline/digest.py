@@ -54,8 +54,9 @@ def verdict_of(analysis: dict[str, Any]) -> dict[str, Any] | None:
     traj = analysis.get("trajectory", {})
     # on a request's thread (a dataset view): the requests' math-verify helpers, not the model's
     return verdict(
-        analysis["response_text"], traj.get("reference_answer"), traj.get("correct"), lane="requests"
-    )
+        analysis["response_text"], traj.get("reference_answer"), traj.get("correct"), lane="requests",
+        question=analysis["student"].get("context_text"),
+    )  # fmt: skip
 
 
 def correct(analysis: dict[str, Any]) -> bool | None:

@@ -337,6 +337,25 @@ class Verdict(TypedDict):
     method: Literal["given", "math-verify", "text"]
     parsed_answer: str | None
     parsed_reference: str | None
+    # NotRequired: verdicts stored before these existed are served as they were stored.
+    extractor: NotRequired[
+        Annotated[
+            str | None,
+            Field(description="how math-verify found parsed_answer: final answer, boxed, after 'answer', "
+                  "latex, last expression or last number; null when it found none"),
+        ]
+    ]  # fmt: skip
+    restated: NotRequired[
+        Annotated[
+            bool,
+            Field(description="parsed_answer only restates an expression of the question: not judged right"),
+        ]
+    ]
+    text_form: NotRequired[
+        Annotated[
+            str | None, Field(description="the form of the reference the text rule found in the response")
+        ]
+    ]
 
 
 @with_config(CLOSED)

@@ -25,6 +25,7 @@ import atexit
 import json
 import logging
 import math
+import re
 import resource
 import select
 import subprocess
@@ -104,15 +105,53 @@ def check(
 # --- The helper process's side -------------------------------------------------------------------
 
 
-def _parse(text: str, gold: bool = False) -> list[Any]:
+# How math-verify found an answer, named from the pattern that matched (its regexes, in the
+# order it tries them: "final answer is", \boxed{}, after the word "answer", any LaTeX, then the
+# last expression or number in the text).
+EXTRACTORS = ("final answer", "boxed", "after 'answer'", "latex", "last expression", "last number")
+
+
+def _extractor(pattern: str, latex: bool, found: str) -> str:
+    """The name of the way math-verify found `found` (EXTRACTORS), from the regex that matched."""
+    if "final answer" in pattern.lower():
+        return "final answer"
+    if "boxed" in pattern:
+        return "boxed"
+    if "(?i:answer)" in pattern:
+        return "after 'answer'"
+    if latex:
+        return "latex"
+    plain = re.fullmatch(r"\s*-?[\d,]*\.?\d+\s*%?\s*", found or "")
+    return "last number" if plain else "last expression"
+
+
+def _parse(text: str, gold: bool = False) -> tuple[list[Any], str | None]:
+    """math-verify's parse of `text` and how it found its answer (`_extractor`; None when it
+    found nothing). The match is read by wrapping math-verify's own `extract_match` for the
+    call: this helper process runs one check at a time."""
+    import math_verify.parser as mv
     from math_verify import parse
 
     if gold and "$" not in text and ("\\" in text or "{" in text):
         text = f"${text}$"  # a bare LaTeX reference (\frac12, \{1,2\}): math-verify wants math mode
+    matches: list[tuple[str, bool, str, bool]] = []  # (pattern, latex, string, parsed)
+    original = mv.extract_match
+
+    def recording(match: Any, target_type: Any) -> Any:
+        parsed, string = original(match, target_type)
+        latex = isinstance(target_type, mv.LatexExtractionConfig)
+        matches.append((match.re.pattern, latex, string, parsed is not None))
+        return parsed, string
+
+    mv.extract_match = recording
     try:
-        return parse(text, parsing_timeout=None)  # the parent's deadline bounds it
+        found = parse(text, parsing_timeout=None)  # the parent's deadline bounds it
     except Exception:  # noqa: BLE001 - an unparsable text is "nothing parsed"
-        return []
+        found = []
+    finally:
+        mv.extract_match = original
+    used = next((m for m in matches if m[3]), matches[0] if matches else None)
+    return found, (_extractor(used[0], used[1], used[2]) if found and used else None)
 
 
 def _shown(parsed: list[Any]) -> str | None:
@@ -124,7 +163,7 @@ def compare(text: str, reference: str) -> dict[str, Any]:
     """The check itself, in this process and without a time limit (the helper runs it)."""
     from math_verify import verify
 
-    gold, answer = _parse(reference, gold=True), _parse(text)
+    (gold, _), (answer, extractor) = _parse(reference, gold=True), _parse(text)
     equal = False
     if gold and answer:
         try:
@@ -134,6 +173,7 @@ def compare(text: str, reference: str) -> dict[str, Any]:
     return {
         "answer": _shown(answer),
         "reference": _shown(gold),
+        "extractor": extractor,
         "both": bool(gold and answer),
         "equal": equal,
     }

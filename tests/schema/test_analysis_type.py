@@ -65,6 +65,9 @@ def test_a_jobs_analysis_validates(tiny_client):
         "method": "given",
         "parsed_answer": None,
         "parsed_reference": None,
+        "extractor": None,
+        "restated": False,
+        "text_form": None,
     }
 
 

@@ -71,7 +71,10 @@ def test_a_slow_check_in_a_worker_thread_ends_at_the_deadline():
     )
     assert time.monotonic() - begin < DEADLINE_S + MARGIN_S
     # math-verify did not decide: the text rule did ("a huge number" is a textual form)
-    assert found == {"correct": True, "method": "text", "parsed_answer": None, "parsed_reference": None}
+    assert found == {
+        "correct": True, "method": "text", "parsed_answer": None, "parsed_reference": None,
+        "extractor": None, "restated": False, "text_form": "a huge number",
+    }  # fmt: skip
     found = in_thread(lambda: verdict(SLOW_ANSWER, "5", deadline_s=DEADLINE_S))
     assert (found["correct"], found["method"], found["parsed_answer"]) == (False, "text", None)
     # the killed helper is replaced by a fresh one, and the next ordinary check works
@@ -107,6 +110,7 @@ def test_a_slow_reference_does_not_hang_an_analysis_or_a_job(tiny, tmp_path, dea
         assert resp.status_code == 200, resp.text
         assert resp.json()["verdict"] == {
             "correct": True, "method": "text", "parsed_answer": None, "parsed_reference": None,
+            "extractor": None, "restated": False, "text_form": "a huge number",
         }  # fmt: skip
         lines = [
             {"prompt": "hello", "response": SLOW_ANSWER, "reference_answer": "5"},

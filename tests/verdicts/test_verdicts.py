@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from vrollout.verdicts.answers import answer_matches, reference_forms, verdict
+from vrollout.verdicts.answers import answer_matches, question_of, reference_forms, restates, verdict
 
 
 @pytest.mark.parametrize(
@@ -40,6 +40,7 @@ def test_the_last_number_rule_missed_what_math_verify_finds():
 def test_a_given_verdict_is_not_rechecked_and_no_reference_gives_none():
     assert verdict("17*23 = 381.", "391", given=True) == {
         "correct": True, "method": "given", "parsed_answer": None, "parsed_reference": None,
+        "extractor": None, "restated": False, "text_form": None,
     }  # fmt: skip
     assert verdict("2+2 = 4", None, given=False)["correct"] is False
     assert verdict("anything", None) is None and verdict("anything", "  ") is None
@@ -60,5 +61,79 @@ def test_verdicts_in_a_worker_thread():
     worker.start()
     worker.join(60)
     assert found == [
-        {"correct": True, "method": "math-verify", "parsed_answer": "4", "parsed_reference": "4"}
-    ]
+        {"correct": True, "method": "math-verify", "parsed_answer": "4", "parsed_reference": "4",
+         "extractor": "boxed", "restated": False, "text_form": None}
+    ]  # fmt: skip
+
+
+# --- What was parsed, and how (#28) ----------------------------------------------------------------
+
+RAMBLING = "91-58 is a type of mathematical constant that is often used in mathematics."
+
+
+def test_an_answer_that_only_restates_the_question_is_not_right():
+    """math-verify reads "91-58" from the rambling text and evaluates it to 33: without the
+    question it is judged right; with it, the verdict says the answer was copied, and wrong."""
+    alone = verdict(RAMBLING, "33")
+    assert (alone["correct"], alone["parsed_answer"], alone["extractor"]) == (
+        True,
+        "91-58",
+        "last expression",
+    )
+    found = verdict(RAMBLING, "33", question="What is 91-58?")
+    assert found == {
+        "correct": False, "method": "math-verify", "parsed_answer": "91-58", "parsed_reference": "33",
+        "extractor": "last expression", "restated": True, "text_form": None,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "question", "reference", "correct", "parsed", "extractor"),
+    [
+        ("91 - 58 = 33", "What is 91-58?", "33", True, "33", "last number"),  # worked out: right
+        ("It is 33.", "What is 33 + 0?", "33", True, "33", "last number"),  # a number is an answer
+        (
+            r"So $x = \frac{1}{2}$.",
+            r"Is x $\frac12$ or $\frac13$?",
+            r"\frac{1}{2}",
+            True,
+            r"x = \frac{1}{2}",
+            "latex",
+        ),
+        (r"The answer is $2 \cdot 3$", r"What is $2 \cdot 3$?", "6", False, r"2 \cdot 3", "after 'answer'"),
+        (r"\boxed{91-58}", "What is 91-58?", "33", False, "91-58", "boxed"),
+        ("The final answer is 33", "What is 91-58?", "33", True, "33", "final answer"),
+    ],
+)
+def test_restatements_and_extractors(text, question, reference, correct, parsed, extractor):
+    found = verdict(text, reference, question=question)
+    assert (found["correct"], found["parsed_answer"], found["extractor"]) == (correct, parsed, extractor)
+    assert found["restated"] is (not correct)
+
+
+def test_the_restatement_rule():
+    assert restates("91-58", "What is 91 - 58?") and restates("x = 91-58", "What is 91-58?")
+    assert not restates("33", "Is it 33?")  # a number
+    assert not restates("91-58", None) and not restates(None, "What is 91-58?")
+    assert not restates(
+        r"\frac{1}{2}", r"$\frac{1}{2}$ or $\frac{1}{3}$?", (r"\frac{1}{2}",)
+    )  # the reference
+    assert not restates("91-57", "What is 91-58?")
+
+
+def test_the_text_rule_says_which_form_it_found():
+    found = verdict("Hence f has no real-valued zeros.", "0 (i.e., no real-valued zeros)")
+    assert found["text_form"] == "no real valued zeros" and found["extractor"] is None
+
+
+def test_question_of_messages():
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 91-58?"}]
+    assert question_of(messages) == "Be brief.\nWhat is 91-58?" and question_of(None) is None
+
+
+def test_latex_commands_are_not_words_of_the_reference():
+    """The reference "$\\boxed{((100)!)!}$ (a huge number)" without its parentheses was the form
+    "boxed", found in any boxed answer; LaTeX commands give no words now."""
+    assert reference_forms(r"$\boxed{((100)!)!}$ (a huge number)") == ["100 a huge number", "a huge number"]
+    assert reference_forms(r"\frac{1}{2}") == []
+    assert verdict(r"It is \boxed{7}", r"\boxed{((100)!)!} (huge)", deadline_s=1.0)["text_form"] is None

@@ -92,6 +92,7 @@ def test_summaries_carry_the_verdict_and_how(tiny_client, drift_job):
     analysis = tiny_client.get(f"/api/analyses/{rows['e']['analysis_id']}").json()
     assert analysis["verdict"] == {
         "correct": True, "method": "math-verify", "parsed_answer": r"\frac{1}{2}", "parsed_reference": "0.5",
+        "extractor": "boxed", "restated": False, "text_form": None,
     }  # fmt: skip
     assert analysis["trajectory"]["step"] == 30 and analysis["trajectory"]["correct"] is None
     page = tiny_client.get(f"/analyses/{rows['e']['analysis_id']}").text
