@@ -60,10 +60,57 @@ window.VR = (function () {
   const PLOTLY_CONFIG = { displaylogo: false, responsive: true };
   const plot = (div, figure) => Plotly.react(div, figure.data, figure.layout, PLOTLY_CONFIG);
 
-  // The API's error shape as one sentence: its message and, for a 422, the fields.
+  // The API's error shape as one sentence. A 422's details each name their field already (the
+  // message is the first of them and "(and N more)"): they are said once each, not twice.
   function describe(body) {
-    const details = (body.details || []).map((d) => `${d.field}: ${d.error}`).join("; ");
-    return body.error + (details && !body.error.includes(details) ? ` (${details})` : "");
+    const details = (body.details || []).map((d) => (d.error.includes(d.field) ? d.error : `${d.field}: ${d.error}`));
+    return details.length ? details.join("; ") : body.error;
+  }
+
+  // An error shown once, where it belongs: each problem the API ties to a field (`details[].field`,
+  // or `field`) next to that field of `form` (marked aria-invalid, its message linked by
+  // aria-describedby, the first one focused); what names no shown field goes in `box`. Called
+  // with no error, it clears them all.
+  function showErrors(form, box, error) {
+    for (const old of form.querySelectorAll(".field-error")) old.remove();
+    for (const field of form.querySelectorAll("[aria-invalid]")) {
+      field.removeAttribute("aria-invalid");
+      const rest = (field.getAttribute("aria-describedby") || "").split(" ").filter((id) => id && !id.endsWith("-error"));
+      if (rest.length) field.setAttribute("aria-describedby", rest.join(" "));
+      else field.removeAttribute("aria-describedby");
+    }
+    if (!error) return showError(box, "");
+    const body = error.body || {};
+    const problems = body.details && body.details.length ? body.details.map((d) => [d.field, d.error])
+      : body.field ? [[body.field, body.error]] : [[null, error.message]];
+    const unplaced = [];
+    let first = null;
+    for (const [name, message] of problems) {
+      const input = name && fieldOf(form, name);
+      if (!input) {
+        unplaced.push(name && !message.includes(name) ? `${name}: ${message}` : message);
+        continue;
+      }
+      const note = el("p", message, "field-error");
+      note.id = `${input.id || input.name}-error`;
+      input.after(note);
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", `${input.getAttribute("aria-describedby") || ""} ${note.id}`.trim());
+      first = first || input;
+    }
+    showError(box, unplaced.join("; "));
+    if (first) first.focus();
+  }
+
+  // The shown control of `form` for an API field name ("generation.max_new_tokens" is the
+  // max_new_tokens box), or null when there is none or it is hidden.
+  function fieldOf(form, name) {
+    for (const key of [name, name.split(".").pop()]) {
+      const found = form.elements.namedItem(key);
+      const input = found instanceof RadioNodeList ? found[0] : found;
+      if (input && input.getClientRects().length) return input;
+    }
+    return null;
   }
 
   // fetch, then the JSON body; rejects with an Error whose message is the server's (a clear
@@ -88,17 +135,62 @@ window.VR = (function () {
   }
 
   // Background tasks (POST .../tasks, then GET /api/tasks/{id}): resolves with the finished
-  // task, calls onProgress with each state until then.
-  async function runTask(url, body, onProgress) {
+  // task, calls onProgress with each state until then (and onStarted with its id, e.g. for a
+  // Cancel button: cancelTask). A cancelled task rejects with an Error whose `cancelled` is true.
+  async function runTask(url, body, onProgress, onStarted) {
     const started = await request(url, { json: body });
+    if (onStarted) onStarted(started.task_id);
     for (;;) {
       const task = await request(`/api/tasks/${encodeURIComponent(started.task_id)}`);
       if (task.state === "done") return task;
-      if (task.state === "error") throw new Error(task.error.error);
+      if (task.state === "error") throw Object.assign(new Error(describe(task.error)), { body: task.error });
+      if (task.state === "cancelled") throw Object.assign(new Error("cancelled"), { cancelled: true });
       onProgress(task);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
+
+  // POST /api/tasks/{id}/cancel: the task stops at its next step (runTask then rejects).
+  const cancelTask = (id) => request(`/api/tasks/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+
+  // The "?" beside a number a script builds (templates/_define.html makes the same element on
+  // the server), from the definitions base.html embeds; null for a key without one.
+  const DEFINITIONS = document.getElementById("vr-definitions");
+  function define(key) {
+    const d = DEFINITIONS && JSON.parse(DEFINITIONS.textContent)[key];
+    if (!d) return null;
+    const details = el("details", undefined, "define");
+    details.dataset.define = key;
+    const summary = el("summary", "?");
+    summary.setAttribute("aria-label", `What is ${d.name}?`);
+    summary.title = `What is ${d.name}?`;
+    const pop = el("span", undefined, "define-pop");
+    pop.setAttribute("role", "note");
+    pop.append(el("b", d.name), " ", el("span", d.unit, "define-unit"), ` ${d.definition}`);
+    if (!document.body.hasAttribute("data-standalone")) {
+      const link = el("a", "In the docs");
+      link.href = d.url;
+      pop.append(" ", link);
+    }
+    details.append(summary, pop);
+    return details;
+  }
+  // One definition open at a time; Escape or a click elsewhere closes it.
+  document.addEventListener("toggle", (event) => {
+    const opened = event.target;
+    if (!(opened instanceof HTMLDetailsElement) || !opened.classList.contains("define") || !opened.open) return;
+    for (const other of document.querySelectorAll("details.define[open]")) if (other !== opened) other.open = false;
+  }, true);
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    for (const open of document.querySelectorAll("details.define[open]")) {
+      open.open = false;
+      if (open.contains(document.activeElement)) open.querySelector("summary").focus();
+    }
+  });
+  document.addEventListener("click", (event) => {
+    for (const open of document.querySelectorAll("details.define[open]")) if (!open.contains(event.target)) open.open = false;
+  });
 
   // A button with data-delete (the analysis and job pages): asks first, then deletes and goes
   // to data-next. Its error (e.g. the token has expired) is shown in an alert.
@@ -114,5 +206,7 @@ window.VR = (function () {
     });
   }
 
-  return { $, embedded, el, row, visible, fmt, showTooltip, progress, showError, plot, request, runTask };
+  return {
+    $, embedded, el, row, visible, fmt, showTooltip, progress, showError, showErrors, plot, request, runTask, cancelTask, define,
+  };
 })();

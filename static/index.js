@@ -1,7 +1,7 @@
 // The Analyze form: start a task, follow its progress, open the analysis page when done.
 (function () {
   "use strict";
-  const { $, progress, showError, runTask } = VR;
+  const { $, progress, showErrors, runTask, cancelTask } = VR;
   const form = $("analyze-form");
   const errorBox = $("error");
   const STAGES = {
@@ -21,11 +21,29 @@
     });
   }
 
-  function fail(message) {
-    showError(errorBox, message);
+  let running = null; // the task's id while one runs: what Cancel stops
+
+  function idle() {
+    running = null;
     $("progress").hidden = true;
+    $("cancel").hidden = true;
     $("analyze").disabled = false;
   }
+
+  // Cancel: the task stops at its next step and nothing is stored (POST /api/tasks/{id}/cancel);
+  // runTask then rejects with `cancelled`, and the form is ready again.
+  $("cancel").addEventListener("click", async () => {
+    if (!running) return;
+    $("cancel").disabled = true;
+    $("progress-label").textContent = "cancelling…";
+    try {
+      await cancelTask(running);
+    } catch (e) {
+      showErrors(form, errorBox, e);
+    } finally {
+      $("cancel").disabled = false;
+    }
+  });
 
   function promptValue(text) {
     const trimmed = text.trim();
@@ -65,20 +83,34 @@
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    showError(errorBox, "");
+    showErrors(form, errorBox, null);
+    $("status").hidden = true;
     $("analyze").disabled = true;
     $("progress").hidden = false;
     const bar = (fraction, text) => progress($("progress-fill"), $("progress-label"), fraction, text);
     bar(0, STAGES.queued);
     try {
-      const task = await runTask("/api/tasks", body(), (t) => {
-        const count = t.total ? ` (${t.done}/${t.total})` : "";
-        bar(t.total && t.done / t.total, (STAGES[t.stage] || t.stage) + count);
-      });
+      const task = await runTask(
+        "/api/tasks",
+        body(),
+        (t) => {
+          const count = t.total ? ` (${t.done}/${t.total})` : "";
+          bar(t.total && t.done / t.total, (STAGES[t.stage] || t.stage) + count);
+        },
+        (id) => {
+          running = id;
+          $("cancel").hidden = false;
+        },
+      );
+      $("cancel").hidden = true;
       bar(1, "done: opening the analysis…");
       window.location.href = `/analyses/${encodeURIComponent(task.analysis_id)}`;
     } catch (e) {
-      fail(e.message);
+      idle();
+      if (e.cancelled) {
+        $("status").textContent = "Cancelled: the analysis stopped and nothing was stored.";
+        $("status").hidden = false;
+      } else showErrors(form, errorBox, e);
     }
   });
 })();

@@ -1,7 +1,7 @@
 // Upload a file of trajectories as a job; list the rejected lines; open the job page.
 (function () {
   "use strict";
-  const { $, row, showError, request } = VR;
+  const { $, row, showErrors, request } = VR;
   const PEDAGOGICAL = ["threshold", "max_rank", "sweep", "temperature", "top_p", "seed", "max_new_tokens"];
   const showMode = () => {
     const pedagogical = $("mode").value === "pedagogical";
@@ -13,7 +13,7 @@
   showMode();
   $("upload-form").addEventListener("submit", async (event) => {
     event.preventDefault();
-    showError($("error"), "");
+    showErrors($("upload-form"), $("error"), null);
     $("upload").disabled = true;
     const form = new FormData($("upload-form"));
     for (const name of ["privileged", "map", "from", "teacher_context", "teacher_template", "objectives", "objective_k", "jsd_beta", "clip_tau"]) if (!form.get(name)) form.delete(name);
@@ -30,7 +30,7 @@
       $("job-link").href = url;
       $("rejected").hidden = false;
     } catch (e) {
-      showError($("error"), e.message);
+      showErrors($("upload-form"), $("error"), e);
     } finally {
       $("upload").disabled = false;
     }

@@ -43,6 +43,9 @@ from vrollout.schema.requests import AnalyzeRequest, GenerationOptions, Pedagogi
 from vrollout.verdicts.math_check import Budget
 
 
+PEDAGOGICAL_MAX_NEW_TOKENS = 128  # a pedagogical rollout's default length (the Upload form shows it)
+
+
 @dataclass
 class Options:
     top_k: int = 5
@@ -665,7 +668,7 @@ class Analyzer:
             max_rank=request.max_rank,
             temperature=gen.temperature,
             top_p=gen.top_p,
-            max_new_tokens=_given(gen.max_new_tokens, min(128, self.settings.max_new_tokens)),
+            max_new_tokens=_given(gen.max_new_tokens, min(PEDAGOGICAL_MAX_NEW_TOKENS, self.settings.max_new_tokens)),
             seed=gen.seed,
         )
         sweep = sorted(request.sweep) if request.sweep else None

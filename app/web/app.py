@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vrollout import __version__
 from vrollout.config import Settings
@@ -28,6 +28,8 @@ from vrollout.storage.jobs import Jobs
 from vrollout.storage.retention import keep_retention
 from vrollout.storage.store import Store, storage_error
 from vrollout.web.bodies import bind_request_models, body_model
+from vrollout.web.caching import GZIP_LEVEL, GZIP_MIN_BYTES, NOT_COMPRESSED, CachedStatic, RevalidatePages
+from vrollout.web.defaults import form_defaults
 from vrollout.web.docs import install_docs
 from vrollout.web.json_scan import LongText
 from vrollout.web.manual import router as manual_router
@@ -232,7 +234,8 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
         docs_url=None,  # install_docs: Swagger UI from /static/vendor
         redoc_url=None,
     )
-    # The last added runs first: headers on every response, the Host, the token, the body limit.
+    # The last added runs first: compression, cache lifetimes, headers on every response, the
+    # Host, the token, the body limit.
     app.add_middleware(
         BodyLimit,
         limit=settings.max_request_bytes,
@@ -250,6 +253,13 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
     hosts = answered_hosts(settings.host, settings.allowed_hosts, settings.api_token)
     app.add_middleware(HostGuard, hosts=hosts)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RevalidatePages)  # web/caching.py: cache lifetimes, gzip
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=GZIP_MIN_BYTES,
+        compresslevel=GZIP_LEVEL,
+        exclude_content_types=NOT_COMPRESSED,
+    )
     install_docs(app, token_required=settings.api_token is not None)
     install_error_handlers(app)
     app.include_router(bind_request_models(api_router, request_models(settings).bindings()))
@@ -260,5 +270,7 @@ def create_app(settings: Settings | None = None, analyzer: Analyzer | None = Non
     app.include_router(manual_router)  # /docs/PAGE.md: the manual, offline
     app.include_router(login_router)
     app.state.templates = make_templates(settings.templates_dir)
-    app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
+    # the API's defaults, as `/` and Upload show them (web/defaults.py)
+    app.state.templates.env.globals["form_defaults"] = form_defaults
+    app.mount("/static", CachedStatic(directory=settings.static_dir), name="static")
     return app

@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
 from vrollout.config import package_folder
@@ -146,12 +146,13 @@ def contents() -> list[tuple[str, str]]:
 
 
 @router.get("/docs/", response_class=HTMLResponse)
-async def manual_home() -> Response:
-    return RedirectResponse("/docs/index.md", status_code=307)
+async def manual_home(request: Request) -> Response:
+    """The manual's home page (index.md); its relative links resolve under /docs/ as well."""
+    return await manual_page(request, "index.md")
 
 
-@router.get("/docs/{name}", response_class=HTMLResponse)
-async def manual_page(request: Request, name: str) -> Response:
-    shown = page(name)
+@router.get("/docs/{page_name}", response_class=HTMLResponse)
+async def manual_page(request: Request, page_name: str) -> Response:
+    shown = page(page_name)
     context = {"page": shown, "body": shown.body, "contents": contents(), "title": html.unescape(shown.title)}
     return request.app.state.templates.TemplateResponse(request, "manual.html", context)

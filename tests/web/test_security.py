@@ -47,6 +47,7 @@ def guarded(tiny, tmp_path):
         job = client.post("/api/jobs", files=files, headers=auth).json()["job"]
         task = client.post("/api/tasks", json=GOOD, headers=auth).json()
         client.ids = {"analysis_id": analysis["id"], "job_id": job["id"], "task_id": task["task_id"]}
+        client.ids["page_name"] = "metrics.md"  # a page of the manual (/docs/{page_name})
         wait(lambda: client.get(f"/api/jobs/{job['id']}", headers=auth).json()["state"] == "done")
         wait(lambda: client.get(f"/api/tasks/{task['task_id']}", headers=auth).json()["state"] == "done")
         yield client
