@@ -42,7 +42,6 @@ from vrollout.rules import Policy
 from vrollout.schema.requests import AnalyzeRequest, GenerationOptions, PedagogicalRequest
 from vrollout.verdicts.math_check import Budget
 
-
 PEDAGOGICAL_MAX_NEW_TOKENS = 128  # a pedagogical rollout's default length (the Upload form shows it)
 
 
@@ -668,7 +667,9 @@ class Analyzer:
             max_rank=request.max_rank,
             temperature=gen.temperature,
             top_p=gen.top_p,
-            max_new_tokens=_given(gen.max_new_tokens, min(PEDAGOGICAL_MAX_NEW_TOKENS, self.settings.max_new_tokens)),
+            max_new_tokens=_given(
+                gen.max_new_tokens, min(PEDAGOGICAL_MAX_NEW_TOKENS, self.settings.max_new_tokens)
+            ),
             seed=gen.seed,
         )
         sweep = sorted(request.sweep) if request.sweep else None
