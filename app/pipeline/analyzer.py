@@ -36,8 +36,9 @@ from vrollout.pipeline.preflight import (
     same_vocabulary,
     student_as_teacher,
 )
-from vrollout.pipeline.recovery import recovery
+from vrollout.pipeline.recovery import recovery, turn_continuations
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
+from vrollout.pipeline.turns import scored_flags
 from vrollout.rules import Policy
 from vrollout.schema.requests import AnalyzeRequest, GenerationOptions, PedagogicalRequest
 from vrollout.verdicts.math_check import Budget
@@ -408,10 +409,18 @@ class Analyzer:
         """Continuations and recovery (if asked for), then the analysis JSON with its preflight
         (`floor`: its noise floor, if already computed); stored if `store`."""
         ctx, opts = prep.ctx, prep.options
+        # A conversation's context tokens (tool and user turns) are not the student's: no
+        # continuation starts there, and each stops at the end of its turn (pipeline.turns).
+        scored = scored_flags(ctx.response_mask, len(response))
         continuations = None
         if opts.continuation_tokens:
-            continuations = self.backend.continuations(
-                ctx.teacher_ids, response, opts.continuation_tokens, progress, replayed=result
+            continuations = turn_continuations(
+                partial(self.backend.continuations, replayed=result),
+                ctx.teacher_ids,
+                response,
+                opts.continuation_tokens,
+                scored,
+                progress,
             )
         result.teacher_cache = None  # not needed any more: free it before the rest
         extra = dict(extra)
@@ -420,7 +429,7 @@ class Analyzer:
             divergences = [
                 t
                 for t, (top1, y) in enumerate(zip(result.teacher_top1_id, response, strict=True))
-                if top1 != y
+                if top1 != y and scored[t]
             ]
             extra["recovery"] = recovery(
                 self.pair,
@@ -432,6 +441,7 @@ class Analyzer:
                 opts.recovery_max_new_tokens,
                 partial(self.backend.continuations, replayed=result),
                 progress,
+                scored=scored,
             )
         analysis = build_analysis(
             analysis_id=new_id(),

@@ -14,11 +14,23 @@ from vrollout.metrics.signal import MIN_WINDOW, concentration, divergence_kind, 
 from vrollout.pipeline.backend import Models
 from vrollout.pipeline.contexts import Contexts
 from vrollout.pipeline.replay import ReplayResult
+from vrollout.pipeline.segments import segments
+from vrollout.pipeline.turns import scored_flags, turn_ends, turn_keys, turn_summaries
 from vrollout.schema.analysis import Analysis, Side, Step, Summary, TeacherSide, TopToken, TrajectoryRecord
 from vrollout.verdicts.answers import verdict
 from vrollout.verdicts.math_check import DEADLINE_S
 
 LN2 = math.log(2.0)
+# A context step (`scored: false`: a token the student did not write, a tool's or a user's) keeps
+# its token, position, turn and the teacher's top-1 there (the virtual rollout is drawn at every
+# position); every figure of the student's or the teacher's at its token is null, its top-k lists
+# empty: nothing there is the student's to be scored.
+CONTEXT_NULLS = (
+    "student_logprob", "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
+    "teacher_entropy", "agree", "teacher_rank", "teacher_continuation", "teacher_mass_on_student_topk",
+    "correction_in_student_topk", "divergence_kind", "fork_matters", "objectives", "uncertain",
+    "reverse_kl_interval", "forward_kl_interval", "student_entropy_interval", "teacher_entropy_interval",
+)  # fmt: skip
 
 
 def token_strings(tokenizer: Any, ids: set[int]) -> dict[int, str]:
@@ -35,7 +47,9 @@ def _count(steps: list[Step], name: str, value: Any) -> int:
 def summarize(steps: list[Step], *, classified: bool = False, recovered: bool = False) -> Summary:
     """Dataset-free numbers for one trajectory. Positions are 0-based indices into the response.
     `classified`: the divergences carry `divergence_kind` (continuations were asked for);
-    `recovered`: their forks carry `fork_matters` (recovery ran too)."""
+    `recovered`: their forks carry `fork_matters` (recovery ran too). Only scored steps count
+    (the context steps of a conversation are not the student's)."""
+    steps = scored_steps(steps)
     n = len(steps)
     rkl = [s["reverse_kl"] for s in steps]
     total = sum(rkl)
@@ -62,6 +76,26 @@ def summarize(steps: list[Step], *, classified: bool = False, recovered: bool = 
         **teachability_summary(steps),
         **divergence_summary(steps, len(divergent), classified, recovered),
     }
+
+
+def scored_steps(steps: list[Step]) -> list[Step]:
+    """The steps of tokens the student wrote (steps stored before `scored` existed all are)."""
+    return [s for s in steps if s.get("scored", True)]
+
+
+def summary_parts(steps: list[Step], classified: bool, recovered: bool) -> dict[str, Any]:
+    """`summary.turns` (per assistant turn; null for token-level lines) and `summary.segments`
+    (the summary's figures over the thinking and over the answer; null where nothing marks
+    reasoning)."""
+    parts = None
+    if any(s.get("segment") is not None for s in steps):
+        parts = {
+            name: summarize(
+                [s for s in steps if s.get("segment") == name], classified=classified, recovered=recovered
+            )
+            for name in ("thinking", "answer")
+        }
+    return {"turns": turn_summaries(steps), "segments": parts}
 
 
 def teachability_summary(steps: list[Step]) -> dict[str, Any]:
@@ -104,12 +138,15 @@ def classify_steps(
     classified = continuation_tokens >= MIN_WINDOW
     recovered = classified and recovery is not None
     success = {p["position"]: p["success"] for p in recovery["points"]} if recovery else {}
+    ends = turn_ends([s.get("scored", True) for s in steps])
     for t, step in enumerate(steps):
-        divergent = not step["agree"]
+        divergent = step.get("scored", True) and not step["agree"]
         continuation = step["teacher_continuation"]
         kind = None
         if divergent and classified and continuation is not None:
-            kind = divergence_kind(continuation["token_ids"], response_ids, t, continuation_tokens)
+            # re-joining is looked for within the divergence's turn, not in the context after it
+            turn = response_ids[: ends[t]]
+            kind = divergence_kind(continuation["token_ids"], turn, t, continuation_tokens)
         in_topk = None
         if divergent and top_k > 0:
             in_topk = any(alt["token_id"] == step["teacher_top1_id"] for alt in step["student_topk"])
@@ -169,7 +206,7 @@ def build_analysis(
     result: ReplayResult,
     top_k: int,
     generation: dict[str, Any] | None,
-    continuations: list[list[int]] | None = None,
+    continuations: list[list[int] | None] | None = None,
     continuation_tokens: int = 0,
     extra: dict[str, Any] | None = None,
     verdict_deadline_s: float = DEADLINE_S,
@@ -178,7 +215,9 @@ def build_analysis(
     """The analysis (schema.analysis.Analysis) of one replayed response; `extra` adds the
     backend's keys (a server's `noise`, ...), `recovery` and `job`. `objectives`: each step's
     distillation objectives (those the backend did not compute are null), their summary and
-    TIP's quadrants (`add_objectives`)."""
+    TIP's quadrants (`add_objectives`). `continuations`: per position, the teacher's (None at a
+    context token). Context tokens of a conversation (`ctx.response_mask` 0) get `scored: false`
+    and null figures (`CONTEXT_NULLS`); the summaries count the scored steps only."""
     tok = pair.student.tokenizer
     wanted = set(response_ids) | set(result.teacher_top1_id)
     for row in result.teacher_topk_ids + result.student_topk_ids:
@@ -191,18 +230,23 @@ def build_analysis(
         ]
 
     masses = result.teacher_mass_on_student_topk()
+    scored = scored_flags(ctx.response_mask, len(response_ids))
+    turns = ctx.turns or [None] * len(response_ids)
+    segment = segments([text_of[i] for i in response_ids], turn_keys(scored, ctx.turns))
     steps: list[Step] = []
     for t, token in enumerate(response_ids):
         top1 = result.teacher_top1_id[t]
         continuation = None
-        if continuations is not None:
-            ids = continuations[t]
+        if continuations is not None and (ids := continuations[t]) is not None:
             continuation = {"token_ids": ids, "text": tok.decode(ids, skip_special_tokens=False)}
         steps.append(
             {
                 "position": t,
                 "token_id": token,
                 "token": text_of[token],
+                "scored": scored[t],
+                "turn": turns[t],
+                "segment": segment[t],
                 "student_logprob": result.student_logprob[t],
                 "teacher_logprob": result.teacher_logprob[t],
                 "advantage": result.teacher_logprob[t] - result.student_logprob[t],
@@ -235,6 +279,7 @@ def build_analysis(
         "created_at": created_at,
         **model_sides(pair, ctx),
         "response_ids": response_ids,
+        "response_mask": [int(x) for x in scored],
         "response_text": tok.decode(response_ids, skip_special_tokens=False),
         "retokenized": ctx.retokenized,
         "steps": steps,
@@ -242,10 +287,14 @@ def build_analysis(
             "token_ids": rollout,
             "text": tok.decode(rollout, skip_special_tokens=False),
         },
-        "summary": summarize(steps, classified=flags[0], recovered=flags[1]),
+        "summary": {
+            **summarize(steps, classified=flags[0], recovered=flags[1]),
+            **summary_parts(steps, *flags),
+        },
         # Is the response right (docs/metrics.md, "Verdicts"): the line's own `correct`, else checked
+        # (a conversation's answer is its last assistant message, not the tool turns before it)
         "verdict": verdict(
-            tok.decode(response_ids, skip_special_tokens=True),
+            answer_text(traj, tok, response_ids),
             traj.reference_answer,
             traj.correct,
             verdict_deadline_s,
@@ -261,18 +310,38 @@ def build_analysis(
     }
     if objectives is not None:
         add_objectives(analysis, result, objectives)
+    for step in steps:
+        if not step["scored"]:
+            blank_context_step(step)
     return analysis
+
+
+def answer_text(traj: Trajectory, tokenizer: Any, response_ids: list[int]) -> str:
+    """What the verdict checks: the conversation's final answer where the line has one, else the
+    response decoded."""
+    if traj.final_answer is not None:
+        return traj.final_answer
+    return tokenizer.decode(response_ids, skip_special_tokens=True)
+
+
+def blank_context_step(step: Step) -> None:
+    """A context step as the analysis shows it: null figures, empty top-k lists (`CONTEXT_NULLS`)."""
+    for name in CONTEXT_NULLS:
+        if name in step:
+            step[name] = None  # type: ignore[literal-required]
+    step["teacher_topk"] = []
+    step["student_topk"] = []
 
 
 def add_objectives(analysis: Analysis, result: ReplayResult, spec: ObjectiveSpec) -> None:
     """Each step's `objectives`, `summary.objectives`, `summary.quadrants` and the analysis's
     `objective_options` (docs/objectives.md)."""
-    steps = analysis["steps"]
-    for t, step in enumerate(steps):
+    for t, step in enumerate(analysis["steps"]):
         computed = {name: values[t] for name, values in result.objectives.items()}
         step["objectives"] = step_objectives(  # type: ignore[typeddict-item]
             spec, step["student_logprob"], step["teacher_logprob"], computed
         )
+    steps = scored_steps(analysis["steps"])
     summary = analysis["summary"]
     summary["objectives"] = summarize_objectives(steps, spec)  # type: ignore[arg-type,typeddict-item]
     summary["quadrants"] = quadrants(  # type: ignore[typeddict-item]

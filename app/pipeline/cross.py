@@ -14,9 +14,19 @@ from typing import Any
 from vrollout.errors import BadTrajectory
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.pipeline.align import Alignment, align
-from vrollout.pipeline.assembly import model_sides, summarize, token_strings, trajectory_record
+from vrollout.pipeline.assembly import (
+    answer_text,
+    blank_context_step,
+    model_sides,
+    summarize,
+    summary_parts,
+    token_strings,
+    trajectory_record,
+)
 from vrollout.pipeline.backend import Models
 from vrollout.pipeline.contexts import Contexts
+from vrollout.pipeline.segments import segments
+from vrollout.pipeline.turns import scored_flags, turn_keys
 from vrollout.verdicts.answers import verdict
 from vrollout.verdicts.math_check import DEADLINE_S
 
@@ -91,6 +101,9 @@ def build_cross_analysis(
             {"token_id": i, "token": names[i], "logprob": lp} for i, lp in zip(ids, logprobs, strict=True)
         ]
 
+    scored = scored_flags(ctx.response_mask, len(response_ids))
+    turns = ctx.turns or [None] * len(response_ids)
+    segment = segments([text_of[i] for i in response_ids], turn_keys(scored, ctx.turns))
     steps: list[dict[str, Any]] = []
     spans: list[dict[str, Any]] = []
     rollout_ids: list[int] = []
@@ -117,6 +130,9 @@ def build_cross_analysis(
                     "position": k,
                     "token_id": response_ids[k],
                     "token": text_of[response_ids[k]],
+                    "scored": scored[k],
+                    "turn": turns[k],
+                    "segment": segment[k],
                     "student_logprob": s.logprob[k],
                     "teacher_logprob": teacher_lp,
                     "advantage": teacher_lp - s.logprob[k],
@@ -162,23 +178,26 @@ def build_cross_analysis(
                 "unmatched_teacher_mass": result.unmatched_teacher_mass[n],
             }
         )
-    summary = summarize(steps)
+    summary = {**summarize(steps), **summary_parts(steps, False, False)}  # type: ignore[arg-type]
+    for step in steps:
+        if not step["scored"]:
+            blank_context_step(step)  # type: ignore[arg-type]
     summary["reverse_kl_estimate"] = True  # a lower bound over shared spellings (docs)
     summary["spans"] = len(spans)
     summary["spans_differ"] = sum(1 for x in spans if x["differs"])
-    decode = pair.student.tokenizer.decode
     return {
         "id": analysis_id,
         "created_at": created_at,
         **model_sides(pair, ctx),
         "response_ids": response_ids,
+        "response_mask": [int(x) for x in scored],
         "response_text": alignment.text,
         "retokenized": ctx.retokenized,
         "steps": steps,
         "virtual_rollout": {"token_ids": rollout_ids, "text": "".join(t_text[i] for i in rollout_ids)},
         "summary": summary,
         "verdict": verdict(
-            decode(response_ids, skip_special_tokens=True),
+            answer_text(traj, pair.student.tokenizer, response_ids),
             traj.reference_answer,
             traj.correct,
             verdict_deadline_s,

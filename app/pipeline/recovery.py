@@ -13,6 +13,7 @@ from typing import Any
 
 from vrollout.pipeline.backend import ContinueFrom, Models
 from vrollout.pipeline.replay import Progress, _no_progress
+from vrollout.pipeline.turns import capped, continuation_limits
 from vrollout.verdicts.answers import answer_matches
 
 ALL_PREFIXES_UP_TO = 64  # responses up to this many tokens: every prefix is tried
@@ -30,6 +31,29 @@ def recovery_positions(T: int, divergences: list[int]) -> tuple[list[int], int]:
     return sorted(set(range(0, T, stride)) | around), stride
 
 
+def turn_continuations(
+    continue_from: ContinueFrom,
+    context: list[int],
+    response: list[int],
+    k: int,
+    scored: list[bool],
+    progress: Progress = _no_progress,
+    stage: str = "continuations",
+) -> list[list[int] | None]:
+    """The teacher's continuation from every position, each stopped at the end of its turn where
+    context follows it (`turns.continuation_limits`); None at a context token, where none starts.
+    A response that is all the student's is asked for whole, as before conversations existed."""
+    if all(scored):
+        return list(continue_from(context, response, k, progress, stage=stage))
+    limits = continuation_limits(scored)
+    positions = [t for t, ok in enumerate(scored) if ok]
+    decoded = continue_from(context, response, k, progress, positions=positions, stage=stage)
+    out: list[list[int] | None] = [None] * len(response)
+    for t, continuation in zip(positions, decoded, strict=True):
+        out[t] = capped(continuation, limits[t])
+    return out
+
+
 def recovery(
     pair: Models,
     teacher_context: list[int],
@@ -40,14 +64,27 @@ def recovery(
     max_new_tokens: int,
     continue_from: ContinueFrom,
     progress: Progress = _no_progress,
+    scored: list[bool] | None = None,
 ) -> dict[str, Any]:
     """Run the teacher to the end from each chosen prefix and mark which reach the answer.
-    `continue_from`: the teacher's greedy continuations (a backend's `continuations`)."""
+    `continue_from`: the teacher's greedy continuations (a backend's `continuations`). `scored`:
+    which tokens the student wrote (a conversation's); the teacher takes over only at those, and
+    stops at the end of the turn it takes over in."""
     tok = pair.teacher.tokenizer
+    scored = scored or [True] * len(response)
+    limits = continuation_limits(scored)
     positions, stride = recovery_positions(len(response), divergences)
-    continuations = continue_from(
-        teacher_context, response, max_new_tokens, progress, positions=positions, stage="recovery"
-    )
+    positions = [t for t in positions if scored[t]]
+    continuations = [
+        capped(continuation, limits[t])
+        for t, continuation in zip(
+            positions,
+            continue_from(
+                teacher_context, response, max_new_tokens, progress, positions=positions, stage="recovery"
+            ),
+            strict=True,
+        )
+    ]
     points = []
     for t, cont in zip(positions, continuations, strict=True):
         text = tok.decode(response[:t] + cont, skip_special_tokens=True)
@@ -61,8 +98,9 @@ def recovery(
     student_success = answer_matches(tok.decode(response, skip_special_tokens=True), reference)
     recoverable = [p["position"] for p in points if p["success"]]
     last = len(response) - 1 if student_success else (max(recoverable) if recoverable else None)
-    total = sum(reverse_kl)
-    after = sum(reverse_kl[(last + 1 if last is not None else 0) :])
+    kl = [value if ok else 0.0 for value, ok in zip(reverse_kl, scored, strict=True)]  # the student's
+    total = sum(kl)
+    after = sum(kl[(last + 1 if last is not None else 0) :])
     return {
         "reference_answer": reference,
         "max_new_tokens": max_new_tokens,

@@ -142,22 +142,37 @@ class Continuation(TypedDict):
 
 @with_config(CLOSED)
 class Step(TypedDict):
-    """One response token (docs/metrics.md, "Per-step fields")."""
+    """One response token (docs/metrics.md, "Per-step fields"). A context step (`scored` false:
+    a conversation's tool, user or header token) has its figures null and its top-k lists empty."""
 
     position: int
     token_id: int
     token: str
-    student_logprob: float
-    teacher_logprob: float
-    advantage: float
-    reverse_kl: float
-    forward_kl: float
-    student_entropy: float
-    # Null only inside a span of a teacher with another tokenizer (no teacher prediction there)
+    # NotRequired: analyses stored before conversations (#25) have none of the three
+    scored: NotRequired[
+        Annotated[bool, Field(description="the student wrote this token (response_mask 1); false: context")]
+    ]
+    turn: NotRequired[
+        Annotated[int | None, Field(description="index in messages of its message; null for token ids")]
+    ]
+    segment: NotRequired[
+        Annotated[
+            Literal["thinking", "answer"] | None,
+            Field(description="in the reasoning or the answer; null where nothing marks reasoning"),
+        ]
+    ]
+    # Null at a context step (scored false)
+    student_logprob: float | None
+    teacher_logprob: float | None
+    advantage: float | None
+    reverse_kl: float | None
+    forward_kl: float | None
+    student_entropy: float | None
+    # Null too inside a span of a teacher with another tokenizer (no teacher prediction there)
     teacher_entropy: float | None
     teacher_top1_id: int | None
     teacher_top1: str
-    agree: bool
+    agree: bool | None
     teacher_rank: int | None
     teacher_topk: list[TopToken]
     student_topk: list[TopToken]
@@ -194,7 +209,7 @@ class Step(TypedDict):
     # Only on a server's analyses (docs/metrics.md, "Noise bounds"); absent on local ones.
     uncertain: NotRequired[
         Annotated[
-            bool,
+            bool | None,
             Field(
                 description="vLLM: the teacher's or student's top-2 are closer than twice noise.logprob_bound"
             ),
@@ -202,15 +217,18 @@ class Step(TypedDict):
     ]
     reverse_kl_interval: NotRequired[
         Annotated[
-            Interval, Field(description="vLLM: [lo, hi] holding the exact reverse KL (hi null: unbounded)")
+            Interval | None,
+            Field(description="vLLM: [lo, hi] holding the exact reverse KL (hi null: unbounded)"),
         ]
     ]
-    forward_kl_interval: NotRequired[Annotated[Interval, Field(description="vLLM: likewise, forward KL")]]
+    forward_kl_interval: NotRequired[
+        Annotated[Interval | None, Field(description="vLLM: likewise, forward KL")]
+    ]
     student_entropy_interval: NotRequired[
-        Annotated[list[float], Field(description="vLLM: [lo, hi] holding the exact student entropy")]
+        Annotated[list[float] | None, Field(description="vLLM: [lo, hi] holding the exact student entropy")]
     ]
     teacher_entropy_interval: NotRequired[
-        Annotated[list[float], Field(description="vLLM: likewise, teacher entropy")]
+        Annotated[list[float] | None, Field(description="vLLM: likewise, teacher entropy")]
     ]
     # Only with a teacher of another tokenizer (docs/metrics.md, "Teachers with another tokenizer")
     span: NotRequired[Annotated[int, Field(description="cross-tokenizer: the step's span (alignment.spans)")]]
@@ -220,7 +238,7 @@ class Step(TypedDict):
         ]
     ]
     # The distillation objectives asked for (docs/objectives.md); absent with another tokenizer
-    objectives: NotRequired[Objectives]
+    objectives: NotRequired[Objectives | None]
 
 
 # ----- the summary ---------------------------------------------------------------------------
@@ -244,10 +262,11 @@ class Concentration(TypedDict):
 
 
 @with_config(CLOSED)
-class Summary(TypedDict):
-    """Numbers for the whole trajectory (docs/metrics.md, "Summary fields")."""
+class PartSummary(TypedDict):
+    """The summary's figures over the scored steps of the whole response, or of one part of it
+    (`summary.segments`: the thinking, the answer) (docs/metrics.md, "Summary fields")."""
 
-    tokens: int
+    tokens: Annotated[int, Field(description="scored tokens (the student's)")]
     agreement_rate: float | None
     divergences: int
     first_divergence: Annotated[int | None, Field(description="0-based position in the response")]
@@ -275,6 +294,36 @@ class Summary(TypedDict):
     divergences_surface: NotRequired[int | None]
     divergences_fork: NotRequired[int | None]
     forks_that_matter: NotRequired[Annotated[int | None, Field(description="null without recovery")]]
+
+
+@with_config(CLOSED)
+class TurnSummary(TypedDict):
+    """One assistant turn of a conversation: its scored tokens' figures (`summary.turns`)."""
+
+    message_index: Annotated[int, Field(description="the turn's index in messages")]
+    tokens: int
+    reverse_kl: Annotated[float, Field(description="total over the turn's tokens")]
+    divergences: int
+    agreement_rate: float | None
+
+
+@with_config(CLOSED)
+class Segments(TypedDict):
+    """The summary's figures over the thinking and over the answer (`summary.segments`)."""
+
+    thinking: PartSummary | None
+    answer: PartSummary | None
+
+
+@with_config(CLOSED)
+class Summary(PartSummary):
+    """Numbers for the whole trajectory (docs/metrics.md, "Summary fields"): the scored steps'."""
+
+    # NotRequired: analyses stored before conversations (#25) have neither
+    turns: NotRequired[
+        Annotated[list[TurnSummary] | None, Field(description="per assistant turn; null for token ids")]
+    ]
+    segments: NotRequired[Annotated[Segments | None, Field(description="null where nothing marks reasoning")]]
     # The distillation objectives against the exact reverse KL, and TIP's quadrants
     objectives: NotRequired[dict[ObjectiveName, ObjectiveSummary]]
     quadrants: NotRequired[Quadrants]
@@ -572,6 +621,9 @@ class Analysis(TypedDict):
     student: Side
     teacher: TeacherSide
     response_ids: list[int]
+    response_mask: NotRequired[
+        Annotated[list[int], Field(description="per response token: 1 the student wrote it, 0 context")]
+    ]
     response_text: str
     retokenized: bool
     steps: list[Step]
