@@ -7,11 +7,16 @@ rows). `apply_preset` turns one row into a line: `prompt` (+ `rendered`), `respo
 prompt of messages, a one-message `completion`), `reference_answer`, `score`, `correct`, `step`,
 `id`, and everything else in `meta`; validation happens afterwards, as for any line. This module
 knows nothing about files: the readers (app/inputs/sources.py) hand it rows one at a time.
+
+Conversations (#25): TRL's tool-calling completions (several messages: assistant with
+`tool_calls`, `tool` results, assistant...) become a `messages` line, and verl's agent-loop output
+(`AgentLoopOutput`, as its rollout trace records it) a token-level line with its `response_mask`.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
 from typing import Any
 
@@ -23,6 +28,20 @@ PRESETS = ("verl", "trl", "tinker")
 VERL_COLUMNS = frozenset({"input", "output", "gts", "score", "step"})
 TRL_COLUMNS = frozenset({"step", "prompt", "completion", "advantage"})
 TINKER_COLUMNS = frozenset({"tinker_prompt", "tinker_response", "tinker_reward"})
+# verl's agent loop: the fields `AgentLoopOutput.model_dump()` always holds (agent_loop.py), as its
+# rollout trace (weave, mlflow, trackio) records each `run`'s output.
+VERL_AGENT_COLUMNS = frozenset({"prompt_ids", "response_ids", "response_mask", "num_turns", "metrics"})
+# Per-token or multimodal payloads of an AgentLoopOutput that are not kept in `meta`.
+VERL_AGENT_DROPPED = frozenset(
+    {"response_logprobs", "routed_experts", "multi_modal_data", "mm_processor_kwargs", "mm_processor_output"}
+)
+# The columns whose presence makes a row a framework's (a preset may have several shapes).
+PRESET_SHAPES = (
+    ("verl", VERL_COLUMNS),
+    ("verl", VERL_AGENT_COLUMNS),
+    ("trl", TRL_COLUMNS),
+    ("tinker", TINKER_COLUMNS),
+)
 
 VERL_LOST = (
     "verl decodes prompts with skip_special_tokens=True: the chat template's special tokens "
@@ -33,18 +52,18 @@ VERL_LOST = (
 VERL_CORRECT_KEYS = ("acc", "correct", "is_correct")
 # TRL's built-in rewards that are a verdict (1.0 right, 0.0 wrong), trl/rewards/accuracy_rewards.py.
 TRL_CORRECT_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward")
+TRL_NO_TOOLS = (
+    "TRL's completions table does not keep the tools' schemas: the prompt is rendered without "
+    "them (a template's tool system prompt is missing) unless the row has a `tools` column"
+)
 # Columns of a TRL table that are not reward functions (grpo_trainer.py, `log`).
 TRL_FIXED = frozenset({"step", "prompt", "completion", "advantage", "image"})
 
 
 def detect_preset(columns: set[str]) -> str | None:
     """The preset whose writer's columns are all in `columns`; None when none or several match."""
-    found = [
-        name
-        for name, needed in (("verl", VERL_COLUMNS), ("trl", TRL_COLUMNS), ("tinker", TINKER_COLUMNS))
-        if needed <= set(columns)
-    ]
-    return found[0] if len(found) == 1 else None
+    found = {name for name, needed in PRESET_SHAPES if needed <= set(columns)}
+    return found.pop() if len(found) == 1 else None
 
 
 def apply_preset(row: dict[str, Any], name: str) -> dict[str, Any]:
@@ -53,7 +72,7 @@ def apply_preset(row: dict[str, Any], name: str) -> dict[str, Any]:
         raise BadTrajectory(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     if not isinstance(row, dict):
         raise BadTrajectory(f"a {name} row must be an object, got {type(row).__name__}")
-    plain = {key: _as_list(value) for key, value in row.items()}
+    plain = {key: _plain(value) for key, value in row.items()}
     return {"verl": _verl, "trl": _trl, "tinker": _tinker}[name](plain)
 
 
@@ -85,6 +104,8 @@ def _scalar_answer(value: Any) -> bool:
 
 
 def _verl(row: dict[str, Any]) -> dict[str, Any]:
+    if row.keys() >= VERL_AGENT_COLUMNS:
+        return _verl_agent(row)
     _require(row, VERL_COLUMNS, "verl")
     extras = {k: v for k, v in row.items() if k not in VERL_COLUMNS}
     line: dict[str, Any] = {"prompt": row["input"], "rendered": True, "response": row["output"]}
@@ -106,6 +127,19 @@ def _verl(row: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
+def _verl_agent(row: dict[str, Any]) -> dict[str, Any]:
+    """An AgentLoopOutput (verl's agent loop, single- or multi-turn) as a token-level line: the
+    tokens the trainer trained on, and its mask (1: the policy's tokens, 0: tool or environment
+    tokens and the template's own), as verl builds them."""
+    line: dict[str, Any] = {key: row[key] for key in ("prompt_ids", "response_ids", "response_mask")}
+    if (score := _number(row.get("reward_score"), "reward_score")) is not None:
+        line["score"] = score
+    extras = {k: v for k, v in row.items() if k not in line and k not in VERL_AGENT_DROPPED}
+    extras.pop("reward_score", None)
+    line["meta"] = {**extras, "preset": "verl"}
+    return line
+
+
 def _message_text(content: Any) -> str:
     """A message's text: TRL keeps multimodal content as parts; the images are not in the table."""
     if isinstance(content, str):
@@ -122,10 +156,76 @@ def _as_list(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value
 
 
+def _plain(value: Any) -> Any:
+    """`value` with numpy values as Python ones at every depth (pandas leaves a Parquet list of
+    messages an array of dicts whose `tool_calls` are arrays again). Walked with a stack, not
+    recursion: a JSON row may be nested as deep as the reader allows."""
+    root = [_as_list(value)]
+    stack: list[list[Any] | dict[Any, Any]] = [root]
+    while stack:
+        container = stack.pop()
+        keys = range(len(container)) if isinstance(container, list) else list(container)
+        for key in keys:
+            item = container[key]
+            if hasattr(item, "tolist"):
+                item = container[key] = item.tolist()
+            if isinstance(item, list | dict):
+                stack.append(item)
+    return root[0]
+
+
 def _messages(value: Any, column: str) -> list[dict[str, str]]:
     if not all(isinstance(m, dict) and "role" in m for m in value):
         raise BadTrajectory(f"column {column!r} must be text or a list of messages with a role")
     return [{"role": m["role"], "content": _message_text(m.get("content", ""))} for m in value]
+
+
+# The message keys of a conversation (OpenAI's shape, as TRL and verl write them).
+MESSAGE_TEXT_KEYS = ("tool_call_id", "name", "reasoning_content")
+
+
+def _conversation(value: Any, column: str) -> list[dict[str, Any]]:
+    """Messages kept whole, tool calls and all. A key whose value is null is left out: a Parquet
+    table gives every message of a column the keys of all of them (`tool_calls` on a tool message,
+    `name` on an assistant one), null where a message has none."""
+    if not isinstance(value, list):
+        raise BadTrajectory(f"column {column!r} must be a list of messages, got {type(value).__name__}")
+    return [_conversation_message(m, column, i) for i, m in enumerate(value)]
+
+
+def _conversation_message(message: Any, column: str, index: int) -> dict[str, Any]:
+    where = f"column {column!r}, message {index}"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise BadTrajectory(f"{where}: must be an object with a role")
+    kept = {k: v for k, v in message.items() if v is not None}
+    out: dict[str, Any] = {**kept, "role": message["role"]}
+    if "content" in kept:
+        out["content"] = _message_text(kept["content"])
+    for key in MESSAGE_TEXT_KEYS:
+        if key in kept and not isinstance(kept[key], str):
+            raise BadTrajectory(f"{where}: {key!r} must be text, got {kept[key]!r}")
+    if "tool_calls" in kept:
+        calls = kept["tool_calls"]
+        if not isinstance(calls, list):
+            raise BadTrajectory(f"{where}: 'tool_calls' must be a list, got {calls!r}")
+        out["tool_calls"] = [_tool_call(call, f"{where}, tool call {j}") for j, call in enumerate(calls)]
+    return out
+
+
+def _tool_call(call: Any, where: str) -> dict[str, Any]:
+    """A call in OpenAI's shape. Null arguments are left out, as null keys of a message are: in
+    a Parquet column, every call's arguments carry the keys of every tool's arguments."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise BadTrajectory(f"{where}: needs a 'function' with a 'name', got {call!r}")
+    arguments = function.get("arguments")
+    if isinstance(arguments, dict):
+        arguments = {k: v for k, v in arguments.items() if v is not None}
+    out = {k: v for k, v in call.items() if v is not None}
+    out["function"] = {**{k: v for k, v in function.items() if v is not None}, "arguments": arguments}
+    if arguments is None:
+        del out["function"]["arguments"]
+    return out
 
 
 def _reply(line: dict[str, Any], text: str) -> None:
@@ -137,30 +237,61 @@ def _reply(line: dict[str, Any], text: str) -> None:
         line["response"] = text
 
 
-def _trl(row: dict[str, Any]) -> dict[str, Any]:
-    _require(row, TRL_COLUMNS, "trl")
-    prompt, completion = _as_list(row["prompt"]), _as_list(row["completion"])
-    line: dict[str, Any] = {}
+def _is_tool_calling(completion: list[Any]) -> bool:
+    """Several messages, or one that calls a tool: a completion of TRL's tool loop."""
+    return len(completion) > 1 or isinstance(completion[0], dict) and bool(completion[0].get("tool_calls"))
+
+
+def _trl_tools(value: Any) -> list[Any]:
+    """The `tools` column a user adds (TRL's table has none): a list of schemas, or its JSON text
+    (which a Parquet table keeps as written; a list of schemas gets every schema's keys, null)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise BadTrajectory(f"column 'tools' is text that is not JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise BadTrajectory(f"column 'tools' must be a list of tool schemas, got {type(value).__name__}")
+    return value
+
+
+def _trl_prompt(prompt: Any) -> dict[str, Any]:
     if isinstance(prompt, str):
         # A standard (not conversational) prompt: TRL generates from this text without a template.
-        line.update(prompt=prompt, rendered=True)
-    elif isinstance(prompt, list):
-        line["prompt"] = _messages(prompt, "prompt")
-    else:
-        raise BadTrajectory(f"column 'prompt' must be text or a list of messages, got {prompt!r}")
-    if isinstance(completion, str):
+        return {"prompt": prompt, "rendered": True}
+    if isinstance(prompt, list):
+        return {"prompt": _messages(prompt, "prompt")}
+    raise BadTrajectory(f"column 'prompt' must be text or a list of messages, got {prompt!r}")
+
+
+def _trl(row: dict[str, Any]) -> dict[str, Any]:
+    _require(row, TRL_COLUMNS, "trl")
+    prompt, completion = row["prompt"], row["completion"]
+    notes: dict[str, str] = {}
+    if isinstance(completion, list) and not completion:
+        raise BadTrajectory("column 'completion' has no message")
+    if isinstance(completion, list) and _is_tool_calling(completion):
+        # TRL's tool loop: the completion is every message after the prompt (assistant turns
+        # with tool_calls, the tools' results, the next turns): one conversation.
+        if not isinstance(prompt, list):
+            raise BadTrajectory("column 'prompt' must be messages when 'completion' calls tools")
+        line: dict[str, Any] = {
+            "messages": _conversation(prompt, "prompt") + _conversation(completion, "completion")
+        }
+        if row.get("tools") is not None:
+            line["tools"] = _trl_tools(row["tools"])
+        else:
+            notes["preset_note"] = TRL_NO_TOOLS
+    elif isinstance(completion, str):
+        line = _trl_prompt(prompt)
         _reply(line, completion)
     elif isinstance(completion, list):
-        turns = _messages(completion, "completion")
-        if len(turns) != 1:
-            raise BadTrajectory(
-                f"column 'completion' has {len(turns)} messages (tool calls): "
-                "only a single assistant message replays"
-            )
-        _reply(line, turns[0]["content"])
+        line = _trl_prompt(prompt)
+        (turn,) = _messages(completion, "completion")
+        _reply(line, turn["content"])
     else:
         raise BadTrajectory(f"column 'completion' must be text or a list of messages, got {completion!r}")
-    others = {k: v for k, v in row.items() if k not in TRL_FIXED}
+    others = {k: v for k, v in row.items() if k not in TRL_FIXED and k != "tools"}
     rewards = {k: v for k, v in others.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     # The table has one column per reward function and not their weights: the sum is the
     # trainer's reward only with one function, so a score is given only then.
@@ -173,7 +304,7 @@ def _trl(row: dict[str, Any]) -> dict[str, Any]:
             line["correct"] = bool(rewards[key])
             break
     line["step"] = _step(row["step"])
-    meta = {**others, "advantage": row["advantage"], "preset": "trl"}
+    meta = {**others, "advantage": row["advantage"], "preset": "trl", **notes}
     line["meta"] = {k: v for k, v in meta.items() if not (isinstance(v, float) and not math.isfinite(v))}
     return line
 
