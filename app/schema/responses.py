@@ -312,6 +312,37 @@ class JobPreflight(Open):
     leak_share: OverLines = Field(description="the virtual rollout's share of copied 4-grams")
 
 
+class TrajectoryRow(SummaryRow):
+    """A row of the job page's trajectories table: the summary row and what the table derives."""
+
+    divergences_per_100_tokens: float | None = Field(description="100 × divergences / tokens")
+    kl_strip: list[float | None] | None = Field(
+        description="mean reverse KL per token (nats) in each tenth of the response, read on a fixed "
+        "scale (kl_strip_max_nats of the overview); null without any reverse KL"
+    )
+
+
+class JobModels(Open):
+    student: str
+    teacher: str
+    trajectories: int = Field(description="the job's analyses made by this pair (0: none done yet)")
+
+
+class JobSetting(Open):
+    name: str
+    value: str
+    default: bool = Field(description="the upload left it unset: the value is the default")
+
+
+class JobOverview(Open):
+    """The job page's first screen (report/overview.py): its answer, models and settings."""
+
+    answer: str | None = Field(description="the dataset's answer in a sentence; null before any line is done")
+    models: list[JobModels]
+    settings: list[JobSetting]
+    kl_strip_max_nats: float = Field(description="the top of the mini strips' fixed scale (nats per token)")
+
+
 class DriftRow(Open):
     """One training step of a job's lines (docs/metrics.md, "Drift across steps")."""
 

@@ -210,6 +210,31 @@ class Jobs:
             ).fetchone()
         return row is not None
 
+    def models(self, job_id: str) -> list[dict[str, Any]]:
+        """The student and teacher of the job's analyses, with how many each pair made (one
+        pair, unless the job was resumed by a server with other models)."""
+        with self.store.connect() as db:
+            rows = db.execute(
+                "SELECT a.student, a.teacher, COUNT(*) FROM job_items i "
+                "JOIN analyses a ON a.id = i.analysis_id WHERE i.job_id = ? "
+                "GROUP BY a.student, a.teacher ORDER BY COUNT(*) DESC",
+                (job_id,),
+            ).fetchall()
+        return [{"student": r[0], "teacher": r[1], "trajectories": r[2]} for r in rows]
+
+    def lines_of(self, analysis_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """For each analysis made by a job: its job's id and name and its line (/analyses)."""
+        if not analysis_ids:
+            return {}
+        marks = ",".join("?" * len(analysis_ids))
+        with self.store.connect() as db:
+            rows = db.execute(
+                "SELECT i.analysis_id, i.job_id, j.name, i.line FROM job_items i "
+                f"JOIN jobs j ON j.id = i.job_id WHERE i.analysis_id IN ({marks})",
+                analysis_ids,
+            ).fetchall()
+        return {r[0]: {"job_id": r[1], "job_name": r[2], "line": r[3]} for r in rows}
+
     def items(self, job_id: str) -> list[dict[str, Any]]:
         """Every line: state, analysis id or error."""
         self.get(job_id)  # 404 for an unknown job
@@ -268,6 +293,16 @@ class Jobs:
         for rows in self._pages(job_id, sql):
             for _, record in rows:
                 yield json.loads(record)
+
+    def rollout(self, job_id: str, line: int) -> dict[str, Any] | None:
+        """One line's rollout record (None: the line has none, or the job is in analysis mode;
+        404 for an unknown job)."""
+        self.get(job_id)
+        with self.store.connect() as db:
+            row = db.execute(
+                "SELECT record FROM job_rollouts WHERE job_id = ? AND line = ?", (job_id, line)
+            ).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def delete(self, job_id: str) -> int:
         """The job, its lines and their analyses, in one transaction. Returns the number of

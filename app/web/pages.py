@@ -13,9 +13,11 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from vrollout.report.figures import figure_dict, quadrant_figure
 from vrollout.report.pages import standalone_assets, template_env
-from vrollout.storage.store import SQLITE_MAX_INT
+from vrollout.report.tables import KL_STRIP_MAX_NATS, kl_color, trajectory_row
+from vrollout.storage.jobs import Jobs
+from vrollout.storage.store import SQLITE_MAX_INT, Store
 from vrollout.web.routes.analyses import AnalyzerDep, StoreDep
-from vrollout.web.routes.jobs import JobsDep, RunnerDep
+from vrollout.web.routes.jobs import JobsDep, RunnerDep, overview
 
 router = APIRouter(include_in_schema=False)
 PER_PAGE = 50  # stored analyses per page of /analyses
@@ -57,32 +59,62 @@ async def upload_page(request: Request, analyzer: AnalyzerDep) -> Response:
     return await render(request, "upload.html", {"settings": analyzer.settings})
 
 
+def with_modes(jobs: Jobs) -> list[dict[str, Any]]:
+    """The jobs, newest first, each with what kind of run it is, as the CLI names them:
+    analyze, localize (lines with steps and a label) or pedagogical."""
+    items = jobs.list()
+    for job in items:
+        if job["mode"] == "pedagogical":
+            job["kind"] = "pedagogical"
+        else:
+            job["kind"] = "localize" if jobs.has_localization_lines(job["id"]) else "analyze"
+    return items
+
+
 @router.get("/jobs", response_class=HTMLResponse)
 async def jobs_page(request: Request, jobs: JobsDep) -> Response:
-    items = await run_in_threadpool(jobs.list)
+    items = await run_in_threadpool(with_modes, jobs)
     return await render(request, "jobs.html", {"jobs": items})
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-async def job_page(request: Request, job_id: str, runner: RunnerDep) -> Response:
+async def job_page(request: Request, job_id: str, runner: RunnerDep, analyzer: AnalyzerDep) -> Response:
     job = await run_in_threadpool(runner.state, job_id)
     localization = await run_in_threadpool(runner.jobs.has_localization_lines, job_id)
-    return await render(request, "job.html", {"job": job, "localization": localization})
+    # the first screen (answer, models, settings) is in the HTML: nothing blank before a fetch
+    known = await run_in_threadpool(overview, runner.jobs, job_id, analyzer)
+    return await render(request, "job.html", {"job": job, "localization": localization, "overview": known})
 
 
 @router.get("/analyses", response_class=HTMLResponse)
 async def analyses_page(
     request: Request,
     store: StoreDep,
+    jobs: JobsDep,
     page: Annotated[int, Query(ge=1, le=SQLITE_MAX_INT // PER_PAGE)] = 1,
 ) -> Response:
     per_page = PER_PAGE
     items, total = await run_in_threadpool(store.list, per_page, (page - 1) * per_page)
+    rows = await run_in_threadpool(table_rows, store, jobs, items)
     return await render(
         request,
         "analyses.html",
-        {"items": items, "total": total, "page": page, "pages": max(1, math.ceil(total / per_page))},
-    )
+        {"items": rows, "total": total, "page": page, "pages": max(1, math.ceil(total / per_page)),
+         "kl_strip_max": KL_STRIP_MAX_NATS, "kl_color": kl_color},
+    )  # fmt: skip
+
+
+def table_rows(store: Store, jobs: Jobs, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each listed analysis with the job table's columns (from its digest: divergences per 100
+    tokens, top-5% share, the mini strip, the response, the verdict, the step) and, when a job
+    made it, that job and line."""
+    made_by = jobs.lines_of([it["id"] for it in items])
+    rows = []
+    for it in items:
+        found = store.digest_of(it["id"])
+        row = trajectory_row(found) if found is not None else {}
+        rows.append({**it, "row": row, "job": made_by.get(it["id"])})
+    return rows
 
 
 async def _analysis_context(store: Any, analysis_id: str) -> dict[str, Any]:

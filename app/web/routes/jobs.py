@@ -39,6 +39,8 @@ from vrollout.report.dataset import (
 from vrollout.report.drift import drift_csv, drift_rows
 from vrollout.report.headline import FORMATS as HEADLINE_FORMATS
 from vrollout.report.headline import headline
+from vrollout.report.overview import dataset_answer, settings_of
+from vrollout.report.tables import KL_STRIP_MAX_NATS, trajectory_row
 from vrollout.schema.analysis import OBJECTIVE_NAMES
 from vrollout.schema.responses import (
     Deleted,
@@ -48,9 +50,11 @@ from vrollout.schema.responses import (
     Job,
     JobCreated,
     JobItem,
+    JobOverview,
     JobPreflight,
     ObjectiveRow,
     SummaryRow,
+    TrajectoryRow,
     media,
 )
 from vrollout.storage.jobs import FINAL, Jobs
@@ -494,6 +498,39 @@ async def job_steps(job_id: str, jobs: JobsDep, format: str = "parquet") -> Resp
     return _download(
         steps_parquet_chunks(analyses), "application/vnd.apache.parquet", f"{job_id}-steps.parquet"
     )
+
+
+@router.get("/{job_id}/table", response_model=list[TrajectoryRow])
+async def job_table(job_id: str, jobs: JobsDep) -> Response:
+    """The job page's trajectories table: each summary row with divergences per 100 tokens and a
+    mini strip of the reverse KL by tenth of the response (absolute, nats per token). Built from
+    the stored digests and streamed."""
+    await _check(jobs, job_id)
+    rows = (trajectory_row(d) for d in jobs.digests(job_id))
+    return StreamingResponse(json_array_chunks(rows), media_type="application/json")
+
+
+def overview(jobs: Jobs, job_id: str, analyzer: Analyzer) -> dict[str, Any]:
+    """The job's answer, models and settings. Before any line is done the models are the
+    server's own (which will run it)."""
+    job = jobs.get(job_id)
+    models = jobs.models(job_id)
+    if not models:
+        pair = analyzer.pair
+        models = [{"student": pair.student.name, "teacher": pair.teacher.name, "trajectories": 0}]
+    return {
+        "answer": dataset_answer(jobs.digests(job_id)),
+        "models": models,
+        "settings": settings_of(job["options"]),
+        "kl_strip_max_nats": KL_STRIP_MAX_NATS,
+    }
+
+
+@router.get("/{job_id}/overview", response_model=JobOverview)
+async def job_overview(job_id: str, jobs: JobsDep, analyzer: AnalyzerDep) -> dict[str, Any]:
+    """The job page's first screen: the dataset's answer in a sentence, the models that made its
+    analyses and every setting it ran with (defaults named)."""
+    return await run_in_threadpool(overview, jobs, job_id, analyzer)
 
 
 @router.get("/{job_id}/figures", response_model=dict[str, Figure])
