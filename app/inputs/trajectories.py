@@ -1,4 +1,5 @@
-"""Trajectory parsing: the four formats of docs/formats.md into one `Trajectory`.
+"""Trajectory parsing: the four formats of docs/formats.md into one `Trajectory` (a
+conversation's turns are placed later, by `pipeline.contexts` with `inputs.conversations`).
 
 Knows nothing about models, tokenizers or HTTP. Every problem is a `BadTrajectory` whose
 message names the field (and, for files, the line).
@@ -9,13 +10,16 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vrollout.errors import BadTrajectory, TooLong
+from vrollout.inputs.conversations import check_messages, is_plain, message_dict
+from vrollout.schema.requests import PedagogicalRequest
 
 if TYPE_CHECKING:
-    from vrollout.schema.requests import AnalyzeRequest, Message, PedagogicalRequest
+    from vrollout.schema.requests import AnalyzeRequest, Message
 
 
 @dataclass
@@ -23,7 +27,7 @@ class Trajectory:
     """One trajectory, normalised. Either text (`messages`) or token ids (`prompt_ids`)."""
 
     format: str  # prompt_response | messages | prompt_completion | token_ids
-    messages: list[dict[str, str]] | None = None  # the prompt as chat messages
+    messages: list[dict[str, Any]] | None = None  # the prompt as chat messages
     response_text: str | None = None
     prompt_ids: list[int] | None = None
     teacher_prompt_ids: list[int] | None = None
@@ -53,11 +57,28 @@ class Trajectory:
 
     @property
     def has_response(self) -> bool:
-        return self.response_text is not None or self.response_ids is not None
+        return (
+            self.response_text is not None or self.response_ids is not None or self.conversation is not None
+        )
 
 
-def _messages(messages: list[Message]) -> list[dict[str, str]]:
-    return [{"role": m.role, "content": m.content} for m in messages]
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    return [message_dict(m) for m in messages]
+
+
+def _at(
+    field: str, first: int = 0, after: str | None = None, extra: int | None = None
+) -> Callable[[int], str]:
+    """How an error names message i of a conversation: `field[i]`; with `after`, the messages from
+    index `first` on are `after[i - first]` (TRL's prompt + completion); `extra`: the index of a
+    last turn given as the `response` field."""
+
+    def where(i: int) -> str:
+        if i == extra:
+            return "response"
+        return f"{after}[{i - first}]" if after is not None and i >= first else f"{field}[{i}]"
+
+    return where
 
 
 def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
@@ -79,33 +100,38 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
         "feedback": getattr(request, "feedback", None),
         "teacher_template": getattr(request, "teacher_template", None),
         "sibling": None if sibling is None else sibling.model_dump(),
+        "tools": getattr(request, "tools", None),  # a pedagogical request has no tools
     }
+    traj = _trajectory(request, extras)
+    if traj.conversation is not None and isinstance(request, PedagogicalRequest):
+        raise BadTrajectory(
+            "a pedagogical rollout needs a single turn: this line is a conversation (several "
+            "assistant turns, or tool calls), and its tool turns would need an environment to answer "
+            "the teacher's tokens; give the prompt alone (the messages before the first assistant one)",
+            field="prompt" if request.messages is None else "messages",
+        )
+    if traj.final_answer is None and traj.conversation is None:
+        traj.final_answer = traj.response_text
+    return traj
+
+
+def _trajectory(request: AnalyzeRequest | PedagogicalRequest, extras: dict[str, Any]) -> Trajectory:
     response = getattr(request, "response", None)  # a pedagogical request has no response
     response_ids = getattr(request, "response_ids", None)
     completion = getattr(request, "completion", None)
     if getattr(request, "rendered", False):
         return _rendered(request, extras)
     if response_ids is not None or request.prompt_ids is not None:
-        return _token_level(request.prompt_ids, response_ids, request.teacher_prompt_ids, extras)
+        mask = getattr(request, "response_mask", None)
+        return _token_level(request.prompt_ids, response_ids, request.teacher_prompt_ids, mask, extras)
+    if getattr(request, "response_mask", None) is not None:
+        raise BadTrajectory(
+            "response_mask goes with response_ids (token ids); a conversation's mask comes from its "
+            "messages (every assistant turn is the student's)",
+            field="response_mask",
+        )
     if request.messages is not None:
-        msgs = _messages(request.messages)
-        if completion is not None:
-            raise BadTrajectory("completion goes with prompt as a list of messages, not with messages")
-        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
-        if response is not None:  # the conversation so far, and the response as text
-            if last == len(msgs) - 1:
-                raise BadTrajectory(
-                    "response: the messages end with an assistant message already (give one response)",
-                    field="response",
-                )
-            return Trajectory("messages", messages=msgs, response_text=response, **extras)
-        if last is None:  # no answer yet: the student will generate one
-            return Trajectory("messages", messages=msgs, **extras)
-        if last != len(msgs) - 1:
-            raise BadTrajectory("messages: the last assistant message must be the last message")
-        if last == 0:
-            raise BadTrajectory("messages: no prompt before the assistant's response")
-        return Trajectory("messages", messages=msgs[:last], response_text=msgs[last]["content"], **extras)
+        return _chat(request.messages, response, completion, extras)
     prompt = request.prompt
     if prompt is None:
         raise BadTrajectory(
@@ -113,25 +139,116 @@ def to_trajectory(request: AnalyzeRequest | PedagogicalRequest) -> Trajectory:
             "'prompt' + 'completion', or 'prompt_ids' + 'response_ids'"
         )
     if isinstance(prompt, list):
-        if not prompt:
-            raise BadTrajectory("prompt must be a non-empty string or a list of messages")
-        if completion is not None and response is not None:
-            raise BadTrajectory("give the response once: completion or response, not both", field="response")
-        if completion is None:  # the response as text, or none: the student will generate one
-            return Trajectory(
-                "prompt_completion", messages=_messages(prompt), response_text=response, **extras
+        return _prompt_completion(prompt, response, completion, extras)
+    if not prompt.strip():
+        raise BadTrajectory("prompt must be a non-empty string or a list of messages")
+    if isinstance(completion, list):
+        raise BadTrajectory(
+            "completion as messages needs prompt as a list of messages (TRL's conversational format); "
+            "after a text prompt give completion as text (TRL's standard format)",
+            field="completion",
+        )
+    if completion is not None:
+        return _standard(prompt, response, completion, extras)
+    return Trajectory(
+        "prompt_response", messages=[{"role": "user", "content": prompt}], response_text=response, **extras
+    )
+
+
+def _chat(
+    messages: list[Message], response: str | None, completion: Any, extras: dict[str, Any]
+) -> Trajectory:
+    """A `messages` line: the prompt is every message before the first assistant one; a single
+    plain assistant message at the end is the response as text (as before conversations), more
+    turns or tool calls make a conversation."""
+    if completion is not None:
+        raise BadTrajectory("completion goes with prompt as a list of messages, not with messages")
+    where = _at("messages", extra=len(messages) if response is not None else None)
+    check_messages(messages, where)
+    msgs = _messages(messages)
+    first = next((i for i, m in enumerate(messages) if m.role == "assistant"), None)
+    if first == 0:
+        raise BadTrajectory("messages: no prompt before the assistant's response")
+    if response is not None:  # the conversation so far, and its last turn as text
+        if messages[-1].role == "assistant":
+            raise BadTrajectory(
+                "response: the messages end with an assistant message already (give one response)",
+                field="response",
             )
-        if len(completion) != 1 or completion[0].role != "assistant":
-            raise BadTrajectory("completion must hold exactly one assistant message")
+        if first is None:
+            return Trajectory("messages", messages=msgs, response_text=response, **extras)
+        return _conversation("messages", [*msgs, {"role": "assistant", "content": response}], first, extras)
+    if first is None:  # no answer yet: the student will generate one
+        return Trajectory("messages", messages=msgs, **extras)
+    if first == len(messages) - 1 and is_plain(messages[first]):
+        return Trajectory("messages", messages=msgs[:first], response_text=messages[first].content, **extras)
+    return _conversation("messages", msgs, first, extras)
+
+
+def _prompt_completion(
+    prompt: list[Message], response: str | None, completion: Any, extras: dict[str, Any]
+) -> Trajectory:
+    """TRL's conversational prompt-completion: the prompt as messages, the completion as the
+    assistant's messages (one answer, or tool calls, tool results and answers)."""
+    if not prompt:
+        raise BadTrajectory("prompt must be a non-empty string or a list of messages")
+    if completion is not None and response is not None:
+        raise BadTrajectory("give the response once: completion or response, not both", field="response")
+    if isinstance(completion, str):
+        raise BadTrajectory(
+            "completion as text goes with prompt as text (TRL's standard format); after prompt as "
+            "messages give completion as a list of messages",
+            field="completion",
+        )
+    if completion is None:  # the response as text, or none: the student will generate one
+        check_messages(prompt, _at("prompt"))
+        return Trajectory("prompt_completion", messages=_messages(prompt), response_text=response, **extras)
+    check_messages([*prompt, *completion], _at("prompt", len(prompt), "completion"))
+    if completion[0].role != "assistant":
+        raise BadTrajectory(
+            "completion[0] must be an assistant message (the completion is the student's)",
+            field="completion[0].role",
+        )
+    if len(completion) == 1 and is_plain(completion[0]):
         return Trajectory(
             "prompt_completion", messages=_messages(prompt), response_text=completion[0].content, **extras
         )
-    if not prompt.strip():
-        raise BadTrajectory("prompt must be a non-empty string or a list of messages")
-    if completion is not None:
-        raise BadTrajectory("completion needs prompt as a list of messages (TRL format)")
+    conversation = _messages([*prompt, *completion])
+    return _conversation("prompt_completion", conversation, len(prompt), extras, "completion")
+
+
+def _conversation(
+    shape: str,
+    conversation: list[dict[str, Any]],
+    first: int,
+    extras: dict[str, Any],
+    after: str | None = None,
+) -> Trajectory:
+    """A conversation: its prompt (the messages before index `first`), every message (for
+    `pipeline.contexts` to place turn by turn) and its last assistant content (for verdicts)."""
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
     return Trajectory(
-        "prompt_response", messages=[{"role": "user", "content": prompt}], response_text=response, **extras
+        shape,
+        messages=conversation[:first],
+        conversation=conversation,
+        final_answer=conversation[last]["content"],
+        **extras,
+    )
+
+
+def _standard(prompt: str, response: str | None, completion: str, extras: dict[str, Any]) -> Trajectory:
+    """TRL's standard prompt-completion line (`{"prompt": str, "completion": str}`), read as TRL
+    reads it: the prompt is the exact text the model saw (no chat template), the completion the
+    response."""
+    if response is not None:
+        raise BadTrajectory("give the response once: completion or response, not both", field="response")
+    return Trajectory(
+        "prompt_completion",
+        messages=[{"role": "user", "content": prompt}],
+        response_text=completion,
+        rendered=True,
+        notes=["TRL's standard format (prompt and completion as text): the prompt is the text the model saw"],
+        **extras,
     )
 
 
@@ -150,13 +267,22 @@ def _rendered(request: AnalyzeRequest | PedagogicalRequest, extras: dict[str, An
             "applied); messages are rendered by the chat template: drop rendered",
             field="rendered",
         )
-    if getattr(request, "completion", None) is not None:
+    completion = getattr(request, "completion", None)
+    if isinstance(completion, list):
         raise BadTrajectory(
-            "rendered: give the response as the string response, not completion", field="rendered"
+            "rendered: give the response as text (response, or completion as a string), not as messages",
+            field="rendered",
+        )
+    if extras["tools"] is not None:
+        raise BadTrajectory(
+            "tools are rendered by the chat template: a rendered prompt has them already (drop tools)",
+            field="tools",
         )
     prompt = request.prompt
     if prompt is None or not prompt.strip():
         raise BadTrajectory("rendered: true needs prompt, a non-empty string", field="prompt")
+    if completion is not None:
+        return _standard(prompt, getattr(request, "response", None), completion, extras)
     return Trajectory(
         "prompt_response",
         messages=[{"role": "user", "content": prompt}],
@@ -170,8 +296,29 @@ def _token_level(
     prompt_ids: list[int] | None,
     response_ids: list[int] | None,
     teacher_ids: list[int] | None,
+    mask: list[int] | None,
     extras: dict[str, Any],
 ) -> Trajectory:
+    if extras["tools"] is not None:
+        raise BadTrajectory(
+            "tools are rendered by the chat template: token ids have them already (drop tools)",
+            field="tools",
+        )
+    if mask is not None:
+        if response_ids is None:
+            raise BadTrajectory(
+                "response_mask goes with response_ids (one value per token)", field="response_mask"
+            )
+        if len(mask) != len(response_ids):
+            raise BadTrajectory(
+                f"response_mask has {len(mask)} values and response_ids {len(response_ids)} tokens: give "
+                "one value per response token",
+                field="response_mask",
+            )
+        if not any(mask):
+            raise BadTrajectory(
+                "response_mask is all 0: no token of the policy's to score", field="response_mask"
+            )
     if prompt_ids is None:
         raise BadTrajectory("response_ids needs prompt_ids (the student's whole context)")
     if not prompt_ids:
@@ -188,6 +335,7 @@ def _token_level(
         prompt_ids=prompt_ids,
         response_ids=response_ids,
         teacher_prompt_ids=teacher_ids,
+        response_mask=mask,
         **extras,
     )
 

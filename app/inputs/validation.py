@@ -25,6 +25,8 @@ from vrollout.schema.requests import (
     PedagogicalRequest,
     SiblingResponse,
     TokenId,
+    ToolCall,
+    ToolFunction,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +41,12 @@ SETTING_OF = {
     "prompt": CONTEXT_CHARS,
     "prompt[].content": CONTEXT_CHARS,
     "messages[].content": f"{CONTEXT_CHARS}, or {RESPONSE_CHARS} if larger",
+    "messages[].reasoning_content": f"{CONTEXT_CHARS}, or {RESPONSE_CHARS} if larger",
+    "completion": RESPONSE_CHARS,
     "completion[].content": f"{CONTEXT_CHARS}, or {RESPONSE_CHARS} if larger",
+    "completion[].reasoning_content": f"{CONTEXT_CHARS}, or {RESPONSE_CHARS} if larger",
+    "prompt[].reasoning_content": f"{CONTEXT_CHARS}, or {RESPONSE_CHARS} if larger",
+    "response_mask": "VROLLOUT_MAX_RESPONSE_TOKENS",
     "privileged": CONTEXT_CHARS,
     "id": CONTEXT_CHARS,
     "response": RESPONSE_CHARS,
@@ -126,7 +133,8 @@ def _models(limits: Limits) -> RequestModels:
     context, response = text(limits.context_chars), text(limits.response_chars)
     # A message may be the response (the last assistant message): its cap is the larger one, and
     # the prompt's messages together are held to the context's (`check_lengths`).
-    message = _narrow(Message, content=text(max(limits.context_chars, limits.response_chars)))
+    longest = text(max(limits.context_chars, limits.response_chars))
+    message = _narrow(Message, content=longest | None, reasoning_content=longest | None)
     generation = _narrow(GenerationOptions, max_new_tokens=at_most(limits.max_new_tokens))
     shared = {
         "prompt": context | list[message] | None,  # type: ignore[valid-type]
@@ -142,8 +150,11 @@ def _models(limits: Limits) -> RequestModels:
         AnalyzeRequest,
         **shared,
         response=response | None,
-        completion=list[message] | None,  # type: ignore[valid-type]
+        completion=response | Annotated[list[message], Field(min_length=1)] | None,  # type: ignore[valid-type]
         response_ids=ids(limits.max_response_tokens),
+        response_mask=Annotated[
+            list[Annotated[int, Field(ge=0, le=1)]] | None, Field(max_length=limits.max_response_tokens)
+        ],
         feedback=context | None,
         teacher_template=context | None,
         sibling=_narrow(SiblingResponse, response=response) | None,  # type: ignore[operator]
@@ -174,15 +185,38 @@ def error_of(errors: Sequence[Mapping[str, Any]], model: type[BaseModel] | None 
     return (TooLong if status == 413 else BadTrajectory)(message, field=details[0]["field"])
 
 
+def _chars(message: Mapping[str, Any]) -> int:
+    """Characters of a message's text: content, reasoning, and its tool calls."""
+    calls = message.get("tool_calls") or []
+    return (
+        len(message["content"])
+        + len(message.get("reasoning_content") or "")
+        + sum(len(call["function"]["name"]) + len(_as_text(call["function"]["arguments"])) for call in calls)
+    )
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def check_lengths(traj: Trajectory, limits: Limits) -> None:
-    """The caps on whole contexts: a prompt's messages (and the privileged info) together, and a
-    response taken from the messages, before either is tokenized."""
+    """The caps on whole contexts: a prompt's messages (with the tools and the privileged info)
+    together, and a response (the text, or a conversation's turns after its prompt) together,
+    before either is tokenized."""
     if traj.messages is not None:
-        chars = sum(len(m["content"]) for m in traj.messages) + len(traj.privileged or "")
+        tools = 0 if traj.tools is None else len(_as_text(traj.tools))
+        chars = sum(_chars(m) for m in traj.messages) + tools + len(traj.privileged or "")
         if chars > limits.context_chars:
             what = "the prompt and the privileged info have" if traj.privileged else "the prompt has"
             raise TooLong(
                 f"{what} {chars} characters, over the limit of {limits.context_chars} ({CONTEXT_CHARS})"
+            )
+    if traj.conversation is not None and traj.messages is not None:
+        chars = sum(_chars(m) for m in traj.conversation[len(traj.messages) :])
+        if chars > limits.response_chars:
+            raise TooLong(
+                f"the conversation's turns after its prompt have {chars} characters, over the limit of "
+                f"{limits.response_chars} ({RESPONSE_CHARS})"
             )
     if traj.response_text is not None and len(traj.response_text) > limits.response_chars:
         raise TooLong(
@@ -230,10 +264,15 @@ def _setting(path: str) -> str | None:
 
 
 def _level(path: str, model: type[BaseModel]) -> type[BaseModel]:
-    """The model whose field `path` names: the request, its `generation`, or a message."""
+    """The model whose field `path` names: the request, its `generation`, a message, one of its
+    tool calls or a call's function."""
     if "." not in path:
         return model
-    return GenerationOptions if path.startswith("generation.") else Message
+    if path.startswith("generation."):
+        return GenerationOptions
+    if ".function." in path:
+        return ToolFunction
+    return ToolCall if re.search(r"\.tool_calls\[\d+\]\.[^.]+$", path) else Message
 
 
 def _message(path: str, error: Mapping[str, Any], model: type[BaseModel] | None) -> tuple[str, bool]:

@@ -7,12 +7,13 @@ boundary.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from vrollout.errors import BadTrajectory, TooLong
+from vrollout.inputs.conversations import Placement, Renderer, check_tools_rendered, place
 from vrollout.inputs.rendered import restore_specials, teacher_text
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.pipeline.backend import Model, Models
@@ -39,7 +40,7 @@ class Contexts:
     turns: list[int | None] | None = None
 
 
-def teacher_messages(messages: list[dict[str, str]], privileged: str, template: str) -> list[dict[str, str]]:
+def teacher_messages(messages: list[dict[str, Any]], privileged: str, template: str) -> list[dict[str, Any]]:
     """The prompt with the privileged info inserted into the last user message."""
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     if last_user is None:
@@ -102,7 +103,7 @@ def tokenize_within(tokenizer: Any, text: str, limit: TokenLimit) -> list[int]:
 
 def render(
     model: Model,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     limit: TokenLimit,
     template_kwargs: dict[str, Any] | None = None,
     prompt_format: str | None = None,
@@ -147,15 +148,24 @@ def unread_arguments(model: Model, template_kwargs: dict[str, Any]) -> list[str]
 
 
 def render_role(
-    pair: Models, role: str, messages: list[dict[str, str]], limit: TokenLimit
+    pair: Models,
+    role: str,
+    messages: list[dict[str, Any]],
+    limit: TokenLimit,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[list[int], str, bool]:
     """`render` for the pair's student or teacher, with that role's chat template arguments (and,
     for the teacher, its prompt format): the settings `{role}_chat_template_kwargs` and
-    `teacher_prompt_format`."""
+    `teacher_prompt_format`; `tools`, the line's, go to the template as its `tools`."""
+    given = {} if tools is None else {"tools": tools}
     if role == "student":
-        return render(pair.student, messages, limit, pair.student_chat_template_kwargs)
+        return render(pair.student, messages, limit, {**pair.student_chat_template_kwargs, **given})
     return render(
-        pair.teacher, messages, limit, pair.teacher_chat_template_kwargs, pair.teacher_prompt_format
+        pair.teacher,
+        messages,
+        limit,
+        {**pair.teacher_chat_template_kwargs, **given},
+        pair.teacher_prompt_format,
     )
 
 
@@ -195,16 +205,86 @@ def _rendered(
     return s_ids, prompt, t_ids, t_text
 
 
+def _differs(pair: Models) -> bool:
+    """The teacher renders with another chat template than the student's."""
+    return pair.teacher.tokenizer is not pair.student.tokenizer and getattr(
+        pair.teacher.tokenizer, "chat_template", None
+    ) != getattr(pair.student.tokenizer, "chat_template", None)
+
+
+def _templated_notes(pair: Models, templated: bool, t_templated: bool, notes: list[str]) -> None:
+    if not templated:
+        notes.append("the student's tokenizer has no chat template: contents joined as text")
+    for role, model, kwargs in (
+        ("student", pair.student, pair.student_chat_template_kwargs),
+        ("teacher", pair.teacher, pair.teacher_chat_template_kwargs),
+    ):
+        if unread := unread_arguments(model, kwargs):
+            notes.append(
+                f"the {role}'s chat template does not read {', '.join(unread)} "
+                f"({role}_chat_template_kwargs): it changes nothing there"
+            )
+    if t_templated and pair.teacher_prompt_format:
+        notes.append("teacher_prompt_format is not used: the teacher has a chat template")
+    elif not t_templated and pair.teacher_prompt_format:
+        notes.append("the teacher has no chat template: its context is teacher_prompt_format")
+
+
+def _where(traj: Trajectory) -> Callable[[int], str]:
+    """How an error names message i of the trajectory's conversation."""
+    first = len(traj.messages or [])
+    if traj.format == "prompt_completion":
+        return lambda i: f"prompt[{i}]" if i < first else f"completion[{i - first}]"
+    return lambda i: f"messages[{i}]"
+
+
+def _conversation(
+    traj: Trajectory, pair: Models, limits: tuple[TokenLimit, TokenLimit], notes: list[str]
+) -> Placement:
+    """A conversation's prompt and turns, placed by the student's template (inputs.conversations)."""
+    assert traj.conversation is not None and traj.messages is not None
+    where = _where(traj)
+    if pair.cross_tokenizer:
+        raise BadTrajectory(
+            "a conversation (several assistant turns, or tool calls) is scored on the student's "
+            "token ids, and the teacher has another tokenizer: give it a single response",
+            field=where(len(traj.messages)),
+        )
+    tok = pair.student.tokenizer
+    renderer = Renderer(tok, traj.conversation, traj.tools, pair.student_chat_template_kwargs, where)
+    placed = place(
+        renderer,
+        len(traj.messages),
+        lambda text: tokenize_within(tok, text, limits[0]),
+        lambda text: tokenize_within(tok, text, limits[1]),
+    )
+    turns = sum(m["role"] == "assistant" for m in traj.conversation[len(traj.messages) :])
+    notes.append(
+        f"a conversation of {turns} assistant turn{'s' if turns != 1 else ''}, placed by the student's "
+        f"chat template: all {len(placed.response_ids)} tokens after the prompt are replayed, the "
+        f"student's {sum(placed.response_mask)} scored (system, user and tool turns are context)"
+    )
+    if _differs(pair):
+        notes.append(
+            "the teacher's chat template differs from the student's: its context is its own rendering "
+            "of the prompt, and it sees the student's rendering of the turns after it (the same ids)"
+        )
+    return placed
+
+
 def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) -> Contexts:
     """Both contexts and the response ids for one trajectory (no model forward pass), each
     refused as soon as it is over its limit: `context` tokens for each context (as
-    VROLLOUT_MAX_CONTEXT_TOKENS), `response` for the response (VROLLOUT_MAX_RESPONSE_TOKENS)."""
+    VROLLOUT_MAX_CONTEXT_TOKENS), `response` for the response (VROLLOUT_MAX_RESPONSE_TOKENS).
+    A conversation's response is every token after its prompt, with the student's mask and each
+    token's message (`inputs.conversations`); a single response is all the student's."""
     student_limit = TokenLimit("student context", context, "VROLLOUT_MAX_CONTEXT_TOKENS")
     teacher_limit = TokenLimit("teacher context", context, "VROLLOUT_MAX_CONTEXT_TOKENS")
     response_limit = TokenLimit("response", response, "VROLLOUT_MAX_RESPONSE_TOKENS")
     notes: list[str] = list(traj.notes)
     privileged = traj.privileged or None
     template = traj.teacher_template or pair.teacher_template
+    placed = None
     if traj.format == "token_ids":
         assert traj.prompt_ids is not None
         s_ids = traj.prompt_ids
@@ -219,26 +299,23 @@ def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) 
         )
     else:
         assert traj.messages is not None
-        s_ids, s_text, templated = render_role(pair, "student", traj.messages, student_limit)
+        if traj.conversation is not None:
+            placed = _conversation(traj, pair, (student_limit, response_limit), notes)
+            s_ids, s_text, templated = placed.prompt_ids, placed.prompt_text, True
+        else:
+            s_ids, s_text, templated = render_role(pair, "student", traj.messages, student_limit, traj.tools)
+            if traj.tools is not None:
+                if not templated:
+                    raise BadTrajectory(
+                        "tools are rendered by the chat template, and the student's tokenizer has none",
+                        field="tools",
+                    )
+                check_tools_rendered(traj.tools, s_text)
         t_msgs = teacher_messages(traj.messages, privileged, template) if privileged else traj.messages
-        t_ids, t_text, t_templated = render_role(pair, "teacher", t_msgs, teacher_limit)
-        if not templated:
-            notes.append("the student's tokenizer has no chat template: contents joined as text")
-        for role, model, kwargs in (
-            ("student", pair.student, pair.student_chat_template_kwargs),
-            ("teacher", pair.teacher, pair.teacher_chat_template_kwargs),
-        ):
-            if unread := unread_arguments(model, kwargs):
-                notes.append(
-                    f"the {role}'s chat template does not read {', '.join(unread)} "
-                    f"({role}_chat_template_kwargs): it changes nothing there"
-                )
-        if t_templated and pair.teacher_prompt_format:
-            notes.append("teacher_prompt_format is not used: the teacher has a chat template")
-        elif not t_templated and pair.teacher_prompt_format:
-            notes.append("the teacher has no chat template: its context is teacher_prompt_format")
+        t_ids, t_text, t_templated = render_role(pair, "teacher", t_msgs, teacher_limit, traj.tools)
+        _templated_notes(pair, templated, t_templated, notes)
     retokenized = False
-    response_ids = traj.response_ids
+    response_ids = traj.response_ids if placed is None else placed.response_ids
     if response_ids is None and traj.response_text is not None:
         response_ids = tokenize_within(pair.student.tokenizer, traj.response_text, response_limit)
         retokenized = True
@@ -247,6 +324,7 @@ def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) 
         raise BadTrajectory("the response is empty: there is nothing to replay")
     if response_ids is not None:
         response_limit.check(len(response_ids))
+    mask, turns = _layout(traj, placed, response_ids)
     sibling = None if traj.sibling is None else {k: traj.sibling.get(k) for k in ("line", "id")}
     return Contexts(
         s_ids,
@@ -259,7 +337,29 @@ def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) 
         notes,
         traj.teacher_context,
         sibling,
+        mask,
+        turns,
     )
+
+
+def _layout(
+    traj: Trajectory, placed: Placement | None, response_ids: list[int] | None
+) -> tuple[list[int] | None, list[int | None] | None]:
+    """(response_mask, turns) of the response: a conversation's as placed; a token-level line's
+    mask as given (all ones without one), its turns unknown; a single response all the
+    student's, of the message after the prompt. None while the response is still to generate."""
+    if placed is not None:
+        return placed.response_mask, list(placed.turns)
+    if response_ids is None:
+        return None, None
+    if traj.format == "token_ids":
+        return traj.response_mask or [1] * len(response_ids), None
+    return [1] * len(response_ids), [response_turn(traj)] * len(response_ids)
+
+
+def response_turn(traj: Trajectory) -> int:
+    """The message index of a single response (given, or generated): the message after the prompt."""
+    return len(traj.messages or [])
 
 
 def check_ids(name: str, ids: list[int], vocab_size: int) -> None:

@@ -66,10 +66,50 @@ Meta = Annotated[
 ]
 
 
+JsonObject = Annotated[dict[str, Any], AfterValidator(storable_meta)]
+# Hostile input: how many calls one message and tool schemas one conversation may carry. Their
+# text counts against the context and response caps (`inputs.validation.check_lengths`).
+MAX_TOOL_CALLS = 128
+MAX_TOOLS = 256
+NAME_CHARS = 1_000  # a function's name, a call's id, a tool message's name
+
+
+class ToolFunction(BaseModel):
+    model_config = REQUEST
+    name: str = Field(min_length=1, max_length=NAME_CHARS, examples=["get_weather"])
+    arguments: str | JsonObject = Field(description="a JSON string (OpenAI) or an object (TRL)")
+
+
+class ToolCall(BaseModel):
+    """One call of an assistant message, in OpenAI's shape."""
+
+    model_config = REQUEST
+    id: str | None = Field(
+        None, max_length=NAME_CHARS, description="what a tool message's tool_call_id names"
+    )
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
 class Message(BaseModel):
+    """A chat message as frameworks write it (OpenAI's shape): an assistant message may hold
+    `tool_calls` instead of `content`; a `tool` message answers a call (`tool_call_id`)."""
+
     model_config = REQUEST
     role: Role = Field(examples=["user"])
-    content: str = Field(description=f"{CONTEXT_CAP} (a response: {RESPONSE_CAP})")
+    content: str | None = Field(
+        None,
+        description=f"{CONTEXT_CAP} (a response: {RESPONSE_CAP}); may be null in an assistant message "
+        "with tool_calls",
+    )
+    tool_calls: list[ToolCall] | None = Field(None, min_length=1, max_length=MAX_TOOL_CALLS)
+    tool_call_id: str | None = Field(
+        None, max_length=NAME_CHARS, description="a tool message: the call answered"
+    )
+    name: str | None = Field(None, max_length=NAME_CHARS, description="a tool message: the tool's name")
+    reasoning_content: str | None = Field(
+        None, description="the assistant's reasoning, rendered where the chat template puts it"
+    )
 
 
 class GenerationOptions(BaseModel):
@@ -112,9 +152,26 @@ class AnalyzeRequest(BaseModel):
     )
     response: str | None = Field(None, description=RESPONSE_CAP)
     messages: list[Message] | None = Field(
-        None, min_length=1, description="the last assistant message is the response"
+        None,
+        min_length=1,
+        description="a conversation: the messages before the first assistant message are the prompt, "
+        "every assistant message after it is scored",
     )
-    completion: list[Message] | None = Field(None, min_length=1, description="one assistant message")
+    completion: str | Annotated[list[Message], Field(min_length=1)] | None = Field(
+        None,
+        description="after prompt as messages: the assistant's messages (tool calls, tool results, "
+        "answers); after prompt as text: the response text (TRL's standard format)",
+    )
+    tools: list[JsonObject] | None = Field(
+        None,
+        max_length=MAX_TOOLS,
+        description="the tools offered to the model (OpenAI's function schemas), for the chat template",
+    )
+    response_mask: list[Annotated[int, Field(ge=0, le=1)]] | None = Field(
+        None,
+        description="with response_ids: 1 where the policy wrote the token, 0 for tool or environment "
+        "tokens (verl's multi-turn rollouts); only 1s are scored",
+    )
     prompt_ids: list[TokenId] | None = Field(
         None, description="the student's whole context, as ids (limit: VROLLOUT_MAX_CONTEXT_TOKENS)"
     )
