@@ -1,0 +1,145 @@
+"""A conversation scored on the tiny model pair: every student token equals the naive float64
+reference, every context token (a tool's answer) has no figures, the summaries count the
+student's tokens only, and continuations and recovery stop at the end of the turn they start in.
+
+The line's response_mask and turns are set on its contexts by hand (as `build_contexts` sets them
+for a conversation), so that the scoring side is checked on exactly known token positions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from support import contexts, tiny_settings
+from support.tiny import tiny_pair
+from vrollout.local.continuations import eos_ids
+from vrollout.local.reference import last_logprobs, naive_continuation, naive_step
+from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.turns import continuation_limits
+from vrollout.rules import cut_at_eos
+from vrollout.schema.analysis import analysis_adapter
+
+FIGURES = ("student_logprob", "teacher_logprob", "advantage", "reverse_kl", "forward_kl")
+FIGURES += ("student_entropy", "teacher_entropy")
+K = 4  # continuation tokens
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_pair(teacher_seed=7)
+
+
+def conversation(pair):
+    """Response ids of: assistant turn (message 1, reasoning marked), a tool's answer (message 2,
+    context), assistant turn (message 3); with its mask and turns."""
+    tok = pair.student.tokenizer
+    pieces = [
+        ("<think>17*20 = 340</think>I'll call the calculator.<|im_end|>", 1, 1),
+        ("\n<|im_start|>tool\n340 + 51 = 391<|im_end|>\n<|im_start|>assistant\n", 0, 2),
+        ("So the total is 391.<|im_end|>", 1, 3),
+    ]
+    ids, mask, turns = [], [], []
+    for text, scored, turn in pieces:
+        piece = tok(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        mask += [scored] * len(piece)
+        turns += [turn] * len(piece)
+    return ids, mask, turns
+
+
+def analyze(pair, tmp_path, mask, turns, **options):
+    s_ctx, t_ctx = contexts(pair)
+    response, _, _ = conversation(pair)
+    analyzer = Analyzer(pair, tiny_settings(tmp_path))
+    line = {"prompt_ids": s_ctx, "teacher_prompt_ids": t_ctx, "response_ids": response, **options}
+    prep = analyzer.prepare(line)
+    prep.ctx.response_mask, prep.ctx.turns = mask, turns
+    return analyzer.run(prep, store=False), s_ctx, t_ctx, response
+
+
+def test_student_tokens_equal_the_naive_reference_and_context_tokens_have_none(pair, tmp_path):
+    response, mask, turns = conversation(pair)
+    analysis, s_ctx, t_ctx, _ = analyze(pair, tmp_path, mask, turns)
+    analysis_adapter().validate_python(analysis)
+    assert analysis["response_mask"] == mask
+    steps = analysis["steps"]
+    for t, step in enumerate(steps):
+        assert step["scored"] is bool(mask[t]) and step["turn"] == turns[t], t
+        if not mask[t]:
+            assert all(step[name] is None for name in (*FIGURES, "agree", "teacher_rank", "objectives"))
+            assert step["teacher_topk"] == step["student_topk"] == [] and step["segment"] is None
+            assert step["token_id"] == response[t]
+            continue
+        logp = last_logprobs(pair.student, s_ctx + response[:t], pair.vocab_size, torch.float64)
+        logq = last_logprobs(pair.teacher, t_ctx + response[:t], pair.vocab_size, torch.float64)
+        want = naive_step(logp, logq, response[t], 5)
+        for name in FIGURES:
+            assert math.isclose(step[name], want[name], rel_tol=1e-4, abs_tol=2e-4), (t, name)
+        assert step["agree"] is want["agree"] and step["teacher_rank"] == want["teacher_rank"], t
+    # the first turn's reasoning is marked; the second turn has no markers
+    first = [s["segment"] for s in steps if s["turn"] == 1]
+    assert first[0] == "thinking" and first[-1] == "answer" and "answer" in first
+    assert all(s["segment"] is None for s in steps if s["turn"] == 3)
+
+
+def test_summaries_count_the_student_tokens_only(pair, tmp_path):
+    response, mask, turns = conversation(pair)
+    analysis, *_ = analyze(pair, tmp_path, mask, turns)
+    scored = [s for s in analysis["steps"] if s["scored"]]
+    summary = analysis["summary"]
+    assert summary["tokens"] == sum(mask) < len(response)
+    assert math.isclose(summary["reverse_kl_total"], math.fsum(s["reverse_kl"] for s in scored))
+    assert summary["divergences"] == sum(1 for s in scored if not s["agree"])
+    assert summary["objectives"]["k1"]["total"] == pytest.approx(
+        math.fsum(s["objectives"]["k1"] for s in scored)
+    )
+    assert sum(q["tokens"] for q in summary["quadrants"].values() if isinstance(q, dict)) == pytest.approx(1)
+    assert [t["message_index"] for t in summary["turns"]] == [1, 3]
+    for turn in summary["turns"]:
+        mine = [s for s in scored if s["turn"] == turn["message_index"]]
+        assert turn["tokens"] == len(mine)
+        assert math.isclose(turn["reverse_kl"], math.fsum(s["reverse_kl"] for s in mine))
+        assert turn["divergences"] == sum(1 for s in mine if not s["agree"])
+    thinking = summary["segments"]["thinking"]
+    assert thinking["tokens"] == sum(1 for s in scored if s["segment"] == "thinking") > 0
+    assert summary["segments"]["answer"]["tokens"] == sum(1 for s in scored if s["segment"] == "answer")
+
+
+def test_continuations_and_recovery_stop_at_the_end_of_their_turn(pair, tmp_path):
+    response, mask, turns = conversation(pair)
+    options = {"continuation_tokens": K, "reference_answer": "391", "recovery": True}
+    analysis, _, t_ctx, _ = analyze(pair, tmp_path, mask, turns, **options, recovery_max_new_tokens=K)
+    eos = eos_ids(pair.teacher)
+    limits = continuation_limits([bool(m) for m in mask])
+    assert limits[0] is not None and limits[-1] is None  # the first turn is capped, the last is not
+    for t, step in enumerate(analysis["steps"]):
+        if not mask[t]:
+            assert step["teacher_continuation"] is None  # none starts at a tool's token
+            continue
+        naive = cut_at_eos(naive_continuation(pair.teacher, t_ctx + response[:t], K, pair.vocab_size), eos)
+        want = naive if limits[t] is None else naive[: limits[t]]
+        assert step["teacher_continuation"]["token_ids"] == want, t
+    decode = pair.teacher.tokenizer.decode
+    points = analysis["recovery"]["points"]
+    assert [p["position"] for p in points] == [t for t in range(len(response)) if mask[t]]
+    for point in points:
+        t = point["position"]
+        naive = cut_at_eos(naive_continuation(pair.teacher, t_ctx + response[:t], K, pair.vocab_size), eos)
+        want = naive if limits[t] is None else naive[: limits[t]]
+        assert point["continuation"] == decode(want, skip_special_tokens=False), t
+
+
+def test_a_single_turn_keeps_its_analysis(pair, tmp_path):
+    """A mask of all ones is today's analysis: the same steps (plus scored/turn/segment) and summary."""
+    response, _, _ = conversation(pair)
+    ones, *_ = analyze(pair, tmp_path, [1] * len(response), [1] * len(response), continuation_tokens=K)
+    plain, *_ = analyze(pair, tmp_path, None, None, continuation_tokens=K)
+    assert all(s["scored"] for s in ones["steps"]) and plain["response_mask"] == [1] * len(response)
+    drop = ("turn", "segment")
+    assert [{k: v for k, v in s.items() if k not in drop} for s in ones["steps"]] == [
+        {k: v for k, v in s.items() if k not in drop} for s in plain["steps"]
+    ]
+    same = {k: v for k, v in ones["summary"].items() if k not in ("turns", "segments")}
+    assert same == {k: v for k, v in plain["summary"].items() if k not in ("turns", "segments")}
+    assert plain["summary"]["turns"] is None and ones["summary"]["turns"][0]["tokens"] == len(response)
