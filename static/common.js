@@ -103,9 +103,10 @@ window.VR = (function () {
   }
 
   // The shown control of `form` for an API field name ("generation.max_new_tokens" is the
-  // max_new_tokens box), or null when there is none or it is hidden.
+  // max_new_tokens box, "prompt.0.role" the prompt), or null when there is none or it is hidden.
   function fieldOf(form, name) {
-    for (const key of [name, name.split(".").pop()]) {
+    const parts = String(name).split(".");
+    for (const key of [name, parts[parts.length - 1], parts[0]]) {
       const found = form.elements.namedItem(key);
       const input = found instanceof RadioNodeList ? found[0] : found;
       if (input && input.getClientRects().length) return input;
