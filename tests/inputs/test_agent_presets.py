@@ -325,3 +325,52 @@ def test_bad_verl_agent_rows_name_the_field():
     row = {"prompt_ids": [1], "response_ids": [2], "response_mask": [1], "num_turns": 2, "metrics": {}}
     with pytest.raises(BadTrajectory, match="'reward_score' must be a number"):
         apply_preset({**row, "reward_score": "high"}, "verl")
+
+
+# --- end to end: the preset's lines analysed on the tiny model -----------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen_analyzer(tmp_path_factory: pytest.TempPathFactory):
+    from support.tiny import tiny_pair
+    from vrollout.pipeline.analyzer import Analyzer
+
+    pair = tiny_pair()
+    pair.student.tokenizer.chat_template = QWEN25
+    return Analyzer(pair, tiny_settings(tmp_path_factory.mktemp("agent-presets")))
+
+
+def test_trl_tool_conversation_scores_the_assistant_turns_only(qwen_analyzer, trl_tool_rows: list[dict]):
+    row = {**trl_tool_rows[0], "tools": json.dumps(schemas())}
+    prep, _, _ = qwen_analyzer.prepare_line(apply_preset(row, "trl"), {}, None)
+    analysis = qwen_analyzer.run(prep, store=False)
+    turns = {step["turn"] for step in analysis["steps"] if step["scored"]}
+    assert turns == {1, 3}  # the call and the answer; the tool's message (2) is context
+    assert [t["message_index"] for t in analysis["summary"]["turns"]] == [1, 3]
+    tool_steps = [step for step in analysis["steps"] if step["turn"] == 2]
+    assert tool_steps and all(not step["scored"] for step in tool_steps)
+
+
+def test_verl_agent_line_scores_the_masked_in_tokens_only(qwen_analyzer, verl_row: dict):
+    line = apply_preset(verl_row, "verl")
+    prep, _, _ = qwen_analyzer.prepare_line(line, {}, None)
+    analysis = qwen_analyzer.run(prep, store=False)
+    assert len(analysis["steps"]) == len(line["response_ids"])
+    assert [int(step["scored"]) for step in analysis["steps"]] == line["response_mask"]
+
+
+def test_a_conversation_gets_verls_tokens_and_mask(qwen_analyzer, verl_row: dict):
+    """The same rollout given as messages: the response ids and mask this tool builds from the
+    template are verl's (the contract: "as verl stores it"), but for the template's "\\n" after the
+    last turn, which verl never generated (masked out, so it changes no figure)."""
+    messages = [
+        *QUESTION,
+        {"role": "assistant", "content": "", "tool_calls": TOOL_CALLS},
+        {"role": "tool", "content": "12"},
+        {"role": "assistant", "content": ANSWER},
+    ]
+    prep, _, _ = qwen_analyzer.prepare_line({"messages": messages, "tools": schemas()}, {}, None)
+    analysis = qwen_analyzer.run(prep, store=False)
+    ids, mask = verl_row["response_ids"], verl_row["response_mask"]
+    assert analysis["response_ids"] == [*ids, qwen_tokenizer().convert_tokens_to_ids("Ċ")]
+    assert analysis["response_mask"] == [*mask, 0]
