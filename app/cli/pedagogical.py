@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from vrollout.cli.journal import Journal
 from vrollout.config import Settings
 from vrollout.errors import VRError
 from vrollout.inputs.teacher_context import SiblingIndex
@@ -71,6 +72,11 @@ def add_parser(sub: Any, model_flags: Callable[[Any], None], context_flags: Call
         help="which rollouts rollouts.jsonl keeps: those that reached the reference (default) or all",
     )
     p.add_argument("--no-store", action="store_true", help="do not save the analyses to the database")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the lines an earlier (killed or interrupted) run finished (records.jsonl), run the rest",
+    )
     from vrollout.cli.analyze import add_cluster_flags
 
     add_cluster_flags(p)
@@ -112,7 +118,11 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
     sibling_options = {**context, **line_options(options)}
     if sibling and cluster is None:  # a first pass over the file (inputs.teacher_context); a cluster's own
         siblings = analyzer.index_siblings(sources.rows(), sibling_options, args.privileged)
+    journal = Journal(Path(args.out), getattr(args, "resume", False))  # records.jsonl: what --resume reads
+    if journal.done:
+        print(f"resuming: {len(journal.done)} lines already in {journal.path}", file=sys.stderr)
     everything = iter(()) if first is None else itertools.chain([first], rows)
+    everything = (row for row in everything if row[0] not in journal.done)
     errors: list[tuple[int, str]] = []
     unknown: dict[str, list[int]] = {}  # keys that are not fields, kept in meta: line numbers
     stopped: list[str] = []
@@ -133,7 +143,7 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
                 }  # fmt: skip
                 lines = cluster_lines(
                     sources, Task(pedagogical_lines, params), settings, cluster,
-                    keep=Keep(), unknown=unknown, progress=bar.update,
+                    keep=Keep(frozenset(journal.done)), unknown=unknown, progress=bar.update,
                     siblings=SiblingPass(sibling_options, args.privileged) if sibling else None,
                 )  # fmt: skip
             try:
@@ -151,9 +161,10 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
 
         student, teacher = analyzer.pair.student.name, analyzer.pair.teacher.name
         summary = write_pedagogical(
-            records(), Path(args.out), include=args.include, end_ids=end_ids(analyzer),
+            journal.merged(records()), Path(args.out), include=args.include, end_ids=end_ids(analyzer),
             name=sources.name, student=student, teacher=teacher, settings=settings,
         )  # fmt: skip
+    journal.close()
     for number, message in sorted(errors):
         print(f"{sources.where(number)}: {message}", file=sys.stderr)
     for warning in say_line_warnings(sources, unknown):
@@ -166,11 +177,12 @@ def pedagogical_file(args: Any, settings: Settings, analyzer: Analyzer | None = 
             "applies the chat template)",
             file=sys.stderr,
         )
-    print(f"{done} lines -> {args.out}", file=sys.stderr)
+    earlier = f" ({len(journal.done)} from the earlier run)" if journal.done else ""
+    print(f"{done} lines{earlier} -> {args.out}", file=sys.stderr)
     if stopped:
         print(f"error: {sources.label}: {stopped[0]}; the lines before it were run", file=sys.stderr)
         return 2
-    return 0 if not errors else (1 if done else 2)
+    return 0 if not errors else (1 if done or journal.done else 2)
 
 
 def pedagogical_lines(
