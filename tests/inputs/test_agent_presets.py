@@ -374,3 +374,31 @@ def test_a_conversation_gets_verls_tokens_and_mask(qwen_analyzer, verl_row: dict
     ids, mask = verl_row["response_ids"], verl_row["response_mask"]
     assert analysis["response_ids"] == [*ids, qwen_tokenizer().convert_tokens_to_ids("Ċ")]
     assert analysis["response_mask"] == [*mask, 0]
+
+
+def test_vrollout_analyze_reads_both_with_from_auto(
+    trl_tool_table: Path, verl_row: dict, tmp_path: Path, capsys
+):
+    """`vrollout analyze FILE --from auto`: TRL's table (a tools column added, as the docs say)
+    and a JSONL of verl's trace outputs, each detected and analysed on a saved tiny student."""
+    import pandas as pd
+    from support.tiny import tiny_pair
+    from vrollout.cli.commands import main
+
+    student = tmp_path / "student"
+    pair = tiny_pair()
+    pair.student.tokenizer.chat_template = QWEN25
+    pair.student.model.save_pretrained(student)
+    pair.student.tokenizer.save_pretrained(student)
+    table = pd.read_parquet(trl_tool_table)
+    table["tools"] = json.dumps(schemas())
+    table.to_parquet(tmp_path / "with_tools.parquet")
+    (tmp_path / "agent.jsonl").write_text(json.dumps(verl_row) + "\n")
+    for source, preset in (("with_tools.parquet", "trl"), ("agent.jsonl", "verl")):
+        out = tmp_path / f"{source}.out.jsonl"
+        argv = ["analyze", str(tmp_path / source), "--from", "auto", "--out", str(out), "--no-store"]
+        code = main([*argv, "--student", str(student), "--device", "cpu", "--dtype", "float32"])
+        assert code == 0, capsys.readouterr().err
+        found = [json.loads(line) for line in out.read_text().splitlines()]
+        assert found and all(a["trajectory"]["meta"]["preset"] == preset for a in found)
+        assert all(0 in a["response_mask"] and 1 in a["response_mask"] for a in found)

@@ -15,6 +15,7 @@ SLOW_FIXTURES = {
     "real_client": "the real default model",
     "browser": "headless Chromium",
     "trl_table": "a GRPOTrainer step (tests/inputs/test_presets.py)",
+    "trl_tool_table": "a GRPOTrainer step with a tool (tests/inputs/test_agent_presets.py)",
 }
 SLOW_MARKERS = {
     "real_model": "the real default model",
