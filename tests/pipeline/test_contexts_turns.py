@@ -201,3 +201,36 @@ def test_the_analyzer_prepares_a_conversation_and_refuses_it_for_pedagogical_rol
     assert prepared.traj.final_answer == "It is sunny."
     with pytest.raises(BadTrajectory, match="pedagogical rollout needs a single turn"):
         analyzer.prepare_pedagogical({"messages": [USER, ASKS, RESULT, ANSWER]})
+
+
+def test_a_files_bad_conversations_are_errors_of_their_lines_only(qwen25, tmp_path):
+    analyzer = Analyzer(qwen25, tiny_settings(tmp_path))
+    lines = [
+        (1, {"messages": [USER, ASKS, RESULT, ANSWER], "tools": TOOLS}),
+        (2, {"messages": [USER, ASKS, {**RESULT, "tool_call_id": "call_9"}, ANSWER]}),
+        (3, {"prompt_ids": [5, 6], "response_ids": [7, 8], "response_mask": [1]}),
+    ]
+    prepared, failed = analyzer.prepare_lines(lines, {}, None, {})
+    assert [number for number, _ in prepared] == [1]
+    assert [(number, error.details["field"]) for number, error in failed] == [
+        (2, "messages[2].tool_call_id"),
+        (3, "response_mask"),
+    ]
+
+
+def test_a_conversation_needs_a_teacher_with_the_students_tokenizer():
+    from support.cross import cross_pair
+
+    pair = cross_pair()
+    with pytest.raises(BadTrajectory, match="the teacher has another tokenizer"):
+        contexts(
+            pair,
+            {
+                "messages": [
+                    USER,
+                    {"role": "assistant", "content": "Sunny."},
+                    {"role": "user", "content": "Sure?"},
+                    ANSWER,
+                ]
+            },
+        )
