@@ -234,3 +234,27 @@ def test_a_conversation_needs_a_teacher_with_the_students_tokenizer():
                 ]
             },
         )
+
+
+@pytest.mark.real_model
+def test_the_default_models_tokenizer_places_turns_as_its_templates_render_them():
+    """SmolLM2's own template (a plain conversation) and Qwen2.5's on SmolLM2's tokenizer (tool
+    calls): the ids of every turn are those of the whole rendering."""
+    from support import REAL_CACHE
+    from transformers import AutoTokenizer
+    from vrollout.models import default_model_folder
+
+    pair = tiny_pair()
+    pair.student.tokenizer = pair.teacher.tokenizer = AutoTokenizer.from_pretrained(
+        default_model_folder(REAL_CACHE)
+    )
+    plain = [USER, {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "Sure?"}, ANSWER]
+    ctx = contexts(pair, {"messages": plain})
+    assert ctx.student_ids + ctx.response_ids == encode(pair, whole(pair, plain))
+    assert "You are a helpful AI assistant named SmolLM" in ctx.student_text  # its own template
+    assert by_turn(pair, ctx)[3] == ("It is sunny.<|im_end|>", "<|im_start|>assistant\n\n")
+    pair.student.tokenizer.chat_template = (TEMPLATES / "qwen2_5_instruct.jinja").read_text()
+    agent = [USER, ASKS, RESULT, ANSWER]
+    ctx = contexts(pair, {"messages": agent, "tools": TOOLS})
+    assert ctx.student_ids + ctx.response_ids == encode(pair, whole(pair, agent, tools=TOOLS))
+    assert by_turn(pair, ctx)[1][0].endswith("</tool_call><|im_end|>")
