@@ -366,7 +366,9 @@ class VirtualRollout:
         from vrollout.cluster.ray import Keep, SiblingPass, Task, cluster_lines, run_rows
         from vrollout.errors import VRError
         from vrollout.inputs.paths import Sources
+        from vrollout.inputs.teacher_context import teacher_options
 
+        teacher_options(options.get("teacher_context"), options.get("teacher_template"))  # checked first
         settings = self.analyzer.settings
         sibling = SiblingPass(options, privileged) if options.get("teacher_context") == "sibling" else None
         task = Task(notebook_lines, {"options": options, "privileged": privileged, "siblings": None})
