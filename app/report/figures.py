@@ -4,8 +4,10 @@
 as is; building `go.Figure` objects would validate every array, ~0.2 s for 2,000 tokens);
 `analysis_figure` wraps it in a `go.Figure` for notebooks. Only trace types in plotly.js's
 "basic" bundle (scatter) are used: the page loads that 1.2 MB bundle instead of the 4.8 MB full
-one, which is most of what makes a 2,000-token analysis interactive in under 2 s
-(benchmarks/ui.py).
+one (the only offline bundle with WebGL's scattergl; it alone costs about 1.5 s to load in headless
+Chromium, most of the 2 s target). A long response is downsampled instead (`kept_points`:
+MinMaxLTTB, every divergence and flagged token kept), so the figure holds at most a few
+thousand points whatever the length (benchmarks/ui.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 from itertools import accumulate
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 from vrollout.metrics.objectives import QUADRANTS
 from vrollout.metrics.signal import lorenz
@@ -40,15 +43,14 @@ EVEN_SPREAD = {
 MAIN_X = [0.0, 0.68]  # the signal over positions; the Lorenz panel sits to its right
 LORENZ_X = [0.8, 1.0]
 MARKERS_UP_TO = 400  # beyond this many tokens, lines only: thousands of SVG markers are slow
+# A series longer than this is downsampled to about this many points (MinMaxLTTB), plus every
+# divergence and flagged token: drawing cost stops growing with the response.
+MAX_POINTS = 2000
 
 
 def _visible(token: str) -> str:
     """A token as hover text: escaped (Plotly renders hover labels as HTML), whitespace shown."""
     return html.escape(token.replace("\n", "↵").replace("\t", "⇥"))
-
-
-def _alternatives(topk: list[dict[str, Any]]) -> str:
-    return "<br>".join(f"&nbsp;&nbsp;{_visible(t['token'])}  {math.exp(t['logprob']):.3f}" for t in topk[:5])
 
 
 KIND_TEXT = {"surface": "surface (the teacher's continuation re-joins)", "fork": "fork (it does not re-join)"}
@@ -71,26 +73,25 @@ def teaching_text(step: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def hover_text(step: dict[str, Any]) -> str:
-    teaching = teaching_text(step)
+def hover_text(step: dict[str, Any], role: str | None = None) -> str:
+    """The chart's hover: two or three short lines (the strip's details panel holds the top-k
+    lists), so that it is never wide enough to be cut off at the right edge."""
+    token = _visible(step["token"])
+    if not scored(step):
+        return f"#{step['position']} <b>{token}</b><br>{html.escape(role or 'context')} token: not scored"
     if step.get("teacher_rank") is None:  # another tokenizer, inside a span: no teacher prediction
-        compared = (
-            f"<b>#{step['position']} {_visible(step['token'])}</b> inside a teacher token<br>"
-            "no teacher prediction at this prefix (compared at span starts)<br>"
+        return (
+            f"#{step['position']} <b>{token}</b> inside a teacher token<br>"
+            f"no teacher prediction at this prefix (compared at span starts)<br>"
+            f"log p_T(y) {step['teacher_logprob']:.3f} · log p_S(y) {step['student_logprob']:.3f}"
         )
-    else:
-        mark = "=" if step["agree"] else "≠"
-        compared = (
-            f"<b>#{step['position']} {_visible(step['token'])}</b> {mark} teacher "
-            f"<b>{_visible(step['teacher_top1'])}</b><br>"
-            f"reverse KL {step['reverse_kl']:.3f} nats · rank {step['teacher_rank']}<br>"
-        )
+    mark = "=" if step["agree"] else "≠"
+    teaching = teaching_text(step)
     return (
-        compared
-        + (f"{html.escape(teaching)}<br>" if teaching else "")
-        + f"log p_T(y) {step['teacher_logprob']:.3f} · log p_S(y) {step['student_logprob']:.3f}<br>"
-        + (f"teacher top-k:<br>{_alternatives(step['teacher_topk'])}<br>" if step["teacher_topk"] else "")
-        + f"student top-k:<br>{_alternatives(step['student_topk'])}"
+        f"#{step['position']} <b>{token}</b> {mark} teacher <b>{_visible(step['teacher_top1'])}</b><br>"
+        f"reverse KL {step['reverse_kl']:.3f} nats · rank {step['teacher_rank']} · "
+        f"log p_T(y) {step['teacher_logprob']:.2f}"
+        + (f"<br>{html.escape(teaching).replace(' · ', '<br>')}" if teaching else "")
     )
 
 
@@ -102,24 +103,85 @@ def cumulative_share(values: list[float]) -> list[float]:
     return [c / total for c in accumulate(values)]
 
 
+def scored(step: dict[str, Any]) -> bool:
+    """A token the student wrote (a conversation's context tokens are not; older steps all are)."""
+    return step.get("scored", True) is not False
+
+
+def flagged(steps: list[dict[str, Any]]) -> list[int]:
+    """Indices no downsampling may drop: every divergence, fork that matters and uncertain step,
+    the largest reverse KL, and both ends of each run of context (unscored) tokens, so that the
+    line breaks there instead of joining two turns over it."""
+    keep = {
+        i
+        for i, s in enumerate(steps)
+        if scored(s) and (not s["agree"] or s.get("fork_matters") or s.get("uncertain"))
+    }
+    kls = [(s["reverse_kl"], i) for i, s in enumerate(steps) if scored(s) and s["reverse_kl"] is not None]
+    if kls:
+        keep.add(max(kls)[1])
+    for i, s in enumerate(steps):
+        edge = (
+            i == 0
+            or i == len(steps) - 1
+            or scored(steps[i - 1]) != scored(s)
+            or scored(steps[i + 1]) != scored(s)
+        )
+        if not scored(s) and edge:
+            keep.add(i)
+    if steps:
+        keep.update((0, len(steps) - 1))
+    return sorted(keep)
+
+
+def kept_points(values: list[float | None], must_keep: list[int], n_out: int = MAX_POINTS) -> list[int]:
+    """The indices of `values` a figure draws: all of them up to `n_out`; beyond, MinMaxLTTB's
+    choice of `n_out` (the shape: peaks and troughs kept), with every index of `must_keep`."""
+    if len(values) <= n_out:
+        return list(range(len(values)))
+    from tsdownsample import MinMaxLTTBDownsampler  # Rust, imported on the first long figure
+
+    y = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
+    chosen = MinMaxLTTBDownsampler().downsample(y, n_out=n_out)
+    return sorted(set(chosen.tolist()) | set(must_keep))
+
+
+def roles_of(analysis: dict[str, Any]) -> list[str | None]:
+    """Each message's role, by index in the line's conversation (empty for a single turn)."""
+    trajectory = analysis.get("trajectory") or {}
+    messages = trajectory.get("conversation") or []
+    return [m.get("role") if isinstance(m, dict) else None for m in messages]
+
+
+def role_of(step: dict[str, Any], roles: list[str | None]) -> str | None:
+    turn = step.get("turn")
+    return roles[turn] if isinstance(turn, int) and 0 <= turn < len(roles) else None
+
+
 def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
     """The signal over token position: reverse KL (with divergences and the cumulative share of
-    the total on a second axis) above, the teacher's log-prob of the student's token below."""
+    the total on a second axis) above, the teacher's log-prob of the student's token below.
+    Context tokens (`scored: false`) are gaps; beyond MAX_POINTS tokens each series is
+    downsampled, every divergence and flagged token kept (`kept_points`)."""
     steps = analysis["steps"]
-    x = [s["position"] for s in steps]
-    kl = [s["reverse_kl"] for s in steps]
-    divergent = [s for s in steps if not s["agree"]]
+    roles = roles_of(analysis)
+    kl = [s["reverse_kl"] if scored(s) else None for s in steps]
+    logprob = [s["teacher_logprob"] if scored(s) else None for s in steps]
+    must = flagged(steps)
+    on_kl, on_logprob = kept_points(kl, must), kept_points(logprob, must)
+    divergent = [s for s in steps if scored(s) and not s["agree"]]
+    share = cumulative_share([v or 0.0 for v in kl])
     mode = "lines+markers" if len(steps) <= MARKERS_UP_TO else "lines"
     data = [
         {
             "type": "scatter",
-            "x": x,
-            "y": kl,
+            "x": [steps[i]["position"] for i in on_kl],
+            "y": [kl[i] for i in on_kl],
             "name": "reverse KL (nats)",
             "mode": mode,
             "line": {"color": KL_COLOR, "width": 1},
             "marker": {"size": 4, "color": KL_COLOR},
-            "hovertext": [hover_text(s) for s in steps],
+            "hovertext": [hover_text(steps[i], role_of(steps[i], roles)) for i in on_kl],
             "hoverinfo": "text",
             "xaxis": "x",
             "yaxis": "y",
@@ -138,8 +200,8 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
         },
         {
             "type": "scatter",
-            "x": x,
-            "y": cumulative_share(kl),
+            "x": [steps[i]["position"] for i in on_kl],
+            "y": [share[i] for i in on_kl],
             "name": "cumulative share of total KL",
             "mode": "lines",
             "line": {"color": SHARE_COLOR, "dash": "dot", "width": 1.5},
@@ -149,8 +211,8 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
         },
         {
             "type": "scatter",
-            "x": x,
-            "y": [s["teacher_logprob"] for s in steps],
+            "x": [steps[i]["position"] for i in on_logprob],
+            "y": [logprob[i] for i in on_logprob],
             "name": "teacher log-prob of the token",
             "mode": mode,
             "line": {"color": LOGPROB_COLOR, "width": 1},
@@ -163,9 +225,17 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
     ]
     layout = {
         "height": 520,
-        "margin": {"l": 60, "r": 60, "t": 30, "b": 50},
+        # The legend has a band of its own below the x axis (as report/chart.py's figures): at
+        # 800 px it wraps there instead of covering the KL peak.
+        "margin": {"l": 60, "r": 60, "t": 30, "b": 110},
         "hovermode": "closest",
-        "legend": {"orientation": "h", "y": 1.1, "x": 0},
+        "hoverlabel": {
+            "bgcolor": "white",
+            "bordercolor": "#8a96a3",
+            "font": {"size": 12, "color": "#1d2733"},
+            "align": "left",
+        },
+        "legend": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0},
         "template": {"layout": {"plot_bgcolor": "white", "paper_bgcolor": "white"}},
         "clickmode": "event",
         "xaxis": {
@@ -174,6 +244,7 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
             "title": {"text": "token position in the response"},
             "gridcolor": "#eef0f3",
             "zeroline": False,
+            **token_ticks(steps),
         },
         "yaxis": {
             "anchor": "x",
@@ -201,8 +272,28 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
     }
     if analysis.get("recovery"):
         add_recovery(data, layout, analysis["recovery"])
-    add_lorenz(data, layout, steps)
+    add_lorenz(data, layout, [s for s in steps if scored(s)])
     return {"data": data, "layout": layout}
+
+
+TICKS_WITH_TEXT_UP_TO = (
+    40  # a token's text fits under its tick up to about this many; beyond, the page sets them as you zoom
+)
+
+
+def token_ticks(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The x axis of a short response: each token's text under its position (escaped: Plotly
+    draws tick text as HTML). A longer one gets numbers, and the page puts the text of the
+    tokens in view once zoomed in (static/analysis.js)."""
+    if not steps or len(steps) > TICKS_WITH_TEXT_UP_TO:
+        return {}
+    return {
+        "tickmode": "array",
+        "tickvals": [s["position"] for s in steps],
+        "ticktext": [f"{_visible(s['token'])[:8]}" for s in steps],
+        "tickangle": -60,
+        "tickfont": {"size": 10},
+    }
 
 
 def add_lorenz(data: list[dict[str, Any]], layout: dict[str, Any], steps: list[dict[str, Any]]) -> None:
@@ -333,14 +424,14 @@ def quadrant_figure(analysis: dict[str, Any]) -> dict[str, Any] | None:
     the thresholds as dashed lines, each quadrant's share of tokens and of signal in its legend
     name. None where the analysis has no quadrants or its steps no student entropy."""
     quads = analysis.get("summary", {}).get("quadrants")
-    steps = analysis["steps"]
+    steps = [s for s in analysis["steps"] if scored(s)]
     if not quads or not steps or any(s.get("student_entropy") is None for s in steps):
         return None
     h, d = quads["entropy_threshold"], quads["divergence_threshold"]
     if h is None or d is None:
         return None
     placed: dict[str, list[dict[str, Any]]] = {q: [] for q in QUADRANTS}
-    for step in steps:
+    for step in thinned(steps):
         high_e, high_d = step["student_entropy"] > h, step["reverse_kl"] > d
         placed[f"{'high' if high_e else 'low'}_entropy_{'high' if high_d else 'low'}_divergence"].append(step)
     data = []
@@ -395,6 +486,16 @@ def quadrant_figure(analysis: dict[str, Any]) -> dict[str, Any] | None:
         ],
     }
     return {"data": data, "layout": layout}
+
+
+def thinned(steps: list[dict[str, Any]], n_out: int = MAX_POINTS) -> list[dict[str, Any]]:
+    """At most about `n_out` steps for a scatter of every token: every k-th, plus the
+    divergences and the largest reverse KLs (the points a reader looks for)."""
+    if len(steps) <= n_out:
+        return steps
+    every = math.ceil(len(steps) / n_out)
+    top = {id(s) for s in sorted(steps, key=lambda s: s["reverse_kl"], reverse=True)[: n_out // 10]}
+    return [s for i, s in enumerate(steps) if i % every == 0 or not s["agree"] or id(s) in top]
 
 
 def analysis_figure(analysis: dict[str, Any]) -> go.Figure:

@@ -368,6 +368,16 @@ class Figure(Open):
     layout: dict[str, Any]
 
 
+class StepsRange(Open):
+    """Steps [start, stop) of a stored analysis (`GET /api/analyses/{id}/steps`): each as in the
+    analysis's `steps`."""
+
+    start: int
+    stop: int = Field(description="exclusive; cut at total")
+    total: int = Field(description="the analysis's number of steps")
+    steps: list[dict[str, Any]]
+
+
 class Deleted(Open):
     ok: bool
     id: str

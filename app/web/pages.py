@@ -11,12 +11,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
+from vrollout.report.analysis_view import chips, diff, page_view, without_steps
 from vrollout.report.figures import figure_dict, quadrant_figure
 from vrollout.report.pages import standalone_assets, template_env
 from vrollout.report.tables import KL_STRIP_MAX_NATS, kl_color, trajectory_row
 from vrollout.storage.jobs import Jobs
 from vrollout.storage.store import SQLITE_MAX_INT, Store
-from vrollout.web.routes.analyses import AnalyzerDep, StoreDep
+from vrollout.web.routes.analyses import AnalyzerDep, RecentAnalyses, RecentDep, StoreDep
 from vrollout.web.routes.jobs import JobsDep, RunnerDep, overview
 
 router = APIRouter(include_in_schema=False)
@@ -117,25 +118,43 @@ def table_rows(store: Store, jobs: Jobs, items: list[dict[str, Any]]) -> list[di
     return rows
 
 
-async def _analysis_context(store: Any, analysis_id: str) -> dict[str, Any]:
-    analysis = await run_in_threadpool(store.get, analysis_id)
-    figure = await run_in_threadpool(figure_json, analysis)
+def analysis_context(analysis: dict[str, Any], standalone: bool) -> dict[str, Any]:
+    """What analysis.html renders from: the analysis (its steps for the server-side parts: the
+    chips, the diff, the alignment) and, as JSON for the script, the analysis without its steps
+    and the page's view (report/analysis_view.py). A page on the server embeds the first block of
+    steps and fetches the rest by range; a one-file download embeds them all."""
+    view = page_view(analysis, all_steps=standalone)
     quadrants = quadrant_figure(analysis)  # TIP's scatter (docs/objectives.md); None: not computed
-    quadrant_json = None if quadrants is None else script_json(json.dumps(quadrants))
-    return {"a": analysis, "s": analysis["summary"], "figure_json": figure, "quadrant_json": quadrant_json}
+    return {
+        "a": analysis,
+        "s": analysis["summary"],
+        "figure_json": figure_json(analysis),
+        "quadrant_json": None if quadrants is None else script_json(json.dumps(quadrants)),
+        "analysis_json": script_json(json.dumps(without_steps(analysis))),
+        "view_json": script_json(json.dumps(view)),
+        "view": view,
+        "chips": chips(analysis, view["marks"]),
+        "diff": diff(analysis["steps"]),
+    }
+
+
+async def _analysis_context(recent: RecentAnalyses, analysis_id: str, standalone: bool) -> dict[str, Any]:
+    analysis = await run_in_threadpool(recent.get, analysis_id)
+    return await run_in_threadpool(analysis_context, analysis, standalone)
 
 
 @router.get("/analyses/{analysis_id}", response_class=HTMLResponse)
-async def analysis_page(request: Request, analysis_id: str, store: StoreDep) -> Response:
-    context = await _analysis_context(store, analysis_id)
+async def analysis_page(request: Request, analysis_id: str, recent: RecentDep) -> Response:
+    context = await _analysis_context(recent, analysis_id, standalone=False)
     limit = request.app.state.settings.max_new_tokens
     return await render(request, "analysis.html", {**context, "standalone": False, "max_new_tokens": limit})
 
 
 @router.get("/analyses/{analysis_id}/download", response_class=HTMLResponse)
-async def analysis_download(request: Request, analysis_id: str, store: StoreDep) -> Response:
-    """One self-contained HTML file (plotly.js, CSS and script inlined) that opens offline."""
-    context = await _analysis_context(store, analysis_id)
+async def analysis_download(request: Request, analysis_id: str, recent: RecentDep) -> Response:
+    """One self-contained HTML file (plotly.js, CSS and script inlined, every step embedded) that
+    opens offline."""
+    context = await _analysis_context(recent, analysis_id, standalone=True)
     static = request.app.state.settings.static_dir
     inline, csp = await run_in_threadpool(standalone_assets, static, "analysis.js")
     response = await render(request, "analysis.html", {**context, **inline, "csp": csp, "standalone": True})

@@ -83,12 +83,7 @@ def test_page_shows_headline_kinds_and_legend(tiny_client, classified):
     text, missing = headline(classified["summary"])
     assert f'<p class="headline" id="headline">{text}</p>' in page and not missing
     assert 'id="kind-legend"' in page and "fork that matters" in page
-    strip = page[page.index('id="strip"') :]
-    for step in classified["steps"]:
-        col = re.search(rf'<span class="([^"]*)" data-i="{step["position"]}"', strip).group(1).split()
-        kind = step["divergence_kind"]
-        assert ("surface" in col) == (kind == "surface") and ("fork" in col) == (kind == "fork")
-        assert ("matters" in col) == bool(step["fork_matters"])
+    # Each column's kind: the strip is drawn by the script now (test_the_page_in_a_browser).
     assert 'data-key="teacher_mass_on_student_topk_mean"' in page
 
 
@@ -174,6 +169,11 @@ def test_the_page_in_a_browser(tiny_client, classified, browser, tmp_path):
         for kind in ("surface", "fork")
         if page.locator(f"#strip .col.{kind}").count()
     }
+    for step in classified["steps"]:
+        col = page.get_attribute(f"#strip .col[data-i='{step['position']}']", "class").split()
+        kind = step["divergence_kind"]
+        assert ("surface" in col) == (kind == "surface") and ("fork" in col) == (kind == "fork")
+        assert ("matters" in col) == bool(step["fork_matters"])
     unclassified = "rgb(253, 227, 200)"  # a divergence's colour without a kind (app.css .col.div)
     assert colours and unclassified not in colours.values() and len(set(colours.values())) == len(colours)
     first = next(s for s in classified["steps"] if not s["agree"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +21,7 @@ from vrollout.ids import new_id
 from vrollout.jobs.tasks import Task, Tasks
 from vrollout.jobs.worker import ModelWorker
 from vrollout.pipeline.analyzer import Analyzer
+from vrollout.report.analysis_view import steps_range
 from vrollout.report.figures import figure_dict
 from vrollout.schema.analysis import Analysis, Noise
 from vrollout.schema.requests import AnalyzeRequest, PedagogicalRequest
@@ -30,6 +33,7 @@ from vrollout.schema.responses import (
     Health,
     Models,
     PedagogicalResult,
+    StepsRange,
     TaskStarted,
     TaskState,
 )
@@ -233,6 +237,59 @@ async def get_figure(analysis_id: str, store: StoreDep) -> Response:
     analysis = await run_in_threadpool(store.get, analysis_id)
     figure = await run_in_threadpool(lambda: json.dumps(figure_dict(analysis)))
     return Response(figure, media_type="application/json")
+
+
+class RecentAnalyses:
+    """The last few analyses read, parsed: a long page's reader scrolls through its steps by
+    range, and decompressing and parsing a 32,000-token analysis for every block would cost
+    about a second each time. Each read first asks the database whether the id is still there,
+    so a deleted analysis is never served from here."""
+
+    def __init__(self, store: Store, size: int = 4) -> None:
+        self.store, self.size = store, size
+        self.items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, analysis_id: str) -> dict[str, Any]:
+        with self.lock:
+            cached = self.items.get(analysis_id)
+        if cached is not None:
+            with self.store.connect() as db:
+                if db.execute("SELECT 1 FROM analyses WHERE id = ?", (analysis_id,)).fetchone():
+                    with self.lock:
+                        self.items.move_to_end(analysis_id)
+                    return cached
+        analysis = self.store.get(analysis_id)  # NotFound: a clear 404
+        with self.lock:
+            self.items[analysis_id] = analysis
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return analysis
+
+
+def recent_analyses(request: Request) -> RecentAnalyses:
+    """The app's RecentAnalyses, made on first use (over the app's store)."""
+    state = request.app.state
+    if getattr(state, "recent_analyses", None) is None:
+        state.recent_analyses = RecentAnalyses(state.store)
+    return state.recent_analyses
+
+
+RecentDep = Annotated[RecentAnalyses, Depends(recent_analyses)]
+
+
+@router.get("/analyses/{analysis_id}/steps", response_model=StepsRange)
+async def get_steps(
+    analysis_id: str,
+    recent: RecentDep,
+    start: Annotated[int, Query(ge=0, le=SQLITE_MAX_INT)] = 0,
+    stop: Annotated[int | None, Query(ge=0, le=SQLITE_MAX_INT)] = None,
+) -> Response:
+    """Steps [start, stop) of a stored analysis, at most 2,000 at a time (stop defaults to start +
+    200 and is cut at the total): the analysis page fetches what comes into view."""
+    analysis = await run_in_threadpool(recent.get, analysis_id)
+    body = await run_in_threadpool(lambda: to_json(steps_range(analysis, start, stop), inf_nan_mode="null"))
+    return Response(body, media_type="application/json")
 
 
 @router.delete("/analyses/{analysis_id}", response_model=Deleted, response_model_exclude_unset=True)
