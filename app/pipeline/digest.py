@@ -41,9 +41,11 @@ SUMMARY_COLUMNS = (
 
 # Digests stored with an older version (or none) are made again from the stored analysis when a
 # dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
-# 7: objectives and quadrants (docs/objectives.md); 6: preflight columns in the summary row;
+# 8: segments (thinking/answer), and only the student's steps (#25: a conversation's context
+# steps have null figures); 7: objectives and quadrants (docs/objectives.md); 6: preflight
+# columns in the summary row;
 # 5: preflight; 4: teacher_context; 3: step, score, verdict_method, reverse_kl_at_divergences
-DIGEST_VERSION = 7
+DIGEST_VERSION = 8
 
 
 def verdict_of(analysis: dict[str, Any]) -> dict[str, Any] | None:
@@ -73,9 +75,34 @@ def signal_columns(analysis: dict[str, Any]) -> dict[str, Any]:
         ("kl", "concentration", lambda step: step["reverse_kl"]),
         ("abs_advantage", "concentration_abs_advantage", lambda step: abs(step["advantage"])),
     ):
-        spread = s.get(key) or concentration([value(step) for step in analysis["steps"]])
+        spread = s.get(key) or concentration([value(step) for step in student_steps(analysis)])
         out.update({f"{prefix}_{field}": spread.get(field) for field in CONCENTRATION_FIELDS})
     return out
+
+
+def student_steps(analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps of the tokens the student wrote: a conversation's context steps (`scored`
+    false: tool and user turns) have no figures (steps stored before `scored` all count)."""
+    return [s for s in analysis["steps"] if s.get("scored", True)]
+
+
+SEGMENT_FIELDS = ("tokens", "reverse_kl_mean", "divergences", "divergences_surface", "divergences_fork")
+
+
+def segment_figures(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """A few figures of summary.segments (thinking, answer) for the headline; None without it."""
+    parts = summary.get("segments")
+    if not parts:
+        return None
+    return {
+        name: None
+        if part is None
+        else {
+            **{f: part.get(f) for f in SEGMENT_FIELDS},
+            "kl_top_5pct": (part.get("concentration") or {}).get("top_5pct"),
+        }
+        for name, part in parts.items()
+    }
 
 
 def summary_row(analysis: dict[str, Any]) -> dict[str, Any]:
@@ -111,17 +138,19 @@ def digest(analysis: dict[str, Any]) -> dict[str, Any]:
     """All that the summaries and the figures need of one analysis (a few hundred bytes, stored
     beside it): its summary row, the counts of its per-step reverse KL in the figure's bins, and
     the share of its KL in each tenth of the response."""
-    kl = [s["reverse_kl"] for s in analysis["steps"]]
+    steps = student_steps(analysis)
+    kl = [s["reverse_kl"] for s in steps]
     return {
         **summary_row(analysis),
         "kl_bins": kl_bin_counts(kl),
         "deciles": decile_shares(analysis),
         # the drift views' "share of reverse KL at divergences" (report/drift.py)
-        "reverse_kl_at_divergences": sum(s["reverse_kl"] for s in analysis["steps"] if not s["agree"]),
+        "reverse_kl_at_divergences": sum(s["reverse_kl"] for s in steps if not s["agree"]),
         "preflight": compact(analysis.get("preflight")),  # the job's preflight (pipeline/preflight.py)
         # each distillation objective's summary and TIP's quadrants (report/headline.py rows)
         "objectives": analysis["summary"].get("objectives"),
         "quadrants": analysis["summary"].get("quadrants"),
+        "segments": segment_figures(analysis["summary"]),  # thinking and answer (report/headline.py)
         "version": DIGEST_VERSION,
     }
 
@@ -145,8 +174,9 @@ def quadrant_shares(quadrants: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def decile_shares(analysis: dict[str, Any]) -> list[float] | None:
-    """Share of the trajectory's total reverse KL in each tenth of the response."""
-    kl = [s["reverse_kl"] for s in analysis["steps"]]
+    """Share of the trajectory's total reverse KL in each tenth of the response (context steps
+    count as 0: the tenths are of the whole response)."""
+    kl = [s["reverse_kl"] if s.get("scored", True) else 0.0 for s in analysis["steps"]]
     total = sum(kl)
     if total <= 0:
         return None

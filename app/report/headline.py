@@ -113,6 +113,38 @@ def quadrant_measures() -> list[Measure]:
     ]  # fmt: skip
 
 
+def segment_value(part: str, field: str) -> Callable[[dict[str, Any]], float | None]:
+    """One figure of the thinking or the answer (the digest's `segments`; None without them)."""
+
+    def value(d: dict[str, Any]) -> float | None:
+        figures = (d.get("segments") or {}).get(part) or {}
+        if field == "divergences_per_100_tokens":
+            n, tokens = figures.get("divergences"), figures.get("tokens")
+            return 100.0 * n / tokens if n is not None and tokens else None
+        return figures.get(field)
+
+    return value
+
+
+# Thinking apart from the answer (summary.segments, #25): the same figures for each part, rows
+# shown only where some trajectory marks its reasoning.
+SEGMENT_FIELDS = (
+    ("reverse_kl_mean", "reverse KL per token (nats)", "number"),
+    ("divergences_per_100_tokens", "divergences per 100 tokens", "number"),
+    ("kl_top_5pct", "top 5% of tokens carry (share of reverse KL)", "share"),
+    ("divergences_surface", "surface divergences per trajectory", "count"),
+    ("divergences_fork", "forks per trajectory", "count"),
+)
+
+
+def segment_measures() -> list[Measure]:
+    return [
+        Measure(f"{part}_{field}", f"{part}: {label}", unit, segment_value(part, field))
+        for part in ("thinking", "answer")
+        for field, label, unit in SEGMENT_FIELDS
+    ]
+
+
 def quantile(ordered: list[float], q: float) -> float:
     """The q-quantile of sorted values, linear between order statistics (numpy's default)."""
     at = q * (len(ordered) - 1)
@@ -148,7 +180,7 @@ def headline(digests: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The headline table of a dataset. Columns: `all`, then `correct` and `incorrect` when any
     trajectory has a verdict (a reference answer). A measure with no value in any trajectory
     (e.g. surface/fork without continuations) is left out."""
-    measures = [*MEASURES, *objective_measures(OBJECTIVE_NAMES), *quadrant_measures()]
+    measures = [*MEASURES, *segment_measures(), *objective_measures(OBJECTIVE_NAMES), *quadrant_measures()]
     values: dict[str, dict[str, list[float]]] = {g: {m.key: [] for m in measures} for g in GROUPS}
     counts = dict.fromkeys(GROUPS, 0)
     for d in digests:

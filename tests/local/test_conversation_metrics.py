@@ -16,7 +16,9 @@ from support.tiny import tiny_pair
 from vrollout.local.continuations import eos_ids
 from vrollout.local.reference import last_logprobs, naive_continuation, naive_step
 from vrollout.pipeline.analyzer import Analyzer
+from vrollout.pipeline.digest import digest
 from vrollout.pipeline.turns import continuation_limits
+from vrollout.report.headline import headline
 from vrollout.rules import cut_at_eos
 from vrollout.schema.analysis import analysis_adapter
 
@@ -58,9 +60,16 @@ def analyze(pair, tmp_path, mask, turns, **options):
     return analyzer.run(prep, store=False), s_ctx, t_ctx, response
 
 
-def test_student_tokens_equal_the_naive_reference_and_context_tokens_have_none(pair, tmp_path):
+@pytest.fixture(scope="module")
+def scored(pair, tmp_path_factory):
+    """The conversation's analysis (no continuations): the analysis, its contexts, its response."""
+    _, mask, turns = conversation(pair)
+    return analyze(pair, tmp_path_factory.mktemp("conversation"), mask, turns)
+
+
+def test_student_tokens_equal_the_naive_reference_and_context_tokens_have_none(pair, scored):
     response, mask, turns = conversation(pair)
-    analysis, s_ctx, t_ctx, _ = analyze(pair, tmp_path, mask, turns)
+    analysis, s_ctx, t_ctx, _ = scored
     analysis_adapter().validate_python(analysis)
     assert analysis["response_mask"] == mask
     steps = analysis["steps"]
@@ -83,9 +92,9 @@ def test_student_tokens_equal_the_naive_reference_and_context_tokens_have_none(p
     assert all(s["segment"] is None for s in steps if s["turn"] == 3)
 
 
-def test_summaries_count_the_student_tokens_only(pair, tmp_path):
-    response, mask, turns = conversation(pair)
-    analysis, *_ = analyze(pair, tmp_path, mask, turns)
+def test_summaries_count_the_student_tokens_only(pair, scored):
+    response, mask, _ = conversation(pair)
+    analysis = scored[0]
     scored = [s for s in analysis["steps"] if s["scored"]]
     summary = analysis["summary"]
     assert summary["tokens"] == sum(mask) < len(response)
@@ -104,6 +113,18 @@ def test_summaries_count_the_student_tokens_only(pair, tmp_path):
     thinking = summary["segments"]["thinking"]
     assert thinking["tokens"] == sum(1 for s in scored if s["segment"] == "thinking") > 0
     assert summary["segments"]["answer"]["tokens"] == sum(1 for s in scored if s["segment"] == "answer")
+
+
+def test_the_digest_and_the_headline_read_the_student_tokens_and_both_parts(pair, scored):
+    _, mask, _ = conversation(pair)
+    analysis = scored[0]
+    found = digest(analysis)
+    assert sum(found["kl_bins"]) == sum(mask) and found["tokens"] == sum(mask)
+    thinking = analysis["summary"]["segments"]["thinking"]
+    assert found["segments"]["thinking"]["reverse_kl_mean"] == thinking["reverse_kl_mean"]
+    rows = {row["measure"]: row for row in headline([found])["rows"]}
+    assert rows["thinking_reverse_kl_mean"]["cells"]["all"]["median"] == thinking["reverse_kl_mean"]
+    assert "answer_divergences_per_100_tokens" in rows
 
 
 def test_continuations_and_recovery_stop_at_the_end_of_their_turn(pair, tmp_path):
