@@ -1,8 +1,8 @@
 // The job page's error-localization table, for jobs whose lines carry steps and a label: read
 // from /api/jobs/{id}/localization when the page opens and whenever the job's state changes
 // (job.js sets body[data-job-state]). The page loads this script only for jobs with such lines
-// (the API answers 422 for others); the table stays hidden until a line is analysed. Text goes
-// in via textContent.
+// (the API answers 422 for others); the table stays hidden until a line is analysed. The scorer
+// with the best F1 is marked ★ (as on the localization page). Text goes in via textContent.
 (function () {
   "use strict";
   const { $, embedded, row, fmt, request } = VR;
@@ -25,13 +25,22 @@
       return;
     }
     const base = body.metrics.baselines;
+    let best = null;
+    for (const name of body.scorers) {
+      const f1 = body.metrics[name].f1;
+      if (f1 !== null && (best === null || f1 > body.metrics[best].f1)) best = name;
+    }
     const entries = [
-      ...body.scorers.map((name) => [name, body.metrics[name]]),
+      ...body.scorers.map((name) => [name === best ? `${name} ★ best` : name, body.metrics[name]]),
       ["position (baseline)", base.position],
       ["chance (baseline)", base.chance],
     ];
     $("localization-table").tBodies[0].replaceChildren(
-      ...entries.map(([name, m]) => row([name, ...METRICS.map((key) => cell(m, key))]))
+      ...entries.map(([name, m]) => {
+        const tr = row([name, ...METRICS.map((key) => cell(m, key))]);
+        if (name.endsWith("★ best")) tr.className = "best";
+        return tr;
+      })
     );
     const errors = body.predictions.filter((p) => p.label >= 0).length;
     $("localization-note").textContent =

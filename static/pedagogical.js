@@ -1,9 +1,11 @@
 // The pedagogical rollout section of the analysis page: run it for this analysis's contexts,
 // follow its progress, show the new trajectory (teacher-chosen tokens marked) and the sweep.
+// The analysis of a pedagogical job's line (the student's own rollout, replayed) opens with the
+// job's pedagogical rollout of that line shown here (/api/jobs/{id}/rollouts/{line}).
 // Model text only ever reaches the DOM through textContent.
 (function () {
   "use strict";
-  const { $, embedded, el, visible, fmt, showTooltip, progress, showError, plot, runTask } = VR;
+  const { $, embedded, el, visible, fmt, showTooltip, progress, showError, plot, request, runTask } = VR;
   const form = $("ped-form");
   if (!form) return;
   const analysis = embedded("analysis-data");
@@ -100,6 +102,31 @@
       chart.replaceChildren();
     }
     document.body.dataset.pedagogical = "1";
+  }
+
+  // The job's own rollout of this line, when the analysis was made by a pedagogical job.
+  async function showJobRollout(ref) {
+    const jobUrl = `/api/jobs/${encodeURIComponent(ref.id)}`;
+    let record;
+    try {
+      const job = await request(jobUrl);
+      if (job.mode !== "pedagogical") return;
+      record = (await request(`${jobUrl}/rollouts/${encodeURIComponent(ref.line)}`)).record;
+    } catch (e) {
+      return; // the job is gone, or the line has no rollout: the form stays as it is
+    }
+    const ped = record.pedagogical;
+    render({ ...ped, reached_reference: ped.correct, sweep: record.sweep });
+    const note = el("span", `The job's pedagogical rollout of line ${ref.line} `, "ped-job-note");
+    const link = el("a", `(job ${ref.id})`);
+    link.href = `/jobs/${encodeURIComponent(ref.id)}`;
+    note.append(link, ": ");
+    $("ped-summary").prepend(note);
+    document.body.dataset.jobRollout = String(ref.line);
+  }
+
+  if (analysis.job && analysis.job.id && analysis.job.line !== null && analysis.job.line !== undefined) {
+    showJobRollout(analysis.job);
   }
 
   form.addEventListener("submit", async (event) => {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ from vrollout.errors import BadTrajectory
 from vrollout.metrics.localization import SCORERS, TOKEN_SCORERS, localization_of, problem_key, score_analysis
 from vrollout.metrics.localization_eval import METRICS, Setup, localization_metrics
 from vrollout.report.pages import standalone_assets, template_env
+from vrollout.report.steps_overlay import cut_text
 
 if TYPE_CHECKING:
     from vrollout.config import Settings
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 POINT_COLOR = "rgba(44, 111, 187, 0.35)"
 MEAN_COLOR = "#c0392b"
 CORRECT_COLOR = "#7f8c8d"
+BEST_COLOR = "#1e8449"
 WINDOW = 6  # steps shown either side of the label in the score-by-step figures
+SHOWN_LINES = 300  # lines whose step texts and heat-map rows the page shows (the JSON has all)
 
 
 @dataclass
@@ -35,6 +38,18 @@ class LocalizationResult:
     predictions: list[dict[str, Any]]
     scorers: list[str]
     setup: Setup
+    # The first SHOWN_LINES lines' steps, as the page shows them (cut_text; not in predictions)
+    step_texts: list[list[str]] = field(default_factory=list)
+
+    @property
+    def best(self) -> str | None:
+        """The scorer with the highest cross-validated F1 (the first of equals; None: no F1)."""
+        scored = [
+            (self.metrics[n]["f1"], -i, n)
+            for i, n in enumerate(self.scorers)
+            if self.metrics[n]["f1"] is not None
+        ]
+        return max(scored)[2] if scored else None
 
     def headline(self) -> str:
         """One line per scorer for the terminal: F1 with its interval, beside the baselines."""
@@ -75,15 +90,19 @@ def localization_result(
     scorers = [*TOKEN_SCORERS, "recovery_drop"] if recovery is not False else list(TOKEN_SCORERS)
     any_recovery = False
     rows = []
+    shown: list[list[str]] = []
     for analysis in analyses:
         found = localization_of(analysis)
         if found is None:
             continue
         steps, label = found
         any_recovery = any_recovery or bool(analysis.get("recovery"))
+        if len(shown) < SHOWN_LINES:
+            shown.append([cut_text(step) for step in steps])
         rows.append(
             {
                 "id": analysis["trajectory"].get("id"),
+                "analysis_id": analysis.get("id"),
                 "line": (analysis.get("job") or {}).get("line"),
                 "label": label,
                 "steps": len(steps),
@@ -108,6 +127,7 @@ def localization_result(
             {
                 "id": row["id"],
                 "line": row["line"],
+                "analysis_id": row["analysis_id"],
                 "label": row["label"],
                 "predicted": {name: predicted[name][i] for name in scorers},
                 "scores": row["scores"],
@@ -115,7 +135,33 @@ def localization_result(
                 "fold": folds[i],
             }
         )
-    return LocalizationResult(metrics, predictions, scorers, setup)
+    return LocalizationResult(metrics, predictions, scorers, setup, shown)
+
+
+def heat_map(result: LocalizationResult, name: str) -> dict[str, Any]:
+    """One scorer's step scores as a lines × steps grid for the page (the first SHOWN_LINES
+    lines): each cell's score, its shade (0..1: the score's rank among all of this scorer's
+    scores, so that one outlier does not wash the rest out), whether it is the labelled first
+    wrong step and whether the scorer predicted it. Steps past a line's end are absent."""
+    shown = result.predictions[:SHOWN_LINES]
+    values = sorted(s for p in shown for s in p["scores"][name] if s is not None)
+    rank = {v: i for i, v in enumerate(values)}  # the last index of equal values
+    top = max(len(values) - 1, 1)
+    rows = []
+    for p in shown:
+        cells = [
+            {"score": s, "shade": None if s is None else rank[s] / top,
+             "label": j == p["label"], "predicted": j == p["predicted"][name]}
+            for j, s in enumerate(p["scores"][name])
+        ]  # fmt: skip
+        rows.append({"line": p["line"], "id": p["id"], "analysis_id": p.get("analysis_id"),
+                     "label": p["label"], "predicted": p["predicted"][name], "cells": cells})  # fmt: skip
+    width = max((len(r["cells"]) for r in rows), default=0)
+    return {"name": name, "rows": rows, "steps": width, "shown": len(shown), "lines": len(result.predictions)}
+
+
+def heat_maps(result: LocalizationResult) -> dict[str, dict[str, Any]]:
+    return {name: heat_map(result, name) for name in result.scorers}
 
 
 def score_figure(result: LocalizationResult, name: str) -> dict[str, Any]:
@@ -160,27 +206,35 @@ def score_figure(result: LocalizationResult, name: str) -> dict[str, Any]:
 
 
 def f1_figure(result: LocalizationResult) -> dict[str, Any]:
-    """F1 of each scorer and the position-only baseline with 95% intervals; chance as a line."""
+    """F1 of each scorer and the position-only baseline with 95% intervals, as horizontal bars
+    (the scorers' names on the y axis, sized to fit: never cut), each bar's F1 written beside it,
+    the best scorer in its own colour and named ★; chance as a dashed line."""
     names = [*result.scorers, "position"]
     entries = [result.metrics[n] for n in result.scorers] + [result.metrics["baselines"]["position"]]
     f1 = [e["f1"] or 0.0 for e in entries]
     plus = [(e["f1_interval"][1] or 0.0) - v for e, v in zip(entries, f1, strict=True)]
     minus = [v - (e["f1_interval"][0] or 0.0) for e, v in zip(entries, f1, strict=True)]
     chance = result.metrics["baselines"]["chance"]["f1"] or 0.0
+    best = result.best
+    labels = [
+        f"★ {n} (best)" if n == best else ("position (baseline)" if n == "position" else n) for n in names
+    ]
+    colors = [BEST_COLOR if n == best else (CORRECT_COLOR if n == "position" else "#2c6fbb") for n in names]
     data = [
-        {"type": "bar", "x": names, "y": f1, "name": "F1 (cross-validated)", "marker": {"color": "#2c6fbb"},
-         "error_y": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus}},
-        {"type": "scatter", "mode": "lines", "x": [names[0], names[-1]], "y": [chance, chance],
-         "name": "chance", "line": {"color": CORRECT_COLOR, "dash": "dash"}},
+        {"type": "bar", "orientation": "h", "y": labels, "x": f1, "name": "F1 (cross-validated)",
+         "marker": {"color": colors}, "text": [_fmt(e["f1"]) for e in entries], "textposition": "outside",
+         "cliponaxis": False, "hovertemplate": "%{y}: F1 %{x:.3f}<extra></extra>",
+         "error_x": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus}},
+        {"type": "scatter", "mode": "lines", "x": [chance, chance], "y": [labels[0], labels[-1]],
+         "name": f"chance ({_fmt(chance)})", "line": {"color": CORRECT_COLOR, "dash": "dash"}},
     ]  # fmt: skip
     layout = {
-        "title": {
-            "text": "F1 with 95% bootstrap intervals",
-            "x": 0.01,
-            "xanchor": "left",
-        },  # clear of the mode bar
-        "yaxis": {"title": {"text": "F1"}, "range": [0, 1]},
-        "margin": {"t": 40, "r": 10, "b": 60, "l": 55},
+        "title": {"text": "F1 with 95% bootstrap intervals", "x": 0.01, "xanchor": "left"},
+        "xaxis": {"title": {"text": "F1"}, "range": [0, 1.1], "tickvals": [0, 0.2, 0.4, 0.6, 0.8, 1]},
+        "yaxis": {"automargin": True, "autorange": "reversed", "type": "category"},
+        "margin": {"t": 40, "r": 20, "b": 45, "l": 10},
+        "legend": {"orientation": "h", "y": -0.3},
+        "showlegend": True,
     }
     return {"data": data, "layout": layout}
 
@@ -212,6 +266,7 @@ def write_folder(
         result=result,
         errors=errors,
         figures=localization_figures(result),
+        heat_maps=heat_maps(result),
         student=analyzer.pair.student.name,
         teacher=analyzer.pair.teacher.name,
         standalone=True,

@@ -129,12 +129,15 @@ class ComparisonTally:
         self.logprobs: list[float] = []  # every intervention of every line
         self.sweeps: dict[float, list[tuple[int, bool | None]]] = {}  # threshold: (interventions, reached)
         self.prompts_as_text = 0  # lines whose prompt could not be given as messages (`export_row`)
+        self.views: list[dict[str, Any]] = []  # the first SHOWN_PROMPTS prompts' texts (report.html)
 
     def add(self, record: dict[str, Any]) -> dict[str, Any]:
         row = comparison_row(record)
         self.rows.append(row)
         self.logprobs.extend(intervention_logprobs(record))
         self.prompts_as_text += record["prompt"] is None
+        if len(self.views) < SHOWN_PROMPTS:
+            self.views.append(prompt_view(record))
         for r in record.get("sweep") or []:
             self.sweeps.setdefault(r["threshold"], []).append(
                 (r["num_interventions"], r["reached_reference"])
@@ -173,6 +176,8 @@ class ComparisonTally:
             "lines": len(rows),
             "student": rate([r["student_correct"] for r in rows]),
             "pedagogical": rate([r["pedagogical_correct"] for r in rows]),
+            "student_tokens": stats([r["student_tokens"] for r in rows]),
+            "pedagogical_tokens": stats([r["pedagogical_tokens"] for r in rows]),
             "interventions_per_success": stats([r["interventions"] for r in rescued_lines]),
             "interventions_all": stats([r["interventions"] for r in rows]),
             "opd_divergences": stats([r["opd_divergences"] for r in rows]),
@@ -199,27 +204,37 @@ def _middle(s: dict[str, Any], digits: int = 1) -> str:
 
 
 def headline_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
-    """The headline table as text, one row per measure: what the job page and report.html show
-    (both render this list, so they never disagree)."""
+    """The headlines as text, one row per measure, each in its `column` ("student": the student
+    alone, "opd": OPD's view of its rollout, "pedagogical": the pedagogical rollout; "all": the
+    line count): what the job page and report.html show side by side
+    (templates/_pedagogical_headline.html; both render this list, so they never disagree)."""
 
     def success(part: dict[str, Any]) -> str:
         return f"{_pct(part['rate'])} ({part['correct']} of {part['judged']} with a verdict)"
 
     rescue = summary["rescue"]
+    none = {"n": 0, "median": None, "mean": None}  # a summary stored before lengths were kept
     rows = [
-        ("lines", "Lines", str(summary["lines"])),
-        ("student_success", "Success, student alone", success(summary["student"])),
-        ("pedagogical_success", "Success, pedagogical rollout", success(summary["pedagogical"])),
-        ("interventions_per_success", "Interventions per successful pedagogical rollout (median · mean)",
-         _middle(summary["interventions_per_success"])),
-        ("opd_divergences", "OPD divergences on the student's own rollout, all lines (median · mean)",
+        ("all", "lines", "Lines", str(summary["lines"])),
+        ("student", "student_success", "Success, student alone", success(summary["student"])),
+        ("student", "student_tokens", "Length, tokens (median · mean)",
+         _middle(summary.get("student_tokens", none))),
+        ("opd", "opd_divergences", "OPD divergences on the student's own rollout, all lines (median · mean)",
          _middle(summary["opd_divergences"])),
-        ("opd_divergences_same_lines", "OPD divergences, lines solved by the pedagogical rollout",
+        ("opd", "opd_divergences_same_lines", "OPD divergences, lines solved by the pedagogical rollout",
          _middle(summary["opd_divergences_same_lines"])),
+        ("pedagogical", "pedagogical_success", "Success, pedagogical rollout",
+         success(summary["pedagogical"])),
+        ("pedagogical", "pedagogical_tokens", "Length, tokens (median · mean)",
+         _middle(summary.get("pedagogical_tokens", none))),
+        ("pedagogical", "interventions_per_success",
+         "Interventions per successful pedagogical rollout (median · mean)",
+         _middle(summary["interventions_per_success"])),
     ]  # fmt: skip
     for r in rescue["by_budget"]:
         rows.append(
             (
+                "pedagogical",
                 f"rescued_{r['budget']}",
                 f"Student failures rescued with ≤ {r['budget']} intervention{'s' if r['budget'] > 1 else ''}",
                 f"{_pct(r['share'])} ({r['rescued']} of {rescue['student_failures']})",
@@ -227,13 +242,61 @@ def headline_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
         )
     logprob, surprisal = summary["intervention_student_logprob"], summary["max_surprisal_per_rollout"]
     rows += [
-        ("intervention_student_logprob", "Student log-prob of a substituted token (median · 10th pct.)",
+        ("pedagogical", "intervention_student_logprob",
+         "Student log-prob of a substituted token (median · 10th pct.)",
          f"{_num(logprob['median'])} · {_num(logprob['p10'])} (n={logprob['n']})"),
-        ("max_surprisal_per_rollout", "Largest surprisal per rollout, nats (median · 90th pct. · max)",
+        ("pedagogical", "max_surprisal_per_rollout",
+         "Largest surprisal per rollout, nats (median · 90th pct. · max)",
          f"{_num(surprisal['median'])} · {_num(surprisal['p90'])} · {_num(surprisal['max'])}"
          f" (n={surprisal['n']})"),
     ]  # fmt: skip
-    return [{"key": key, "label": label, "text": text} for key, label, text in rows]
+    return [{"column": column, "key": key, "label": label, "text": text} for column, key, label, text in rows]
+
+
+# --- One prompt, both texts ----------------------------------------------------------------------
+
+SHOWN_PROMPTS = 200  # prompts whose texts report.html shows (the job page fetches any line's)
+
+
+def substituted_segments(ped: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pedagogical response as runs of text: the student's own tokens merged, each token the
+    teacher substituted a run of its own with the student's proposal beside it."""
+    proposals = {i["position"]: i["proposal"] for i in ped.get("interventions") or []}
+    runs: list[dict[str, Any]] = []
+    tokens = ped.get("tokens")
+    if not tokens:  # a record without its tokens: the text, unmarked
+        return [{"text": ped.get("response_text", ""), "teacher": False, "proposal": None, "position": None}]
+    for t in tokens:
+        teacher = t["source"] == "teacher"
+        if not teacher and runs and not runs[-1]["teacher"]:
+            runs[-1]["text"] += t["token"]
+            continue
+        runs.append({"text": t["token"], "teacher": teacher,
+                     "proposal": proposals.get(t["position"]) if teacher else None,
+                     "position": t["position"]})  # fmt: skip
+    return runs
+
+
+def prompt_view(record: dict[str, Any]) -> dict[str, Any]:
+    """One prompt as the pages show it: the question, the student's text and the pedagogical
+    text with the substituted tokens as runs (`substituted_segments`), each with its verdict
+    (what was parsed and how; docs/metrics.md "Verdicts")."""
+    student, ped = record["student"], record["pedagogical"]
+    prompt = record.get("prompt")
+    question = record.get("prompt_text")
+    if prompt:
+        question = "\n\n".join(str(m.get("content", "")) for m in prompt if m.get("role") != "system")
+    return {
+        "line": record.get("line"),
+        "id": record["id"],
+        "analysis_id": student.get("analysis_id"),
+        "question": question,
+        "reference_answer": record.get("reference_answer"),
+        "student": {"text": student.get("response_text", ""), "correct": student.get("correct"),
+                    "verdict": student.get("verdict")},
+        "pedagogical": {"segments": substituted_segments(ped), "correct": ped.get("correct"),
+                        "verdict": ped.get("verdict"), "interventions": ped.get("num_interventions", 0)},
+    }  # fmt: skip
 
 
 def comparison_summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -407,6 +470,7 @@ def write_pedagogical(
         summary=summary,
         headlines=headline_rows(summary),
         rows=comparison.rows,
+        views=comparison.views,
         figures=comparison_figures(summary, comparison.rows),
         include=include,
         errors=sorted(errors),

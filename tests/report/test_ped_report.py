@@ -21,7 +21,9 @@ from vrollout.report.pedagogical import (
     comparison_summary,
     export_rows,
     headline_rows,
+    prompt_view,
     rollouts_parquet_chunks,
+    substituted_segments,
     write_pedagogical,
 )
 from vrollout.report.pedagogical_figures import comparison_figures
@@ -313,3 +315,56 @@ def test_a_line_trains_in_trl_as_is(records, tmp_path):
     before = policy.lm_head.weight.detach().clone()
     trainer.train()
     assert not torch.equal(before, policy.lm_head.weight)
+
+
+# --- Side by side, and both texts per prompt (#28) ---------------------------------------------
+
+
+def test_headlines_sit_in_three_columns(records):
+    rows = headline_rows(comparison_summary(records))
+    columns = {}
+    for h in rows:
+        columns.setdefault(h["column"], []).append(h["key"])
+    assert list(columns) == ["all", "student", "opd", "pedagogical"]
+    assert columns["student"] == ["student_success", "student_tokens"]
+    assert columns["opd"] == ["opd_divergences", "opd_divergences_same_lines"]
+    assert columns["pedagogical"][:3] == [
+        "pedagogical_success",
+        "pedagogical_tokens",
+        "interventions_per_success",
+    ]
+    lengths = comparison_summary(records)["student_tokens"]
+    assert lengths["n"] == len(records)
+    assert lengths["median"] == float(np.median([len(r["student"]["response_ids"]) for r in records]))
+
+
+def test_segments_mark_exactly_the_substituted_tokens(records):
+    for record in records:
+        ped = record["pedagogical"]
+        runs = substituted_segments(ped)
+        assert "".join(r["text"] for r in runs) == "".join(t["token"] for t in ped["tokens"])
+        marked = [r["position"] for r in runs if r["teacher"]]
+        assert marked == [i["position"] for i in ped["interventions"]]
+        proposals = [r["proposal"] for r in runs if r["teacher"]]
+        assert proposals == [i["proposal"] for i in ped["interventions"]]
+        # the student's own tokens are merged: no two runs of them follow each other
+        assert all(a["teacher"] or b["teacher"] for a, b in zip(runs[:-1], runs[1:], strict=True))
+    assert any(r["pedagogical"]["interventions"] for r in records)
+
+
+def test_a_prompt_view_carries_both_texts_and_verdicts(records):
+    record = next(r for r in records if r["pedagogical"]["interventions"])
+    view = prompt_view(record)
+    assert view["student"]["text"] == record["student"]["response_text"]
+    assert view["pedagogical"]["interventions"] == len(record["pedagogical"]["interventions"])
+    assert view["question"] and view["analysis_id"] == record["student"]["analysis_id"]
+
+
+def test_report_html_shows_both_texts_with_the_substitutions_marked(records, tmp_path):
+    write_pedagogical(records, tmp_path / "out", include="all")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="comparison-texts"' in page and page.count('class="ped-prompt"') == len(records)
+    marks = sum(len(r["pedagogical"]["interventions"]) for r in records)
+    assert page.count('<mark class="ped-sub" title=') == marks
+    for key in ("student", "opd", "pedagogical"):
+        assert f'data-column="{key}"' in page

@@ -135,3 +135,70 @@ def test_the_lane_runs_one_computation_at_a_time_and_refuses_past_the_queue():
     lane, refused, results = asyncio.run(scenario())
     assert refused.status == 429 and refused.headers["Retry-After"]
     assert results == [*range(MAX_PENDING), 0] and lane.computed == MAX_PENDING and most[0] == 1
+
+
+# --- Localization you can see (#28) ---------------------------------------------------------------
+
+
+def test_each_line_links_its_analysis_and_shows_its_steps(tiny_client, job):
+    body = tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=50").json()
+    items = {i["line"]: i["analysis_id"] for i in tiny_client.get(f"/api/jobs/{job}/items").json()}
+    assert [p["analysis_id"] for p in body["predictions"]] == [items[p["line"]] for p in body["predictions"]]
+    html = tiny_client.get(f"/jobs/{job}/localization?bootstrap=50").text
+    for p in body["predictions"]:
+        assert f'href="/analyses/{p["analysis_id"]}"' in html
+    analysis = tiny_client.get(f"/api/analyses/{items[1]}").json()
+    first_step = analysis["trajectory"]["meta"]["steps"][0]
+    assert first_step.replace("'", "&#39;") in html or first_step in html
+    assert "labelled first wrong step" in html
+
+
+def test_a_heat_map_per_scorer_and_the_best_scorer_marked(tiny_client, job):
+    body = tiny_client.get(f"/api/jobs/{job}/localization?bootstrap=50").json()
+    html = tiny_client.get(f"/jobs/{job}/localization?bootstrap=50").text
+    f1 = {name: body["metrics"][name]["f1"] for name in body["scorers"]}
+    best = max(body["scorers"], key=lambda n: (f1[n], -body["scorers"].index(n)))
+    assert f'id="best-scorer">Best scorer: <b>★ <code>{best}</code>' in html
+    assert html.count('data-best="true"') == 1
+    for name in body["scorers"]:
+        assert f'id="heat-{name}"' in html
+    labelled = sum(1 for p in body["predictions"] if p["label"] >= 0)
+    assert html.count('<td class="lab') == labelled * len(body["scorers"])
+
+
+def test_heat_map_shades_rank_the_scores():
+    from vrollout.metrics.localization_eval import Setup
+    from vrollout.report.localization import LocalizationResult, heat_map
+
+    predictions = [
+        {"line": 1, "id": "a", "label": 1, "predicted": {"s": 0}, "scores": {"s": [0.5, 9.0, None]}},
+        {"line": 2, "id": "b", "label": -1, "predicted": {"s": -1}, "scores": {"s": [0.1]}},
+    ]
+    result = LocalizationResult({}, predictions, ["s"], Setup())
+    grid = heat_map(result, "s")
+    assert grid["steps"] == 3 and [len(r["cells"]) for r in grid["rows"]] == [3, 1]
+    shades = [c["shade"] for c in grid["rows"][0]["cells"]]
+    assert shades == [0.5, 1.0, None] and grid["rows"][1]["cells"][0]["shade"] == 0.0
+    assert [c["label"] for c in grid["rows"][0]["cells"]] == [False, True, False]
+    assert [c["predicted"] for c in grid["rows"][0]["cells"]] == [True, False, False]
+
+
+def test_the_analysis_of_a_labelled_line_shows_its_steps(tiny_client, job):
+    from vrollout.report.steps_overlay import steps_overlay
+
+    items = tiny_client.get(f"/api/jobs/{job}/items").json()
+    xss = next(i for i in items if i["line"] == 7)  # the hand-written line: 2 steps, label 0
+    analysis = tiny_client.get(f"/api/analyses/{xss['analysis_id']}").json()
+    overlay = steps_overlay(analysis)
+    steps = overlay["steps"]
+    assert [s["text"] for s in steps] == ["1 + 1 = 3.", "So 3."] and overlay["label"] == 0
+    assert steps[0]["start"] == 0 and steps[-1]["stop"] == len(analysis["steps"])
+    assert steps[0]["stop"] == steps[1]["start"] == overlay["boundaries"][0]
+    assert [s["wrong"] for s in steps] == [True, False]
+    tokens = "".join(s["token"] for s in analysis["steps"][: steps[0]["stop"]])
+    assert tokens.strip().startswith("1 + 1 = 3.")
+    page = tiny_client.get(f"/analyses/{xss['analysis_id']}").text
+    assert 'id="steps-overlay"' in page and 'id="labelled-step">step 0</b>' in page
+    assert f'data-boundaries="[{overlay["boundaries"][0]}]"' in page and "/static/steps_overlay.js" in page
+    plain = tiny_client.get(f"/analyses/{tiny_client.post('/api/analyze', json=GOOD).json()['id']}").text
+    assert 'id="steps-overlay"' not in plain

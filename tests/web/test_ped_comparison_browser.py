@@ -32,6 +32,19 @@ def watch(page) -> tuple[list[str], list[str]]:
     return problems, refused
 
 
+def headline_texts(page) -> dict[str, tuple[str, str, str]]:
+    """Each headline shown: its column (student alone, OPD, pedagogical, side by side; "all" for
+    the line count above them), its label and its text."""
+    return page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll("#comparison-headline [data-measure]")].map(
+             (d) => [d.dataset.measure, [d.closest("[data-column]").dataset.column,
+                     d.querySelector("dt").textContent, d.querySelector("dd").textContent]]).concat(
+           [...document.querySelectorAll("#comparison-lines [data-measure]")].map(
+             (s) => [s.dataset.measure, ["all", s.querySelector(".lbl").textContent,
+                     s.querySelector("b").textContent]])))"""
+    )
+
+
 def test_job_page_and_report_show_the_comparison(browser, tiny, tmp_path):
     with live_app(tiny, tmp_path) as (app, port):
         base = f"http://127.0.0.1:{port}"
@@ -51,8 +64,8 @@ def test_job_page_and_report_show_the_comparison(browser, tiny, tmp_path):
         page.goto(f"{base}/jobs/{job}")
         page.wait_for_selector("body[data-comparison='3']", timeout=60_000)
         assert page.is_visible("#comparison")
-        shown = page.locator("#comparison-headline tbody tr").all_inner_texts()
-        assert shown == [f"{h['label']}\t{h['text']}" for h in api["headlines"]]
+        shown = headline_texts(page)
+        assert shown == {h["key"]: (h["column"], h["label"], h["text"]) for h in api["headlines"]}
         rows = page.locator("#comparison-rows tbody tr")
         assert rows.count() == 3
         assert rows.nth(0).locator("td").nth(1).inner_text() == MARKUP  # an id is text, never markup
@@ -76,7 +89,7 @@ def test_job_page_and_report_show_the_comparison(browser, tiny, tmp_path):
     page.goto((tmp_path / "out" / "report.html").as_uri())
     page.wait_for_selector("#fig-interventions_vs_divergences .main-svg", timeout=60_000)
     assert page.locator("h1").inner_text().startswith(MARKUP)
-    assert page.locator("#comparison-headline tbody tr").all_inner_texts() == shown
+    assert headline_texts(page) == shown
     assert page.locator("#comparison-rows tbody tr").count() == 3
     assert page.evaluate("document.body.dataset.owned") is None
     page.close()

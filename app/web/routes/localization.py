@@ -18,7 +18,12 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from vrollout.errors import BadTrajectory, QueueFull
 from vrollout.metrics.localization_eval import Setup
-from vrollout.report.localization import LocalizationResult, localization_figures, localization_result
+from vrollout.report.localization import (
+    LocalizationResult,
+    heat_maps,
+    localization_figures,
+    localization_result,
+)
 from vrollout.web.routes.analyses import ERRORS, AnalyzerDep
 from vrollout.web.routes.jobs import JobsDep, RunnerDep
 
@@ -169,6 +174,14 @@ async def job_localization_page(
     job = await run_in_threadpool(runner.state, job_id)
     result = await _result(request, job_id, jobs, analyzer, folds, seed, bootstrap)
     figures = await run_in_threadpool(localization_figures, result)
-    context = {"job": job, "result": result, "figures": figures, "name": job["name"], "errors": []}
+    maps = await run_in_threadpool(heat_maps, result)
+    context = {
+        "job": job,
+        "result": result,
+        "figures": figures,
+        "heat_maps": maps,
+        "name": job["name"],
+        "errors": [],
+    }
     models = {"student": analyzer.pair.student.name, "teacher": analyzer.pair.teacher.name}
     return await render(request, "localize.html", {**context, **models, "standalone": False})

@@ -6,12 +6,13 @@ A job in analysis mode has no records: a 422 that says so."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-from vrollout.errors import BadTrajectory
+from pydantic import BaseModel, Field
+from vrollout.errors import BadTrajectory, NotFound
 from vrollout.jobs.pedagogical import end_ids
 from vrollout.report.dataset import jsonl_chunks
 from vrollout.report.pedagogical import (
@@ -22,6 +23,7 @@ from vrollout.report.pedagogical import (
     comparison_row,
     export_rows,
     headline_rows,
+    prompt_view,
     rollouts_parquet_chunks,
 )
 from vrollout.report.pedagogical_figures import comparison_figures
@@ -121,6 +123,37 @@ async def job_rollouts(
             rollouts_parquet_chunks(rows, style), "application/vnd.apache.parquet", f"{name}.parquet"
         )
     return _download(jsonl_chunks(rows), "application/x-ndjson", f"{name}.jsonl")
+
+
+class LineRollout(BaseModel):
+    """One line of a pedagogical job: its rollout record and the pages' view of it."""
+
+    record: dict[str, Any] = Field(description="the ROLLOUT RECORD (docs/formats.md, 'Rollout records')")
+    view: dict[str, Any] = Field(
+        description="the prompt, the student's text and the pedagogical text as runs, the teacher's "
+        "substituted tokens marked, each with its verdict (report.pedagogical.prompt_view)"
+    )
+
+
+def line_rollout(jobs: Jobs, job_id: str, line: int) -> dict[str, Any]:
+    check_pedagogical(jobs, job_id)
+    record = jobs.rollout(job_id, line)
+    if record is None:
+        raise NotFound(f"job {job_id} has no rollout for line {line} (not run yet, or the line failed)")
+    return {"record": record, "view": prompt_view(record)}
+
+
+@router.get("/{job_id}/rollouts/{line}", response_model=LineRollout)
+async def job_line_rollout(
+    job_id: str,
+    jobs: JobsDep,
+    line: Annotated[int, Path(ge=0, le=2**31 - 1, description="the input line number")],
+) -> dict[str, Any]:
+    """One line's pedagogical rollout: the stored record (the student alone, OPD's view, the
+    pedagogical rollout and its sweep) and both texts as the job page shows them, the
+    substituted tokens marked and each verdict's parsed answer. 404 for a line without one,
+    422 for a job not in pedagogical mode."""
+    return await run_in_threadpool(line_rollout, jobs, job_id, line)
 
 
 def _download(pieces: Iterator[str] | Iterator[bytes], media_type: str, filename: str) -> StreamingResponse:
