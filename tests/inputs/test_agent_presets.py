@@ -402,3 +402,23 @@ def test_vrollout_analyze_reads_both_with_from_auto(
         found = [json.loads(line) for line in out.read_text().splitlines()]
         assert found and all(a["trajectory"]["meta"]["preset"] == preset for a in found)
         assert all(0 in a["response_mask"] and 1 in a["response_mask"] for a in found)
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"response_mask": [1, 0]}, "response_mask has 2 values and response_ids 3 tokens"),
+        ({"response_mask": [1, 2, 0]}, "response_mask[1] must be at most 1, got 2"),
+        ({"prompt_ids": "x"}, "prompt_ids must be a list"),
+    ],
+)
+def test_a_bad_verl_agent_row_is_refused_naming_its_field(qwen_analyzer, change: dict, error: str):
+    row = {
+        "prompt_ids": [5, 6],
+        "response_ids": [7, 8, 9],
+        "response_mask": [1, 0, 1],
+        "num_turns": 2,
+        "metrics": {},
+    }
+    with pytest.raises(BadTrajectory, match=re.escape(error)):
+        qwen_analyzer.prepare_line(apply_preset({**row, **change}, "verl"), {}, None)
