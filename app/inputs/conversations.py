@@ -190,11 +190,14 @@ def pieces(render: Renderer, prompt_len: int) -> tuple[str, str, list[Piece]]:
                 raise _not_placed(where(k), k, "the generation prompt before it is not where it starts")
             found.append(Piece(pos, len(head), k, False))
             pos = len(head)
-        end = len(whole) if k == len(conversation) - 1 else len(text := render(k + 1, False))
-        if k < len(conversation) - 1 and (not whole.startswith(text) or end < pos):
-            raise _not_placed(
-                where(k), k, "the conversation rendered up to it is not a prefix of the whole rendering"
-            )
+        end = len(whole)
+        if k < len(conversation) - 1:
+            upto = render(k + 1, False)
+            if not whole.startswith(upto) or len(upto) < pos:
+                raise _not_placed(
+                    where(k), k, "the conversation rendered up to it is not a prefix of the whole rendering"
+                )
+            end = len(upto)
         if student and end == pos:
             raise _not_placed(where(k), k, "the template renders nothing for it")
         found.append(Piece(pos, end, k, student))
@@ -228,10 +231,19 @@ def _arguments_keys(arguments: Any) -> list[str] | None:
     return [str(key) for key in arguments] if isinstance(arguments, dict) else None
 
 
-def check_calls_rendered(message: dict[str, Any], text: str, where: str, turn: int) -> None:
-    """Each tool call of an assistant turn shows in its rendering (`text`): its name, and its
-    arguments (their names, or the string as given). A template that drops them would give ids
-    other than those the model saw."""
+def check_turn_rendered(message: dict[str, Any], text: str, where: str, turn: int) -> None:
+    """What the student wrote in an assistant turn shows in its rendering (`text`): its
+    reasoning, and each tool call's name and arguments (their names, or the string as given).
+    A template that drops them would give ids other than those the model saw."""
+    reasoning = (message.get("reasoning_content") or "").strip()
+    if reasoning and reasoning not in text:
+        raise BadTrajectory(
+            f"{where}.reasoning_content: the student's chat template drops it (its rendering of the "
+            "turn lacks the reasoning): give the reasoning in content as the model wrote it (e.g. "
+            f"<think>...</think>), or {AS_IDS}",
+            field=f"{where}.reasoning_content",
+            turn=turn,
+        )
     for i, call in enumerate(message.get("tool_calls") or []):
         function = call["function"]
         keys = _arguments_keys(function["arguments"])
@@ -287,7 +299,7 @@ def place(
     check_tools_rendered(render.kwargs.get("tools"), prompt)
     for piece in found:
         if piece.student:
-            check_calls_rendered(
+            check_turn_rendered(
                 render.conversation[piece.turn], whole[piece.start : piece.end], where(piece.turn), piece.turn
             )
     prompt_ids = encode_prompt(prompt)

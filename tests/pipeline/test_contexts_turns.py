@@ -130,6 +130,10 @@ def test_a_template_that_drops_tool_calls_or_tools_is_refused(chatml):
     assert caught.value.details["field"] == field and "drops this tool call" in caught.value.message
     with pytest.raises(BadTrajectory, match=r"tools\[0\]: the student's chat template does not render"):
         contexts(chatml, {"messages": [USER, ANSWER], "tools": TOOLS})
+    # Reasoning the template does not render is dropped too: the model wrote it
+    with pytest.raises(BadTrajectory) as caught:
+        contexts(chatml, {"messages": [USER, {**ANSWER, "reasoning_content": "Look outside."}]})
+    assert caught.value.details["field"] == "messages[1].reasoning_content"
 
 
 def test_qwen3_reasoning_kept_across_tool_turns_is_placed(qwen3):
