@@ -278,11 +278,11 @@ def page(browser):
     context.close()
 
 
-def shoot(page, name: str) -> None:
+def shoot(page, name: str, full_page: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     for width in (1400, 800):
         page.set_viewport_size({"width": width, "height": 900})
-        page.screenshot(path=SHOTS / f"{name}-{width}.png", full_page=True)
+        page.screenshot(path=SHOTS / f"{name}-{width}.png", full_page=full_page)
     page.set_viewport_size({"width": 1400, "height": 900})
 
 
@@ -340,16 +340,17 @@ def test_upload_shows_the_same_defaults_and_marks_its_field(served, page):
     shoot(page, "upload")
     page.set_input_files("#file", files=[{"name": "a.jsonl", "mimeType": "application/json",
                                           "buffer": json.dumps(GOOD).encode()}])  # fmt: skip
-    page.fill("#top_k", "9999")
-    page.evaluate("document.getElementById('upload-form').noValidate = true")
+    page.fill("#map", "bad")  # not field=column: the API names the field
     page.click("#upload")
-    page.wait_for_selector("#top_k-error")
-    assert page.is_hidden("#error") and page.get_attribute("#top_k", "aria-invalid") == "true"
+    note = page.wait_for_selector("#map-error")
+    assert page.is_hidden("#error") and page.get_attribute("#map", "aria-invalid") == "true"
+    assert page.inner_text("main").count(note.text_content()) == 1
 
 
 def test_a_question_mark_opens_the_definition_and_links_to_the_manual(served, page):
     _, url = served
-    a = httpx.post(url + "/api/analyze", json={**GOOD, "reference_answer": "world", "recovery": True}).json()
+    body = {**GOOD, "reference_answer": "world", "recovery": True}
+    a = httpx.post(url + "/api/analyze", json=body, timeout=300).json()
     page.goto(f"{url}/analyses/{a['id']}")
     assert page.get_attribute('nav a[href="/analyses"]', "aria-current") == "true"
     tile = page.locator('details.define[data-define="reverse_kl_total"]')
@@ -373,5 +374,5 @@ def test_a_question_mark_opens_the_definition_and_links_to_the_manual(served, pa
     assert page.url.endswith("/docs/metrics.md#summary-fields")
     assert page.locator("#summary-fields").is_visible()
     assert page.get_attribute('.manual-contents a[href="/docs/metrics.md"]', "aria-current") == "page"
-    shoot(page, "manual")
+    shoot(page, "manual", full_page=False)  # the page is long: its first screen
     assert page.errors == []
