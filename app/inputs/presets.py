@@ -157,20 +157,20 @@ def _as_list(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """`value` with numpy values as Python ones at every depth (pandas leaves a Parquet list of
-    messages an array of dicts whose `tool_calls` are arrays again). Walked with a stack, not
-    recursion: a JSON row may be nested as deep as the reader allows."""
-    root = [_as_list(value)]
+    """A copy of `value` with numpy values as Python ones at every depth (pandas leaves a Parquet
+    list of messages an array of dicts whose `tool_calls` are arrays again); the caller's row is
+    left as it was. Walked with a stack, not recursion: a JSON row may be nested as deep as the
+    reader allows."""
+    root = [value]
     stack: list[list[Any] | dict[Any, Any]] = [root]
     while stack:
         container = stack.pop()
-        keys = range(len(container)) if isinstance(container, list) else list(container)
-        for key in keys:
-            item = container[key]
-            if hasattr(item, "tolist"):
-                item = container[key] = item.tolist()
+        for key in range(len(container)) if isinstance(container, list) else list(container):
+            item = _as_list(container[key])
             if isinstance(item, list | dict):
+                item = list(item) if isinstance(item, list) else dict(item)
                 stack.append(item)
+            container[key] = item
     return root[0]
 
 

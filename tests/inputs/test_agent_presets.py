@@ -216,6 +216,7 @@ def test_trl_tool_calling_completion_maps_to_a_conversation(trl_tool_rows: list[
     assert "prompt" not in line and "completion" not in line and "tools" not in line
     assert "tools" in line["meta"]["preset_note"]
     assert (line["score"], line["step"], line["meta"]["advantage"]) == (1.0, 1, row["advantage"])
+    assert type(row["completion"][0]["tool_calls"]).__name__ == "ndarray"  # the caller's row untouched
 
 
 def test_trl_tool_table_through_the_readers(trl_tool_table: Path, trl_tool_rows: list[dict], tmp_path: Path):
