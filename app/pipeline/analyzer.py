@@ -38,7 +38,7 @@ from vrollout.pipeline.preflight import (
 )
 from vrollout.pipeline.recovery import recovery, turn_continuations
 from vrollout.pipeline.replay import Progress, ReplayResult, _no_progress
-from vrollout.pipeline.turns import scored_flags
+from vrollout.pipeline.turns import scored_flags, student_positions
 from vrollout.rules import Policy
 from vrollout.schema.requests import AnalyzeRequest, GenerationOptions, PedagogicalRequest
 from vrollout.verdicts.math_check import Budget
@@ -167,6 +167,17 @@ def out_of_memory(what: str) -> Iterator[None]:
         f"the model ran out of memory on {what}; retry with a shorter input "
         "(fewer tokens, a smaller top_k, fewer continuation tokens)"
     )
+
+
+def student_floor(
+    prep: Prepared, main: ReplayResult, bare: ReplayResult, *args: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """`preflight.noise_floor` over the tokens the student wrote (a conversation's context tokens,
+    a tool's answer, are not the signal the floor is compared with)."""
+    scored = scored_flags(prep.ctx.response_mask, len(main.reverse_kl))
+    if not all(scored):
+        main, bare = student_positions(main, scored), student_positions(bare, scored)
+    return noise_floor(main, bare, *args, **kwargs)
 
 
 class AnalysisStore(Protocol):
@@ -501,7 +512,9 @@ class Analyzer:
                 floors[i] = noise_floor_skipped("the teacher has another tokenizer: no per-token KL")
             elif not prep.ctx.privileged:  # the teacher's context has none: its replay is the bare one
                 same = prep.ctx.teacher_ids == prep.ctx.student_ids
-                floors[i] = noise_floor(mains[i], mains[i], same, self.backend.remote, reused=True)
+                floors[i] = student_floor(
+                    preps[i], mains[i], mains[i], same, self.backend.remote, reused=True
+                )
             else:
                 todo.append(i)
         limit = TokenLimit("teacher context", self.settings.max_context_tokens, "VROLLOUT_MAX_CONTEXT_TOKENS")
@@ -511,7 +524,9 @@ class Analyzer:
             # teacher's pass IS the student's pass (deterministic here: the two-object test runs
             # it twice and gets 0 exactly), so it is read from the analysis's replay, not re-run.
             if self.pair.shared and not self.backend.remote and bare[i] == preps[i].ctx.student_ids:
-                floors[i] = noise_floor(mains[i], student_as_teacher(mains[i]), True, False, reused=True)
+                floors[i] = student_floor(
+                    preps[i], mains[i], student_as_teacher(mains[i]), True, False, reused=True
+                )
                 todo.remove(i)
         progress("preflight", 0, 1)
         # The local engine kept the student's pass (deterministic there): only the teacher runs.
@@ -521,7 +536,7 @@ class Analyzer:
             bares = bare_replays([mains[i] for i in kept], [(bare[i], responses[i]) for i in kept])
             for i, replay in zip(kept, bares, strict=True):
                 same = bare[i] == preps[i].ctx.student_ids
-                floors[i] = noise_floor(mains[i], replay, same, False, reused_student=True)
+                floors[i] = student_floor(preps[i], mains[i], replay, same, False, reused_student=True)
         todo = [i for i in todo if i not in kept]
         items = [(preps[i].ctx.student_ids, bare[i], responses[i]) for i in todo]
         if len(items) > 1 and self.backend.padded_batches:
@@ -530,7 +545,7 @@ class Analyzer:
             replays = [self.backend.replay(*item, 1) for item in items]
         for i, (replay, record) in zip(todo, replays, strict=True):
             same = bare[i] == preps[i].ctx.student_ids
-            floors[i] = noise_floor(mains[i], replay, same, bool(record.get("estimated")))
+            floors[i] = student_floor(preps[i], mains[i], replay, same, bool(record.get("estimated")))
         progress("preflight", 1, 1)
         for main in mains:
             main.student_hidden = None  # the kept student pass (T, H): not needed any more

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
+from vrollout.pipeline.replay import ReplayResult
+
 
 def scored_flags(mask: list[int] | None, length: int) -> list[bool]:
     """Each response token is scored where the mask is 1 (no mask: every token)."""
@@ -90,3 +92,15 @@ def turn_summaries(steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
             }
         )
     return out
+
+
+def student_positions(result: ReplayResult, scored: list[bool]) -> ReplayResult:
+    """The per-step arrays of `result` at the scored positions only (what the noise floor compares)."""
+    piece = ReplayResult()
+    for name in result.step_fields():
+        getattr(piece, name).extend(v for v, ok in zip(getattr(result, name), scored, strict=True) if ok)
+    piece.objectives = {
+        name: [v for v, ok in zip(values, scored, strict=True) if ok]
+        for name, values in result.objectives.items()
+    }
+    return piece

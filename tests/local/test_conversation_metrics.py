@@ -110,6 +110,9 @@ def test_summaries_count_the_student_tokens_only(pair, scored):
         assert turn["tokens"] == len(mine)
         assert math.isclose(turn["reverse_kl"], math.fsum(s["reverse_kl"] for s in mine))
         assert turn["divergences"] == sum(1 for s in mine if not s["agree"])
+    floor = analysis["preflight"]["noise_floor"]  # the preflight's too: the student's tokens
+    assert floor["tokens"] == sum(mask)
+    assert floor["signal_reverse_kl_mean"] == pytest.approx(summary["reverse_kl_mean"])
     thinking = summary["segments"]["thinking"]
     assert thinking["tokens"] == sum(1 for s in scored if s["segment"] == "thinking") > 0
     assert summary["segments"]["answer"]["tokens"] == sum(1 for s in scored if s["segment"] == "answer")
