@@ -8,6 +8,7 @@ for a conversation), so that the scoring side is checked on exactly known token 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from vrollout.schema.analysis import analysis_adapter
 FIGURES = ("student_logprob", "teacher_logprob", "advantage", "reverse_kl", "forward_kl")
 FIGURES += ("student_entropy", "teacher_entropy")
 K = 4  # continuation tokens
+TEMPLATES = Path(__file__).resolve().parents[1] / "support" / "templates"
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +169,39 @@ def test_a_single_turn_keeps_its_analysis(pair, tmp_path):
     same = {k: v for k, v in ones["summary"].items() if k not in ("turns", "segments")}
     assert same == {k: v for k, v in plain["summary"].items() if k not in ("turns", "segments")}
     assert plain["summary"]["turns"] is None and ones["summary"]["turns"][0]["tokens"] == len(response)
+
+
+def test_a_conversation_with_tool_calls_and_reasoning_is_scored_turn_by_turn(tmp_path):
+    """From the line as a framework writes it (Qwen3's template on the tiny tokenizer: tool calls,
+    reasoning_content rendered as <think>): the steps are scored where the placed mask says, each
+    assistant turn's reasoning is its thinking, and the verdict reads the final answer."""
+    pair = tiny_pair(teacher_seed=7)
+    pair.student.tokenizer.chat_template = (TEMPLATES / "qwen3.jinja").read_text()
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": {"a": 340, "b": 51}}}
+    tools = [{"type": "function", "function": {"name": "add", "description": "a + b", "parameters": {}}}]
+    line = {
+        "messages": [
+            {"role": "user", "content": "What is 17*23?"},
+            {"role": "assistant", "content": "", "reasoning_content": "340 + 51", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "name": "add", "content": "391"},
+            {"role": "assistant", "content": "It is 391.", "reasoning_content": "the tool says 391"},
+        ],
+        "tools": tools,
+        "reference_answer": "391",
+    }
+    analyzer = Analyzer(pair, tiny_settings(tmp_path))
+    prep = analyzer.prepare(line)
+    analysis = analyzer.run(prep, store=False)
+    steps = analysis["steps"]
+    assert analysis["response_mask"] == prep.ctx.response_mask and 0 in prep.ctx.response_mask
+    assert [s["scored"] for s in steps] == [bool(m) for m in prep.ctx.response_mask]
+    assert [s["turn"] for s in steps] == prep.ctx.turns
+    assert [t["message_index"] for t in analysis["summary"]["turns"]] == [1, 3]
+    for index in (1, 3):
+        turn = [s for s in steps if s["turn"] == index and s["scored"]]
+        text = "".join(s["token"] for s in turn if s["segment"] == "thinking")
+        assert text.startswith("<think>") and text.rstrip().endswith("</think>"), text
+    last = "".join(s["token"] for s in steps if s["turn"] == 3 and s["segment"] == "answer")
+    assert "It is 391." in last
+    assert all(s["segment"] is None and s["reverse_kl"] is None for s in steps if not s["scored"])
+    assert analysis["verdict"]["correct"] is True  # "It is 391.", not the tool's turn
