@@ -170,7 +170,8 @@ def _strip(steps: list[dict[str, Any]]) -> str:
             f"reverse KL {_number(s['reverse_kl'], '.3f')} · rank {s['teacher_rank']}"
         )
         cols.append(
-            f'<span class="vr-col{"" if s["agree"] else " vr-div"}" title="{html.escape(title)}">'
+            # a conversation's context step (agree null) is no divergence
+            f'<span class="vr-col{" vr-div" if s["agree"] is False else ""}" title="{html.escape(title)}">'
             f'<span class="vr-stu"{shade}>{html.escape(_visible(s["token"]))}</span>'
             f'<span class="vr-tea">{html.escape(_visible(s["teacher_top1"]))}</span></span>'
         )
