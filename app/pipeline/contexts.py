@@ -8,7 +8,7 @@ boundary.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -38,6 +38,14 @@ class Contexts:
     # Per response token: the index in the conversation's messages of its message (None: a
     # token-level line, whose turns are unknown).
     turns: list[int | None] | None = None
+    # The message index a response the student generates will have (None: a token-level line).
+    response_turn: int | None = None
+
+    def generated(self, response_ids: list[int]) -> Contexts:
+        """These contexts with the response the student generated: all its tokens the student's,
+        of the message after the prompt."""
+        turns = None if self.response_turn is None else [self.response_turn] * len(response_ids)
+        return replace(self, response_ids=response_ids, response_mask=[1] * len(response_ids), turns=turns)
 
 
 def teacher_messages(messages: list[dict[str, Any]], privileged: str, template: str) -> list[dict[str, Any]]:
@@ -339,6 +347,7 @@ def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) 
         sibling,
         mask,
         turns,
+        None if traj.format == "token_ids" else response_turn(traj),
     )
 
 

@@ -167,7 +167,11 @@ def test_a_single_turn_keeps_todays_ids_with_a_full_mask_and_its_turn(chatml):
     )
     assert set(two.turns) == {2}
     assert set(contexts(chatml, {"prompt": "hi", "response": "hello"}).turns) == {1}
-    assert contexts(chatml, {"prompt": "hi"}).response_mask is None  # to generate: not known yet
+    to_generate = contexts(chatml, {"prompt": "hi"})
+    assert to_generate.response_mask is None and to_generate.turns is None  # not known yet
+    generated = to_generate.generated([70, 71])
+    assert (generated.response_ids, generated.response_mask, generated.turns) == ([70, 71], [1, 1], [1, 1])
+    assert contexts(chatml, {"prompt_ids": [5]}).generated([70]).turns is None  # token level: unknown
 
 
 def test_tools_of_a_single_turn_go_to_the_template(qwen25):
