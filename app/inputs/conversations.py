@@ -231,12 +231,23 @@ def _arguments_keys(arguments: Any) -> list[str] | None:
     return [str(key) for key in arguments] if isinstance(arguments, dict) else None
 
 
-def check_turn_rendered(message: dict[str, Any], text: str, where: str, turn: int) -> None:
+def check_prompt_rendered(messages: list[dict[str, Any]], text: str, where: Callable[[int], str]) -> None:
+    """The tool calls of a prompt's assistant messages show in the prompt's rendering (`text`).
+    Their reasoning may not: templates such as Qwen3's leave earlier reasoning out of what the
+    model sees."""
+    for i, message in enumerate(messages):
+        if message.get("tool_calls"):
+            check_turn_rendered(message, text, where(i), i, reasoning=False)
+
+
+def check_turn_rendered(
+    message: dict[str, Any], text: str, where: str, turn: int, reasoning: bool = True
+) -> None:
     """What the student wrote in an assistant turn shows in its rendering (`text`): its
     reasoning, and each tool call's name and arguments (their names, or the string as given).
     A template that drops them would give ids other than those the model saw."""
-    reasoning = (message.get("reasoning_content") or "").strip()
-    if reasoning and reasoning not in text:
+    thought = (message.get("reasoning_content") or "").strip() if reasoning else ""
+    if thought and thought not in text:
         raise BadTrajectory(
             f"{where}.reasoning_content: the student's chat template drops it (its rendering of the "
             "turn lacks the reasoning): give the reasoning in content as the model wrote it (e.g. "
@@ -297,6 +308,7 @@ def place(
 
     whole, prompt, found = pieces(render, prompt_len)
     check_tools_rendered(render.kwargs.get("tools"), prompt)
+    check_prompt_rendered(render.conversation[:prompt_len], prompt, where)
     for piece in found:
         if piece.student:
             check_turn_rendered(

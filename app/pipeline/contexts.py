@@ -13,7 +13,13 @@ from functools import lru_cache
 from typing import Any
 
 from vrollout.errors import BadTrajectory, TooLong
-from vrollout.inputs.conversations import Placement, Renderer, check_tools_rendered, place
+from vrollout.inputs.conversations import (
+    Placement,
+    Renderer,
+    check_prompt_rendered,
+    check_tools_rendered,
+    place,
+)
 from vrollout.inputs.rendered import restore_specials, teacher_text
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.pipeline.backend import Model, Models
@@ -312,6 +318,8 @@ def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) 
             s_ids, s_text, templated = placed.prompt_ids, placed.prompt_text, True
         else:
             s_ids, s_text, templated = render_role(pair, "student", traj.messages, student_limit, traj.tools)
+            if templated:
+                check_prompt_rendered(traj.messages, s_text, _where(traj))
             if traj.tools is not None:
                 if not templated:
                     raise BadTrajectory(

@@ -130,6 +130,10 @@ def test_a_template_that_drops_tool_calls_or_tools_is_refused(chatml):
     assert caught.value.details["field"] == field and "drops this tool call" in caught.value.message
     with pytest.raises(BadTrajectory, match=r"tools\[0\]: the student's chat template does not render"):
         contexts(chatml, {"messages": [USER, ANSWER], "tools": TOOLS})
+    # The same for a prompt's tool calls (an agent's history given as the prompt)
+    with pytest.raises(BadTrajectory) as caught:
+        contexts(chatml, {"prompt": [USER, ASKS, RESULT], "response": "It is sunny."})
+    assert caught.value.details["field"] == "prompt[1].tool_calls[0].function.name"
     # Reasoning the template does not render is dropped too: the model wrote it
     with pytest.raises(BadTrajectory) as caught:
         contexts(chatml, {"messages": [USER, {**ANSWER, "reasoning_content": "Look outside."}]})
@@ -177,6 +181,12 @@ def test_a_single_turn_keeps_todays_ids_with_a_full_mask_and_its_turn(chatml):
 def test_tools_of_a_single_turn_go_to_the_template(qwen25):
     ctx = contexts(qwen25, {"messages": [USER, ANSWER], "tools": TOOLS})
     assert ctx.student_text == whole(qwen25, [USER], tools=TOOLS, add_generation_prompt=True)
+    # An agent's history as the prompt (TRL), the answer as text: a single response
+    history = contexts(qwen25, {"prompt": [USER, ASKS, RESULT], "response": "It is sunny.", "tools": TOOLS})
+    assert history.student_text == whole(
+        qwen25, [USER, ASKS, RESULT], tools=TOOLS, add_generation_prompt=True
+    )
+    assert set(history.turns) == {3} and history.retokenized
 
 
 def test_token_level_lines_keep_their_mask_and_have_no_turns(chatml):
