@@ -322,7 +322,7 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "agreement rate vs response length",
                 "response length (tokens)",
                 "agreement rate",
-                yaxis={"tickformat": ".0%"},
+                yaxis={"tickformat": ".0%", "range": [-0.03, 1.03]},  # a rate: the whole of [0, 1]
             ),
         },
         "first_divergence": {
@@ -332,13 +332,22 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "first divergence (token position in the response)",
                 "trajectories",
                 barmode="group",
-                xaxis={"tickformat": "d", "rangemode": "tozero"},
+                xaxis=position_axis(first),
                 yaxis=count_axis(most),
             ),
         },
         **shares,
         **drift_figures(drift.rows()),  # only when lines carry a training step
     }
+
+
+def position_axis(traces: list[dict[str, Any]]) -> dict[str, Any]:
+    """The x axis of the first-divergence histogram: whole token positions only, every bin in
+    view (its integers span [start - 0.5, start + width - 0.5])."""
+    starts = traces[0]["x"] if traces else [0]
+    width = starts[1] - starts[0] if len(starts) > 1 else 1
+    end = starts[-1] + width - 0.5
+    return {**count_axis(math.ceil(end)), "range": [-0.5, end], "rangemode": "normal"}
 
 
 def share_bars(values: list[float], name: str, color: str, bins: int = SPREAD_BINS) -> dict[str, Any]:

@@ -76,3 +76,12 @@ def test_drift_steps_are_categories_and_their_names_escaped():
     figure = drift_figures(rows)["drift_agreement"]
     assert figure["layout"]["xaxis"]["type"] == "category"
     assert figure["data"][0]["x"] == ["2", "1", "&lt;b&gt;x&lt;/b&gt;"]
+
+
+def test_the_position_axis_ticks_whole_tokens_and_shows_every_bin():
+    figures = figures_of(digests())
+    axis = figures["first_divergence"]["layout"]["xaxis"]
+    last = figures["first_divergence"]["data"][0]["x"][-1]
+    assert axis["tickformat"] == "d" and isinstance(axis["dtick"], int) and axis["dtick"] >= 1
+    assert axis["range"][0] == -0.5 and axis["range"][1] >= last + 0.5
+    assert figures["agreement"]["layout"]["yaxis"]["range"] == [-0.03, 1.03]  # a rate, never -100%
