@@ -157,8 +157,17 @@ window.VR = (function () {
   // The "?" beside a number a script builds (templates/_define.html makes the same element on
   // the server), from the definitions base.html embeds; null for a key without one.
   const DEFINITIONS = document.getElementById("vr-definitions");
+  function definition(key) {
+    const known = DEFINITIONS ? JSON.parse(DEFINITIONS.textContent) : { keys: {}, fields: {} };
+    if (known.keys[key]) return known.keys[key];
+    // an objective's or a TIP quadrant's row, `<name>_<field>`: the field's definition, named for the row
+    const field = Object.keys(known.fields).sort((a, b) => b.length - a.length).find((f) => key.endsWith(`_${f}`));
+    if (!field || key.length <= field.length + 1) return null;
+    const prefix = key.slice(0, -field.length - 1).replace(/_/g, " ");
+    return { ...known.fields[field], name: `${prefix}: ${field.replace(/_/g, " ")}` };
+  }
   function define(key) {
-    const d = DEFINITIONS && JSON.parse(DEFINITIONS.textContent)[key];
+    const d = definition(key);
     if (!d) return null;
     const details = el("details", undefined, "define");
     details.dataset.define = key;

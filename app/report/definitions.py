@@ -248,6 +248,12 @@ def headline_keys() -> list[str]:
     return [m.key for m in MEASURES]
 
 
-def definitions_json() -> dict[str, dict[str, Any]]:
-    """Every fixed definition, for the pages' scripts (a headline row is built in the browser)."""
-    return {key: d.as_json() for key, d in DEFINITIONS.items()}
+def definitions_json() -> dict[str, Any]:
+    """Every fixed definition, for the pages' scripts (a job's headline rows are built in the
+    browser), and under "fields" the objective and quadrant rows' definitions by the field their
+    key ends with (`k1_total`: "total"; common.js's VR.define names them with the row's prefix)."""
+    fields = {
+        field: define(f"objective_{field}").as_json()  # type: ignore[union-attr]
+        for field in [*OBJECTIVE_WORDS, *QUADRANT_WORDS]
+    }
+    return {"keys": {key: d.as_json() for key, d in DEFINITIONS.items()}, "fields": fields}

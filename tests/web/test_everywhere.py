@@ -132,7 +132,7 @@ def test_every_headline_row_has_a_definition(tiny_client):
     # the scripts that build headline rows read the same definitions from the page
     page = tiny_client.get("/").text
     embedded = re.search(r'<script type="application/json" id="vr-definitions">(.*?)</script>', page).group(1)
-    assert json.loads(embedded)["kl_top_5pct"]["url"] == "/docs/metrics.md#signal-concentration"
+    assert json.loads(embedded)["keys"]["kl_top_5pct"]["url"] == "/docs/metrics.md#signal-concentration"
 
 
 # ----- gzip and cache lifetimes -----------------------------------------------------------------
@@ -375,4 +375,21 @@ def test_a_question_mark_opens_the_definition_and_links_to_the_manual(served, pa
     assert page.locator("#summary-fields").is_visible()
     assert page.get_attribute('.manual-contents a[href="/docs/metrics.md"]', "aria-current") == "page"
     shoot(page, "manual", full_page=False)  # the page is long: its first screen
+    assert page.errors == []
+
+
+def test_a_job_headline_row_carries_its_definition(served, page):
+    _, url = served
+    lines = "\n".join(json.dumps({**GOOD, "response": f"hello the world {i}"}) for i in range(3))
+    job = httpx.post(url + "/api/jobs", files={"file": ("a.jsonl", lines.encode())}, timeout=60).json()["job"]
+    page.goto(f"{url}/jobs/{job['id']}")
+    assert page.get_attribute('nav a[href="/jobs"]', "aria-current") == "true"
+    # the tiny pair shares its weights: no KL, but an agreement rate on every line
+    row = page.wait_for_selector(
+        '#headline-table tr[data-measure="agreement_rate"] details.define', timeout=120_000
+    )
+    row.query_selector("summary").click()
+    text = row.query_selector(".define-pop").inner_text()
+    assert "share of tokens" in text and "In the docs" in text
+    assert row.query_selector("a").get_attribute("href") == "/docs/metrics.md#summary-fields"
     assert page.errors == []
