@@ -185,6 +185,40 @@ window.VR = (function () {
     details.append(summary, pop);
     return details;
   }
+  // The pages cite the manual as text (`docs/metrics.md "Preflight"`): each citation becomes a
+  // link to that page of the manual the app serves (web/manual.py), at the section's heading
+  // (mkdocs' slug of the name; the manual page finds a heading by its words when the name is
+  // loose). Not in a one-file download: it has no server. Text stays text (textContent only).
+  const CITATION = /docs\/([a-z0-9-]+\.md)(,? "([^"]+)")?/g;
+  const slug = (text) =>
+    text.normalize("NFKD").replace(/[^\x00-\x7F]/g, "").replace(/[^\w\s-]/g, "").trim().toLowerCase().replace(/[-\s]+/g, "-");
+  function linkDocs(root) {
+    if (!root || document.body.hasAttribute("data-standalone")) return;
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {
+      acceptNode: (n) =>
+        n.nodeValue.includes("docs/") && !n.parentElement.closest("a, code, pre, script, textarea, style, .manual-page")
+          ? NodeFilter.FILTER_ACCEPT : NodeFilter.FILTER_REJECT,
+    });
+    const found = [];
+    while (walker.nextNode()) found.push(walker.currentNode);
+    for (const text of found) {
+      const parts = [];
+      let last = 0;
+      for (const m of text.nodeValue.matchAll(CITATION)) {
+        parts.push(text.nodeValue.slice(last, m.index));
+        const link = el("a", m[0]);
+        link.href = `/docs/${m[1]}${m[3] ? `#${slug(m[3])}` : ""}`;
+        parts.push(link);
+        last = m.index + m[0].length;
+      }
+      if (!last) continue;
+      parts.push(text.nodeValue.slice(last));
+      text.replaceWith(...parts);
+    }
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", () => linkDocs(document.body));
+  else linkDocs(document.body);
+
   // One definition open at a time; Escape or a click elsewhere closes it.
   document.addEventListener("toggle", (event) => {
     const opened = event.target;
@@ -217,6 +251,6 @@ window.VR = (function () {
   }
 
   return {
-    $, embedded, el, row, visible, fmt, showTooltip, progress, showError, showErrors, plot, request, runTask, cancelTask, define,
+    $, embedded, el, row, visible, fmt, showTooltip, progress, showError, showErrors, plot, request, runTask, cancelTask, define, linkDocs,
   };
 })();

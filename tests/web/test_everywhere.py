@@ -393,3 +393,23 @@ def test_a_job_headline_row_carries_its_definition(served, page):
     assert "share of tokens" in text and "In the docs" in text
     assert row.query_selector("a").get_attribute("href") == "/docs/metrics.md#summary-fields"
     assert page.errors == []
+
+
+def test_the_pages_citations_of_the_manual_are_links_to_their_section(served, page):
+    _, url = served
+    a = httpx.post(url + "/api/analyze", json=GOOD, timeout=300).json()
+    page.goto(f"{url}/analyses/{a['id']}")
+    cited = page.locator('#teacher-context-kind a[href^="/docs/formats.md"]')
+    assert cited.inner_text() == 'docs/formats.md "Teacher context"'
+    hrefs = page.eval_on_selector_all(
+        'main a[href^="/docs/"]', "links => links.map(l => l.getAttribute('href'))"
+    )
+    for href in set(hrefs):
+        assert httpx.get(url + href.split("#")[0]).status_code == 200, href
+    with page.expect_navigation():
+        cited.click()
+    # the citation names the section loosely; the manual page finds its heading
+    page.wait_for_function("location.hash === '#the-teacher-context'")
+    assert page.locator("#the-teacher-context").is_visible()
+    assert page.get_attribute("#the-teacher-context", "class") == "found"
+    assert page.errors == []
