@@ -28,7 +28,7 @@
     let best = null;
     for (const name of body.scorers) {
       const f1 = body.metrics[name].f1;
-      if (f1 !== null && (best === null || f1 > body.metrics[best].f1)) best = name;
+      if (f1 !== null && f1 > 0 && (best === null || f1 > body.metrics[best].f1)) best = name;
     }
     const entries = [
       ...body.scorers.map((name) => [name === best ? `${name} ★ best` : name, body.metrics[name]]),

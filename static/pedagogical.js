@@ -74,6 +74,7 @@
     strip.onmouseleave = () => { tooltip.hidden = true; };
     $("ped-result").hidden = false;  // before plotting: a hidden container has no width
     const chart = $("ped-chart");
+    chart.hidden = !(r.sweep && window.Plotly); // no sweep: no empty chart box
     if (r.sweep && window.Plotly) {
       const ok = r.sweep.map((row) => row.reached_reference);
       plot(chart, {

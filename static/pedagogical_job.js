@@ -140,6 +140,18 @@
     return box;
   }
 
+  // The per-prompt table scrolls inside its card (it is wider than a narrow screen); a line's
+  // texts stay as wide as the card, in view while the table scrolls sideways.
+  function scroller() {
+    const table = $("comparison-rows");
+    if (!table.parentElement.classList.contains("ped-scroll")) {
+      const box = el("div", undefined, "ped-scroll");
+      table.before(box);
+      box.append(table);
+    }
+    return table.parentElement;
+  }
+
   async function showTexts(button, tr, line) {
     const next = tr.nextElementSibling;
     if (next && next.classList.contains("ped-texts-row")) {
@@ -158,7 +170,9 @@
     tr.after(holder);
     try {
       const body = await request(lineUrl(line));
-      cell.replaceChildren(texts(body.view));
+      const view = texts(body.view);
+      view.style.maxWidth = `${Math.max(scroller().clientWidth - 24, 240)}px`;
+      cell.replaceChildren(view);
     } catch (e) {
       cell.textContent = e.message;
     }
@@ -203,6 +217,7 @@
       tr.dataset.line = String(r.line);
       return tr;
     });
+    scroller();
     $("comparison-rows").tBodies[0].replaceChildren(...rows);
     for (const tr of rows) {
       const button = tr.querySelector("button[data-texts]");

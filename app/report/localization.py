@@ -43,13 +43,14 @@ class LocalizationResult:
 
     @property
     def best(self) -> str | None:
-        """The scorer with the highest cross-validated F1 (the first of equals; None: no F1)."""
+        """The scorer with the highest cross-validated F1 (the first of equals; None when no
+        scorer has an F1 above 0: none found a wrong step, and none is better than another)."""
         scored = [
             (self.metrics[n]["f1"], -i, n)
             for i, n in enumerate(self.scorers)
             if self.metrics[n]["f1"] is not None
         ]
-        return max(scored)[2] if scored else None
+        return max(scored)[2] if scored and max(scored)[0] > 0 else None
 
     def headline(self) -> str:
         """One line per scorer for the terminal: F1 with its interval, beside the baselines."""

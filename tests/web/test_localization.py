@@ -158,12 +158,26 @@ def test_a_heat_map_per_scorer_and_the_best_scorer_marked(tiny_client, job):
     html = tiny_client.get(f"/jobs/{job}/localization?bootstrap=50").text
     f1 = {name: body["metrics"][name]["f1"] for name in body["scorers"]}
     best = max(body["scorers"], key=lambda n: (f1[n], -body["scorers"].index(n)))
-    assert f'id="best-scorer">Best scorer: <b>★ <code>{best}</code>' in html
-    assert html.count('data-best="true"') == 1
+    if f1[best] > 0:
+        assert f'id="best-scorer">Best scorer: <b>★ <code>{best}</code>' in html
+        assert html.count('data-best="true"') == 1
+    else:  # no scorer found a wrong step: none is better than another
+        assert "none is marked best" in html and 'data-best="true"' not in html
     for name in body["scorers"]:
         assert f'id="heat-{name}"' in html
     labelled = sum(1 for p in body["predictions"] if p["label"] >= 0)
     assert html.count('<td class="lab') == labelled * len(body["scorers"])
+
+
+def test_the_best_scorer_is_the_highest_f1_above_zero():
+    from vrollout.metrics.localization_eval import Setup
+    from vrollout.report.localization import LocalizationResult
+
+    def best(*f1):
+        metrics = {f"s{i}": {"f1": v} for i, v in enumerate(f1)}
+        return LocalizationResult(metrics, [], list(metrics), Setup()).best
+
+    assert best(0.2, 0.5, 0.5) == "s1" and best(0.0, 0.0) is None and best(None, 0.1) == "s1"
 
 
 def test_heat_map_shades_rank_the_scores():

@@ -32,7 +32,7 @@ def watch(page) -> tuple[list[str], list[str]]:
     return problems, refused
 
 
-def headline_texts(page) -> dict[str, tuple[str, str, str]]:
+def headline_texts(page) -> dict[str, list[str]]:
     """Each headline shown: its column (student alone, OPD, pedagogical, side by side; "all" for
     the line count above them), its label and its text."""
     return page.evaluate(
@@ -65,7 +65,7 @@ def test_job_page_and_report_show_the_comparison(browser, tiny, tmp_path):
         page.wait_for_selector("body[data-comparison='3']", timeout=60_000)
         assert page.is_visible("#comparison")
         shown = headline_texts(page)
-        assert shown == {h["key"]: (h["column"], h["label"], h["text"]) for h in api["headlines"]}
+        assert shown == {h["key"]: [h["column"], h["label"], h["text"]] for h in api["headlines"]}
         rows = page.locator("#comparison-rows tbody tr")
         assert rows.count() == 3
         assert rows.nth(0).locator("td").nth(1).inner_text() == MARKUP  # an id is text, never markup
