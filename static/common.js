@@ -58,7 +58,27 @@ window.VR = (function () {
 
   // Draw, or redraw, a figure the server built (plotly.io's JSON) with the app's options.
   const PLOTLY_CONFIG = { displaylogo: false, responsive: true };
-  const plot = (div, figure) => Plotly.react(div, figure.data, figure.layout, PLOTLY_CONFIG);
+  // Each chart gets a text alternative (role=img, aria-label) from its own figure: its title, its
+  // axes and its series; one the template wrote itself is kept.
+  function plot(div, figure) {
+    if (!div.hasAttribute("aria-label") || div.dataset.described) {
+      div.setAttribute("role", "img");
+      div.setAttribute("aria-label", describeFigure(figure));
+      div.dataset.described = "1";
+    }
+    return Plotly.react(div, figure.data, figure.layout, PLOTLY_CONFIG);
+  }
+  function describeFigure(figure) {
+    const layout = figure.layout || {};
+    const words = (t) => String((t && (t.text ?? t)) || "").replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim();
+    const axes = Object.keys(layout).filter((k) => /^[xy]axis\d*$/.test(k)).sort().map((k) => words(layout[k].title));
+    const series = [...new Set((figure.data || []).map((t) => words(t.name)))];
+    return [
+      `Chart: ${words(layout.title) || "untitled"}`,
+      axes.filter(Boolean).length ? `axes: ${axes.filter(Boolean).join(", ")}` : "",
+      series.filter(Boolean).length ? `series: ${series.filter(Boolean).join(", ")}` : "",
+    ].filter(Boolean).join("; ");
+  }
 
   // The API's error shape as one sentence. A 422's details each name their field already (the
   // message is the first of them and "(and N more)"): they are said once each, not twice.

@@ -399,6 +399,10 @@ def test_the_pages_citations_of_the_manual_are_links_to_their_section(served, pa
     _, url = served
     a = httpx.post(url + "/api/analyze", json=GOOD, timeout=300).json()
     page.goto(f"{url}/analyses/{a['id']}")
+    # the chart's text alternative, from its figure (VR.plot)
+    page.wait_for_selector("#chart[role=img]")
+    label = page.get_attribute("#chart", "aria-label")
+    assert label.startswith("Chart:") and "series:" in label and "reverse KL" in label
     cited = page.locator('#teacher-context-kind a[href^="/docs/formats.md"]')
     assert cited.inner_text() == 'docs/formats.md "Teacher context"'
     hrefs = page.eval_on_selector_all(
