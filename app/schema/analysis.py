@@ -418,7 +418,7 @@ class TrajectoryRecord(TypedDict):
     correct: bool | None
     step: int | str | None
     meta: dict[str, Any] | None
-    prompt: Annotated[list[dict[str, str]] | None, Field(description="chat messages; null for token ids")]
+    prompt: Annotated[list[dict[str, Any]] | None, Field(description="chat messages; null for token ids")]
     rendered: bool
 
 

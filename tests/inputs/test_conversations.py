@@ -170,3 +170,22 @@ def test_a_conversation_sent_to_a_pedagogical_rollout_is_refused():
     assert trajectory(
         {"messages": [USER, {"role": "assistant", "content": "x"}]}, PedagogicalRequest
     ).messages == [USER]
+
+
+def test_an_agents_history_as_the_prompt_is_a_valid_trajectory_record():
+    from pydantic import TypeAdapter
+    from vrollout.schema.analysis import TrajectoryRecord
+
+    traj = trajectory({"prompt": [USER, ASKS, RESULT], "response": "It is sunny."})
+    record = {
+        "format": traj.format,
+        "id": None,
+        "reference_answer": None,
+        "score": None,
+        "correct": None,
+        "step": None,
+        "meta": {},
+        "prompt": traj.messages,  # tool calls and all, as an analysis stores it
+        "rendered": False,
+    }
+    assert TypeAdapter(TrajectoryRecord).validate_python(record)["prompt"][1]["tool_calls"] == [CALL]
