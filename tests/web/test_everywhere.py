@@ -245,6 +245,22 @@ def test_an_api_error_names_its_field_for_the_form(tiny_client):
     assert r.status_code == 422 and r.json()["field"] == "reference_answer"
 
 
+def test_a_wrong_token_is_marked_on_its_field(tiny, tmp_path):
+    from fastapi.testclient import TestClient
+    from support import tiny_settings
+    from vrollout.pipeline.analyzer import Analyzer
+    from vrollout.web.app import create_app
+
+    settings = tiny_settings(tmp_path, api_token="everywhere-token")
+    with TestClient(create_app(settings, analyzer=Analyzer(tiny, settings))) as client:
+        wrong = client.post("/login", data={"token": "guess", "next": "/"})
+        (field,) = Tags(wrong.text).find("input", id="token")
+        assert field["aria-invalid"] == "true" and field["aria-describedby"] == "login-error"
+        assert wrong.text.count("not this server") == 1
+        (fresh,) = Tags(client.get("/login").text).find("input", id="token")
+        assert "aria-invalid" not in fresh
+
+
 # ----- in the browser (slow tier) ---------------------------------------------------------------
 
 
