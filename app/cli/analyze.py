@@ -425,7 +425,12 @@ def analyze_file(args: Any, settings: Settings) -> int:
     from vrollout.storage.store import Store
 
     store = None if args.no_store else Store(settings.database)  # a damaged one fails before loading
-    analyzer = Analyzer.from_settings(settings, store)
+    if cluster is None:
+        analyzer = Analyzer.from_settings(settings, store)
+    else:  # the workers load the models; the driver needs only their names (and the store)
+        from vrollout.cluster.ray import DriverModels
+
+        analyzer = DriverModels(settings, store)
     options = {
         "top_k": args.top_k,
         "continuation_tokens": args.continuation_tokens,
@@ -463,12 +468,12 @@ def analyze_file(args: Any, settings: Settings) -> int:
                 from vrollout.cluster.ray import Keep, SiblingPass, Task, cluster_lines
 
                 params = {"options": options, "privileged": args.privileged, "job": job, "siblings": None}
-                lines = cluster_lines(
+                lines = analyzer.watch(cluster_lines(
                     sources, Task(analyze_lines, params), settings, cluster,
                     keep=Keep(frozenset(outputs.done), shard), unknown=unknown,
                     progress=bar.update, committed=outputs.flush,
                     siblings=SiblingPass(options, args.privileged) if sibling else None,
-                )  # fmt: skip
+                ))  # fmt: skip
             for number, result in lines:
                 if isinstance(result, VRError):
                     errors.append((number, result.message))
@@ -480,6 +485,8 @@ def analyze_file(args: Any, settings: Settings) -> int:
     except KeyboardInterrupt:
         interrupted = True
     except VRError as exc:  # the file itself goes wrong part way (an array's JSON, a Parquet page)
+        if type(exc).__name__ == "ModelsNotLoaded":  # --ray: the workers' models; main says it
+            raise
         broken = exc.message
     finally:
         with no_interrupts():

@@ -16,6 +16,8 @@ Ray is optional: it is imported inside these functions only, never at `import vr
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 INSTALL = "--ray needs Ray: pip install 'virtual-rollout[ray]' (or pip install 'ray[data]')"
 BLOCK_ROWS = 64  # rows a read task puts in one block (by default; --batch-size sets it)
 COLUMNS = ("number", "row", "error", "fatal")  # a line's number, its JSON, its LineError, a file's error
+RESULTS = ("number", "result", "error", "keys", "fatal", "stop")  # what a worker gives back per line
 
 
 class RayMissing(VRError):
@@ -93,15 +96,26 @@ class Task:
 
 class LineWorker:
     """The callable class of `map_batches`: loads the models once (`analyzer`: given, in process),
-    then runs each batch of lines (an Arrow table of COLUMNS) and gives back a table of each line's
-    number, result (JSON), error message and the unknown keys it carried. A file's error rides
-    through as the last row (`fatal`)."""
+    then runs each batch of lines (an Arrow table of COLUMNS) and gives back a table of RESULTS:
+    each line's number, result (pickled: the driver gets the very dict a plain run writes), error
+    message and the unknown keys it carried. A file's error rides through as the last row
+    (`fatal`); models that cannot be loaded, as one row (`stop`) for the driver to say."""
 
-    def __init__(self, settings: Settings, task: Task, analyzer: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, task: Task, analyzer: Any = None, threads: int | None = None
+    ) -> None:
+        self.stop: str | None = None
+        if threads is not None:  # `local`: the threads a plain run's torch takes here, shared by the workers
+            import torch
+
+            torch.set_num_threads(threads)
         if analyzer is None:
             from vrollout.pipeline.analyzer import Analyzer
 
-            analyzer = Analyzer.from_settings(settings, None)  # the driver stores
+            try:
+                analyzer = Analyzer.from_settings(settings, None)  # the driver stores
+            except VRError as exc:  # said once by the driver, as a plain run says it, not as a crash
+                self.stop = exc.message
         self.analyzer = analyzer
         self.task = task
 
@@ -109,6 +123,11 @@ class LineWorker:
         import pyarrow as pa
         from vrollout.inputs.trajectories import LineError
 
+        out: dict[str, list[Any]] = {name: [] for name in RESULTS}
+        if self.stop is not None:
+            return pa.table(
+                {**out, "number": [0], "stop": [self.stop]} | _nulls(RESULTS[1:-1]), schema=_results_schema()
+            )
         columns = {name: batch.column(name).to_pylist() for name in COLUMNS}
         rows, fatal = [], None
         for number, row, error, broken in zip(*columns.values(), strict=True):
@@ -119,26 +138,69 @@ class LineWorker:
             else:
                 rows.append((number, json.loads(row)))
         unknown: dict[str, list[int]] = {}
-        out: dict[str, list[Any]] = {"number": [], "result": [], "error": [], "keys": [], "fatal": []}
         for number, result in self.task.lines(self.analyzer, rows, unknown, self.task.params) if rows else []:
             failed = isinstance(result, VRError)
             out["number"].append(number)
-            out["result"].append(None if failed else json.dumps(result))
+            out["result"].append(None if failed else pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
             out["error"].append(result.message if failed else None)
-            out["fatal"].append(None)
         keys: dict[int, list[str]] = {}
         for key, numbers in unknown.items():
             for number in numbers:
                 keys.setdefault(number, []).append(key)
         out["keys"] = [json.dumps(keys[n]) if n in keys else None for n in out["number"]]
+        out["fatal"] = [None] * len(out["number"])
         if fatal is not None:
             for name, value in (("number", fatal[0]), ("result", None), ("error", None), ("keys", None)):
                 out[name].append(value)
             out["fatal"].append(fatal[1])
-        schema = pa.schema(
-            [("number", pa.int64())] + [(n, pa.string()) for n in ("result", "error", "keys", "fatal")]
-        )
-        return pa.table(out, schema=schema)
+        out["stop"] = [None] * len(out["number"])
+        return pa.table(out, schema=_results_schema())
+
+
+class DriverModels:
+    """What the driver of `vrollout analyze --ray` needs of the models, without loading them (the
+    workers do: the driver's machine needs no GPU and no second copy): the store, and the models'
+    names for the report, read from the first analysis that comes back (`watch`). Only when none
+    does (every line failed) are the models loaded here, for their names."""
+
+    def __init__(self, settings: Settings, store: Any) -> None:
+        self.settings, self.store = settings, store
+        self.names: tuple[str, str] | None = None
+        self._pair: Any = None
+
+    def watch(self, lines: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+        for number, result in lines:
+            if self.names is None and isinstance(result, dict):
+                self.names = (result["student"]["model"], result["teacher"]["model"])
+            yield number, result
+
+    @property
+    def pair(self) -> Any:
+        if self.names is not None:
+            from types import SimpleNamespace
+
+            student, teacher = (SimpleNamespace(name=name) for name in self.names)
+            return SimpleNamespace(student=student, teacher=teacher)
+        if self._pair is None:
+            from vrollout.pipeline.analyzer import Analyzer
+
+            self._pair = Analyzer.from_settings(self.settings, None).pair
+        return self._pair
+
+
+class ModelsNotLoaded(VRError):
+    """The workers could not load the models (the plain run's message): the run stops."""
+
+
+def _nulls(names: Iterable[str]) -> dict[str, list[None]]:
+    return {name: [None] for name in names}
+
+
+def _results_schema() -> Any:
+    import pyarrow as pa
+
+    fields = [("number", pa.int64()), ("result", pa.binary())]
+    return pa.schema(fields + [(n, pa.string()) for n in RESULTS[2:]])
 
 
 @dataclass(frozen=True)
@@ -337,6 +399,19 @@ def _order(ray: Any) -> None:
     context.enable_progress_bars = False  # the driver's one bar
 
 
+def local_threads(cluster: Cluster) -> int | None:
+    """Torch threads for each worker of a `local` Ray: this machine's cores shared out, as a plain
+    run would use them all (Ray would give a worker of one CPU one thread: half the speed of a
+    plain run on two cores). Elsewhere Ray's own setting stands (its CPUs per worker)."""
+    if cluster.address != "local":
+        return None
+    import psutil  # Ray's own dependency
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = min(usable, psutil.cpu_count(logical=False) or usable)  # torch's default: physical cores
+    return max(1, cores // cluster.workers)
+
+
 def _through_workers(
     ray: Any,
     lines: Any,
@@ -349,7 +424,7 @@ def _through_workers(
 ) -> Iterator[tuple[int, Any]]:
     results = lines.map_batches(
         LineWorker,
-        fn_constructor_args=(settings, task),
+        fn_constructor_args=(settings, task, None, local_threads(cluster)),
         batch_size=cluster.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cluster.workers),
@@ -365,14 +440,16 @@ def _results(
     batch: Any, unknown: dict[str, list[int]], progress: Callable[[int], None]
 ) -> Iterator[tuple[int, Any]]:
     done = 0
-    for number, result, error, keys, fatal in zip(
-        *(batch.column(n).to_pylist() for n in ("number", "result", "error", "keys", "fatal")), strict=True
+    for number, result, error, keys, fatal, stop in zip(
+        *(batch.column(n).to_pylist() for n in RESULTS), strict=True
     ):
+        if stop is not None:
+            raise ModelsNotLoaded(stop)
         if fatal is not None:
             progress(done)
             raise BadTrajectory(fatal)
         for key in json.loads(keys) if keys else []:
             unknown.setdefault(key, []).append(number)
-        yield number, BadTrajectory(error) if error is not None else json.loads(result)
+        yield number, BadTrajectory(error) if error is not None else pickle.loads(result)
         done += 1
     progress(done)

@@ -6,6 +6,7 @@ Ray installed --ray says how to install it."""
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 
 import pyarrow as pa
@@ -14,7 +15,18 @@ from support import tiny_settings
 from support.ray_runs import sibling_lines
 from vrollout.cli.analyze import analyze_lines
 from vrollout.cli.commands import main
-from vrollout.cluster.ray import COLUMNS, Cluster, Keep, LineWorker, Task, _schema, read_blocks
+from vrollout.cluster.ray import (
+    COLUMNS,
+    Cluster,
+    DriverModels,
+    Keep,
+    LineWorker,
+    ModelsNotLoaded,
+    Task,
+    _results,
+    _schema,
+    read_blocks,
+)
 from vrollout.cluster.siblings import JUDGED, fold, judge
 from vrollout.config import Settings
 from vrollout.errors import BadTrajectory, VRError
@@ -60,7 +72,7 @@ def test_the_worker_gives_what_the_plain_pipeline_gives(tiny, tmp_path):
 
     plain = dict(run_lines([(4, LINES[0]), (12, LINES[1])], prepare, run))
     for at, number in ((0, 4), (3, 12)):
-        mine, theirs = json.loads(results[at]), plain[number]
+        mine, theirs = pickle.loads(results[at]), plain[number]
         assert mine["job"] == {"id": None, "line": number}
         assert [s["teacher_logprob"] for s in mine["steps"]] == pytest.approx(
             [s["teacher_logprob"] for s in theirs["steps"]], abs=1e-5
@@ -122,3 +134,21 @@ def test_analyze_many_sizes_without_ray_are_refused(tiny, tmp_path):
     vr = VirtualRollout(Analyzer(tiny, tiny_settings(tmp_path)))
     with pytest.raises(TypeError, match="workers, batch_size apply with ray= only"):
         list(vr.analyze_many([LINES[0]], progress=False, workers=2, batch_size=3))
+
+
+def test_models_a_worker_cannot_load_stop_the_run_with_the_plain_runs_message(tmp_path):
+    settings = Settings(student=str(tmp_path / "no-such-model"), device="cpu", database=tmp_path / "db")
+    worker = LineWorker(settings, Task(analyze_lines, {}))
+    got = worker(batch([(1, LINES[0])]))
+    with pytest.raises(ModelsNotLoaded, match="the models could not be loaded") as raised:
+        list(_results(got, {}, lambda n: None))
+    with pytest.raises(VRError) as plain:
+        Analyzer.from_settings(settings, None)
+    assert raised.value.message == plain.value.message
+
+
+def test_the_driver_takes_the_models_names_from_the_first_analysis():
+    driver = DriverModels(Settings(), None)
+    lines = [(1, BadTrajectory("no")), (2, {"student": {"model": "s"}, "teacher": {"model": "t"}})]
+    assert list(driver.watch(iter(lines))) == lines
+    assert (driver.pair.student.name, driver.pair.teacher.name) == ("s", "t")
