@@ -138,7 +138,7 @@
     if (s.divergence_kind === "fork") cls.add("fork");
     if (s.fork_matters) cls.add("matters");
     if (s.uncertain) cls.add("unc");
-    if (s.segment) cls.add(s.segment);
+    if (s.segment) cls.add(`seg-${s.segment}`); // seg-: .answer is the job page's sentence
     if (i === current) cls.add("sel");
     const stu = el("span", visible(s.token), "stu");
     if (scoredStep(s)) stu.style.backgroundColor = metric.color(s);
@@ -155,7 +155,7 @@
       const turn = turnStarts.get(i);
       if (turn) nodes.push(el("span", `${turn.turn === null ? "" : `message ${turn.turn} · `}${turn.role}${turn.scored ? "" : " · context, not scored"}`, `turn-label${turn.scored ? "" : " ctx"}`));
       const segment = segmentStarts.get(i);
-      if (segment) nodes.push(el("span", segment.segment, `seg-label ${segment.segment}`));
+      if (segment) nodes.push(el("span", segment.segment, `seg-label seg-${segment.segment}`));
       nodes.push(column(s, i));
     });
     block.replaceChildren(...nodes);
@@ -199,7 +199,9 @@
         else empty(entry.target);
       }
     },
-    { rootMargin: "1200px 0px" }
+    // A long strip scrolls in its own box (the page below it stays in reach): blocks are near
+    // when near that box's view; a short one is part of the page.
+    { root: strip.classList.contains("long") ? strip : null, rootMargin: "1200px 0px" }
   );
 
   const colAt = (i) => strip.querySelector(`.col[data-i="${i}"]`);
@@ -468,8 +470,50 @@
   for (const chip of document.querySelectorAll("#chips .chip[data-jump]")) {
     chip.addEventListener("click", () => goTo(Number(chip.dataset.jump)));
   }
-  for (const mark of document.querySelectorAll("#diff mark[data-i]")) {
-    mark.addEventListener("click", () => goTo(Number(mark.dataset.i)));
+  $("diff").addEventListener("click", (e) => {
+    const mark = e.target.closest("mark[data-i]");
+    if (mark) goTo(Number(mark.dataset.i));
+  });
+  if ($("show-diff")) $("show-diff").addEventListener("click", buildDiff);
+
+  // A long page's aligned diff, built on demand: runs of agreeing tokens as text, each divergence
+  // marked on both sides (the teacher's tokens there came with the view); context turns left out,
+  // as the server leaves them out of a short page's diff.
+  function buildDiff() {
+    const student = $("diff-response");
+    const teacher = $("diff-rollout");
+    const context = view.turns.filter((t) => !t.scored);
+    const divergences = view.marks.divergences;
+    let k = 0;
+    let run = [];
+    const flush = () => {
+      if (!run.length) return;
+      const text = run.join("");
+      student.append(text);
+      teacher.append(text);
+      run = [];
+    };
+    for (let i = 0; i < total; i++) {
+      const turn = context.find((t) => i >= t.start && i < t.stop);
+      if (turn) {
+        i = turn.stop - 1;
+        continue;
+      }
+      if (divergences[k] === i) {
+        flush();
+        const mine = el("mark", view.tokens[i], "d");
+        const theirs = el("mark", view.diff_teacher[k], "d");
+        mine.dataset.i = theirs.dataset.i = String(i);
+        student.append(mine);
+        teacher.append(theirs);
+        k++;
+      } else {
+        run.push(view.tokens[i]);
+      }
+    }
+    flush();
+    $("show-diff").remove();
+    $("diff-cols").hidden = false;
   }
   for (const radio of document.querySelectorAll('input[name="metric"]')) {
     radio.addEventListener("change", () => {

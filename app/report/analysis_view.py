@@ -14,6 +14,7 @@ from vrollout.errors import VRError
 from vrollout.report.figures import roles_of, scored
 
 BLOCK = 200  # steps per block of the strip: the unit the page renders, fetches and drops
+LONG = 3 * BLOCK  # steps beyond which a page is long (see page_view)
 MAX_RANGE = 2000  # steps one request may ask for (about 2 MB of JSON with top-k 20)
 # nats: the fixed colour scale every page shares (the "absolute" option), the same top as the job
 # page's and /analyses' mini strips (report/tables.py, KL_STRIP_MAX_NATS)
@@ -188,9 +189,14 @@ def page_view(analysis: dict[str, Any], all_steps: bool) -> dict[str, Any]:
     the search read them), the jump marks, turns, segments and scales."""
     steps = analysis["steps"]
     found = marks(steps)
+    long = len(steps) > LONG
     return {
         "total": len(steps),
         "block": BLOCK,
+        # a long page: the strip scrolls in its own box, the diff is built by the script from the
+        # tokens and the teacher's token at each divergence
+        "long": long,
+        "diff_teacher": [steps[i]["teacher_top1"] for i in found["divergences"]] if long else None,
         "first": steps if all_steps else steps[:BLOCK],
         "tokens": [s["token"] for s in steps],
         "marks": found,
@@ -200,6 +206,16 @@ def page_view(analysis: dict[str, Any], all_steps: bool) -> dict[str, Any]:
     }
 
 
+# What the page's scripts never read, and weighs most on a long page: the steps (the view and
+# the range route carry them) and the token ids (32,000 of each at 32,000 tokens).
+NOT_EMBEDDED = ("steps", "response_ids", "response_mask", "virtual_rollout")
+
+
 def without_steps(analysis: dict[str, Any]) -> dict[str, Any]:
-    """The analysis as the page embeds it: everything but the steps (the view carries them)."""
-    return {k: v for k, v in analysis.items() if k != "steps"}
+    """The analysis as the page embeds it for its scripts: without the steps and the token ids,
+    and with a teacher of another tokenizer said (`alignment: true`) rather than spelled out
+    (the server draws the alignment)."""
+    lite = {k: v for k, v in analysis.items() if k not in NOT_EMBEDDED}
+    if lite.get("alignment"):
+        lite["alignment"] = True
+    return lite

@@ -108,29 +108,25 @@ def scored(step: dict[str, Any]) -> bool:
     return step.get("scored", True) is not False
 
 
-def flagged(steps: list[dict[str, Any]]) -> list[int]:
+def flagged(steps: list[dict[str, Any]], mine: list[bool] | None = None) -> list[int]:
     """Indices no downsampling may drop: every divergence, fork that matters and uncertain step,
     the largest reverse KL, and both ends of each run of context (unscored) tokens, so that the
-    line breaks there instead of joining two turns over it."""
+    line breaks there instead of joining two turns over it. `mine`: each step's `scored`."""
+    mine = [scored(s) for s in steps] if mine is None else mine
     keep = {
         i
         for i, s in enumerate(steps)
-        if scored(s) and (not s["agree"] or s.get("fork_matters") or s.get("uncertain"))
+        if mine[i] and (not s["agree"] or s.get("fork_matters") or s.get("uncertain"))
     }
-    kls = [(s["reverse_kl"], i) for i, s in enumerate(steps) if scored(s) and s["reverse_kl"] is not None]
+    kls = [(s["reverse_kl"], i) for i, s in enumerate(steps) if mine[i] and s["reverse_kl"] is not None]
     if kls:
         keep.add(max(kls)[1])
-    for i, s in enumerate(steps):
-        edge = (
-            i == 0
-            or i == len(steps) - 1
-            or scored(steps[i - 1]) != scored(s)
-            or scored(steps[i + 1]) != scored(s)
-        )
-        if not scored(s) and edge:
+    last = len(steps) - 1
+    for i in range(len(steps)):
+        if not mine[i] and (i in (0, last) or mine[i - 1] or mine[i + 1]):
             keep.add(i)
     if steps:
-        keep.update((0, len(steps) - 1))
+        keep.update((0, last))
     return sorted(keep)
 
 
@@ -144,6 +140,32 @@ def kept_points(values: list[float | None], must_keep: list[int], n_out: int = M
     y = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
     chosen = MinMaxLTTBDownsampler().downsample(y, n_out=n_out)
     return sorted(set(chosen.tolist()) | set(must_keep))
+
+
+def comb(divergent: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Vertical ticks at the divergences, from 0 to each one's reverse KL, as one line broken by
+    nulls: x, y, text (its tokens) and customdata (its KL, for the hover at either end)."""
+    x: list[Any] = []
+    y: list[Any] = []
+    text: list[Any] = []
+    kl: list[Any] = []
+    for s in divergent:
+        label = short_label(s, True)
+        x += [s["position"], s["position"], None]
+        y += [0.0, s["reverse_kl"], None]
+        text += [label, label, None]
+        kl += [s["reverse_kl"], s["reverse_kl"], None]
+    return {"x": x, "y": y, "text": text, "customdata": kl}
+
+
+def short_label(step: dict[str, Any], mine: bool) -> str:
+    """A point's tokens for a long response's hover: the student's, and the teacher's where they
+    differ (escaped: Plotly reads it as HTML)."""
+    if not mine:
+        return f"{_visible(step['token'])} (context, not scored)"
+    if step["agree"] or step.get("teacher_rank") is None:
+        return _visible(step["token"])
+    return f"{_visible(step['token'])} ≠ {_visible(step['teacher_top1'])}"
 
 
 def roles_of(analysis: dict[str, Any]) -> list[str | None]:
@@ -165,39 +187,59 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
     downsampled, every divergence and flagged token kept (`kept_points`)."""
     steps = analysis["steps"]
     roles = roles_of(analysis)
-    kl = [s["reverse_kl"] if scored(s) else None for s in steps]
-    logprob = [s["teacher_logprob"] if scored(s) else None for s in steps]
-    must = flagged(steps)
+    mine = [scored(s) for s in steps]
+    kl = [s["reverse_kl"] if m else None for s, m in zip(steps, mine, strict=True)]
+    logprob = [s["teacher_logprob"] if m else None for s, m in zip(steps, mine, strict=True)]
+    must = flagged(steps, mine)
     on_kl, on_logprob = kept_points(kl, must), kept_points(logprob, must)
-    divergent = [s for s in steps if scored(s) and not s["agree"]]
+    divergent = [s for s, m in zip(steps, mine, strict=True) if m and not s["agree"]]
     share = cumulative_share([v or 0.0 for v in kl])
     mode = "lines+markers" if len(steps) <= MARKERS_UP_TO else "lines"
-    data = [
-        {
-            "type": "scatter",
-            "x": [steps[i]["position"] for i in on_kl],
-            "y": [kl[i] for i in on_kl],
-            "name": "reverse KL (nats)",
-            "mode": mode,
-            "line": {"color": KL_COLOR, "width": 1},
-            "marker": {"size": 4, "color": KL_COLOR},
+    kl_trace = {
+        "type": "scatter",
+        "x": [steps[i]["position"] for i in on_kl],
+        "y": [kl[i] for i in on_kl],
+        "name": "reverse KL (nats)",
+        "mode": mode,
+        "line": {"color": KL_COLOR, "width": 1},
+        "marker": {"size": 4, "color": KL_COLOR},
+        "xaxis": "x",
+        "yaxis": "y",
+    }
+    divergence_trace = {
+        "type": "scatter",
+        "x": [s["position"] for s in divergent],
+        "y": [s["reverse_kl"] for s in divergent],
+        "name": "divergence (teacher top-1 ≠ token)",
+        "mode": "markers",
+        "marker": {"symbol": "x", "size": 9, "color": DIVERGENCE_COLOR},
+        "xaxis": "x",
+        "yaxis": "y",
+    }
+    if len(steps) <= MAX_POINTS:
+        kl_trace |= {
             "hovertext": [hover_text(steps[i], role_of(steps[i], roles)) for i in on_kl],
             "hoverinfo": "text",
-            "xaxis": "x",
-            "yaxis": "y",
-        },
-        {
-            "type": "scatter",
-            "x": [s["position"] for s in divergent],
-            "y": [s["reverse_kl"] for s in divergent],
-            "name": "divergence (teacher top-1 ≠ token)",
-            "mode": "markers",
-            "marker": {"symbol": "x", "size": 9, "color": DIVERGENCE_COLOR},
-            "hovertext": [hover_text(s) for s in divergent],
-            "hoverinfo": "text",
-            "xaxis": "x",
-            "yaxis": "y",
-        },
+        }
+        divergence_trace |= {"hovertext": [hover_text(s) for s in divergent], "hoverinfo": "text"}
+    else:
+        # A long response: each point's tokens only, in a template (a full hover text per point
+        # was most of a 32,000-token page's figure); the strip's details panel has the rest.
+        kl_trace |= {
+            "text": [short_label(steps[i], mine[i]) for i in on_kl],
+            "hovertemplate": "#%{x} %{text}<br>reverse KL %{y:.3f} nats<extra></extra>",
+        }
+        # Every divergence as a tick from 0 to its KL, all in one path: thousands of SVG markers
+        # (one element each) were most of a long page's nodes and drawing time.
+        divergence_trace |= comb(divergent) | {
+            "mode": "lines",
+            "line": {"color": DIVERGENCE_COLOR, "width": 1.5},
+            "hovertemplate": "#%{x} %{text}<br>divergence: reverse KL %{customdata:.3f} nats<extra></extra>",
+        }
+        del divergence_trace["marker"]
+    data = [
+        kl_trace,
+        divergence_trace,
         {
             "type": "scatter",
             "x": [steps[i]["position"] for i in on_kl],
@@ -272,7 +314,7 @@ def figure_dict(analysis: dict[str, Any]) -> dict[str, Any]:
     }
     if analysis.get("recovery"):
         add_recovery(data, layout, analysis["recovery"])
-    add_lorenz(data, layout, [s for s in steps if scored(s)])
+    add_lorenz(data, layout, [s for s, m in zip(steps, mine, strict=True) if m])
     return {"data": data, "layout": layout}
 
 

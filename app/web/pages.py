@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -134,13 +135,13 @@ def analysis_context(analysis: dict[str, Any], standalone: bool) -> dict[str, An
         "view_json": script_json(json.dumps(view)),
         "view": view,
         "chips": chips(analysis, view["marks"]),
-        "diff": diff(analysis["steps"]),
+        "diff": None if view["long"] else diff(analysis["steps"]),
     }
 
 
 async def _analysis_context(recent: RecentAnalyses, analysis_id: str, standalone: bool) -> dict[str, Any]:
-    analysis = await run_in_threadpool(recent.get, analysis_id)
-    return await run_in_threadpool(analysis_context, analysis, standalone)
+    build = partial(analysis_context, standalone=standalone)
+    return await run_in_threadpool(recent.derive, analysis_id, ("page", standalone), build)
 
 
 @router.get("/analyses/{analysis_id}", response_class=HTMLResponse)

@@ -55,9 +55,14 @@ def test_downsampling_keeps_every_divergence_and_flagged_token():
     divergences = {s["position"] for s in a["steps"] if not s["agree"]}
     assert divergences <= set(kl["x"]) and {4321, 77, 0, 7999} <= set(kl["x"])  # ...keeping these
     assert len(kl["x"]) <= MAX_POINTS + len(divergences) + 4
-    assert kl["x"] == sorted(kl["x"]) and len(kl["hovertext"]) == len(kl["x"])
-    divergence_trace = figure_dict(a)["data"][1]
-    assert sorted(divergence_trace["x"]) == sorted(divergences)
+    assert kl["x"] == sorted(kl["x"]) and len(kl["text"]) == len(
+        kl["x"]
+    )  # each point's tokens, for its hover
+    # The divergences: every one, a tick from 0 to its KL (one path, not thousands of markers).
+    ticks = figure_dict(a)["data"][1]
+    assert ticks["x"][:3] == [ticks["x"][0], ticks["x"][0], None] and ticks["mode"] == "lines"
+    assert {x for x in ticks["x"] if x is not None} == divergences
+    assert [y for y in ticks["y"][1::3]] == [a["steps"][x]["reverse_kl"] for x in ticks["x"][::3]]
 
 
 def test_context_tokens_are_gaps_in_the_figure_and_outside_the_diff():
@@ -121,21 +126,30 @@ def test_a_long_page_fetches_steps_by_range_and_stays_small(site, browser):
     assert page.locator("#strip .col").count() < 2000  # only the blocks near the screen
     ranges = [u for u in requests if "/steps?" in u]
     assert all(f"/api/analyses/{a['id']}/steps?start=" in u for u in ranges)
-    # Scroll through the strip: blocks are fetched as they come near, and dropped behind.
-    strip = page.locator("#strip")
-    height = strip.evaluate("e => e.getBoundingClientRect().height")
-    top = strip.evaluate("e => e.getBoundingClientRect().top + window.scrollY")
+    # Scroll through the strip (a long one scrolls in its own box): blocks are fetched as they
+    # come near, and dropped behind.
+    height = page.eval_on_selector("#strip", "e => e.scrollHeight")
     most = first
-    for y in range(0, int(height), 1500):
-        page.evaluate(f"window.scrollTo(0, {top + y})")
+    for y in range(0, height, 1500):
+        page.eval_on_selector("#strip", f"e => e.scrollTo(0, {y})")
         page.wait_for_timeout(60)
         most = max(most, nodes(page))
-    page.evaluate(f"window.scrollTo(0, {top + height - 400})")
+    page.eval_on_selector("#strip", "e => e.scrollTo(0, e.scrollHeight)")
     page.wait_for_selector("#strip .col[data-i='7999']", timeout=10_000)
     fetched = {u.split("start=")[1] for u in requests if "/steps?" in u}
     assert "7800&stop=8000" in fetched and len(fetched) > 5
     assert most < first + 12_000, (first, most)  # bounded: never the whole strip at once
     assert page.text_content("#strip .col[data-i='7999'] .stu") == a["steps"][7999]["token"]
+    # A long page's aligned diff is built when asked, from the tokens: the same marks.
+    divergences = [i for i, s in enumerate(a["steps"]) if not s["agree"]]
+    assert page.locator("#diff-response mark").count() == 0
+    page.click("#show-diff")
+    marked = page.eval_on_selector_all("#diff-response mark", "ms => ms.map(m => Number(m.dataset.i))")
+    assert marked == divergences
+    assert (
+        page.locator("#diff-rollout mark").nth(7).text_content() == a["steps"][divergences[7]]["teacher_top1"]
+    )
+    assert page.text_content("#diff-response") == "".join(s["token"] for s in a["steps"])
     # The figure is downsampled but keeps every divergence.
     kl_points = page.evaluate("document.getElementById('chart').data[0].x.length")
     assert kl_points < 8000
@@ -260,7 +274,7 @@ def test_context_turns_are_grey_with_their_role_and_thinking_folds(site, browser
     assert "tool" in page.text_content("#strip .turn-label.ctx")
     assert "not scored" in page.text_content("#selected")
     page.screenshot(path=SHOTS / "conversation-1400.png")
-    thinking = page.locator("#strip .col.thinking").first
+    thinking = page.locator("#strip .col.seg-thinking").first
     assert thinking.is_visible()
     page.check("#fold-thinking")
     assert not thinking.is_visible()

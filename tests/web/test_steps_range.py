@@ -41,8 +41,10 @@ def test_a_deleted_analysis_is_not_served_from_memory(tiny_client):
     """The route keeps the last analyses it parsed; a deleted one is gone all the same."""
     a = stored(tiny_client, 20)
     assert tiny_client.get(f"/api/analyses/{a['id']}/steps").status_code == 200
+    assert tiny_client.get(f"/analyses/{a['id']}").status_code == 200  # its page, kept built too
     assert tiny_client.delete(f"/api/analyses/{a['id']}").status_code == 200
     assert_error(tiny_client.get(f"/api/analyses/{a['id']}/steps"), 404, "no stored analysis")
+    assert tiny_client.get(f"/analyses/{a['id']}", headers={"accept": "text/html"}).status_code == 404
 
 
 def test_the_range_is_in_the_openapi_schema(tiny_client):
