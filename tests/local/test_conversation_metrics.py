@@ -59,7 +59,7 @@ def analyze(pair, tmp_path, mask, turns, **options):
     line = {"prompt_ids": s_ctx, "teacher_prompt_ids": t_ctx, "response_ids": response, **options}
     prep = analyzer.prepare(line)
     prep.ctx.response_mask, prep.ctx.turns = mask, turns
-    return analyzer.run(prep, store=False), s_ctx, t_ctx, response
+    return analyzer.run(prep, store=False), s_ctx, t_ctx, response, tmp_path
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def scored(pair, tmp_path_factory):
 
 def test_student_tokens_equal_the_naive_reference_and_context_tokens_have_none(pair, scored):
     response, mask, turns = conversation(pair)
-    analysis, s_ctx, t_ctx, _ = scored
+    analysis, s_ctx, t_ctx, *_ = scored
     analysis_adapter().validate_python(analysis)
     assert analysis["response_mask"] == mask
     steps = analysis["steps"]
@@ -135,7 +135,7 @@ def test_the_digest_and_the_headline_read_the_student_tokens_and_both_parts(pair
 def test_continuations_and_recovery_stop_at_the_end_of_their_turn(pair, tmp_path):
     response, mask, turns = conversation(pair)
     options = {"continuation_tokens": K, "reference_answer": "391", "recovery": True}
-    analysis, _, t_ctx, _ = analyze(pair, tmp_path, mask, turns, **options, recovery_max_new_tokens=K)
+    analysis, _, t_ctx, *_ = analyze(pair, tmp_path, mask, turns, **options, recovery_max_new_tokens=K)
     eos = eos_ids(pair.teacher)
     limits = continuation_limits([bool(m) for m in mask])
     assert limits[0] is not None and limits[-1] is None  # the first turn is capped, the last is not
@@ -205,3 +205,18 @@ def test_a_conversation_with_tool_calls_and_reasoning_is_scored_turn_by_turn(tmp
     assert "It is 391." in last
     assert all(s["segment"] is None and s["reverse_kl"] is None for s in steps if not s["scored"])
     assert analysis["verdict"]["correct"] is True  # "It is 391.", not the tool's turn
+
+
+def test_a_token_level_line_scores_its_masked_in_tokens_only(pair, scored):
+    """verl's shape: prompt_ids, response_ids and response_mask, no messages: the same numbers as
+    the conversation placed by hand, with no turns known."""
+    response, mask, _ = conversation(pair)
+    s_ctx, t_ctx = contexts(pair)
+    line = {"prompt_ids": s_ctx, "teacher_prompt_ids": t_ctx, "response_ids": response, "response_mask": mask}
+    with_turns = scored[0]
+    analysis = Analyzer(pair, tiny_settings(scored[4])).analyze(line)
+    assert [s["scored"] for s in analysis["steps"]] == [bool(m) for m in mask]
+    assert all(s["turn"] is None for s in analysis["steps"]) and analysis["summary"]["turns"] is None
+    for got, want in zip(analysis["steps"], with_turns["steps"], strict=True):
+        assert {k: v for k, v in got.items() if k != "turn"} == {k: v for k, v in want.items() if k != "turn"}
+    assert analysis["summary"]["tokens"] == sum(mask)
