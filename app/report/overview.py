@@ -89,10 +89,11 @@ class _Answer:
         if d.get("correct") is not None:
             self.verdicts += 1
             self.right += bool(d["correct"])
+        # the digest's segments (pipeline/digest.py segment_figures): tokens and KL per token
         for name, figures in (d.get("segments") or {}).items():
             if name in self.segments and figures and figures.get("tokens"):
                 self.segments[name][0] += figures["tokens"]
-                self.segments[name][1] += figures.get("reverse_kl_total") or 0.0
+                self.segments[name][1] += (figures.get("reverse_kl_mean") or 0.0) * figures["tokens"]
 
     def sentence(self) -> str | None:
         if not self.count:

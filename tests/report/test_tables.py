@@ -64,8 +64,8 @@ def test_the_answer_names_agreement_divergence_and_concentration():
 
 def test_the_answer_splits_thinking_from_the_answer_where_marked():
     segments = {
-        "thinking": {"tokens": 30, "reverse_kl_total": 3.0},
-        "answer": {"tokens": 10, "reverse_kl_total": 4.0},
+        "thinking": {"tokens": 30, "reverse_kl_mean": 0.1},
+        "answer": {"tokens": 10, "reverse_kl_mean": 0.4},
     }
     text = dataset_answer([line(1, segments=segments), line(2)])
     assert text.endswith("Thinking carries 0.100 nats per token over 30 tokens, the answer 0.400 over 10.")

@@ -79,3 +79,20 @@ def test_analyses_page_carries_the_job_tables_columns(tiny_client):
     )
     assert re.search(r'<td [^>]*data-key="response"[^>]*>(.*?)</td>', by_id[wrong], re.S).group(1) == "no"
     assert by_id[wrong].count("<rect") == 10  # the mini strip, one cell per tenth
+
+
+def test_a_job_of_reasoning_lines_answers_thinking_apart_from_the_answer(tiny_client):
+    lines = [{"prompt": "hi", "response": f"<think>hmm let me see {n}</think>the world"} for n in range(2)]
+    job_id = run_job(tiny_client, lines)
+    items = tiny_client.get(f"/api/jobs/{job_id}/items").json()
+    analyses = [tiny_client.get(f"/api/analyses/{i['analysis_id']}").json() for i in items]
+    parts = [a["summary"]["segments"] for a in analyses]
+    thinking = sum(p["thinking"]["tokens"] for p in parts)
+    answer = sum(p["answer"]["tokens"] for p in parts)
+    think_kl = sum(p["thinking"]["reverse_kl_total"] for p in parts) / thinking
+    answer_kl = sum(p["answer"]["reverse_kl_total"] for p in parts) / answer
+    text = tiny_client.get(f"/api/jobs/{job_id}/overview").json()["answer"]
+    assert text.endswith(
+        f"Thinking carries {think_kl:.3f} nats per token over {thinking} tokens,"
+        f" the answer {answer_kl:.3f} over {answer}."
+    )
