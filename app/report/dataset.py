@@ -24,6 +24,7 @@ STEP_COLUMNS = (
     "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
     "teacher_entropy", "teacher_top1_id", "teacher_top1", "agree", "teacher_rank",
     "teacher_mass_on_student_topk", "correction_in_student_topk", "divergence_kind", "fork_matters",
+    "scored", "turn", "segment",
 )  # fmt: skip
 # The Parquet type of each step column, fixed so that row groups written one by one agree.
 STEP_TYPES = {
@@ -35,6 +36,8 @@ STEP_TYPES = {
     # Null in analyses made before them, or where not computed (docs/metrics.md).
     "teacher_mass_on_student_topk": "float64", "correction_in_student_topk": "bool",
     "divergence_kind": "string", "fork_matters": "bool",
+    # A conversation's (#25): false on context steps, whose figures are null; turn null for ids.
+    "scored": "bool", "turn": "int64", "segment": "string",
 }  # fmt: skip
 ROW_GROUP_ROWS = 32_768  # steps per Parquet row group: what an export holds in memory at once
 GROUP_COLORS = {"all": "#2c6fbb", "correct": "#27ae60", "incorrect": "#c0392b"}

@@ -19,6 +19,7 @@ from vrollout.local.reference import last_logprobs, naive_continuation, naive_st
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.pipeline.digest import digest
 from vrollout.pipeline.turns import continuation_limits
+from vrollout.report.dataset import steps_of
 from vrollout.report.headline import headline
 from vrollout.rules import cut_at_eos
 from vrollout.schema.analysis import analysis_adapter
@@ -130,6 +131,9 @@ def test_the_digest_and_the_headline_read_the_student_tokens_and_both_parts(pair
     rows = {row["measure"]: row for row in headline([found])["rows"]}
     assert rows["thinking_reverse_kl_mean"]["cells"]["all"]["median"] == thinking["reverse_kl_mean"]
     assert "answer_divergences_per_100_tokens" in rows
+    table = steps_of(analysis)  # the step table of exports (steps.parquet)
+    assert [row["scored"] for row in table] == [bool(m) for m in mask]
+    assert all(row["reverse_kl"] is None and row["turn"] == 2 for row in table if not row["scored"])
 
 
 def test_continuations_and_recovery_stop_at_the_end_of_their_turn(pair, tmp_path):
