@@ -235,20 +235,32 @@
   }
 
   // The headline table: one row per measure, one column per group (all, correct, incorrect).
+  // The per-objective and TIP rows ("k1: total", "TIP ...: ...") sit in a table of their own,
+  // folded, so that the figures stay beside the rows they show.
   function renderHeadline(table) {
     $("headline-pending").hidden = table.rows.length > 0;
-    const head = document.createElement("tr");
-    head.append(el("th", "Measure"), ...table.groups.map((g) => el("th", `${g.name} (n=${g.trajectories})`, "num")));
-    $("headline-table").tHead.replaceChildren(head);
-    $("headline-table").tBodies[0].replaceChildren(
-      ...table.rows.map((r) => {
-        const tr = row([r.label, ...table.groups.map((g) => [r.cells[g.name].text, "num"])]);
-        tr.dataset.measure = r.measure;
-        const what = VR.define(r.measure); // its definition, unit and manual page (#28)
-        if (what) tr.cells[0].append(" ", what);
-        return tr;
-      })
-    );
+    $("headline-body").hidden = table.rows.length === 0; // no empty table: the pending note says why
+    const detail = (r) => r.label.includes(": ") && !/^(thinking|answer): /.test(r.label); // thinking vs answer stay
+    const fill = (target, rows) => {
+      const head = document.createElement("tr");
+      head.append(el("th", "Measure"), ...table.groups.map((g) => el("th", `${g.name} (n=${g.trajectories})`, "num")));
+      target.tHead.replaceChildren(head);
+      target.tBodies[0].replaceChildren(
+        ...rows.map((r) => {
+          const tr = row([r.label, ...table.groups.map((g) => [r.cells[g.name].text, "num"])]);
+          tr.dataset.measure = r.measure;
+          const what = VR.define(r.measure); // its definition, unit and manual page (#28)
+          if (what) tr.cells[0].append(" ", what);
+          return tr;
+        })
+      );
+    };
+    fill($("headline-table"), table.rows.filter((r) => !detail(r)));
+    const more = table.rows.filter(detail);
+    fill($("headline-more-table"), more);
+    $("headline-more").hidden = more.length === 0;
+    $("headline-more").querySelector("summary").textContent =
+      `Distillation objectives and TIP's quadrants: ${more.length} more rows`;
     $("headline-note").textContent = table.note;
   }
 
