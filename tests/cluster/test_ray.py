@@ -96,15 +96,18 @@ def test_a_driver_killed_mid_run_resumes(tiny_folder, tmp_path):
             str(tiny_folder), *FLAGS, "--ray", "local", "--batch-size", "4"]  # fmt: skip
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     written = out / "analyses.jsonl"
+    said = []  # what it printed, for the message of a run that ended on its own
     try:
-        for _ in proc.stderr:  # the progress bar's updates: read until some lines are on disk
+        for text in proc.stderr:  # the progress bar's updates: read until some lines are on disk
+            said.append(text)
             if written.exists() and len(written.read_bytes().splitlines()) >= 8:
                 break
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
-    first = len([raw for raw in written.read_bytes().splitlines(keepends=True) if raw.endswith(b"\n")])
-    assert 8 <= first < 121
+    kept = written.read_bytes().splitlines(keepends=True) if written.exists() else []
+    first = len([raw for raw in kept if raw.endswith(b"\n")])
+    assert 8 <= first < 121, "".join(said[-40:])
     resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 1, resumed.stderr
     assert f"resuming: {first} lines" in resumed.stderr
