@@ -3,8 +3,9 @@
 // to the first heading that has every word of it, as an exact anchor would.
 (function () {
   "use strict";
+  const { $ } = VR;
   const wanted = decodeURIComponent(window.location.hash.slice(1));
-  if (!wanted || document.getElementById(wanted)) return;
+  if (!wanted || $(wanted)) return;
   const words = wanted.toLowerCase().split("-").filter(Boolean);
   const headings = document.querySelectorAll(".manual-page h1[id], .manual-page h2[id], .manual-page h3[id], .manual-page h4[id]");
   const match = [...headings].find((h) => words.every((w) => h.id.split("-").includes(w)));

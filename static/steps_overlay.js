@@ -5,8 +5,9 @@
 // they arrive.
 (function () {
   "use strict";
-  const overlay = document.getElementById("steps-overlay");
-  const strip = document.getElementById("strip");
+  const { $ } = VR;
+  const overlay = $("steps-overlay");
+  const strip = $("strip");
   if (!overlay || !strip) return;
   const starts = new Set(JSON.parse(overlay.dataset.boundaries || "[]"));
   const from = overlay.dataset.wrongStart === "" ? -1 : Number(overlay.dataset.wrongStart);

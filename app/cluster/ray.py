@@ -405,7 +405,7 @@ def local_threads(cluster: Cluster) -> int | None:
     plain run on two cores). Elsewhere Ray's own setting stands (its CPUs per worker)."""
     if cluster.address != "local":
         return None
-    import psutil  # Ray's own dependency
+    import psutil
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cores = min(usable, psutil.cpu_count(logical=False) or usable)  # torch's default: physical cores

@@ -374,9 +374,11 @@ def _layout(
     return [1] * len(response_ids), [response_turn(traj)] * len(response_ids)
 
 
-def response_turn(traj: Trajectory) -> int:
-    """The message index of a single response (given, or generated): the message after the prompt."""
-    return len(traj.messages or [])
+def response_turn(traj: Trajectory) -> int | None:
+    """The message index of a single response (given, or generated): the message after the prompt.
+    None for a prompt given as rendered text (TRL's standard line, verl's dumps): it is not a list
+    of messages, so nothing numbers them."""
+    return None if traj.rendered else len(traj.messages or [])
 
 
 def check_ids(name: str, ids: list[int], vocab_size: int) -> None:

@@ -37,11 +37,15 @@ def rendered_text(pair: ModelPair, messages: list[dict[str, str]]) -> str:
 
 
 def same_analyses(analyzer: Analyzer, messages: list[dict[str, str]], privileged: str | None) -> None:
-    """The trajectory as messages and as its rendered text: identical contexts and analysis."""
-    as_messages = {
-        "messages": [*messages, {"role": "assistant", "content": RESPONSE}],
-        "privileged": privileged,
-    }
+    """The trajectory as messages and as its rendered text: identical contexts and analysis, but
+    for `turn` (a rendered prompt numbers no messages). A history with an assistant turn is given
+    as the prompt: as `messages` it would be a conversation whose every assistant turn is scored."""
+    history = any(m["role"] == "assistant" for m in messages)
+    as_messages = (
+        {"prompt": messages, "response": RESPONSE, "privileged": privileged}
+        if history
+        else {"messages": [*messages, {"role": "assistant", "content": RESPONSE}], "privileged": privileged}
+    )
     as_rendered = {
         "prompt": rendered_text(analyzer.pair, messages),
         "rendered": True,
@@ -57,9 +61,18 @@ def same_analyses(analyzer: Analyzer, messages: list[dict[str, str]], privileged
     first, second = analyzer.analyze(as_messages), analyzer.analyze(as_rendered)
     assert second["trajectory"]["rendered"] is True and first["trajectory"]["rendered"] is False
     assert any("tokenized as it is" in note for note in second["notes"])
-    assert {k: v for k, v in first.items() if k not in VARYING} == {
-        k: v for k, v in second.items() if k not in VARYING
-    }
+    assert {s["turn"] for s in first["steps"]} == {len(messages)} and {s["turn"] for s in second["steps"]} == {None}
+    assert [t["message_index"] for t in first["summary"]["turns"]] == [len(messages)]
+    assert not second["summary"]["turns"]
+    assert without_turns(first) == without_turns(second)
+
+
+def without_turns(analysis: dict) -> dict:
+    """An analysis but for what varies between two forms of one trajectory, and for its turns."""
+    kept = {k: v for k, v in analysis.items() if k not in VARYING}
+    kept["steps"] = [{k: v for k, v in step.items() if k != "turn"} for step in kept["steps"]]
+    kept["summary"] = {k: v for k, v in kept["summary"].items() if k != "turns"}
+    return kept
 
 
 @pytest.fixture
@@ -199,7 +212,7 @@ def test_upload_lines_take_rendered(tiny_client, tiny: ModelPair):
     stored = tiny_client.get(f"/api/analyses/{row['analysis_id']}").json()
     assert stored["teacher"]["context_ids"] == direct["teacher"]["context_ids"]
     assert stored["student"]["context_ids"] == direct["student"]["context_ids"]
-    assert stored["summary"] == direct["summary"]
+    assert without_turns(stored)["summary"] == without_turns(direct)["summary"]
 
 
 def test_teacher_with_another_chat_template_is_noted(tmp_path: Path):

@@ -48,6 +48,7 @@ def guarded(tiny, tmp_path):
         task = client.post("/api/tasks", json=GOOD, headers=auth).json()
         client.ids = {"analysis_id": analysis["id"], "job_id": job["id"], "task_id": task["task_id"]}
         client.ids["page_name"] = "metrics.md"  # a page of the manual (/docs/{page_name})
+        client.ids["line"] = 1  # a pedagogical job's rollout (/api/jobs/{job_id}/rollouts/{line})
         wait(lambda: client.get(f"/api/jobs/{job['id']}", headers=auth).json()["state"] == "done")
         wait(lambda: client.get(f"/api/tasks/{task['task_id']}", headers=auth).json()["state"] == "done")
         yield client
@@ -106,7 +107,7 @@ def test_every_route_asks_for_the_token(guarded):
             # 422 where the job is not of that kind); a POST without its body is refused for the
             # body, not for access.
             kinds = ("/localization", "/comparison", "/rollouts")
-            answered = (200, 422) if path.endswith(kinds) else (200,)
+            answered = (200, 422) if path.endswith(kinds) or "/rollouts/" in path else (200,)
             assert (r.status_code in answered) if method == "GET" else (r.status_code not in (401, 303)), (
                 method, path, r.status_code, credentials.keys(),
             )  # fmt: skip
