@@ -104,6 +104,7 @@ def test_analyze_from_the_browser(server, page, tmp_path):
     page.fill("#privileged", "17*23 = 391")
     page.fill("#reference_answer", "391")
     page.check("#recovery")
+    page.fill("#continuation_tokens", "8")  # the API's default is 0 (off), as the form shows it
     page.fill("#max_new_tokens", "24")
     page.screenshot(path=tmp_path / "index.png", full_page=True)
     page.click("#analyze")
@@ -299,7 +300,8 @@ def test_upload_and_dataset_page(server, page, tmp_path):
     table = server.get(f"/api/jobs/{job_id}/headline")
     shown = page.locator("#headline-table tbody tr[data-measure=kl_gini] td").all_text_contents()
     gini = next(r for r in table["rows"] if r["measure"] == "kl_gini")["cells"]
-    assert shown == ["Gini of reverse KL"] + [gini[g]["text"] for g in ("all", "correct", "incorrect")]
+    assert shown[0].startswith("Gini of reverse KL ?")  # the row's name and its definition's '?'
+    assert shown[1:] == [gini[g]["text"] for g in ("all", "correct", "incorrect")]
     page.screenshot(path=tmp_path / "dataset.png", full_page=True)
     page.click("#trajectories tbody tr a")
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
