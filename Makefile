@@ -13,7 +13,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 TEST_WORKERS ?= auto
 
-.PHONY: install install-test browser run test test-all lint format bench bench-vllm bench-abuse clean vllm docs
+.PHONY: install install-test browser run test test-all lint format bench bench-ray bench-vllm bench-abuse clean vllm docs
 
 # What running needs (`make run`, the Dockerfile): the package and its declared dependencies.
 $(STAMP): pyproject.toml
@@ -89,6 +89,15 @@ bench: install-test  # benchmarks/ui.py drives Chromium with playwright
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/pedagogical.py
 	$(BIN)/python benchmarks/preflight.py
+	$(BIN)/python benchmarks/objectives.py
+	$(BIN)/python benchmarks/localize.py
+	$(BIN)/python benchmarks/stream.py
+	$(BIN)/python benchmarks/long_trace.py
+	$(BIN)/python benchmarks/gpu.py  # says so and exits 0 without CUDA
+
+# Ray: --ray local against the plain run (needs the ray extra; a few minutes).
+bench-ray: install-test
+	$(BIN)/python benchmarks/ray_scale.py
 
 bench-vllm: install vllm
 	$(BIN)/python benchmarks/vllm_backend.py
