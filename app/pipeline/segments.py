@@ -39,10 +39,26 @@ def thinking_spans(text: str) -> list[tuple[int, int]]:
         end = len(text) if close < 0 else close + len(THINK_CLOSE)  # unclosed: cut off mid-thought
         spans.append((start, end))
         pos = end
-    for match in HARMONY_ANALYSIS.finditer(text):
+    pos = 0
+    while (match := HARMONY_ANALYSIS.search(text, pos)) is not None:
         close = text.find(HARMONY_END, match.end())
-        spans.append((match.start(), len(text) if close < 0 else close + len(HARMONY_END)))
+        if close < 0:  # unclosed: to the end (an analysis marker after it is inside this span)
+            spans.append((match.start(), len(text)))
+            break
+        spans.append((match.start(), close + len(HARMONY_END)))
+        pos = close + len(HARMONY_END)
     return spans
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans sorted and joined where they overlap or touch (the same characters covered)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def turn_segments(tokens: Sequence[str]) -> list[str | None]:
@@ -52,12 +68,17 @@ def turn_segments(tokens: Sequence[str]) -> list[str | None]:
     spans = thinking_spans(text)
     if not spans:
         return [None] * len(tokens)
+    spans = _merged(spans)
     out: list[str | None] = []
-    start = 0
+    start, i = 0, 0
     for token in tokens:
         end = start + len(token)
+        # the spans are sorted and apart, the tokens in order: only the first span not yet passed
+        # can hold this token (one pass over both, however many spans a hostile turn has)
+        while i < len(spans) and spans[i][1] <= start:
+            i += 1
         # a token overlapping a span is thinking (an empty token takes the side of its position)
-        inside = any(lo < max(end, start + 1) and start < hi for lo, hi in spans)
+        inside = i < len(spans) and spans[i][0] < max(end, start + 1)
         out.append(THINKING if inside else ANSWER)
         start = end
     return out
