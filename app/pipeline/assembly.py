@@ -10,7 +10,7 @@ from typing import Any
 
 from vrollout.inputs.trajectories import Trajectory
 from vrollout.metrics.objectives import ObjectiveSpec, quadrants, step_objectives, summarize_objectives
-from vrollout.metrics.signal import MIN_WINDOW, concentration, divergence_kind, fork_matters
+from vrollout.metrics.signal import MIN_WINDOW, concentration, divergence_kind, fork_matters, rejoin_run
 from vrollout.pipeline.backend import Models
 from vrollout.pipeline.contexts import Contexts
 from vrollout.pipeline.replay import ReplayResult
@@ -144,9 +144,11 @@ def classify_steps(
         continuation = step["teacher_continuation"]
         kind = None
         if divergent and classified and continuation is not None:
-            # re-joining is looked for within the divergence's turn, not in the context after it
-            turn = response_ids[: ends[t]]
-            kind = divergence_kind(continuation["token_ids"], turn, t, continuation_tokens)
+            # re-joining is looked for within the divergence's turn, not in the context after it,
+            # and within the window after it (`rejoin_position` reads no further): a copy of that
+            # much per divergence, not of the response before it
+            stop = min(ends[t], t + continuation_tokens + rejoin_run(continuation_tokens))
+            kind = divergence_kind(continuation["token_ids"], response_ids[t:stop], 0, continuation_tokens)
         in_topk = None
         if divergent and top_k > 0:
             in_topk = any(alt["token_id"] == step["teacher_top1_id"] for alt in step["student_topk"])

@@ -94,3 +94,60 @@ def test_nulls_where_not_computed() -> None:
     # Steps stored before these fields existed.
     old = [{k: v for k, v in x.items() if k != "teacher_mass_on_student_topk"} for x in steps(False, {})]
     assert summarize(old)["teacher_mass_on_student_topk_mean"] is None
+
+
+class Sliced(list):
+    """Response ids that count the ids copied by slicing them: the classifier's work, no clock."""
+
+    copied = 0
+
+    def __getitem__(self, index):  # type: ignore[override]
+        got = super().__getitem__(index)
+        if isinstance(index, slice):
+            Sliced.copied += len(got)
+        return got
+
+
+def test_each_divergence_looks_at_its_window_only_not_the_response_before_it() -> None:
+    # A long response where every token diverges and the teacher's continuation never re-joins:
+    # classifying it copies a window per divergence, not the response up to each one (quadratic
+    # on a 32,000-token response).
+    n, window = 2000, 4
+    response = Sliced(range(n))
+    s = [
+        {
+            "position": t,
+            "agree": False,
+            "scored": True,
+            "teacher_top1_id": -1,
+            "student_topk": [],
+            "teacher_continuation": {"token_ids": [-1, -2, -3, -4]},
+        }
+        for t in range(n)
+    ]
+    Sliced.copied = 0
+    classify_steps(s, response, 0, window, None)
+    assert {x["divergence_kind"] for x in s} == {"fork"}
+    assert Sliced.copied <= 4 * window * n
+
+
+def test_a_rejoin_past_the_end_of_the_divergences_turn_does_not_count() -> None:
+    # The student's turn is 0..3 and diverges at 1; context follows at 4..6, within the window,
+    # and matches the teacher's continuation there: not a re-join (that text is not the student's)
+    response = [10, 11, 12, 13, 20, 21, 22]
+    s = [
+        {
+            "position": t,
+            "agree": t != 1,
+            "scored": t < 4,
+            "teacher_top1_id": 99 if t == 1 else y,
+            "student_topk": [],
+            "teacher_continuation": {"token_ids": [99, 20, 21, 22]} if t == 1 else None,
+        }
+        for t, y in enumerate(response)
+    ]
+    classify_steps(s, response, 0, 4, None)
+    assert s[1]["divergence_kind"] == "fork"
+    s[1]["teacher_continuation"] = {"token_ids": [99, 11, 12, 13]}  # re-joins within the turn
+    classify_steps(s, response, 0, 4, None)
+    assert s[1]["divergence_kind"] == "surface"
