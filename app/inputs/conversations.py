@@ -24,6 +24,10 @@ from vrollout.errors import BadTrajectory
 if TYPE_CHECKING:
     from vrollout.schema.requests import Message
 
+# Hostile input: placing a conversation renders it up to each of its messages, work that grows
+# with the square of their number (about 5 s for 512 messages of tool calls on Qwen2.5's
+# template); a conversation holds at most this many, prompt included.
+MAX_MESSAGES = 1_000
 TOOL_ROLES = ("tool", "ipython")  # a call's result (`ipython`: Llama 3.1's name for it)
 AS_IDS = (
     "give the conversation as token ids instead (prompt_ids, response_ids and response_mask, "
@@ -168,18 +172,24 @@ def _not_placed(where: str, turn: int, why: str) -> BadTrajectory:
     )
 
 
-def pieces(render: Renderer, prompt_len: int) -> tuple[str, str, list[Piece]]:
-    """(whole rendering, prompt text, the pieces after the prompt): where each message after
-    the prompt starts and ends in the whole rendering, found by rendering prefixes."""
-    conversation, where = render.conversation, render.where
-    whole = render(len(conversation), False)
+def ends(render: Renderer, prompt_len: int) -> tuple[str, str]:
+    """(whole rendering, prompt text): the conversation rendered whole, and up to its first
+    assistant turn with the generation prompt, which must be how the whole begins."""
+    whole = render(len(render.conversation), False)
     prompt = render(prompt_len, True)
     if not whole.startswith(prompt):
         raise _not_placed(
-            where(prompt_len),
+            render.where(prompt_len),
             prompt_len,
             "the prompt with the generation prompt is not how the whole conversation begins",
         )
+    return whole, prompt
+
+
+def pieces(render: Renderer, prompt_len: int, whole: str, prompt: str) -> list[Piece]:
+    """The pieces after the prompt: where each message after the prompt starts and ends in the
+    whole rendering (`ends`), found by rendering prefixes."""
+    conversation, where = render.conversation, render.where
     found: list[Piece] = []
     pos = len(prompt)
     for k in range(prompt_len, len(conversation)):
@@ -202,7 +212,7 @@ def pieces(render: Renderer, prompt_len: int) -> tuple[str, str, list[Piece]]:
             raise _not_placed(where(k), k, "the template renders nothing for it")
         found.append(Piece(pos, end, k, student))
         pos = end
-    return whole, prompt, found
+    return found
 
 
 def _special_ids(tokenizer: Any) -> set[int]:
@@ -306,7 +316,12 @@ def place(
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    whole, prompt, found = pieces(render, prompt_len)
+    whole, prompt = ends(render, prompt_len)
+    # within the limits before the prefixes are rendered (one rendering per message, each as
+    # long as the conversation up to it)
+    prompt_ids = encode_prompt(prompt)
+    response_ids = encode_response(whole[len(prompt) :])
+    found = pieces(render, prompt_len, whole, prompt)
     check_tools_rendered(render.kwargs.get("tools"), prompt)
     check_prompt_rendered(render.conversation[:prompt_len], prompt, where)
     for piece in found:
@@ -314,8 +329,6 @@ def place(
             check_turn_rendered(
                 render.conversation[piece.turn], whole[piece.start : piece.end], where(piece.turn), piece.turn
             )
-    prompt_ids = encode_prompt(prompt)
-    response_ids = encode_response(whole[len(prompt) :])
     if encode(whole) != prompt_ids + response_ids:
         raise _not_placed(
             where(prompt_len),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vrollout.errors import BadTrajectory, TooLong
-from vrollout.inputs.conversations import check_messages, is_plain, message_dict
+from vrollout.inputs.conversations import MAX_MESSAGES, check_messages, is_plain, message_dict
 from vrollout.schema.requests import PedagogicalRequest
 
 if TYPE_CHECKING:
@@ -226,6 +226,13 @@ def _conversation(
 ) -> Trajectory:
     """A conversation: its prompt (the messages before index `first`), every message (for
     `pipeline.contexts` to place turn by turn) and its last assistant content (for verdicts)."""
+    if len(conversation) > MAX_MESSAGES:
+        field = after or "messages"
+        raise BadTrajectory(
+            f"{field}: a conversation holds at most {MAX_MESSAGES} messages (prompt included), this "
+            f"one {len(conversation)}: each turn is placed by rendering the conversation up to it",
+            field=field,
+        )
     last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
     return Trajectory(
         shape,

@@ -189,3 +189,15 @@ def test_an_agents_history_as_the_prompt_is_a_valid_trajectory_record():
         "rendered": False,
     }
     assert TypeAdapter(TrajectoryRecord).validate_python(record)["prompt"][1]["tool_calls"] == [CALL]
+
+
+def test_a_conversation_of_too_many_messages_is_refused_naming_its_field():
+    # Placing a conversation renders it up to each message: the messages are counted first
+    from vrollout.inputs.conversations import MAX_MESSAGES
+
+    turns = [{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}] * (MAX_MESSAGES // 2)
+    error = refused({"messages": [USER, *turns, ANSWER]})
+    assert error.details["field"] == "messages" and f"at most {MAX_MESSAGES} messages" in str(error)
+    error = refused({"prompt": [USER], "completion": [*turns, ANSWER]})
+    assert error.details["field"] == "completion" and f"at most {MAX_MESSAGES} messages" in str(error)
+    assert trajectory({"messages": [USER, *turns[: MAX_MESSAGES - 2], ANSWER]}).conversation is not None

@@ -212,6 +212,23 @@ def test_a_conversation_over_the_response_limit_is_refused(chatml):
         build_contexts(to_trajectory(validate(AnalyzeRequest, {"messages": conversation})), chatml, 4096, 40)
 
 
+def test_a_conversation_far_over_the_response_limit_is_refused_before_its_turns_are_rendered():
+    # Each turn is placed by rendering the conversation up to it (work that grows with the square
+    # of the messages): the whole is measured against the limits first, rendered twice only.
+    pair = tiny_pair()
+    renders = []
+    template = pair.student.tokenizer.apply_chat_template
+    pair.student.tokenizer.apply_chat_template = lambda *a, **k: renders.append(1) or template(*a, **k)
+    conversation = [USER]
+    for _ in range(300):
+        conversation += [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]
+    conversation.append(ANSWER)
+    traj = to_trajectory(validate(AnalyzeRequest, {"messages": conversation}))
+    with pytest.raises(TooLong, match="response"):
+        build_contexts(traj, pair, 4096, 100)
+    assert len(renders) == 2  # the whole conversation, and its prompt
+
+
 def test_the_analyzer_prepares_a_conversation_and_refuses_it_for_pedagogical_rollouts(qwen25, tmp_path):
     analyzer = Analyzer(qwen25, tiny_settings(tmp_path))
     prepared = analyzer.prepare({"messages": [USER, ASKS, RESULT, ANSWER], "tools": TOOLS})
