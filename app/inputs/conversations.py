@@ -236,7 +236,7 @@ def _arguments_keys(arguments: Any) -> list[str] | None:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what the reader follows
             return None
     return [str(key) for key in arguments] if isinstance(arguments, dict) else None
 

@@ -248,7 +248,7 @@ def _trl_tools(value: Any) -> list[Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested past what it follows
             raise BadTrajectory(f"column 'tools' is text that is not JSON: {exc}") from None
     if not isinstance(value, list):
         raise BadTrajectory(f"column 'tools' must be a list of tool schemas, got {type(value).__name__}")

@@ -312,6 +312,12 @@ def test_parquet_arguments_of_other_tools_are_left_out():
             "'tools' is text that is not JSON",
         ),
         ([{"role": "assistant", "tool_calls": TOOL_CALLS}], QUESTION, {"a": 1}, "'tools' must be a list"),
+        (
+            [{"role": "assistant", "tool_calls": TOOL_CALLS}],
+            QUESTION,
+            "[" * 100_000,  # nested past what the JSON reader follows: once a RecursionError
+            "'tools' is text that is not JSON",
+        ),
     ],
 )
 def test_bad_tool_calling_rows_name_the_column_and_message(completion, prompt, tools, error):

@@ -293,3 +293,14 @@ def test_the_default_models_tokenizer_places_turns_as_its_templates_render_them(
     ctx = contexts(pair, {"messages": agent, "tools": TOOLS})
     assert ctx.student_ids + ctx.response_ids == encode(pair, whole(pair, agent, tools=TOOLS))
     assert by_turn(pair, ctx)[1][0].endswith("</tool_call><|im_end|>")
+
+
+def test_call_arguments_nested_past_what_json_reads_are_kept_as_the_text_given(qwen25):
+    # A client's arguments string of thousands of nested arrays: json.loads gives up with a
+    # RecursionError (once a 500); such arguments are a string that is no JSON object, found in
+    # the rendering as given.
+    deep = "[" * 3000
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": deep}}
+    asks = {"role": "assistant", "content": None, "tool_calls": [call]}
+    ctx = contexts(qwen25, {"messages": [USER, asks, RESULT, ANSWER], "tools": TOOLS})
+    assert sum(ctx.response_mask) > 3000 and set(ctx.turns) == {1, 2, 3}
