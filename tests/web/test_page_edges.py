@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from support import GOOD, assert_error, upload, wait_done
 from support.synthetic import synthetic_analysis
 
 # `meta` is the caller's own object (any JSON): steps and a label in it that are not a
@@ -24,3 +27,15 @@ def test_an_analysis_whose_meta_has_odd_steps_opens_without_them(tiny_client, me
     assert page.status_code == 200
     assert 'id="steps-overlay"' not in page.text
     assert tiny_client.get(f"/analyses/{analysis['id']}/download").status_code == 200
+
+
+@pytest.mark.parametrize("meta", NOT_STEPS[:1] + NOT_STEPS[2:])
+def test_a_job_whose_meta_has_steps_that_are_not_texts_has_no_localization(tiny_client, meta):
+    """A plain line's `meta` may hold anything: steps that are not texts are no localization line,
+    and a job of none is the clear 422 a job without steps gets (it was a 500)."""
+    created = upload(tiny_client, json.dumps({**GOOD, "meta": meta}) + "\n").json()
+    job = created["job"]["id"]
+    assert wait_done(tiny_client, job)["state"] == "done"
+    assert_error(tiny_client.get(f"/api/jobs/{job}/localization"), 422, "no analysed line carries steps")
+    assert tiny_client.get(f"/jobs/{job}/localization", headers={"accept": "text/html"}).status_code == 422
+    assert tiny_client.get(f"/jobs/{job}").status_code == 200
