@@ -121,16 +121,25 @@ def render(
     limit: TokenLimit,
     template_kwargs: dict[str, Any] | None = None,
     prompt_format: str | None = None,
+    field: str = "messages",
 ) -> tuple[list[int], str, bool]:
     """(ids, text, templated): the messages through the model's chat template, generation prompt
     added and `template_kwargs` passed on (e.g. enable_thinking), refused once over `limit`. A
     tokenizer without a chat template gets the contents joined by blank lines, placed by
-    `prompt_format` ({prompt}) where one is given, else followed by a blank line."""
+    `prompt_format` ({prompt}) where one is given, else followed by a blank line. A template that
+    raises (Gemma's on a system message, ...) refuses the line, naming `field`."""
     tok = model.tokenizer
     if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
-        )
+        try:
+            text = tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+            )
+        except Exception as exc:  # the template's raise_exception, or one that takes no tools
+            raise BadTrajectory(
+                f"{field}: the chat template of {model.name} does not render these messages "
+                f"({type(exc).__name__}: {exc})",
+                field=field,
+            ) from None
         templated = True
     else:
         joined = "\n\n".join(m["content"] for m in messages)
@@ -167,19 +176,23 @@ def render_role(
     messages: list[dict[str, Any]],
     limit: TokenLimit,
     tools: list[dict[str, Any]] | None = None,
+    field: str = "messages",
 ) -> tuple[list[int], str, bool]:
     """`render` for the pair's student or teacher, with that role's chat template arguments (and,
     for the teacher, its prompt format): the settings `{role}_chat_template_kwargs` and
-    `teacher_prompt_format`; `tools`, the line's, go to the template as its `tools`."""
+    `teacher_prompt_format`; `tools`, the line's, go to the template as its `tools`. `field`: what
+    an error names (the line's messages, or its prompt)."""
     given = {} if tools is None else {"tools": tools}
     if role == "student":
-        return render(pair.student, messages, limit, {**pair.student_chat_template_kwargs, **given})
+        kwargs = {**pair.student_chat_template_kwargs, **given}
+        return render(pair.student, messages, limit, kwargs, field=field)
     return render(
         pair.teacher,
         messages,
         limit,
         {**pair.teacher_chat_template_kwargs, **given},
         pair.teacher_prompt_format,
+        field,
     )
 
 
@@ -252,6 +265,11 @@ def _where(traj: Trajectory) -> Callable[[int], str]:
     return lambda i: f"messages[{i}]"
 
 
+def _prompt_field(traj: Trajectory) -> str:
+    """The field of the line that holds its prompt's messages."""
+    return "messages" if traj.format == "messages" else "prompt"
+
+
 def _conversation(
     traj: Trajectory, pair: Models, limits: tuple[TokenLimit, TokenLimit], notes: list[str]
 ) -> Placement:
@@ -317,7 +335,9 @@ def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) 
             placed = _conversation(traj, pair, (student_limit, response_limit), notes)
             s_ids, s_text, templated = placed.prompt_ids, placed.prompt_text, True
         else:
-            s_ids, s_text, templated = render_role(pair, "student", traj.messages, student_limit, traj.tools)
+            s_ids, s_text, templated = render_role(
+                pair, "student", traj.messages, student_limit, traj.tools, _prompt_field(traj)
+            )
             if templated:
                 check_prompt_rendered(traj.messages, s_text, _where(traj))
             if traj.tools is not None:
@@ -328,7 +348,9 @@ def build_contexts(traj: Trajectory, pair: Models, context: int, response: int) 
                     )
                 check_tools_rendered(traj.tools, s_text)
         t_msgs = teacher_messages(traj.messages, privileged, template) if privileged else traj.messages
-        t_ids, t_text, t_templated = render_role(pair, "teacher", t_msgs, teacher_limit, traj.tools)
+        t_ids, t_text, t_templated = render_role(
+            pair, "teacher", t_msgs, teacher_limit, traj.tools, _prompt_field(traj)
+        )
         _templated_notes(pair, templated, t_templated, notes)
     retokenized = False
     response_ids = traj.response_ids if placed is None else placed.response_ids

@@ -304,3 +304,22 @@ def test_call_arguments_nested_past_what_json_reads_are_kept_as_the_text_given(q
     asks = {"role": "assistant", "content": None, "tool_calls": [call]}
     ctx = contexts(qwen25, {"messages": [USER, asks, RESULT, ANSWER], "tools": TOOLS})
     assert sum(ctx.response_mask) > 3000 and set(ctx.turns) == {1, 2, 3}
+
+
+def test_a_prompt_the_students_template_refuses_is_an_error_naming_the_field():
+    # Gemma's and Mistral's templates raise on what they do not take (a system message, roles
+    # that do not alternate): the template's own words, as a bad line, not a server error
+    pair = tiny_pair()
+    pair.student.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not "
+        "supported') }}{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    system = {"role": "system", "content": "Be brief."}
+    for body, field in (
+        ({"messages": [system, USER, ANSWER]}, "messages"),
+        ({"prompt": [system, USER], "completion": [ANSWER]}, "prompt"),
+    ):
+        with pytest.raises(BadTrajectory, match="System role not supported") as caught:
+            contexts(pair, body)
+        assert caught.value.details["field"] == field
