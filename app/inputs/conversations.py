@@ -55,7 +55,8 @@ def is_plain(message: Message) -> bool:
 def check_messages(messages: list[Message], where: Callable[[int], str]) -> None:
     """The rules across a conversation's messages, each broken one an error naming the message
     (`where(i)`, e.g. `messages[3]`) and the field."""
-    call_ids: list[str] = []
+    call_ids: list[str] = []  # in order, for the error's last few
+    known: set[str] = set()  # the same, to look an answer's id up at once
     calls = 0
     for i, message in enumerate(messages):
         at = where(i)
@@ -84,7 +85,7 @@ def check_messages(messages: list[Message], where: Callable[[int], str]) -> None
                     field=f"{at}.role",
                     turn=i,
                 )
-            if message.tool_call_id is not None and message.tool_call_id not in call_ids:
+            if message.tool_call_id is not None and message.tool_call_id not in known:
                 known = ", ".join(call_ids[-5:]) or "none has an id"
                 raise BadTrajectory(
                     f"{at}.tool_call_id {message.tool_call_id!r} matches no earlier tool call ({known})",
@@ -95,6 +96,7 @@ def check_messages(messages: list[Message], where: Callable[[int], str]) -> None
             calls += 1
             if call.id is not None:
                 call_ids.append(call.id)
+                known.add(call.id)
 
 
 # Placement ------------------------------------------------------------------------------------

@@ -201,3 +201,30 @@ def test_a_conversation_of_too_many_messages_is_refused_naming_its_field():
     error = refused({"prompt": [USER], "completion": [*turns, ANSWER]})
     assert error.details["field"] == "completion" and f"at most {MAX_MESSAGES} messages" in str(error)
     assert trajectory({"messages": [USER, *turns[: MAX_MESSAGES - 2], ANSWER]}).conversation is not None
+
+
+class CountedId(str):
+    """A tool_call_id that counts its comparisons: the check's work, measured without a clock."""
+
+    compared = 0
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        CountedId.compared += 1
+        return str.__eq__(self, other)
+
+
+def test_tool_call_ids_are_matched_without_a_scan_of_every_earlier_call():
+    from vrollout.inputs.conversations import check_messages
+    from vrollout.schema.requests import Message, ToolCall, ToolFunction
+
+    messages = [Message(role="user", content="go")]
+    for i in range(2000):
+        call = ToolCall(id=f"call_{i}", function=ToolFunction(name="f", arguments="{}"))
+        messages.append(Message(role="assistant", tool_calls=[call]))
+        messages.append(
+            Message.model_construct(role="tool", content="r", tool_call_id=CountedId(f"call_{i}"))
+        )
+    CountedId.compared = 0
+    check_messages(messages, lambda i: f"messages[{i}]")
+    assert CountedId.compared <= 4 * 2000  # each answer found at once, not after every call before it
