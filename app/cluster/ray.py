@@ -295,7 +295,11 @@ def connect(cluster: Cluster) -> bool:
     if cluster.address == "local":
         # Enough CPUs for the workers and a read task; on a small machine, one core left to the rest.
         cpus = max(2, int(cluster.workers * cluster.cpus) + 1)
-        ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+        # Ray runs its workers at niceness 15 (a cluster node's own services come first): here they
+        # would lose every core to whatever else runs on this machine, the driver included, where a
+        # plain run competes as an equal. The models' work gets the priority a plain run has.
+        config = {"worker_niceness": 0}
+        ray.init(num_cpus=cpus, include_dashboard=False, _system_config=config, **quiet)
     else:
         ray.init(address=cluster.address, **quiet)
     return True

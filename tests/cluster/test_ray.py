@@ -112,3 +112,18 @@ def test_a_driver_killed_mid_run_resumes(tiny_folder, tmp_path):
     assert resumed.returncode == 1, resumed.stderr
     assert f"resuming: {first} lines" in resumed.stderr
     assert [a["job"]["line"] for a in analyses(written)] == [n for n in range(1, 122) if n != 61]
+
+
+def test_a_local_ray_runs_its_workers_at_the_plain_runs_priority():
+    """Ray starts its workers at niceness 15: on a machine shared with anything (the driver
+    itself), a `--ray local` run's models would get what is left of the cores."""
+    from vrollout.cluster.ray import connect
+
+    if ray.is_initialized():
+        ray.shutdown()
+    assert connect(Cluster("local", workers=1)) is True
+    try:
+        niceness = ray.get(ray.remote(lambda: os.nice(0)).remote())
+        assert niceness == os.nice(0)
+    finally:
+        ray.shutdown()
