@@ -28,6 +28,9 @@ class Journal:
         self.path = out / RECORDS
         self.done: set[int] = set()
         self.kept = 0  # bytes of whole records from the earlier run
+        # (line, byte offset) of each of them: a resumed run appends a line that failed before
+        # after later ones, so the file is not always in line order
+        self.offsets: list[tuple[int, int]] = []
         if resume and self.path.exists():
             self._read_back()
         self.file = self.path.open("r+b" if resume and self.path.exists() else "wb")
@@ -44,16 +47,15 @@ class Journal:
                 if not isinstance(line, int):
                     break  # a partial (or foreign) line: it and anything after it are redone
                 self.done.add(line)
+                self.offsets.append((line, self.kept))
                 self.kept += len(raw)
 
     def earlier(self) -> Iterator[dict[str, Any]]:
-        """The earlier run's records, read one at a time."""
+        """The earlier run's records in line order, read one at a time."""
         with self.path.open("rb") as f:
-            read = 0
-            while read < self.kept:
-                raw = f.readline()
-                read += len(raw)
-                yield json.loads(raw)
+            for _, offset in sorted(self.offsets):
+                f.seek(offset)
+                yield json.loads(f.readline())
 
     def merged(self, new: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """The earlier records and the new ones (each kept as it comes), in line order."""
