@@ -210,5 +210,5 @@ def _one_object_per_line(head: bytes) -> bool:
     line = head.removeprefix(b"\xef\xbb\xbf").lstrip().split(b"\n", 1)[0]
     try:
         return isinstance(json.loads(line), dict) and b"\n" in head
-    except ValueError:
-        return False
+    except (ValueError, RecursionError):  # not JSON, or nested past what json.loads follows
+        return False  # the file is read through to count it

@@ -116,3 +116,14 @@ def test_natural_order():
         "step_2.jsonl",
         "step_10.jsonl",
     ]
+
+
+def test_a_first_line_nested_too_deeply_is_counted_as_a_bad_line_not_a_crash(tmp_path):
+    # Counting a file's lines looks at its first line to tell JSONL from one JSON document:
+    # a line nested past what json.loads follows (a RecursionError) is a bad line of a JSONL file
+    folder = step_folder(tmp_path, steps=(1, 2))
+    (folder / "1.jsonl").write_text('{"a": ' + "[" * 5000 + "\n" + json.dumps(line(1)) + "\n")
+    sources, rows = read(folder)
+    assert [n for n, _ in rows] == [1, 2, 3, 4]
+    assert isinstance(rows[0][1], LineError) and rows[0][1].line == 1
+    assert sources.offsets() == [0, 2]
