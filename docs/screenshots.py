@@ -4,7 +4,7 @@ first. Made before each release and looked at (#28); `--readme` also writes the 
 (docs/img/analysis.png: the analysis page's first screen at 1400 px).
 
 It makes, through the JSON API as a user would: one analysis (17*23, with continuations and the
-recovery curve), one conversation with a tool turn, a job of examples/trajectories.jsonl, a
+recovery curve), one conversation of two turns, a job of examples/trajectories.jsonl, a
 localization job (examples/make_localization_data.py) and a pedagogical job; then opens `/`,
 `/upload`, `/jobs`, `/analyses`, each analysis, each job page, the localization page and a page of
 the manual. Console errors are printed (there should be none). Takes a few minutes on 2 CPUs.
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -31,12 +32,12 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync"]
 WIDTHS = (1400, 800)
 CONVERSATION = {
-    "id": "tool-turn",
+    "id": "two-turns",  # the default model's template renders no tool calls: a user's second turn
     "messages": [
-        {"role": "user", "content": "What is 17*23? Use the calculator."},
-        {"role": "assistant", "content": "I will ask the calculator for 17*23."},
-        {"role": "tool", "name": "calculator", "content": "391"},
-        {"role": "assistant", "content": "17*23 = 391."},
+        {"role": "user", "content": "What is 17*20?"},
+        {"role": "assistant", "content": "17*20 = 340."},
+        {"role": "user", "content": "And 17*23?"},
+        {"role": "assistant", "content": "17*23 = 381."},
     ],
     "privileged": "17*23 = 391",
     "reference_answer": "391",
@@ -71,8 +72,11 @@ class Server:
     def post(self, path: str, body: dict) -> dict:
         data = json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data, {"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=600) as r:
-            return json.load(r)
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            raise SystemExit(f"POST {path}: {e.code} {e.read().decode()}") from None
 
     def upload(self, text: str, **fields: str) -> str:
         """POST /api/jobs with a file (multipart, as curl -F does); the job's id."""

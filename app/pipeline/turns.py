@@ -95,10 +95,14 @@ def turn_summaries(steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
 
 
 def student_positions(result: ReplayResult, scored: list[bool]) -> ReplayResult:
-    """The per-step arrays of `result` at the scored positions only (what the noise floor compares)."""
+    """The per-step arrays of `result` at the scored positions only (what the noise floor compares).
+    A field left empty stays empty (a shared-weights teacher's bare replay, read from the
+    student's pass, fills only the log-probs and KLs: `preflight.student_as_teacher`)."""
     piece = ReplayResult()
     for name in result.step_fields():
-        getattr(piece, name).extend(v for v, ok in zip(getattr(result, name), scored, strict=True) if ok)
+        values = getattr(result, name)
+        if values:
+            getattr(piece, name).extend(v for v, ok in zip(values, scored, strict=True) if ok)
     piece.objectives = {
         name: [v for v, ok in zip(values, scored, strict=True) if ok]
         for name, values in result.objectives.items()

@@ -224,3 +224,20 @@ def test_a_token_level_line_scores_its_masked_in_tokens_only(pair, scored):
     for got, want in zip(analysis["steps"], with_turns["steps"], strict=True):
         assert {k: v for k, v in got.items() if k != "turn"} == {k: v for k, v in want.items() if k != "turn"}
     assert analysis["summary"]["tokens"] == sum(mask)
+
+
+def test_a_self_teachers_conversation_with_privileged_info_gets_its_noise_floor(tmp_path):
+    """One set of weights (the default set-up): the bare teacher's replay is read from the
+    student's pass, and the floor is taken over the student's tokens of every turn (it once
+    failed on the fields that replay leaves empty)."""
+    analyzer = Analyzer(tiny_pair(), tiny_settings(tmp_path))
+    messages = [
+        {"role": "user", "content": "What is 17*20?"},
+        {"role": "assistant", "content": "17*20 = 340."},
+        {"role": "user", "content": "And 17*23?"},
+        {"role": "assistant", "content": "17*23 = 381."},
+    ]
+    analysis = analyzer.analyze({"messages": messages, "privileged": "17*23 = 391"})
+    floor = analysis["preflight"]["noise_floor"]
+    assert floor["computed"] is True and floor["reverse_kl_mean"] == 0.0
+    assert [t["message_index"] for t in analysis["summary"]["turns"]] == [1, 3]
