@@ -153,7 +153,10 @@
     steps.forEach((s, k) => {
       const i = start + k;
       const turn = turnStarts.get(i);
-      if (turn) nodes.push(el("span", `${turn.turn === null ? "" : `message ${turn.turn} · `}${turn.role}${turn.scored ? "" : " · context, not scored"}`, `turn-label${turn.scored ? "" : " ctx"}`));
+      // An assistant message's own template tokens (its header, the newline after its end) are
+      // greyed as context with no label of their own: the message's label is on its text.
+      const framing = turn && !turn.scored && turn.role === "assistant";
+      if (turn && !framing) nodes.push(el("span", `${turn.turn === null ? "" : `message ${turn.turn} · `}${turn.role}${turn.scored ? "" : " · context, not scored"}`, `turn-label${turn.scored ? "" : " ctx"}`));
       const segment = segmentStarts.get(i);
       if (segment) nodes.push(el("span", segment.segment, `seg-label seg-${segment.segment}`));
       nodes.push(column(s, i));
@@ -258,7 +261,7 @@
     const head = el("div", undefined, "tt-head");
     if (!scoredStep(s)) {
       const turn = view.turns.find((t) => i >= t.start && i < t.stop);
-      head.append(el("b", `#${s.position} `), el("code", visible(s.token)), el("span", ` ${turn ? turn.role : "context"} token, not scored: the student did not write it`));
+      head.append(el("b", `#${s.position} `), el("code", visible(s.token)), el("span", turn && turn.role === "assistant" ? " the chat template's token around an assistant message, not scored" : ` ${turn ? turn.role : "context"} token, not scored: the student did not write it`));
       box.append(head);
       if (where(s)) box.append(el("div", where(s), "where"));
       return box;

@@ -183,8 +183,9 @@ def model_sides(pair: Models, ctx: Contexts) -> dict[str, Side | TeacherSide]:
 
 
 def trajectory_record(traj: Trajectory) -> TrajectoryRecord:
-    """What an analysis keeps of the line beyond its ids: format, id, verdict inputs, meta."""
-    return {
+    """What an analysis keeps of the line beyond its ids: format, id, verdict inputs, meta; a
+    conversation's messages (what each step's `turn` indexes: the page names each turn's role)."""
+    record: TrajectoryRecord = {
         "format": traj.format,
         "id": traj.id,
         "reference_answer": traj.reference_answer,
@@ -195,6 +196,9 @@ def trajectory_record(traj: Trajectory) -> TrajectoryRecord:
         "prompt": traj.messages,
         "rendered": traj.rendered,
     }
+    if traj.conversation is not None:
+        record["conversation"] = traj.conversation
+    return record
 
 
 def build_analysis(

@@ -420,6 +420,16 @@ class TrajectoryRecord(TypedDict):
     meta: dict[str, Any] | None
     prompt: Annotated[list[dict[str, Any]] | None, Field(description="chat messages; null for token ids")]
     rendered: bool
+    # NotRequired: only a conversation has it, and analyses stored before conversations (#25) have none.
+    conversation: NotRequired[
+        Annotated[
+            list[dict[str, Any]],
+            Field(
+                description="a conversation's messages, each as given (tool calls, reasoning): "
+                "`turn` indexes them"
+            ),
+        ]
+    ]
 
 
 @with_config(CLOSED)

@@ -19,6 +19,7 @@ from vrollout.local.reference import last_logprobs, naive_continuation, naive_st
 from vrollout.pipeline.analyzer import Analyzer
 from vrollout.pipeline.digest import digest
 from vrollout.pipeline.turns import continuation_limits
+from vrollout.report.analysis_view import turns
 from vrollout.report.dataset import steps_of
 from vrollout.report.headline import headline
 from vrollout.rules import cut_at_eos
@@ -241,3 +242,8 @@ def test_a_self_teachers_conversation_with_privileged_info_gets_its_noise_floor(
     floor = analysis["preflight"]["noise_floor"]
     assert floor["computed"] is True and floor["reverse_kl_mean"] == 0.0
     assert [t["message_index"] for t in analysis["summary"]["turns"]] == [1, 3]
+    # The messages are kept: the page names each turn's role from them.
+    assert analysis["trajectory"]["conversation"] == messages
+    roles = {(t["turn"], t["role"], t["scored"]) for t in turns(analysis)}
+    assert {(1, "assistant", True), (2, "user", False), (3, "assistant", True)} <= roles
+    analysis_adapter().validate_python(analysis)

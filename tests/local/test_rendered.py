@@ -61,7 +61,8 @@ def same_analyses(analyzer: Analyzer, messages: list[dict[str, str]], privileged
     first, second = analyzer.analyze(as_messages), analyzer.analyze(as_rendered)
     assert second["trajectory"]["rendered"] is True and first["trajectory"]["rendered"] is False
     assert any("tokenized as it is" in note for note in second["notes"])
-    assert {s["turn"] for s in first["steps"]} == {len(messages)} and {s["turn"] for s in second["steps"]} == {None}
+    assert {s["turn"] for s in first["steps"]} == {len(messages)}
+    assert {s["turn"] for s in second["steps"]} == {None}
     assert [t["message_index"] for t in first["summary"]["turns"]] == [len(messages)]
     assert not second["summary"]["turns"]
     assert without_turns(first) == without_turns(second)
