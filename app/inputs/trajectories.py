@@ -54,6 +54,8 @@ class Trajectory:
     tools: list[Any] | None = None  # the conversation-level tool schemas, for the chat template
     response_mask: list[int] | None = None  # token-level: 1 where the policy wrote the token
     final_answer: str | None = None  # the last assistant message's content: what verdicts check
+    # The conversation's index of a last turn given as the `response` field (errors name it so)
+    response_index: int | None = None
 
     @property
     def has_response(self) -> bool:
@@ -177,7 +179,9 @@ def _chat(
             )
         if first is None:
             return Trajectory("messages", messages=msgs, response_text=response, **extras)
-        return _conversation("messages", [*msgs, {"role": "assistant", "content": response}], first, extras)
+        traj = _conversation("messages", [*msgs, {"role": "assistant", "content": response}], first, extras)
+        traj.response_index = len(msgs)
+        return traj
     if first is None:  # no answer yet: the student will generate one
         return Trajectory("messages", messages=msgs, **extras)
     if first == len(messages) - 1 and is_plain(messages[first]):

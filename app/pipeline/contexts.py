@@ -262,7 +262,7 @@ def _where(traj: Trajectory) -> Callable[[int], str]:
     first = len(traj.messages or [])
     if traj.format == "prompt_completion":
         return lambda i: f"prompt[{i}]" if i < first else f"completion[{i - first}]"
-    return lambda i: f"messages[{i}]"
+    return lambda i: "response" if i == traj.response_index else f"messages[{i}]"
 
 
 def _prompt_field(traj: Trajectory) -> str:

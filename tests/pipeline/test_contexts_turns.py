@@ -323,3 +323,21 @@ def test_a_prompt_the_students_template_refuses_is_an_error_naming_the_field():
         with pytest.raises(BadTrajectory, match="System role not supported") as caught:
             contexts(pair, body)
         assert caught.value.details["field"] == field
+
+
+def test_a_last_turn_given_as_response_is_named_response_in_errors():
+    # The conversation so far as messages and its last turn as `response`: an error about that
+    # turn names the field the user wrote it in, not a messages index past the end
+    pair = tiny_pair()
+    pair.student.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['content'] == 'boom' %}{{ raise_exception('no boom') }}"
+        "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    turns = [USER, {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"}]
+    with pytest.raises(BadTrajectory, match="no boom") as caught:
+        contexts(pair, {"messages": turns, "response": "boom"})
+    assert caught.value.details["field"] == "response" and str(caught.value).startswith("response:")
+    with pytest.raises(BadTrajectory, match="no boom") as caught:
+        contexts(pair, {"messages": [*turns, {"role": "assistant", "content": "boom"}]})
+    assert caught.value.details["field"] == "messages[3]"
