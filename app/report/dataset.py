@@ -222,7 +222,8 @@ def spread_value(d: dict[str, Any], name: str) -> float | None:
 
 
 def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Views across the dataset, each split by correctness when references exist: the four
+    """Views across the dataset, each split by correctness when references exist (with "all"
+    beside the split when some lines have no verdict): the four
     step-level ones, then the distributions across trajectories of SPREAD_FIGURES (surface_share
     only when some trajectory has classified divergences), then the drift views across training
     steps (report/drift.py; only when lines carry a `step`). One pass over the digests: every
@@ -236,7 +237,14 @@ def figures_of(digests: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if d["correct"] is not None:
             (right if d["correct"] else wrong).add(d)
     verdicts = right.count + wrong.count
-    groups = {"correct": right, "incorrect": wrong} if verdicts else {"all": everything}
+    # Split by correctness when references exist; where some lines have no verdict, "all" comes
+    # first so that no trajectory is missing from the figures (the headline's columns, too).
+    if not verdicts:
+        groups = {"all": everything}
+    elif verdicts == everything.count:
+        groups = {"correct": right, "incorrect": wrong}
+    else:
+        groups = {"all": everything, "correct": right, "incorrect": wrong}
     signal, position, agreement, first = [], [], [], []
     spread: dict[str, list[dict[str, Any]]] = {key: [] for key in SPREAD_FIGURES}
     # One set of bins for every group's first divergences, so that their bars line up.

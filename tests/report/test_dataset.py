@@ -180,7 +180,8 @@ def test_spread_figures_are_each_trajectorys_value_split_by_correctness():
     assert {"kl_top_5pct", "kl_gini", "surface_share"} <= set(figures)
     for key in ("kl_top_5pct", "kl_gini"):
         traces = {t["name"].split(" ")[0]: t for t in figures[key]["data"]}
-        assert set(traces) == {"correct", "incorrect"}
+        assert set(traces) == {"all", "correct", "incorrect"}  # some lines have no verdict
+        assert traces["all"]["name"] == f"all ({len(digests)})"
         wrong = [d[key] for d in digests if d["correct"] is False]
         counts, _ = np.histogram(wrong, bins=20, range=(0, 1))
         assert traces["incorrect"]["y"] == pytest.approx(counts / len(wrong))

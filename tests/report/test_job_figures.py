@@ -85,3 +85,17 @@ def test_the_position_axis_ticks_whole_tokens_and_shows_every_bin():
     assert axis["tickformat"] == "d" and isinstance(axis["dtick"], int) and axis["dtick"] >= 1
     assert axis["range"][0] == -0.5 and axis["range"][1] >= last + 0.5
     assert figures["agreement"]["layout"]["yaxis"]["range"] == [-0.03, 1.03]  # a rate, never -100%
+
+
+def test_lines_without_a_verdict_stay_in_the_figures_beside_the_split():
+    """Some lines judged, some not: "all" comes first, so no trajectory is missing."""
+    judged = digests(4)
+    unjudged = [digest(synthetic_analysis(30, top_k=2, seed=40 + i)) for i in range(3)]
+    assert all(d["correct"] is None for d in unjudged)
+    figures = figures_of(judged + unjudged)
+    names = [t["name"] for t in figures["kl_gini"]["data"]]
+    right = sum(1 for d in judged if d["correct"])
+    assert names == ["all (7)", f"correct ({right})", f"incorrect ({4 - right})"]
+    first = figures["first_divergence"]["data"]
+    assert sum(first[0]["y"]) == sum(1 for d in judged + unjudged if d["first_divergence"] is not None)
+    assert [t["name"] for t in figures_of(judged)["kl_gini"]["data"]][0].startswith("correct")
