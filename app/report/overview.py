@@ -36,6 +36,11 @@ PEDAGOGICAL_DEFAULTS = {
 def settings_of(options: dict[str, Any]) -> list[dict[str, Any]]:
     """Every setting of a job, named: {"name", "value", "default"} (`default`: the upload left
     it unset and the value shown is the default). Options the page does not know come last."""
+    # A pedagogical job keeps the student's sampling as one object (`generation`): each of its
+    # settings is shown by its own name, as the upload form names them.
+    generation = options.get("generation")
+    if isinstance(generation, dict):
+        options = {**{k: v for k, v in options.items() if k != "generation"}, **generation}
     known = dict(DEFAULTS)
     if options.get("mode") == "pedagogical":
         known.update(PEDAGOGICAL_DEFAULTS)

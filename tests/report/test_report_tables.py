@@ -82,3 +82,13 @@ def test_settings_name_every_option_and_say_which_are_defaults():
     pedagogical = {s["name"]: s for s in settings_of({"mode": "pedagogical", "threshold": 0.1, "odd": 1})}
     assert pedagogical["threshold"]["value"] == "0.1" and pedagogical["seed"]["default"]
     assert pedagogical["odd"] == {"name": "odd", "value": "1", "default": False}
+
+
+def test_a_pedagogical_jobs_sampling_is_shown_as_it_ran():
+    """The job keeps it as one object, `generation`: each setting by its name, not the default."""
+    options = {"mode": "pedagogical", "threshold": 0.2, "sweep": [0.01, 0.5],
+               "generation": {"max_new_tokens": 24, "temperature": 0.0, "top_p": 1.0, "seed": 7}}  # fmt: skip
+    settings = {s["name"]: s for s in settings_of(options)}
+    assert settings["max_new_tokens"] == {"name": "max_new_tokens", "value": "24", "default": False}
+    assert settings["seed"]["value"] == "7" and settings["sweep"]["value"] == "0.01, 0.5"
+    assert "generation" not in settings
