@@ -276,7 +276,6 @@ class VirtualRollout:
         same order. Each worker loads the models these settings name; a path is read by Ray Data's
         read tasks, trajectories given here are sent from this process."""
         from tqdm import tqdm
-        from vrollout.errors import VRError
         from vrollout.inputs.sources import check_preset, iter_rows, map_rows, parse_mapping
         from vrollout.inputs.teacher_context import teacher_options
         from vrollout.pipeline.lines import file_lines, run_lines
@@ -324,17 +323,10 @@ class VirtualRollout:
             siblings = self.analyzer.index_siblings(listed, options, privileged)
             rows = iter(listed)
         unknown: dict[str, list[int]] = {}  # keys kept in meta: line numbers
-        warned: set[str] = set()
         prepare = file_lines(self.analyzer, options, privileged, unknown, siblings)
         with tqdm(total=total, unit="traj", disable=not progress, file=sys.stderr) as bar:
-            for index, result in run_lines(rows, prepare, self.analyzer.run_prepared, progress=bar.update):
-                if len(unknown) > len(warned):  # a window brought new keys: said once each
-                    self._warn_keys({k: v for k, v in unknown.items() if k not in warned})
-                    warned.update(unknown)
-                if isinstance(result, VRError):
-                    self._failed(index, result, errors)
-                else:
-                    yield Analysis(result)
+            lines = run_lines(rows, prepare, self.analyzer.run_prepared, progress=bar.update)
+            yield from self._analyses(lines, unknown, errors)
 
     @staticmethod
     def _cluster(address: str | None, sizes: dict[str, Any]) -> Any:
@@ -365,7 +357,6 @@ class VirtualRollout:
         """`analyze_many` on a Ray cluster: a path read by Ray Data, or numbered `rows` sent from here."""
         from tqdm import tqdm
         from vrollout.cluster.ray import Keep, SiblingPass, Task, cluster_lines, run_rows
-        from vrollout.errors import VRError
         from vrollout.inputs.paths import Sources
         from vrollout.inputs.teacher_context import teacher_options
 
@@ -374,7 +365,6 @@ class VirtualRollout:
         sibling = SiblingPass(options, privileged) if options.get("teacher_context") == "sibling" else None
         task = Task(notebook_lines, {"options": options, "privileged": privileged, "siblings": None})
         unknown: dict[str, list[int]] = {}
-        warned: set[str] = set()
         with tqdm(
             total=None if rows is None else len(rows), unit="traj", disable=not progress, file=sys.stderr
         ) as bar:
@@ -386,14 +376,24 @@ class VirtualRollout:
                 lines = run_rows(
                     rows, task, settings, cluster, unknown=unknown, progress=bar.update, siblings=sibling
                 )
-            for index, result in lines:
-                if len(unknown) > len(warned):
-                    self._warn_keys({k: v for k, v in unknown.items() if k not in warned})
-                    warned.update(unknown)
-                if isinstance(result, VRError):
-                    self._failed(index, result, errors)
-                else:
-                    yield Analysis(result)
+            yield from self._analyses(lines, unknown, errors)
+
+    def _analyses(
+        self, lines: Iterable[tuple[int, Any]], unknown: dict[str, list[int]], errors: str
+    ) -> Iterator[Analysis]:
+        """Each line's analysis, in order; a bad line as `errors` says; keys that are not fields
+        warned about once each, as the lines bring them (`unknown` fills as they are read)."""
+        from vrollout.errors import VRError
+
+        warned: set[str] = set()
+        for index, result in lines:
+            if len(unknown) > len(warned):
+                self._warn_keys({k: v for k, v in unknown.items() if k not in warned})
+                warned.update(unknown)
+            if isinstance(result, VRError):
+                self._failed(index, result, errors)
+            else:
+                yield Analysis(result)
 
     @staticmethod
     def _warn_keys(unknown: dict[str, list[int]]) -> None:
