@@ -4,7 +4,12 @@
 (function () {
   "use strict";
   const { $ } = VR;
-  const wanted = decodeURIComponent(window.location.hash.slice(1));
+  let wanted;
+  try {
+    wanted = decodeURIComponent(window.location.hash.slice(1));
+  } catch (e) {
+    return; // a hash that is not valid percent-encoding (#%) names no section
+  }
   if (!wanted || $(wanted)) return;
   const words = wanted.toLowerCase().split("-").filter(Boolean);
   const headings = document.querySelectorAll(".manual-page h1[id], .manual-page h2[id], .manual-page h3[id], .manual-page h4[id]");
