@@ -347,10 +347,15 @@
   }
 
   // Go to step i wherever it is: its block fetched and drawn, scrolled to, focused and selected.
+  // The latest move wins: one whose block arrives after a later move (End, then Home at once)
+  // is dropped.
+  let moves = 0;
   async function goTo(i, options = {}) {
     if (i === null || i === undefined || i < 0 || i >= total) return;
+    const move = ++moves;
     const b = Math.floor(i / BLOCK);
     await show(b);
+    if (move !== moves) return;
     if (strip.classList.contains("fold-thinking") && step(i) && step(i).segment === "thinking") {
       foldThinking(false);
     }

@@ -139,3 +139,17 @@ def test_a_job_with_no_line_done_throws_nothing(site, browser):
     page.fill("#filter", "x")
     page.wait_for_timeout(200)
     assert page.errors == []
+
+
+def test_the_latest_key_wins_over_a_block_still_on_its_way(site, browser):
+    """End, then Home at once: End's block arrives after Home has moved; Home stays."""
+    a = site["long_agreeing"]
+    page = opened(browser, f"{site['url']}/analyses/{a['id']}")
+    page.focus("#strip .col[tabindex='0']")
+    page.keyboard.press("End")
+    page.keyboard.press("Home")
+    page.wait_for_selector("#strip .block:last-child[data-filled='1']", state="attached")
+    page.wait_for_function("() => document.body.dataset.selected !== undefined")
+    assert page.get_attribute("body", "data-selected") == "0"
+    assert page.evaluate("() => document.activeElement.dataset.i") == "0"
+    assert page.errors == []
