@@ -41,11 +41,12 @@ SUMMARY_COLUMNS = (
 
 # Digests stored with an older version (or none) are made again from the stored analysis when a
 # dataset view reads them (`Store.digest_of`): bump it when a digest gains a key.
+# 9: decile_tokens (a conversation's tenths hold context steps: the mini strips' means);
 # 8: segments (thinking/answer), and only the student's steps (#25: a conversation's context
 # steps have null figures); 7: objectives and quadrants (docs/objectives.md); 6: preflight
 # columns in the summary row;
 # 5: preflight; 4: teacher_context; 3: step, score, verdict_method, reverse_kl_at_divergences
-DIGEST_VERSION = 8
+DIGEST_VERSION = 9
 
 
 def verdict_of(analysis: dict[str, Any]) -> dict[str, Any] | None:
@@ -144,6 +145,7 @@ def digest(analysis: dict[str, Any]) -> dict[str, Any]:
         **summary_row(analysis),
         "kl_bins": kl_bin_counts(kl),
         "deciles": decile_shares(analysis),
+        "decile_tokens": decile_tokens(analysis),  # the student's tokens in each of those tenths
         # the drift views' "share of reverse KL at divergences" (report/drift.py)
         "reverse_kl_at_divergences": sum(s["reverse_kl"] for s in steps if not s["agree"]),
         "preflight": compact(analysis.get("preflight")),  # the job's preflight (pipeline/preflight.py)
@@ -184,6 +186,18 @@ def decile_shares(analysis: dict[str, Any]) -> list[float] | None:
     for t, value in enumerate(kl):
         shares[min(9, t * 10 // len(kl))] += value / total
     return shares
+
+
+def decile_tokens(analysis: dict[str, Any]) -> list[int]:
+    """How many of the student's (scored) tokens fall in each tenth of the whole response, cut as
+    `decile_shares` cuts it: a tenth's mean reverse KL per token is its share of the total over
+    this count (a conversation's context steps are in the tenths, not in the count)."""
+    steps = analysis["steps"]
+    counts = [0] * 10
+    for t, s in enumerate(steps):
+        if s.get("scored", True):
+            counts[min(9, t * 10 // len(steps))] += 1
+    return counts
 
 
 KL_BINS = (-6.0, 2.0, 4)  # log10 of the lowest and highest edges, bins per decade

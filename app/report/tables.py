@@ -83,7 +83,10 @@ def kl_strip(digest: dict[str, Any]) -> list[float | None] | None:
     shares, total, tokens = digest.get("deciles"), digest.get("reverse_kl_total"), digest.get("tokens")
     if not shares or not total or not tokens:
         return None
-    return [share * total / n if n else None for share, n in zip(shares, tenth_sizes(tokens), strict=True)]
+    # The student's tokens in each tenth of the whole response (a conversation's context steps
+    # are in the tenths but not among the tokens); digests before version 9 have only `tokens`.
+    sizes = digest.get("decile_tokens") or tenth_sizes(tokens)
+    return [share * total / n if n else None for share, n in zip(shares, sizes, strict=True)]
 
 
 def per_100_tokens(count: int | None, tokens: int | None) -> float | None:

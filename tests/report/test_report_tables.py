@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import pytest
 from support.synthetic import synthetic_analysis
+from vrollout.pipeline.assembly import summarize
 from vrollout.pipeline.digest import digest
 from vrollout.report.overview import dataset_answer, settings_of
 from vrollout.report.tables import kl_strip, tenth_sizes, trajectory_row
+
+# A context step's figures (docs/metrics.md: null on a step the student did not write).
+CONTEXT_NULL = ("student_logprob", "teacher_logprob", "advantage", "reverse_kl", "forward_kl",
+                "student_entropy", "teacher_entropy", "teacher_rank")  # fmt: skip
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 9, 10, 11, 37])
@@ -29,6 +34,22 @@ def test_the_mini_strip_is_each_tenths_mean_reverse_kl(length):
     divergences = sum(not s["agree"] for s in a["steps"])
     assert row["divergences_per_100_tokens"] == pytest.approx(100 * divergences / length)
     assert row["kl_top_5pct"] == a["summary"]["concentration"]["top_5pct"]
+
+
+def test_a_conversations_mini_strip_is_the_mean_over_its_student_tokens():
+    """Context steps are in the tenths of the response, not among its tokens."""
+    a = synthetic_analysis(60, top_k=2, seed=5)
+    for i, s in enumerate(a["steps"]):
+        if 10 <= i < 25:  # a tool's turn: context, figures null
+            s.update(dict.fromkeys(CONTEXT_NULL), scored=False, agree=True, teacher_topk=[], student_topk=[])
+    a["summary"] = summarize(a["steps"])
+    row = trajectory_row(digest(a))
+    for i, value in enumerate(row["kl_strip"]):
+        tenth = [
+            s["reverse_kl"] for t, s in enumerate(a["steps"]) if t * 10 // 60 == i and s.get("scored", True)
+        ]
+        assert value == (pytest.approx(sum(tenth) / len(tenth)) if tenth else None)
+    assert row["kl_strip"][2] is None  # steps 12-17: all context
 
 
 def test_no_signal_no_strip():
