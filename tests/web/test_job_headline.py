@@ -65,4 +65,4 @@ def test_job_page_offers_the_headline_table(tiny_client, finished_job):
     assert 'id="fig-kl_top_5pct"' in html and 'id="fig-kl_gini"' in html
     figures = tiny_client.get(f"/api/jobs/{finished_job}/figures").json()
     names = {t["name"] for t in figures["kl_gini"]["data"]}
-    assert names == {"correct (3)", "incorrect (2)"}
+    assert names == {"all (6)", "correct (3)", "incorrect (2)"}  # one line has no verdict: all beside
