@@ -39,3 +39,22 @@ def test_a_job_whose_meta_has_steps_that_are_not_texts_has_no_localization(tiny_
     assert_error(tiny_client.get(f"/api/jobs/{job}/localization"), 422, "no analysed line carries steps")
     assert tiny_client.get(f"/jobs/{job}/localization", headers={"accept": "text/html"}).status_code == 422
     assert tiny_client.get(f"/jobs/{job}").status_code == 200
+
+
+def test_a_prompts_tool_calls_are_shown_escaped_and_no_content_is_not_none(tiny_client):
+    """An agent's history given as the prompt: an assistant message of tool calls only (content
+    null) shows the calls, as name(arguments), escaped; never the word None."""
+    analysis = synthetic_analysis(12, top_k=3)
+    call = {"id": "c1", "type": "function", "function": {"name": "get<b>", "arguments": {"city": "<i>Paris"}}}
+    analysis["trajectory"]["prompt"] = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call, {"function": "odd"}]},
+        {"role": "assistant", "tool_calls": [call]},  # no content at all
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    tiny_client.app.state.store.save(analysis)
+    page = tiny_client.get(f"/analyses/{analysis['id']}")
+    assert page.status_code == 200
+    prompt = page.text.split('id="prompt"')[1].split("</section>")[0]
+    assert "None" not in prompt and "<b>" not in prompt and "<i>" not in prompt
+    assert 'class="tool-call">get&lt;b&gt;({' in prompt and "Paris" in prompt
