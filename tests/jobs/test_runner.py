@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 
 import pandas as pd
@@ -84,9 +85,17 @@ def test_json_array_file_and_progress_events(tiny_client):
 
 
 def test_cancel_and_resume(tiny_client):
-    r = upload(tiny_client, "\n".join([json.dumps({"prompt": "x", "response": "hello " * 40})] * 30))
-    job_id = r.json()["job"]["id"]
-    cancelled = tiny_client.post(f"/api/jobs/{job_id}/cancel").json()
+    # The model worker is held until the cancel is in: a tiny model could finish all 30 lines
+    # before it (a race that CI lost once).
+    release, started = threading.Event(), threading.Event()
+    tiny_client.app.state.worker.submit(lambda progress: (started.set(), release.wait(60)))
+    assert started.wait(10)
+    try:
+        r = upload(tiny_client, "\n".join([json.dumps({"prompt": "x", "response": "hello " * 40})] * 30))
+        job_id = r.json()["job"]["id"]
+        cancelled = tiny_client.post(f"/api/jobs/{job_id}/cancel").json()
+    finally:
+        release.set()
     job = wait_done(tiny_client, job_id)
     assert job["state"] == "cancelled" and job["done"] < 30 and cancelled["id"] == job_id
     tiny_client.post(f"/api/jobs/{job_id}/resume")

@@ -103,7 +103,7 @@ def test_a_full_queue_is_refused_with_429_and_retry_after(tiny, tmp_path):
         worker = client.app.state.worker
         release = occupy(worker)
         try:
-            worker.submit(lambda progress: None)  # the one waiting request allowed
+            waiting = worker.submit(lambda progress: None)  # the one waiting request allowed
             for path, body in (
                 ("/api/analyze", GOOD),
                 ("/api/tasks", GOOD),
@@ -114,6 +114,7 @@ def test_a_full_queue_is_refused_with_429_and_retry_after(tiny, tmp_path):
                 assert int(r.headers["retry-after"]) >= 1 and r.json()["retry_after"] >= 1
         finally:
             release.set()
+        waiting.future.result(timeout=60)  # the queue is empty again (posting before it was a race)
         assert client.post("/api/analyze", json=GOOD).status_code == 200  # the queue, not the server
         assert stored(client) == 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from support import GOOD, assert_error, upload, wait_done
@@ -58,3 +59,15 @@ def test_a_prompts_tool_calls_are_shown_escaped_and_no_content_is_not_none(tiny_
     prompt = page.text.split('id="prompt"')[1].split("</section>")[0]
     assert "None" not in prompt and "<b>" not in prompt and "<i>" not in prompt
     assert 'class="tool-call">get&lt;b&gt;({' in prompt and "Paris" in prompt
+
+
+def test_a_step_labelled_lines_page_loads_its_overlay_script_after_common_js(tiny_client):
+    """steps_overlay.js takes its helpers from common.js (VR): loaded before it, it stopped at
+    its first line and the steps were never drawn on the strip."""
+    analysis = synthetic_analysis(12, top_k=3)
+    analysis["trajectory"]["meta"] = {"steps": ["first step", "second step"], "label": 1}
+    tiny_client.app.state.store.save(analysis)
+    html = tiny_client.get(f"/analyses/{analysis['id']}").text
+    scripts = re.findall(r'<script src="/static/([^"]+)"', html)
+    assert 'id="steps-overlay"' in html and "steps_overlay.js" in scripts
+    assert scripts.index("common.js") < scripts.index("steps_overlay.js")
