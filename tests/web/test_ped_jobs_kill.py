@@ -25,15 +25,29 @@ from vrollout.web.app import create_app
 from pathlib import Path
 
 settings = tiny_settings(Path(sys.argv[1]))
-app = create_app(settings, analyzer=Analyzer(tiny_pair(), settings))
+analyzer = Analyzer(tiny_pair(), settings)
+if sys.argv[3] == "hold":  # the second group of rollouts never ends: the kill lands after the first
+    import threading
+
+    first, groups = analyzer.pedagogical_batch, []
+
+    def held(*args, **kwargs):
+        groups.append(1)
+        if len(groups) > 1:
+            threading.Event().wait()
+        return first(*args, **kwargs)
+
+    analyzer.pedagogical_batch = held
+app = create_app(settings, analyzer=analyzer)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
 
-def start(tmp_path, port: int) -> subprocess.Popen:
-    # Rollouts decode two lines at a time: the kill lands between stored groups.
+def start(tmp_path, port: int, hold: bool = False) -> subprocess.Popen:
+    # Rollouts decode two lines at a time: the kill lands between stored groups. With `hold`, the
+    # second group never ends (a job of 6 short lines could otherwise finish before the kill).
     env = {**os.environ, "VROLLOUT_ALLOWED_HOSTS": "127.0.0.1", "VROLLOUT_PEDAGOGICAL_BATCH": "2"}
-    cmd = [sys.executable, "-c", SERVER, str(tmp_path), str(port)]
+    cmd = [sys.executable, "-c", SERVER, str(tmp_path), str(port), "hold" if hold else "run"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -51,7 +65,7 @@ def test_killed_mid_job_resumes_every_line_exactly_once(tmp_path):
     url = f"http://127.0.0.1:{port}"
     lines = [{"id": f"q{i}", "prompt": f"What is {i}+{i}?", "reference_answer": str(2 * i)} for i in range(6)]
     data = "\n".join(json.dumps(line) for line in lines).encode()
-    proc = start(tmp_path, port)
+    proc = start(tmp_path, port, hold=True)
     try:
         r = httpx.post(
             f"{url}/api/jobs",
@@ -70,7 +84,7 @@ def test_killed_mid_job_resumes_every_line_exactly_once(tmp_path):
         proc.wait(timeout=30)
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         before = db.execute("SELECT COUNT(*) FROM job_rollouts").fetchone()[0]
-    assert 2 <= before < 6
+    assert before == 2  # the first group's two lines, stored; the second's held, then killed
     proc = start(tmp_path, port)
     try:
         deadline = time.time() + 300
