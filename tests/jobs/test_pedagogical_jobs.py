@@ -156,7 +156,18 @@ def test_cancel_stops_a_line_at_a_step_boundary(tiny_client, monkeypatch):
 
 def test_cancel_and_resume_run_every_line_once(tiny_client, monkeypatch):
     # Rollouts decode two lines at a time (VROLLOUT_PEDAGOGICAL_BATCH): a cancel lands between groups.
-    monkeypatch.setattr(tiny_client.app.state.analyzer.settings, "pedagogical_batch", 2)
+    analyzer = tiny_client.app.state.analyzer
+    monkeypatch.setattr(analyzer.settings, "pedagogical_batch", 2)
+    # The second group waits for the cancel: eight short lines could all be done before it.
+    first, groups, cancel_sent = analyzer.pedagogical_batch, [], threading.Event()
+
+    def held(*args, **kwargs):
+        groups.append(1)
+        if len(groups) == 2:
+            assert cancel_sent.wait(60)
+        return first(*args, **kwargs)
+
+    monkeypatch.setattr(analyzer, "pedagogical_batch", held)
     lines = [{"prompt": f"q{i}", "response": "hello"} for i in range(8)]
     job_id = upload(tiny_client, jsonl(lines), mode="pedagogical", max_new_tokens=4).json()["job"]["id"]
     deadline = time.time() + 120
@@ -164,6 +175,7 @@ def test_cancel_and_resume_run_every_line_once(tiny_client, monkeypatch):
         assert time.time() < deadline
         time.sleep(0.02)
     tiny_client.post(f"/api/jobs/{job_id}/cancel")
+    cancel_sent.set()
     job = wait_done(tiny_client, job_id, timeout=120)
     assert job["state"] == "cancelled" and 1 <= job["done"] < 8, job
     assert len(list(tiny_client.app.state.jobs.rollouts(job_id))) == job["done"]
