@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import pytest
-from support.synthetic import synthetic_analysis
+from support.synthetic import CONTEXT_NULL, synthetic_analysis
 from vrollout.pipeline.assembly import summarize
 from vrollout.pipeline.digest import digest
 from vrollout.report.overview import dataset_answer, settings_of
 from vrollout.report.tables import kl_strip, tenth_sizes, trajectory_row
-
-# A context step's figures (docs/metrics.md: null on a step the student did not write).
-CONTEXT_NULL = ("student_logprob", "teacher_logprob", "advantage", "reverse_kl", "forward_kl",
-                "student_entropy", "teacher_entropy", "teacher_rank")  # fmt: skip
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 9, 10, 11, 37])

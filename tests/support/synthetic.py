@@ -105,3 +105,35 @@ def synthetic_job(jobs: Any, lines: int, tokens: int, top_k: int = 20, **fields:
         jobs.complete(job_id, done)
     jobs.set_state(job_id, "done")
     return job_id
+
+
+# A context step's figures: null on a step the student did not write (docs/metrics.md).
+CONTEXT_NULL = ("student_logprob", "teacher_logprob", "advantage", "reverse_kl", "forward_kl",
+                "student_entropy", "teacher_entropy", "teacher_rank")  # fmt: skip
+
+
+def conversation_analysis(tokens: int = 600, seed: int = 7, thinking: bool = True) -> dict[str, Any]:
+    """An agent's conversation, by hand, as the #25 contract shapes it: assistant turns (the
+    student's, scored; with `thinking`, the first 60 tokens of each turn thinking, then the
+    answer; else no segment) around a tool's turn (context: scored false, null figures), every
+    step with its message index."""
+    a = synthetic_analysis(tokens, top_k=3, seed=seed)
+    a["trajectory"]["conversation"] = [
+        {"role": "user", "content": "What is 17*23? Use the calculator."},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "calc"}}]},
+        {"role": "tool", "content": "391"},
+        {"role": "assistant", "content": "391"},
+    ]
+    tool = range(tokens // 3, tokens // 2)
+    for i, s in enumerate(a["steps"]):
+        s["scored"] = i not in tool
+        s["turn"] = 1 if i < tool.start else 2 if i in tool else 3
+        first_of_turn = 0 if i < tool.start else tool.stop
+        s["segment"] = None
+        if thinking and i not in tool:
+            s["segment"] = "thinking" if i - first_of_turn < 60 else "answer"
+        if i in tool:
+            s.update(dict.fromkeys(CONTEXT_NULL), agree=True, teacher_topk=[], student_topk=[])
+    a["response_mask"] = [int(s["scored"]) for s in a["steps"]]
+    a["summary"] = summarize(a["steps"])
+    return a

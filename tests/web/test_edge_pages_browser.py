@@ -10,7 +10,7 @@ import json
 import httpx
 import pytest
 from support.live import live_app
-from support.synthetic import synthetic_analysis
+from support.synthetic import conversation_analysis, synthetic_analysis
 from vrollout.ids import new_id
 from vrollout.pipeline.assembly import summarize
 
@@ -31,37 +31,13 @@ def one_token() -> dict:
     return a
 
 
-def without_thinking(tokens: int = 120) -> dict:
-    """A tool-calling conversation whose turns mark no thinking (segment null everywhere)."""
-    a = synthetic_analysis(tokens, top_k=3, seed=9)
-    a["trajectory"]["conversation"] = [
-        {"role": "user", "content": "17*23?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "calc"}}]},
-        {"role": "tool", "content": "391"},
-        {"role": "assistant", "content": "391"},
-    ]
-    tool = range(tokens // 3, tokens // 2)
-    for i, s in enumerate(a["steps"]):
-        s["scored"] = i not in tool
-        s["turn"] = 1 if i < tool.start else 2 if i in tool else 3
-        s["segment"] = None
-        if i in tool:
-            for key in ("student_logprob", "teacher_logprob", "advantage", "reverse_kl", "forward_kl",
-                        "student_entropy", "teacher_entropy", "teacher_rank"):  # fmt: skip
-                s[key] = None
-            s.update(agree=True, teacher_topk=[], student_topk=[])
-    a["response_mask"] = [int(s["scored"]) for s in a["steps"]]
-    a["summary"] = summarize(a["steps"])
-    return a
-
-
 @pytest.fixture(scope="module")
 def site(tiny, tmp_path_factory):
     analyses = {
         "short_agreeing": agreeing(synthetic_analysis(60, top_k=3, seed=1)),
         "long_agreeing": agreeing(synthetic_analysis(2500, top_k=2, seed=2)),
         "one_token": one_token(),
-        "no_thinking": without_thinking(),
+        "no_thinking": conversation_analysis(120, seed=9, thinking=False),
     }
     with live_app(tiny, tmp_path_factory.mktemp("edges")) as (app, port):
         for a in analyses.values():

@@ -13,37 +13,10 @@ from pathlib import Path
 
 import pytest
 from support.live import live_app
-from support.synthetic import synthetic_analysis
-from vrollout.pipeline.assembly import summarize
+from support.synthetic import conversation_analysis, synthetic_analysis
 from vrollout.report.figures import MAX_POINTS, figure_dict
 
 SHOTS = Path("/tmp/shots")
-METRICS = ("student_logprob", "teacher_logprob", "advantage", "reverse_kl", "forward_kl", "student_entropy",
-           "teacher_entropy", "teacher_rank")  # fmt: skip
-
-
-def conversation_analysis(tokens: int = 600) -> dict:
-    """An agent's conversation, by hand, as the #25 contract shapes it: assistant turns (the
-    student's, scored, thinking then answer) around a tool's turn (context: scored false, null
-    metrics), every step with its message index."""
-    a = synthetic_analysis(tokens, top_k=3, seed=7)
-    a["trajectory"]["conversation"] = [
-        {"role": "user", "content": "What is 17*23? Use the calculator."},
-        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "calc"}}]},
-        {"role": "tool", "content": "391"},
-        {"role": "assistant", "content": "391"},
-    ]
-    tool = range(tokens // 3, tokens // 2)
-    for i, s in enumerate(a["steps"]):
-        s["scored"] = i not in tool
-        s["turn"] = 1 if i < tool.start else 2 if i in tool else 3
-        first_of_turn = 0 if i < tool.start else tool.stop
-        s["segment"] = None if i in tool else ("thinking" if i - first_of_turn < 60 else "answer")
-        if i in tool:
-            s.update(dict.fromkeys(METRICS), agree=True, teacher_topk=[], student_topk=[])
-    a["response_mask"] = [int(s["scored"]) for s in a["steps"]]
-    a["summary"] = summarize(a["steps"])
-    return a
 
 
 def test_downsampling_keeps_every_divergence_and_flagged_token():
