@@ -196,10 +196,15 @@ def step_scores(
 
 
 def localization_of(analysis: dict[str, Any]) -> tuple[list[str], int] | None:
-    """The steps and label an analysis of a localization line keeps in its meta (else None)."""
+    """The steps and label an analysis of a localization line keeps in its meta (else None).
+    `meta` is any caller's JSON: only non-empty texts and a label in [-1, len(steps)), as
+    `localization_line` checks them, are a localization line's (anything else is no steps to
+    score or draw, never a 500)."""
     meta = (analysis.get("trajectory") or {}).get("meta") or {}
     steps, label = meta.get("steps"), meta.get("label")
     if not isinstance(steps, list) or not isinstance(label, int) or isinstance(label, bool):
+        return None
+    if not steps or not all(isinstance(step, str) for step in steps) or not -1 <= label < len(steps):
         return None
     return steps, label
 

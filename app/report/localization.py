@@ -94,8 +94,8 @@ def localization_result(
     shown: list[list[str]] = []
     for analysis in analyses:
         found = localization_of(analysis)
-        if found is None or not found[0] or not all(isinstance(step, str) for step in found[0]):
-            continue  # `meta` is the caller's JSON: steps that are not texts are not a localization line's
+        if found is None:
+            continue
         steps, label = found
         any_recovery = any_recovery or bool(analysis.get("recovery"))
         if len(shown) < SHOWN_LINES:

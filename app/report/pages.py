@@ -16,7 +16,6 @@ from typing import Any
 import jinja2
 from vrollout.metrics.signal import headline
 from vrollout.report.definitions import define, definitions_json
-from vrollout.report.steps_overlay import steps_overlay
 
 # plotly.js "basic" (scatter, bar, pie), vendored: it must match the plotly.js major version
 # that the Python plotly package writes figures for (tests/web/test_pages.py checks).
@@ -37,7 +36,6 @@ def template_env(folder: Path) -> jinja2.Environment:
     env.filters["bits"] = lambda nats: None if nats is None else nats / math.log(2)
     env.globals["plotly_url"] = PLOTLY_URL
     env.globals["headline"] = headline  # the analysis page's one-line answer (metrics/signal.py)
-    env.globals["steps_overlay"] = steps_overlay  # a step-labelled line's steps (_steps_overlay.html)
     env.globals["definition"] = define  # the "?" beside a number (templates/_define.html)
     env.globals["definitions_json"] = definitions_json
     return env

@@ -1,7 +1,7 @@
 """The steps of a step-labelled line (ProcessBench's shape, docs/formats.md "Localization lines")
 drawn on its analysis page: each step's tokens and the labelled first wrong step
-(templates/_steps_overlay.html renders it; the pages' template environment offers it as the
-global `steps_overlay`). No tokenizer: tokens are placed by the text each step shows."""
+(templates/_steps_overlay.html renders it from the page's context, `overlay`). No tokenizer:
+tokens are placed by the text each step shows."""
 
 from __future__ import annotations
 
@@ -17,19 +17,13 @@ def cut_text(text: str) -> str:
     return text if len(text) <= STEP_CHARS else text[: STEP_CHARS - 1] + "…"
 
 
-def drawable(steps: list[Any], label: int) -> bool:
-    """Whether a meta's steps and label are a localization line's, as `localization_line` checks
-    them: `meta` is any caller's JSON, and other steps are not drawn (a page, never a 500)."""
-    return bool(steps) and all(isinstance(s, str) for s in steps) and -1 <= label < len(steps)
-
-
 def steps_overlay(analysis: dict[str, Any]) -> dict[str, Any] | None:
     """The steps of a step-labelled line on its analysis (None for any other analysis): each
     step's first and last token position ([start, stop)), its text (cut to STEP_CHARS) and
     whether it is the labelled first wrong step. Tokens are placed by their decoded text (each
     step's token as the analysis shows it), as the scorers place them (`token_steps`)."""
     found = localization_of(analysis)
-    if found is None or not drawable(*found):
+    if found is None:
         return None
     steps, label = found
     offsets, at = [], 0

@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from vrollout.report.analysis_view import chips, diff, page_view, without_steps
 from vrollout.report.figures import figure_dict, quadrant_figure
 from vrollout.report.pages import standalone_assets, template_env
+from vrollout.report.steps_overlay import steps_overlay
 from vrollout.report.tables import KL_STRIP_MAX_NATS, kl_color, trajectory_row
 from vrollout.storage.jobs import Jobs
 from vrollout.storage.store import SQLITE_MAX_INT, Store
@@ -136,6 +137,7 @@ def analysis_context(analysis: dict[str, Any], standalone: bool) -> dict[str, An
         "view": view,
         "chips": chips(analysis, view["marks"]),
         "diff": None if view["long"] else diff(analysis["steps"]),
+        "overlay": steps_overlay(analysis),  # a step-labelled line's steps (_steps_overlay.html)
     }
 
 
